@@ -1,0 +1,166 @@
+"""Typed configuration, read once from environment variables.
+
+Every setting is a field of :class:`Config`; ``docs/configuration.md`` is the table of them and a unit
+test checks that the table and this module agree.  Nothing here connects to anything: the bootstrap
+(:mod:`storm.bootstrap`) turns a ``Config`` into running adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or contradicts another one.  The message names the variable."""
+
+
+def _setting(default: Any, env: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: str = _setting("embedded", "STORM_MODE", "`embedded` (dev adapters allowed) or `production`.")
+    host: str = _setting("127.0.0.1", "STORM_HOST", "Address the HTTP/WebSocket server binds.")
+    port: int = _setting(8000, "STORM_PORT", "Port the HTTP/WebSocket server binds.")
+    broker: str = _setting("memory", "STORM_BROKER", "`memory` (in-process log) or `pulsar`.")
+    cache: str = _setting("memory", "STORM_CACHE", "`memory` or `hazelcast`.")
+    identity: str = _setting("dev", "STORM_IDENTITY", "`dev` (HS256 dev issuer, embedded only) or `auth0`.")
+    database_url: str = _setting(
+        "sqlite+aiosqlite:///storm.db",
+        "STORM_DATABASE_URL",
+        "SQLAlchemy async URL: `sqlite+aiosqlite:///file.db`, `postgresql+asyncpg://…`, "
+        "`cockroachdb+asyncpg://…`.",
+    )
+    dev_secret: str = _setting(
+        "storm-dev-secret-change-me-0123456789",
+        "STORM_DEV_SECRET",
+        "HS256 key of the dev token issuer (embedded mode only; at least 32 bytes).",
+    )
+    token_ttl_s: int = _setting(3600, "STORM_TOKEN_TTL_S", "Lifetime of dev tokens, seconds.")
+    auth_timeout_s: float = _setting(5.0, "STORM_AUTH_TIMEOUT_S", "A socket must authenticate within this.")
+    heartbeat_s: float = _setting(25.0, "STORM_HEARTBEAT_S", "Interval the client is told to ping at.")
+    idle_timeout_s: float = _setting(
+        60.0, "STORM_IDLE_TIMEOUT_S", "A socket silent for this long is closed (4002)."
+    )
+    max_frame_bytes: int = _setting(65536, "STORM_MAX_FRAME_BYTES", "Largest client frame accepted.")
+    max_subscriptions: int = _setting(200, "STORM_MAX_SUBSCRIPTIONS", "Channels one connection may join.")
+    outbox_max_events: int = _setting(
+        2000, "STORM_OUTBOX_MAX_EVENTS", "Events queued for one connection before it is closed (4008)."
+    )
+    outbox_max_bytes: int = _setting(
+        4 * 1024 * 1024, "STORM_OUTBOX_MAX_BYTES", "Bytes queued for one connection before it is closed."
+    )
+    coalesce_max_bytes: int = _setting(
+        65536, "STORM_COALESCE_MAX_BYTES", "Upper bound of one coalesced server frame."
+    )
+    publish_rate: float = _setting(20.0, "STORM_PUBLISH_RATE", "Publishes per second per connection.")
+    publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")
+    history_page_max: int = _setting(100, "STORM_HISTORY_PAGE_MAX", "Largest history page.")
+    retention_messages: int = _setting(
+        10000, "STORM_RETENTION_MESSAGES", "Memory broker: entries kept per channel log."
+    )
+    retention_s: float = _setting(
+        7 * 24 * 3600.0, "STORM_RETENTION_S", "Memory broker: age after which entries are dropped."
+    )
+    presence_ttl_s: float = _setting(
+        60.0, "STORM_PRESENCE_TTL_S", "Presence entries expire unless refreshed within this."
+    )
+    dedup_ttl_s: float = _setting(
+        600.0, "STORM_DEDUP_TTL_S", "How long a client message id is remembered for retries."
+    )
+    consumer_batch: int = _setting(500, "STORM_CONSUMER_BATCH", "Persistence worker batch size.")
+    consumer_max_wait_s: float = _setting(
+        0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a partial batch waits before it is written."
+    )
+    consumer_max_redeliveries: int = _setting(
+        5, "STORM_CONSUMER_MAX_REDELIVERIES", "Deliveries of one message before it is dead-lettered."
+    )
+    ack_timeout_s: float = _setting(
+        30.0, "STORM_ACK_TIMEOUT_S", "Unacknowledged work is redelivered after this."
+    )
+    nack_delay_s: float = _setting(1.0, "STORM_NACK_DELAY_S", "Delay before a nacked message returns.")
+    drain_timeout_s: float = _setting(10.0, "STORM_DRAIN_TIMEOUT_S", "Graceful shutdown budget.")
+    seed_demo: bool = _setting(False, "STORM_SEED_DEMO", "Seed the demo workspace at start (`storm dev`).")
+    gateway_id: str = _setting("", "STORM_GATEWAY_ID", "Stable name of this gateway; random when empty.")
+    extra: Mapping[str, str] = field(default_factory=dict, metadata={"env": "", "doc": ""})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a config from ``env`` (default ``os.environ``); ``overrides`` win over the environment."""
+        env = os.environ if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata.get("env")
+            if not name or name not in env:
+                continue
+            values[f.name] = _parse(name, env[name], hints[f.name])
+        values.update(overrides)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        choices = {
+            "mode": ("embedded", "production"),
+            "broker": ("memory", "pulsar"),
+            "cache": ("memory", "hazelcast"),
+            "identity": ("dev", "auth0"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{env_name(name)}={value!r}: expected one of {', '.join(allowed)}")
+        if self.mode == "production" and self.identity == "dev":
+            raise ConfigError("STORM_IDENTITY=dev is refused in STORM_MODE=production (dev tokens are forgeable)")
+        if self.identity == "dev" and len(self.dev_secret.encode()) < 32:
+            raise ConfigError("STORM_DEV_SECRET must be at least 32 bytes")
+        positive = (
+            "port", "max_frame_bytes", "max_subscriptions", "outbox_max_events", "outbox_max_bytes",
+            "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
+            "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.heartbeat_s >= self.idle_timeout_s:
+            raise ConfigError("STORM_HEARTBEAT_S must be smaller than STORM_IDLE_TIMEOUT_S")
+
+
+def env_name(field_name: str) -> str:
+    for f in dataclasses.fields(Config):
+        if f.name == field_name:
+            return str(f.metadata["env"])
+    raise KeyError(field_name)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the source of docs/configuration.md."""
+    rows = []
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("env"):
+            rows.append((f.metadata["env"], repr(f.default), f.metadata["doc"]))
+    return rows
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None

@@ -1,0 +1,108 @@
+"""Broker port: per-channel ordered logs, broadcast to gateways, work-sharing for consumers.
+
+Contract (every adapter; guarded by tests/contract/test_broker_contract.py):
+
+* A channel log is addressed by ``(workspace, channel)``; the workspace is always the first argument.
+* ``publish`` returns the record's offset only once the record is durable (for Pulsar: persisted by
+  BookKeeper and acknowledged to the producer).  Offsets of one channel start at 1 and grow by exactly 1
+  per durable record: offsets are dense, so a reader can detect a gap.
+* A log keeps records for the retention configured for the workspace; ``read`` from an offset older than
+  the earliest retained raises :class:`storm.errors.OffsetTruncated` carrying ``earliest``.
+* Broadcast: every ``BroadcastSubscription`` (one per gateway) receives every durable record of every
+  channel it has added, exactly once and in offset order, from the moment ``add`` returned.  Ephemeral
+  records (typing, presence) have ``offset == 0``, are never stored, and are best effort.
+* Work sharing: all consumers of one named ``WorkSubscription`` share its records, each record going to
+  one consumer at a time.  A record not acknowledged within the ack timeout, or negatively acknowledged,
+  is delivered again (``delivery_count`` grows).  Records of one channel are handed out in offset order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from storm.domain import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    workspace: str  # workspace slug
+    channel: str  # channel id (hex UUID)
+    offset: int  # 1, 2, 3 … per channel; 0 for ephemeral records
+    payload: bytes  # a JSON object, the channel event without its offset
+    publish_time: float = 0.0  # epoch seconds, set by the broker
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    record: Record
+    delivery_count: int  # 1 on first delivery
+    token: object  # adapter-specific handle used by ack/nack
+
+
+BroadcastHandler = Callable[[Record], None]
+
+
+class BroadcastSubscription(Protocol):
+    async def add(self, workspace: str, channel: str) -> None:
+        """Start receiving ``channel``'s records.  Idempotent."""
+        ...
+
+    async def remove(self, workspace: str, channel: str) -> None:
+        """Stop receiving ``channel``'s records.  Idempotent."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class WorkSubscription(Protocol):
+    async def receive(self, max_records: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_records`` deliveries; waits at most ``timeout`` seconds for the first one."""
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def nack(self, deliveries: Sequence[Delivery], delay: float) -> None:
+        """Hand the deliveries back; they are redelivered after ``delay`` seconds."""
+        ...
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a delivery to the subscription's dead-letter log and acknowledge it."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ensure_workspace(self, workspace: str, plan: Plan) -> None:
+        """Create (or update) the broker side of a workspace: for Pulsar its tenant, namespaces, policies."""
+        ...
+
+    async def delete_workspace(self, workspace: str) -> None:
+        """Remove the workspace's logs and everything under it.  Idempotent."""
+        ...
+
+    async def publish(self, workspace: str, channel: str, payload: bytes) -> int:
+        """Append a durable record; returns its offset once durable."""
+        ...
+
+    async def publish_ephemeral(self, workspace: str, channel: str, payload: bytes) -> None:
+        """Broadcast a record that is never stored (typing, presence).  Best effort, no offset."""
+        ...
+
+    async def read(self, workspace: str, channel: str, from_offset: int, limit: int) -> list[Record]:
+        """Records with ``offset >= from_offset`` in order, at most ``limit``."""
+        ...
+
+    async def head(self, workspace: str, channel: str) -> int:
+        """Offset of the last durable record of the channel; 0 when it has none."""
+        ...
+
+    async def subscribe_broadcast(self, handler: BroadcastHandler) -> BroadcastSubscription: ...
+
+    async def subscribe_work(self, name: str) -> WorkSubscription: ...

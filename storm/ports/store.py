@@ -1,0 +1,179 @@
+"""Store port: a unit of work over repositories (cosmicpython), durable state in SQL.
+
+Rules every adapter follows (guarded by tests/contract/test_store_contract.py):
+
+* ``async with store.unit_of_work() as uow`` opens a transaction that rolls back unless ``await
+  uow.commit()`` was called.  Events to publish after commit are collected on ``uow.events``.
+* Every tenant-owned query takes the workspace id as its first argument, and never returns rows of
+  another workspace even when given another workspace's row id.
+* ``store.run(fn)`` runs ``fn(uow)`` in a fresh unit of work, commits, and retries the whole function on
+  serialization failures (SQLSTATE 40001, CockroachDB's "restart transaction") with jittered backoff.
+* Unique-key violations raise :class:`storm.errors.Conflict`; connection failures raise
+  :class:`storm.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from storm.domain import Channel, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
+
+T = TypeVar("T")
+
+
+class WorkspaceRepository(Protocol):
+    async def add(self, workspace: Workspace) -> None: ...
+
+    async def get(self, workspace_id: uuid.UUID) -> Workspace | None: ...
+
+    async def get_by_slug(self, slug: str) -> Workspace | None: ...
+
+    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> list[Workspace]:
+        """Workspaces ordered by slug, ``after_slug`` exclusive (cursor)."""
+        ...
+
+    async def list_for_user(self, user_id: uuid.UUID) -> list[Workspace]: ...
+
+    async def delete(self, workspace_id: uuid.UUID) -> None:
+        """Delete the workspace and every row it owns (memberships, channels, messages, …)."""
+        ...
+
+
+class UserRepository(Protocol):
+    async def add(self, user: User) -> None: ...
+
+    async def get(self, user_id: uuid.UUID) -> User | None: ...
+
+    async def get_by_subject(self, subject: str) -> User | None: ...
+
+    async def get_many(self, user_ids: Sequence[uuid.UUID]) -> list[User]: ...
+
+
+class MembershipRepository(Protocol):
+    async def add(self, membership: Membership) -> None: ...
+
+    async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None: ...
+
+    async def list(self, workspace_id: uuid.UUID) -> list[Membership]: ...
+
+    async def count(self, workspace_id: uuid.UUID) -> int: ...
+
+    async def set_role(self, workspace_id: uuid.UUID, user_id: uuid.UUID, role: Role) -> None: ...
+
+    async def remove(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Also removes the user from the workspace's private channels."""
+        ...
+
+
+class ChannelRepository(Protocol):
+    async def add(self, channel: Channel) -> None:
+        """Raises Conflict when the workspace already has a channel of that name."""
+        ...
+
+    async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> Channel | None: ...
+
+    async def get_by_name(self, workspace_id: uuid.UUID, name: str) -> Channel | None: ...
+
+    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> list[Channel]: ...
+
+    async def count(self, workspace_id: uuid.UUID) -> int: ...
+
+    async def archive(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> None: ...
+
+    async def add_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Idempotent."""
+        ...
+
+    async def remove_member(
+        self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID
+    ) -> None: ...
+
+    async def is_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> bool: ...
+
+    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> list[uuid.UUID]: ...
+
+    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> list[Channel]:
+        """Channels the user can see: public ones and private ones they belong to (not archived)."""
+        ...
+
+
+class MessageRepository(Protocol):
+    async def add_many(self, messages: Sequence[Message]) -> int:
+        """Insert messages, skipping any whose id (or (channel, offset)) exists: idempotent.  Returns the
+        number of new rows."""
+        ...
+
+    async def get(self, workspace_id: uuid.UUID, message_id: uuid.UUID) -> Message | None: ...
+
+    async def edit(self, workspace_id: uuid.UUID, message_id: uuid.UUID, body: str, edited_at: Any) -> bool:
+        """False when there is no such message in the workspace."""
+        ...
+
+    async def delete(self, workspace_id: uuid.UUID, message_id: uuid.UUID, deleted_at: Any) -> bool:
+        """Soft delete: the body is cleared and ``deleted_at`` set.  False when absent."""
+        ...
+
+    async def page(
+        self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int
+    ) -> list[Message]:
+        """Newest first: messages with ``offset < before`` (all when None), at most ``limit``."""
+        ...
+
+
+class ReactionRepository(Protocol):
+    async def add(self, reaction: Reaction) -> bool:
+        """Idempotent; True when it was new."""
+        ...
+
+    async def remove(self, reaction: Reaction) -> bool: ...
+
+    async def counts(
+        self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, int]]: ...
+
+
+class ReadMarkerRepository(Protocol):
+    async def advance(self, marker: ReadMarker) -> int:
+        """Move the marker forward (never back); returns the stored offset."""
+        ...
+
+    async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> int: ...
+
+
+class UnitOfWork(Protocol):
+    workspaces: WorkspaceRepository
+    users: UserRepository
+    memberships: MembershipRepository
+    channels: ChannelRepository
+    messages: MessageRepository
+    reactions: ReactionRepository
+    read_markers: ReadMarkerRepository
+    events: list[Any]
+
+    async def __aenter__(self) -> UnitOfWork: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+
+class Store(Protocol):
+    async def start(self) -> None:
+        """Connect (and for SQLite, create the file and run migrations when asked)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def unit_of_work(self) -> UnitOfWork: ...
+
+    async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
+        """Run ``fn`` in a unit of work, commit, retry on serialization failure; returns fn's result."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise Unavailable when the database cannot be reached (used by /healthz)."""
+        ...
