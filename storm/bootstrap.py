@@ -1,0 +1,104 @@
+"""The one place that wires STORM together (cosmicpython's bootstrap, minus import-time engines).
+
+``build_services(config)`` constructs adapters without connecting; ``Services.start()`` connects them in
+dependency order and ``Services.stop()`` closes them in reverse, idempotently.  Quart apps call these
+from ``before_serving`` / ``after_serving``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from storm.config import Config
+from storm.directory import Directory
+from storm.ports.broker import Broker
+from storm.ports.cache import Cache
+from storm.ports.clock import Clock, SystemClock
+from storm.ports.identity import IdentityVerifier
+from storm.ports.store import Store
+
+log = logging.getLogger("storm.bootstrap")
+
+
+@dataclass
+class Services:
+    config: Config
+    clock: Clock
+    store: Store
+    broker: Broker
+    cache: Cache
+    identity: IdentityVerifier
+    directory: Directory
+    _started: list[Any] = field(default_factory=list)
+    _state: str = "new"
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"services already {self._state}; build new ones to start again")
+        self._state = "starting"
+        for part in (self.store, self.cache, self.broker):
+            await part.start()
+            self._started.append(part)
+        self._state = "running"
+
+    async def stop(self) -> None:
+        if self._state in ("stopped", "new"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        while self._started:
+            part = self._started.pop()
+            try:
+                await part.stop()
+            except Exception:  # one failing adapter must not keep the others open
+                log.exception("error stopping %s", type(part).__name__)
+
+    async def __aenter__(self) -> Services:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def build_services(config: Config, *, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    store = _build_store(config)
+    cache = _build_cache(config, clock)
+    broker = _build_broker(config, clock)
+    identity = _build_identity(config)
+    return Services(config=config, clock=clock, store=store, broker=broker, cache=cache, identity=identity,
+                    directory=Directory(store, cache))
+
+
+def _build_store(config: Config) -> Store:
+    from db.store import SqlStore
+
+    return SqlStore(config.database_url)
+
+
+def _build_cache(config: Config, clock: Clock) -> Cache:
+    if config.cache == "memory":
+        from storm.adapters.memory_cache import MemoryCache
+
+        return MemoryCache(clock)
+    raise NotImplementedError(f"STORM_CACHE={config.cache} adapter is not available in this build")
+
+
+def _build_broker(config: Config, clock: Clock) -> Broker:
+    if config.broker == "memory":
+        from storm.adapters.memory_broker import MemoryBroker
+
+        return MemoryBroker(clock, retention_messages=config.retention_messages, retention_s=config.retention_s,
+                            ack_timeout_s=config.ack_timeout_s)
+    raise NotImplementedError(f"STORM_BROKER={config.broker} adapter is not available in this build")
+
+
+def _build_identity(config: Config) -> IdentityVerifier:
+    if config.identity == "dev":
+        from storm.adapters.dev_identity import DevIdentity
+
+        return DevIdentity(config.dev_secret, ttl_s=config.token_ttl_s)
+    raise NotImplementedError(f"STORM_IDENTITY={config.identity} adapter is not available in this build")

@@ -1,0 +1,153 @@
+"""Directory: who is who and who may do what, read through the cache (cache-aside over the store).
+
+Used by the gateway session and the tenants API alike, so both authorise the same way.  Every lookup
+takes the workspace first.  Entries are invalidated by the tenants API when memberships or channels
+change; the TTL bounds staleness if an invalidation is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from storm.domain import Channel, ChannelKind, Role, User, Workspace
+from storm.errors import Forbidden, NotFound
+from storm.ports.cache import Cache
+from storm.ports.identity import Claims
+from storm.ports.store import Store, UnitOfWork
+
+CACHE_TTL_S = 30.0
+
+
+class _CachedChannel(msgspec.Struct, array_like=True):
+    id: str
+    name: str
+    kind: str
+    archived: bool
+
+
+class _CachedWorkspace(msgspec.Struct, array_like=True):
+    id: str
+    slug: str
+    name: str
+    plan: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated user acting in one workspace."""
+
+    user: User
+    workspace: Workspace
+    role: Role
+    claims: Claims
+
+
+class Directory:
+    def __init__(self, store: Store, cache: Cache, ttl: float = CACHE_TTL_S) -> None:
+        self._store = store
+        self._cache = cache
+        self._ttl = ttl
+
+    # -- users --------------------------------------------------------------------------------------------
+    async def resolve_user(self, claims: Claims) -> User:
+        """The user behind a token, created on first sight (identity provider is the source of truth)."""
+
+        async def get_or_create(uow: UnitOfWork) -> User:
+            user = await uow.users.get_by_subject(claims.subject)
+            if user is None:
+                user = User(id=uuid.uuid4(), subject=claims.subject, name=claims.name[:80] or claims.subject)
+                await uow.users.add(user)
+            return user
+
+        return await self._store.run(get_or_create)
+
+    # -- workspaces -----------------------------------------------------------------------------------
+    async def workspace(self, slug: str) -> Workspace:
+        raw = await self._cache.get(slug, "ws")
+        if raw is not None:
+            c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
+            return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
+        async with self._store.unit_of_work() as uow:
+            ws = await uow.workspaces.get_by_slug(slug)
+        if ws is None:
+            raise NotFound(f"workspace {slug!r} not found", field="workspace")
+        value = _CachedWorkspace(str(ws.id), ws.slug, ws.name, ws.plan)
+        await self._cache.set(slug, "ws", msgspec.msgpack.encode(value), self._ttl)
+        return ws
+
+    async def role(self, workspace: Workspace, user_id: uuid.UUID) -> Role | None:
+        key = f"member:{user_id.hex}"
+        raw = await self._cache.get(workspace.slug, key)
+        if raw is not None:
+            return Role(raw.decode()) if raw else None
+        async with self._store.unit_of_work() as uow:
+            m = await uow.memberships.get(workspace.id, user_id)
+        role = m.role if m else None
+        await self._cache.set(workspace.slug, key, (role.value if role else "").encode(), self._ttl)
+        return role
+
+    async def principal(self, claims: Claims, workspace_slug: str | None = None) -> Principal:
+        """Authorise ``claims`` for a workspace: the token must be bound to it (or to ``*``) and the user
+        must be a member.  Raises Forbidden / NotFound."""
+        slug = workspace_slug or claims.workspace
+        if claims.workspace not in ("*", slug):
+            raise Forbidden("token is not valid for this workspace", field="workspace")
+        ws = await self.workspace(slug)
+        user = await self.resolve_user(claims)
+        role = await self.role(ws, user.id)
+        if role is None:
+            raise Forbidden("not a member of this workspace", field="workspace")
+        return Principal(user=user, workspace=ws, role=role, claims=claims)
+
+    async def forget_member(self, workspace: str, user_id: uuid.UUID) -> None:
+        await self._cache.delete(workspace, f"member:{user_id.hex}")
+
+    # -- channels -------------------------------------------------------------------------------------
+    async def channel(self, workspace: Workspace, channel_id: str) -> Channel:
+        try:
+            cid = uuid.UUID(channel_id)
+        except ValueError:
+            raise NotFound("no such channel", field="channel") from None
+        key = f"channel:{cid.hex}"
+        raw = await self._cache.get(workspace.slug, key)
+        if raw is not None:
+            if not raw:
+                raise NotFound("no such channel", field="channel")
+            c = msgspec.msgpack.decode(raw, type=_CachedChannel)
+            return Channel(id=cid, workspace_id=workspace.id, name=c.name, kind=ChannelKind(c.kind),
+                           archived=c.archived)
+        async with self._store.unit_of_work() as uow:
+            ch = await uow.channels.get(workspace.id, cid)
+        value = b"" if ch is None else msgspec.msgpack.encode(
+            _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
+        await self._cache.set(workspace.slug, key, value, self._ttl)
+        if ch is None:
+            raise NotFound("no such channel", field="channel")
+        return ch
+
+    async def check_channel_access(self, p: Principal, channel_id: str, *, write: bool = False) -> Channel:
+        """The channel, if ``p`` may read it (and write, when ``write``); NotFound hides private channels."""
+        ch = await self.channel(p.workspace, channel_id)
+        if ch.is_private and not await self._is_channel_member(p, ch):
+            raise NotFound("no such channel", field="channel")
+        if write and ch.archived:
+            raise Forbidden("channel is archived", field="channel")
+        return ch
+
+    async def _is_channel_member(self, p: Principal, ch: Channel) -> bool:
+        key = f"chmember:{ch.id.hex}:{p.user.id.hex}"
+        raw = await self._cache.get(p.workspace.slug, key)
+        if raw is not None:
+            return raw == b"1"
+        async with self._store.unit_of_work() as uow:
+            member = await uow.channels.is_member(p.workspace.id, ch.id, p.user.id)
+        await self._cache.set(p.workspace.slug, key, b"1" if member else b"0", self._ttl)
+        return member
+
+    async def forget_channel(self, workspace: str, channel_id: uuid.UUID, user_id: uuid.UUID | None = None) -> None:
+        await self._cache.delete(workspace, f"channel:{channel_id.hex}")
+        if user_id is not None:
+            await self._cache.delete(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
