@@ -69,8 +69,32 @@ def build_services(config: Config, *, clock: Clock | None = None) -> Services:
     cache = _build_cache(config, clock)
     broker = _build_broker(config, clock)
     identity = _build_identity(config)
+    directory = Directory(store, cache)
+    if hasattr(broker, "set_initial_offset"):
+        broker.set_initial_offset(_last_stored_offset(store))
     return Services(config=config, clock=clock, store=store, broker=broker, cache=cache, identity=identity,
-                    directory=Directory(store, cache))
+                    directory=directory)
+
+
+def _last_stored_offset(store: Store) -> Any:
+    """For the embedded broker: continue a channel's offsets after the last one persisted, so offsets stay
+    monotonic across restarts of `storm dev` (the log itself is not durable)."""
+
+    async def last(workspace: str, channel: str) -> int:
+        import uuid
+
+        try:
+            channel_id = uuid.UUID(channel)
+        except ValueError:
+            return 0
+        async with store.unit_of_work() as uow:
+            ws = await uow.workspaces.get_by_slug(workspace)
+            if ws is None:
+                return 0
+            newest = await uow.messages.page(ws.id, channel_id, before=None, limit=1)
+        return newest[0].offset if newest else 0
+
+    return last
 
 
 def _build_store(config: Config) -> Store:

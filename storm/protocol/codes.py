@@ -17,6 +17,7 @@ class ErrorCode(enum.StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
     CONFLICT = "conflict"
     GONE = "gone"
     UNAVAILABLE = "unavailable"  # a backing service failed; retry with the same cmid

@@ -1,0 +1,238 @@
+"""Persistence worker: channel events from the broker's work-sharing subscription into the store.
+
+Split as zulip's workers are: :func:`handle` is pure (records in, a write plan out, no I/O) and
+:class:`PersistenceWorker` is the runner that receives, writes a plan in one transaction, and
+acknowledges only after the commit.  docs/consumers.md states the failure policy:
+
+* Idempotent: messages are inserted with ON CONFLICT DO NOTHING on their id and on (channel, offset), so a
+  redelivered record never makes a second row; edits, deletes and reactions are idempotent by nature.
+* Poison records (not decodable as a channel event) go straight to the dead-letter log.
+* A failed batch is retried record by record so one bad record cannot hold the others back; a failing
+  record is negatively acknowledged (redelivered after ``nack_delay_s``) and dead-lettered once it has been
+  delivered ``max_redeliveries`` times.
+* Records of a deleted workspace are acknowledged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from storm.bootstrap import Services
+from storm.domain import Message, Reaction
+from storm.errors import NotFound
+from storm.ports.broker import Delivery, WorkSubscription
+from storm.ports.store import UnitOfWork
+from storm.protocol import events as e
+
+log = logging.getLogger("storm.consumers.persistence")
+
+SUBSCRIPTION = "persistence"
+
+
+@dataclass
+class Plan:
+    """What one batch writes, per workspace, in log order."""
+
+    messages: list[Message] = field(default_factory=list)
+    edits: list[tuple[uuid.UUID, str, datetime]] = field(default_factory=list)
+    deletes: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)
+    reactions: list[tuple[Reaction, bool]] = field(default_factory=list)  # (reaction, remove)
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.edits) + len(self.deletes) + len(self.reactions)
+
+
+@dataclass
+class Handled:
+    plans: dict[str, Plan]  # workspace slug -> plan
+    poison: list[tuple[Delivery, str]]
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) -> Handled:
+    """Pure: decode records into per-workspace write plans.  Unknown workspaces are skipped."""
+    plans: dict[str, Plan] = {}
+    poison: list[tuple[Delivery, str]] = []
+    for d in deliveries:
+        r = d.record
+        ws_id = workspace_ids.get(r.workspace)
+        if ws_id is None:
+            continue
+        try:
+            ev = e.decode_record(r.payload)
+            channel_id = uuid.UUID(r.channel)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            poison.append((d, f"undecodable record: {exc}"[:200]))
+            continue
+        plan = plans.setdefault(r.workspace, Plan())
+        try:
+            if isinstance(ev, e.MessageEvent):
+                plan.messages.append(Message(
+                    id=uuid.UUID(ev.id), workspace_id=ws_id, channel_id=channel_id, author_id=uuid.UUID(ev.author),
+                    body=ev.text, offset=r.offset, created_at=_ts(ev.ts), client_msg_id=ev.cmid,
+                    thread_id=uuid.UUID(ev.thread) if ev.thread else None,
+                ))
+            elif isinstance(ev, e.EditEvent):
+                plan.edits.append((uuid.UUID(ev.id), ev.text, _ts(ev.ts)))
+            elif isinstance(ev, e.DeleteEvent):
+                plan.deletes.append((uuid.UUID(ev.id), _ts(ev.ts)))
+            elif isinstance(ev, e.ReactionEvent):
+                plan.reactions.append((Reaction(ws_id, uuid.UUID(ev.message_id), uuid.UUID(ev.user), ev.emoji),
+                                       ev.remove))
+            # ephemeral events never reach the work subscription; ignore anything else
+        except ValueError as exc:
+            poison.append((d, f"invalid ids in record: {exc}"[:200]))
+    return Handled(plans, poison)
+
+
+async def apply(uow: UnitOfWork, workspace_id: uuid.UUID, plan: Plan) -> int:
+    """Write one workspace's plan inside a unit of work; returns the number of new message rows."""
+    inserted = await uow.messages.add_many(plan.messages) if plan.messages else 0
+    for message_id, body, at in plan.edits:
+        await uow.messages.edit(workspace_id, message_id, body, at)
+    for message_id, at in plan.deletes:
+        await uow.messages.delete(workspace_id, message_id, at)
+    for reaction, remove in plan.reactions:
+        if remove:
+            await uow.reactions.remove(reaction)
+        else:
+            await uow.reactions.add(reaction)
+    return inserted
+
+
+class PersistenceWorker:
+    def __init__(self, services: Services, *, name: str = SUBSCRIPTION) -> None:
+        cfg = services.config
+        self._services = services
+        self._name = name
+        self._batch = cfg.consumer_batch
+        self._max_wait = cfg.consumer_max_wait_s
+        self._max_redeliveries = cfg.consumer_max_redeliveries
+        self._nack_delay = cfg.nack_delay_s
+        self._sub: WorkSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats = {"batches": 0, "records": 0, "inserted": 0, "retried": 0, "dead_lettered": 0}
+
+    async def start(self) -> None:
+        if self._sub is not None:
+            raise RuntimeError("PersistenceWorker.start() called twice")
+        self._sub = await self._services.broker.subscribe_work(self._name)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self._services.config.drain_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.close()
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while not self._stopping:
+            try:
+                deliveries = await self._sub.receive(self._batch, min(self._max_wait, 0.25))
+            except Exception:
+                log.exception("receive failed on subscription %s; retrying", self._name)
+                await asyncio.sleep(self._nack_delay)
+                continue
+            if deliveries:
+                await self.process(deliveries)
+
+    async def _workspace_ids(self, deliveries: Sequence[Delivery]) -> dict[str, uuid.UUID]:
+        ids: dict[str, uuid.UUID] = {}
+        for slug in {d.record.workspace for d in deliveries}:
+            try:
+                ids[slug] = (await self._services.directory.workspace(slug)).id
+            except NotFound:
+                log.info("dropping records of deleted workspace ws=%s", slug)
+        return ids
+
+    async def process(self, deliveries: Sequence[Delivery]) -> None:
+        """Write a batch and acknowledge it; on failure fall back to one record at a time."""
+        sub = self._sub
+        assert sub is not None
+        self.stats["batches"] += 1
+        self.stats["records"] += len(deliveries)
+        ids = await self._workspace_ids(deliveries)
+        handled = handle(deliveries, ids)
+        for d, reason in handled.poison:
+            await self._dead_letter(d, reason)
+        poisoned = {id(d) for d, _ in handled.poison}
+        good = [d for d in deliveries if id(d) not in poisoned]
+        try:
+            self.stats["inserted"] += await self._write(handled.plans, ids)
+        except Exception as exc:
+            if len(good) == 1:
+                await self._retry_or_dead_letter(good[0], exc)
+                return
+            log.warning("batch of %d failed (%r); retrying record by record", len(good), exc)
+            for d in good:
+                await self.process_one(d)
+            return
+        await sub.ack(good)
+
+    async def process_one(self, d: Delivery) -> None:
+        assert self._sub is not None
+        ids = await self._workspace_ids([d])
+        handled = handle([d], ids)
+        if handled.poison:
+            await self._dead_letter(d, handled.poison[0][1])
+            return
+        try:
+            self.stats["inserted"] += await self._write(handled.plans, ids)
+        except Exception as exc:
+            await self._retry_or_dead_letter(d, exc)
+            return
+        await self._sub.ack([d])
+
+    async def _write(self, plans: dict[str, Plan], ids: dict[str, uuid.UUID]) -> int:
+        if not plans:
+            return 0
+
+        async def write_all(uow: UnitOfWork) -> int:
+            return sum([await apply(uow, ids[slug], plan) for slug, plan in plans.items()])
+
+        return await self._services.store.run(write_all)
+
+    async def _retry_or_dead_letter(self, d: Delivery, exc: BaseException) -> None:
+        assert self._sub is not None
+        r = d.record
+        if d.delivery_count >= self._max_redeliveries:
+            await self._dead_letter(d, f"failed {d.delivery_count} times: {exc!r}"[:200])
+            return
+        log.warning("write failed ws=%s channel=%s offset=%d attempt=%d: %r; will retry",
+                    r.workspace, r.channel, r.offset, d.delivery_count, exc)
+        self.stats["retried"] += 1
+        await self._sub.nack([d], self._nack_delay)
+
+    async def _dead_letter(self, d: Delivery, reason: str) -> None:
+        assert self._sub is not None
+        r = d.record
+        log.error("dead-lettering ws=%s channel=%s offset=%d: %s", r.workspace, r.channel, r.offset, reason)
+        self.stats["dead_lettered"] += 1
+        await self._sub.dead_letter(d, reason)
+
+
+def describe(stats: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in stats.items())

@@ -1,0 +1,125 @@
+"""Quart application factory for the gateway (and, in `storm dev`, the tenants API and consumers).
+
+Nothing connects here: ``create_app`` wires objects; ``before_serving`` starts them in dependency order
+(store, cache, broker -> workers -> gateway hub) and ``after_serving`` stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any, Protocol
+
+from quart import Quart, Response, jsonify
+
+from gateway.runtime import Gateway
+from gateway.ws import register_ws
+from storm.bootstrap import Services
+from storm.errors import StormError
+
+log = logging.getLogger("storm.gateway.app")
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_app(
+    services: Services,
+    *,
+    tenants: bool = True,
+    page: bool = True,
+    components: list[Component] | None = None,
+    on_started: Any = None,
+) -> Quart:
+    app = Quart(__name__)
+    gateway = Gateway(services)
+    workers = list(components or [])
+    app.extensions["storm"] = services
+    app.extensions["gateway"] = gateway
+
+    @app.before_serving
+    async def startup() -> None:
+        await services.start()
+        if services.config.seed_demo:
+            from storm.seed import seed_demo
+
+            ws = await seed_demo(services.store)
+            await services.broker.ensure_workspace(ws.slug, ws.quotas)
+        for worker in workers:
+            await worker.start()
+        await gateway.start()
+        if on_started is not None:
+            await on_started(app)
+
+    @app.after_serving
+    async def shutdown() -> None:
+        await gateway.stop()
+        for worker in reversed(workers):
+            try:
+                await worker.stop()
+            except Exception:
+                log.exception("error stopping %s", type(worker).__name__)
+        await services.stop()
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[Response, int]:
+        checks: dict[str, str] = {}
+        try:
+            await services.store.ping()
+            checks["store"] = "ok"
+        except StormError as exc:
+            checks["store"] = exc.message
+        ok = all(v == "ok" for v in checks.values()) and gateway.accepting
+        body = {"status": "ok" if ok else "unavailable", "checks": checks, "connections": gateway.connections}
+        return jsonify(body), 200 if ok else 503
+
+    if page:
+        @app.get("/")
+        async def index() -> Response:
+            html = resources.files("gateway").joinpath("static/index.html").read_bytes()
+            return Response(html, content_type="text/html; charset=utf-8")
+
+        @app.get("/static/<path:name>")
+        async def static_file(name: str) -> Response:
+            allowed = {"app.js": "text/javascript", "style.css": "text/css"}
+            if name not in allowed:
+                return Response("not found", status=404)
+            body = resources.files("gateway").joinpath(f"static/{name}").read_bytes()
+            return Response(body, content_type=f"{allowed[name]}; charset=utf-8")
+
+    if services.config.identity == "dev" and services.config.mode == "embedded":
+        _register_dev_token(app, services)
+
+    register_ws(app, gateway)
+    if tenants:
+        from tenants.api import register
+
+        register(app, services)
+    return app
+
+
+def _register_dev_token(app: Quart, services: Services) -> None:
+    """`GET /dev/token?user=alice&workspace=demo`: mint a dev token for the chat page.  Embedded mode only
+    (the config refuses the dev identity in production), and only for `[a-z0-9_-]` handles."""
+    import re
+
+    from quart import request
+
+    from storm.adapters.dev_identity import DevIdentity
+
+    handle_re = re.compile(r"^[a-z0-9_-]{1,32}$")
+    issuer = DevIdentity(services.config.dev_secret, ttl_s=services.config.token_ttl_s)
+
+    @app.get("/dev/token")
+    async def dev_token() -> tuple[Response, int]:
+        user = request.args.get("user", "")
+        workspace = request.args.get("workspace", "demo")
+        for name, value in (("user", user), ("workspace", workspace)):
+            if not handle_re.match(value) and not (name == "workspace" and value == "*"):
+                body = {"error": {"code": "bad_request", "message": f"invalid {name}", "field": name}}
+                return jsonify(body), 400
+        token = issuer.issue(f"dev|{user}", workspace, user.title())
+        return jsonify({"token": token, "expires_in": services.config.token_ttl_s}), 200

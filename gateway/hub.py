@@ -1,0 +1,128 @@
+"""The hub: this gateway's local connections, grouped by channel (centrifuge's hub, never touching Redis).
+
+One broadcast subscription per gateway process.  When a record arrives for a channel, the hub encodes
+the client frame once (splicing the offset into the stored payload) and hands the same ``bytes`` object
+to every local session subscribed to it.  The broker subscription for a channel is added when its first
+local subscriber joins and removed when the last one leaves.
+
+A sweeper checks session deadlines (authentication and idle timeouts) for all connections in one pass
+instead of one timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from storm.ports.broker import BroadcastSubscription, Broker, Record
+from storm.ports.clock import Clock
+from storm.protocol.events import with_offset
+
+if TYPE_CHECKING:
+    from storm.protocol.session import Session
+
+log = logging.getLogger("storm.gateway.hub")
+
+
+class Hub:
+    def __init__(self, broker: Broker, clock: Clock, *, sweep_interval_s: float = 0.5) -> None:
+        self._broker = broker
+        self._clock = clock
+        self._sweep_interval = sweep_interval_s
+        self._groups: dict[tuple[str, str], set[Session]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._sessions: set[Session] = set()
+        self._sub: BroadcastSubscription | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.records = 0
+        self.deliveries = 0
+
+    async def start(self) -> None:
+        if self._sub is not None:
+            raise RuntimeError("Hub.start() called twice")
+        self._sub = await self._broker.subscribe_broadcast(self._on_record)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.close()
+        self._groups.clear()
+
+    # -- sessions ---------------------------------------------------------------------------------------
+    def register(self, session: Session) -> None:
+        self._sessions.add(session)
+
+    def unregister(self, session: Session) -> None:
+        self._sessions.discard(session)
+
+    @property
+    def sessions(self) -> set[Session]:
+        return self._sessions
+
+    def channel_count(self) -> int:
+        return len(self._groups)
+
+    async def join(self, session: Session, workspace: str, channel: str) -> None:
+        key = (workspace, channel)
+        group = self._groups.get(key)
+        if group is not None:
+            group.add(session)
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            group = self._groups.get(key)
+            if group is None:
+                assert self._sub is not None, "hub not started"
+                await self._sub.add(workspace, channel)
+                group = self._groups[key] = set()
+            group.add(session)
+
+    async def leave(self, session: Session, workspace: str, channel: str) -> None:
+        key = (workspace, channel)
+        group = self._groups.get(key)
+        if group is None:
+            return
+        group.discard(session)
+        if group:
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            group = self._groups.get(key)
+            if group is not None and not group:
+                del self._groups[key]
+                if self._sub is not None:
+                    await self._sub.remove(workspace, channel)
+            if not lock._waiters:  # noqa: SLF001 - drop idle locks so the dict stays bounded
+                self._locks.pop(key, None)
+
+    # -- fan-out ----------------------------------------------------------------------------------------
+    def _on_record(self, record: Record) -> None:
+        group = self._groups.get((record.workspace, record.channel))
+        if not group:
+            return
+        data = with_offset(record.payload, record.offset)  # encoded once for every recipient
+        channel, offset = record.channel, record.offset
+        self.records += 1
+        self.deliveries += len(group)
+        for session in tuple(group) if len(group) < 64 else list(group):
+            session.on_channel_event(channel, offset, data)
+
+    # -- deadlines --------------------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            now = self._clock.monotonic()
+            for session in list(self._sessions):
+                try:
+                    session.check_deadlines(now)
+                except Exception:
+                    log.exception("deadline check failed for %r", session)

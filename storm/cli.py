@@ -1,0 +1,136 @@
+"""The `storm` command line: run STORM, mint dev tokens, migrate, benchmark.
+
+    storm dev                      gateway + tenants API + consumers in one process, embedded adapters
+    storm token alice [--workspace demo]
+    storm migrate                  run database migrations to head
+    storm bench fanout|idle ...    benchmarks (JSON on stdout, progress on stderr)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import webbrowser
+from typing import Any
+
+from storm.config import Config, ConfigError
+
+
+def _config(args: argparse.Namespace, **overrides: Any) -> Config:
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return Config.from_env(**overrides)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from consumers.persistence import PersistenceWorker
+    from gateway.app import create_app
+    from storm.adapters.dev_identity import DevIdentity
+    from storm.bootstrap import build_services
+    from storm.seed import DEMO_WORKSPACE, channel_id
+    from storm.serve import run, serve_app
+
+    cfg = _config(args, seed_demo=not args.no_seed)
+    services = build_services(cfg)
+    url = f"http://{cfg.host}:{cfg.port}/"
+
+    async def announce(app: Any) -> None:
+        issuer = DevIdentity(cfg.dev_secret, ttl_s=cfg.token_ttl_s)
+        token = issuer.issue("dev|alice", DEMO_WORKSPACE, "Alice")
+        print(f"STORM dev is running: {url}  (healthz: {url}healthz, websocket: ws://{cfg.host}:{cfg.port}/ws)",
+              flush=True)
+        if cfg.seed_demo:
+            print(f"demo workspace '{DEMO_WORKSPACE}', channel #general = {channel_id(DEMO_WORKSPACE, 'general')}",
+                  flush=True)
+            print(f"dev token (alice): {token}", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+        if args.open and (os.environ.get("DISPLAY") or sys.platform == "darwin"):
+            webbrowser.open(url)
+
+    app = create_app(services, components=[PersistenceWorker(services)], on_started=announce)
+    run(lambda: serve_app(app, cfg))
+    print("STORM dev stopped", flush=True)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from storm.adapters.dev_identity import DevIdentity
+
+    cfg = Config.from_env()
+    if cfg.identity != "dev":
+        print("storm token: dev tokens exist only with STORM_IDENTITY=dev", file=sys.stderr)
+        return 2
+    print(DevIdentity(cfg.dev_secret, ttl_s=args.ttl).issue(f"dev|{args.user}", args.workspace,
+                                                           args.name or args.user.title()))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from db.migrate import upgrade_async
+    from storm.serve import run
+
+    cfg = Config.from_env()
+    run(lambda: upgrade_async(cfg.database_url))
+    print(f"migrated {cfg.database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from storm.bench import main as bench_main
+
+    result = bench_main(args)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storm", description="STORM real-time messaging backend")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run everything in one process on embedded adapters")
+    dev.add_argument("--host", default=None)
+    dev.add_argument("--port", type=int, default=None)
+    dev.add_argument("--no-seed", action="store_true", help="do not create the demo workspace")
+    dev.add_argument("--open", action="store_true", help="open the chat page in a browser")
+    dev.set_defaults(fn=cmd_dev)
+
+    tok = sub.add_parser("token", help="mint a dev token (embedded mode only)")
+    tok.add_argument("user")
+    tok.add_argument("--workspace", default="demo", help="workspace slug, or * for a provisioning token")
+    tok.add_argument("--name", default=None)
+    tok.add_argument("--ttl", type=int, default=3600)
+    tok.set_defaults(fn=cmd_token)
+
+    mig = sub.add_parser("migrate", help="run database migrations to head")
+    mig.set_defaults(fn=cmd_migrate)
+
+    bench = sub.add_parser("bench", help="benchmarks; JSON on stdout")
+    from storm.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"storm: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

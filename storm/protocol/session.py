@@ -1,0 +1,506 @@
+"""The session core: protocol v1 logic for one connection, with no socket I/O (docs/protocol.md).
+
+The I/O layer (gateway/ws.py) hands it decoded frames (:meth:`Session.receive`) and gives it a
+:class:`Transport` to push encoded events to and to ask for a close.  Everything it needs from the world
+(broker, cache, directory, hub, clock) comes through :class:`SessionContext`, so unit tests drive it with
+the embedded adapters and a list as transport (tests/unit/test_session.py).
+
+States: AWAITING_AUTH -> OPEN -> CLOSED.  Illegal transitions raise.  Channel events reach the session
+through :meth:`on_channel_event` (called by the hub, already encoded once for every recipient); the
+session drops duplicates by offset and holds live events back while it replays missed ones, so a client
+sees each offset once and in order (docs/delivery.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from storm.config import Config
+from storm.directory import Directory, Principal
+from storm.domain import MAX_BODY_CHARS, ReadMarker, Role
+from storm.errors import Forbidden, NotFound, OffsetTruncated, StormError
+from storm.ports.broker import Broker
+from storm.ports.cache import Cache, PresenceEntry
+from storm.ports.clock import Clock
+from storm.ports.identity import IdentityVerifier
+from storm.ports.store import Store
+from storm.protocol import commands as c
+from storm.protocol import events as e
+from storm.protocol.codes import CloseCode, ErrorCode
+from storm.ratelimit import TokenBucket
+
+log = logging.getLogger("storm.session")
+
+WORKSPACE_PRESENCE = "_workspace"  # pseudo-channel: who is online in the workspace
+MAX_BAD_FRAMES = 10
+TYPING_INTERVAL_S = 2.0
+REPLAY_MAX = 1000
+
+
+class State(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Transport(Protocol):
+    def send(self, data: bytes) -> bool:
+        """Queue one encoded event (or several joined by newlines).  False if the connection is gone."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection after the events already queued (or at once for SLOW_CONSUMER)."""
+        ...
+
+
+class Hub(Protocol):
+    async def join(self, session: Session, workspace: str, channel: str) -> None: ...
+
+    async def leave(self, session: Session, workspace: str, channel: str) -> None: ...
+
+
+@dataclass
+class SessionContext:
+    config: Config
+    clock: Clock
+    broker: Broker
+    cache: Cache
+    store: Store
+    identity: IdentityVerifier
+    directory: Directory
+    hub: Hub
+
+
+class _Sub:
+    __slots__ = ("buffer", "last", "replaying")
+
+    def __init__(self) -> None:
+        self.replaying = True
+        self.last = 0
+        self.buffer: list[tuple[int, bytes]] = []
+
+
+class _DedupAck(msgspec.Struct, array_like=True):
+    message_id: str
+    offset: int
+
+
+class Session:
+    def __init__(self, ctx: SessionContext, transport: Transport, *, session_id: str | None = None) -> None:
+        self.ctx = ctx
+        self.transport = transport
+        self.id = session_id or uuid.uuid4().hex
+        self.state = State.AWAITING_AUTH
+        now = ctx.clock.monotonic()
+        self.opened_at = now
+        self.last_seen = now
+        self.principal: Principal | None = None
+        self.subs: dict[str, _Sub] = {}
+        self._bad_frames = 0
+        self._bucket = TokenBucket(ctx.config.publish_rate, ctx.config.publish_burst, now)
+        self._typing: dict[str, float] = {}
+        self._presence_refreshed = now
+        self.close_code: int | None = None
+
+    # -- properties the hub and route use ----------------------------------------------------------------
+    @property
+    def workspace(self) -> str:
+        assert self.principal is not None
+        return self.principal.workspace.slug
+
+    def __repr__(self) -> str:
+        ws = self.principal.workspace.slug if self.principal else "-"
+        return f"<Session {self.id[:8]} ws={ws} {self.state.value}>"
+
+    # -- input ------------------------------------------------------------------------------------------
+    async def receive(self, data: bytes | str) -> None:
+        """Handle one client frame.  Never raises for anything the peer sends."""
+        if self.state is State.CLOSED:
+            return
+        self.last_seen = self.ctx.clock.monotonic()
+        try:
+            cmd = c.decode_command(data, self.ctx.config.max_frame_bytes)
+        except c.ProtocolViolation as exc:
+            self._protocol_error(exc)
+            return
+        if self.state is State.AWAITING_AUTH:
+            await self._authenticate(cmd)
+            return
+        self._bad_frames = 0
+        rid = getattr(cmd, "id", None)
+        channel = getattr(cmd, "channel", None)
+        try:
+            await self._dispatch(cmd)
+        except StormError as exc:
+            self._error(_code_of(exc), exc.message, id=rid, field=exc.field, channel=channel)
+        except Exception:
+            log.exception("session bug ws=%s session=%s op=%s", self.workspace, self.id,
+                          type(cmd).__name__.lower())
+            self._error(ErrorCode.INTERNAL, "internal error", id=rid, channel=channel)
+
+    def _protocol_error(self, exc: c.ProtocolViolation) -> None:
+        self._bad_frames += 1
+        self._error(exc.code, exc.message, id=exc.id, field=exc.field)
+        if self.state is State.AWAITING_AUTH:
+            self._close(CloseCode.UNAUTHENTICATED, "expected an auth message")
+        elif self._bad_frames >= MAX_BAD_FRAMES:
+            self._close(CloseCode.PROTOCOL_VIOLATION, "too many invalid frames")
+
+    async def _authenticate(self, cmd: c.Command) -> None:
+        if not isinstance(cmd, c.Auth):
+            self._error(ErrorCode.UNAUTHENTICATED, "the first message must be auth")
+            self._close(CloseCode.UNAUTHENTICATED, "expected an auth message")
+            return
+        try:
+            claims = await self.ctx.identity.verify(cmd.token)
+            principal = await self.ctx.directory.principal(claims)
+        except StormError as exc:
+            self._error(ErrorCode.UNAUTHENTICATED, exc.message)
+            self._close(CloseCode.UNAUTHENTICATED, "authentication failed")
+            return
+        if self.state is State.CLOSED:  # timed out while we were verifying
+            return
+        self.principal = principal
+        self.state = State.OPEN
+        cfg = self.ctx.config
+        self._send(e.Hello(
+            v=1, session=self.id, workspace=principal.workspace.slug,
+            user=e.UserRef(id=str(principal.user.id), name=principal.user.name),
+            heartbeat_s=cfg.heartbeat_s,
+            limits=e.Limits(
+                max_frame_bytes=cfg.max_frame_bytes, max_subscriptions=cfg.max_subscriptions,
+                max_body_chars=MAX_BODY_CHARS, publish_rate=cfg.publish_rate,
+                publish_burst=cfg.publish_burst, history_page_max=cfg.history_page_max,
+                auth_timeout_s=cfg.auth_timeout_s, idle_timeout_s=cfg.idle_timeout_s,
+            ),
+        ))
+        await self.ctx.cache.presence_add(principal.workspace.slug, WORKSPACE_PRESENCE, self.id,
+                                          self._entry(), cfg.presence_ttl_s)
+
+    async def _dispatch(self, cmd: c.Command) -> None:
+        match cmd:
+            case c.Publish():
+                await self._publish(cmd)
+            case c.Subscribe():
+                await self._subscribe(cmd)
+            case c.Unsubscribe():
+                await self._unsubscribe(cmd)
+            case c.Typing():
+                await self._typing_cmd(cmd)
+            case c.Ping():
+                self._send(e.Pong(id=cmd.id, ts=self.ctx.clock.time()))
+                await self._refresh_presence()
+            case c.Presence():
+                await self._presence(cmd)
+            case c.History():
+                await self._history(cmd)
+            case c.Edit() | c.Delete():
+                await self._edit_or_delete(cmd)
+            case c.React():
+                await self._react(cmd)
+            case c.Read():
+                await self._read(cmd)
+            case c.Auth():
+                self._error(ErrorCode.ALREADY_AUTHENTICATED, "this session is already authenticated")
+
+    # -- output -----------------------------------------------------------------------------------------
+    def _send(self, event: Any) -> None:
+        self.transport.send(e.encode(event))
+
+    def _error(self, code: ErrorCode | str, message: str, *, id: int | None = None, field: str | None = None,
+               channel: str | None = None) -> None:
+        self._send(e.Error(code=str(code), message=message, id=id, field=field, channel=channel))
+
+    def _close(self, code: CloseCode, reason: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.close_code = int(code)
+        self.transport.close(int(code), reason)
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close from outside (timeouts, drain, overflow)."""
+        self._close(code, reason)
+
+    def on_channel_event(self, channel: str, offset: int, data: bytes) -> None:
+        """A broadcast event for one of our channels, already encoded.  Hot path: no allocation when the
+        event is forwarded."""
+        sub = self.subs.get(channel)
+        if sub is None:
+            return
+        if sub.replaying:
+            sub.buffer.append((offset, data))
+            return
+        if offset:
+            if offset <= sub.last:
+                return  # already delivered (replay overlap)
+            sub.last = offset
+        self.transport.send(data)
+
+    # -- deadlines (called by the hub's sweeper) ----------------------------------------------------------
+    def check_deadlines(self, now: float) -> None:
+        cfg = self.ctx.config
+        if self.state is State.AWAITING_AUTH and now - self.opened_at >= cfg.auth_timeout_s:
+            self._error(ErrorCode.UNAUTHENTICATED, "no auth message in time")
+            self._close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
+        elif self.state is State.OPEN and now - self.last_seen >= cfg.idle_timeout_s:
+            self._close(CloseCode.IDLE_TIMEOUT, "idle timeout")
+
+    # -- commands ---------------------------------------------------------------------------------------
+    def _p(self) -> Principal:
+        assert self.principal is not None
+        return self.principal
+
+    def _entry(self) -> PresenceEntry:
+        p = self._p()
+        return PresenceEntry(user_id=str(p.user.id), name=p.user.name)
+
+    def _limit(self, rid: int | None, channel: str | None) -> bool:
+        if self._bucket.take(self.ctx.clock.monotonic()):
+            return True
+        wait = self._bucket.retry_after()
+        self._error(ErrorCode.RATE_LIMITED, f"rate limited; retry in {wait:.2f}s", id=rid, channel=channel)
+        return False
+
+    async def _publish(self, cmd: c.Publish) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
+        channel = str(ch.id)
+        if not self._limit(cmd.id, channel):
+            return
+        ws = p.workspace.slug
+        key = f"cmid:{p.user.id.hex}:{cmd.cmid}"
+        cache = self.ctx.cache
+        prior = await cache.put_if_absent(ws, key, b"", self.ctx.config.dedup_ttl_s)
+        if prior is not None:
+            if not prior:
+                self._error(ErrorCode.CONFLICT, "a publish with this cmid is in flight; retry", id=cmd.id,
+                            field="cmid", channel=channel)
+                return
+            done = msgspec.msgpack.decode(prior, type=_DedupAck)
+            self._send(e.Ack(id=cmd.id, channel=channel, cmid=cmd.cmid, message_id=done.message_id,
+                             offset=done.offset, duplicate=True))
+            return
+        message_id = str(uuid.uuid4())
+        payload = e.encode(e.MessageEvent(
+            channel=channel, id=message_id, author=str(p.user.id), author_name=p.user.name, text=cmd.text,
+            ts=self.ctx.clock.time(), cmid=cmd.cmid, thread=cmd.thread,
+        ))
+        try:
+            offset = await self.ctx.broker.publish(ws, channel, payload)
+        except BaseException:
+            await cache.delete(ws, key)  # let the client's retry through
+            raise
+        await cache.set(ws, key, msgspec.msgpack.encode(_DedupAck(message_id, offset)), self.ctx.config.dedup_ttl_s)
+        self._send(e.Ack(id=cmd.id, channel=channel, cmid=cmd.cmid, message_id=message_id, offset=offset))
+
+    async def _subscribe(self, cmd: c.Subscribe) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+        channel = str(ch.id)
+        ws = p.workspace.slug
+        if channel not in self.subs and len(self.subs) >= self.ctx.config.max_subscriptions:
+            self._error(ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                        f"at most {self.ctx.config.max_subscriptions} subscriptions per connection",
+                        id=cmd.id, channel=channel)
+            return
+        sub = self.subs.get(channel)
+        fresh = sub is None
+        if sub is None:
+            sub = self.subs[channel] = _Sub()
+            await self.ctx.hub.join(self, ws, channel)  # live events are buffered from here on
+        else:
+            sub.replaying = True
+        try:
+            head = await self.ctx.broker.head(ws, channel)
+            records, recovered = await self._missed(ws, channel, cmd.since, head)
+        except BaseException:
+            if fresh:
+                self.subs.pop(channel, None)
+                await self.ctx.hub.leave(self, ws, channel)
+            raise
+        self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
+                                replayed=len(records)))
+        last = head if cmd.since is None else min(cmd.since, head)
+        if not fresh:
+            last = max(last, sub.last)
+        for r in records:
+            if r.offset > last:
+                self.transport.send(e.with_offset(r.payload, r.offset))
+                last = r.offset
+        sub.last = head  # every offset up to head was replayed or, without `since`, is not wanted
+        pending, sub.buffer, sub.replaying = sub.buffer, [], False
+        for offset, data in pending:
+            self.on_channel_event(channel, offset, data)
+        if fresh and await self.ctx.cache.presence_add(ws, channel, self.id, self._entry(),
+                                                       self.ctx.config.presence_ttl_s):
+            await self._announce(e.PresenceJoin(channel=channel, user=str(p.user.id), name=p.user.name))
+
+    async def _missed(self, ws: str, channel: str, since: int | None, head: int) -> tuple[list[Any], bool]:
+        """Records after ``since`` up to ``head`` (bounded), and whether the gap could be filled."""
+        if since is None or since >= head:
+            return [], True
+        start, recovered = since + 1, True
+        if head - since > REPLAY_MAX:
+            start, recovered = head - REPLAY_MAX + 1, False
+        try:
+            return await self.ctx.broker.read(ws, channel, start, head - start + 1), recovered
+        except OffsetTruncated as exc:
+            if exc.earliest > head:
+                return [], False
+            return await self.ctx.broker.read(ws, channel, exc.earliest, head - exc.earliest + 1), False
+
+    async def _unsubscribe(self, cmd: c.Unsubscribe) -> None:
+        if self.subs.pop(cmd.channel, None) is None:
+            self._error(ErrorCode.NOT_SUBSCRIBED, "not subscribed to this channel", id=cmd.id,
+                        field="channel", channel=cmd.channel)
+            return
+        await self._leave_channel(cmd.channel)
+        self._send(e.Unsubscribed(channel=cmd.channel, id=cmd.id))
+
+    async def _leave_channel(self, channel: str) -> None:
+        ws = self.workspace
+        await self.ctx.hub.leave(self, ws, channel)
+        gone = await self.ctx.cache.presence_remove(ws, channel, self.id)
+        if gone is not None:
+            await self._announce(e.PresenceLeave(channel=channel, user=gone.user_id, name=gone.name))
+
+    async def _announce(self, event: Any) -> None:
+        try:
+            await self.ctx.broker.publish_ephemeral(self.workspace, event.channel, e.encode(event))
+        except StormError:  # ephemeral: best effort by contract
+            log.warning("ephemeral publish failed ws=%s channel=%s", self.workspace, event.channel)
+
+    async def _typing_cmd(self, cmd: c.Typing) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+        channel = str(ch.id)
+        now = self.ctx.clock.monotonic()
+        if now - self._typing.get(channel, -1e9) < TYPING_INTERVAL_S:
+            return  # throttled: the others already know we are typing
+        if len(self._typing) > 4 * self.ctx.config.max_subscriptions:
+            self._typing.clear()
+        self._typing[channel] = now
+        await self._announce(e.TypingEvent(channel=channel, user=str(p.user.id), name=p.user.name))
+
+    async def _presence(self, cmd: c.Presence) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+        users = await self.ctx.cache.presence_list(p.workspace.slug, str(ch.id))
+        self._send(e.PresenceList(channel=str(ch.id), id=cmd.id,
+                                  users=[e.UserRef(id=u.user_id, name=u.name) for u in users]))
+
+    async def _refresh_presence(self) -> None:
+        now = self.ctx.clock.monotonic()
+        ttl = self.ctx.config.presence_ttl_s
+        if now - self._presence_refreshed < ttl / 3:
+            return
+        self._presence_refreshed = now
+        await self.ctx.cache.presence_refresh(self.workspace, [WORKSPACE_PRESENCE, *self.subs], self.id, ttl)
+
+    async def _history(self, cmd: c.History) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+        limit = min(cmd.limit, self.ctx.config.history_page_max)
+        async with self.ctx.store.unit_of_work() as uow:
+            rows = await uow.messages.page(p.workspace.id, ch.id, before=cmd.before, limit=limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            authors = {u.id: u.name for u in await uow.users.get_many(list({m.author_id for m in rows}))}
+            counts = await uow.reactions.counts(p.workspace.id, [m.id for m in rows])
+        self._send(e.HistoryPage(
+            channel=str(ch.id), id=cmd.id, next_before=rows[-1].offset if more and rows else None,
+            messages=[history_message(m, authors.get(m.author_id, "?"), counts.get(m.id, {})) for m in rows],
+        ))
+
+    async def _edit_or_delete(self, cmd: c.Edit | c.Delete) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
+        channel = str(ch.id)
+        if not self._limit(cmd.id, channel):
+            return
+        msg = await self._message(p, ch.id, cmd.message_id)
+        is_author = msg.author_id == p.user.id
+        if isinstance(cmd, c.Edit):
+            if not is_author:
+                raise Forbidden("only the author may edit a message", field="message_id")
+            event: Any = e.EditEvent(channel=channel, id=str(msg.id), author=str(p.user.id), text=cmd.text,
+                                     ts=self.ctx.clock.time())
+        else:
+            if not (is_author or p.role.at_least(Role.ADMIN)):
+                raise Forbidden("only the author or an admin may delete a message", field="message_id")
+            event = e.DeleteEvent(channel=channel, id=str(msg.id), author=str(p.user.id), ts=self.ctx.clock.time())
+        offset = await self.ctx.broker.publish(p.workspace.slug, channel, e.encode(event))
+        self._send(e.Ack(id=cmd.id, channel=channel, message_id=str(msg.id), offset=offset))
+
+    async def _message(self, p: Principal, channel_id: uuid.UUID, message_id: str) -> Any:
+        try:
+            mid = uuid.UUID(message_id)
+        except ValueError:
+            raise NotFound("no such message", field="message_id") from None
+        async with self.ctx.store.unit_of_work() as uow:
+            msg = await uow.messages.get(p.workspace.id, mid)
+        if msg is None or msg.channel_id != channel_id or msg.deleted_at is not None:
+            raise NotFound("no such message (new messages become editable once stored)", field="message_id")
+        return msg
+
+    async def _react(self, cmd: c.React) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
+        channel = str(ch.id)
+        if not self._limit(cmd.id, channel):
+            return
+        msg = await self._message(p, ch.id, cmd.message_id)
+        event = e.ReactionEvent(channel=channel, message_id=str(msg.id), user=str(p.user.id), emoji=cmd.emoji,
+                                remove=cmd.remove, ts=self.ctx.clock.time())
+        offset = await self.ctx.broker.publish(p.workspace.slug, channel, e.encode(event))
+        self._send(e.Ack(id=cmd.id, channel=channel, message_id=str(msg.id), offset=offset))
+
+    async def _read(self, cmd: c.Read) -> None:
+        p = self._p()
+        ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+
+        async def advance(uow: Any) -> int:
+            return int(await uow.read_markers.advance(ReadMarker(p.workspace.id, ch.id, p.user.id, cmd.offset)))
+
+        stored = await self.ctx.store.run(advance)
+        self._send(e.Ack(id=cmd.id, channel=str(ch.id), offset=stored))
+
+    # -- teardown ---------------------------------------------------------------------------------------
+    async def closed(self) -> None:
+        """The connection is gone: leave every channel and drop presence.  Idempotent."""
+        self.state = State.CLOSED
+        if self.principal is None:
+            return
+        subs, self.subs = list(self.subs), {}
+        for channel in subs:
+            try:
+                await self._leave_channel(channel)
+            except Exception:
+                log.exception("cleanup failed ws=%s session=%s channel=%s", self.workspace, self.id, channel)
+        try:
+            await self.ctx.cache.presence_remove(self.workspace, WORKSPACE_PRESENCE, self.id)
+        except StormError:
+            log.warning("presence cleanup failed ws=%s session=%s", self.workspace, self.id)
+
+
+def history_message(m: Any, author_name: str, reactions: dict[str, int]) -> e.HistoryMessage:
+    return e.HistoryMessage(
+        id=str(m.id), offset=m.offset, author=str(m.author_id), author_name=author_name,
+        text="" if m.deleted_at else m.body, ts=m.created_at.timestamp(), cmid=m.client_msg_id,
+        thread=str(m.thread_id) if m.thread_id else None,
+        edited_ts=m.edited_at.timestamp() if m.edited_at else None, deleted=m.deleted_at is not None,
+        reactions=reactions,
+    )
+
+
+def _code_of(exc: StormError) -> str:
+    known = {x.value for x in ErrorCode}
+    return exc.code if exc.code in known else ErrorCode.INTERNAL.value
+

@@ -1,0 +1,53 @@
+"""Serve a Quart app with Hypercorn on uvloop, stopping cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart
+
+from storm.config import Config
+
+
+def hypercorn_config(cfg: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"{cfg.host}:{cfg.port}"]
+    hc.accesslog = None
+    hc.errorlog = "-"
+    hc.loglevel = "WARNING"
+    hc.backlog = 4096
+    # the server library refuses frames over the limit with close 1009 before they reach the session
+    hc.websocket_max_message_size = cfg.max_frame_bytes
+    hc.websocket_ping_interval = None  # the protocol has its own ping and idle timeout
+    hc.graceful_timeout = cfg.drain_timeout_s
+    return hc
+
+
+async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await serve(app, hypercorn_config(cfg), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run ``main`` on uvloop where available."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        factory = None
+    if sys.platform == "win32":  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
