@@ -14,7 +14,10 @@ import msgspec
 from storm.domain import MAX_BODY_CHARS, MAX_EMOJI_CHARS
 from storm.protocol.codes import ErrorCode
 
-ChannelId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[0-9a-fA-F-]{32,36}$")]
+# `(?![\s\S])` after `$`: Python's `$` also matches before a trailing newline; this form means "end of
+# string" in both Python and ECMAScript regexes, so the AsyncAPI schema can carry the same pattern.
+ChannelId = Annotated[str, msgspec.Meta(min_length=32, max_length=36,
+                                        pattern=r"^[0-9a-fA-F-]{32,36}$(?![\s\S])")]
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
 ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -83,6 +86,7 @@ class React(_Command, tag="react"):
 
 class Typing(_Command, tag="typing"):
     channel: ChannelId
+    id: RequestId | None = None  # accepted for uniformity; typing has no reply
 
 
 class Presence(_Command, tag="presence"):

@@ -357,12 +357,16 @@ class Session:
             return await self.ctx.broker.read(ws, channel, exc.earliest, head - exc.earliest + 1), False
 
     async def _unsubscribe(self, cmd: c.Unsubscribe) -> None:
-        if self.subs.pop(cmd.channel, None) is None:
+        try:
+            channel = str(uuid.UUID(cmd.channel))  # subscriptions are keyed by the canonical form
+        except ValueError:
+            channel = cmd.channel
+        if self.subs.pop(channel, None) is None:
             self._error(ErrorCode.NOT_SUBSCRIBED, "not subscribed to this channel", id=cmd.id,
-                        field="channel", channel=cmd.channel)
+                        field="channel", channel=channel)
             return
-        await self._leave_channel(cmd.channel)
-        self._send(e.Unsubscribed(channel=cmd.channel, id=cmd.id))
+        await self._leave_channel(channel)
+        self._send(e.Unsubscribed(channel=channel, id=cmd.id))
 
     async def _leave_channel(self, channel: str) -> None:
         ws = self.workspace

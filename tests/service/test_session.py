@@ -1,0 +1,460 @@
+"""The session core driven without sockets: embedded adapters, a SQLite store, a list as transport.
+
+Each test reads like a client conversation: frames in, events out (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from consumers.persistence import PersistenceWorker
+from gateway.hub import Hub
+from storm.adapters.dev_identity import DevIdentity
+from storm.bootstrap import Services, build_services
+from storm.config import Config
+from storm.domain import Channel, ChannelKind, Role, Workspace
+from storm.ports.clock import ManualClock
+from storm.protocol.codes import CloseCode
+from storm.protocol.session import MAX_BAD_FRAMES, Session, SessionContext, State
+from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
+from tests.support.asyncapi import validate_server_event
+
+GENERAL = channel_id(DEMO_WORKSPACE, "general")
+RANDOM = channel_id(DEMO_WORKSPACE, "random")
+
+
+class ListTransport:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, data: bytes) -> bool:
+        for part in data.split(b"\n"):
+            event = json.loads(part)
+            validate_server_event(event)  # every event a session emits matches the AsyncAPI schema
+            self.events.append(event)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def take(self, type_: str | None = None) -> list[dict[str, Any]]:
+        out = [e for e in self.events if type_ is None or e["type"] == type_]
+        self.events = [e for e in self.events if not (type_ is None or e["type"] == type_)]
+        return out
+
+
+@pytest.fixture
+async def services(tmp_path) -> AsyncIterator[Services]:
+    clock = ManualClock()
+    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", publish_rate=5.0,
+                          publish_burst=3, max_subscriptions=3, retention_messages=20)
+    svc = build_services(cfg, clock=clock)
+    await svc.start()
+    ws = await seed_demo(svc.store)
+    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def hub(services) -> AsyncIterator[Hub]:
+    h = Hub(services.broker, services.clock, sweep_interval_s=3600)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest.fixture
+def ctx(services, hub) -> SessionContext:
+    s = services
+    return SessionContext(config=s.config, clock=s.clock, broker=s.broker, cache=s.cache, store=s.store,
+                          identity=s.identity, directory=s.directory, hub=hub)
+
+
+def token(services: Services, user: str = "alice", workspace: str = DEMO_WORKSPACE, **kw: Any) -> str:
+    return DevIdentity(services.config.dev_secret).issue(f"dev|{user}", workspace, user.title(), **kw)
+
+
+async def connect(ctx: SessionContext, services: Services, user: str = "alice") -> tuple[Session, ListTransport]:
+    t = ListTransport()
+    s = Session(ctx, t)
+    await s.receive(json.dumps({"op": "auth", "token": token(services, user)}))
+    assert s.state is State.OPEN, t.events
+    hello = t.take("hello")
+    assert hello and hello[0]["workspace"] == DEMO_WORKSPACE
+    return s, t
+
+
+async def send(s: Session, **frame: Any) -> None:
+    await s.receive(json.dumps(frame))
+
+
+async def test_hello_after_auth_with_user_and_limits(ctx, services):
+    t = ListTransport()
+    s = Session(ctx, t)
+    await send(s, op="auth", token=token(services, "bob"))
+    (hello,) = t.take("hello")
+    assert hello["user"]["name"] == "Bob"
+    assert hello["limits"]["max_subscriptions"] == 3
+    assert hello["heartbeat_s"] == services.config.heartbeat_s
+
+
+@pytest.mark.parametrize("frame", [
+    {"op": "ping"},
+    {"op": "auth", "token": "not-a-jwt"},
+])
+async def test_anything_but_a_valid_auth_first_closes_4001(ctx, frame):
+    t = ListTransport()
+    s = Session(ctx, t)
+    await send(s, **frame)
+    assert t.closed and t.closed[0] == CloseCode.UNAUTHENTICATED
+    assert t.take("error")[0]["code"] == "unauthenticated"
+
+
+async def test_expired_token_and_token_of_unknown_workspace_are_refused(ctx, services):
+    for bad in (token(services, ttl_s=-60), token(services, workspace="nowhere")):
+        t = ListTransport()
+        s = Session(ctx, t)
+        await send(s, op="auth", token=bad)
+        assert t.closed and t.closed[0] == CloseCode.UNAUTHENTICATED
+
+
+async def test_non_member_cannot_open_a_session(ctx, services):
+    t = ListTransport()
+    s = Session(ctx, t)
+    await send(s, op="auth", token=token(services, "mallory"))
+    assert t.closed and t.closed[0] == CloseCode.UNAUTHENTICATED
+
+
+async def test_auth_timeout_and_idle_timeout(ctx, services):
+    clock: ManualClock = services.clock  # type: ignore[assignment]
+    t = ListTransport()
+    s = Session(ctx, t)
+    clock.advance(services.config.auth_timeout_s - 0.1)
+    s.check_deadlines(clock.monotonic())
+    assert t.closed is None
+    clock.advance(0.2)
+    s.check_deadlines(clock.monotonic())
+    assert t.closed and t.closed[0] == CloseCode.AUTH_TIMEOUT
+
+    s2, t2 = await connect(ctx, services)
+    clock.advance(services.config.idle_timeout_s - 1)
+    await send(s2, op="ping", id=7)
+    assert t2.take("pong")[0]["id"] == 7
+    clock.advance(services.config.idle_timeout_s - 1)
+    s2.check_deadlines(clock.monotonic())
+    assert t2.closed is None  # the ping counted as activity
+    clock.advance(2)
+    s2.check_deadlines(clock.monotonic())
+    assert t2.closed and t2.closed[0] == CloseCode.IDLE_TIMEOUT
+
+
+async def test_publish_is_acked_with_offset_and_delivered_once_to_every_subscriber(ctx, services):
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    await send(a, op="subscribe", id=1, channel=GENERAL)
+    await send(b, op="subscribe", id=1, channel=GENERAL)
+    assert ta.take("subscribed")[0]["offset"] == 0
+    await send(a, op="publish", id=2, channel=GENERAL, cmid="m1", text="hi bob")
+    (ack,) = ta.take("ack")
+    assert ack["offset"] == 1 and ack["cmid"] == "m1" and ack["id"] == 2
+    (msg,) = tb.take("message")
+    assert msg["text"] == "hi bob" and msg["offset"] == 1 and msg["id"] == ack["message_id"]
+    assert msg["author_name"] == "Alice"
+    assert len(ta.take("message")) == 1
+
+
+async def test_retry_with_same_cmid_returns_the_original_ack_and_no_second_message(ctx, services):
+    a, ta = await connect(ctx, services)
+    await send(a, op="subscribe", id=1, channel=GENERAL)
+    await send(a, op="publish", id=2, channel=GENERAL, cmid="same", text="once")
+    await send(a, op="publish", id=3, channel=GENERAL, cmid="same", text="once")
+    first, second = ta.take("ack")
+    assert second["duplicate"] is True and second["message_id"] == first["message_id"]
+    assert len(ta.take("message")) == 1
+    # a reconnecting client (new session) retrying the same cmid is deduplicated too
+    a2, ta2 = await connect(ctx, services)
+    await send(a2, op="publish", id=1, channel=GENERAL, cmid="same", text="once")
+    assert ta2.take("ack")[0]["duplicate"] is True
+    assert await services.broker.head(DEMO_WORKSPACE, GENERAL) == 1
+
+
+async def test_resubscribe_with_since_replays_the_gap_without_duplicates(ctx, services):
+    a, ta = await connect(ctx, services)
+    for i in range(5):
+        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x%d",'
+                                      b'"author":"a","author_name":"A","text":"t%d","ts":1.0}'
+                                      % (GENERAL.encode(), i, i))
+    await send(a, op="subscribe", id=1, channel=GENERAL, since=2)
+    (sub,) = ta.take("subscribed")
+    assert sub["offset"] == 5 and sub["replayed"] == 3 and sub.get("recovered", True) is True
+    assert [m["offset"] for m in ta.take("message")] == [3, 4, 5]
+    await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x9",'
+                                  b'"author":"a","author_name":"A","text":"t","ts":1.0}' % GENERAL.encode())
+    assert [m["offset"] for m in ta.take("message")] == [6]
+
+
+async def test_since_older_than_retention_says_not_recovered(ctx, services):
+    a, ta = await connect(ctx, services)
+    for i in range(30):  # retention in this fixture: 20 entries
+        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x%d",'
+                                      b'"author":"a","author_name":"A","text":"t","ts":1.0}'
+                                      % (GENERAL.encode(), i))
+    await send(a, op="subscribe", id=1, channel=GENERAL, since=1)
+    (sub,) = ta.take("subscribed")
+    assert sub["recovered"] is False
+    offsets = [m["offset"] for m in ta.take("message")]
+    assert offsets == list(range(11, 31))
+
+
+async def test_live_events_during_replay_are_held_back_and_deduplicated(ctx, services):
+    a, ta = await connect(ctx, services)
+    await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"early",'
+                                  b'"author":"a","author_name":"A","text":"t","ts":1.0}' % GENERAL.encode())
+    sub_state: Any = None
+
+    real_head = services.broker.head
+
+    async def head_then_publish(ws: str, ch: str) -> int:
+        # a message arrives between the hub join and the head read: it must appear exactly once
+        nonlocal sub_state
+        await services.broker.publish(ws, ch, b'{"type":"message","channel":"%s","id":"late","author":"a",'
+                                      b'"author_name":"A","text":"t","ts":1.0}' % ch.encode())
+        sub_state = a.subs[GENERAL].replaying
+        return await real_head(ws, ch)
+
+    services.broker.head = head_then_publish  # type: ignore[method-assign]
+    try:
+        await send(a, op="subscribe", id=1, channel=GENERAL, since=0)
+    finally:
+        services.broker.head = real_head  # type: ignore[method-assign]
+    assert sub_state is True
+    assert [m["offset"] for m in ta.take("message")] == [1, 2]
+
+
+async def test_rate_limit_rejects_publishes_beyond_the_bucket(ctx, services):
+    a, ta = await connect(ctx, services)
+    for i in range(5):  # burst 3
+        await send(a, op="publish", id=i, channel=GENERAL, cmid=f"r{i}", text="x")
+    assert len(ta.take("ack")) == 3
+    errors = ta.take("error")
+    assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
+    services.clock.advance(1.0)  # type: ignore[attr-defined]
+    await send(a, op="publish", id=9, channel=GENERAL, cmid="r9", text="x")
+    assert len(ta.take("ack")) == 1
+
+
+async def test_subscription_limit(ctx, services):
+    a, ta = await connect(ctx, services)
+    chans = [channel_id(DEMO_WORKSPACE, n) for n in ("general", "random", "bench")]
+    for i, ch in enumerate(chans):
+        await send(a, op="subscribe", id=i, channel=ch)
+    assert len(ta.take("subscribed")) == 3
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        assert ws is not None
+        extra = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="extra")
+        await uow.channels.add(extra)
+        await uow.commit()
+    await send(a, op="subscribe", id=9, channel=str(extra.id))
+    assert ta.take("error")[0]["code"] == "too_many_subscriptions"
+
+
+async def test_bad_frames_get_errors_and_repeated_garbage_closes(ctx, services):
+    a, ta = await connect(ctx, services)
+    await a.receive("{not json")
+    await send(a, op="publish", id=3, channel=GENERAL)
+    await send(a, op="publish", id=4, channel=GENERAL, cmid="x", text="y" * 4001)
+    await send(a, op="teleport", id=5)
+    codes = [(e["code"], e.get("field"), e.get("id")) for e in ta.take("error")]
+    assert codes == [("malformed", None, None), ("bad_request", "cmid", 3), ("bad_request", "text", 4),
+                     ("unknown_op", "op", 5)]
+    assert a.state is State.OPEN
+    for _ in range(MAX_BAD_FRAMES):
+        await a.receive(b"\xff\xfe")
+    assert ta.closed and ta.closed[0] == CloseCode.PROTOCOL_VIOLATION
+
+
+async def test_frame_over_the_limit_is_refused(ctx, services):
+    a, ta = await connect(ctx, services)
+    await a.receive("x" * (services.config.max_frame_bytes + 1))
+    assert ta.take("error")[0]["code"] == "too_large"
+
+
+async def test_channel_of_another_workspace_is_invisible(ctx, services):
+    async with services.store.unit_of_work() as uow:
+        other = Workspace(id=uuid.uuid4(), slug="other", name="Other")
+        await uow.workspaces.add(other)
+        secret = Channel(id=uuid.uuid4(), workspace_id=other.id, name="secret")
+        await uow.channels.add(secret)
+        await uow.commit()
+    a, ta = await connect(ctx, services)
+    for frame in ({"op": "subscribe"}, {"op": "publish", "cmid": "x", "text": "hi"}, {"op": "history"},
+                  {"op": "presence"}, {"op": "typing"}):
+        await send(a, id=1, channel=str(secret.id), **frame)
+    errors = ta.take("error")
+    assert [e["code"] for e in errors] == ["not_found"] * 5
+    assert await services.broker.head("other", str(secret.id)) == 0
+
+
+async def test_private_channel_needs_channel_membership(ctx, services):
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        bob = await uow.users.get_by_subject("dev|bob")
+        assert ws and bob
+        private = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="private", kind=ChannelKind.PRIVATE)
+        await uow.channels.add(private)
+        await uow.channels.add_member(ws.id, private.id, bob.id)
+        await uow.commit()
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    await send(a, op="subscribe", id=1, channel=str(private.id))
+    assert ta.take("error")[0]["code"] == "not_found"
+    await send(b, op="subscribe", id=1, channel=str(private.id))
+    assert tb.take("subscribed")
+
+
+async def test_typing_is_broadcast_and_throttled(ctx, services):
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    await send(a, op="subscribe", channel=GENERAL)
+    await send(b, op="typing", channel=GENERAL)
+    await send(b, op="typing", channel=GENERAL)
+    assert [e["name"] for e in ta.take("typing")] == ["Bob"]
+    services.clock.advance(2.5)  # type: ignore[attr-defined]
+    await send(b, op="typing", channel=GENERAL)
+    assert len(ta.take("typing")) == 1
+
+
+async def test_presence_join_leave_and_query(ctx, services):
+    a, ta = await connect(ctx, services, "alice")
+    await send(a, op="subscribe", channel=GENERAL)
+    b, tb = await connect(ctx, services, "bob")
+    await send(b, op="subscribe", channel=GENERAL)
+    assert [e["name"] for e in ta.take("presence.join")] == ["Alice", "Bob"]
+    await send(a, op="presence", id=3, channel=GENERAL)
+    (p,) = ta.take("presence")
+    assert sorted(u["name"] for u in p["users"]) == ["Alice", "Bob"]
+    await b.closed()
+    assert [e["name"] for e in ta.take("presence.leave")] == ["Bob"]
+    online = await services.cache.presence_list(DEMO_WORKSPACE, "_workspace")
+    assert [u.name for u in online] == ["Alice"]
+
+
+async def test_history_edit_delete_react_and_read_markers(ctx, services):
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        a, ta = await connect(ctx, services, "alice")
+        b, tb = await connect(ctx, services, "bob")
+        await send(a, op="subscribe", channel=GENERAL)
+        for i in range(3):
+            await send(a, op="publish", id=i, channel=GENERAL, cmid=f"h{i}", text=f"m{i}")
+        acks = ta.take("ack")
+        services.clock.advance(1)  # type: ignore[attr-defined]
+        await _until_stored(services, 3)
+        await send(a, op="history", id=10, channel=GENERAL, limit=2)
+        (page,) = ta.take("history")
+        assert [m["text"] for m in page["messages"]] == ["m2", "m1"] and page["next_before"] == 2
+        await send(a, op="history", id=11, channel=GENERAL, limit=2, before=2)
+        (page2,) = ta.take("history")
+        assert [m["text"] for m in page2["messages"]] == ["m0"] and "next_before" not in page2
+
+        target = acks[0]["message_id"]
+        await send(b, op="edit", id=1, channel=GENERAL, message_id=target, text="hacked")
+        assert tb.take("error")[0]["code"] == "forbidden"
+        await send(a, op="edit", id=2, channel=GENERAL, message_id=target, text="m0 (edited)")
+        await send(b, op="react", id=3, channel=GENERAL, message_id=target, emoji="👍")
+        await send(a, op="delete", id=4, channel=GENERAL, message_id=acks[1]["message_id"])
+        live = ta.take()
+        kinds = [e["type"] for e in live if e["type"] in ("edit", "reaction", "delete")]
+        assert kinds == ["edit", "reaction", "delete"]
+        await _until_stored(services, 3, edits=True)
+        await send(a, op="history", id=12, channel=GENERAL, limit=10)
+        msgs = {m["offset"]: m for m in ta.take("history")[0]["messages"]}
+        assert msgs[1]["text"] == "m0 (edited)" and msgs[1]["reactions"] == {"👍": 1}
+        assert msgs[2]["deleted"] is True and msgs[2]["text"] == ""
+
+        await send(a, op="read", id=20, channel=GENERAL, offset=3)
+        await send(a, op="read", id=21, channel=GENERAL, offset=1)
+        assert [e["offset"] for e in ta.take("ack")[-2:]] == [3, 3]  # never moves back
+    finally:
+        await worker.stop()
+
+
+async def _until_stored(services: Services, n: int, *, edits: bool = False) -> None:
+    for _ in range(200):
+        async with services.store.unit_of_work() as uow:
+            ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+            assert ws
+            rows = await uow.messages.page(ws.id, uuid.UUID(GENERAL), before=None, limit=100)
+        if len(rows) >= n and (not edits or any(r.edited_at for r in rows) and any(r.deleted_at for r in rows)):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("persistence worker did not store the messages")
+
+
+async def test_admin_may_delete_others_messages(ctx, services):
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        carol = await uow.users.get_by_subject("dev|carol")
+        assert ws and carol
+        await uow.memberships.set_role(ws.id, carol.id, Role.ADMIN)
+        await uow.commit()
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        b, tb = await connect(ctx, services, "bob")
+        await send(b, op="publish", id=1, channel=GENERAL, cmid="x", text="spam")
+        mid = tb.take("ack")[0]["message_id"]
+        await _until_stored(services, 1)
+        c, tc = await connect(ctx, services, "carol")
+        await send(c, op="delete", id=2, channel=GENERAL, message_id=mid)
+        assert tc.take("ack")[0]["message_id"] == mid
+    finally:
+        await worker.stop()
+
+
+async def test_unsubscribe_stops_delivery(ctx, services):
+    a, ta = await connect(ctx, services)
+    await send(a, op="subscribe", channel=GENERAL)
+    await send(a, op="unsubscribe", id=2, channel=GENERAL)
+    assert ta.take("unsubscribed")[0]["id"] == 2
+    await send(a, op="unsubscribe", id=3, channel=GENERAL)
+    assert ta.take("error")[0]["code"] == "not_subscribed"
+    await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"c","id":"i","author":"a",'
+                                  b'"author_name":"A","text":"t","ts":1.0}')
+    assert ta.take("message") == []
+
+
+async def test_second_auth_is_an_error_not_a_new_identity(ctx, services):
+    a, ta = await connect(ctx, services, "alice")
+    await send(a, op="auth", token=token(services, "bob"))
+    assert ta.take("error")[0]["code"] == "already_authenticated"
+    assert a.principal is not None and a.principal.user.name == "Alice"
+
+
+async def test_archived_channel_is_read_only(ctx, services):
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        assert ws
+        await uow.channels.archive(ws.id, uuid.UUID(RANDOM))
+        await uow.commit()
+    await services.directory.forget_channel(DEMO_WORKSPACE, uuid.UUID(RANDOM))
+    a, ta = await connect(ctx, services)
+    await send(a, op="publish", id=1, channel=RANDOM, cmid="x", text="hi")
+    assert ta.take("error")[0]["code"] == "forbidden"
+    await send(a, op="subscribe", id=2, channel=RANDOM)
+    assert ta.take("subscribed")
+
