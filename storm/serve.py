@@ -23,8 +23,9 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.errorlog = "-"
     hc.loglevel = "WARNING"
     hc.backlog = 4096
-    # the server library refuses frames over the limit with close 1009 before they reach the session
-    hc.websocket_max_message_size = cfg.max_frame_bytes
+    # frames over STORM_MAX_FRAME_BYTES get a `too_large` error from the session; frames over twice that
+    # are refused by the server library with close 1009 before they are buffered whole
+    hc.websocket_max_message_size = 2 * cfg.max_frame_bytes
     hc.websocket_ping_interval = None  # the protocol has its own ping and idle timeout
     hc.graceful_timeout = cfg.drain_timeout_s
     return hc

@@ -1,0 +1,70 @@
+"""`storm bench`: fan-out and idle-connection benchmarks (docs/benchmarks.md).
+
+    storm bench fanout --subscribers 1000 --messages 200 [--rate 100] [--json]
+    storm bench idle --connections 10000 [--json]
+
+Results are one JSON object on stdout (printed by storm/cli.py); progress goes to stderr.  Servers and
+clients run as child processes (storm/bench/procs.py), so the server measured is never the process that
+measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+DEFAULT_RATE = 100.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{fanout,idle}")
+
+    fan = sub.add_parser("fanout", help="CPU per delivery and latency of a channel broadcast, STORM vs floor")
+    fan.add_argument("--subscribers", type=int, default=1000, help="subscribed connections (default 1000)")
+    fan.add_argument("--messages", type=int, default=200, help="messages published (default 200)")
+    fan.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                     help=f"publishes per second, the same for both servers (default {DEFAULT_RATE:g})")
+    fan.add_argument("--timeout", type=float, default=30.0,
+                     help="seconds to wait for missing deliveries after the last publish (default 30)")
+    fan.add_argument("--sample-every", type=int, default=10,
+                     help="latency: every delivery of every N-th connection (default 10)")
+    fan.add_argument("--client-procs", type=int, default=0, help="client processes (default: 1 per 9000)")
+    fan.add_argument("--server", choices=("both", "storm", "floor"), default="both",
+                     help="which servers to run (default both; ratio_to_floor needs both)")
+    fan.add_argument("--start-timeout", type=float, default=60.0, help="seconds for a server to get ready")
+    fan.add_argument("--json", action="store_true", help="compact JSON on one line")
+
+    idle = sub.add_parser("idle", help="gateway memory per authenticated idle connection")
+    idle.add_argument("--connections", type=int, default=10000, help="idle connections (default 10000)")
+    idle.add_argument("--per-process", type=int, default=9000, help="connections per client process")
+    idle.add_argument("--settle-s", type=float, default=3.0, help="RSS must be stable this long (default 3)")
+    idle.add_argument("--settle-timeout", type=float, default=60.0, help="give up waiting for a stable RSS")
+    idle.add_argument("--start-timeout", type=float, default=60.0, help="seconds for the server to get ready")
+    idle.add_argument("--json", action="store_true", help="compact JSON on one line")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.bench == "fanout":
+        if args.subscribers < 1 or args.messages < 1 or args.rate <= 0 or args.sample_every < 1:
+            raise SystemExit("storm bench fanout: --subscribers, --messages, --rate, --sample-every must be > 0")
+    elif args.connections < 1 or not 1 <= args.per_process <= 18000:
+        raise SystemExit("storm bench idle: --connections must be > 0 and --per-process in 1..18000")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen bench; return its result.  A failed run (missing deliveries or connections) prints
+    its JSON here and exits 1, since the caller only prints."""
+    _validate(args)
+    import uvloop
+
+    if args.bench == "fanout":
+        from storm.bench import fanout as bench
+    else:
+        from storm.bench import idle as bench  # type: ignore[no-redef]
+    result: dict[str, Any] = uvloop.run(bench.run(args))
+    if bench.failed(result):
+        print(json.dumps(result, indent=None if args.json else 2), flush=True)
+        sys.exit(1)
+    return result

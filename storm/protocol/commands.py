@@ -120,7 +120,10 @@ _probe = msgspec.json.Decoder()
 
 def decode_command(data: bytes | str, max_bytes: int) -> Command:
     """Decode one client frame.  Raises ProtocolViolation; never anything else."""
-    if len(data) > max_bytes:
+    size = len(data)
+    if isinstance(data, str) and size * 4 > max_bytes:  # chars -> bytes only when it could matter
+        size = len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
         raise ProtocolViolation(ErrorCode.TOO_LARGE, f"frame larger than {max_bytes} bytes")
     try:
         return _decoder.decode(data)

@@ -133,6 +133,8 @@ class Session:
             await self._authenticate(cmd)
             return
         self._bad_frames = 0
+        if self.last_seen - self._presence_refreshed >= self.ctx.config.presence_ttl_s / 3:
+            await self._refresh_presence()  # any frame keeps presence alive, not only pings
         rid = getattr(cmd, "id", None)
         channel = getattr(cmd, "channel", None)
         try:
@@ -325,15 +327,14 @@ class Session:
                 self.subs.pop(channel, None)
                 await self.ctx.hub.leave(self, ws, channel)
             raise
-        self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
-                                replayed=len(records)))
         last = head if cmd.since is None else min(cmd.since, head)
         if not fresh:
             last = max(last, sub.last)
-        for r in records:
-            if r.offset > last:
-                self.transport.send(e.with_offset(r.payload, r.offset))
-                last = r.offset
+        replay = [r for r in records if r.offset > last]
+        self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
+                                replayed=len(replay)))
+        for r in replay:
+            self.transport.send(e.with_offset(r.payload, r.offset))
         sub.last = head  # every offset up to head was replayed or, without `since`, is not wanted
         pending, sub.buffer, sub.replaying = sub.buffer, [], False
         for offset, data in pending:
