@@ -327,7 +327,7 @@ async def test_private_channel_needs_channel_membership(ctx, services):
 
 async def test_typing_is_broadcast_and_throttled(ctx, services):
     a, ta = await connect(ctx, services, "alice")
-    b, tb = await connect(ctx, services, "bob")
+    b, _tb = await connect(ctx, services, "bob")
     await send(a, op="subscribe", channel=GENERAL)
     await send(b, op="typing", channel=GENERAL)
     await send(b, op="typing", channel=GENERAL)
@@ -340,7 +340,7 @@ async def test_typing_is_broadcast_and_throttled(ctx, services):
 async def test_presence_join_leave_and_query(ctx, services):
     a, ta = await connect(ctx, services, "alice")
     await send(a, op="subscribe", channel=GENERAL)
-    b, tb = await connect(ctx, services, "bob")
+    b, _tb = await connect(ctx, services, "bob")
     await send(b, op="subscribe", channel=GENERAL)
     assert [e["name"] for e in ta.take("presence.join")] == ["Alice", "Bob"]
     await send(a, op="presence", id=3, channel=GENERAL)
@@ -399,7 +399,7 @@ async def _until_stored(services: Services, n: int, *, edits: bool = False) -> N
             ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
             assert ws
             rows = await uow.messages.page(ws.id, uuid.UUID(GENERAL), before=None, limit=100)
-        if len(rows) >= n and (not edits or any(r.edited_at for r in rows) and any(r.deleted_at for r in rows)):
+        if len(rows) >= n and (not edits or (any(r.edited_at for r in rows) and any(r.deleted_at for r in rows))):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("persistence worker did not store the messages")

@@ -81,7 +81,7 @@ async def test_idle_connection_holds_no_writer_task():
     box.push(b"x")
     await box.flush(1.0)
     await asyncio.sleep(0)
-    assert box._writer is None  # noqa: SLF001 - the invariant ADR 0002 relies on for memory
+    assert box._writer is None
 
 
 async def test_a_failed_send_closes_the_outbox_quietly():

@@ -1,0 +1,53 @@
+"""Run the Alembic migrations from code.  See docs/database.md ("Migrations").
+
+``SqlStore.start()`` calls :func:`upgrade` on a connection of its own engine (``conn.run_sync``), so a new
+SQLite file is created and brought to head on first run.  The migration scripts are found next to this
+module, not through the current directory, so this works from an installed package and any CWD.  The
+command line works too: ``STORM_DATABASE_URL=… alembic -c db/alembic.ini upgrade head``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config for our migrations; ``url`` is used when no connection is injected (offline SQL
+    generation, or env.py opening its own engine)."""
+    # No ini file: embedded upgrades must not reconfigure the application's logging.
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
+    return config
+
+
+def upgrade(sync_connection: Connection, revision: str = "head") -> None:
+    """Upgrade the database behind ``sync_connection`` (use with ``AsyncConnection.run_sync``).  Runs in
+    the connection's transaction; the caller commits."""
+    config = alembic_config()
+    config.attributes["connection"] = sync_connection
+    command.upgrade(config, revision)
+
+
+def downgrade(sync_connection: Connection, revision: str = "base") -> None:
+    config = alembic_config()
+    config.attributes["connection"] = sync_connection
+    command.downgrade(config, revision)
+
+
+async def upgrade_async(url: str) -> None:
+    """Upgrade the database at ``url`` to head with a short-lived engine of its own."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,399 @@
+"""SQL repositories: one class per repository Protocol of :mod:`storm.ports.store`.  See docs/database.md.
+
+Each repository runs Core statements on the unit of work's ``AsyncSession`` and maps rows to the frozen
+dataclasses of :mod:`storm.domain` (no ORM objects, so no identity map to go stale after an UPDATE).
+Every tenant-owned statement filters on ``workspace_id``, the first argument of each method; a row id
+from another workspace therefore finds nothing.  Database errors leave through :func:`db.errors.translated`
+as Conflict / NotFound / Unavailable / SerializationFailure.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Executable, Result, Table, case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import models as m
+from db.errors import translated
+from storm.domain import (
+    Channel,
+    ChannelKind,
+    Membership,
+    Message,
+    Reaction,
+    ReadMarker,
+    Role,
+    User,
+    Workspace,
+)
+from storm.errors import NotFound
+
+# Bound parameters per statement: SQLite before 3.32 allowed 999, later builds 32766; asyncpg allows
+# 32767.  Batches are cut so a chunk of messages stays under the smaller limit that applies.
+_SQLITE_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_PG_MAX_PARAMS = 32767
+
+
+def to_db_time(value: datetime | None) -> datetime | None:
+    """UTC, aware.  SQLite stores the wall clock and drops the zone, so convert before storing."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def from_db_time(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.  Both become aware UTC."""
+    return to_db_time(value)
+
+
+def _aware(value: datetime) -> datetime:
+    result = from_db_time(value)
+    assert result is not None
+    return result
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class _Repository:
+    def __init__(self, session: AsyncSession, dialect: str) -> None:
+        self._session = session
+        self._dialect = dialect
+
+    async def _execute(self, statement: Executable) -> Result[Any]:
+        with translated():
+            return await self._session.execute(statement)
+
+    def _insert(self, table: Table) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (CockroachDB speaks PostgreSQL's)."""
+        if self._dialect == "sqlite":
+            return sqlite.insert(table)
+        if self._dialect in ("postgresql", "cockroachdb"):
+            return postgresql.insert(table)
+        raise NotImplementedError(f"the SQL store does not support the {self._dialect!r} dialect")
+
+    @property
+    def _max_params(self) -> int:
+        return _SQLITE_MAX_PARAMS if self._dialect == "sqlite" else _PG_MAX_PARAMS
+
+
+# ---- workspaces -----------------------------------------------------------------------------------------
+def _workspace(row: Any) -> Workspace:
+    return Workspace(id=row.id, slug=row.slug, name=row.name, plan=row.plan,
+                     created_at=_aware(row.created_at))
+
+
+class SqlWorkspaceRepository(_Repository):
+    async def add(self, workspace: Workspace) -> None:
+        await self._execute(m.workspaces.insert().values(
+            id=workspace.id, slug=workspace.slug, name=workspace.name, plan=workspace.plan,
+            created_at=to_db_time(workspace.created_at)))
+
+    async def get(self, workspace_id: uuid.UUID) -> Workspace | None:
+        row = (await self._execute(select(m.workspaces).where(m.workspaces.c.id == workspace_id))).first()
+        return None if row is None else _workspace(row)
+
+    async def get_by_slug(self, slug: str) -> Workspace | None:
+        row = (await self._execute(select(m.workspaces).where(m.workspaces.c.slug == slug))).first()
+        return None if row is None else _workspace(row)
+
+    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> list[Workspace]:
+        query = select(m.workspaces).order_by(m.workspaces.c.slug).limit(max(limit, 0))
+        if after_slug is not None:
+            query = query.where(m.workspaces.c.slug > after_slug)
+        return [_workspace(row) for row in await self._execute(query)]
+
+    async def list_for_user(self, user_id: uuid.UUID) -> list[Workspace]:
+        query = (select(m.workspaces)
+                 .join(m.memberships, m.memberships.c.workspace_id == m.workspaces.c.id)
+                 .where(m.memberships.c.user_id == user_id)
+                 .order_by(m.workspaces.c.slug))
+        return [_workspace(row) for row in await self._execute(query)]
+
+    async def delete(self, workspace_id: uuid.UUID) -> None:
+        # Explicit per-table DELETEs in one transaction: no reliance on ON DELETE CASCADE (off in SQLite,
+        # absent on most tables), and each statement stays within the tenant's key range.
+        for table in m.TENANT_TABLES:
+            await self._execute(delete(table).where(table.c.workspace_id == workspace_id))
+        await self._execute(delete(m.workspaces).where(m.workspaces.c.id == workspace_id))
+
+
+# ---- users (global, not tenant-owned) -------------------------------------------------------------------
+def _user(row: Any) -> User:
+    return User(id=row.id, subject=row.subject, name=row.name, created_at=_aware(row.created_at))
+
+
+class SqlUserRepository(_Repository):
+    async def add(self, user: User) -> None:
+        await self._execute(m.users.insert().values(
+            id=user.id, subject=user.subject, name=user.name, created_at=to_db_time(user.created_at)))
+
+    async def get(self, user_id: uuid.UUID) -> User | None:
+        row = (await self._execute(select(m.users).where(m.users.c.id == user_id))).first()
+        return None if row is None else _user(row)
+
+    async def get_by_subject(self, subject: str) -> User | None:
+        row = (await self._execute(select(m.users).where(m.users.c.subject == subject))).first()
+        return None if row is None else _user(row)
+
+    async def get_many(self, user_ids: Sequence[uuid.UUID]) -> list[User]:
+        """In the order asked for; unknown ids are left out, repeated ones returned once."""
+        wanted = list(dict.fromkeys(user_ids))
+        found: dict[uuid.UUID, User] = {}
+        for chunk in _chunks(wanted, 500):
+            for row in await self._execute(select(m.users).where(m.users.c.id.in_(chunk))):
+                found[row.id] = _user(row)
+        return [found[i] for i in wanted if i in found]
+
+
+# ---- memberships ----------------------------------------------------------------------------------------
+def _membership(row: Any) -> Membership:
+    return Membership(workspace_id=row.workspace_id, user_id=row.user_id, role=Role(row.role),
+                      created_at=_aware(row.created_at))
+
+
+class SqlMembershipRepository(_Repository):
+    def _key(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+        return (m.memberships.c.workspace_id == workspace_id) & (m.memberships.c.user_id == user_id)
+
+    async def add(self, membership: Membership) -> None:
+        await self._execute(m.memberships.insert().values(
+            workspace_id=membership.workspace_id, user_id=membership.user_id, role=membership.role.value,
+            created_at=to_db_time(membership.created_at)))
+
+    async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
+        row = (await self._execute(select(m.memberships).where(self._key(workspace_id, user_id)))).first()
+        return None if row is None else _membership(row)
+
+    async def list(self, workspace_id: uuid.UUID) -> list[Membership]:
+        """Oldest member first."""
+        query = (select(m.memberships).where(m.memberships.c.workspace_id == workspace_id)
+                 .order_by(m.memberships.c.created_at, m.memberships.c.user_id))
+        return [_membership(row) for row in await self._execute(query)]
+
+    async def count(self, workspace_id: uuid.UUID) -> int:
+        query = select(func.count()).select_from(m.memberships).where(
+            m.memberships.c.workspace_id == workspace_id)
+        return int((await self._execute(query)).scalar_one())
+
+    async def set_role(self, workspace_id: uuid.UUID, user_id: uuid.UUID, role: Role) -> None:
+        """No effect when the user is not a member (the port returns nothing to report it with)."""
+        await self._execute(update(m.memberships).where(self._key(workspace_id, user_id))
+                            .values(role=role.value))
+
+    async def remove(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        cm = m.channel_members
+        await self._execute(delete(cm).where((cm.c.workspace_id == workspace_id) & (cm.c.user_id == user_id)))
+        await self._execute(delete(m.memberships).where(self._key(workspace_id, user_id)))
+
+
+# ---- channels -------------------------------------------------------------------------------------------
+def _channel(row: Any) -> Channel:
+    return Channel(id=row.id, workspace_id=row.workspace_id, name=row.name, kind=ChannelKind(row.kind),
+                   archived=bool(row.archived), created_by=row.created_by, created_at=_aware(row.created_at))
+
+
+class SqlChannelRepository(_Repository):
+    def _key(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> Any:
+        return (m.channels.c.workspace_id == workspace_id) & (m.channels.c.id == channel_id)
+
+    def _member_key(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+        cm = m.channel_members
+        return ((cm.c.workspace_id == workspace_id) & (cm.c.channel_id == channel_id)
+                & (cm.c.user_id == user_id))
+
+    async def add(self, channel: Channel) -> None:
+        await self._execute(m.channels.insert().values(
+            id=channel.id, workspace_id=channel.workspace_id, name=channel.name, kind=channel.kind.value,
+            archived=channel.archived, created_by=channel.created_by,
+            created_at=to_db_time(channel.created_at)))
+
+    async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> Channel | None:
+        row = (await self._execute(select(m.channels).where(self._key(workspace_id, channel_id)))).first()
+        return None if row is None else _channel(row)
+
+    async def get_by_name(self, workspace_id: uuid.UUID, name: str) -> Channel | None:
+        query = select(m.channels).where(m.channels.c.workspace_id == workspace_id, m.channels.c.name == name)
+        row = (await self._execute(query)).first()
+        return None if row is None else _channel(row)
+
+    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> list[Channel]:
+        """Ordered by name."""
+        query = (select(m.channels).where(m.channels.c.workspace_id == workspace_id)
+                 .order_by(m.channels.c.name))
+        if not include_archived:
+            query = query.where(m.channels.c.archived.is_(False))
+        return [_channel(row) for row in await self._execute(query)]
+
+    async def count(self, workspace_id: uuid.UUID) -> int:
+        """All channels, archived ones included: they keep their names (and count against the plan)."""
+        query = select(func.count()).select_from(m.channels).where(m.channels.c.workspace_id == workspace_id)
+        return int((await self._execute(query)).scalar_one())
+
+    async def archive(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> None:
+        statement = update(m.channels).where(self._key(workspace_id, channel_id)).values(archived=True)
+        await self._execute(statement)
+
+    async def add_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Idempotent.  Raises NotFound when the channel is not one of the workspace's: membership rows
+        grant access to private channels, so none may point across workspaces."""
+        exists = select(m.channels.c.id).where(self._key(workspace_id, channel_id))
+        if (await self._execute(exists)).first() is None:
+            raise NotFound("no such channel in this workspace", field="channel_id")
+        await self._execute(self._insert(m.channel_members).values(
+            workspace_id=workspace_id, channel_id=channel_id, user_id=user_id).on_conflict_do_nothing())
+
+    async def remove_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        key = self._member_key(workspace_id, channel_id, user_id)
+        await self._execute(delete(m.channel_members).where(key))
+
+    async def is_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+        query = select(m.channel_members.c.user_id).where(self._member_key(workspace_id, channel_id, user_id))
+        return (await self._execute(query)).first() is not None
+
+    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> list[uuid.UUID]:
+        cm = m.channel_members
+        query = (select(cm.c.user_id).where(cm.c.workspace_id == workspace_id, cm.c.channel_id == channel_id)
+                 .order_by(cm.c.user_id))
+        return list((await self._execute(query)).scalars())
+
+    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> list[Channel]:
+        cm = m.channel_members
+        joined = select(cm.c.channel_id).where(cm.c.workspace_id == workspace_id, cm.c.user_id == user_id)
+        query = (select(m.channels)
+                 .where(m.channels.c.workspace_id == workspace_id, m.channels.c.archived.is_(False),
+                        (m.channels.c.kind == ChannelKind.PUBLIC.value) | m.channels.c.id.in_(joined))
+                 .order_by(m.channels.c.name))
+        return [_channel(row) for row in await self._execute(query)]
+
+
+# ---- messages -------------------------------------------------------------------------------------------
+def _message(row: Any) -> Message:
+    return Message(id=row.id, workspace_id=row.workspace_id, channel_id=row.channel_id,
+                   author_id=row.author_id, body=row.body, offset=row.offset,
+                   created_at=_aware(row.created_at), client_msg_id=row.client_msg_id,
+                   thread_id=row.thread_id, edited_at=from_db_time(row.edited_at),
+                   deleted_at=from_db_time(row.deleted_at))
+
+
+def _message_values(msg: Message) -> Mapping[str, Any]:
+    return {"id": msg.id, "workspace_id": msg.workspace_id, "channel_id": msg.channel_id,
+            "author_id": msg.author_id, "body": msg.body, "offset": msg.offset,
+            "client_msg_id": msg.client_msg_id, "thread_id": msg.thread_id,
+            "created_at": to_db_time(msg.created_at), "edited_at": to_db_time(msg.edited_at),
+            "deleted_at": to_db_time(msg.deleted_at)}
+
+
+class SqlMessageRepository(_Repository):
+    def _key(self, workspace_id: uuid.UUID, message_id: uuid.UUID) -> Any:
+        return (m.messages.c.workspace_id == workspace_id) & (m.messages.c.id == message_id)
+
+    async def add_many(self, messages: Sequence[Message]) -> int:
+        """One multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` per chunk: a replayed message
+        (same id, or same channel and offset) is skipped by the database itself, so concurrent writers of
+        the same batch cannot both insert it."""
+        if not messages:
+            return 0
+        rows = [_message_values(msg) for msg in messages]
+        per_chunk = max(1, self._max_params // len(m.messages.c))
+        inserted = 0
+        for chunk in _chunks(rows, per_chunk):
+            statement = (self._insert(m.messages).values(list(chunk)).on_conflict_do_nothing()
+                         .returning(m.messages.c.id))
+            inserted += len((await self._execute(statement)).all())
+        return inserted
+
+    async def get(self, workspace_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        row = (await self._execute(select(m.messages).where(self._key(workspace_id, message_id)))).first()
+        return None if row is None else _message(row)
+
+    async def edit(self, workspace_id: uuid.UUID, message_id: uuid.UUID, body: str, edited_at: Any) -> bool:
+        """False also for a deleted message: editing must not bring a body back."""
+        statement = (update(m.messages)
+                     .where(self._key(workspace_id, message_id), m.messages.c.deleted_at.is_(None))
+                     .values(body=body, edited_at=to_db_time(edited_at)))
+        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    async def delete(self, workspace_id: uuid.UUID, message_id: uuid.UUID, deleted_at: Any) -> bool:
+        """Deleting twice is True and keeps the first ``deleted_at``."""
+        first_deleted_at = func.coalesce(m.messages.c.deleted_at, to_db_time(deleted_at))
+        statement = (update(m.messages).where(self._key(workspace_id, message_id))
+                     .values(body="", deleted_at=first_deleted_at))
+        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    async def page(
+        self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int
+    ) -> list[Message]:
+        if limit <= 0:
+            return []
+        query = (select(m.messages)
+                 .where(m.messages.c.workspace_id == workspace_id, m.messages.c.channel_id == channel_id)
+                 .order_by(m.messages.c.offset.desc()).limit(limit))
+        if before is not None:
+            query = query.where(m.messages.c.offset < before)
+        return [_message(row) for row in await self._execute(query)]
+
+
+# ---- reactions ------------------------------------------------------------------------------------------
+class SqlReactionRepository(_Repository):
+    """The message is not looked up: callers fetch it (through ``messages.get(workspace, id)``) to publish
+    the reaction anyway, and a reaction row only counts within its own workspace."""
+
+    async def add(self, reaction: Reaction) -> bool:
+        statement = (self._insert(m.reactions)
+                     .values(workspace_id=reaction.workspace_id, message_id=reaction.message_id,
+                             user_id=reaction.user_id, emoji=reaction.emoji)
+                     .on_conflict_do_nothing().returning(m.reactions.c.emoji))
+        return (await self._execute(statement)).first() is not None
+
+    async def remove(self, reaction: Reaction) -> bool:
+        r = m.reactions
+        statement = delete(r).where(r.c.workspace_id == reaction.workspace_id,
+                                    r.c.message_id == reaction.message_id, r.c.user_id == reaction.user_id,
+                                    r.c.emoji == reaction.emoji)
+        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+
+    async def counts(
+        self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, int]]:
+        """Messages without reactions are absent from the result."""
+        r = m.reactions
+        result: dict[uuid.UUID, dict[str, int]] = {}
+        for chunk in _chunks(list(dict.fromkeys(message_ids)), 500):
+            query = (select(r.c.message_id, r.c.emoji, func.count())
+                     .where(r.c.workspace_id == workspace_id, r.c.message_id.in_(chunk))
+                     .group_by(r.c.message_id, r.c.emoji))
+            for message_id, emoji, n in await self._execute(query):
+                result.setdefault(message_id, {})[emoji] = int(n)
+        return result
+
+
+# ---- read markers ---------------------------------------------------------------------------------------
+class SqlReadMarkerRepository(_Repository):
+    async def advance(self, marker: ReadMarker) -> int:
+        # One upsert keeping the larger offset (CASE rather than GREATEST, which SQLite lacks), so two
+        # concurrent advances cannot move the marker back whatever the isolation level.
+        rm = m.read_markers
+        insert = self._insert(rm).values(workspace_id=marker.workspace_id, channel_id=marker.channel_id,
+                                         user_id=marker.user_id, offset=marker.offset)
+        larger = case((insert.excluded.offset > rm.c.offset, insert.excluded.offset), else_=rm.c.offset)
+        statement = (insert.on_conflict_do_update(index_elements=[rm.c.workspace_id, rm.c.channel_id,
+                                                                  rm.c.user_id], set_={"offset": larger})
+                     .returning(rm.c.offset))
+        return int((await self._execute(statement)).scalar_one())
+
+    async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> int:
+        """0 when the user has no marker in the channel."""
+        rm = m.read_markers
+        query = select(rm.c.offset).where(rm.c.workspace_id == workspace_id, rm.c.channel_id == channel_id,
+                                          rm.c.user_id == user_id)
+        value = (await self._execute(query)).scalar_one_or_none()
+        return 0 if value is None else int(value)

@@ -1,0 +1,241 @@
+"""SqlStore: the SQL adapter of the Store port (:mod:`storm.ports.store`).  See docs/database.md.
+
+One class for SQLite (dev, tests), PostgreSQL (tests) and CockroachDB (production), chosen by the URL.
+Lifecycle as in aiokafka: no I/O in ``__init__``; ``start()`` builds the engine (and runs the migrations
+when asked) and refuses a second call; ``stop()`` is idempotent.  Transactions are units of work
+(cosmicpython): they roll back unless committed and collect events for publishing after commit.
+PostgreSQL runs SERIALIZABLE like CockroachDB always does, so the 40001 retry path of :meth:`SqlStore.run`
+is exercised by the PostgreSQL tests rather than only in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from db import migrate
+from db.errors import is_serialization_failure, translate, translated
+from db.repositories import (
+    SqlChannelRepository,
+    SqlMembershipRepository,
+    SqlMessageRepository,
+    SqlReactionRepository,
+    SqlReadMarkerRepository,
+    SqlUserRepository,
+    SqlWorkspaceRepository,
+)
+from storm.errors import Unavailable
+from storm.ports.store import UnitOfWork
+
+T = TypeVar("T")
+log = logging.getLogger("storm.db")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff between attempts of a transaction that lost a serialization conflict: "full jitter"
+    (uniform in [0, min(cap, base·2^attempt)]), so the losers of one conflict do not collide again."""
+
+    base_s: float = 0.010
+    cap_s: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.cap_s, self.base_s * (2 ** attempt)))
+
+
+class SqlUnitOfWork:
+    """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
+        self._sessions = sessions
+        self._dialect = dialect
+        self._session: AsyncSession | None = None
+        self.events: list[Any] = []
+
+    async def __aenter__(self) -> SqlUnitOfWork:
+        if self._session is not None:
+            raise RuntimeError("this unit of work is already open")
+        session = self._session = self._sessions()
+        self.workspaces = SqlWorkspaceRepository(session, self._dialect)
+        self.users = SqlUserRepository(session, self._dialect)
+        self.memberships = SqlMembershipRepository(session, self._dialect)
+        self.channels = SqlChannelRepository(session, self._dialect)
+        self.messages = SqlMessageRepository(session, self._dialect)
+        self.reactions = SqlReactionRepository(session, self._dialect)
+        self.read_markers = SqlReadMarkerRepository(session, self._dialect)
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            await session.close()  # rolls back whatever was not committed and returns the connection
+        except Exception as error:
+            if exc is not None:  # do not hide the error that ended the block
+                log.warning("closing a failed unit of work failed too: %s", error)
+                return
+            mapped = translate(error)
+            if mapped is None:
+                raise
+            raise mapped from error
+
+    def _open(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("use the unit of work inside 'async with'")
+        return self._session
+
+    async def commit(self) -> None:
+        session = self._open()
+        with translated():  # SERIALIZABLE conflicts often surface only here
+            await session.commit()
+
+    async def rollback(self) -> None:
+        session = self._open()
+        with translated():
+            await session.rollback()
+
+
+class SqlStore:
+    """The Store port over SQLAlchemy's asyncio engine.  ``url`` is an async SQLAlchemy URL
+    (``sqlite+aiosqlite:///file.db``, ``postgresql+asyncpg://…``, ``cockroachdb+asyncpg://…``)."""
+
+    def __init__(self, url: str, *, echo: bool = False, create_schema: bool = True) -> None:
+        self._url = url
+        self._dialect = make_url(url).get_backend_name()  # parsing only: a malformed URL fails early
+        self._echo = echo
+        self._create_schema = create_schema
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._state = "new"
+        self.retry_policy = RetryPolicy()
+        self.serialization_retries = 0  # a counter for tests and metrics: attempts run again after 40001
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite', 'postgresql' or 'cockroachdb' (known before start: it comes from the URL)."""
+        return self._dialect
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the store is not started")
+        return self._engine
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"the store is already {self._state}; build a new SqlStore to start again")
+        self._state = "starting"
+        engine = self._create_engine()
+        try:
+            if self._create_schema:
+                async with engine.begin() as conn:
+                    await conn.run_sync(migrate.upgrade)
+        except BaseException as exc:
+            await engine.dispose()
+            self._state = "new"  # a failed start may be retried
+            mapped = translate(exc) if isinstance(exc, Exception) else None
+            if mapped is None:
+                raise
+            raise mapped from exc
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._state = "running"
+
+    async def stop(self) -> None:
+        engine, self._engine, self._sessions = self._engine, None, None
+        if self._state != "new":
+            self._state = "stopped"
+        if engine is not None:
+            await engine.dispose()
+
+    async def __aenter__(self) -> SqlStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __del__(self) -> None:
+        if self._engine is not None:
+            warnings.warn(f"SqlStore({self.dialect}) was started and never stopped", ResourceWarning,
+                          stacklevel=1, source=self)
+
+    def _create_engine(self) -> AsyncEngine:
+        url = make_url(self._url)
+        options: dict[str, Any] = {"echo": self._echo}
+        backend = self._dialect
+        if backend == "sqlite":
+            if url.database in (None, "", ":memory:"):
+                # An in-memory database lives in one connection: share it (one task at a time).
+                options["poolclass"] = StaticPool
+            else:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        elif backend in ("postgresql", "cockroachdb"):
+            # CockroachDB is always SERIALIZABLE; PostgreSQL is made so, so that both raise 40001 where
+            # production would and run() is tested against real serialization failures.
+            options["isolation_level"] = "SERIALIZABLE"
+            options["pool_pre_ping"] = True
+        engine = create_async_engine(url, **options)
+        if backend == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+
+    # -- units of work --------------------------------------------------------------------------------
+    def unit_of_work(self) -> SqlUnitOfWork:
+        if self._sessions is None:
+            raise RuntimeError("the store is not started")
+        return SqlUnitOfWork(self._sessions, self.dialect)
+
+    async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
+        """Run ``fn`` in a fresh unit of work and commit; on a serialization failure run it all again (up
+        to ``retries`` more times, with jittered exponential backoff), then give up with Unavailable.
+        ``fn`` may therefore run more than once: it must not have side effects outside the unit of work
+        (events go on ``uow.events`` and are published by the caller after this returns)."""
+        attempt = 0
+        while True:
+            try:
+                async with self.unit_of_work() as uow:
+                    result = await fn(uow)
+                    await uow.commit()
+                return result
+            except Exception as exc:
+                if not is_serialization_failure(exc):
+                    raise
+                if attempt >= retries:
+                    raise Unavailable(f"transaction still conflicting after {attempt + 1} attempts; "
+                                      "try again later") from exc
+                delay = self.retry_policy.delay(attempt)
+                attempt += 1
+                self.serialization_retries += 1
+                log.info("serialization failure, retry %d/%d in %.3fs: %s", attempt, retries, delay, exc)
+                await asyncio.sleep(delay)
+
+    async def ping(self) -> None:
+        if self._engine is None:
+            raise Unavailable("the store is not started")
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise Unavailable(f"database unreachable: {exc}") from exc
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # Enforce the foreign keys as PostgreSQL does, so both backends answer the contract suite alike.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # Readers do not wait for the writer (dev servers read history while they write messages).
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

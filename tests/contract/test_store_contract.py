@@ -1,0 +1,644 @@
+"""Contract of the Store port (storm/ports/store.py), run against SQLite and PostgreSQL.
+
+Each test states a behaviour a caller would notice.  The tables are shared on PostgreSQL, so every test
+makes its own workspaces and users (random slugs, subjects and ids).  See docs/database.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import asyncpg
+import psycopg
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select
+
+from db import models
+from db import repositories as repos
+from db.errors import SerializationFailure, is_serialization_failure
+from db.store import RetryPolicy, SqlStore, SqlUnitOfWork
+from storm.domain import (
+    Channel,
+    ChannelKind,
+    Membership,
+    Message,
+    Reaction,
+    ReadMarker,
+    Role,
+    User,
+    Workspace,
+)
+from storm.errors import Conflict, NotFound, Unavailable
+from storm.ports import store as store_port
+from storm.ports.store import UnitOfWork
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+def _ws(prefix: str = "t") -> Workspace:
+    return Workspace(id=uuid.uuid4(), slug=f"{prefix}-{uuid.uuid4().hex[:16]}", name="Test", plan="pro",
+                     created_at=T0)
+
+
+def _user() -> User:
+    return User(id=uuid.uuid4(), subject=f"test|{uuid.uuid4().hex}", name="Tess", created_at=T0)
+
+
+def _msg(ws: Workspace, channel_id: uuid.UUID, offset: int, *, body: str | None = None,
+         author: uuid.UUID | None = None) -> Message:
+    return Message(id=uuid.uuid4(), workspace_id=ws.id, channel_id=channel_id,
+                   author_id=author or uuid.uuid4(), body=body if body is not None else f"message {offset}",
+                   offset=offset, created_at=T0 + timedelta(seconds=offset))
+
+
+async def _add(store: SqlStore, *objects: object) -> None:
+    """Insert domain objects in one committed unit of work."""
+
+    async def add(uow: UnitOfWork) -> None:
+        for obj in objects:
+            if isinstance(obj, Workspace):
+                await uow.workspaces.add(obj)
+            elif isinstance(obj, User):
+                await uow.users.add(obj)
+            elif isinstance(obj, Membership):
+                await uow.memberships.add(obj)
+            elif isinstance(obj, Channel):
+                await uow.channels.add(obj)
+            elif isinstance(obj, Message):
+                await uow.messages.add_many([obj])
+            elif isinstance(obj, Reaction):
+                await uow.reactions.add(obj)
+            elif isinstance(obj, ReadMarker):
+                await uow.read_markers.advance(obj)
+            else:
+                raise TypeError(obj)
+
+    await store.run(add)
+
+
+async def _tenant(store: SqlStore) -> dict[str, object]:
+    """A workspace with one row in every tenant table: member, public + private channel, channel member,
+    message, reaction, read marker."""
+    ws, user = _ws(), _user()
+    public = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="general", created_at=T0)
+    private = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="secret", kind=ChannelKind.PRIVATE,
+                      created_by=user.id, created_at=T0)
+    msg = _msg(ws, public.id, 1, author=user.id)
+    await _add(store, ws, user, Membership(ws.id, user.id, Role.OWNER, T0), public, private, msg,
+               Reaction(ws.id, msg.id, user.id, "👍"), ReadMarker(ws.id, public.id, user.id, 1))
+
+    async def join(uow: UnitOfWork) -> None:
+        await uow.channels.add_member(ws.id, private.id, user.id)
+
+    await store.run(join)
+    return {"ws": ws, "user": user, "public": public, "private": private, "msg": msg}
+
+
+@pytest.mark.parametrize(("port", "adapter"), [
+    (store_port.Store, SqlStore),
+    (store_port.UnitOfWork, SqlUnitOfWork),
+    (store_port.WorkspaceRepository, repos.SqlWorkspaceRepository),
+    (store_port.UserRepository, repos.SqlUserRepository),
+    (store_port.MembershipRepository, repos.SqlMembershipRepository),
+    (store_port.ChannelRepository, repos.SqlChannelRepository),
+    (store_port.MessageRepository, repos.SqlMessageRepository),
+    (store_port.ReactionRepository, repos.SqlReactionRepository),
+    (store_port.ReadMarkerRepository, repos.SqlReadMarkerRepository),
+], ids=lambda p: p.__name__)
+def test_adapter_methods_have_the_port_signatures(port: type, adapter: type) -> None:
+    """Same names, parameter kinds and defaults as the Protocol, so callers of the port can use keywords."""
+    def shape(fn: object) -> list[tuple[str, object, object]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]  # type: ignore[arg-type]
+
+    for name, fn in vars(port).items():
+        if callable(fn) and (not name.startswith("_") or name in ("__aenter__",)):
+            assert shape(getattr(adapter, name)) == shape(fn), f"{adapter.__name__}.{name}"
+    assert inspect.iscoroutinefunction(SqlStore.run)
+
+
+# ---- units of work --------------------------------------------------------------------------------------
+async def test_leaving_without_commit_rolls_back(store: SqlStore) -> None:
+    ws = _ws()
+    async with store.unit_of_work() as uow:
+        await uow.workspaces.add(ws)
+        assert await uow.workspaces.get(ws.id) == ws  # visible inside its own transaction
+    late = _user()
+    with pytest.raises(RuntimeError):
+        async with store.unit_of_work() as uow:
+            await uow.workspaces.add(ws)
+            await uow.commit()
+            await uow.users.add(late)
+            raise RuntimeError("boom")
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.get(ws.id) == ws  # committed before the error: kept
+        assert await uow.users.get(late.id) is None  # written after the commit: rolled back
+        assert uow.events == []
+
+
+async def test_explicit_rollback_discards_the_work(store: SqlStore) -> None:
+    ws = _ws()
+    async with store.unit_of_work() as uow:
+        await uow.workspaces.add(ws)
+        await uow.rollback()
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.get(ws.id) is None
+
+
+async def test_run_commits_and_returns_the_result(store: SqlStore) -> None:
+    ws = _ws()
+
+    async def create(uow: UnitOfWork) -> str:
+        await uow.workspaces.add(ws)
+        uow.events.append(("workspace_created", ws.id))
+        return ws.slug
+
+    assert await store.run(create) == ws.slug
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.get_by_slug(ws.slug) == ws
+
+
+async def test_datetimes_come_back_aware_in_utc(store: SqlStore) -> None:
+    ws = _ws()
+    local = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    await _add(store, Workspace(ws.id, ws.slug, ws.name, ws.plan, created_at=local))
+    async with store.unit_of_work() as uow:
+        found = await uow.workspaces.get(ws.id)
+    assert found is not None
+    assert found.created_at == local
+    assert found.created_at.utcoffset() == timedelta(0)
+
+
+# ---- conflicts ------------------------------------------------------------------------------------------
+async def test_duplicate_slug_conflicts(store: SqlStore) -> None:
+    ws = _ws()
+    await _add(store, ws)
+    with pytest.raises(Conflict) as err:
+        await _add(store, Workspace(id=uuid.uuid4(), slug=ws.slug, name="Other"))
+    assert err.value.field == "slug"
+    assert "slug" in err.value.message
+
+
+async def test_duplicate_subject_conflicts(store: SqlStore) -> None:
+    user = _user()
+    await _add(store, user)
+    with pytest.raises(Conflict) as err:
+        await _add(store, User(id=uuid.uuid4(), subject=user.subject, name="Twin"))
+    assert err.value.field == "subject"
+
+
+async def test_duplicate_channel_name_conflicts_within_a_workspace_only(store: SqlStore) -> None:
+    a, b = _ws(), _ws()
+    await _add(store, a, b, Channel(id=uuid.uuid4(), workspace_id=a.id, name="general"))
+    with pytest.raises(Conflict) as err:
+        await _add(store, Channel(id=uuid.uuid4(), workspace_id=a.id, name="general"))
+    assert err.value.field == "name"
+    assert "channel" in err.value.message
+    await _add(store, Channel(id=uuid.uuid4(), workspace_id=b.id, name="general"))  # another workspace: fine
+
+
+async def test_duplicate_membership_conflicts(store: SqlStore) -> None:
+    ws, user = _ws(), _user()
+    await _add(store, ws, user, Membership(ws.id, user.id, Role.MEMBER))
+    with pytest.raises(Conflict):
+        await _add(store, Membership(ws.id, user.id, Role.ADMIN))
+
+
+async def test_rows_of_a_missing_workspace_are_not_found(store: SqlStore) -> None:
+    with pytest.raises(NotFound):
+        await _add(store, Channel(id=uuid.uuid4(), workspace_id=uuid.uuid4(), name="orphan"))
+
+
+async def test_seed_style_conflict_keeps_the_first_row(store: SqlStore) -> None:
+    """A Conflict aborts only its own transaction: the winner's row is readable afterwards."""
+    ws = _ws()
+    await _add(store, ws)
+    with pytest.raises(Conflict):
+        await _add(store, Workspace(id=uuid.uuid4(), slug=ws.slug, name="Loser"))
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.get_by_slug(ws.slug) == ws
+
+
+# ---- workspaces, users, memberships ---------------------------------------------------------------------
+async def test_workspaces_list_by_slug_with_cursor(store: SqlStore) -> None:
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    made = [Workspace(id=uuid.uuid4(), slug=f"{prefix}-{s}", name=s) for s in ("b", "a", "c")]
+    await _add(store, *made)
+    async with store.unit_of_work() as uow:
+        page = await uow.workspaces.list(after_slug=f"{prefix}-a", limit=2)
+        first = await uow.workspaces.list(after_slug=prefix, limit=1)
+    assert [w.slug for w in page] == [f"{prefix}-b", f"{prefix}-c"]
+    assert [w.slug for w in first] == [f"{prefix}-a"]
+
+
+async def test_workspaces_of_a_user(store: SqlStore) -> None:
+    a, b, c, user = _ws("a"), _ws("b"), _ws("c"), _user()
+    await _add(store, a, b, c, user, Membership(b.id, user.id, Role.MEMBER),
+               Membership(a.id, user.id, Role.OWNER))
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.list_for_user(user.id) == [a, b]
+
+
+async def test_users_get_many_in_asked_order(store: SqlStore) -> None:
+    u1, u2, u3 = _user(), _user(), _user()
+    await _add(store, u1, u2, u3)
+    async with store.unit_of_work() as uow:
+        got = await uow.users.get_many([u3.id, uuid.uuid4(), u1.id, u3.id])
+        assert await uow.users.get_by_subject(u2.subject) == u2
+        assert await uow.users.get_many([]) == []
+    assert got == [u3, u1]
+
+
+async def test_memberships_roles_count_and_removal(store: SqlStore) -> None:
+    t = await _tenant(store)
+    ws, owner, private = t["ws"], t["user"], t["private"]
+    assert isinstance(ws, Workspace) and isinstance(owner, User) and isinstance(private, Channel)
+    other = _user()
+    await _add(store, other, Membership(ws.id, other.id, Role.MEMBER, T0 + timedelta(seconds=1)))
+
+    async def promote_and_join(uow: UnitOfWork) -> None:
+        await uow.memberships.set_role(ws.id, other.id, Role.ADMIN)
+        await uow.channels.add_member(ws.id, private.id, other.id)
+
+    await store.run(promote_and_join)
+    async with store.unit_of_work() as uow:
+        assert await uow.memberships.count(ws.id) == 2
+        assert [(mm.user_id, mm.role) for mm in await uow.memberships.list(ws.id)] == [
+            (owner.id, Role.OWNER), (other.id, Role.ADMIN)]
+        await uow.memberships.remove(ws.id, other.id)
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        assert await uow.memberships.get(ws.id, other.id) is None
+        assert not await uow.channels.is_member(ws.id, private.id, other.id)  # left its private channels
+        assert await uow.channels.is_member(ws.id, private.id, owner.id)
+        assert await uow.memberships.count(ws.id) == 1
+
+
+# ---- channels -------------------------------------------------------------------------------------------
+async def test_channels_visible_to_a_user(store: SqlStore) -> None:
+    ws, me = _ws(), _user()
+
+    def ch(name: str, kind: ChannelKind = ChannelKind.PUBLIC) -> Channel:
+        return Channel(id=uuid.uuid4(), workspace_id=ws.id, name=name, kind=kind, created_at=T0)
+
+    public, old, mine, theirs, dm = (ch("a-public"), ch("b-old"), ch("c-mine", ChannelKind.PRIVATE),
+                                     ch("d-theirs", ChannelKind.PRIVATE), ch("e-dm", ChannelKind.DIRECT))
+    await _add(store, ws, me, public, old, mine, theirs, dm)
+
+    async def arrange(uow: UnitOfWork) -> None:
+        await uow.channels.add_member(ws.id, mine.id, me.id)
+        await uow.channels.add_member(ws.id, mine.id, me.id)  # idempotent
+        await uow.channels.add_member(ws.id, dm.id, me.id)
+        await uow.channels.add_member(ws.id, theirs.id, uuid.uuid4())
+        await uow.channels.archive(ws.id, old.id)
+
+    await store.run(arrange)
+    async with store.unit_of_work() as uow:
+        visible = await uow.channels.list_for_user(ws.id, me.id)
+        assert [c.name for c in visible] == ["a-public", "c-mine", "e-dm"]
+        assert [c.name for c in await uow.channels.list(ws.id)] == ["a-public", "c-mine", "d-theirs", "e-dm"]
+        assert len(await uow.channels.list(ws.id, include_archived=True)) == 5
+        assert await uow.channels.count(ws.id) == 5
+        archived = await uow.channels.get_by_name(ws.id, "b-old")
+        assert archived is not None and archived.archived
+        assert await uow.channels.list_members(ws.id, mine.id) == [me.id]
+        await uow.channels.remove_member(ws.id, mine.id, me.id)
+        assert not await uow.channels.is_member(ws.id, mine.id, me.id)
+
+
+# ---- tenant isolation -----------------------------------------------------------------------------------
+async def test_another_workspaces_ids_find_nothing(store: SqlStore) -> None:
+    mine, theirs = await _tenant(store), await _tenant(store)
+    a = mine["ws"]
+    b_user, b_public, b_private, b_msg = theirs["user"], theirs["public"], theirs["private"], theirs["msg"]
+    assert isinstance(a, Workspace) and isinstance(b_user, User) and isinstance(b_msg, Message)
+    assert isinstance(b_public, Channel) and isinstance(b_private, Channel)
+
+    async with store.unit_of_work() as uow:
+        # reads
+        assert await uow.memberships.get(a.id, b_user.id) is None
+        assert await uow.channels.get(a.id, b_public.id) is None
+        assert not await uow.channels.is_member(a.id, b_private.id, b_user.id)
+        assert await uow.channels.list_members(a.id, b_private.id) == []
+        assert await uow.channels.list_for_user(a.id, b_user.id) == [
+            await uow.channels.get_by_name(a.id, "general")]  # only a's public channel
+        assert await uow.messages.get(a.id, b_msg.id) is None
+        assert await uow.messages.page(a.id, b_public.id, before=None, limit=10) == []
+        assert await uow.reactions.counts(a.id, [b_msg.id]) == {}
+        assert await uow.read_markers.get(a.id, b_public.id, b_user.id) == 0
+        # writes
+        assert not await uow.messages.edit(a.id, b_msg.id, "hijacked", T0)
+        assert not await uow.messages.delete(a.id, b_msg.id, T0)
+        assert not await uow.reactions.remove(Reaction(a.id, b_msg.id, b_user.id, "👍"))
+        await uow.channels.archive(a.id, b_public.id)
+        await uow.channels.remove_member(a.id, b_private.id, b_user.id)
+        await uow.memberships.set_role(a.id, b_user.id, Role.MEMBER)
+        await uow.memberships.remove(a.id, b_user.id)
+        with pytest.raises(NotFound):
+            await uow.channels.add_member(a.id, b_private.id, uuid.uuid4())
+        await uow.commit()
+
+    b = theirs["ws"]
+    assert isinstance(b, Workspace)
+    async with store.unit_of_work() as uow:  # b is untouched
+        assert await uow.messages.get(b.id, b_msg.id) == b_msg
+        assert await uow.channels.get(b.id, b_public.id) == b_public
+        assert await uow.channels.is_member(b.id, b_private.id, b_user.id)
+        membership = await uow.memberships.get(b.id, b_user.id)
+        assert membership is not None and membership.role is Role.OWNER
+        assert await uow.reactions.counts(b.id, [b_msg.id]) == {b_msg.id: {"👍": 1}}
+        assert await uow.workspaces.list_for_user(b_user.id) == [b]
+
+
+async def test_deleting_a_workspace_removes_all_its_rows_and_only_its_rows(store: SqlStore) -> None:
+    doomed, kept = await _tenant(store), await _tenant(store)
+    d, k = doomed["ws"], kept["ws"]
+    assert isinstance(d, Workspace) and isinstance(k, Workspace)
+
+    async def counts(workspace_id: uuid.UUID) -> dict[str, int]:
+        result = {}
+        async with store.engine.connect() as conn:
+            for table in (*models.TENANT_TABLES, models.workspaces):
+                column = table.c.id if table is models.workspaces else table.c.workspace_id
+                query = select(func.count()).select_from(table).where(column == workspace_id)
+                result[table.name] = (await conn.execute(query)).scalar_one()
+        return result
+
+    before = await counts(k.id)
+    assert all(n >= 1 for n in (await counts(d.id)).values())
+
+    async def delete(uow: UnitOfWork) -> None:
+        await uow.workspaces.delete(d.id)
+
+    await store.run(delete)
+    assert set((await counts(d.id)).values()) == {0}
+    assert await counts(k.id) == before
+    async with store.unit_of_work() as uow:
+        assert await uow.users.get(doomed["user"].id) is not None  # type: ignore[attr-defined]
+
+
+# ---- messages -------------------------------------------------------------------------------------------
+async def test_add_many_is_idempotent(store: SqlStore) -> None:
+    ws, ch = _ws(), uuid.uuid4()
+    await _add(store, ws)
+    batch = [_msg(ws, ch, n) for n in (1, 2, 3)]
+    same_offset = Message(**{**_as_dict(batch[0]), "id": uuid.uuid4(), "body": "impostor"})
+
+    async with store.unit_of_work() as uow:
+        assert await uow.messages.add_many(batch) == 3
+        assert await uow.messages.add_many(batch) == 0
+        assert await uow.messages.add_many([same_offset]) == 0
+        assert await uow.messages.add_many([*batch, _msg(ws, ch, 4)]) == 1
+        assert await uow.messages.add_many([]) == 0
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        assert await uow.messages.add_many(batch) == 0  # and across transactions
+        page = await uow.messages.page(ws.id, ch, before=None, limit=10)
+    assert [(mm.offset, mm.body) for mm in page] == [(4, "message 4"), (3, "message 3"), (2, "message 2"),
+                                                     (1, "message 1")]
+    assert page[-1] == batch[0]
+
+
+async def test_add_many_takes_big_batches(store: SqlStore) -> None:
+    ws, ch = _ws(), uuid.uuid4()
+    await _add(store, ws)
+    batch = [_msg(ws, ch, n) for n in range(1, 6001)]  # more than one statement's worth of parameters
+
+    async def write(uow: UnitOfWork) -> int:
+        return await uow.messages.add_many(batch)
+
+    assert await store.run(write) == 6000
+    assert await store.run(write) == 0
+    async with store.unit_of_work() as uow:
+        newest = await uow.messages.page(ws.id, ch, before=None, limit=1)
+    assert newest[0].offset == 6000
+
+
+async def test_page_newest_first_with_before_cursor(store: SqlStore) -> None:
+    ws, ch, other = _ws(), uuid.uuid4(), uuid.uuid4()
+    await _add(store, ws)
+    async with store.unit_of_work() as uow:
+        await uow.messages.add_many([_msg(ws, ch, n) for n in range(1, 11)] + [_msg(ws, other, 5)])
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        pages, before = [], None
+        while True:
+            page = await uow.messages.page(ws.id, ch, before=before, limit=4)
+            if not page:
+                break
+            pages.append([mm.offset for mm in page])
+            before = page[-1].offset
+        assert await uow.messages.page(ws.id, ch, before=None, limit=0) == []
+    assert pages == [[10, 9, 8, 7], [6, 5, 4, 3], [2, 1]]
+
+
+async def test_edit_and_soft_delete(store: SqlStore) -> None:
+    ws, ch = _ws(), uuid.uuid4()
+    msg = _msg(ws, ch, 1)
+    await _add(store, ws, msg)
+    edited_at, deleted_at = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    async with store.unit_of_work() as uow:
+        assert await uow.messages.edit(ws.id, msg.id, "fixed typo", edited_at)
+        assert not await uow.messages.edit(ws.id, uuid.uuid4(), "nobody", edited_at)
+        edited = await uow.messages.get(ws.id, msg.id)
+        assert edited is not None and (edited.body, edited.edited_at) == ("fixed typo", edited_at)
+        assert await uow.messages.delete(ws.id, msg.id, deleted_at)
+        assert await uow.messages.delete(ws.id, msg.id, deleted_at + timedelta(hours=1))  # again: still True
+        assert not await uow.messages.delete(ws.id, uuid.uuid4(), deleted_at)
+        assert not await uow.messages.edit(ws.id, msg.id, "resurrected", edited_at)  # deleted stays deleted
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        gone = await uow.messages.get(ws.id, msg.id)
+    assert gone is not None and gone.body == "" and gone.deleted_at == deleted_at
+
+
+# ---- reactions and read markers -------------------------------------------------------------------------
+async def test_reactions_are_idempotent_and_counted(store: SqlStore) -> None:
+    ws, ch = _ws(), uuid.uuid4()
+    m1, m2, m3 = _msg(ws, ch, 1), _msg(ws, ch, 2), _msg(ws, ch, 3)
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    await _add(store, ws, m1, m2, m3)
+    async with store.unit_of_work() as uow:
+        assert await uow.reactions.add(Reaction(ws.id, m1.id, alice, "👍"))
+        assert not await uow.reactions.add(Reaction(ws.id, m1.id, alice, "👍"))
+        assert await uow.reactions.add(Reaction(ws.id, m1.id, bob, "👍"))
+        assert await uow.reactions.add(Reaction(ws.id, m1.id, bob, "🎉"))
+        assert await uow.reactions.add(Reaction(ws.id, m2.id, bob, "🎉"))
+        assert await uow.reactions.remove(Reaction(ws.id, m2.id, bob, "🎉"))
+        assert not await uow.reactions.remove(Reaction(ws.id, m2.id, bob, "🎉"))
+        assert await uow.reactions.add(Reaction(ws.id, m3.id, alice, "x"))
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        counts = await uow.reactions.counts(ws.id, [m1.id, m2.id, m3.id])
+        assert await uow.reactions.counts(ws.id, []) == {}
+    assert counts == {m1.id: {"👍": 2, "🎉": 1}, m3.id: {"x": 1}}
+
+
+async def test_read_markers_never_go_back(store: SqlStore) -> None:
+    ws, ch, user = _ws(), uuid.uuid4(), uuid.uuid4()
+    await _add(store, ws)
+    async with store.unit_of_work() as uow:
+        assert await uow.read_markers.get(ws.id, ch, user) == 0
+        assert await uow.read_markers.advance(ReadMarker(ws.id, ch, user, 5)) == 5
+        assert await uow.read_markers.advance(ReadMarker(ws.id, ch, user, 3)) == 5
+        assert await uow.read_markers.advance(ReadMarker(ws.id, uuid.uuid4(), user, 1)) == 1
+        await uow.commit()
+    async with store.unit_of_work() as uow:
+        assert await uow.read_markers.get(ws.id, ch, user) == 5
+        assert await uow.read_markers.advance(ReadMarker(ws.id, ch, user, 8)) == 8
+        assert await uow.read_markers.get(ws.id, ch, user) == 8
+
+
+# ---- retries of serialization failures ------------------------------------------------------------------
+class _FakeDbError(Exception):
+    """What any DBAPI driver raises for a serialization failure: a SQLSTATE attribute."""
+
+    sqlstate = "40001"
+
+
+async def test_run_retries_serialization_failures(sqlite_url: str) -> None:
+    async with SqlStore(sqlite_url) as store:
+        store.retry_policy = RetryPolicy(base_s=0.001, cap_s=0.002)
+        ws, calls = _ws(), 0
+
+        async def flaky(uow: UnitOfWork) -> str:
+            nonlocal calls
+            calls += 1
+            await uow.workspaces.add(ws)  # rolled back with each failed attempt, so no Conflict later
+            if calls < 3:
+                raise sa_exc.OperationalError("COMMIT", {}, _FakeDbError("could not serialize access"))
+            return "done"
+
+        assert await store.run(flaky) == "done"
+        assert (calls, store.serialization_retries) == (3, 2)
+        async with store.unit_of_work() as uow:
+            assert await uow.workspaces.get(ws.id) == ws
+
+
+async def test_run_gives_up_with_unavailable(sqlite_url: str) -> None:
+    async with SqlStore(sqlite_url) as store:
+        store.retry_policy = RetryPolicy(base_s=0.001, cap_s=0.002)
+        calls = 0
+
+        async def always(uow: UnitOfWork) -> None:
+            nonlocal calls
+            calls += 1
+            raise _FakeDbError("could not serialize access")
+
+        with pytest.raises(Unavailable) as err:
+            await store.run(always, retries=2)
+        assert calls == 3
+        assert not isinstance(err.value, SerializationFailure)
+
+        async def broken(uow: UnitOfWork) -> None:
+            nonlocal calls
+            calls += 1
+            raise ValueError("a bug is not retried")
+
+        calls = 0
+        with pytest.raises(ValueError):
+            await store.run(broken)
+        assert calls == 1
+
+
+@pytest.mark.parametrize("error", [
+    _FakeDbError("x"),
+    sa_exc.DBAPIError("SELECT", {}, _FakeDbError("x")),
+    asyncpg.exceptions.SerializationError("could not serialize access due to concurrent update"),
+    psycopg.errors.SerializationFailure("could not serialize access"),
+    Exception("restart transaction: TransactionRetryWithProtoRefreshError: ReadWithinUncertaintyInterval"),
+    SerializationFailure("wrapped by db.errors"),
+], ids=["sqlstate", "sqlalchemy-wrapped", "asyncpg", "psycopg", "cockroachdb-message", "translated"])
+def test_serialization_failures_are_recognised(error: Exception) -> None:
+    assert is_serialization_failure(error)
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("nope"),
+    sa_exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: workspaces.slug")),
+    Conflict("exists"),
+])
+def test_other_errors_are_not_retried(error: Exception) -> None:
+    assert not is_serialization_failure(error)
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
+    async with SqlStore(pg_url) as store:
+        yield store
+
+
+@pytest.mark.integration
+async def test_run_retries_a_real_serialization_failure(pg_store: SqlStore) -> None:
+    """Two SERIALIZABLE transactions read the same read marker, then both write it: PostgreSQL aborts one
+    with 40001; run() retries it, so neither increment is lost."""
+    ws, ch, user = _ws(), uuid.uuid4(), uuid.uuid4()
+    await _add(pg_store, ws, ReadMarker(ws.id, ch, user, 1))
+    calls, readers, both_read = 0, 0, asyncio.Event()
+
+    async def increment(uow: UnitOfWork) -> int:
+        nonlocal calls, readers
+        calls += 1
+        first_attempts = calls <= 2
+        current = await uow.read_markers.get(ws.id, ch, user)
+        if first_attempts:  # make sure both have read before either writes
+            readers += 1
+            if readers == 2:
+                both_read.set()
+            await asyncio.wait_for(both_read.wait(), timeout=10)
+        return await uow.read_markers.advance(ReadMarker(ws.id, ch, user, current + 1))
+
+    results = await asyncio.wait_for(asyncio.gather(pg_store.run(increment), pg_store.run(increment)), 30)
+    assert sorted(results) == [2, 3]
+    assert pg_store.serialization_retries >= 1
+    assert calls >= 3
+    async with pg_store.unit_of_work() as uow:
+        assert await uow.read_markers.get(ws.id, ch, user) == 3
+
+
+# ---- lifecycle and availability -------------------------------------------------------------------------
+async def test_lifecycle(sqlite_url: str) -> None:
+    store = SqlStore(sqlite_url.replace("storm.db", "nested/dir/storm.db"))
+    with pytest.raises(RuntimeError):
+        store.unit_of_work()
+    await store.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await store.start()
+        await store.ping()
+    finally:
+        await store.stop()
+        await store.stop()  # idempotent
+    with pytest.raises(RuntimeError):
+        await store.start()
+    with pytest.raises(Unavailable):
+        await store.ping()
+
+
+async def test_unreachable_database_is_unavailable() -> None:
+    # Port 9 (discard) is closed on test machines: the connection is refused at once.
+    url = "postgresql+asyncpg://storm:storm@127.0.0.1:9/none"
+    lazy = SqlStore(url, create_schema=False)
+    await lazy.start()  # no connection needed yet
+    try:
+        with pytest.raises(Unavailable):
+            await lazy.ping()
+        with pytest.raises(Unavailable):
+            async with lazy.unit_of_work() as uow:
+                await uow.workspaces.get(uuid.uuid4())
+    finally:
+        await lazy.stop()
+    eager = SqlStore(url)
+    with pytest.raises(Unavailable):
+        await eager.start()
+    await eager.stop()
+
+
+def _as_dict(msg: Message) -> dict[str, object]:
+    return {name: getattr(msg, name) for name in Message.__slots__}  # type: ignore[attr-defined]
