@@ -1,0 +1,144 @@
+"""End to end over real sockets against a `storm dev` process (fixture in tests/e2e/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import websockets
+
+from storm.seed import channel_id
+from tests.support.asyncapi import validate_server_event
+
+pytestmark = pytest.mark.e2e
+GENERAL = channel_id("demo", "general")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read()
+
+
+def _token(base: str, user: str) -> str:
+    return json.loads(_get(f"{base}/dev/token?user={user}&workspace=demo")[1])["token"]
+
+
+class Client:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, base: str, user: str) -> Client:
+        ws = await websockets.connect(base.replace("http", "ws") + "/ws")
+        c = cls(ws)
+        await c.send(op="auth", token=_token(base, user))
+        await c.wait_for("hello")
+        return c
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def wait_for(self, type_: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["type"] == type_ and all(ev.get(k) == v for k, v in match.items()):
+                    return self.events.pop(i)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {type_} {match} within {timeout}s; got {self.events}")
+            frame = await asyncio.wait_for(self.ws.recv(), remaining)
+            for part in frame.split("\n"):
+                ev = json.loads(part)
+                validate_server_event(ev)
+                self.events.append(ev)
+
+
+async def test_two_clients_see_messages_presence_and_typing(storm_dev_server):
+    alice = await Client.connect(storm_dev_server, "alice")
+    bob = await Client.connect(storm_dev_server, "bob")
+    try:
+        await alice.send(op="subscribe", id=1, channel=GENERAL)
+        await alice.wait_for("subscribed", id=1)
+        await bob.send(op="subscribe", id=1, channel=GENERAL)
+        await bob.wait_for("subscribed", id=1)
+        await alice.wait_for("presence.join", name="Bob")
+
+        await bob.send(op="typing", channel=GENERAL)
+        await alice.wait_for("typing", name="Bob")
+
+        await alice.send(op="publish", id=2, channel=GENERAL, cmid="e2e-1", text="hello bob")
+        ack = await alice.wait_for("ack", id=2)
+        got = await bob.wait_for("message", id=ack["message_id"])
+        assert got["text"] == "hello bob" and got["offset"] == ack["offset"]
+
+        await bob.send(op="publish", id=3, channel=GENERAL, cmid="e2e-2", text="hi alice")
+        back = await alice.wait_for("message", text="hi alice")
+        assert back["offset"] == ack["offset"] + 1
+
+        await alice.send(op="presence", id=4, channel=GENERAL)
+        names = {u["name"] for u in (await alice.wait_for("presence", id=4))["users"]}
+        assert {"Alice", "Bob"} <= names
+
+        for _ in range(50):  # the persistence consumer stores them shortly after the ack
+            await alice.send(op="history", id=5, channel=GENERAL, limit=5)
+            page = await alice.wait_for("history", id=5)
+            if {m["text"] for m in page["messages"]} >= {"hello bob", "hi alice"}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("messages never reached history")
+    finally:
+        await bob.ws.close()
+    await alice.wait_for("presence.leave", name="Bob")
+    await alice.ws.close()
+
+
+async def test_bad_token_closes_4001(storm_dev_server):
+    ws = await websockets.connect(storm_dev_server.replace("http", "ws") + "/ws")
+    await ws.send(json.dumps({"op": "auth", "token": "forged"}))
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4001
+
+
+async def test_silent_socket_is_closed_4003_after_the_auth_timeout(storm_dev_server):
+    ws = await websockets.connect(storm_dev_server.replace("http", "ws") + "/ws")
+    started = time.monotonic()
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 4003
+    assert 4.5 <= time.monotonic() - started <= 7.0
+
+
+async def test_oversized_frames(storm_dev_server):
+    c = await Client.connect(storm_dev_server, "carol")
+    await c.ws.send("x" * (64 * 1024 + 10))
+    assert (await c.wait_for("error"))["code"] == "too_large"
+    await c.send(op="ping", id=1)
+    await c.wait_for("pong", id=1)  # the session survived
+    await c.ws.send("x" * (128 * 1024 + 10))
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(c.ws.recv(), 5)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def test_http_surface(storm_dev_server):
+    status, body = _get(f"{storm_dev_server}/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body = _get(f"{storm_dev_server}/")
+    assert status == 200 and b"<html" in body.lower()
+    status, body = _get(f"{storm_dev_server}/openapi.json")
+    assert status == 200 and "/v1/workspaces" in json.loads(body)["paths"]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _get(f"{storm_dev_server}/dev/token?user=../../etc")
+    assert info.value.code == 400
+    info.value.close()
