@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 
 MAX_BODY_CHARS = 4000
 MAX_EMOJI_CHARS = 64
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38}[a-z0-9])\Z")
-CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}\Z")
+# Portable patterns (pydantic's Rust regex reads them too).  In Python use `fullmatch`: `$` alone would
+# accept a trailing newline.
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38}[a-z0-9])$")
+CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
 
 
 def utcnow() -> datetime:
