@@ -101,7 +101,7 @@ class Hub:
                 del self._groups[key]
                 if self._sub is not None:
                     await self._sub.remove(workspace, channel)
-            if not lock._waiters:  # noqa: SLF001 - drop idle locks so the dict stays bounded
+            if not lock._waiters:
                 self._locks.pop(key, None)
 
     # -- fan-out ----------------------------------------------------------------------------------------

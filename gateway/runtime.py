@@ -33,13 +33,18 @@ class Gateway:
         await self.hub.start()
         self.accepting = True
 
-    async def stop(self) -> None:
-        """Stop accepting, close every session with 1012 (reconnect elsewhere), wait for cleanups."""
+    async def drain(self) -> None:
+        """Stop accepting and close every session with 1012 (reconnect elsewhere), waiting (bounded) for
+        the closes and cleanups.  Runs before the server's own shutdown, which would otherwise close the
+        sockets first with another code.  Idempotent."""
         self.accepting = False
         for session in list(self.hub.sessions):
             session.close(CloseCode.SERVICE_RESTART, "gateway restarting")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.config.drain_timeout_s)
+
+    async def stop(self) -> None:
+        await self.drain()
         await self.hub.stop()
         for task in list(self._tasks):
             task.cancel()

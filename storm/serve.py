@@ -37,7 +37,14 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await serve(app, hypercorn_config(cfg), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    gateway = app.extensions.get("gateway")
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        if gateway is not None:  # tell clients 1012 before Hypercorn starts closing sockets itself
+            await gateway.drain()
+
+    await serve(app, hypercorn_config(cfg), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

@@ -142,3 +142,35 @@ def test_http_surface(storm_dev_server):
         _get(f"{storm_dev_server}/dev/token?user=../../etc")
     assert info.value.code == 400
     info.value.close()
+
+
+async def test_sigint_drains_with_1012_and_exits(tmp_path):
+    """A dedicated server: Ctrl-C tells connected clients to reconnect elsewhere (1012) and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, _free_port, _healthy
+
+    port = _free_port()
+    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db"}
+    proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            if _healthy(f"{base}/healthz"):
+                break
+            await asyncio.sleep(0.1)
+        c = await Client.connect(base, "dave")
+        proc.send_signal(signal.SIGINT)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(c.ws.recv(), 5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
