@@ -156,8 +156,17 @@ class PersistenceWorker:
                 log.exception("receive failed on subscription %s; retrying", self._name)
                 await asyncio.sleep(self._nack_delay)
                 continue
-            if deliveries:
+            if not deliveries:
+                continue
+            try:
                 await self.process(deliveries)
+            except Exception:  # e.g. the store or cache is down: the worker must outlive it
+                workspaces = sorted({d.record.workspace for d in deliveries})
+                log.exception("batch of %d failed ws=%s; handing it back for redelivery", len(deliveries),
+                              ",".join(workspaces))
+                with contextlib.suppress(Exception):
+                    await self._sub.nack(deliveries, self._nack_delay)
+                await asyncio.sleep(self._nack_delay)
 
     async def _workspace_ids(self, deliveries: Sequence[Delivery]) -> dict[str, uuid.UUID]:
         ids: dict[str, uuid.UUID] = {}
@@ -186,25 +195,35 @@ class PersistenceWorker:
             if len(good) == 1:
                 await self._retry_or_dead_letter(good[0], exc)
                 return
-            log.warning("batch of %d failed (%r); retrying record by record", len(good), exc)
+            workspaces = ",".join(sorted({d.record.workspace for d in good}))
+            log.warning("batch of %d failed ws=%s (%r); retrying record by record", len(good), workspaces, exc)
+            failed_channels: set[tuple[str, str]] = set()
             for d in good:
-                await self.process_one(d)
+                key = (d.record.workspace, d.record.channel)
+                if key in failed_channels:
+                    # an earlier record of this channel failed: keep channel order, hand this one back too
+                    await sub.nack([d], self._nack_delay)
+                    continue
+                if not await self.process_one(d):
+                    failed_channels.add(key)
             return
         await sub.ack(good)
 
-    async def process_one(self, d: Delivery) -> None:
+    async def process_one(self, d: Delivery) -> bool:
+        """Write one record; False when it was handed back for a retry."""
         assert self._sub is not None
         ids = await self._workspace_ids([d])
         handled = handle([d], ids)
         if handled.poison:
             await self._dead_letter(d, handled.poison[0][1])
-            return
+            return True
         try:
             self.stats["inserted"] += await self._write(handled.plans, ids)
         except Exception as exc:
             await self._retry_or_dead_letter(d, exc)
-            return
+            return False
         await self._sub.ack([d])
+        return True
 
     async def _write(self, plans: dict[str, Plan], ids: dict[str, uuid.UUID]) -> int:
         if not plans:

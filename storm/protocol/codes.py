@@ -28,7 +28,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     POLICY = 1008  # e.g. Origin not allowed
-    TOO_BIG = 1009  # a frame over STORM_MAX_FRAME_BYTES (sent by the server library)
+    TOO_BIG = 1009  # a frame over 2 x STORM_MAX_FRAME_BYTES (sent by the server library)
     INTERNAL = 1011
     SERVICE_RESTART = 1012  # gateway draining: reconnect (elsewhere) after the hinted delay
     UNAUTHENTICATED = 4001  # the first message was not a valid token

@@ -3,7 +3,7 @@
 The I/O layer (gateway/ws.py) hands it decoded frames (:meth:`Session.receive`) and gives it a
 :class:`Transport` to push encoded events to and to ask for a close.  Everything it needs from the world
 (broker, cache, directory, hub, clock) comes through :class:`SessionContext`, so unit tests drive it with
-the embedded adapters and a list as transport (tests/unit/test_session.py).
+the embedded adapters and a list as transport (tests/service/test_session.py).
 
 States: AWAITING_AUTH -> OPEN -> CLOSED.  Illegal transitions raise.  Channel events reach the session
 through :meth:`on_channel_event` (called by the hub, already encoded once for every recipient); the
@@ -277,7 +277,7 @@ class Session:
         if not self._limit(cmd.id, channel):
             return
         ws = p.workspace.slug
-        key = f"cmid:{p.user.id.hex}:{cmd.cmid}"
+        key = f"cmid:{p.user.id.hex}:{ch.id.hex}:{cmd.cmid}"
         cache = self.ctx.cache
         prior = await cache.put_if_absent(ws, key, b"", self.ctx.config.dedup_ttl_s)
         if prior is not None:
