@@ -75,7 +75,8 @@ class Config:
     )
     consumer_batch: int = _setting(500, "STORM_CONSUMER_BATCH", "Persistence worker batch size.")
     consumer_max_wait_s: float = _setting(
-        0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a worker waits for the first record of a batch (capped at 0.25 s); batches never wait to fill."
+        0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a worker waits for the first record of a batch (capped at 0.25 s); "
+        "batches never wait to fill."
     )
     consumer_max_redeliveries: int = _setting(
         5, "STORM_CONSUMER_MAX_REDELIVERIES", "Deliveries of one message before it is dead-lettered."
