@@ -6,7 +6,7 @@ from __future__ import annotations
 class TokenBucket:
     """``rate`` tokens per second up to ``burst``.  ``take(now)`` is O(1) and never allocates."""
 
-    __slots__ = ("_rate", "_burst", "_tokens", "_last")
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self._rate = rate

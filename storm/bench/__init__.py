@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-DEFAULT_RATE = 100.0
+DEFAULT_RATE = 50.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fan.add_argument("--server", choices=("both", "storm", "floor"), default="both",
                      help="which servers to run (default both; ratio_to_floor needs both)")
     fan.add_argument("--start-timeout", type=float, default=60.0, help="seconds for a server to get ready")
+    fan.add_argument("--log-dir", default=None, help="keep the servers' logs here (default: discarded)")
     fan.add_argument("--json", action="store_true", help="compact JSON on one line")
 
     idle = sub.add_parser("idle", help="gateway memory per authenticated idle connection")
@@ -42,13 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     idle.add_argument("--settle-s", type=float, default=3.0, help="RSS must be stable this long (default 3)")
     idle.add_argument("--settle-timeout", type=float, default=60.0, help="give up waiting for a stable RSS")
     idle.add_argument("--start-timeout", type=float, default=60.0, help="seconds for the server to get ready")
+    idle.add_argument("--log-dir", default=None, help="keep the server's log here (default: discarded)")
     idle.add_argument("--json", action="store_true", help="compact JSON on one line")
 
 
 def _validate(args: argparse.Namespace) -> None:
     if args.bench == "fanout":
         if args.subscribers < 1 or args.messages < 1 or args.rate <= 0 or args.sample_every < 1:
-            raise SystemExit("storm bench fanout: --subscribers, --messages, --rate, --sample-every must be > 0")
+            raise SystemExit("storm bench fanout: --subscribers, --messages, --rate and --sample-every "
+                             "must be > 0")
     elif args.connections < 1 or not 1 <= args.per_process <= 18000:
         raise SystemExit("storm bench idle: --connections must be > 0 and --per-process in 1..18000")
 

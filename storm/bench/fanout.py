@@ -34,6 +34,7 @@ from storm.bench.procs import (
     ServerProcess,
     child_channel,
     cpu_seconds,
+    cpu_ticks_seconds,
     free_port,
     python_module,
     raise_nofile,
@@ -75,7 +76,8 @@ class Stats:
 class Subscriber(WSClient):
     """auth -> hello -> subscribe -> subscribed -> count deliveries."""
 
-    def __init__(self, host: str, port: int, auth: bytes, subscribe: bytes, stats: Stats, sample: bool) -> None:
+    def __init__(self, host: str, port: int, auth: bytes, subscribe: bytes, stats: Stats,
+                 sample: bool) -> None:
         super().__init__(host, port)
         self.stats = stats
         self.sample = sample
@@ -92,9 +94,9 @@ class Subscriber(WSClient):
     def on_message(self, payload: bytes, binary: bool) -> None:
         st = self.stats
         if self.phase == 2:
-            st.frames += 1
             n = payload.count(MARK)
             if n:
+                st.frames += 1
                 now = time.monotonic_ns()
                 st.deliveries += n
                 st.last_ns = now
@@ -162,6 +164,7 @@ async def _publish(pub: Publisher, cfg: dict[str, Any], info: dict[str, Any]) ->
     channel = cfg["channel"].encode()
     run = cfg["run_id"].encode()
     messages, interval = cfg["messages"], 1e9 / cfg["rate"]
+    info["cpu_start_ticks"] = cpu_ticks_seconds(cfg["server_pid"])
     info["cpu_start"] = cpu_seconds(cfg["server_pid"])
     t0 = info["first_pub_ns"] = time.monotonic_ns()
     for seq in range(messages):
@@ -190,8 +193,8 @@ async def _open_all(cfg: dict[str, Any], stats: Stats, chan: Any) -> tuple[list[
         sample = g % cfg["sample_every"] == 0
         async with sem:
             try:
-                proto = await connect(lambda: Subscriber(host, port, auth, subscribe, stats, sample), host, port,
-                                      source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
+                proto = await connect(lambda: Subscriber(host, port, auth, subscribe, stats, sample), host,
+                                      port, source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
                 await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
             except (OSError, RuntimeError, TimeoutError) as exc:
                 failures.append(repr(exc))
@@ -219,10 +222,12 @@ async def child_main() -> None:
     pub: Publisher | None = None
     if cfg["publisher"]:
         auth = b'{"op":"auth","token":"%s"}' % cfg["tokens"][0].encode()
+        host, port = cfg["host"], cfg["port"]
         try:
-            pub = await connect(lambda: Publisher(cfg["host"], cfg["port"], auth, stats), cfg["host"], cfg["port"],
-                                source=cfg["sources"][0], timeout=cfg["connect_timeout"])  # type: ignore[assignment]
-            assert pub is not None
+            proto = await connect(lambda: Publisher(host, port, auth, stats), host, port,
+                                  source=cfg["sources"][0], timeout=cfg["connect_timeout"])
+            assert isinstance(proto, Publisher)
+            pub = proto
             await asyncio.wait_for(pub.ready, cfg["connect_timeout"])
         except (OSError, RuntimeError, TimeoutError) as exc:
             chan.emit("error", message=f"publisher could not connect: {exc!r}")
@@ -245,10 +250,13 @@ async def child_main() -> None:
             chan.emit("progress", deliveries=stats.deliveries)
 
     reporter = loop.create_task(report())
+    client_cpu0 = time.process_time()
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stats.done.wait(), max(0.0, deadline - time.monotonic()))
         cpu_end = cpu_seconds(cfg["server_pid"])
+        cpu_end_ticks = cpu_ticks_seconds(cfg["server_pid"])
+        client_cpu = time.process_time() - client_cpu0
         end_ns = stats.last_ns if stats.done.is_set() else time.monotonic_ns()
         if pub_task is not None:
             with contextlib.suppress(TimeoutError):
@@ -263,7 +271,8 @@ async def child_main() -> None:
         first_error=stats.first_error, closed=stats.closed, misordered=stats.misordered,
         connected=len(conns), short_connections=sum(1 for n in per_conn if n < expected_each),
         excess_connections=sum(1 for n in per_conn if n > expected_each),
-        acks=pub.acks if pub is not None else 0, cpu_end=cpu_end, end_ns=end_ns, last_ns=stats.last_ns,
+        acks=pub.acks if pub is not None else 0, cpu_end=cpu_end, cpu_end_ticks=cpu_end_ticks, end_ns=end_ns,
+        last_ns=stats.last_ns, client_cpu_s=client_cpu,
         latencies_us=stats.latencies, **info,
     )
     for c in conns:
@@ -303,6 +312,14 @@ def bench_channel() -> str:
     return channel_id("demo", "bench")
 
 
+def log_dir(args: Any, tmp: Path) -> Path:
+    if not getattr(args, "log_dir", None):
+        return tmp
+    path = Path(args.log_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -329,7 +346,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         http_path = None
     n, m = args.subscribers, args.messages
     procs = args.client_procs or max(1, math.ceil(n / PER_PROCESS_MAX))
-    server = ServerProcess(kind, argv, env=env, log_path=tmp / f"{kind}.log")
+    server = ServerProcess(kind, argv, env=env, log_path=log_dir(args, tmp) / f"{kind}.log")
     clients: list[ClientProcess] = []
     status: dict[str, dict[str, Any]] = {}
 
@@ -390,6 +407,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         "publish_s": (pub.get("last_pub_ns", last_ns) - pub["first_pub_ns"]) / 1e9,
         "published": pub.get("published", 0),
         "server_cpu_s": cpu,
+        "server_cpu_s_ticks": max(r["cpu_end_ticks"] for r in results) - pub["cpu_start_ticks"],
         "cpu_us_per_delivery": cpu * 1e6 / deliveries if deliveries else float("nan"),
         "p50_ms": percentile(lat, 50) / 1000,
         "p99_ms": percentile(lat, 99) / 1000,
@@ -405,6 +423,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         "excess_connections": sum(r["excess_connections"] for r in results),
         "server_log_errors": len(errors),
         "client_procs": procs,
+        "client_cpu_s": sum(r["client_cpu_s"] for r in results),
     }
     if errors:
         progress.done()
@@ -455,11 +474,14 @@ def summarize(args: Any, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "frames": main["frames"],
         "max_ms": _r(main["max_ms"], 2),
         "server_cpu_s": _r(main["server_cpu_s"], 3),
+        "server_cpu_s_ticks": _r(main["server_cpu_s_ticks"], 2),
+        "client_cpu_s": _r(main["client_cpu_s"], 3),
     }
     if floor is not None:
         out.update({"floor_deliveries": floor["deliveries"], "floor_wall_s": _r(floor["wall_s"], 3),
                     "floor_p50_ms": _r(floor["p50_ms"], 2), "floor_p99_ms": _r(floor["p99_ms"], 2),
-                    "floor_frames": floor["frames"]})
+                    "floor_frames": floor["frames"], "floor_cpu_s": _r(floor["server_cpu_s"], 3),
+                    "floor_client_cpu_s": _r(floor["client_cpu_s"], 3)})
     for kind, r in runs.items():
         prefix = "" if kind == "storm" else "floor_"
         for key in ("connect_failures", "errors", "closed", "misordered", "short_connections",

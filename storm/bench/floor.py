@@ -135,11 +135,12 @@ class FloorConnection(asyncio.Protocol):
             if name.strip().lower() == b"sec-websocket-key":
                 key = value.strip()
         if not key:
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
             self.transport.close()
             return False
-        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key))
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key))
         self._handshaking = False
         return True
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storm.bench.fanout import HOST, split, storm_env, storm_tokens
+from storm.bench.fanout import HOST, log_dir, split, storm_env, storm_tokens
 from storm.bench.procs import (
     ClientProcess,
     Progress,
@@ -144,8 +144,8 @@ async def run(args: Any) -> dict[str, Any]:
         tmp = Path(tmpdir)
         env = storm_env(tmp, messages=0)
         tokens = storm_tokens(env)
-        server = ServerProcess("storm", python_module("storm.cli", "dev", "--host", HOST, "--port", str(port)),
-                               env=env, log_path=tmp / "storm.log")
+        argv = python_module("storm.cli", "dev", "--host", HOST, "--port", str(port))
+        server = ServerProcess("storm", argv, env=env, log_path=log_dir(args, tmp) / "storm-idle.log")
         clients: list[ClientProcess] = []
         status: dict[str, dict[str, Any]] = {}
 

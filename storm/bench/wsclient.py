@@ -115,8 +115,7 @@ class WSClient(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is no subclass
         transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -131,6 +130,18 @@ class WSClient(asyncio.Protocol):
         self.on_close(self.close_code)
 
     def data_received(self, data: bytes) -> None:
+        if not self._buf and not self._handshaking and not self._frag_op and data[0] == 0x81:
+            # fast path: the read is exactly one complete unfragmented text frame (the common case)
+            n, length = len(data), data[1]
+            if length < 126:
+                if n == 2 + length:
+                    self.frames += 1
+                    self.on_message(data[2:], False)
+                    return
+            elif length == 126 and n >= 4 and n == 4 + ((data[2] << 8) | data[3]):
+                self.frames += 1
+                self.on_message(data[4:], False)
+                return
         if self._buf:
             data = self._buf + data
             self._buf = b""

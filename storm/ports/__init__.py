@@ -4,7 +4,7 @@ Each port has an embedded adapter with the same semantics (``storm.adapters``) a
 contract suite per port (``tests/contract``) runs against all of them.
 """
 
-from storm.ports.broker import Broker, BroadcastHandler, Delivery, Record, WorkSubscription
+from storm.ports.broker import BroadcastHandler, Broker, Delivery, Record, WorkSubscription
 from storm.ports.cache import Cache, PresenceEntry
 from storm.ports.clock import Clock, SystemClock
 from storm.ports.identity import Claims, IdentityVerifier
