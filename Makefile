@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml
 ## test: install, start the services, lint, scan, run the whole suite with coverage
 test: install services-up browser-deps
 	@mkdir -p reports
-	$(MAKE) --no-print-directory lint scan
-	@set -o pipefail; STORM_TEST_PG_URL="$$(scripts/pg.sh url)" $(BIN)/pytest \
-		--cov --cov-report=term --cov-report=xml:reports/coverage.xml --junitxml=reports/junit.xml; \
-		status=$$?; $(MAKE) --no-print-directory services-down; exit $$status
+	@status=0; \
+	$(MAKE) --no-print-directory lint scan || status=$$?; \
+	if [ $$status -eq 0 ]; then \
+		STORM_TEST_PG_URL="$$(scripts/pg.sh url)" $(BIN)/pytest --cov --cov-report=term \
+			--cov-report=xml:reports/coverage.xml --junitxml=reports/junit.xml || status=$$?; \
+	fi; \
+	$(MAKE) --no-print-directory services-down; exit $$status
 
 lint: install
 	$(BIN)/ruff check .

@@ -84,8 +84,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from storm.bench import main as bench_main
 
     result = bench_main(args)
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    print(json.dumps(result, indent=None if args.json else 2), flush=True)
+    return 1 if result.get("failed") else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

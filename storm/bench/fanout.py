@@ -43,6 +43,7 @@ from storm.bench.procs import (
 from storm.bench.wsclient import WSClient, connect
 
 MARK = b'"text":"bench:'
+WARM = b'"text":"warmup:'
 _STAMP = re.compile(rb'"text":"bench:(\d+):(\d+)"')
 HOST = "127.0.0.1"
 PER_PROCESS_MAX = 9000
@@ -52,7 +53,7 @@ DEMO_USERS = ("alice", "bob", "carol", "dave")
 # ---- client child -------------------------------------------------------------------------------------
 class Stats:
     __slots__ = ("closed", "deliveries", "done", "errors", "expected", "first_error", "frames", "last_ns",
-                 "latencies", "misordered", "stopping")
+                 "latencies", "misordered", "stopping", "warm")
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -66,6 +67,7 @@ class Stats:
         self.latencies: list[int] = []  # microseconds
         self.done = asyncio.Event()
         self.stopping = False
+        self.warm = 0  # warm-up deliveries (not counted)
 
     def error(self, payload: bytes) -> None:
         self.errors += payload.count(b'"type":"error"')
@@ -111,6 +113,8 @@ class Subscriber(WSClient):
                         lat.append((now - int(m[2])) // 1000)
                 if st.deliveries >= st.expected:
                     st.done.set()
+            elif WARM in payload:
+                st.warm += payload.count(WARM)
             if b'"type":"error"' in payload:
                 st.error(payload)
             return
@@ -158,6 +162,23 @@ class Publisher(WSClient):
             self.ready.set_exception(ConnectionError(f"publisher closed during setup (code {code})"))
 
 
+async def _warm_up(pub: Publisher, cfg: dict[str, Any], stats: Stats, subscribers: int) -> int:
+    """Publish ``cfg["warmup"]`` uncounted messages (first-use costs: lazy imports, SQL compilation, log
+    creation) and wait until this child's subscribers have them, then a little for the other children."""
+    channel, run = cfg["channel"].encode(), cfg["run_id"].encode()
+    count = cfg["warmup"]
+    for seq in range(count):
+        pub.send_text(b'{"op":"publish","id":%d,"channel":"%s","cmid":"%s-w%d","text":"warmup:%d"}'
+                      % (1_000_000 + seq, channel, run, seq, seq))
+        await asyncio.sleep(1 / cfg["rate"])
+    deadline = time.monotonic() + 30
+    while stats.warm < subscribers * count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    pub.acks = 0
+    return stats.warm
+
+
 async def _publish(pub: Publisher, cfg: dict[str, Any], info: dict[str, Any]) -> None:
     """M publishes at a steady rate; each is stamped just before it is written.  ``info`` gets the server's
     CPU reading and the times of the first and last publish."""
@@ -196,7 +217,7 @@ async def _open_all(cfg: dict[str, Any], stats: Stats, chan: Any) -> tuple[list[
                 proto = await connect(lambda: Subscriber(host, port, auth, subscribe, stats, sample), host,
                                       port, source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
                 await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
-            except (OSError, RuntimeError, TimeoutError) as exc:
+            except Exception as exc:  # any failure is counted and reported, never fatal
                 failures.append(repr(exc))
                 return
             conns.append(proto)
@@ -229,11 +250,15 @@ async def child_main() -> None:
             assert isinstance(proto, Publisher)
             pub = proto
             await asyncio.wait_for(pub.ready, cfg["connect_timeout"])
-        except (OSError, RuntimeError, TimeoutError) as exc:
+        except Exception as exc:
             chan.emit("error", message=f"publisher could not connect: {exc!r}")
             return
     chan.emit("ready", connected=len(conns), failed=len(failures), failure=failures[0] if failures else "")
     cmd = await chan.command()
+    if cmd is not None and cmd.get("cmd") == "warmup":
+        warmed = await _warm_up(pub, cfg, stats, len(conns)) if pub is not None else 0
+        chan.emit("warmed", deliveries=warmed)
+        cmd = await chan.command()
     if cmd is None or cmd.get("cmd") != "go":
         return
     stats.expected = len(conns) * cfg["messages"]  # what this child can receive; the parent counts misses
@@ -256,18 +281,25 @@ async def child_main() -> None:
             await asyncio.wait_for(stats.done.wait(), max(0.0, deadline - time.monotonic()))
         cpu_end = cpu_seconds(cfg["server_pid"])
         cpu_end_ticks = cpu_ticks_seconds(cfg["server_pid"])
+        delivered, frames = stats.deliveries, stats.frames  # what counts: in the measured interval
         client_cpu = time.process_time() - client_cpu0
         end_ns = stats.last_ns if stats.done.is_set() else time.monotonic_ns()
         if pub_task is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(pub_task, 5.0)
+            except Exception as exc:  # reported; the counts say what it cost
+                stats.first_error = stats.first_error or f"publisher: {exc!r}"
+            assert pub is not None
+            ack_deadline = time.monotonic() + 2.0  # acks may trail the last delivery
+            while pub.acks < info.get("published", 0) and time.monotonic() < ack_deadline:
+                await asyncio.sleep(0.01)
     finally:
         reporter.cancel()
     stats.stopping = True
     per_conn = [c.count for c in conns]
     expected_each = cfg["messages"]
     chan.emit(
-        "result", deliveries=stats.deliveries, frames=stats.frames, errors=stats.errors,
+        "result", deliveries=delivered, frames=frames, late=stats.deliveries - delivered, errors=stats.errors,
         first_error=stats.first_error, closed=stats.closed, misordered=stats.misordered,
         connected=len(conns), short_connections=sum(1 for n in per_conn if n < expected_each),
         excess_connections=sum(1 for n in per_conn if n > expected_each),
@@ -294,6 +326,7 @@ def storm_env(tmp: Path, *, messages: int) -> dict[str, str]:
         "STORM_IDLE_TIMEOUT_S": "600",
         "STORM_HEARTBEAT_S": "300",
         "STORM_AUTH_TIMEOUT_S": "60",
+        "STORM_PRESENCE_TTL_S": "900",  # real clients ping every heartbeat and keep their presence alive
     })
     return env
 
@@ -372,7 +405,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
                 "first_index": first, "sources": [source_address(i)], "sample_every": args.sample_every,
                 "publisher": i == 0, "messages": m, "rate": args.rate, "timeout": args.timeout,
                 "server_pid": server.pid, "run_id": uuid.uuid4().hex[:12], "connect_timeout": 30.0,
-                "connect_concurrency": 100,
+                "connect_concurrency": 100, "warmup": args.warmup,
             }
             first += size
             client = ClientProcess(f"{kind}-{i}", "storm.bench.fanout", cfg)
@@ -381,6 +414,10 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         ready = await asyncio.gather(*(c.wait_for("ready", 60 + n / 50, on_progress) for c in clients))
         connected = sum(r["connected"] for r in ready)
         failure = next((r["failure"] for r in ready if r["failure"]), "")
+        if args.warmup:
+            progress.update(f"[{kind}] {connected}/{n} subscribed; warming up")
+            clients[0].send({"cmd": "warmup"})
+            await clients[0].wait_for("warmed", 60, on_progress)
         progress.update(f"[{kind}] {connected}/{n} subscribed; publishing {m} at {args.rate}/s")
         status.clear()
         for c in clients:
@@ -421,6 +458,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         "misordered": sum(r["misordered"] for r in results),
         "short_connections": sum(r["short_connections"] for r in results),
         "excess_connections": sum(r["excess_connections"] for r in results),
+        "late": sum(r["late"] for r in results),
         "server_log_errors": len(errors),
         "client_procs": procs,
         "client_cpu_s": sum(r["client_cpu_s"] for r in results),
@@ -471,21 +509,25 @@ def summarize(args: Any, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "subscribers": args.subscribers,
         "messages": args.messages,
         "rate": args.rate,
+        "warmup": args.warmup,
         "frames": main["frames"],
         "max_ms": _r(main["max_ms"], 2),
         "server_cpu_s": _r(main["server_cpu_s"], 3),
         "server_cpu_s_ticks": _r(main["server_cpu_s_ticks"], 2),
+        "server_busy": _r(main["server_cpu_s"] / main["wall_s"], 2) if main["wall_s"] > 0 else None,
+        "events_per_frame": _r(main["deliveries"] / main["frames"], 2) if main["frames"] else None,
         "client_cpu_s": _r(main["client_cpu_s"], 3),
     }
     if floor is not None:
         out.update({"floor_deliveries": floor["deliveries"], "floor_wall_s": _r(floor["wall_s"], 3),
                     "floor_p50_ms": _r(floor["p50_ms"], 2), "floor_p99_ms": _r(floor["p99_ms"], 2),
                     "floor_frames": floor["frames"], "floor_cpu_s": _r(floor["server_cpu_s"], 3),
-                    "floor_client_cpu_s": _r(floor["client_cpu_s"], 3)})
+                    "floor_client_cpu_s": _r(floor["client_cpu_s"], 3),
+                    "floor_busy": _r(floor["server_cpu_s"] / floor["wall_s"], 2) if floor["wall_s"] > 0 else None})
     for kind, r in runs.items():
         prefix = "" if kind == "storm" else "floor_"
         for key in ("connect_failures", "errors", "closed", "misordered", "short_connections",
-                    "excess_connections", "server_log_errors"):
+                    "excess_connections", "late", "server_log_errors"):
             if r[key]:
                 out[prefix + key] = r[key]
         if r["first_error"]:

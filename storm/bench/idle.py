@@ -79,7 +79,7 @@ async def child_main() -> None:
                 proto = await connect(lambda: IdleClient(host, port, auth), host, port, source=source,
                                       timeout=cfg["connect_timeout"])
                 await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
-            except (OSError, RuntimeError, TimeoutError) as exc:
+            except Exception as exc:  # any failure is counted and reported, never fatal
                 failures.append(repr(exc))
                 return
             conns.append(proto)

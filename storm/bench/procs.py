@@ -36,6 +36,17 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def child_setup() -> None:
+    """``preexec_fn`` of every child: raise the file limit, and on Linux ask for SIGTERM when the bench
+    process dies (PR_SET_PDEATHSIG), so a killed bench leaves no server behind."""
+    raise_nofile()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -157,7 +168,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=raise_nofile, start_new_session=True,
+            preexec_fn=child_setup, start_new_session=True,
         )
 
     def __enter__(self) -> ServerProcess:
@@ -253,7 +264,7 @@ class ClientProcess:
             raise RuntimeError("ClientProcess.start() called twice")
         self.proc = await asyncio.create_subprocess_exec(
             *python_module(self.module, "--child"), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 26,
+            stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 26, preexec_fn=child_setup,
         )
         self.send(self.config)
 
