@@ -108,7 +108,9 @@ def _build_cache(config: Config, clock: Clock) -> Cache:
         from storm.adapters.memory_cache import MemoryCache
 
         return MemoryCache(clock)
-    raise NotImplementedError(f"STORM_CACHE={config.cache} adapter is not available in this build")
+    from storm.adapters.hazelcast_cache import HazelcastCache
+
+    return HazelcastCache(config, clock)
 
 
 def _build_broker(config: Config, clock: Clock) -> Broker:
@@ -125,4 +127,6 @@ def _build_identity(config: Config) -> IdentityVerifier:
         from storm.adapters.dev_identity import DevIdentity
 
         return DevIdentity(config.dev_secret, ttl_s=config.token_ttl_s)
-    raise NotImplementedError(f"STORM_IDENTITY={config.identity} adapter is not available in this build")
+    from storm.adapters.auth0_identity import Auth0Identity
+
+    return Auth0Identity(config)

@@ -88,6 +88,21 @@ class Config:
     drain_timeout_s: float = _setting(10.0, "STORM_DRAIN_TIMEOUT_S", "Graceful shutdown budget.")
     seed_demo: bool = _setting(False, "STORM_SEED_DEMO", "Seed the demo workspace at start (`storm dev`).")
     gateway_id: str = _setting("", "STORM_GATEWAY_ID", "Stable name of this gateway; random when empty.")
+    pulsar_url: str = _setting("pulsar://127.0.0.1:6650", "STORM_PULSAR_URL", "Pulsar binary protocol service URL.")
+    pulsar_admin_url: str = _setting(
+        "http://127.0.0.1:8080", "STORM_PULSAR_ADMIN_URL", "Pulsar admin REST API (tenants, namespaces, policies)."
+    )
+    pulsar_cluster: str = _setting(
+        "standalone", "STORM_PULSAR_CLUSTER", "Pulsar cluster name a workspace tenant is allowed on."
+    )
+    max_channel_readers: int = _setting(
+        5000, "STORM_MAX_CHANNEL_READERS",
+        "Pulsar: distinct channels one gateway follows at once (one reader each); beyond it subscribes are refused.",
+    )
+    hazelcast_members: str = _setting(
+        "127.0.0.1:5701", "STORM_HAZELCAST_MEMBERS", "Comma-separated `host:port` of Hazelcast members."
+    )
+    hazelcast_cluster: str = _setting("storm", "STORM_HAZELCAST_CLUSTER", "Hazelcast cluster name.")
     extra: Mapping[str, str] = field(default_factory=dict, metadata={"env": "", "doc": ""})
 
     @classmethod
@@ -125,6 +140,7 @@ class Config:
             "port", "max_frame_bytes", "max_subscriptions", "outbox_max_events", "outbox_max_bytes",
             "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
+            "max_channel_readers",
         )
         for name in positive:
             if getattr(self, name) <= 0:
