@@ -344,18 +344,27 @@ class Session:
             await self._announce(e.PresenceJoin(channel=channel, user=str(p.user.id), name=p.user.name))
 
     async def _missed(self, ws: str, channel: str, since: int | None, head: int) -> tuple[list[Any], bool]:
-        """Records after ``since`` up to ``head`` (bounded), and whether the gap could be filled."""
+        """Records after ``since`` up to ``head``, and whether the gap could be filled.
+
+        Offsets are increasing, not necessarily dense (Pulsar positions, ADR 0005), so the size of a gap is
+        counted by reading, never computed by subtracting offsets.  A gap larger than ``REPLAY_MAX`` is not
+        replayed at all: a partial replay would itself leave a hole, so the client is told
+        ``recovered: false`` and reloads from ``history``.
+        """
         if since is None or since >= head:
             return [], True
-        start, recovered = since + 1, True
-        if head - since > REPLAY_MAX:
-            start, recovered = head - REPLAY_MAX + 1, False
+        recovered = True
         try:
-            return await self.ctx.broker.read(ws, channel, start, head - start + 1), recovered
+            records = await self.ctx.broker.read(ws, channel, since + 1, REPLAY_MAX + 1)
         except OffsetTruncated as exc:
             if exc.earliest > head:
                 return [], False
-            return await self.ctx.broker.read(ws, channel, exc.earliest, head - exc.earliest + 1), False
+            recovered = False  # what came before `earliest` is gone; the rest is still contiguous
+            records = await self.ctx.broker.read(ws, channel, exc.earliest, REPLAY_MAX + 1)
+        records = [r for r in records if r.offset <= head]
+        if len(records) > REPLAY_MAX:
+            return [], False
+        return records, recovered
 
     async def _unsubscribe(self, cmd: c.Unsubscribe) -> None:
         try:

@@ -218,6 +218,21 @@ async def test_since_older_than_retention_says_not_recovered(ctx, services):
     assert offsets == list(range(11, 31))
 
 
+async def test_gap_wider_than_the_replay_window_replays_nothing_and_says_not_recovered(ctx, services, monkeypatch):
+    from storm.protocol import session as session_module
+
+    monkeypatch.setattr(session_module, "REPLAY_MAX", 5)
+    a, ta = await connect(ctx, services)
+    for i in range(12):
+        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x%d",'
+                                      b'"author":"a","author_name":"A","text":"t","ts":1.0}'
+                                      % (GENERAL.encode(), i))
+    await send(a, op="subscribe", id=1, channel=GENERAL, since=3)  # 9 missed > 5: a partial replay would leave a hole
+    (sub,) = ta.take("subscribed")
+    assert sub["recovered"] is False and sub.get("replayed", 0) == 0 and sub["offset"] == 12
+    assert ta.take("message") == []
+
+
 async def test_live_events_during_replay_are_held_back_and_deduplicated(ctx, services):
     a, ta = await connect(ctx, services)
     await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"early",'
