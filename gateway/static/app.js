@@ -2,8 +2,15 @@
 //
 // Flow: GET /dev/token -> GET /v1/workspaces/<slug>/channels -> WebSocket /ws: auth -> hello ->
 // history (newest first, shown oldest first) -> subscribe with `since` = newest stored offset, so the
-// server replays whatever was published but not stored yet -> presence.  After a reconnect the page
-// resubscribes with `since` = the last offset it saw and resends unacknowledged messages with their cmid.
+// server replays whatever was published but not stored yet -> presence.
+//
+// Resilience (docs/chat-page.md#when-the-connection-drops): the status shows connecting / online /
+// reconnecting / offline.  A reconnectable close (or a failed attempt) waits a random delay in
+// [0, min(max, 500 ms * 2^attempt)] (full jitter; a 1012's `retry_ms` is honoured), fetches a fresh token,
+// resubscribes with `since` = the last offset seen, and resends the outbox (messages not acknowledged yet,
+// kept while offline too, at most OUTBOX_MAX) in order with their cmid, so none is posted twice.  Your
+// message shows at once as pending and is reconciled by its ack or its own broadcast, whichever comes
+// first.  Each channel event is shown once: by offset, by message id, and by (author, cmid).
 // Everything the server or a user wrote reaches the DOM through textContent only.
 "use strict";
 
@@ -20,7 +27,12 @@
   const TYPING_SHOW_MS = 3000;
   const HISTORY_LIMIT = 50;
   const MAX_ERRORS = 20;
-  const PUBLISH_TRIES = 5;
+  const PUBLISH_TRIES = 8; // per connection, for unavailable/conflict/rate_limited; reconnects resend anyway
+  const OUTBOX_MAX = 200; // unacknowledged messages kept; beyond, sending is refused with outbox_full
+  const BACKOFF_BASE_MS = 500;
+  const params = new URLSearchParams(location.search);
+  // ?reconnect_max_ms=<n> caps the reconnect delay (tests use it; default 30 s)
+  const BACKOFF_MAX_MS = Math.max(BACKOFF_BASE_MS, Number(params.get("reconnect_max_ms")) || 30000);
   const RETRY_PUBLISH = new Set(["unavailable", "conflict", "rate_limited"]); // resend with the same cmid
   // close codes after which reconnecting makes sense (storm/protocol/codes.py RECONNECTABLE, plus 1006)
   const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 4002, 4008, 4009, 4029]);
@@ -44,13 +56,15 @@
     lastOffset: 0, // last channel offset processed in `channel`
     byId: new Map(), // message id -> element
     byCmid: new Map(), // cmid of my own messages -> element
+    byAuthorCmid: new Map(), // "author cmid" -> element: a message re-published by a retry is shown once
     outbox: new Map(), // cmid -> {channel, text, tries, timer}: sent, not acknowledged yet
     online: new Map(), // user id -> name
     typers: new Map(), // user id -> {name, timer}
     lastTypingSent: 0,
     wantOpen: false, // the user asked to be connected (reconnect on recoverable closes)
-    backoff: 1000, // upper bound of the next reconnect delay (full jitter below it)
+    attempt: 0, // failed/lost connections since the last hello: the backoff exponent
     reconnectTimer: null,
+    retry: null, // {at, text, code} of the scheduled reconnect, for the status line
     loadSeq: 0,
     connectSeq: 0, // bumped by every connect/disconnect: an older connect() in flight gives up
   };
@@ -72,8 +86,11 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
+  // state: "connecting" (first attempt), "online", "reconnecting" (lost; waiting or trying again),
+  // "offline" (not connected and not trying: before Connect, after Disconnect or a final close).
   function setStatus(state, text, code) {
     ui.status.dataset.state = state;
+    document.body.dataset.connection = state;
     if (code === undefined) delete ui.status.dataset.code;
     else ui.status.dataset.code = String(code);
     ui.status.textContent = text;
@@ -91,9 +108,16 @@
     while (ui.errors.children.length > MAX_ERRORS) ui.errors.lastElementChild.remove();
   }
 
-  function composerEnabled(on) {
+  // Writing stays possible while reconnecting: messages wait in the outbox.
+  function refreshComposer() {
+    const on = Boolean(st.wantOpen && st.me && st.channel);
     ui.input.disabled = !on;
     ui.send.disabled = !on;
+  }
+
+  function unsentNote() {
+    const n = st.outbox.size;
+    return n ? ` · ${n} unsent` : "";
   }
 
   // -- HTTP: dev token and channel list ---------------------------------------------------------------
@@ -180,17 +204,17 @@
     const user = ui.user.value;
     const workspace = ui.workspace.value.trim();
     if (!workspace) {
-      setStatus("error", "enter a workspace");
+      setStatus("offline", "enter a workspace");
       return { error: new Error("enter a workspace") };
     }
     const quiet = () => st.ws || st.wantOpen; // connect() reports progress itself
-    if (!quiet()) setStatus("loading", `loading channels of ${workspace}…`);
+    if (!quiet()) setStatus("offline", `loading channels of ${workspace}…`);
     try {
       const token = await fetchToken(user, workspace);
       const list = await fetchChannels(token, workspace);
       if (seq !== st.loadSeq) return { error: new Error("superseded") }; // a newer load won
       fillChannels(list, preferred);
-      if (!quiet()) setStatus("idle", `not connected (${list.length} channels in ${workspace})`);
+      if (!quiet()) setStatus("offline", `not connected (${list.length} channels in ${workspace})`);
       return { token };
     } catch (caught) {
       let err = caught;
@@ -203,7 +227,7 @@
       ui.channel.replaceChildren(el("option", null, "(unavailable)"));
       ui.channel.disabled = true;
       st.channels = new Map();
-      setStatus("error", err.message);
+      setStatus("offline", err.message);
       showError(err.code || "http", err.message);
       return { error: err };
     }
@@ -231,7 +255,8 @@
     st.wantOpen = true;
     clearTimeout(st.reconnectTimer);
     ui.connect.textContent = "Disconnect";
-    setStatus("connecting", retrying ? "reconnecting…" : "connecting…");
+    const phase = retrying ? "reconnecting" : "connecting";
+    setStatus(phase, `${phase}…${unsentNote()}`);
     const { token, error } = await loadChannels(undefined, retrying);
     if (!st.wantOpen || gen !== st.connectSeq) return;
     if (!token) {
@@ -240,37 +265,54 @@
       return;
     }
     if (!ui.channel.value || !st.channels.has(ui.channel.value)) {
-      setStatus("error", "no channel to join");
+      setStatus("offline", "no channel to join");
       giveUp("not sent: no channel");
       return;
     }
-    openSocket(token);
+    openSocket(token, phase);
   }
 
-  // Exponential backoff with full jitter; 1012 may carry `retry_ms=<n>` in its reason.
+  // Capped exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].  A 1012
+  // (gateway draining) may carry `retry_ms=<n>` in its reason: wait n ms plus up to 1 s of jitter.
+  // 4029 (too many connections) waits at least 5 s more.
+  function reconnectDelay(code, reason) {
+    const hint = code === 1012 && /retry_ms=(\d{1,9})/.exec(reason || "");
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(st.attempt, 30));
+    st.attempt += 1;
+    if (hint) return Math.min(Number(hint[1]), BACKOFF_MAX_MS) + Math.random() * 1000;
+    return Math.random() * ceiling + (code === 4029 ? 5000 : 0);
+  }
+
   function scheduleReconnect(text, code, reason) {
-    const hint = code === 1012 && /retry_ms=(\d+)/.exec(reason || "");
-    const delay = hint ? Number(hint[1]) + Math.random() * 1000 : Math.max(250, Math.random() * st.backoff);
-    st.backoff = Math.min(st.backoff * 2, 30000);
-    setStatus("closed", `${text}: reconnecting in ${(delay / 1000).toFixed(1)} s`, code);
+    const delay = reconnectDelay(code, reason);
+    st.retry = { at: Date.now() + delay, text, code };
+    showRetry();
+    clearTimeout(st.reconnectTimer);
     st.reconnectTimer = setTimeout(() => { if (st.wantOpen) connect(true); }, delay);
   }
 
-  function openSocket(token) {
+  function showRetry() {
+    const r = st.retry;
+    if (!r || ui.status.dataset.state === "online") return;
+    const left = Math.max(0, r.at - Date.now()) / 1000;
+    setStatus("reconnecting", `reconnecting in ${left.toFixed(1)} s${unsentNote()} · ${r.text}`, r.code);
+  }
+
+  function openSocket(token, phase) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let ws;
     try {
       ws = new WebSocket(`${scheme}//${location.host}/ws`);
     } catch (err) {
-      setStatus("error", `cannot open WebSocket: ${err.message}`);
+      setStatus("offline", `cannot open WebSocket: ${err.message}`);
       giveUp("not sent: no connection");
       return;
     }
     st.ws = ws;
-    setStatus("connecting", "connecting…");
+    setStatus(phase, `${phase}: opening the socket…${unsentNote()}`);
     ws.onopen = () => {
       if (st.ws !== ws) return;
-      setStatus("authenticating", "authenticating…");
+      setStatus(phase, `${phase}: authenticating…${unsentNote()}`);
       ws.send(JSON.stringify({ op: "auth", token }));
     };
     ws.onmessage = (msg) => {
@@ -299,10 +341,9 @@
       const why = [name, ev.reason].filter(Boolean).join(": ");
       const text = `closed (${ev.code}${why ? ` ${why}` : ""})`;
       if (st.wantOpen && RECONNECT_CODES.has(ev.code)) {
-        if (ev.code === 4029) st.backoff = Math.max(st.backoff, 8000);
         scheduleReconnect(text, ev.code, ev.reason);
       } else {
-        setStatus("closed", text, ev.code);
+        setStatus("offline", text, ev.code);
         giveUp("not sent: connection closed");
       }
     };
@@ -314,7 +355,7 @@
     clearInterval(st.heartbeat);
     st.heartbeat = null;
     st.requests.clear();
-    composerEnabled(false);
+    refreshComposer();
     setOnline(null);
     for (const t of st.typers.values()) clearTimeout(t.timer);
     st.typers.clear();
@@ -322,6 +363,7 @@
     for (const [cmid, item] of st.outbox) { // kept: resent with the same cmid once subscribed again
       clearTimeout(item.timer);
       item.timer = null;
+      item.tries = 0;
       setMessageState(st.byCmid.get(cmid), "waiting for the connection…");
     }
   }
@@ -333,6 +375,7 @@
     clearTimeout(st.reconnectTimer);
     ui.connect.textContent = "Connect";
     for (const cmid of [...st.outbox.keys()]) failPublish(cmid, why);
+    refreshComposer();
   }
 
   function disconnect() {
@@ -340,7 +383,7 @@
     if (ws) socketGone();
     giveUp("not sent: disconnected");
     if (ws) ws.close(1000, "bye");
-    setStatus("closed", "closed (1000 normal: disconnected)", 1000);
+    setStatus("offline", "offline (1000 normal: disconnected)", 1000);
   }
 
   // -- channel --------------------------------------------------------------------------------------------
@@ -368,6 +411,7 @@
     ui.messages.replaceChildren();
     st.byId.clear();
     st.byCmid.clear();
+    st.byAuthorCmid.clear();
     st.lastOffset = 0;
     for (const t of st.typers.values()) clearTimeout(t.timer);
     st.typers.clear();
@@ -420,14 +464,15 @@
   function onHello(ev) {
     st.me = ev.user;
     st.limits = ev.limits || null;
-    st.backoff = 1000;
+    st.attempt = 0;
+    st.retry = null;
     if (st.limits && st.limits.max_body_chars) ui.input.maxLength = st.limits.max_body_chars;
     const every = Math.max(1, Number(ev.heartbeat_s) || 25) * 1000;
     clearInterval(st.heartbeat);
     st.heartbeat = setInterval(() => send({ op: "ping" }), every);
-    setStatus("open", `open: ${ev.user.name} in ${ev.workspace}`);
-    composerEnabled(true);
+    setStatus("online", `online: ${ev.user.name} in ${ev.workspace}`);
     joinChannel(ui.channel.value);
+    refreshComposer();
   }
 
   function onError(ev, req) {
@@ -470,11 +515,18 @@
       return;
     }
     st.subscribed = ev.channel;
+    let reload = ev.recovered === false; // the log no longer holds everything we missed
     if (Number.isInteger(ev.offset) && ev.offset < st.lastOffset) {
-      st.lastOffset = ev.offset; // the log is behind what we saw (an embedded broker restarted): trust it
+      // the log is behind what we saw (an embedded server restarted before storing it): trust the log,
+      // forget the lost offsets so new events are placed after what we show, and reload stored history
+      for (const node of ui.messages.querySelectorAll("[data-offset]")) {
+        if (Number(node.dataset.offset) > ev.offset) delete node.dataset.offset;
+      }
+      st.lastOffset = ev.offset;
+      reload = true;
     }
     request("presence", { channel: ev.channel }, { channel: ev.channel });
-    if (ev.recovered === false) { // the log no longer holds everything we missed: reload stored history
+    if (reload) { // reload stored history (merged by message id: nothing is shown twice)
       request("history", { channel: ev.channel, limit: HISTORY_LIMIT }, { channel: ev.channel, reload: true });
     }
     for (const [cmid, item] of st.outbox) { // unacknowledged messages: same cmid, so never twice
@@ -589,8 +641,11 @@
     if (!m || !m.id) return;
     let node = st.byId.get(m.id);
     if (!node && m.cmid && st.me && m.author === st.me.id) node = st.byCmid.get(m.cmid);
+    const key = m.cmid && m.author ? `${m.author} ${m.cmid}` : null;
+    if (!node && key) node = st.byAuthorCmid.get(key); // the same message published twice by a retry
     if (!node) {
       node = buildMessage(m);
+      if (key) st.byAuthorCmid.set(key, node);
       node.dataset.delivered = "true"; // seen in the channel (history or broadcast), not only acked
       fillMessage(node, m);
       placeByOffset(node, m.offset);
@@ -668,7 +723,10 @@
     const item = st.outbox.get(cmid);
     if (!item) return;
     item.timer = null;
-    if (st.subscribed !== item.channel) return; // resent after the next `subscribed`
+    if (st.subscribed !== item.channel) { // offline: resent after the next `subscribed`
+      setMessageState(st.byCmid.get(cmid), "waiting for the connection…");
+      return;
+    }
     item.tries += 1;
     setMessageState(st.byCmid.get(cmid), item.tries > 1 ? "resending…" : "sending…");
     request("publish", { channel: item.channel, cmid, text: item.text }, { channel: item.channel, cmid });
@@ -677,8 +735,12 @@
   function sendMessage() {
     const text = ui.input.value;
     if (!text.trim()) return;
-    if (!st.subscribed || !st.me) {
+    if (!st.wantOpen || !st.me || !st.channel) {
       showError("client", "not connected to a channel");
+      return;
+    }
+    if (st.outbox.size >= OUTBOX_MAX) { // keep the text in the input: nothing is lost silently
+      showError("outbox_full", `${OUTBOX_MAX} messages are still waiting to be sent; wait for the connection`);
       return;
     }
     const max = (st.limits && st.limits.max_body_chars) || 4000;
@@ -693,8 +755,9 @@
     st.byCmid.set(cmid, node);
     ui.messages.appendChild(node);
     scrollToEnd(true);
-    st.outbox.set(cmid, { channel: st.subscribed, text, tries: 0, timer: null });
+    st.outbox.set(cmid, { channel: st.channel, text, tries: 0, timer: null });
     publish(cmid);
+    if (!st.ws && st.retry && st.retry.at > Date.now()) showRetry(); // waiting: count the new unsent one
     ui.input.value = "";
     st.lastTypingSent = 0;
   }
@@ -785,7 +848,6 @@
   });
 
   // ?user=bob&workspace=demo&channel=random[&connect=1] pre-fills the form
-  const params = new URLSearchParams(location.search);
   if (params.get("user")) ui.user.value = params.get("user");
   if (params.get("workspace")) ui.workspace.value = params.get("workspace");
   loadChannels(params.get("channel") || undefined).then(({ token }) => {

@@ -43,12 +43,12 @@ def browser() -> Iterator[object]:
 class Chat:
     """One person's page, with the page errors it raised."""
 
-    def __init__(self, browser: object, base: str, user: str) -> None:
+    def __init__(self, browser: object, base: str, user: str, query: str = "") -> None:
         self.context = browser.new_context(viewport={"width": 1100, "height": 640})  # type: ignore[attr-defined]
         self.page = self.context.new_page()
         self.page_errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        self.page.goto(f"{base}/")
+        self.page.goto(f"{base}/{query}")
         self.user = user
 
     def join(self, channel: str = "general") -> Chat:
@@ -60,7 +60,7 @@ class Chat:
         expect(option).to_have_count(1)
         page.select_option("#channel", label=f"# {channel}")
         page.click("#connect")
-        expect(page.locator("#status")).to_have_attribute("data-state", "open")
+        expect(page.locator("#status")).to_have_attribute("data-state", "online")
         expect(page.locator("#channel-title")).to_have_text(f"# {channel}")
         expect(page.locator("#online [data-testid=online-user]", has_text=self.user.title())).to_have_count(1)
         return self
@@ -135,7 +135,7 @@ def test_two_people_chat_live(browser: object, storm_dev_server: str) -> None:
 
         for chat in (alice, bob):
             expect(chat.page.locator("#errors [data-testid=error]")).to_have_count(0)
-            expect(chat.page.locator("#status")).to_have_attribute("data-state", "open")
+            expect(chat.page.locator("#status")).to_have_attribute("data-state", "online")
             assert chat.page_errors == []
         shot = os.environ.get("STORM_E2E_SCREENSHOT")
         if shot:

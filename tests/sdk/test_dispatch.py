@@ -1,0 +1,152 @@
+"""The client's handling of server frames, fed in memory (no socket): dedup by (channel, offset) and by
+(channel, author, cmid), local echo reconciled by the ack or by the own message, resync signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from storm.sdk import (
+    Acked,
+    ClientOptions,
+    Message,
+    ResyncReason,
+    ResyncRequired,
+    SendFailed,
+    SendState,
+    StateChanged,
+    StormClient,
+    StormError,
+    Subscribed,
+)
+
+CH = "3433b194-d423-5967-a8d0-fea252d989f5"
+ME = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+BOB = "6b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e"
+HELLO = {"type": "hello", "v": 1, "session": "s", "workspace": "demo", "user": {"id": ME, "name": "Alice"},
+         "heartbeat_s": 25.0, "limits": {"max_body_chars": 4000}}
+
+
+def feed(client: StormClient, *events: dict[str, Any]) -> None:
+    client._on_frame("\n".join(json.dumps(e) for e in events), None)  # type: ignore[arg-type]
+
+
+def msg(offset: int, text: str, *, author: str = BOB, cmid: str | None = None, mid: str | None = None
+        ) -> dict[str, Any]:
+    event = {"offset": offset, "type": "message", "channel": CH, "id": mid or f"id-{offset}", "author": author,
+             "author_name": "x", "text": text, "ts": 1.0}
+    if cmid:
+        event["cmid"] = cmid
+    return event
+
+
+async def drain(client: StormClient) -> list[Any]:
+    out = []
+    stream = client.events()
+    while True:
+        try:
+            out.append(await asyncio.wait_for(anext(stream), 0.05))
+        except TimeoutError:
+            return [e for e in out if not isinstance(e, StateChanged)]
+
+
+def reconnect(client: StormClient) -> None:
+    client._connection_lost(None)  # type: ignore[arg-type]
+    feed(client, HELLO)
+
+
+async def subscribed(client: StormClient, offset: int, **extra: Any) -> Subscribed:
+    task = asyncio.create_task(client.subscribe(CH, timeout=1))
+    await asyncio.sleep(0)
+    feed(client, {"type": "subscribed", "channel": CH, "offset": offset, **extra})
+    return await task
+
+
+@pytest.fixture
+async def client() -> StormClient:
+    c = StormClient("ws://127.0.0.1:9/ws", lambda: "t", ClientOptions())
+    feed(c, HELLO)
+    return c
+
+
+async def test_each_offset_once_in_order(client: StormClient) -> None:
+    await subscribed(client, 2)
+    feed(client, msg(1, "old"), msg(2, "head"), msg(3, "a"), msg(3, "a"), msg(4, "b"), msg(2, "head"), msg(5, "c"))
+    events = await drain(client)
+    assert [e.offset for e in events if isinstance(e, Message)] == [3, 4, 5]
+    assert client.last_offset(CH) == 5
+
+
+async def test_a_republished_message_with_the_same_cmid_is_shown_once(client: StormClient) -> None:
+    await subscribed(client, 0)
+    feed(client, msg(1, "hi", cmid="b-1", mid="first"), msg(2, "hi", cmid="b-1", mid="second"),
+         msg(3, "other", cmid="b-2"))
+    texts = [e.text for e in await drain(client) if isinstance(e, Message)]
+    assert texts == ["hi", "other"]
+
+
+async def test_local_echo_is_reconciled_once_by_whichever_comes_first(client: StormClient) -> None:
+    await subscribed(client, 0)
+    first, second = client.publish(CH, "one"), client.publish(CH, "two")
+    assert first.state is SendState.QUEUED and len(client.pending) == 2
+    feed(client, msg(1, "one", author=ME, cmid=first.cmid, mid="m1"),  # own message before the ack
+         {"type": "ack", "channel": CH, "cmid": first.cmid, "message_id": "m1", "offset": 1},
+         {"type": "ack", "channel": CH, "cmid": second.cmid, "message_id": "m2", "offset": 2},  # ack first
+         msg(2, "two", author=ME, cmid=second.cmid, mid="m2"))
+    events = await drain(client)
+    acked = [e.message for e in events if isinstance(e, Acked)]
+    assert acked == [first, second]
+    assert (first.message_id, first.offset, second.message_id, second.offset) == ("m1", 1, "m2", 2)
+    assert [e.id for e in events if isinstance(e, Message)] == ["m1", "m2"]
+    assert client.pending == [] and await first.wait(0.1) is first
+
+
+async def test_refused_publish_leaves_the_outbox_and_retriable_one_stays(client: StormClient) -> None:
+    refused, retried = client.publish(CH, "no"), client.publish(CH, "later")
+    from storm.sdk.client import _Request
+
+    client._requests[901] = _Request("publish", channel=CH, cmid=refused.cmid)
+    client._requests[902] = _Request("publish", channel=CH, cmid=retried.cmid)
+    feed(client, {"type": "error", "id": 901, "code": "forbidden", "message": "archived"},
+         {"type": "error", "id": 902, "code": "unavailable", "message": "broker down"})
+    events = await drain(client)
+    failed = [e for e in events if isinstance(e, SendFailed)]
+    assert [(f.message, f.code) for f in failed] == [(refused, "forbidden")]
+    with pytest.raises(StormError) as info:
+        await refused.wait(0.1)
+    assert info.value.code == "forbidden" and not info.value.retriable
+    assert client.pending == [retried] and retried.state is SendState.QUEUED and retried.retry_at > 0
+
+
+async def test_not_recovered_and_rewound_logs_ask_for_a_reload(client: StormClient) -> None:
+    await subscribed(client, 10)
+    feed(client, msg(11, "x"))
+    await drain(client)
+    # reconnect: the server's log is behind what we saw (embedded restart lost events)
+    reconnect(client)
+    reply = await subscribed(client, 7)
+    assert reply.offset == 7
+    feed(client, msg(8, "after restart"))
+    events = await drain(client)
+    assert ResyncRequired(CH, ResyncReason.LOG_REWOUND, 7) in events
+    assert [e.text for e in events if isinstance(e, Message)] == ["after restart"]
+    reconnect(client)
+    await subscribed(client, 2000, recovered=False)
+    events = await drain(client)
+    assert ResyncRequired(CH, ResyncReason.NOT_RECOVERED, 2000) in events
+
+
+async def test_subscribe_refused_raises_the_server_code(client: StormClient) -> None:
+    from storm.sdk.client import _Request
+
+    task = asyncio.create_task(client.subscribe("bad", timeout=1))
+    await asyncio.sleep(0)
+    client._requests[77] = _Request("subscribe", channel="bad")
+    feed(client, {"type": "error", "id": 77, "code": "not_found", "message": "no such channel",
+                  "channel": "bad"})
+    with pytest.raises(StormError, match="not_found"):
+        await task
+    assert client.last_offset("bad") is None
