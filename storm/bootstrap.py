@@ -119,7 +119,9 @@ def _build_broker(config: Config, clock: Clock) -> Broker:
 
         return MemoryBroker(clock, retention_messages=config.retention_messages, retention_s=config.retention_s,
                             ack_timeout_s=config.ack_timeout_s)
-    raise NotImplementedError(f"STORM_BROKER={config.broker} adapter is not available in this build")
+    from storm.adapters.pulsar_broker import PulsarBroker
+
+    return PulsarBroker(config, clock)
 
 
 def _build_identity(config: Config) -> IdentityVerifier:

@@ -3,17 +3,26 @@
 Contract (every adapter; guarded by tests/contract/test_broker_contract.py):
 
 * A channel log is addressed by ``(workspace, channel)``; the workspace is always the first argument.
+* The broker side of a workspace exists once ``ensure_workspace`` returned; publishing to a workspace that
+  was never ensured is an error for Pulsar (no tenant) and tolerated by the memory adapter.
 * ``publish`` returns the record's offset only once the record is durable (for Pulsar: persisted by
-  BookKeeper and acknowledged to the producer).  Offsets of one channel start at 1 and grow by exactly 1
-  per durable record: offsets are dense, so a reader can detect a gap.
+  BookKeeper and acknowledged to the producer).  Offsets of one channel are positive and **strictly
+  increasing** in log order, but **not dense** in general: the Pulsar adapter's offsets are packed ledger
+  positions and jump at every ledger boundary (ADR 0005).  Only the memory adapter's offsets are dense
+  (1, 2, 3 …).  So a consumer never computes a gap by subtracting offsets; it counts by reading.
 * A log keeps records for the retention configured for the workspace; ``read`` from an offset older than
-  the earliest retained raises :class:`storm.errors.OffsetTruncated` carrying ``earliest``.
+  the earliest retained raises :class:`storm.errors.OffsetTruncated` carrying ``earliest``, the offset of
+  the oldest record still retained.  ``read`` from an offset that falls between two records (a gap) starts
+  at the next record; that is not truncation.
 * Broadcast: every ``BroadcastSubscription`` (one per gateway) receives every durable record of every
   channel it has added, exactly once and in offset order, from the moment ``add`` returned.  Ephemeral
   records (typing, presence) have ``offset == 0``, are never stored, and are best effort.
 * Work sharing: all consumers of one named ``WorkSubscription`` share its records, each record going to
   one consumer at a time.  A record not acknowledged within the ack timeout, or negatively acknowledged,
-  is delivered again (``delivery_count`` grows).  Records of one channel are handed out in offset order.
+  is delivered again (``delivery_count`` grows).  Records of one channel are handed out in offset order,
+  also across redeliveries: a later record of a channel is not handed out before a handed-back earlier one.
+* ``dead_letter`` moves a record to the subscription's dead-letter log (Pulsar: a topic per workspace,
+  ``{ws}/channels/{name}.dlq``) and acknowledges it.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from storm.domain import Plan
 class Record:
     workspace: str  # workspace slug
     channel: str  # channel id (hex UUID)
-    offset: int  # 1, 2, 3 … per channel; 0 for ephemeral records
+    offset: int  # strictly increasing per channel (dense only in memory); 0 for ephemeral records
     payload: bytes  # a JSON object, the channel event without its offset
     publish_time: float = 0.0  # epoch seconds, set by the broker
 

@@ -1,0 +1,565 @@
+"""Pulsar broker adapter: the Broker port (storm/ports/broker.py) on Apache Pulsar.
+
+Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
+
+* Workspace slug = Pulsar tenant; channel logs are persistent topics ``{ws}/channels/{channel}``, ephemeral
+  records go to non-persistent topics ``{ws}/ephemeral/{channel}`` (:mod:`storm.adapters.pulsar_admin`).
+* Offset = Pulsar position ``(ledger_id << 20) | entry_id`` (:mod:`storm.adapters.pulsar_names`): strictly
+  increasing per channel, not dense.  ``publish`` returns it from the broker's send receipt, i.e. once the
+  entry is persisted.
+* One producer per topic per process (LRU-bounded), batching off, named ``{gateway_id}-{channel}`` so that
+  the broker's deduplication (enabled per namespace) drops a message the client resends after a reconnect.
+* Broadcast: one non-durable reader per followed channel (plus one on its ephemeral topic), created at the
+  latest position; the client's listener threads hand messages to the event loop with
+  ``call_soon_threadsafe``.  At most ``max_channel_readers`` channels per process.
+* Work sharing: :mod:`storm.adapters.pulsar_work`.
+
+Nothing connects in ``__init__``; ``start`` connects (and refuses a second call); ``stop`` is idempotent and
+closes readers, consumers, producers, the client and the admin HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import _pulsar
+import pulsar
+import pulsar.asyncio as pulsar_async
+
+from storm.adapters.pulsar_admin import PulsarAdmin
+from storm.adapters.pulsar_names import (
+    FIRST_REAL_OFFSET,
+    channel_topic,
+    decode_offset,
+    encode_offset,
+    ephemeral_topic,
+)
+from storm.adapters.pulsar_work import PulsarWorkSubscription, WorkOptions, WorkspaceDirectory
+from storm.config import Config
+from storm.domain import Plan
+from storm.errors import NotFound, OffsetTruncated, StormError, Unavailable
+from storm.ports.broker import BroadcastHandler, Record
+from storm.ports.clock import Clock
+
+log = logging.getLogger("storm.broker.pulsar")
+
+
+class ChannelReadersExhausted(Unavailable):
+    """This gateway already follows ``max_channel_readers`` channels; following one more is refused."""
+
+
+class PublishOutcomeUnknown(Unavailable):
+    """The broker answered a send as a duplicate: the record is stored, but its offset is not known here."""
+
+
+def _pulsar_error(action: str, exc: BaseException) -> StormError:
+    """A client error as a StormError: a missing namespace is NotFound (the workspace has no broker side:
+    never ensured, or deleted), anything else Unavailable (retriable)."""
+    if isinstance(exc, pulsar_async.PulsarException) and exc.error() == pulsar.Result.TopicNotFound:
+        return NotFound(f"Pulsar {action}: the workspace has no broker side (not set up, or deleted): {exc}")
+    return Unavailable(f"Pulsar {action} failed: {exc}")
+
+
+class _Producers:
+    """Producers by topic, created once (concurrent callers share the creation), LRU-bounded.
+
+    An evicted producer is flushed and closed in the background; creating a producer for the same topic
+    again waits for that close, so two producers with the same name are never connected at once (the
+    broker would refuse the second with ProducerBusy).
+    """
+
+    def __init__(self, client: pulsar_async.Client, max_size: int, send_timeout_ms: int) -> None:
+        self._client = client
+        self._max = max_size
+        self._send_timeout_ms = send_timeout_ms
+        self._open: OrderedDict[str, pulsar_async.Producer] = OrderedDict()
+        self._creating: dict[str, asyncio.Future[pulsar_async.Producer]] = {}
+        self._closing: dict[str, asyncio.Task[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def get(self, topic: str, name: str | None) -> pulsar_async.Producer:
+        producer = self._open.get(topic)
+        if producer is not None:
+            self._open.move_to_end(topic)
+            return producer
+        pending = self._creating.get(topic)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[pulsar_async.Producer] = asyncio.get_running_loop().create_future()
+        self._creating[topic] = fut
+        try:
+            closing = self._closing.get(topic)
+            if closing is not None:
+                await asyncio.shield(closing)
+            producer = await self._client.create_producer(
+                topic, producer_name=name, batching_enabled=False, block_if_queue_full=True,
+                send_timeout_millis=self._send_timeout_ms,
+            )
+            self._open[topic] = producer
+            fut.set_result(producer)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._creating[topic]
+        while len(self._open) > self._max:
+            old_topic, old = self._open.popitem(last=False)
+            self._closing[old_topic] = asyncio.get_running_loop().create_task(self._close(old_topic, old))
+        return producer
+
+    def drop(self, topic: str) -> None:
+        """Forget a producer that failed (e.g. its topic was deleted); it is closed in the background."""
+        producer = self._open.pop(topic, None)
+        if producer is not None:
+            self._closing[topic] = asyncio.get_running_loop().create_task(self._close(topic, producer))
+
+    async def _close(self, topic: str, producer: pulsar_async.Producer) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await producer.flush()
+            with contextlib.suppress(Exception):
+                await producer.close()
+        finally:
+            self._closing.pop(topic, None)
+
+    async def close_all(self) -> None:
+        for topic, producer in list(self._open.items()):
+            self._closing[topic] = asyncio.get_running_loop().create_task(self._close(topic, producer))
+        self._open.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing.values(), return_exceptions=True)
+
+
+class PulsarBroker:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        workspace_filter: Callable[[str], bool] | None = None,
+        max_producers: int = 1024,
+        send_timeout_s: float = 10.0,
+        read_timeout_s: float = 5.0,
+        discovery_period_s: float = 30.0,
+        pattern_discovery_s: int = 5,
+    ) -> None:
+        """``workspace_filter`` limits which tenants work subscriptions discover (tests give each test its
+        own); ``discovery_period_s`` is how often tenants are listed, ``pattern_discovery_s`` how often a
+        workspace's consumer looks for new channel topics."""
+        self._config = config
+        self._clock = clock
+        self._gateway_id = config.gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
+        self._max_readers = config.max_channel_readers
+        self._max_producers = max_producers
+        self._send_timeout_ms = int(send_timeout_s * 1000)
+        self._read_timeout_s = read_timeout_s
+        self._work_options = WorkOptions(
+            ack_timeout_s=config.ack_timeout_s,
+            max_redeliveries=config.consumer_max_redeliveries,
+            discovery_period_s=discovery_period_s,
+            pattern_discovery_s=pattern_discovery_s,
+        )
+        self._workspace_filter = workspace_filter or (lambda _ws: True)
+        self.admin = PulsarAdmin(config.pulsar_admin_url, config.pulsar_cluster)
+        self._client: pulsar_async.Client | None = None
+        self._producers: _Producers | None = None
+        self._broadcasts: set[PulsarBroadcastSubscription] = set()
+        self._work: set[PulsarWorkSubscription] = set()
+        self._readers = 0  # channels followed by all broadcast subscriptions of this process
+        self._state = "new"
+
+    @property
+    def gateway_id(self) -> str:
+        return self._gateway_id
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError("PulsarBroker.start() called twice")
+        self._state = "starting"
+        await self.admin.start()
+        self._client = pulsar_async.Client(
+            self._config.pulsar_url, operation_timeout_seconds=10, connection_timeout_ms=5000,
+            logger=logging.getLogger("storm.broker.pulsar.client"),
+        )
+        self._producers = _Producers(self._client, self._max_producers, self._send_timeout_ms)
+        self._state = "running"
+
+    async def stop(self) -> None:
+        if self._state in ("stopped", "new"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        for sub in list(self._broadcasts):
+            with contextlib.suppress(Exception):
+                await sub.close()
+        for work in list(self._work):
+            with contextlib.suppress(Exception):
+                await work.close()
+        if self._producers is not None:
+            await self._producers.close_all()
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.close()
+            except Exception:
+                log.exception("closing the Pulsar client failed")
+        await self.admin.close()
+
+    async def __aenter__(self) -> PulsarBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _running(self) -> pulsar_async.Client:
+        if self._state != "running" or self._client is None:
+            raise Unavailable("broker is not running")
+        return self._client
+
+    # -- workspaces -----------------------------------------------------------------------------------
+    async def ensure_workspace(self, workspace: str, plan: Plan) -> None:
+        """Tenant, namespaces and plan policies; what this call created is deleted again if a later step
+        fails, and :class:`~storm.errors.Unavailable` (retriable) is raised."""
+        self._running()
+        created_tenant = False
+        try:
+            created_tenant = await self.admin.ensure_tenant(workspace)
+            await self.admin.ensure_namespace(workspace, "channels")
+            await self.admin.ensure_namespace(workspace, "ephemeral")
+            await self.admin.set_channel_policies(workspace, plan)
+            await self.admin.set_ephemeral_policies(workspace, plan)
+        except Exception as exc:
+            if created_tenant:
+                try:
+                    await self.admin.delete_tenant(workspace)
+                except Exception:
+                    log.exception("ws=%s compensation failed: tenant left half-created; retry the call", workspace)
+            raise Unavailable(f"broker side of workspace {workspace!r} could not be set up "
+                              f"({'rolled back' if created_tenant else 'policies may be partly updated'}): "
+                              f"{exc}") from exc
+        for work in list(self._work):
+            work.workspace_added(workspace)
+
+    async def delete_workspace(self, workspace: str) -> None:
+        self._running()
+        for work in list(self._work):
+            await work.workspace_removed(workspace)
+        for sub in list(self._broadcasts):
+            await sub.drop_workspace(workspace)
+        assert self._producers is not None
+        for topic in [t for t in list(self._producers._open) if t.split("://", 1)[1].startswith(f"{workspace}/")]:
+            self._producers.drop(topic)
+        try:
+            await self.admin.delete_tenant(workspace)
+        except StormError as exc:
+            raise Unavailable(f"broker side of workspace {workspace!r} could not be deleted: {exc}") from exc
+
+    async def workspaces(self) -> list[str]:
+        """Tenants that work subscriptions should cover."""
+        return [t for t in await self.admin.tenants() if self._workspace_filter(t)]
+
+    async def ensure_channel(self, workspace: str, channel: str) -> None:
+        """Create a channel's topic ahead of its first record, so that work consumers already attached to
+        the workspace see it at their next topic discovery rather than after the first publish."""
+        self._running()
+        channel_topic(workspace, channel)  # validates the id
+        await self.admin.create_topic(workspace, channel)
+
+    # -- logs -----------------------------------------------------------------------------------------
+    async def publish(self, workspace: str, channel: str, payload: bytes) -> int:
+        self._running()
+        topic = channel_topic(workspace, channel)
+        assert self._producers is not None
+        try:
+            producer = await self._producers.get(topic, f"{self._gateway_id}-{channel}")
+            msg_id = await producer.send(payload, ordering_key=channel)
+        except pulsar_async.PulsarException as exc:
+            self._producers.drop(topic)
+            raise _pulsar_error(f"publish ws={workspace} channel={channel}", exc) from exc
+        if msg_id.ledger_id() < 0:
+            raise PublishOutcomeUnknown(
+                f"ws={workspace} channel={channel}: the broker reports a duplicate send; the record is stored "
+                "but its offset is unknown"
+            )
+        return encode_offset(msg_id.ledger_id(), msg_id.entry_id())
+
+    async def publish_ephemeral(self, workspace: str, channel: str, payload: bytes) -> None:
+        self._running()
+        topic = ephemeral_topic(workspace, channel)
+        assert self._producers is not None
+        try:
+            producer = await self._producers.get(topic, None)
+            await producer.send(payload)
+        except pulsar_async.PulsarException as exc:  # best effort: typing and presence may be lost
+            self._producers.drop(topic)
+            log.warning("ephemeral publish failed ws=%s channel=%s: %s", workspace, channel, exc)
+
+    async def head(self, workspace: str, channel: str) -> int:
+        self._running()
+        channel_topic(workspace, channel)
+        pos = await self.admin.last_position(workspace, channel)
+        if pos is None or pos.ledger_id < 0:
+            return 0
+        if pos.entry_id >= 0:
+            return encode_offset(pos.ledger_id, pos.entry_id)
+        # the current ledger is empty (just rolled over): the last entry is in an earlier ledger
+        stats = await self.admin.ledgers(workspace, channel)
+        if stats is None:
+            return 0
+        for lg in reversed(stats[0]):
+            if lg.entries > 0 and lg.ledger_id < pos.ledger_id:
+                return encode_offset(lg.ledger_id, lg.entries - 1)
+        return 0
+
+    async def earliest(self, workspace: str, channel: str) -> int | None:
+        """Offset of the oldest retained record; None when the log retains nothing."""
+        stats = await self.admin.ledgers(workspace, channel)
+        if stats is None:
+            return None
+        ledgers, last = stats
+        for lg in ledgers:
+            current = last is not None and lg.ledger_id == last.ledger_id and last.entry_id >= 0
+            if lg.entries > 0 or current:
+                return encode_offset(lg.ledger_id, 0)
+        return None
+
+    async def read(self, workspace: str, channel: str, from_offset: int, limit: int) -> list[Record]:
+        client = self._running()
+        topic = channel_topic(workspace, channel)
+        head = await self.head(workspace, channel)
+        if limit <= 0 or head == 0 or from_offset > head:
+            return []
+        ledger, entry = decode_offset(max(from_offset, 0))
+        try:
+            reader = await client.create_reader(
+                topic, pulsar.MessageId(-1, ledger, entry, -1), start_message_id_inclusive=True,
+                receiver_queue_size=min(max(limit, 1), 1000),
+            )
+        except pulsar_async.PulsarException as exc:
+            raise _pulsar_error(f"read ws={workspace} channel={channel}", exc) from exc
+        records: list[Record] = []
+        try:
+            while len(records) < limit:
+                msg = await asyncio.wait_for(reader.read_next(), self._read_timeout_s)
+                record = _record(workspace, channel, msg)
+                if record.offset < from_offset:
+                    continue
+                records.append(record)
+                if record.offset >= head:
+                    break
+        except TimeoutError:
+            log.warning("read ws=%s channel=%s from=%d: nothing more within %.1fs (head %d)", workspace, channel,
+                        from_offset, self._read_timeout_s, head)
+        except pulsar_async.PulsarException as exc:
+            raise _pulsar_error(f"read ws={workspace} channel={channel}", exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.close()
+        if from_offset >= FIRST_REAL_OFFSET and (not records or records[0].offset > from_offset):
+            # a jump: either the ledger boundary (normal, offsets are not dense) or retention removed the
+            # start of the log.  Retention deletes whole ledgers from the front, so it is the latter exactly
+            # when from_offset lies before the first retained entry.  An offset in ledger 0 was never handed
+            # out: such a read means "from the start of what is retained" and is never truncated (whether
+            # older ledgers existed cannot be told).
+            earliest = await self.earliest(workspace, channel)
+            if earliest is None:
+                earliest = head + 1
+            if from_offset < earliest:
+                raise OffsetTruncated(f"offsets before {earliest} are no longer retained", earliest=earliest)
+        return records
+
+    # -- subscriptions ------------------------------------------------------------------------------------
+    async def subscribe_broadcast(self, handler: BroadcastHandler) -> PulsarBroadcastSubscription:
+        self._running()
+        sub = PulsarBroadcastSubscription(self, handler)
+        self._broadcasts.add(sub)
+        return sub
+
+    async def subscribe_work(self, name: str) -> PulsarWorkSubscription:
+        client = self._running()
+        work = PulsarWorkSubscription(client, name, self._work_options, _Directory(self), self._on_work_closed)
+        self._work.add(work)
+        try:
+            await work.start()
+        except BaseException:
+            self._work.discard(work)
+            raise
+        return work
+
+    def _on_work_closed(self, work: PulsarWorkSubscription) -> None:
+        self._work.discard(work)
+
+    # broadcast bookkeeping: one reader budget per process
+    def _take_reader(self) -> None:
+        if self._readers >= self._max_readers:
+            raise ChannelReadersExhausted(
+                f"this gateway already follows {self._max_readers} channels (STORM_MAX_CHANNEL_READERS); "
+                "retry later or connect to another gateway"
+            )
+        self._readers += 1
+
+    def _give_reader(self) -> None:
+        self._readers = max(0, self._readers - 1)
+
+
+class _Directory(WorkspaceDirectory):
+    def __init__(self, broker: PulsarBroker) -> None:
+        self._broker = broker
+
+    async def workspaces(self) -> list[str]:
+        return await self._broker.workspaces()
+
+
+def _record(workspace: str, channel: str, msg: Any, *, ephemeral: bool = False) -> Record:
+    """A Record from a pulsar.Message or a _pulsar.Message (listener threads hand us the latter)."""
+    mid = msg.message_id()
+    offset = 0 if ephemeral else encode_offset(mid.ledger_id(), mid.entry_id())
+    return Record(workspace, channel, offset, msg.data(), msg.publish_timestamp() / 1000.0)
+
+
+class PulsarBroadcastSubscription:
+    """One gateway's live feed: a reader per followed channel on its log topic and one on its ephemeral
+    topic, both at the latest position, so it receives every record published after ``add`` returned."""
+
+    def __init__(self, broker: PulsarBroker, handler: BroadcastHandler) -> None:
+        self._broker = broker
+        self._handler = handler
+        self._loop = asyncio.get_running_loop()
+        self._readers: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._adding: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    def _deliver(self, key: tuple[str, str], ephemeral: bool, msg: Any) -> None:
+        if key not in self._readers:  # removed while the message was on its way
+            return
+        try:
+            record = _record(key[0], key[1], msg, ephemeral=ephemeral)
+            self._handler(record)
+        except Exception:  # a gateway bug must not stop the feed
+            log.exception("broadcast handler failed ws=%s channel=%s", *key)
+
+    def _listener(self, key: tuple[str, str], ephemeral: bool) -> Callable[[Any, Any], None]:
+        loop = self._loop
+
+        def on_message(_reader: Any, msg: Any) -> None:  # runs on a Pulsar client thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+                loop.call_soon_threadsafe(self._deliver, key, ephemeral, msg)
+
+        return on_message
+
+    async def _reader(self, topic: str, key: tuple[str, str], ephemeral: bool) -> Any:
+        client = self._broker._running()
+        conf = _pulsar.ReaderConfiguration()
+        conf.reader_listener(self._listener(key, ephemeral))
+        conf.receiver_queue_size(100)
+        conf.schema(pulsar.schema.BytesSchema().schema_info())
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        client._client.create_reader_async_v2(topic, pulsar.MessageId.latest, conf,
+                                              lambda value: _complete(fut, value))
+        return await fut
+
+    async def add(self, workspace: str, channel: str) -> None:
+        key = (workspace, channel)
+        if self._closed:
+            raise Unavailable("broadcast subscription is closed")
+        if key in self._readers:
+            return
+        pending = self._adding.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        log_topic, eph_topic = channel_topic(workspace, channel), ephemeral_topic(workspace, channel)
+        self._broker._take_reader()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._adding[key] = fut
+        readers: list[Any] = []
+        try:
+            readers.append(await self._reader(log_topic, key, False))
+            readers.append(await self._reader(eph_topic, key, True))
+            self._readers[key] = (readers[0], readers[1])
+            fut.set_result(None)
+        except BaseException as exc:
+            self._broker._give_reader()
+            for r in readers:
+                await _close_reader(r)
+            err = _pulsar_error(f"follow ws={workspace} channel={channel}", exc) if isinstance(
+                exc, pulsar_async.PulsarException) else exc
+            fut.set_exception(err)
+            fut.exception()
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            del self._adding[key]
+
+    async def remove(self, workspace: str, channel: str) -> None:
+        pending = self._adding.get((workspace, channel))
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        readers = self._readers.pop((workspace, channel), None)
+        if readers is None:
+            return
+        self._broker._give_reader()
+        for r in readers:
+            await _close_reader(r)
+
+    async def drop_workspace(self, workspace: str) -> None:
+        for ws, ch in [k for k in self._readers if k[0] == workspace]:
+            await self.remove(ws, ch)
+
+    async def close(self) -> None:
+        self._closed = True
+        for ws, ch in list(self._readers):
+            await self.remove(ws, ch)
+        self._broker._broadcasts.discard(self)
+
+
+def _complete(fut: asyncio.Future[Any], value: Any) -> None:
+    """Callback of the client's *_async_v2 calls (on a client thread): resolve ``fut`` on its loop."""
+
+    def settle() -> None:
+        if fut.done():
+            if not isinstance(value, _pulsar.Error):  # created after the caller gave up: close it
+                with contextlib.suppress(Exception):
+                    value.close_async(lambda _res: None)
+            return
+        if isinstance(value, _pulsar.Error):
+            fut.set_exception(pulsar_async.PulsarException(value.error, value.message))
+        else:
+            fut.set_result(value)
+
+    with contextlib.suppress(RuntimeError):
+        fut.get_loop().call_soon_threadsafe(settle)
+
+
+async def _close_reader(reader: Any) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(result: Any) -> None:
+        def settle() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        with contextlib.suppress(RuntimeError):
+            fut.get_loop().call_soon_threadsafe(settle)
+
+    try:
+        reader.close_async(done)
+        await asyncio.wait_for(fut, 10.0)
+    except Exception:
+        log.warning("closing a Pulsar reader failed", exc_info=True)

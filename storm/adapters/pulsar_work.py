@@ -1,0 +1,383 @@
+"""Work sharing on Pulsar: the WorkSubscription of the Pulsar broker adapter (docs/adr/0005-pulsar-broker.md).
+
+A work subscription named ``name`` is a Key_Shared subscription ``name`` on every channel topic of every
+workspace: one pattern consumer per workspace (``persistent://{ws}/channels/[^.]+``, initial position
+Earliest so nothing published before the consumer found a topic is lost).  Messages are keyed by channel,
+so Pulsar hands all of a channel to one consumer at a time, in order.
+
+On top of Pulsar this module keeps, per channel, the port's ordering promise across redeliveries: once a
+delivery of a channel is handed back (``nack`` or ack timeout), later records of that channel are held
+locally until the handed-back one has come again, so a redelivered record is never overtaken.
+
+* Ack timeout: tracked here (Pulsar's own ack timeout cannot go below 10 s); an expired delivery is
+  negatively acknowledged at once.
+* ``nack(deliveries, delay)``: the negative acknowledgement is sent after ``delay`` minus the consumer's
+  fixed 100 ms negative-ack delay.
+* Dead letters: ``dead_letter`` produces the record to ``persistent://{ws}/channels/{name}.dlq`` with the
+  reason, origin and offset as properties, then acknowledges it.  Independently, the client's dead-letter
+  policy moves a record there once it was redelivered ``max_redeliveries`` times without our code
+  deciding (e.g. a worker stuck in a loop).
+* ``delivery_count`` = Pulsar's redelivery count + 1.
+* Workspaces are found by listing tenants every ``discovery_period_s`` and right after an in-process
+  ``ensure_workspace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import _pulsar
+import pulsar
+import pulsar.asyncio as pulsar_async
+
+from storm.adapters.pulsar_names import channels_pattern, dead_letter_topic, encode_offset, split_topic
+from storm.errors import Unavailable
+from storm.ports.broker import Delivery, Record
+
+log = logging.getLogger("storm.broker.pulsar.work")
+
+NACK_FLOOR_S = 0.1  # the consumers' fixed negative-ack redelivery delay
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOptions:
+    ack_timeout_s: float
+    max_redeliveries: int
+    discovery_period_s: float = 30.0
+    pattern_discovery_s: int = 5
+    receiver_queue: int = 1000
+    high_water: int = 5000  # records buffered locally before the pump pauses
+
+
+class WorkspaceDirectory(Protocol):
+    async def workspaces(self) -> list[str]: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Token:
+    consumer: _WsConsumer
+    msg: Any  # pulsar.Message
+    key: tuple[str, str]
+    offset: int
+    deadline: float = 0.0
+    settled: bool = False
+
+
+class _WsConsumer:
+    """One workspace's pattern consumer and the task pumping its messages into the subscription."""
+
+    def __init__(self, workspace: str, consumer: pulsar_async.Consumer) -> None:
+        self.workspace = workspace
+        self.consumer = consumer
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.consumer.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+class PulsarWorkSubscription:
+    def __init__(self, client: pulsar_async.Client, name: str, options: WorkOptions, directory: WorkspaceDirectory,
+                 on_closed: Callable[[PulsarWorkSubscription], None]) -> None:
+        self._client = client
+        self._name = name
+        self._opt = options
+        self._directory = directory
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._consumers: dict[str, _WsConsumer] = {}
+        self._attaching: dict[str, asyncio.Task[None]] = {}
+        self._ready: deque[Delivery] = deque()
+        self._held: dict[tuple[str, str], list[Delivery]] = {}
+        self._awaited: dict[tuple[str, str], set[int]] = {}  # key -> offsets handed back, not yet returned
+        self._inflight: dict[int, _Token] = {}  # id(token) -> token
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._dlq: dict[str, pulsar_async.Producer] = {}
+        self._event = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for ws in await self._directory.workspaces():
+            await self._attach(ws)
+        self._spawn(self._discover_forever())
+        self._spawn(self._tick_forever())
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._event.set()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks) + list(self._attaching.values()):
+            task.cancel()
+        for task in list(self._tasks) + list(self._attaching.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for c in list(self._consumers.values()):
+            await c.close()  # unacked records go back to the subscription's other consumers
+        self._consumers.clear()
+        for producer in self._dlq.values():
+            with contextlib.suppress(Exception):
+                await producer.close()
+        self._dlq.clear()
+        self._on_closed(self)
+
+    # -- workspaces -----------------------------------------------------------------------------------
+    def workspace_added(self, workspace: str) -> None:
+        if self._closed or workspace in self._consumers or workspace in self._attaching:
+            return
+        task = self._loop.create_task(self._attach(workspace))
+        self._attaching[workspace] = task
+        task.add_done_callback(lambda _t: self._attaching.pop(workspace, None))
+
+    async def workspace_removed(self, workspace: str) -> None:
+        task = self._attaching.pop(workspace, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        c = self._consumers.pop(workspace, None)
+        if c is not None:
+            await c.close()
+        self._ready = deque(d for d in self._ready if d.record.workspace != workspace)
+        for key in [k for k in self._held if k[0] == workspace]:
+            del self._held[key]
+        for key in [k for k in self._awaited if k[0] == workspace]:
+            del self._awaited[key]
+        for tid in [t for t, tok in self._inflight.items() if tok.key[0] == workspace]:
+            del self._inflight[tid]
+        producer = self._dlq.pop(workspace, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.close()
+
+    async def _discover_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._opt.discovery_period_s)
+            try:
+                found = set(await self._directory.workspaces())
+            except Exception as exc:
+                log.warning("subscription=%s: listing workspaces failed: %s", self._name, exc)
+                continue
+            for ws in found - set(self._consumers):
+                self.workspace_added(ws)
+            for ws in set(self._consumers) - found:
+                await self.workspace_removed(ws)
+
+    async def _attach(self, workspace: str) -> None:
+        if workspace in self._consumers or self._closed:
+            return
+        conf = _pulsar.ConsumerConfiguration()
+        conf.consumer_type(pulsar.ConsumerType.KeyShared)
+        conf.key_shared_policy(pulsar.ConsumerKeySharedPolicy().policy())
+        conf.subscription_initial_position(pulsar.InitialPosition.Earliest)
+        conf.pattern_auto_discovery_period(self._opt.pattern_discovery_s)
+        conf.regex_subscription_mode(pulsar.RegexSubscriptionMode.PersistentOnly)
+        conf.negative_ack_redelivery_delay_ms(int(NACK_FLOOR_S * 1000))
+        conf.receiver_queue_size(self._opt.receiver_queue)
+        conf.consumer_name(f"{self._name}-{uuid.uuid4().hex[:8]}")
+        conf.schema(pulsar.schema.BytesSchema().schema_info())
+        conf.dead_letter_policy(pulsar.ConsumerDeadLetterPolicy(
+            self._opt.max_redeliveries, dead_letter_topic(workspace, self._name)).policy())
+        fut: asyncio.Future[Any] = self._loop.create_future()
+
+        def done(value: Any) -> None:  # on a client thread
+            def settle() -> None:
+                if fut.done():
+                    if not isinstance(value, _pulsar.Error):
+                        value.close_async(lambda _r: None)
+                elif isinstance(value, _pulsar.Error):
+                    fut.set_exception(pulsar_async.PulsarException(value.error, value.message))
+                else:
+                    fut.set_result(value)
+
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(settle)
+
+        self._client._client.subscribe_async_v2(_pulsar.TopicRegex(channels_pattern(workspace)), self._name, conf,
+                                                done)
+        try:
+            raw = await fut
+        except pulsar_async.PulsarException as exc:
+            log.warning("subscription=%s ws=%s: cannot attach (%s); retrying at the next discovery", self._name,
+                        workspace, exc)
+            return
+        c = _WsConsumer(workspace, pulsar_async.Consumer(raw, pulsar.schema.BytesSchema()))
+        if self._closed or workspace in self._consumers:  # closed meanwhile, or a concurrent attach won
+            await c.close()
+            return
+        self._consumers[workspace] = c
+        c.task = self._loop.create_task(self._pump(c))
+
+    async def _pump(self, c: _WsConsumer) -> None:
+        while not c.closed and not self._closed:
+            await self._room.wait()
+            try:
+                msg = await c.consumer.receive()
+            except pulsar_async.PulsarException as exc:
+                if c.closed or self._closed:
+                    return
+                log.warning("subscription=%s ws=%s: receive failed: %s", self._name, c.workspace, exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._arrived(c, msg)
+
+    # -- local ordering -------------------------------------------------------------------------------------
+    def _arrived(self, c: _WsConsumer, msg: Any) -> None:
+        try:
+            workspace, channel = split_topic(msg.topic_name())
+            mid = msg.message_id()
+            offset = encode_offset(mid.ledger_id(), mid.entry_id())
+        except Exception:
+            log.exception("subscription=%s: unreadable message on %s; dead-lettering", self._name, c.workspace)
+            return
+        record = Record(workspace, channel, offset, msg.data(), msg.publish_timestamp() / 1000.0)
+        token = _Token(c, msg, (workspace, channel), offset)
+        delivery = Delivery(record, msg.redelivery_count() + 1, token)
+        awaited = self._awaited.get(token.key)
+        if awaited is not None:
+            awaited.discard(offset)
+            self._held.setdefault(token.key, []).append(delivery)
+            if not awaited:
+                self._release(token.key)
+        else:
+            self._ready.append(delivery)
+        self._event.set()
+        if len(self._ready) + sum(len(h) for h in self._held.values()) >= self._opt.high_water:
+            self._room.clear()
+
+    def _release(self, key: tuple[str, str]) -> None:
+        self._awaited.pop(key, None)
+        held = self._held.pop(key, [])
+        seen: set[int] = set()
+        for d in sorted(held, key=lambda d: (d.record.offset, -d.delivery_count)):
+            if d.record.offset not in seen:  # a record that came twice (reconnect) is handed out once
+                seen.add(d.record.offset)
+                self._ready.append(d)
+
+    def _hand_back(self, token: _Token, delay: float) -> None:
+        """Block the token's channel until the record comes again; send the negative ack after ``delay``."""
+        token.settled = True
+        self._inflight.pop(id(token), None)
+        self._awaited.setdefault(token.key, set()).add(token.offset)
+        keep: deque[Delivery] = deque()
+        for d in self._ready:  # later records of the channel wait behind the handed-back one
+            if (d.record.workspace, d.record.channel) == token.key:
+                self._held.setdefault(token.key, []).append(d)
+            else:
+                keep.append(d)
+        self._ready = keep
+
+        def send_nack() -> None:
+            self._timers.discard(handle)
+            if not token.consumer.closed:
+                try:
+                    token.consumer.consumer._consumer.negative_acknowledge(token.msg._message)
+                except Exception:
+                    log.warning("negative ack failed ws=%s channel=%s offset=%d", *token.key, token.offset,
+                                exc_info=True)
+
+        handle = self._loop.call_later(max(0.0, delay - NACK_FLOOR_S), send_nack)
+        self._timers.add(handle)
+
+    def _expire(self) -> None:
+        now = self._loop.time()
+        for token in [t for t in self._inflight.values() if t.deadline <= now]:
+            log.info("subscription=%s ws=%s channel=%s offset=%d: ack timeout, redelivering", self._name,
+                     *token.key, token.offset)
+            self._hand_back(token, 0.0)
+
+    async def _tick_forever(self) -> None:
+        period = min(1.0, max(0.05, self._opt.ack_timeout_s / 4))
+        while not self._closed:
+            await asyncio.sleep(period)
+            self._expire()
+
+    # -- the port -------------------------------------------------------------------------------------------
+    async def receive(self, max_records: int, timeout: float) -> list[Delivery]:
+        deadline = self._loop.time() + timeout
+        while not self._closed:
+            self._expire()
+            if self._ready:
+                out: list[Delivery] = []
+                now = self._loop.time()
+                while self._ready and len(out) < max_records:
+                    d = self._ready.popleft()
+                    token: _Token = d.token  # type: ignore[assignment]
+                    if token.consumer.closed:
+                        continue  # its workspace went away; Pulsar redelivers it elsewhere if it still exists
+                    token.deadline = now + self._opt.ack_timeout_s
+                    self._inflight[id(token)] = token
+                    out.append(d)
+                if len(self._ready) < self._opt.high_water // 2:
+                    self._room.set()
+                if out:
+                    return out
+                continue
+            self._event.clear()
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+        return []
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            token: _Token = d.token  # type: ignore[assignment]
+            if token.settled:
+                continue
+            token.settled = True
+            self._inflight.pop(id(token), None)
+            try:
+                await token.consumer.consumer.acknowledge(token.msg)
+            except pulsar_async.PulsarException as exc:
+                # the record comes again (to this or another consumer); the worker's writes are idempotent
+                log.warning("ack failed ws=%s channel=%s offset=%d: %s", *token.key, token.offset, exc)
+
+    async def nack(self, deliveries: Sequence[Delivery], delay: float) -> None:
+        for d in deliveries:
+            token: _Token = d.token  # type: ignore[assignment]
+            if not token.settled:
+                self._hand_back(token, delay)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        r = delivery.record
+        producer = self._dlq.get(r.workspace)
+        try:
+            if producer is None:
+                producer = await self._client.create_producer(dead_letter_topic(r.workspace, self._name),
+                                                              batching_enabled=False)
+                self._dlq[r.workspace] = producer
+            await producer.send(r.payload, properties={
+                "reason": reason[:1000], "channel": r.channel, "offset": str(r.offset),
+                "subscription": self._name, "delivery_count": str(delivery.delivery_count),
+            })
+        except pulsar_async.PulsarException as exc:
+            raise Unavailable(f"dead-lettering ws={r.workspace} channel={r.channel} offset={r.offset} failed: "
+                              f"{exc}") from exc
+        await self.ack([delivery])
