@@ -4,8 +4,10 @@ Split as zulip's workers are: :func:`handle` is pure (records in, a write plan o
 :class:`PersistenceWorker` is the runner that receives, writes a plan in one transaction, and
 acknowledges only after the commit.  docs/consumers.md states the failure policy:
 
-* Idempotent: messages are inserted with ON CONFLICT DO NOTHING on their id and on (channel, offset), so a
-  redelivered record never makes a second row; edits, deletes and reactions are idempotent by nature.
+* Idempotent: a batch's messages, across all its workspaces, go in one multi-row INSERT … ON CONFLICT DO
+  NOTHING (:func:`apply_all`), skipping any whose id or (channel, offset) exists, so a redelivered record
+  never makes a second row; edits, deletes and reactions are idempotent by nature.  Offsets are compared,
+  never subtracted: they increase per channel but are not dense (ADR 0005).
 * Poison records (not decodable as a channel event) go straight to the dead-letter log.
 * A failed batch is retried record by record so one bad record cannot hold the others back; a failing
   record is negatively acknowledged (redelivered after ``nack_delay_s``) and dead-lettered once it has been
@@ -65,6 +67,7 @@ def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) 
     """Pure: decode records into per-workspace write plans.  Unknown workspaces are skipped."""
     plans: dict[str, Plan] = {}
     poison: list[tuple[Delivery, str]] = []
+    channel_ids: dict[str, uuid.UUID] = {}  # a batch holds few channels: parse each id once
     for d in deliveries:
         r = d.record
         ws_id = workspace_ids.get(r.workspace)
@@ -72,7 +75,7 @@ def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) 
             continue
         try:
             ev = e.decode_record(r.payload)
-            channel_id = uuid.UUID(r.channel)
+            channel_id = channel_ids.get(r.channel) or channel_ids.setdefault(r.channel, uuid.UUID(r.channel))
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             poison.append((d, f"undecodable record: {exc}"[:200]))
             continue
@@ -97,9 +100,10 @@ def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) 
     return Handled(plans, poison)
 
 
-async def apply(uow: UnitOfWork, workspace_id: uuid.UUID, plan: Plan) -> int:
-    """Write one workspace's plan inside a unit of work; returns the number of new message rows."""
-    inserted = await uow.messages.add_many(plan.messages) if plan.messages else 0
+async def apply(uow: UnitOfWork, workspace_id: uuid.UUID, plan: Plan, *, messages: bool = True) -> int:
+    """Write one workspace's plan inside a unit of work; returns the number of new message rows.  With
+    ``messages=False`` the caller has inserted the plan's messages already (see :func:`apply_all`)."""
+    inserted = await uow.messages.add_many(plan.messages) if plan.messages and messages else 0
     for message_id, body, at in plan.edits:
         await uow.messages.edit(workspace_id, message_id, body, at)
     for message_id, at in plan.deletes:
@@ -109,6 +113,18 @@ async def apply(uow: UnitOfWork, workspace_id: uuid.UUID, plan: Plan) -> int:
             await uow.reactions.remove(reaction)
         else:
             await uow.reactions.add(reaction)
+    return inserted
+
+
+async def apply_all(uow: UnitOfWork, plans: dict[str, Plan], workspace_ids: dict[str, uuid.UUID]) -> int:
+    """Write a whole batch inside one unit of work: the messages of every workspace in **one** idempotent
+    multi-row insert (``messages.add_many``: ``INSERT … ON CONFLICT DO NOTHING``), then each workspace's
+    edits, deletes and reactions in log order.  Messages first keeps the rule of :func:`apply` (an edit in
+    the same batch finds its message).  Returns the number of new message rows."""
+    every = [msg for plan in plans.values() for msg in plan.messages]
+    inserted = await uow.messages.add_many(every) if every else 0
+    for slug, plan in plans.items():
+        await apply(uow, workspace_ids[slug], plan, messages=False)
     return inserted
 
 
@@ -230,7 +246,7 @@ class PersistenceWorker:
             return 0
 
         async def write_all(uow: UnitOfWork) -> int:
-            return sum([await apply(uow, ids[slug], plan) for slug, plan in plans.items()])
+            return await apply_all(uow, plans, ids)
 
         return await self._services.store.run(write_all)
 

@@ -50,6 +50,16 @@ class SerializationFailure(Unavailable):
     """The transaction lost a conflict with a concurrent one; running it again may succeed."""
 
 
+class RetriesExhausted(Unavailable):
+    """``SqlStore.run`` lost the serialization conflict on every attempt and gave up.  Still an
+    ``Unavailable`` (code ``unavailable``, HTTP 503, retriable later), but no longer a serialization failure:
+    an enclosing retry loop must not start the whole sequence of attempts again."""
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, the DBAPI error SQLAlchemy wraps and their causes (asyncpg's originals)."""
     seen: set[int] = set()
@@ -76,6 +86,8 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def is_serialization_failure(exc: BaseException) -> bool:
     """True when running the whole transaction again may succeed (SQLSTATE 40001 in any driver's shape)."""
+    if isinstance(exc, RetriesExhausted):  # its cause is a 40001, but the retries are spent
+        return False
     for e in _chain(exc):
         if isinstance(e, SerializationFailure):
             return True

@@ -4,16 +4,21 @@
 SQLite file is created and brought to head on first run.  The migration scripts are found next to this
 module, not through the current directory, so this works from an installed package and any CWD.  The
 command line works too: ``STORM_DATABASE_URL=… alembic -c db/alembic.ini upgrade head``.
+``storm migrate --regions …`` adds CockroachDB's multi-region DDL after the upgrade (db/multiregion.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from db import multiregion
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -43,11 +48,24 @@ def downgrade(sync_connection: Connection, revision: str = "base") -> None:
     command.downgrade(config, revision)
 
 
-async def upgrade_async(url: str) -> None:
-    """Upgrade the database at ``url`` to head with a short-lived engine of its own."""
+async def upgrade_async(url: str, *, regions: Sequence[str] = (), survive: str = "zone") -> list[str]:
+    """Upgrade the database at ``url`` to head with a short-lived engine of its own.  With ``regions``
+    (CockroachDB only: refused before anything runs on another database), then apply the multi-region DDL
+    of :mod:`db.multiregion`, each statement in its own implicit transaction; returns those statements."""
+    if regions:
+        backend = make_url(url).get_backend_name()
+        if backend != "cockroachdb":
+            raise multiregion.MultiRegionError(
+                f"--regions needs a cockroachdb+asyncpg:// or cockroachdb+psycopg:// URL, not {backend}")
+        multiregion.statements("check", regions, survive=survive)  # validate before touching the database
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(upgrade)
+        if not regions:
+            return []
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await auto.run_sync(lambda sync: multiregion.apply(sync, regions, survive=survive))
     finally:
         await engine.dispose()

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from db import migrate
-from db.errors import is_serialization_failure, translate, translated
+from db.errors import RetriesExhausted, is_serialization_failure, translate, translated
 from db.repositories import (
     SqlChannelRepository,
     SqlMembershipRepository,
@@ -34,11 +34,38 @@ from db.repositories import (
     SqlUserRepository,
     SqlWorkspaceRepository,
 )
+from storm.config import ConfigError
 from storm.errors import Unavailable
 from storm.ports.store import UnitOfWork
 
 T = TypeVar("T")
 log = logging.getLogger("storm.db")
+
+# (backend, driver) -> isolation level the engine sets on every connection.  The URL picks the dialect:
+# sqlalchemy-cockroachdb registers cockroachdb+asyncpg and cockroachdb+psycopg (its async psycopg 3 class).
+# CockroachDB runs SERIALIZABLE by default; PostgreSQL is made to, so that both abort conflicting
+# transactions with 40001 and run() is tested against real serialization failures.
+DIALECTS: dict[tuple[str, str], str | None] = {
+    ("sqlite", "aiosqlite"): None,  # one writer at a time (file lock): serialisable by construction
+    ("postgresql", "asyncpg"): "SERIALIZABLE",
+    ("postgresql", "psycopg"): "SERIALIZABLE",
+    ("cockroachdb", "asyncpg"): "SERIALIZABLE",
+    ("cockroachdb", "psycopg"): "SERIALIZABLE",
+}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """(backend, driver) of a supported async URL, else ConfigError naming STORM_DATABASE_URL."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy.exc.ArgumentError for a malformed URL
+        raise ConfigError(f"STORM_DATABASE_URL is not a database URL: {exc}") from None
+    key = (parsed.get_backend_name(), parsed.get_driver_name())
+    if key not in DIALECTS:
+        supported = ", ".join(f"{b}+{d}://" for b, d in DIALECTS)
+        raise ConfigError(f"STORM_DATABASE_URL scheme {parsed.drivername!r} is not supported; use one of "
+                          f"{supported}")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +139,7 @@ class SqlStore:
 
     def __init__(self, url: str, *, echo: bool = False, create_schema: bool = True) -> None:
         self._url = url
-        self._dialect = make_url(url).get_backend_name()  # parsing only: a malformed URL fails early
+        self._dialect, self._driver = parse_url(url)  # parsing only: a malformed URL fails early
         self._echo = echo
         self._create_schema = create_schema
         self._engine: AsyncEngine | None = None
@@ -120,11 +147,23 @@ class SqlStore:
         self._state = "new"
         self.retry_policy = RetryPolicy()
         self.serialization_retries = 0  # a counter for tests and metrics: attempts run again after 40001
+        self.serialization_gave_up = 0  # run() calls that ended in RetriesExhausted
 
     @property
     def dialect(self) -> str:
         """'sqlite', 'postgresql' or 'cockroachdb' (known before start: it comes from the URL)."""
         return self._dialect
+
+    @property
+    def driver(self) -> str:
+        """'aiosqlite', 'asyncpg' or 'psycopg'."""
+        return self._driver
+
+    @property
+    def isolation_level(self) -> str | None:
+        """What every connection is set to ('SERIALIZABLE' on PostgreSQL and CockroachDB; None on SQLite,
+        whose file lock admits one writer at a time)."""
+        return DIALECTS[(self._dialect, self._driver)]
 
     @property
     def engine(self) -> AsyncEngine:
@@ -168,7 +207,7 @@ class SqlStore:
         await self.stop()
 
     def __del__(self) -> None:
-        if self._engine is not None:
+        if getattr(self, "_engine", None) is not None:  # __init__ may have refused the URL
             warnings.warn(f"SqlStore({self.dialect}) was started and never stopped", ResourceWarning,
                           stacklevel=1, source=self)
 
@@ -182,10 +221,8 @@ class SqlStore:
                 options["poolclass"] = StaticPool
             else:
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        elif backend in ("postgresql", "cockroachdb"):
-            # CockroachDB is always SERIALIZABLE; PostgreSQL is made so, so that both raise 40001 where
-            # production would and run() is tested against real serialization failures.
-            options["isolation_level"] = "SERIALIZABLE"
+        else:  # postgresql, cockroachdb (see DIALECTS)
+            options["isolation_level"] = self.isolation_level
             options["pool_pre_ping"] = True
         engine = create_async_engine(url, **options)
         if backend == "sqlite":
@@ -199,10 +236,14 @@ class SqlStore:
         return SqlUnitOfWork(self._sessions, self.dialect)
 
     async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
-        """Run ``fn`` in a fresh unit of work and commit; on a serialization failure run it all again (up
-        to ``retries`` more times, with jittered exponential backoff), then give up with Unavailable.
+        """Run ``fn`` in a fresh unit of work and commit; on a serialization failure (SQLSTATE 40001) run it
+        all again, up to ``retries`` more times with jittered exponential backoff, then raise
+        :class:`~db.errors.RetriesExhausted` (an ``Unavailable``) naming the number of attempts.
         ``fn`` may therefore run more than once: it must not have side effects outside the unit of work
-        (events go on ``uow.events`` and are published by the caller after this returns)."""
+        (events go on ``uow.events`` and are published by the caller after this returns).  Every retry
+        adds one to ``serialization_retries`` and logs an INFO line on ``storm.db``."""
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
         attempt = 0
         while True:
             try:
@@ -214,8 +255,11 @@ class SqlStore:
                 if not is_serialization_failure(exc):
                     raise
                 if attempt >= retries:
-                    raise Unavailable(f"transaction still conflicting after {attempt + 1} attempts; "
-                                      "try again later") from exc
+                    self.serialization_gave_up += 1
+                    log.warning("serialization failure on all %d attempts; giving up: %s", attempt + 1, exc)
+                    raise RetriesExhausted(
+                        f"transaction still conflicting after {attempt + 1} attempts; try again later",
+                        attempts=attempt + 1) from exc
                 delay = self.retry_policy.delay(attempt)
                 attempt += 1
                 self.serialization_retries += 1

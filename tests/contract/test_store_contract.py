@@ -438,6 +438,37 @@ async def test_page_newest_first_with_before_cursor(store: SqlStore) -> None:
     assert pages == [[10, 9, 8, 7], [6, 5, 4, 3], [2, 1]]
 
 
+def _pulsar_position(ledger: int, entry: int) -> int:
+    """The shape of a Pulsar-backed offset (ADR 0005): increasing per channel, large, far from dense."""
+    return (ledger << 20) | entry
+
+
+async def test_sparse_offsets_page_idempotently_and_move_markers(store: SqlStore) -> None:
+    """Nothing may assume offsets are dense: paging by cursor, idempotence on (channel, offset) and read
+    markers all work with gaps and with values near the top of BIGINT."""
+    ws, ch, user = _ws(), uuid.uuid4(), uuid.uuid4()
+    await _add(store, ws)
+    offsets = [_pulsar_position(ledger, entry) for ledger in (17, 18, 2**41) for entry in (0, 5, 1000)]
+    assert offsets == sorted(offsets) and max(offsets) < 2**63
+    batch = [Message(id=uuid.uuid4(), workspace_id=ws.id, channel_id=ch, author_id=user, body=str(off),
+                     offset=off, created_at=T0) for off in offsets]
+
+    async def write(uow: UnitOfWork) -> int:
+        return await uow.messages.add_many(batch)
+
+    assert await store.run(write) == len(offsets)
+    assert await store.run(write) == 0
+    async with store.unit_of_work() as uow:
+        pages, before = [], None
+        while page := await uow.messages.page(ws.id, ch, before=before, limit=4):
+            pages.append([mm.offset for mm in page])
+            before = page[-1].offset
+        assert await uow.read_markers.advance(ReadMarker(ws.id, ch, user, offsets[-1])) == offsets[-1]
+        assert await uow.read_markers.advance(ReadMarker(ws.id, ch, user, offsets[3])) == offsets[-1]
+    newest_first = offsets[::-1]
+    assert pages == [newest_first[0:4], newest_first[4:8], newest_first[8:]]
+
+
 async def test_edit_and_soft_delete(store: SqlStore) -> None:
     ws, ch = _ws(), uuid.uuid4()
     msg = _msg(ws, ch, 1)

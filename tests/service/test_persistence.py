@@ -144,3 +144,111 @@ async def test_records_of_a_deleted_workspace_are_dropped(services):
     finally:
         await worker.stop()
     assert worker.stats["dead_lettered"] == 0
+
+
+RANDOM = channel_id(DEMO_WORKSPACE, "random")
+
+
+def message_in(channel: str, text: str) -> bytes:
+    return e.encode(e.MessageEvent(channel=channel, id=str(uuid.uuid4()), author=ALICE, author_name="Alice",
+                                   text=text, ts=1_700_000_000.0))
+
+
+async def stored_in(services: Services, channel: str) -> list[str]:
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        assert ws is not None
+        rows = await uow.messages.page(ws.id, uuid.UUID(channel), before=None, limit=100)
+    return [r.body for r in reversed(rows)]
+
+
+async def _publish_as_one_batch(services: Services, worker: PersistenceWorker, records: list[tuple[str, bytes]],
+                                workspace_of: dict[str, str] | None = None):
+    """Touch the channel logs first (the embedded broker's first touch awaits the store), then start the
+    worker and publish without yielding: its first receive() finds every record, i.e. one batch."""
+    workspace_of = workspace_of or {}
+    for channel, _ in records:
+        await services.broker.head(workspace_of.get(channel, DEMO_WORKSPACE), channel)
+    await worker.start()
+    for channel, payload in records:
+        await services.broker.publish(workspace_of.get(channel, DEMO_WORKSPACE), channel, payload)
+
+
+async def test_a_batch_is_written_with_one_multi_row_insert(services):
+    """A batch spanning two workspaces and three channels: one INSERT … ON CONFLICT DO NOTHING."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event
+
+    from storm.domain import Workspace
+
+    other = Workspace(id=uuid.uuid4(), slug=f"other-{uuid.uuid4().hex[:8]}", name="Other", plan="free",
+                      created_at=datetime.now(UTC))
+
+    async def add(uow):
+        await uow.workspaces.add(other)
+
+    await services.store.run(add)
+    elsewhere = str(uuid.uuid4())
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO messages"):
+            inserts.append(statement)
+
+    engine = services.store.engine.sync_engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", count)
+    worker = PersistenceWorker(services)
+    records = [(GENERAL if i % 2 else RANDOM, message_in(GENERAL if i % 2 else RANDOM, f"m{i}")) for i in range(60)]
+    records += [(elsewhere, message_in(elsewhere, f"x{i}")) for i in range(10)]
+    try:
+        await _publish_as_one_batch(services, worker, records, {elsewhere: other.slug})
+        await eventually(lambda: _true(worker.stats["inserted"] == 70))
+    finally:
+        await worker.stop()
+        event.remove(engine, "before_cursor_execute", count)
+    assert worker.stats["batches"] == 1
+    assert len(inserts) == 1 and "ON CONFLICT DO NOTHING" in inserts[0]
+    async with services.store.unit_of_work() as uow:
+        rows = await uow.messages.page(other.id, uuid.UUID(elsewhere), before=None, limit=100)
+    assert [r.body for r in reversed(rows)] == [f"x{i}" for i in range(10)]
+    assert await stored_in(services, RANDOM) == [f"m{i}" for i in range(0, 60, 2)]
+    assert await stored_in(services, GENERAL) == [f"m{i}" for i in range(1, 60, 2)]
+
+
+async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(services, monkeypatch):
+    """One record fails twice: the batch is retried record by record; the failing record is nacked and the
+    later record of its channel is handed back unwritten, while the other channel goes ahead.  After the
+    redelivery everything is stored once, in channel order, and nothing was acknowledged unwritten."""
+    import consumers.persistence as persistence
+
+    real_apply_all = persistence.apply_all
+    committed: list[str] = []
+    failures = {"n": 0}
+
+    async def flaky(uow, plans, ids):
+        bodies = [msg.body for plan in plans.values() for msg in plan.messages]
+        if "a2" in bodies and failures["n"] < 2:
+            failures["n"] += 1
+            raise Unavailable("flaky write")
+        inserted = await real_apply_all(uow, plans, ids)
+        committed.extend(bodies)  # still inside the transaction: recorded only if it did not raise
+        return inserted
+
+    monkeypatch.setattr(persistence, "apply_all", flaky)
+    worker = PersistenceWorker(services)
+    records = [(GENERAL, message_in(GENERAL, "a1")), (RANDOM, message_in(RANDOM, "b1")),
+               (GENERAL, message_in(GENERAL, "a2")), (RANDOM, message_in(RANDOM, "b2")),
+               (GENERAL, message_in(GENERAL, "a3"))]
+    try:
+        await _publish_as_one_batch(services, worker, records)
+        await eventually(lambda: _true(worker.stats["inserted"] == 5))
+    finally:
+        await worker.stop()
+    assert failures["n"] == 2  # the whole batch, then a2 alone
+    assert worker.stats["retried"] == 1 and worker.stats["dead_lettered"] == 0
+    general = [b for b in committed if b.startswith("a")]
+    assert general == ["a1", "a2", "a3"]  # a3 never overtook a2
+    assert committed.index("b2") < committed.index("a2")  # the other channel did not wait for the retry
+    assert await stored_in(services, GENERAL) == ["a1", "a2", "a3"]
+    assert await stored_in(services, RANDOM) == ["b1", "b2"]

@@ -1,0 +1,39 @@
+"""`storm bench persist` runs end to end and reports what it stored (not how fast): a few hundred messages
+through the embedded broker and the persistence workers into SQLite, and into PostgreSQL when available.
+See docs/benchmarks.md ("persist")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storm import cli
+from storm.bench.persist import REQUIRED_KEYS
+
+
+def _bench(capsys: pytest.CaptureFixture[str], url: str, *extra: str) -> dict[str, object]:
+    code = cli.main(["bench", "persist", "--messages", "300", "--channels", "4", "--workers", "2",
+                     "--batch", "50", "--database-url", url, "--json", *extra])
+    out = capsys.readouterr()
+    assert "stored 300/300" in out.err  # progress went to stderr, the JSON alone to stdout
+    result = json.loads(out.out)
+    assert code == 0, result
+    return result
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def test_bench_persist_stores_every_message_once(db: str, request: pytest.FixtureRequest,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    url = str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
+    result = _bench(capsys, url)
+    assert set(REQUIRED_KEYS) <= set(result)
+    assert (result["messages"], result["stored"], result["duplicates"], result["missing"]) == (300, 300, 0, 0)
+    assert (result["batch"], result["workers"], result["broker"], result["database"]) == (50, 2, "memory", db)
+    assert isinstance(result["msgs_per_s"], float) and result["msgs_per_s"] > 0
+    assert "error" not in result
+
+
+def test_bench_persist_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="must be > 0"):
+        cli.main(["bench", "persist", "--messages", "0", "--database-url", "sqlite+aiosqlite://"])
