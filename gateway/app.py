@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from quart import Quart, Response, jsonify
 
+from gateway.guard import HandshakeGuard
 from gateway.runtime import Gateway
 from gateway.ws import register_ws
 from storm.bootstrap import Services
@@ -94,6 +95,8 @@ def create_app(
         _register_dev_token(app, services)
 
     register_ws(app, gateway)
+    app.asgi_app = HandshakeGuard(app.asgi_app, services.config)  # type: ignore[method-assign]  # Origin, per-IP
+    app.extensions["guard"] = app.asgi_app
     if tenants:
         from tenants.api import register
 

@@ -3,7 +3,10 @@
     storm dev                      gateway + tenants API + consumers in one process, embedded adapters
     storm token alice [--workspace demo]
     storm migrate                  run database migrations to head
-    storm bench fanout|idle ...    benchmarks (JSON on stdout, progress on stderr)
+    storm bench fanout|idle|persist|e2e ...   benchmarks (JSON on stdout, progress on stderr; storm/bench/)
+    storm serve gateway|api|consumers   one role as its own process (storm/cluster.py)
+    storm cluster                  services + 2 gateways, tenants API, consumers as processes (make run-cluster)
+    storm verify delivery --json   gateway-kill scenario on the running services (storm/verify.py)
 """
 
 from __future__ import annotations
@@ -72,11 +75,33 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from db.migrate import upgrade_async
+    from db.multiregion import MultiRegionError, parse_regions, statements
+    from db.store import parse_url
     from storm.serve import run
 
     cfg = Config.from_env()
-    run(lambda: upgrade_async(cfg.database_url))
+    parse_url(cfg.database_url)  # an unsupported URL is a ConfigError (exit 2), not a driver traceback
+    try:
+        regions = parse_regions(args.regions) if args.regions else []
+        if args.dry_run:  # print the multi-region DDL for the URL's database; connect to nothing
+            from sqlalchemy import make_url
+
+            if not regions:
+                raise MultiRegionError("--dry-run prints the multi-region DDL: give --regions")
+            url = make_url(cfg.database_url)
+            if url.get_backend_name() != "cockroachdb":
+                raise MultiRegionError(f"--regions needs a cockroachdb+asyncpg:// or cockroachdb+psycopg:// "
+                                       f"URL, not {url.get_backend_name()}")
+            for statement in statements(url.database or "", regions, survive=args.survive):
+                print(statement + ";")
+            return 0
+        applied = run(lambda: upgrade_async(cfg.database_url, regions=regions, survive=args.survive))
+    except MultiRegionError as exc:
+        print(f"storm migrate: {exc}", file=sys.stderr)
+        return 2
     print(f"migrated {cfg.database_url.split('@')[-1]}")
+    for statement in applied or []:
+        print(f"  {statement}")
     return 0
 
 
@@ -86,6 +111,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench_main(args)
     print(json.dumps(result, indent=None if args.json else 2), flush=True)
     return 1 if result.get("failed") else 0
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from storm.fuzz import main as fuzz_main
+
+    result = fuzz_main(args)
+    print(json.dumps(result), flush=True)
+    return 1 if result["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok.set_defaults(fn=cmd_token)
 
     mig = sub.add_parser("migrate", help="run database migrations to head")
+    mig.add_argument("--regions", default="", help="CockroachDB only: comma-separated regions, primary first; "
+                                                   "then apply the multi-region DDL (docs/database.md)")
+    mig.add_argument("--survive", choices=("zone", "region"), default="zone", help="survival goal (default zone)")
+    mig.add_argument("--dry-run", action="store_true", help="print the multi-region DDL instead of running it")
     mig.set_defaults(fn=cmd_migrate)
 
     bench = sub.add_parser("bench", help="benchmarks; JSON on stdout")
@@ -115,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(fn=cmd_bench)
+
+    fuzz = sub.add_parser("fuzz", help="property-based fuzzing campaign; JSON summary on stdout")
+    from storm.fuzz import add_arguments as fuzz_arguments
+
+    fuzz_arguments(fuzz)
+    fuzz.set_defaults(fn=cmd_fuzz)
+
+    from storm.cluster import add_arguments as cluster_arguments
+
+    cluster_arguments(sub)  # `storm serve gateway|api|consumers` and `storm cluster` (storm/cluster.py)
+    from storm.verify import add_arguments as verify_arguments
+
+    verify_arguments(sub)  # `storm verify delivery --json` (storm/verify.py)
     return parser
 
 
@@ -123,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from storm.redact import install as install_redaction
+
+    install_redaction()  # no token or secret in any log line (docs/security.md)
     try:
         return int(args.fn(args))
     except ConfigError as exc:

@@ -58,6 +58,11 @@ class Config:
     coalesce_max_bytes: int = _setting(
         65536, "STORM_COALESCE_MAX_BYTES", "Upper bound of one coalesced server frame."
     )
+    write_delay_s: float = _setting(
+        0.0, "STORM_WRITE_DELAY_S",
+        "Gateway write delay: events queued within it leave as one frame per connection (0: next loop "
+        "turn; at most 1). Adds up to this much latency.",
+    )
     publish_rate: float = _setting(20.0, "STORM_PUBLISH_RATE", "Publishes per second per connection.")
     publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")
     history_page_max: int = _setting(100, "STORM_HISTORY_PAGE_MAX", "Largest history page.")
@@ -103,6 +108,51 @@ class Config:
         "127.0.0.1:5701", "STORM_HAZELCAST_MEMBERS", "Comma-separated `host:port` of Hazelcast members."
     )
     hazelcast_cluster: str = _setting("storm", "STORM_HAZELCAST_CLUSTER", "Hazelcast cluster name.")
+    # -- security (docs/security.md) -----------------------------------------------------------------------
+    allowed_origins: str = _setting(
+        "", "STORM_ALLOWED_ORIGINS",
+        "Comma-separated `Origin`s allowed to open `/ws` (e.g. `https://chat.example.com`). Empty in embedded "
+        "mode: the server's own `http://host:port` (and localhost forms); required in production. Clients "
+        "that send no `Origin` (non-browser) are allowed.",
+    )
+    max_connections_per_ip: int = _setting(
+        200, "STORM_MAX_CONNECTIONS_PER_IP", "Concurrent WebSockets per client IP on one gateway (HTTP 429).",
+    )
+    user_publish_rate: float = _setting(
+        30.0, "STORM_USER_PUBLISH_RATE", "Publishes per second per user, over all their connections (cache bucket).",
+    )
+    user_publish_burst: int = _setting(60, "STORM_USER_PUBLISH_BURST", "Burst of the per-user bucket.")
+    workspace_publish_rate: float = _setting(
+        0.0, "STORM_WORKSPACE_PUBLISH_RATE",
+        "Publishes per second per workspace; 0 = the plan's `messages_per_second` (storm.domain.PLANS).",
+    )
+    token_expiry_warning_s: float = _setting(
+        60.0, "STORM_TOKEN_EXPIRY_WARNING_S", "`token.expiring` is sent this long before the token expires.",
+    )
+    ban_ttl_s: float = _setting(
+        86400.0, "STORM_BAN_TTL_S", "How long a banned subject stays on the revocation list (≥ token lifetime).",
+    )
+    auth0_domain: str = _setting("", "STORM_AUTH0_DOMAIN", "Auth0 tenant domain, e.g. `storm.eu.auth0.com`.")
+    auth0_issuer: str = _setting(
+        "", "STORM_AUTH0_ISSUER", "Expected `iss`; default `https://<STORM_AUTH0_DOMAIN>/`.",
+    )
+    auth0_audience: str = _setting(
+        "", "STORM_AUTH0_AUDIENCE", "API identifier that must be in the token's `aud`.",
+    )
+    auth0_jwks_url: str = _setting(
+        "", "STORM_AUTH0_JWKS_URL", "JWKS address; default `https://<STORM_AUTH0_DOMAIN>/.well-known/jwks.json`.",
+    )
+    auth0_leeway_s: float = _setting(30.0, "STORM_AUTH0_LEEWAY_S", "Clock skew allowed on `exp`/`nbf`, seconds.")
+    auth0_workspace_claim: str = _setting(
+        "https://storm.chat/ws", "STORM_AUTH0_WORKSPACE_CLAIM", "Claim holding the workspace slug (or `*`).",
+    )
+    auth0_required_scopes: str = _setting(
+        "chat", "STORM_AUTH0_REQUIRED_SCOPES", "Space-separated scopes every access token must carry.",
+    )
+    auth0_jwks_cache_s: float = _setting(600.0, "STORM_AUTH0_JWKS_CACHE_S", "How long fetched signing keys are kept.")
+    auth0_jwks_min_refetch_s: float = _setting(
+        30.0, "STORM_AUTH0_JWKS_MIN_REFETCH_S", "At most one JWKS refetch per this interval for unknown `kid`s.",
+    )
     extra: Mapping[str, str] = field(default_factory=dict, metadata={"env": "", "doc": ""})
 
     @classmethod
@@ -145,8 +195,28 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.write_delay_s <= 1:
+            raise ConfigError(f"STORM_WRITE_DELAY_S must be between 0 and 1, got {self.write_delay_s!r}")
+        if self.mode == "production" and not self.origins():
+            raise ConfigError("STORM_ALLOWED_ORIGINS must list the allowed origins in STORM_MODE=production")
+        if self.identity == "auth0":
+            if not self.auth0_domain and not (self.auth0_issuer and self.auth0_jwks_url):
+                raise ConfigError("STORM_AUTH0_DOMAIN (or STORM_AUTH0_ISSUER and STORM_AUTH0_JWKS_URL) is required "
+                                  "with STORM_IDENTITY=auth0")
+            if not self.auth0_audience:
+                raise ConfigError("STORM_AUTH0_AUDIENCE is required with STORM_IDENTITY=auth0")
+        for name in ("max_connections_per_ip", "user_publish_rate", "user_publish_burst"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.workspace_publish_rate < 0 or self.token_expiry_warning_s < 0 or self.auth0_leeway_s < 0:
+            raise ConfigError("STORM_WORKSPACE_PUBLISH_RATE, STORM_TOKEN_EXPIRY_WARNING_S and STORM_AUTH0_LEEWAY_S "
+                              "must not be negative")
         if self.heartbeat_s >= self.idle_timeout_s:
             raise ConfigError("STORM_HEARTBEAT_S must be smaller than STORM_IDLE_TIMEOUT_S")
+
+    def origins(self) -> frozenset[str]:
+        """The configured ``Origin`` allowlist, normalised (lower case, no trailing slash)."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
 
 
 def env_name(field_name: str) -> str:

@@ -236,6 +236,22 @@ async def remove_member(slug: str, user_id: str) -> tuple[str, int]:
     return "", 204
 
 
+@bp.post("/workspaces/<slug>/members/<user_id>/ban")
+@_errors(400, 401, 403, 404, 409)
+async def ban_member(slug: str, user_id: str) -> tuple[str, int]:
+    """Remove a member, close their sockets (4010) and refuse their tokens for `STORM_BAN_TTL_S` (admins)."""
+    await service.ban_member(_services(), _principal(), _uuid(user_id, "user_id"))
+    return "", 204
+
+
+@bp.post("/workspaces/<slug>/logout")
+@_errors(401, 403, 404, 503)
+async def logout(slug: str) -> tuple[str, int]:
+    """Revoke the presented token and close the caller's sockets in the workspace (4010)."""
+    await service.logout(_services(), _principal())
+    return "", 204
+
+
 # -- channels -----------------------------------------------------------------------------------------------
 @bp.post("/workspaces/<slug>/channels")
 @_errors(400, 401, 403, 404, 409)

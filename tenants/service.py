@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from storm import revocation
 from storm.bootstrap import Services
 from storm.directory import Principal
 from storm.domain import (
@@ -89,7 +90,9 @@ async def authorize(services: Services, claims: Claims, slug: str) -> Principal:
         raise Forbidden("token is not valid for this workspace", field="workspace")
     if not SLUG_RE.fullmatch(slug):
         raise NotFound("workspace not found", field="workspace")
-    return await services.directory.principal(claims, slug)
+    principal = await services.directory.principal(claims, slug)
+    await revocation.check(services.cache, slug, claims)  # banned subject or logged-out token
+    return principal
 
 
 def _require(p: Principal, role: Role, action: str, *, field: str = "role") -> None:
@@ -258,13 +261,47 @@ async def change_role(services: Services, p: Principal, user_id: uuid.UUID, role
 
 
 async def remove_member(services: Services, p: Principal, user_id: uuid.UUID) -> None:
-    """Admins remove anyone but owners (owners remove anyone); everyone may leave; never the last owner."""
+    """Admins remove anyone but owners (owners remove anyone); everyone may leave; never the last owner.
+    The user's open sockets in the workspace are closed with 4010 (storm/revocation.py)."""
+    subject = await _remove(services, p, user_id)
+    await _close_sockets(services, p.workspace.slug, subject, "removed")
+
+
+async def ban_member(services: Services, p: Principal, user_id: uuid.UUID) -> None:
+    """Remove a member and put their subject on the revocation list for ``STORM_BAN_TTL_S`` (admins)."""
+    if user_id == p.user.id:
+        raise BadRequest("you cannot ban yourself", field="user_id")
+    _require(p, Role.ADMIN, "ban members")
+    subject = await _remove(services, p, user_id)
+    await _close_sockets(services, p.workspace.slug, subject, "ban", ttl=services.config.ban_ttl_s)
+
+
+async def logout(services: Services, p: Principal) -> None:
+    """Revoke the caller's token until it expires and close the caller's sockets in this workspace."""
+    claims = p.claims
+    ttl = max(0.0, claims.expires_at - services.clock.time()) if claims.token_id else 0.0
+    await _close_sockets(services, p.workspace.slug, claims.subject, "logout", ttl=ttl, token_id=claims.token_id)
+
+
+async def _close_sockets(services: Services, slug: str, subject: str, reason: str, *, ttl: float = 0.0,
+                         token_id: str = "") -> None:
+    try:
+        await revocation.revoke(services.cache, services.broker, slug, subject, reason=reason, ttl=ttl,
+                                token_id=token_id)
+    except Unavailable:
+        if ttl > 0:
+            raise  # a ban or logout that is not on the list did not happen: let the caller retry
+        log.warning("workspace=%s subject removed but the control event failed; sockets close at token expiry",
+                    slug)
+
+
+async def _remove(services: Services, p: Principal, user_id: uuid.UUID) -> str:
     leaving = user_id == p.user.id
     if not leaving:
         _require(p, Role.ADMIN, "remove members")
     ws = p.workspace
 
-    async def tx(uow: UnitOfWork) -> list[uuid.UUID]:
+    async def tx(uow: UnitOfWork) -> tuple[list[uuid.UUID], str]:
         m = await uow.memberships.get(ws.id, user_id)
         if m is None:
             raise NotFound("not a member of this workspace", field="user_id")
@@ -273,13 +310,15 @@ async def remove_member(services: Services, p: Principal, user_id: uuid.UUID) ->
         if m.role is Role.OWNER and await _owners(uow, ws.id) <= 1:
             raise Conflict("the last owner cannot be removed; make someone else owner first", field="user_id")
         private = [c.id for c in await uow.channels.list_for_user(ws.id, user_id) if c.is_private]
+        users = await uow.users.get_many([user_id])
         await uow.memberships.remove(ws.id, user_id)
-        return private
+        return private, users[0].subject if users else ""
 
-    private_channels = await services.store.run(tx)
+    private_channels, subject = await services.store.run(tx)
     await services.directory.forget_member(ws.slug, user_id)
     for channel_id in private_channels:
         await services.directory.forget_channel(ws.slug, channel_id, user_id)
+    return subject
 
 
 async def _owners(uow: UnitOfWork, workspace_id: uuid.UUID) -> int:

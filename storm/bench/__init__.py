@@ -2,6 +2,8 @@
 
     storm bench fanout --subscribers 1000 --messages 200 [--rate 100] [--json]
     storm bench idle --connections 10000 [--json]
+    storm bench persist --messages 100000 [--workers 2] [--batch 500] [--json]   (storm/bench/persist.py)
+    storm bench e2e --connections 2000 --rate 5000 --duration 30 [--json]        (storm/bench/e2e.py)
 
 Results are one JSON object on stdout (printed by storm/cli.py); progress goes to stderr.  Servers and
 clients run as child processes (storm/bench/procs.py), so the server measured is never the process that
@@ -17,7 +19,7 @@ DEFAULT_RATE = 50.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="{fanout,idle}")
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="{fanout,idle,persist,e2e}")
 
     fan = sub.add_parser("fanout", help="CPU per delivery and latency of a channel broadcast, STORM vs floor")
     fan.add_argument("--subscribers", type=int, default=1000, help="subscribed connections (default 1000)")
@@ -46,9 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     idle.add_argument("--log-dir", default=None, help="keep the server's log here (default: discarded)")
     idle.add_argument("--json", action="store_true", help="compact JSON on one line")
 
+    from storm.bench import persist
+
+    persist.add_parser(sub)
+    from storm.bench import e2e
+
+    e2e.add_parser(sub)
+
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.bench == "fanout":
+    if args.bench == "persist":
+        from storm.bench import persist
+
+        persist.validate(args)
+    elif args.bench == "e2e":
+        from storm.bench import e2e
+
+        e2e.validate(args)
+    elif args.bench == "fanout":
         if args.subscribers < 1 or args.messages < 1 or args.rate <= 0 or args.sample_every < 1 or args.warmup < 0:
             raise SystemExit("storm bench fanout: --subscribers, --messages, --rate and --sample-every "
                              "must be > 0")
@@ -63,6 +80,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.bench == "fanout":
         from storm.bench import fanout as bench
+    elif args.bench == "persist":
+        from storm.bench import persist as bench  # type: ignore[no-redef]
+    elif args.bench == "e2e":
+        from storm.bench import e2e as bench  # type: ignore[no-redef]
     else:
         from storm.bench import idle as bench  # type: ignore[no-redef]
     result: dict[str, Any] = uvloop.run(bench.run(args))

@@ -129,8 +129,10 @@ def decode_command(data: bytes | str, max_bytes: int) -> Command:
         return _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _explain(data, exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeError):  # UnicodeEncodeError: a str with lone surrogates
         raise ProtocolViolation(ErrorCode.MALFORMED, "frame is not valid JSON") from None
+    except RecursionError:
+        raise ProtocolViolation(ErrorCode.MALFORMED, "frame is nested too deeply") from None
 
 
 def _explain(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolViolation:
@@ -138,7 +140,7 @@ def _explain(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolViolati
     text = str(exc)
     try:
         raw = _probe.decode(data)
-    except msgspec.DecodeError:  # pragma: no cover - the typed decoder would have said malformed
+    except (msgspec.DecodeError, RecursionError):  # e.g. "[[[[…": the typed decoder stopped at the first "["
         raw = None
     if not isinstance(raw, dict):
         return ProtocolViolation(ErrorCode.MALFORMED, "frame must be a JSON object")

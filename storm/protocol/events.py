@@ -165,11 +165,16 @@ class TokenExpiring(_Event, tag="token.expiring"):
     expires_at: float
 
 
+class TokenRefreshed(_Event, tag="token.refreshed"):
+    expires_at: float  # the new token's expiry: the session now lasts until then
+
+
 ChannelEvent = MessageEvent | EditEvent | DeleteEvent | ReactionEvent
 EphemeralEvent = TypingEvent | PresenceJoin | PresenceLeave
 ServerEvent = (
     Hello | Error | Ack | Subscribed | Unsubscribed | Pong | PresenceList | HistoryPage | MessageEvent
     | EditEvent | DeleteEvent | ReactionEvent | TypingEvent | PresenceJoin | PresenceLeave | TokenExpiring
+    | TokenRefreshed
 )
 
 _encoder = msgspec.json.Encoder()

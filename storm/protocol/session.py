@@ -13,18 +13,20 @@ sees each offset once and in order (docs/delivery.md).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
+from storm import revocation
 from storm.config import Config
 from storm.directory import Directory, Principal
 from storm.domain import MAX_BODY_CHARS, ReadMarker, Role
-from storm.errors import Forbidden, NotFound, OffsetTruncated, StormError
+from storm.errors import Forbidden, NotFound, OffsetTruncated, QuotaExceeded, StormError, Unauthenticated
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache, PresenceEntry
 from storm.ports.clock import Clock
@@ -34,6 +36,7 @@ from storm.protocol import commands as c
 from storm.protocol import events as e
 from storm.protocol.codes import CloseCode, ErrorCode
 from storm.ratelimit import TokenBucket
+from storm.revocation import ControlRouter
 
 log = logging.getLogger("storm.session")
 
@@ -41,6 +44,7 @@ WORKSPACE_PRESENCE = "_workspace"  # pseudo-channel: who is online in the worksp
 MAX_BAD_FRAMES = 10
 TYPING_INTERVAL_S = 2.0
 REPLAY_MAX = 1000
+CONNECTIONS_KEY = "quota:connections"  # cache counter of the workspace's open sessions (plan quota)
 
 
 class State(enum.Enum):
@@ -60,9 +64,9 @@ class Transport(Protocol):
 
 
 class Hub(Protocol):
-    async def join(self, session: Session, workspace: str, channel: str) -> None: ...
+    async def join(self, session: Any, workspace: str, channel: str) -> None: ...
 
-    async def leave(self, session: Session, workspace: str, channel: str) -> None: ...
+    async def leave(self, session: Any, workspace: str, channel: str) -> None: ...
 
 
 @dataclass
@@ -75,6 +79,7 @@ class SessionContext:
     identity: IdentityVerifier
     directory: Directory
     hub: Hub
+    control: ControlRouter = field(default_factory=ControlRouter)  # revocations (storm/revocation.py)
 
 
 class _Sub:
@@ -107,6 +112,10 @@ class Session:
         self._typing: dict[str, float] = {}
         self._presence_refreshed = now
         self.close_code: int | None = None
+        self._expires_at = float("inf")  # wall clock: the token's exp
+        self._warned = False  # token.expiring sent for the current token
+        self._counted = False  # holds one of the workspace's plan connections
+        self._controlled = False  # registered with the ControlRouter
 
     # -- properties the hub and route use ----------------------------------------------------------------
     @property
@@ -169,7 +178,10 @@ class Session:
         if self.state is State.CLOSED:  # timed out while we were verifying
             return
         self.principal = principal
+        if not await self._admit(principal):
+            return
         self.state = State.OPEN
+        self._expires_at, self._warned = claims.expires_at, False
         cfg = self.ctx.config
         self._send(e.Hello(
             v=1, session=self.id, workspace=principal.workspace.slug,
@@ -184,6 +196,79 @@ class Session:
         ))
         await self.ctx.cache.presence_add(principal.workspace.slug, WORKSPACE_PRESENCE, self.id,
                                           self._entry(), cfg.presence_ttl_s)
+
+    async def _admit(self, p: Principal) -> bool:
+        """After the token: the revocation list and the plan's connection quota.  Closes and returns False
+        when the session may not open."""
+        ws = p.workspace.slug
+        ctx = self.ctx
+        try:
+            await ctx.control.add(ctx.hub, ws, p.claims.subject, self)  # first: a racing revocation is seen
+            self._controlled = True
+            await revocation.check(ctx.cache, ws, p.claims)
+            count = await ctx.cache.incr(ws, CONNECTIONS_KEY, 1)
+            self._counted = True
+            if count > p.workspace.quotas.max_connections:
+                raise QuotaExceeded(f"the {p.workspace.plan} plan allows {p.workspace.quotas.max_connections} "
+                                    "connections", field="connections")
+        except Unauthenticated as exc:
+            self._error(ErrorCode.UNAUTHENTICATED, exc.message)
+            self._close(CloseCode.REVOKED, "access revoked")
+        except QuotaExceeded as exc:
+            self._error(ErrorCode.QUOTA_EXCEEDED, exc.message, field=exc.field)
+            self._close(CloseCode.TOO_MANY_CONNECTIONS, "workspace connection quota reached")
+        except StormError as exc:
+            self._error(_code_of(exc), exc.message)
+            self._close(CloseCode.INTERNAL, "could not open the session")
+        if self.state is State.CLOSED:
+            await self._release()
+            return False
+        return True
+
+    async def _release(self) -> None:
+        """Give back what :meth:`_admit` took.  Idempotent."""
+        p = self.principal
+        if p is None:
+            return
+        ws = p.workspace.slug
+        if self._controlled:
+            self._controlled = False
+            await self.ctx.control.remove(self.ctx.hub, ws, p.claims.subject, self)
+        if self._counted:
+            self._counted = False
+            await self.ctx.cache.incr(ws, CONNECTIONS_KEY, -1)
+
+    @property
+    def token_id(self) -> str:
+        return self.principal.claims.token_id if self.principal else ""
+
+    def revoked(self, reason: str) -> None:
+        """Called by the ControlRouter when this session's subject was logged out, banned or removed."""
+        if self.state is State.OPEN:
+            self._error(ErrorCode.UNAUTHENTICATED, f"access revoked ({reason})")
+        self._close(CloseCode.REVOKED, f"access revoked: {reason}")
+
+    async def _reauthenticate(self, cmd: c.Auth) -> None:
+        """``auth`` on an open session: a fresh token for the same user and workspace extends the session."""
+        p = self._p()
+        try:
+            claims = await self.ctx.identity.verify(cmd.token)
+        except StormError as exc:
+            self._error(ErrorCode.UNAUTHENTICATED, f"token refresh refused: {exc.message}", field="token")
+            return
+        if claims.subject != p.claims.subject or claims.workspace not in (p.claims.workspace, p.workspace.slug):
+            self._error(ErrorCode.ALREADY_AUTHENTICATED,
+                        "this session is authenticated as another user or workspace; open a new connection",
+                        field="token")
+            return
+        try:
+            await revocation.check(self.ctx.cache, p.workspace.slug, claims)
+        except Unauthenticated as exc:
+            self.revoked(exc.message)
+            return
+        self.principal = dataclasses.replace(p, claims=claims)
+        self._expires_at, self._warned = claims.expires_at, False
+        self._send(e.TokenRefreshed(expires_at=claims.expires_at))
 
     async def _dispatch(self, cmd: c.Command) -> None:
         match cmd:
@@ -209,7 +294,7 @@ class Session:
             case c.Read():
                 await self._read(cmd)
             case c.Auth():
-                self._error(ErrorCode.ALREADY_AUTHENTICATED, "this session is already authenticated")
+                await self._reauthenticate(cmd)
 
     # -- output -----------------------------------------------------------------------------------------
     def _send(self, event: Any) -> None:
@@ -251,8 +336,17 @@ class Session:
         if self.state is State.AWAITING_AUTH and now - self.opened_at >= cfg.auth_timeout_s:
             self._error(ErrorCode.UNAUTHENTICATED, "no auth message in time")
             self._close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
-        elif self.state is State.OPEN and now - self.last_seen >= cfg.idle_timeout_s:
-            self._close(CloseCode.IDLE_TIMEOUT, "idle timeout")
+        elif self.state is State.OPEN:
+            if now - self.last_seen >= cfg.idle_timeout_s:
+                self._close(CloseCode.IDLE_TIMEOUT, "idle timeout")
+                return
+            wall = self.ctx.clock.time()
+            if wall >= self._expires_at:
+                self._error(ErrorCode.UNAUTHENTICATED, "token expired; reconnect with a fresh token")
+                self._close(CloseCode.TOKEN_EXPIRED, "token expired")
+            elif not self._warned and wall >= self._expires_at - cfg.token_expiry_warning_s:
+                self._warned = True
+                self._send(e.TokenExpiring(expires_at=self._expires_at))
 
     # -- commands ---------------------------------------------------------------------------------------
     def _p(self) -> Principal:
@@ -263,18 +357,32 @@ class Session:
         p = self._p()
         return PresenceEntry(user_id=str(p.user.id), name=p.user.name)
 
-    def _limit(self, rid: int | None, channel: str | None) -> bool:
-        if self._bucket.take(self.ctx.clock.monotonic()):
-            return True
-        wait = self._bucket.retry_after()
-        self._error(ErrorCode.RATE_LIMITED, f"rate limited; retry in {wait:.2f}s", id=rid, channel=channel)
-        return False
+    async def _limit(self, rid: int | None, channel: str | None) -> bool:
+        """Token buckets, cheapest first: this connection (local), the user and the workspace (in the
+        cache, so shared by every gateway when the cache is distributed).  Over any: ``rate_limited``."""
+        if not self._bucket.take(self.ctx.clock.monotonic()):
+            wait = self._bucket.retry_after()
+            self._error(ErrorCode.RATE_LIMITED, f"rate limited; retry in {wait:.2f}s", id=rid, channel=channel)
+            return False
+        p = self._p()
+        cfg = self.ctx.config
+        ws_rate = cfg.workspace_publish_rate or float(p.workspace.quotas.messages_per_second)
+        for key, rate, burst, scope in (
+            (f"rate:user:{p.user.id.hex}", cfg.user_publish_rate, cfg.user_publish_burst, "user"),
+            ("rate:workspace", ws_rate, max(1, int(ws_rate * 2)), "workspace"),
+        ):
+            wait = await self.ctx.cache.rate_take(p.workspace.slug, key, rate, burst)
+            if wait > 0:
+                self._error(ErrorCode.RATE_LIMITED, f"{scope} rate limited; retry in {wait:.2f}s", id=rid,
+                            channel=channel)
+                return False
+        return True
 
     async def _publish(self, cmd: c.Publish) -> None:
         p = self._p()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
         channel = str(ch.id)
-        if not self._limit(cmd.id, channel):
+        if not await self._limit(cmd.id, channel):
             return
         ws = p.workspace.slug
         key = f"cmid:{p.user.id.hex}:{ch.id.hex}:{cmd.cmid}"
@@ -437,7 +545,7 @@ class Session:
         p = self._p()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
         channel = str(ch.id)
-        if not self._limit(cmd.id, channel):
+        if not await self._limit(cmd.id, channel):
             return
         msg = await self._message(p, ch.id, cmd.message_id)
         is_author = msg.author_id == p.user.id
@@ -468,7 +576,7 @@ class Session:
         p = self._p()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
         channel = str(ch.id)
-        if not self._limit(cmd.id, channel):
+        if not await self._limit(cmd.id, channel):
             return
         msg = await self._message(p, ch.id, cmd.message_id)
         event = e.ReactionEvent(channel=channel, message_id=str(msg.id), user=str(p.user.id), emoji=cmd.emoji,
@@ -492,6 +600,10 @@ class Session:
         self.state = State.CLOSED
         if self.principal is None:
             return
+        try:
+            await self._release()
+        except Exception:
+            log.exception("quota/control cleanup failed ws=%s session=%s", self.workspace, self.id)
         subs, self.subs = list(self.subs), {}
         for channel in subs:
             try:

@@ -108,6 +108,7 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
     "presence.join": lambda: ev.PresenceJoin(channel=CH, user=BOB, name="Bob"),
     "presence.leave": lambda: ev.PresenceLeave(channel=CH, user=BOB, name="Bob"),
     "token.expiring": lambda: ev.TokenExpiring(expires_at=TS + 3600),
+    "token.refreshed": lambda: ev.TokenRefreshed(expires_at=TS + 7200),
 }
 
 MINIMAL: dict[str, Callable[[], msgspec.Struct]] = {
@@ -129,6 +130,7 @@ MINIMAL: dict[str, Callable[[], msgspec.Struct]] = {
     "presence.join": lambda: ev.PresenceJoin(channel=CH, user=BOB, name="Bob"),
     "presence.leave": lambda: ev.PresenceLeave(channel=CH, user=BOB, name="Bob"),
     "token.expiring": lambda: ev.TokenExpiring(expires_at=TS),
+    "token.refreshed": lambda: ev.TokenRefreshed(expires_at=TS),
 }
 
 # ---- command samples: every field set, and only the required fields -----------------------------------
@@ -522,6 +524,7 @@ BAD_EVENTS: dict[str, Any] = {
     "reaction emoji too long": _edit("reaction", lambda e: e.update(emoji="x" * 65)),
     "typing with offset": _edit("typing", lambda e: e.update(offset=5)),
     "token.expiring without expires_at": {"type": "token.expiring"},
+    "token.refreshed without expires_at": {"type": "token.refreshed"},
 }
 
 

@@ -1,0 +1,102 @@
+"""Handshake guard: checks a WebSocket upgrade before the application accepts it (docs/security.md).
+
+An ASGI middleware around the Quart app, so a refused socket costs no session, no task and no outbox:
+
+* **Origin allowlist** (cross-site WebSocket hijacking).  Browsers always send ``Origin``; a page on
+  another site that tries to open ``/ws`` with the victim's cookies or network position is refused with
+  HTTP **403**.  With ``STORM_ALLOWED_ORIGINS`` set, only those origins pass.  Left empty (embedded mode
+  only; production refuses to start without a list) the gateway allows the same origin as the request's
+  ``Host`` and the local forms of its own address.  Requests without ``Origin`` (non-browser clients:
+  SDKs, bots, the benchmarks) pass: they cannot be driven by a foreign web page.
+* **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
+  from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.
+
+Refusals are HTTP responses sent instead of the upgrade (the ASGI ``websocket.http.response`` extension,
+which Hypercorn supports); a server without it gets ``websocket.close`` before accept, which it turns
+into a 403 itself.  The client IP is the socket's peer: behind a load balancer, configure it to limit per
+client IP itself (the gateway sees the balancer's address).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from storm.config import Config
+from storm.protocol.codes import CloseCode
+
+log = logging.getLogger("storm.gateway.guard")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class HandshakeGuard:
+    def __init__(self, app: ASGIApp, config: Config) -> None:
+        self._app = app
+        self._allowed = config.origins()
+        self._embedded = config.mode == "embedded"
+        self._own = frozenset(f"{scheme}://{host}:{config.port}" for scheme in ("http", "https")
+                              for host in (*LOCAL_HOSTS, config.host))
+        self._max_per_ip = config.max_connections_per_ip
+        self.per_ip: dict[str, int] = {}
+        self.refused = {"origin": 0, "per_ip": 0}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        origin = headers.get("origin")
+        if origin is not None and not self.origin_allowed(origin, headers.get("host", "")):
+            self.refused["origin"] += 1
+            log.info("refused a WebSocket from origin %.100r", origin)
+            await _refuse(scope, send, 403, CloseCode.POLICY, "origin not allowed")
+            return
+        client = scope.get("client")
+        ip = str(client[0]) if client else "-"
+        held = self.per_ip.get(ip, 0)
+        if held >= self._max_per_ip:
+            self.refused["per_ip"] += 1
+            await _refuse(scope, send, 429, CloseCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
+                          retry_after=5)
+            return
+        self.per_ip[ip] = held + 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            left = self.per_ip[ip] - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                del self.per_ip[ip]
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        normalized = origin.strip().rstrip("/").lower()
+        if self._allowed:
+            return normalized in self._allowed
+        if not self._embedded:
+            return False  # production without a list is refused by Config.validate; never allow by accident
+        if normalized in self._own:
+            return True
+        scheme, _, rest = normalized.partition("://")
+        return scheme in ("http", "https") and bool(host) and rest == host.strip().lower()
+
+
+async def _refuse(scope: Scope, send: Send, status: int, code: int, reason: str, retry_after: int = 0) -> None:
+    extensions = scope.get("extensions") or {}
+    if "websocket.http.response" in extensions:
+        body = ('{"error":{"code":"%s","message":"%s"}}' % (  # noqa: UP031 - fixed ASCII, no user input
+            "forbidden" if status == 403 else "rate_limited", reason)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if retry_after:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        await send({"type": "websocket.close", "code": int(code), "reason": reason})

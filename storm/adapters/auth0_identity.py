@@ -1,0 +1,214 @@
+"""Auth0 identity: RS256 access tokens verified against the tenant's JWKS (docs/security.md, "Identity").
+
+The signature is checked by auth0-python's :class:`AsymmetricSignatureVerifier` (it refuses any ``alg``
+but RS256, so ``none`` and HS256-signed-with-the-public-key never reach a key).  Its ``TokenVerifier``
+checks *ID* tokens, so the access-token claims are checked here: ``iss``, ``aud`` containing the API
+identifier, ``exp``/``nbf`` with a small leeway, the workspace claim and the required scopes.
+
+Keys: auth0-python fetches JWKS synchronously with ``requests`` (and without a timeout), which would block
+the event loop.  :class:`JwksCache` fetches in a worker thread with a timeout, keeps the keys for
+``STORM_AUTH0_JWKS_CACHE_S``, fetches at most once at a time (concurrent verifications wait for the same
+fetch), and refetches on an unknown ``kid`` at most once per ``STORM_AUTH0_JWKS_MIN_REFETCH_S`` so a flood
+of tokens with made-up ``kid``s cannot turn into a flood of requests to Auth0.  When a refetch fails the
+keys already known stay in use.  Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from auth0.authentication.token_verifier import AsymmetricSignatureVerifier
+
+from storm.config import Config
+from storm.errors import Unauthenticated
+from storm.ports.identity import Claims
+
+log = logging.getLogger("storm.identity.auth0")
+
+ALGORITHM = "RS256"
+FETCH_TIMEOUT_S = 5.0
+MAX_JWKS_BYTES = 256 * 1024
+
+
+def _fetch_json(url: str, timeout: float) -> Any:
+    """Blocking GET of the JWKS document (runs in a worker thread)."""
+    import requests
+
+    response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+    response.raise_for_status()
+    if len(response.content) > MAX_JWKS_BYTES:
+        raise ValueError("JWKS document too large")
+    return json.loads(response.content)
+
+
+def parse_jwks(document: Any) -> dict[str, Any]:
+    """``kid`` -> RSA public key for every usable signing key; other entries are skipped."""
+    keys: dict[str, Any] = {}
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict) or jwk.get("kty") != "RSA" or not isinstance(jwk.get("kid"), str):
+            continue
+        if jwk.get("use", "sig") != "sig" or jwk.get("alg", ALGORITHM) != ALGORITHM:
+            continue
+        try:
+            keys[jwk["kid"]] = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwk))
+        except (ValueError, TypeError, KeyError, jwt.PyJWTError):
+            log.warning("skipping an unreadable JWKS key kid=%.40s", jwk["kid"])
+    return keys
+
+
+class JwksCache:
+    """The tenant's signing keys, fetched off the event loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float = 600.0,
+        min_refetch_s: float = 30.0,
+        timeout_s: float = FETCH_TIMEOUT_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        fetch: Callable[[str, float], Any] = _fetch_json,
+    ) -> None:
+        self._url = url
+        self._ttl = ttl_s
+        self._min_refetch = min_refetch_s
+        self._timeout = timeout_s
+        self._now = monotonic
+        self._fetch_blocking = fetch
+        self._keys: dict[str, Any] = {}
+        self._fetched_at: float | None = None  # last successful fetch
+        self._tried_at: float | None = None  # last attempt, successful or not
+        self._inflight: asyncio.Future[None] | None = None
+        self.fetches = 0  # attempts, successful or not
+
+    async def key(self, kid: str) -> Any:
+        now = self._now()
+        if self._fetched_at is None or now - self._fetched_at >= self._ttl:
+            await self._refresh()
+        elif kid not in self._keys and (self._tried_at is None or now - self._tried_at >= self._min_refetch):
+            await self._refresh()  # a rotated key: refetch, but not more than once per min_refetch_s
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated("invalid token: unknown signing key")
+        return key
+
+    async def _refresh(self) -> None:
+        """One fetch at a time: verifications that need keys while a fetch runs wait for that fetch."""
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+        await asyncio.shield(self._inflight)
+
+    async def _fetch(self) -> None:
+        try:
+            self._tried_at = self._now()
+            self.fetches += 1
+            try:
+                document = await asyncio.to_thread(self._fetch_blocking, self._url, self._timeout)
+                keys = parse_jwks(document)
+            except Exception as exc:  # network, HTTP status, JSON: keep what we had
+                log.warning("JWKS fetch from %s failed: %s", self._url, type(exc).__name__)
+                if not self._keys:
+                    raise Unauthenticated("signing keys unavailable") from None
+                return
+            self._keys = keys
+            self._fetched_at = self._tried_at
+        finally:
+            self._inflight = None
+
+
+class _KeyedVerifier(AsymmetricSignatureVerifier):
+    """auth0-python's RS256 verifier, handed the key we already fetched instead of fetching it itself."""
+
+    def __init__(self) -> None:
+        super().__init__("https://jwks.invalid/", algorithm=ALGORITHM)  # its own fetcher is never used
+        self._key: Any = None
+
+    def _fetch_key(self, key_id: str) -> Any:
+        return self._key
+
+    def check(self, token: str, key: Any) -> dict[str, Any]:
+        self._key = key
+        try:
+            return self.verify_signature(token)
+        finally:
+            self._key = None
+
+
+class Auth0Identity:
+    def __init__(self, config: Config, *, wall: Callable[[], float] = time.time,
+                 jwks: JwksCache | None = None) -> None:
+        domain = config.auth0_domain.strip().rstrip("/")
+        self._issuer = config.auth0_issuer or f"https://{domain}/"
+        self._audience = config.auth0_audience
+        self._leeway = config.auth0_leeway_s
+        self._ws_claim = config.auth0_workspace_claim
+        self._required = frozenset(config.auth0_required_scopes.split())
+        self._now = wall
+        url = config.auth0_jwks_url or f"https://{domain}/.well-known/jwks.json"
+        self.jwks = jwks or JwksCache(url, ttl_s=config.auth0_jwks_cache_s,
+                                      min_refetch_s=config.auth0_jwks_min_refetch_s)
+        self._verifier = _KeyedVerifier()
+
+    async def verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid token: not a JWT") from None
+        if header.get("alg") != ALGORITHM:  # refuses "none" and HS256 (HS/RS confusion) before any key
+            raise Unauthenticated("invalid token: unsupported algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("invalid token: no key id")
+        key = await self.jwks.key(kid)
+        try:
+            data = self._verifier.check(token, key)
+        except Exception as exc:  # TokenValidationError, jwt errors: all mean "not a token of ours"
+            raise Unauthenticated(f"invalid token: {type(exc).__name__}") from None
+        return self._claims(data)
+
+    def _claims(self, data: dict[str, Any]) -> Claims:
+        now = self._now()
+        if data.get("iss") != self._issuer:
+            raise Unauthenticated("invalid token: wrong issuer")
+        aud = data.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if self._audience not in audiences:
+            raise Unauthenticated("invalid token: wrong audience")
+        exp = data.get("exp")
+        if not _number(exp):
+            raise Unauthenticated("invalid token: no expiry")
+        if now > exp + self._leeway:
+            raise Unauthenticated("token expired")
+        nbf = data.get("nbf")
+        if nbf is not None and (not _number(nbf) or now < nbf - self._leeway):
+            raise Unauthenticated("token not valid yet")
+        sub = data.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthenticated("invalid token: no subject")
+        ws = data.get(self._ws_claim)
+        if not isinstance(ws, str) or not ws:
+            raise Unauthenticated("token has no workspace claim")
+        scopes = set(data["scope"].split()) if isinstance(data.get("scope"), str) else set()
+        perms = data.get("permissions")
+        if isinstance(perms, list):
+            scopes.update(p for p in perms if isinstance(p, str))
+        missing = self._required - scopes
+        if missing:
+            raise Unauthenticated(f"token lacks scope {sorted(missing)[0]!r}")
+        name = data.get("name")
+        return Claims(
+            subject=sub, workspace=ws, name=name if isinstance(name, str) and name else sub,
+            expires_at=float(exp), scopes=frozenset(scopes), token_id=str(data.get("jti") or ""),
+        )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

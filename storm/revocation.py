@@ -1,0 +1,126 @@
+"""Revocation: logout, ban and removal from a workspace reach open sockets within a second, on every gateway.
+
+Two parts (docs/security.md, "Revocation"):
+
+* the **revocation list** in the cache (``Cache.revoke`` / ``Cache.is_revoked``, shared by every gateway
+  when Hazelcast is configured): a subject (ban) or one token id (``jti:<id>``, logout) that must not open
+  a session or call the REST API again while the entry lives;
+* a **control event** published on the workspace's ``_control`` pseudo-channel through the broker.  Each
+  gateway follows ``_control`` of every workspace it has sessions in (:class:`ControlRouter`, one hub
+  listener per workspace, not per session) and closes the named subject's sockets with 4010.
+
+A session checks the list only after it has joined ``_control``, so a revocation racing a handshake is
+seen by one of the two checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from storm.errors import Unauthenticated
+from storm.ports.broker import Broker
+from storm.ports.cache import Cache
+from storm.ports.identity import Claims
+
+if TYPE_CHECKING:
+    from storm.protocol.session import Session
+
+log = logging.getLogger("storm.revocation")
+
+CONTROL_CHANNEL = "_control"
+
+
+class Revoke(msgspec.Struct, tag_field="type", tag="revoke", forbid_unknown_fields=False):
+    subject: str
+    reason: str  # "logout", "ban", "removed"
+    jti: str = ""  # when set, only sessions opened with that token
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Revoke)
+
+
+def jti_key(token_id: str) -> str:
+    return f"jti:{token_id}"
+
+
+async def revoke(cache: Cache, broker: Broker, workspace: str, subject: str, *, reason: str,
+                 ttl: float = 0.0, token_id: str = "") -> None:
+    """Put ``subject`` (or, with ``token_id``, that one token) on the list for ``ttl`` seconds (0: not
+    listed, e.g. a removal, where the membership itself is the gate) and close its open sockets."""
+    if ttl > 0:
+        await cache.revoke(workspace, jti_key(token_id) if token_id else subject, ttl)
+    payload = _encoder.encode(Revoke(subject=subject, reason=reason))
+    await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
+    log.info("revoked ws=%s subject=%s reason=%s", workspace, subject, reason)
+
+
+async def check(cache: Cache, workspace: str, claims: Claims) -> None:
+    """Raise Unauthenticated when the token's subject or the token itself is on the list."""
+    if await cache.is_revoked(workspace, claims.subject):
+        raise Unauthenticated("access revoked")
+    if claims.token_id and await cache.is_revoked(workspace, jti_key(claims.token_id)):
+        raise Unauthenticated("token revoked")
+
+
+class _Hub(Protocol):
+    async def join(self, session: Any, workspace: str, channel: str) -> None: ...
+
+    async def leave(self, session: Any, workspace: str, channel: str) -> None: ...
+
+
+class _WorkspaceControl:
+    """The hub listener of one workspace's ``_control`` channel on this gateway."""
+
+    __slots__ = ("by_subject", "workspace")
+
+    def __init__(self, workspace: str) -> None:
+        self.workspace = workspace
+        self.by_subject: dict[str, set[Session]] = {}
+
+    def on_channel_event(self, channel: str, offset: int, data: bytes) -> None:
+        try:
+            event = _decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("ignoring an undecodable control event ws=%s", self.workspace)
+            return
+        for session in list(self.by_subject.get(event.subject, ())):
+            if event.jti and session.token_id != event.jti:
+                continue
+            session.revoked(event.reason)
+
+
+class ControlRouter:
+    """Sessions by workspace and subject; joins a workspace's ``_control`` while it has sessions here."""
+
+    def __init__(self) -> None:
+        self._workspaces: dict[str, _WorkspaceControl] = {}
+
+    async def add(self, hub: _Hub, workspace: str, subject: str, session: Session) -> None:
+        control = self._workspaces.get(workspace)
+        fresh = control is None
+        if control is None:
+            control = self._workspaces[workspace] = _WorkspaceControl(workspace)
+        control.by_subject.setdefault(subject, set()).add(session)
+        if fresh:
+            await hub.join(control, workspace, CONTROL_CHANNEL)
+
+    async def remove(self, hub: _Hub, workspace: str, subject: str, session: Session) -> None:
+        control = self._workspaces.get(workspace)
+        if control is None:
+            return
+        sessions = control.by_subject.get(subject)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del control.by_subject[subject]
+        if not control.by_subject:
+            del self._workspaces[workspace]
+            await hub.leave(control, workspace, CONTROL_CHANNEL)
+
+    def sessions(self, workspace: str) -> int:
+        control = self._workspaces.get(workspace)
+        return sum(len(s) for s in control.by_subject.values()) if control else 0

@@ -1,0 +1,114 @@
+"""Property-based fuzzing in every `make test` (storm/fuzz.py has the strategies and the properties).
+
+Budget: 1000 x 8 = 8000 decoder frames + 600 session conversations (1 to 6 frames each, about 2100 frames)
++ 400 REST bodies here, plus the 8 x 300 REST requests of tests/service/test_tenants_fuzz.py: about 12 900
+generated inputs, zero unhandled exceptions allowed.  `storm fuzz --cases N` runs the same properties for longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storm.fuzz import REST_ENDPOINTS, RestTarget, SessionTarget, check_decoder, frames, rest_bodies, run_campaign
+from storm.protocol import commands as c
+from storm.protocol.codes import ErrorCode
+
+pytestmark = pytest.mark.fuzz
+
+
+def _budget(n: int) -> settings:
+    return settings(max_examples=n, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+@_budget(1000)
+@given(batch=st.lists(frames(), min_size=8, max_size=8))  # 8 frames per example: cheaper per input
+def test_decoder_accepts_or_refuses_every_frame_with_a_known_code(batch: list[Any]) -> None:
+    for frame in batch:
+        check_decoder(frame)
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    ("[" * 5000, ErrorCode.MALFORMED), ("\ud800", ErrorCode.MALFORMED), ('{"op":"\\ud800"}', ErrorCode.MALFORMED),
+    ('{"op":"nope"}', ErrorCode.UNKNOWN_OP), ("{", ErrorCode.MALFORMED), ('{"op":"ping","id":1.0}',
+                                                                        ErrorCode.BAD_REQUEST),
+])
+def test_decoder_regressions_found_by_fuzzing(frame: str, code: ErrorCode) -> None:
+    with pytest.raises(c.ProtocolViolation) as info:
+        c.decode_command(frame, 65536)
+    assert info.value.code is code
+
+
+@pytest.fixture(scope="module")
+def session_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionTarget]:
+    with asyncio.Runner() as runner:
+        target = SessionTarget(runner, Path(tmp_path_factory.mktemp("fuzz-session")))
+        target.start()
+        try:
+            yield target
+        finally:
+            target.stop()
+
+
+@_budget(600)
+@given(data=st.data())
+def test_session_survives_any_conversation(session_target: SessionTarget, data: st.DataObject) -> None:
+    session_target.check(data.draw(st.lists(frames(session_target.channels), min_size=1, max_size=6)))
+
+
+def test_unknown_ops_and_bad_json_get_errors_and_repeated_garbage_closes_4004(session_target: SessionTarget) -> None:
+    garbage = ["{", '{"op":"nope"}', "[]", '{"op":"publish"}', "\x00"] * 2
+    events, closed = session_target.converse(garbage[:9])
+    expected = ["malformed", "unknown_op", "malformed", "bad_request", "malformed"] * 2
+    assert [e["code"] for e in events[1:]] == expected[:9]
+    assert closed is None  # nine in a row: still open
+    events, closed = session_target.converse(garbage)
+    assert len([e for e in events if e["type"] == "error"]) == 10
+    assert closed is not None and closed[0] == 4004
+
+
+@pytest.fixture(scope="module")
+def rest_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestTarget]:
+    with asyncio.Runner() as runner:
+        target = RestTarget(runner, Path(tmp_path_factory.mktemp("fuzz-rest")))
+        target.start()
+        try:
+            yield target
+        finally:
+            target.stop()
+
+
+@_budget(400)
+@given(endpoint=st.integers(0, len(REST_ENDPOINTS) - 1), body=rest_bodies)
+def test_rest_write_endpoints_never_5xx(rest_target: RestTarget, endpoint: int, body: Any) -> None:
+    rest_target.check(endpoint, body)
+
+
+def test_storm_fuzz_campaign_reports_json_summary() -> None:
+    result = run_campaign("decoder", 50, seed=1)
+    assert result["target"] == "decoder" and result["cases"] >= 50 and result["failures"] == []
+    json.dumps(result)
+
+
+def test_storm_fuzz_cli_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from storm.cli import cmd_fuzz
+
+    args = argparse.Namespace(cases=40, target="decoder", seed=3)
+    assert cmd_fuzz(args) == 0
+    assert logging.getLogger("storm").level == logging.NOTSET  # the campaign's quieting is undone
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["failed"] is False and summary["targets"]["decoder"]["cases"] >= 40
+    assert "storm fuzz: decoder 40/40" in err  # progress on stderr

@@ -1,0 +1,178 @@
+"""Through the real app (gateway + tenants API, Quart test client): removal, ban and logout close open
+sockets with 4010 within a second; the handshake guard refuses foreign origins (403) and connection floods
+from one address (429).  docs/security.md."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from storm.adapters.dev_identity import DevIdentity
+from storm.bootstrap import build_services
+from storm.config import Config
+from storm.protocol.codes import CloseCode
+from tests.security.asgi_ws import AsgiWs, Refused
+
+SLUG = "acme"
+
+
+@dataclass
+class App:
+    client: Any
+    identity: DevIdentity
+    app: Any
+
+    def token(self, user: str, workspace: str = SLUG) -> str:
+        return self.identity.issue(f"dev|{user}", workspace, user.title())
+
+    async def rest(self, method: str, path: str, user: str, *, token: str | None = None, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token or self.token(user, '*')}"}
+        response = await self.client.open(path, method=method, headers=headers, **kw)
+        body = await response.get_json() if response.mimetype == "application/json" else None
+        return response.status_code, body
+
+
+async def _app(tmp_path: Any, **overrides: Any) -> Any:
+    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/rev.db", **overrides)
+    services = build_services(cfg)
+    return create_app(services, page=False), DevIdentity(cfg.dev_secret)
+
+
+@pytest.fixture
+async def env(tmp_path) -> AsyncIterator[App]:
+    app, identity = await _app(tmp_path)
+    async with app.test_app() as test_app:
+        env = App(test_app.test_client(), identity, app)
+        status, _ = await env.rest("POST", "/v1/workspaces", "alice", json={"slug": SLUG, "name": "Acme"})
+        assert status == 201
+        for user in ("bob", "carol"):
+            status, _ = await env.rest("POST", f"/v1/workspaces/{SLUG}/members", "alice",
+                                       json={"subject": f"dev|{user}"})
+            assert status == 201
+        yield env
+
+
+async def _hello(ws: AsgiWs, token: str) -> dict[str, Any]:
+    await ws.send({"op": "auth", "token": token})
+    hello = await ws.event()
+    assert hello["type"] == "hello", hello
+    return hello
+
+
+def ws(env: App, **kw: Any) -> AsgiWs:
+    return AsgiWs(env.app, **kw)
+
+
+async def _user_id(env: App, user: str) -> str:
+    _, body = await env.rest("GET", f"/v1/workspaces/{SLUG}/members", "alice")
+    return next(m["user_id"] for m in body["members"] if m["name"].lower() == user)
+
+
+async def test_removal_from_the_workspace_closes_open_sockets_4010_within_1s(env):
+    async with ws(env) as bob, ws(env) as carol:
+        await _hello(bob, env.token("bob"))
+        await _hello(carol, env.token("carol"))
+        status, _ = await env.rest("DELETE", f"/v1/workspaces/{SLUG}/members/{await _user_id(env, 'bob')}", "alice")
+        assert status == 204
+        assert await bob.close_code(within=1.0) == CloseCode.REVOKED
+        await carol.send({"op": "ping", "id": 1})
+        assert (await carol.event())["type"] == "pong"  # others unaffected
+    async with ws(env) as again:  # and bob cannot come back in
+        await again.send({"op": "auth", "token": env.token("bob")})
+        assert await again.close_code(within=2.0) == CloseCode.UNAUTHENTICATED
+
+
+async def test_ban_closes_sockets_and_refuses_the_subject_afterwards(env):
+    bob_id = await _user_id(env, "bob")
+    async with ws(env) as bob:
+        await _hello(bob, env.token("bob"))
+        status, _ = await env.rest("POST", f"/v1/workspaces/{SLUG}/members/{bob_id}/ban", "alice")
+        assert status == 204
+        assert await bob.close_code(within=1.0) == CloseCode.REVOKED
+    status, _ = await env.rest("POST", f"/v1/workspaces/{SLUG}/members", "alice", json={"subject": "dev|bob"})
+    assert status == 201  # re-added by mistake: the ban still holds until STORM_BAN_TTL_S
+    async with ws(env) as again:
+        await again.send({"op": "auth", "token": env.token("bob")})
+        assert await again.close_code(within=2.0) == CloseCode.REVOKED
+    status, body = await env.rest("GET", f"/v1/workspaces/{SLUG}", "bob")
+    assert status == 401 and body["error"]["code"] == "unauthenticated"
+
+
+async def test_ban_needs_an_admin(env):
+    status, body = await env.rest("POST", f"/v1/workspaces/{SLUG}/members/{await _user_id(env, 'carol')}/ban", "bob")
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+async def test_logout_revokes_the_token_and_closes_the_callers_sockets(env):
+    token = env.token("bob")
+    async with ws(env) as bob:
+        await _hello(bob, token)
+        status, _ = await env.rest("POST", f"/v1/workspaces/{SLUG}/logout", "bob", token=token)
+        assert status == 204
+        assert await bob.close_code(within=1.0) == CloseCode.REVOKED
+    status, _ = await env.rest("GET", f"/v1/workspaces/{SLUG}", "bob", token=token)
+    assert status == 401  # the logged-out token is dead for the REST API too
+    async with ws(env) as again:
+        await again.send({"op": "auth", "token": token})
+        assert await again.close_code(within=2.0) == CloseCode.REVOKED
+    async with ws(env) as fresh:  # a new login works
+        await _hello(fresh, env.token("bob"))
+
+
+# -- handshake guard ----------------------------------------------------------------------------------
+async def _refused(app: Any, **kw: Any) -> Refused:
+    with pytest.raises(Refused) as info:
+        async with AsgiWs(app, **kw):
+            pass
+    return info.value
+
+
+async def _usable(sock: AsgiWs) -> None:
+    await sock.send({"op": "ping"})
+    assert (await sock.event())["code"] == "unauthenticated"  # reached the session: the upgrade went through
+
+
+async def test_foreign_origin_is_refused_with_403_before_upgrade(env):
+    refused = await _refused(env.app, origin="https://evil.example")
+    assert refused.status == 403
+    assert env.app.extensions["guard"].refused["origin"] == 1
+
+
+async def test_same_origin_and_no_origin_are_allowed_in_embedded_mode(env):
+    for origin, host in (("http://localhost:9000", "localhost:9000"), ("http://127.0.0.1:8000", "x:1"),
+                         (None, "127.0.0.1:8000")):
+        async with AsgiWs(env.app, origin=origin, host=host) as sock:
+            await _hello(sock, env.token("bob"))
+    assert (await _refused(env.app, origin="null")).status == 403
+    assert (await _refused(env.app, origin="http://localhost:9000", host="127.0.0.1:8000")).status == 403
+
+
+async def test_configured_allowlist_is_exact(tmp_path):
+    app, _ = await _app(tmp_path, allowed_origins="https://chat.example.com, https://admin.example.com/")
+    async with app.test_app():
+        assert (await _refused(app, origin="http://127.0.0.1:8000")).status == 403
+        assert (await _refused(app, origin="https://chat.example.com.evil.io")).status == 403
+        for origin in ("https://chat.example.com", "https://ADMIN.example.com"):
+            async with AsgiWs(app, origin=origin) as sock:
+                await _usable(sock)
+
+
+async def test_connections_per_ip_are_limited_with_429(tmp_path):
+    app, _ = await _app(tmp_path, max_connections_per_ip=2)
+    async with app.test_app():
+        here, there = "203.0.113.7", "198.51.100.9"
+        async with AsgiWs(app, client=here) as a, AsgiWs(app, client=here) as b:  # held open (awaiting auth)
+            assert a.accepted and b.accepted
+            refused = await _refused(app, client=here)
+            assert refused.status == 429 and refused.headers["retry-after"] == "5"
+            async with AsgiWs(app, client=there) as c:  # another address is not affected
+                await _usable(c)
+        await asyncio.sleep(0.05)
+        assert app.extensions["guard"].per_ip == {}  # every slot given back
+        async with AsgiWs(app, client=here) as d:
+            await _usable(d)

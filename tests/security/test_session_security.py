@@ -1,0 +1,228 @@
+"""Session controls on the embedded adapters with a manual clock: token expiry warning and 4009, refresh,
+the revocation list at the handshake, per-user and per-workspace rate limits, the plan's connection quota
+(docs/security.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.hub import Hub
+from storm.adapters.auth0_identity import Auth0Identity
+from storm.bootstrap import Services, build_services
+from storm.config import Config
+from storm.ports.clock import ManualClock
+from storm.protocol.codes import CloseCode
+from storm.protocol.session import CONNECTIONS_KEY, Session, SessionContext, State
+from storm.revocation import jti_key
+from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
+from tests.security.conftest import Jwks, auth0_config
+from tests.service.test_session import ListTransport, token
+
+GENERAL = channel_id(DEMO_WORKSPACE, "general")
+
+
+async def _services(tmp_path: Any, **overrides: Any) -> Services:
+    values: dict[str, Any] = {"database_url": f"sqlite+aiosqlite:///{tmp_path}/sec.db", "publish_rate": 100.0,
+                              "idle_timeout_s": 1e6,
+                              "publish_burst": 100}
+    values.update(overrides)
+    svc = build_services(Config.from_env({}, **values), clock=ManualClock(start=time.time()))
+    await svc.start()
+    ws = await seed_demo(svc.store)
+    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
+    return svc
+
+
+@pytest.fixture
+async def services(tmp_path) -> AsyncIterator[Services]:
+    svc = await _services(tmp_path)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+async def _ctx(svc: Services, **kw: Any) -> tuple[SessionContext, Hub]:
+    hub = Hub(svc.broker, svc.clock, sweep_interval_s=3600)
+    await hub.start()
+    ctx = SessionContext(config=svc.config, clock=svc.clock, broker=svc.broker, cache=svc.cache, store=svc.store,
+                         identity=kw.get("identity", svc.identity), directory=svc.directory, hub=hub)
+    return ctx, hub
+
+
+@pytest.fixture
+async def ctx(services) -> AsyncIterator[SessionContext]:
+    c, hub = await _ctx(services)
+    try:
+        yield c
+    finally:
+        await hub.stop()
+
+
+async def open_session(ctx: SessionContext, tok: str) -> tuple[Session, ListTransport]:
+    t = ListTransport()
+    s = Session(ctx, t)
+    await s.receive(json.dumps({"op": "auth", "token": tok}))
+    return s, t
+
+
+def publish(n: int) -> str:
+    return json.dumps({"op": "publish", "id": n, "channel": GENERAL, "cmid": f"c{n}", "text": "hi"})
+
+
+async def test_token_expiring_is_sent_before_exp_and_the_socket_closes_4009_at_exp(ctx, services):
+    clock = services.clock
+    lead = services.config.token_expiry_warning_s
+    s, t = await open_session(ctx, token(services, ttl_s=600, now=clock.time()))
+    assert s.state is State.OPEN
+    clock.advance(600 - lead - 5)
+    s.check_deadlines(clock.monotonic())
+    assert t.take("token.expiring") == [] and t.closed is None
+    await s.receive(json.dumps({"op": "ping"}))  # stay clear of the idle timeout
+    clock.advance(10)
+    s.check_deadlines(clock.monotonic())
+    (warning,) = t.take("token.expiring")
+    assert warning["expires_at"] == pytest.approx(clock.time() + lead - 5, abs=1)
+    s.check_deadlines(clock.monotonic())
+    assert t.take("token.expiring") == []  # warned once
+    await s.receive(json.dumps({"op": "ping"}))
+    clock.advance(lead)
+    s.check_deadlines(clock.monotonic())
+    assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED
+
+
+async def test_refresh_with_a_fresh_token_of_the_same_user_extends_the_session(ctx, services):
+    clock = services.clock
+    s, t = await open_session(ctx, token(services, ttl_s=120, now=clock.time()))
+    fresh = token(services, ttl_s=3600, now=clock.time())
+    await s.receive(json.dumps({"op": "auth", "token": fresh}))
+    (refreshed,) = t.take("token.refreshed")
+    assert refreshed["expires_at"] == pytest.approx(clock.time() + 3600, abs=1)
+    await s.receive(json.dumps({"op": "ping"}))
+    clock.advance(200)  # past the first token's exp
+    s.check_deadlines(clock.monotonic())
+    assert t.closed is None and s.state is State.OPEN
+
+
+async def test_refresh_with_another_users_or_an_invalid_token_is_refused_and_the_session_goes_on(ctx, services):
+    clock = services.clock
+    s, t = await open_session(ctx, token(services, ttl_s=120, now=clock.time()))
+    await s.receive(json.dumps({"op": "auth", "token": token(services, "bob", now=clock.time())}))
+    assert t.take("error")[0]["code"] == "already_authenticated"
+    await s.receive(json.dumps({"op": "auth", "token": token(services, ttl_s=-100, now=clock.time())}))
+    assert t.take("error")[0]["code"] == "unauthenticated"
+    assert s.principal is not None and s.principal.user.name == "Alice" and s.state is State.OPEN
+    await s.receive(json.dumps({"op": "ping"}))
+    clock.advance(121)
+    s.check_deadlines(clock.monotonic())
+    assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED  # the old expiry still applies
+
+
+async def test_a_subject_on_the_revocation_list_cannot_open_a_session(ctx, services):
+    await services.cache.revoke(DEMO_WORKSPACE, "dev|bob", 60)
+    _s, t = await open_session(ctx, token(services, "bob"))
+    assert t.closed and t.closed[0] == CloseCode.REVOKED
+    assert t.take("error")[0]["code"] == "unauthenticated"
+    assert ctx.control.sessions(DEMO_WORKSPACE) == 0  # nothing left registered
+    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 0
+
+
+async def test_revoked_auth0_token_is_refused(services, jwks: Jwks):
+    """The negative matrix's `revoked` case, with a real RS256 token: its jti is on the list."""
+    identity = Auth0Identity(auth0_config(jwks), wall=services.clock.time)
+    ctx, hub = await _ctx(services, identity=identity)
+    now = int(services.clock.time())
+    try:
+        good = jwks.token(sub="dev|alice", iat=now, nbf=now - 1, exp=now + 600, jti="t-ok")
+        s, t = await open_session(ctx, good)
+        assert s.state is State.OPEN, t.events
+        await services.cache.revoke(DEMO_WORKSPACE, jti_key("t-revoked"), 600)
+        bad = jwks.token(sub="dev|alice", iat=now, nbf=now - 1, exp=now + 600, jti="t-revoked")
+        _s2, t2 = await open_session(ctx, bad)
+        assert t2.closed and t2.closed[0] == CloseCode.REVOKED
+    finally:
+        await hub.stop()
+
+
+async def test_open_sessions_of_a_revoked_subject_close_4010_on_every_gateway(services):
+    """Two gateways (two hubs and control routers) on one broker: the control event reaches both."""
+    from storm.revocation import revoke
+
+    (ctx1, hub1), (ctx2, hub2) = await _ctx(services), await _ctx(services)
+    try:
+        a1, t1 = await open_session(ctx1, token(services, "bob"))
+        a2, t2 = await open_session(ctx2, token(services, "bob"))
+        c, tc = await open_session(ctx2, token(services, "carol"))
+        await revoke(services.cache, services.broker, DEMO_WORKSPACE, "dev|bob", reason="ban", ttl=60)
+        assert t1.closed and t1.closed[0] == CloseCode.REVOKED
+        assert t2.closed and t2.closed[0] == CloseCode.REVOKED
+        assert tc.closed is None and c.state is State.OPEN
+        for s in (a1, a2, c):
+            await s.closed()
+        assert ctx1.control.sessions(DEMO_WORKSPACE) == 0 and ctx2.control.sessions(DEMO_WORKSPACE) == 0
+    finally:
+        await hub1.stop()
+        await hub2.stop()
+
+
+async def test_per_user_rate_limit_spans_connections(tmp_path):
+    svc = await _services(tmp_path, user_publish_rate=1.0, user_publish_burst=4)
+    ctx, hub = await _ctx(svc)
+    try:
+        a, ta = await open_session(ctx, token(svc, "alice"))
+        b, tb = await open_session(ctx, token(svc, "alice"))
+        for n in range(3):
+            await a.receive(publish(n))
+        await b.receive(publish(10))
+        await b.receive(publish(11))  # the fifth publish of the user, on another connection
+        assert len(ta.take("ack")) == 3 and len(tb.take("ack")) == 1
+        (err,) = tb.take("error")
+        assert err["code"] == "rate_limited" and "user" in err["message"] and err["id"] == 11
+        c, tc = await open_session(ctx, token(svc, "bob"))
+        await c.receive(publish(20))
+        assert tc.take("ack")  # another user is not affected
+    finally:
+        await hub.stop()
+        await svc.stop()
+
+
+async def test_per_workspace_rate_limit(tmp_path):
+    svc = await _services(tmp_path, workspace_publish_rate=2.0)  # burst = 2 x rate
+    ctx, hub = await _ctx(svc)
+    try:
+        sessions = [await open_session(ctx, token(svc, u)) for u in ("alice", "bob", "carol")]
+        n = 0
+        for s, _ in sessions:
+            for _ in range(2):
+                n += 1
+                await s.receive(publish(n))
+        acks = sum(len(t.take("ack")) for _, t in sessions)
+        errors = [e for _, t in sessions for e in t.take("error")]
+        assert acks == 4 and len(errors) == 2
+        assert all(e["code"] == "rate_limited" and "workspace" in e["message"] for e in errors)
+        svc.clock.advance(1.0)
+        await sessions[2][0].receive(publish(99))
+        assert sessions[2][1].take("ack")  # refilled
+    finally:
+        await hub.stop()
+        await svc.stop()
+
+
+async def test_plan_connection_quota_closes_4029(ctx, services):
+    from storm.domain import PLANS
+
+    limit = PLANS["enterprise"].max_connections  # the demo workspace's plan (storm/seed.py)
+    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, limit - 1)  # sessions on other gateways
+    s, _t = await open_session(ctx, token(services, "alice"))
+    assert s.state is State.OPEN
+    _s2, t2 = await open_session(ctx, token(services, "bob"))
+    assert t2.closed and t2.closed[0] == CloseCode.TOO_MANY_CONNECTIONS
+    assert t2.take("error")[0]["code"] == "quota_exceeded"
+    await s.closed()  # a slot is given back
+    s3, _t3 = await open_session(ctx, token(services, "bob"))
+    assert s3.state is State.OPEN
