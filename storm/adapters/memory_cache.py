@@ -1,24 +1,79 @@
 """Embedded cache: dictionaries with TTLs, with the semantics of the Cache port (storm/ports/cache.py).
 
-Expiry is lazy (checked on access) plus a sweep on every presence write, so memory stays bounded by the
-live entries.  Everything is keyed by workspace first, so ``drop_workspace`` is one dictionary pop.
+Expiry is lazy (checked on access).  Presence entries also sit in a per-channel heap of expiry times, so
+the expired ones are swept in O(log n) each and no presence call walks every entry of a channel: the
+``_workspace`` pseudo-channel holds every connection of the workspace, and the fan-out benchmark showed a
+linear scan there as a hot spot.  Everything is keyed by workspace first, so ``drop_workspace`` is one
+dictionary pop.  Guarantees: docs/cache.md.
 """
 
 from __future__ import annotations
 
-from storm.errors import Unavailable
-from storm.ports.cache import PresenceEntry
+import heapq
+
+from storm.errors import QuotaExceeded, Unavailable
+from storm.ports.cache import PresenceEntry, check_bucket, check_ttl
 from storm.ports.clock import Clock
 
 
+class _Channel:
+    """Live presence of one channel: entries by connection, connections by user, and an expiry heap.
+
+    The heap may hold stale (expires_at, conn_id) pairs left by refreshes; a pair counts only while it
+    matches the connection's current expiry.  Stale pairs leave the heap when their time passes, and the
+    heap is rebuilt from the live entries when it grows past four pairs per connection."""
+
+    __slots__ = ("by_user", "conns", "heap")
+
+    def __init__(self) -> None:
+        self.conns: dict[str, tuple[PresenceEntry, float]] = {}
+        self.by_user: dict[str, set[str]] = {}
+        self.heap: list[tuple[float, str]] = []
+
+    def sweep(self, now: float) -> None:
+        heap, conns = self.heap, self.conns
+        while heap and heap[0][0] <= now:
+            expires, cid = heapq.heappop(heap)
+            current = conns.get(cid)
+            if current is not None and current[1] == expires:
+                self.discard(cid)
+
+    def put(self, conn_id: str, entry: PresenceEntry, expires: float) -> None:
+        old = self.conns.get(conn_id)
+        if old is not None and old[0].user_id != entry.user_id:
+            self.discard(conn_id)
+        self.conns[conn_id] = (entry, expires)
+        self.by_user.setdefault(entry.user_id, set()).add(conn_id)
+        heapq.heappush(self.heap, (expires, conn_id))
+        if len(self.heap) > 4 * len(self.conns) + 64:  # mostly stale pairs: rebuild (amortised O(1))
+            self.heap = [(exp, cid) for cid, (_, exp) in self.conns.items()]
+            heapq.heapify(self.heap)
+
+    def discard(self, conn_id: str) -> PresenceEntry | None:
+        """Drop the connection's entry; returns the user when it was their last one."""
+        gone = self.conns.pop(conn_id, None)
+        if gone is None:
+            return None
+        entry = gone[0]
+        cids = self.by_user.get(entry.user_id)
+        if cids is not None:
+            cids.discard(conn_id)
+            if cids:
+                return None
+            del self.by_user[entry.user_id]
+        return entry
+
+
 class _Space:
-    __slots__ = ("counters", "kv", "presence")
+    __slots__ = ("buckets", "counters", "kv", "presence", "revoked")
 
     def __init__(self) -> None:
         self.kv: dict[str, tuple[bytes, float]] = {}
         self.counters: dict[str, int] = {}
-        # channel -> conn_id -> (entry, expires_at)
-        self.presence: dict[str, dict[str, tuple[PresenceEntry, float]]] = {}
+        self.presence: dict[str, _Channel] = {}
+        # key -> (tokens, updated_at, full_at): a bucket past full_at is full again and may be forgotten
+        self.buckets: dict[str, tuple[float, float, float]] = {}
+        self.revoked: dict[str, float] = {}  # subject -> expires_at
 
 
 class MemoryCache:
@@ -57,6 +112,7 @@ class MemoryCache:
         return hit[0]
 
     async def set(self, workspace: str, key: str, value: bytes, ttl: float) -> None:
+        ttl = check_ttl(ttl)
         kv = self._space(workspace).kv
         if len(kv) >= self._max_keys and key not in kv:
             self._evict_expired(kv)
@@ -73,6 +129,7 @@ class MemoryCache:
         self._space(workspace).kv.pop(key, None)
 
     async def put_if_absent(self, workspace: str, key: str, value: bytes, ttl: float) -> bytes | None:
+        check_ttl(ttl)
         existing = await self.get(workspace, key)
         if existing is not None:
             return existing
@@ -84,54 +141,107 @@ class MemoryCache:
         counters[key] = counters.get(key, 0) + delta
         return counters[key]
 
-    # -- presence ---------------------------------------------------------------------------------------
-    def _live(self, conns: dict[str, tuple[PresenceEntry, float]]) -> None:
+    # -- rate buckets and revocations -------------------------------------------------------------------
+    async def rate_take(self, workspace: str, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        check_bucket(rate, burst, cost)
+        buckets = self._space(workspace).buckets
         now = self._clock.monotonic()
-        for cid in [c for c, (_, exp) in conns.items() if exp <= now]:
-            del conns[cid]
+        state = buckets.get(key)
+        if state is None:
+            tokens, updated = float(burst), now
+        else:
+            tokens, updated, _ = state
+            tokens = min(float(burst), tokens + max(0.0, now - updated) * rate)
+            updated = max(updated, now)
+        if tokens < cost:
+            buckets[key] = (tokens, updated, updated + (burst - tokens) / rate)
+            return (cost - tokens) / rate
+        tokens -= cost
+        if state is None and len(buckets) >= self._max_keys:
+            self._evict_full_buckets(buckets, now)
+        buckets[key] = (tokens, updated, updated + (burst - tokens) / rate)
+        return 0.0
+
+    def _evict_full_buckets(self, buckets: dict[str, tuple[float, float, float]], now: float) -> None:
+        """A bucket past its refill time is full, exactly like an absent one: forgetting it changes nothing.
+        If none is, the oldest insertion goes (it may have been drained: a bounded leniency)."""
+        for k in [k for k, (_, _, full_at) in buckets.items() if full_at <= now]:
+            del buckets[k]
+        if len(buckets) >= self._max_keys:
+            buckets.pop(next(iter(buckets)))
+
+    async def revoke(self, workspace: str, subject: str, ttl: float) -> None:
+        ttl = check_ttl(ttl)
+        revoked = self._space(workspace).revoked
+        now = self._clock.monotonic()
+        if len(revoked) >= self._max_keys and subject not in revoked:
+            for s in [s for s, exp in revoked.items() if exp <= now]:
+                del revoked[s]
+            if len(revoked) >= self._max_keys:  # never forget a live revocation silently
+                raise QuotaExceeded("revocation list is full", field="subject")
+        revoked[subject] = max(revoked.get(subject, 0.0), now + ttl)
+
+    async def is_revoked(self, workspace: str, subject: str) -> bool:
+        revoked = self._space(workspace).revoked
+        expires = revoked.get(subject)
+        if expires is None:
+            return False
+        if expires <= self._clock.monotonic():
+            del revoked[subject]
+            return False
+        return True
+
+    # -- presence ---------------------------------------------------------------------------------------
+    def _channel(self, workspace: str, channel: str) -> _Channel | None:
+        ch = self._space(workspace).presence.get(channel)
+        if ch is not None:
+            ch.sweep(self._clock.monotonic())
+        return ch
+
+    def _drop_if_empty(self, workspace: str, channel: str, ch: _Channel) -> None:
+        if not ch.conns:
+            self._space(workspace).presence.pop(channel, None)
 
     async def presence_add(
         self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
     ) -> bool:
-        conns = self._space(workspace).presence.setdefault(channel, {})
-        self._live(conns)
-        already = any(e.user_id == entry.user_id for cid, (e, _) in conns.items() if cid != conn_id)
-        conns[conn_id] = (entry, self._clock.monotonic() + ttl)
+        ttl = check_ttl(ttl)
+        ch = self._channel(workspace, channel) or self._space(workspace).presence.setdefault(channel, _Channel())
+        others = ch.by_user.get(entry.user_id, ())
+        already = any(cid != conn_id for cid in others)
+        ch.put(conn_id, entry, self._clock.monotonic() + ttl)
         return not already
 
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
-        space = self._space(workspace)
-        conns = space.presence.get(channel)
-        if not conns:
+        ch = self._channel(workspace, channel)
+        if ch is None:
             return None
-        self._live(conns)
-        gone = conns.pop(conn_id, None)
-        if not conns:
-            space.presence.pop(channel, None)
-        if gone is None:
-            return None
-        entry = gone[0]
-        if any(e.user_id == entry.user_id for e, _ in conns.values()):
-            return None
-        return entry
+        left = ch.discard(conn_id)
+        self._drop_if_empty(workspace, channel, ch)
+        return left
 
     async def presence_refresh(self, workspace: str, channels: list[str], conn_id: str, ttl: float) -> None:
+        ttl = check_ttl(ttl)
         presence = self._space(workspace).presence
         expires = self._clock.monotonic() + ttl
-        for ch in channels:
-            conns = presence.get(ch)
-            if conns and conn_id in conns:
-                conns[conn_id] = (conns[conn_id][0], expires)
+        for channel in channels:
+            ch = presence.get(channel)
+            if ch is None:
+                continue
+            ch.sweep(self._clock.monotonic())
+            current = ch.conns.get(conn_id)
+            if current is not None:
+                ch.put(conn_id, current[0], expires)
+            self._drop_if_empty(workspace, channel, ch)
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
-        conns = self._space(workspace).presence.get(channel)
-        if not conns:
+        ch = self._channel(workspace, channel)
+        if ch is None:
             return []
-        self._live(conns)
-        seen: dict[str, PresenceEntry] = {}
-        for entry, _ in conns.values():
-            seen.setdefault(entry.user_id, entry)
-        return sorted(seen.values(), key=lambda e: (e.name, e.user_id))
+        self._drop_if_empty(workspace, channel, ch)
+        conns = ch.conns
+        users = [conns[next(iter(cids))][0] for cids in ch.by_user.values()]
+        return sorted(users, key=lambda e: (e.name, e.user_id))
 
     async def drop_workspace(self, workspace: str) -> None:
         if self._state != "running":

@@ -1,19 +1,44 @@
-"""Cache port: presence, cache-aside key/values (membership), put-if-absent (dedup), counters.
+"""Cache port: presence, cache-aside key/values (membership), put-if-absent (dedup), counters, shared
+rate buckets and revocation lists.
 
 Every key lives under a workspace: the workspace is the first argument of every call and
-``drop_workspace`` removes all of a workspace's keys.  Contract in tests/contract/test_cache_contract.py.
+``drop_workspace`` removes all of a workspace's keys.  TTLs are seconds and must be > 0 (``BadRequest``
+otherwise); an entry lives at least its TTL (Hazelcast: up to ~2 s more, its expiry is in whole seconds).
+A backing service that is down raises ``Unavailable``.  Contract in
+tests/contract/test_cache_contract.py; guarantees per adapter (what is atomic, what is eventually
+consistent) in docs/cache.md.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
+
+from storm.errors import BadRequest
 
 
 @dataclass(frozen=True, slots=True)
 class PresenceEntry:
     user_id: str
     name: str
+
+
+def check_ttl(ttl: float) -> float:
+    """Every adapter's TTL rule: a finite number of seconds > 0 (Hazelcast would read 0 as "forever")."""
+    if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+        raise BadRequest(f"ttl must be a finite number of seconds > 0, not {ttl!r}", field="ttl")
+    return float(ttl)
+
+
+def check_bucket(rate: float, burst: int, cost: int) -> None:
+    """Every adapter's token-bucket argument rule (see ``Cache.rate_take``)."""
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise BadRequest(f"rate must be a finite number > 0, not {rate!r}", field="rate")
+    if not (isinstance(burst, int) and burst >= 1):
+        raise BadRequest(f"burst must be an integer >= 1, not {burst!r}", field="burst")
+    if not (isinstance(cost, int) and 1 <= cost <= burst):
+        raise BadRequest(f"cost must be an integer between 1 and burst ({burst}), not {cost!r}", field="cost")
 
 
 class Cache(Protocol):
@@ -29,18 +54,42 @@ class Cache(Protocol):
     async def delete(self, workspace: str, key: str) -> None: ...
 
     async def put_if_absent(self, workspace: str, key: str, value: bytes, ttl: float) -> bytes | None:
-        """Store ``value`` unless the key exists; returns the existing value, or None when stored."""
+        """Store ``value`` unless the key exists; returns the existing value, or None when stored.  Atomic:
+        of two concurrent callers (in any process) exactly one gets None."""
         ...
 
     async def incr(self, workspace: str, key: str, delta: int = 1) -> int:
-        """Add ``delta`` to a counter (created at 0) and return the new value."""
+        """Add ``delta`` to a counter (created at 0) and return the new value.  Counters have no TTL; they go
+        with ``drop_workspace``.  Across processes the value read back may lag other processes' increments
+        (Hazelcast: a PN counter, eventually consistent), never the caller's own."""
+        ...
+
+    # -- limits shared by every process using the cache -------------------------------------------------
+    async def rate_take(self, workspace: str, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        """Token bucket shared by every process using this cache: take `cost` tokens; 0.0 when allowed,
+        otherwise the seconds to wait until `cost` tokens would be available (nothing is taken).
+
+        The bucket refills at ``rate`` tokens per second up to ``burst`` and starts full.  ``rate`` > 0,
+        1 <= ``cost`` <= ``burst`` (``BadRequest`` otherwise)."""
+        ...
+
+    async def revoke(self, workspace: str, subject: str, ttl: float) -> None:
+        """Put `subject` (a user id, or `jti:<token id>`) on the workspace's revocation list for ttl s."""
+        ...
+
+    async def is_revoked(self, workspace: str, subject: str) -> bool:
+        """True while ``subject`` is on the workspace's revocation list (until its ttl runs out)."""
         ...
 
     # -- presence: one entry per (channel, connection), each with its own TTL --------------------------
     async def presence_add(
         self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
     ) -> bool:
-        """Record a connection's presence.  True when the user had no other live entry in the channel."""
+        """Record a connection's presence.  True when the user had no other live entry in the channel.
+
+        Within one process this is exact.  Across processes (Hazelcast) joins and leaves are announced at
+        least once: two gateways adding a user's first two entries at the same moment may both return True
+        (see docs/cache.md, "Presence races")."""
         ...
 
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
@@ -55,4 +104,6 @@ class Cache(Protocol):
         """Users with at least one live entry in the channel, each once."""
         ...
 
-    async def drop_workspace(self, workspace: str) -> None: ...
+    async def drop_workspace(self, workspace: str) -> None:
+        """Remove everything the workspace has in the cache: keys, presence, counters, buckets, revocations."""
+        ...

@@ -1,24 +1,143 @@
-"""Cache port contract (storm/ports/cache.py), run against every adapter."""
+"""Cache port contract (storm/ports/cache.py), run against every adapter, then Hazelcast-only behaviour
+across several clients (dead gateways, near-cache invalidation, shared rate buckets, complete drops).
+
+Every test gets its own workspace slug, so runs against a shared Hazelcast never collide.  Guarantees
+under test: docs/cache.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from storm.ports.cache import PresenceEntry
+import pytest
+
+from storm.adapters.memory_cache import MemoryCache
+from storm.config import Config
+from storm.errors import BadRequest, Unavailable
+from storm.ports.cache import Cache, PresenceEntry
 
 ALICE = PresenceEntry("u-alice", "Alice")
 BOB = PresenceEntry("u-bob", "Bob")
 
 
-async def test_kv_roundtrip_ttl_and_delete(cache, workspace):
+class ShiftedClock:
+    """Real time plus an offset the test can push forward: TTLs still run on real time (Hazelcast's
+    expiry does), while token-bucket tests jump ahead without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+def _hazelcast_config(members: str) -> Config:
+    return Config(hazelcast_members=members, hazelcast_cluster="storm")
+
+
+@pytest.fixture
+async def hazelcast_caches(
+    hazelcast_members: str, clock: ShiftedClock, workspace: str
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory of started HazelcastCache clients (each one is what one gateway process holds)."""
+    from storm.adapters.hazelcast_cache import HazelcastCache
+
+    started: list[HazelcastCache] = []
+
+    async def make(**kwargs: Any) -> HazelcastCache:
+        c = HazelcastCache(_hazelcast_config(hazelcast_members), clock, **kwargs)
+        await c.start()
+        started.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        running = [c for c in started if c._state == "running"]
+        if running:
+            await _clean(running[0], workspace)
+        for c in started:
+            await c.stop()
+
+
+async def _clean(cache: Cache, workspace: str) -> None:
+    """The member is shared by every run: leave no PN counter (they have no TTL) behind."""
+    for ws in (workspace, workspace + "-other", workspace + "-x"):
+        await cache.drop_workspace(ws)
+
+
+@pytest.fixture(params=["memory", pytest.param("hazelcast", marks=pytest.mark.integration)])
+async def cache(request: pytest.FixtureRequest, clock: ShiftedClock, workspace: str) -> AsyncIterator[Cache]:
+    if request.param == "hazelcast":
+        from storm.adapters.hazelcast_cache import HazelcastCache
+
+        c: Cache = HazelcastCache(_hazelcast_config(request.getfixturevalue("hazelcast_members")), clock)
+    else:
+        c = MemoryCache(clock)
+    await c.start()
+    try:
+        yield c
+    finally:
+        if request.param == "hazelcast" and c._state == "running":  # type: ignore[attr-defined]
+            await _clean(c, workspace)
+        await c.stop()
+
+
+@pytest.fixture
+def short_ttl(cache: Cache) -> tuple[float, float]:
+    """(a short TTL, the time by which an entry with it is surely gone).  Hazelcast keeps expiry times in
+    whole seconds, and the adapter rounds TTLs up (at least ttl, at most ~ttl + 2 s; docs/cache.md)."""
+    return (1.0, 3.2) if type(cache).__name__ == "HazelcastCache" else (0.1, 0.3)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.05) -> float:
+    """Seconds until ``check()`` holds; fails the test after ``timeout``."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - start
+
+
+# ---- key/value ---------------------------------------------------------------------------------------
+
+
+async def test_kv_roundtrip_ttl_and_delete(cache, workspace, short_ttl):
+    ttl, gone_by = short_ttl
     assert await cache.get(workspace, "k") is None
     await cache.set(workspace, "k", b"v", 10)
     assert await cache.get(workspace, "k") == b"v"
-    await cache.set(workspace, "short", b"x", 0.1)
-    await asyncio.sleep(0.25)
-    assert await cache.get(workspace, "short") is None
+    await cache.set(workspace, "short", b"x", ttl)
+    assert await cache.get(workspace, "short") == b"x"
+    assert await eventually(lambda: _equals(cache.get(workspace, "short"), None), gone_by) >= ttl * 0.9
     await cache.delete(workspace, "k")
     assert await cache.get(workspace, "k") is None
+
+
+async def test_directory_keys_roundtrip_including_empty_values(cache, workspace):
+    """The directory caches negative answers as b"" (storm/directory.py): b"" must not read as a miss."""
+    await cache.set(workspace, "member:abc", b"", 10)
+    await cache.set(workspace, "ws", b"\x94\xa1x", 10)
+    assert await cache.get(workspace, "member:abc") == b""
+    assert await cache.get(workspace, "ws") == b"\x94\xa1x"
+    await cache.delete(workspace, "member:abc")
+    assert await cache.get(workspace, "member:abc") is None
 
 
 async def test_keys_are_scoped_by_workspace(cache, workspace):
@@ -32,10 +151,101 @@ async def test_put_if_absent_returns_existing(cache, workspace):
     assert await cache.get(workspace, "cmid:1") == b"first"
 
 
+async def test_put_if_absent_stores_again_after_the_ttl(cache, workspace, short_ttl):
+    ttl, gone_by = short_ttl
+    assert await cache.put_if_absent(workspace, "cmid:2", b"", ttl) is None
+    assert await cache.put_if_absent(workspace, "cmid:2", b"again", 10) == b""
+    await eventually(lambda: _equals(cache.put_if_absent(workspace, "cmid:2", b"again", 10), None), gone_by)
+    assert await cache.get(workspace, "cmid:2") == b"again"
+
+
+async def test_put_if_absent_is_atomic_between_concurrent_callers(cache, workspace):
+    results = await asyncio.gather(*(cache.put_if_absent(workspace, "cmid:3", str(i).encode(), 10) for i in range(8)))
+    assert sum(r is None for r in results) == 1
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("inf"), float("nan")])
+async def test_ttl_must_be_positive_and_finite(cache, workspace, channel, ttl):
+    with pytest.raises(BadRequest):
+        await cache.set(workspace, "k", b"v", ttl)
+    with pytest.raises(BadRequest):
+        await cache.put_if_absent(workspace, "k", b"v", ttl)
+    with pytest.raises(BadRequest):
+        await cache.presence_add(workspace, channel, "c", ALICE, ttl)
+    with pytest.raises(BadRequest):
+        await cache.revoke(workspace, "u-1", ttl)
+    assert await cache.get(workspace, "k") is None
+
+
+# ---- counters ----------------------------------------------------------------------------------------
+
+
 async def test_counters(cache, workspace):
     assert await cache.incr(workspace, "c") == 1
     assert await cache.incr(workspace, "c", 5) == 6
     assert await cache.incr(workspace, "c", -2) == 4
+    assert await cache.incr(workspace, "other") == 1
+    assert await cache.incr(workspace + "-other", "c") == 1
+
+
+# ---- rate buckets ------------------------------------------------------------------------------------
+
+
+async def test_rate_bucket_allows_the_burst_then_says_how_long_to_wait(cache, workspace, clock):
+    assert [await cache.rate_take(workspace, "pub:u1", 2.0, 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await cache.rate_take(workspace, "pub:u1", 2.0, 3)
+    assert 0.4 < wait <= 0.5  # one token at 2 tokens/s (a few ms of real time may have refilled)
+    clock.advance(wait + 0.01)
+    assert await cache.rate_take(workspace, "pub:u1", 2.0, 3) == 0.0
+    assert await cache.rate_take(workspace, "pub:u1", 2.0, 3) > 0.0
+
+
+async def test_rate_bucket_cost_and_refusal_takes_nothing(cache, workspace, clock):
+    assert await cache.rate_take(workspace, "b", 1.0, 10, cost=8) == 0.0
+    wait = await cache.rate_take(workspace, "b", 1.0, 10, cost=5)  # 2 left: 3 missing
+    assert 2.9 < wait <= 3.0
+    assert await cache.rate_take(workspace, "b", 1.0, 10, cost=2) == 0.0  # the refusal took nothing
+    clock.advance(10)
+    assert await cache.rate_take(workspace, "b", 1.0, 10, cost=10) == 0.0  # refilled up to burst only
+    assert await cache.rate_take(workspace, "b", 1.0, 10, cost=1) > 0.0
+
+
+async def test_rate_buckets_are_per_key_and_per_workspace(cache, workspace):
+    assert await cache.rate_take(workspace, "a", 0.01, 1) == 0.0
+    assert await cache.rate_take(workspace, "a", 0.01, 1) > 0.0
+    assert await cache.rate_take(workspace, "b", 0.01, 1) == 0.0
+    assert await cache.rate_take(workspace + "-other", "a", 0.01, 1) == 0.0
+
+
+@pytest.mark.parametrize(("rate", "burst", "cost"), [(0, 1, 1), (-1, 1, 1), (1, 0, 1), (1, 2, 3), (1, 2, 0)])
+async def test_rate_bucket_refuses_bad_arguments(cache, workspace, rate, burst, cost):
+    with pytest.raises(BadRequest):
+        await cache.rate_take(workspace, "k", rate, burst, cost)
+
+
+# ---- revocations -------------------------------------------------------------------------------------
+
+
+async def test_revocations_expire_and_are_per_workspace(cache, workspace):
+    assert await cache.is_revoked(workspace, "u-1") is False
+    await cache.revoke(workspace, "u-1", 10)
+    await cache.revoke(workspace, "jti:t-9", 0.2)
+    assert await cache.is_revoked(workspace, "u-1") is True
+    assert await cache.is_revoked(workspace, "jti:t-9") is True
+    assert await cache.is_revoked(workspace + "-other", "u-1") is False
+    await asyncio.sleep(0.35)
+    assert await cache.is_revoked(workspace, "jti:t-9") is False
+    assert await cache.is_revoked(workspace, "u-1") is True
+
+
+async def test_a_shorter_revocation_does_not_shorten_a_longer_one(cache, workspace):
+    await cache.revoke(workspace, "u-2", 10)
+    await cache.revoke(workspace, "u-2", 0.1)
+    await asyncio.sleep(0.25)
+    assert await cache.is_revoked(workspace, "u-2") is True
+
+
+# ---- presence ----------------------------------------------------------------------------------------
 
 
 async def test_presence_join_and_leave_per_user_not_per_connection(cache, workspace, channel):
@@ -49,18 +259,200 @@ async def test_presence_join_and_leave_per_user_not_per_connection(cache, worksp
     assert await cache.presence_remove(workspace, channel, "conn-unknown") is None
 
 
-async def test_presence_expires_without_refresh_and_survives_with_it(cache, workspace, channel):
-    await cache.presence_add(workspace, channel, "conn-1", ALICE, 0.3)
-    await cache.presence_add(workspace, channel, "conn-2", BOB, 0.3)
-    await asyncio.sleep(0.15)
-    await cache.presence_refresh(workspace, [channel], "conn-2", 1.0)
-    await asyncio.sleep(0.3)
+async def test_presence_readding_the_same_connection_is_not_a_second_user_entry(cache, workspace, channel):
+    assert await cache.presence_add(workspace, channel, "conn-1", ALICE, 10) is True
+    assert await cache.presence_add(workspace, channel, "conn-1", ALICE, 10) is True  # still only this one
+    assert await cache.presence_remove(workspace, channel, "conn-1") == ALICE
+
+
+async def test_presence_is_per_channel_and_per_workspace(cache, workspace, channel):
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, 10)
+    assert await cache.presence_add(workspace, "_workspace", "conn-1", ALICE, 10) is True
+    assert await cache.presence_add(workspace + "-other", channel, "conn-9", ALICE, 10) is True
+    assert await cache.presence_list(workspace, str(uuid.uuid4())) == []
+    assert await cache.presence_remove(workspace, channel, "conn-1") == ALICE
+    assert await cache.presence_list(workspace, "_workspace") == [ALICE]
+    assert await cache.presence_list(workspace + "-other", channel) == [ALICE]
+
+
+async def test_presence_expires_without_refresh_and_survives_with_it(cache, workspace, channel, short_ttl):
+    ttl, gone_by = short_ttl
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, ttl)
+    await cache.presence_add(workspace, channel, "conn-2", BOB, ttl)
+    await cache.presence_refresh(workspace, [channel], "conn-2", 10)
+    assert await cache.presence_list(workspace, channel) == [ALICE, BOB]
+    await eventually(lambda: _equals(cache.presence_list(workspace, channel), [BOB]), gone_by)
     assert await cache.presence_list(workspace, channel) == [BOB]
 
 
+async def test_presence_expired_tab_does_not_hide_the_last_leave(cache, workspace, channel, short_ttl):
+    ttl, gone_by = short_ttl
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, ttl)
+    await cache.presence_add(workspace, channel, "conn-x", BOB, ttl)  # added after conn-1: expires no sooner
+    assert await cache.presence_add(workspace, channel, "conn-2", ALICE, 10) is False
+    # conn-1's gateway died: its entry expires (seen through bob's, which goes no sooner)
+    await eventually(lambda: _equals(cache.presence_list(workspace, channel), [ALICE]), gone_by)
+    assert await cache.presence_remove(workspace, channel, "conn-2") == ALICE
+    assert await cache.presence_add(workspace, channel, "conn-3", ALICE, 10) is True  # back: a join again
+
+
+async def test_presence_refresh_does_not_revive_a_removed_entry(cache, workspace, channel):
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, 10)
+    await cache.presence_remove(workspace, channel, "conn-1")
+    await cache.presence_refresh(workspace, [channel, "_workspace"], "conn-1", 10)
+    assert await cache.presence_list(workspace, channel) == []
+
+
+# ---- workspace deletion and lifecycle ----------------------------------------------------------------
+
+
 async def test_drop_workspace(cache, workspace, channel):
-    await cache.set(workspace, "k", b"v", 10)
-    await cache.presence_add(workspace, channel, "c", ALICE, 10)
+    neighbour = workspace + "-x"  # a slug that extends this one must keep everything
+    for ws in (workspace, neighbour):
+        await cache.set(ws, "k", b"v", 10)
+        await cache.set(ws, "member:u1", b"member", 10)
+        await cache.presence_add(ws, channel, "c", ALICE, 10)
+        await cache.incr(ws, "reactions:m1:+1", 3)
+        await cache.rate_take(ws, "pub", 0.001, 1)
+        await cache.revoke(ws, "u-1", 10)
     await cache.drop_workspace(workspace)
     assert await cache.get(workspace, "k") is None
+    assert await cache.get(workspace, "member:u1") is None
     assert await cache.presence_list(workspace, channel) == []
+    assert await cache.incr(workspace, "reactions:m1:+1") == 1
+    assert await cache.rate_take(workspace, "pub", 0.001, 1) == 0.0
+    assert await cache.is_revoked(workspace, "u-1") is False
+    assert await cache.get(neighbour, "k") == b"v"
+    assert await cache.get(neighbour, "member:u1") == b"member"
+    assert await cache.presence_list(neighbour, channel) == [ALICE]
+    assert await cache.incr(neighbour, "reactions:m1:+1") == 4
+    assert await cache.rate_take(neighbour, "pub", 0.001, 1) > 0.0
+    assert await cache.is_revoked(neighbour, "u-1") is True
+    await cache.drop_workspace(neighbour)
+
+
+async def test_lifecycle_start_once_stop_idempotent(cache, workspace):
+    with pytest.raises(RuntimeError):
+        await cache.start()
+    await cache.stop()
+    await cache.stop()
+    with pytest.raises(Unavailable):
+        await cache.get(workspace, "k")
+
+
+# ---- Hazelcast only: several clients, as several gateways would hold -----------------------------------
+
+hazelcast_only = pytest.mark.integration
+
+
+@hazelcast_only
+async def test_presence_of_a_dead_gateway_disappears_within_the_ttl(hazelcast_caches, workspace, channel):
+    ttl = 1.0  # stored as whole seconds, rounded up: gone between 1 and ~2 s after the last refresh
+    alive, doomed = await hazelcast_caches(), await hazelcast_caches()
+    assert await alive.presence_add(workspace, channel, "conn-a", ALICE, ttl) is True
+    assert await doomed.presence_add(workspace, channel, "conn-b", BOB, ttl) is True
+    assert await doomed.presence_add(workspace, channel, "conn-b2", ALICE, ttl) is False  # seen across clients
+    await doomed.stop()  # the gateway dies: nobody refreshes or removes its entries
+    assert await alive.presence_list(workspace, channel) == [ALICE, BOB]  # they live in the cluster, not in it
+
+    async def only_alice_left() -> bool:
+        await alive.presence_refresh(workspace, [channel], "conn-a", ttl)  # alice's gateway heartbeats
+        return await alive.presence_list(workspace, channel) == [ALICE]
+
+    assert ttl * 0.9 <= await eventually(only_alice_left, ttl + 2.2, interval=0.3)
+    assert await alive.presence_remove(workspace, channel, "conn-a") == ALICE  # conn-b2 expired with its gateway
+
+
+@hazelcast_only
+async def test_directory_near_cache_is_invalidated_by_another_clients_writes(hazelcast_caches, workspace):
+    reader, writer = await hazelcast_caches(), await hazelcast_caches()
+    await writer.set(workspace, "member:u1", b"member", 30)
+    assert await reader.get(workspace, "member:u1") == b"member"
+    near = reader._client._near_cache_manager.list_near_caches()  # the adapter's one near-cached map
+    hits = near[0].get_statistics()["hits"]
+    assert await reader.get(workspace, "member:u1") == b"member"
+    assert near[0].get_statistics()["hits"] == hits + 1  # served locally, no round trip
+    await writer.set(workspace, "member:u1", b"admin", 30)
+    assert await eventually(lambda: _equals(reader.get(workspace, "member:u1"), b"admin"), 1.0) < 1.0
+    await writer.delete(workspace, "member:u1")
+    assert await eventually(lambda: _equals(reader.get(workspace, "member:u1"), None), 1.0) < 1.0
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
+@hazelcast_only
+async def test_rate_bucket_is_shared_by_every_client(hazelcast_caches, workspace):
+    a, b = await hazelcast_caches(), await hazelcast_caches()
+    # taking in turns: the two clients drain one bucket of 6, not one each
+    taken = [await (a if i % 2 else b).rate_take(workspace, "turns", 0.001, 6) == 0.0 for i in range(10)]
+    assert taken == [True] * 6 + [False] * 4
+    # racing: 40 concurrent takes from two clients on a bucket of 10 never get more than 10
+    results = await asyncio.gather(*(c.rate_take(workspace, "race", 0.001, 10) for c in (a, b) * 20))
+    allowed = sum(r == 0.0 for r in results)
+    assert 1 <= allowed <= 10
+    assert all(r > 0.0 for r in results if r != 0.0)
+
+
+@hazelcast_only
+async def test_drop_workspace_leaves_nothing_behind(hazelcast_caches, workspace, channel):
+    from storm.adapters import hazelcast_cache as hz
+
+    a, b = await hazelcast_caches(), await hazelcast_caches()
+    for c, suffix in ((a, "a"), (b, "b")):
+        await c.set(workspace, f"k-{suffix}", b"v", 30)
+        await c.set(workspace, f"member:{suffix}", b"member", 30)
+        await c.presence_add(workspace, channel, f"conn-{suffix}", ALICE, 30)
+        await c.incr(workspace, f"reactions:{suffix}")
+        await c.rate_take(workspace, f"pub:{suffix}", 1.0, 5)
+        await c.revoke(workspace, f"u-{suffix}", 30)
+    await a.drop_workspace(workspace)
+
+    in_ws = hz._in_workspace(workspace)
+    for name in (hz.MAP_DIRECTORY, hz.MAP_KV, hz.MAP_COUNTERS, hz.MAP_RATE, hz.MAP_REVOKED):
+        assert await b._maps[name].key_set(in_ws) == [], name
+    assert await b._maps[hz.MAP_PRESENCE].key_set(hz.equal("ws", workspace)) == []
+    prefix = hz.COUNTER_PREFIX + hz._ns(workspace)
+    objects = await _distributed_objects(b)
+    assert [o for o in objects if o.startswith(prefix)] == []  # the PN counters themselves are destroyed
+    assert await b.get(workspace, "member:a") is None  # b's near cache was invalidated too
+
+
+async def _distributed_objects(cache: Any) -> list[str]:
+    """Names of the cluster's distributed objects (asked of the members, not the client's proxy list)."""
+    from hazelcast.internal.asyncio_invocation import Invocation
+    from hazelcast.protocol.codec import client_get_distributed_objects_codec
+
+    client = cache._client
+    request = client_get_distributed_objects_codec.encode_request()
+    invocation = Invocation(request, response_handler=client_get_distributed_objects_codec.decode_response)
+    return [info.name for info in await client._invocation_service.ainvoke(invocation)]
+
+
+@hazelcast_only
+async def test_counters_are_shared_and_proxies_stay_bounded(hazelcast_caches, workspace):
+    a, b = await hazelcast_caches(counter_proxies_max=3), await hazelcast_caches()
+    assert await a.incr(workspace, "r") == 1
+    assert await b.incr(workspace, "r", 2) == 3  # one member here: the CRDT has nothing to lag behind
+    for i in range(6):
+        await a.incr(workspace, f"r{i}")
+    proxies = [n for (service, n) in a._client._proxy_manager._proxies if service == "hz:impl:PNCounterService"]
+    assert len(proxies) <= 3
+    assert await a.incr(workspace, "r") == 4  # a released proxy comes back with the counter's value
+
+
+@hazelcast_only
+async def test_start_fails_cleanly_when_no_member_answers(clock):
+    from storm.adapters import hazelcast_cache as hz
+
+    cache = hz.HazelcastCache(_hazelcast_config("127.0.0.1:1"), clock)
+    hz_timeout, hz.CONNECT_TIMEOUT_S = hz.CONNECT_TIMEOUT_S, 0.5
+    try:
+        with pytest.raises(Unavailable):
+            await cache.start()
+    finally:
+        hz.CONNECT_TIMEOUT_S = hz_timeout
+    with pytest.raises(RuntimeError):
+        await cache.start()
+    await cache.stop()

@@ -1,0 +1,387 @@
+"""Hazelcast cache adapter: the Cache port (storm/ports/cache.py) on a Hazelcast 5.x cluster (OSS; no CP).
+
+Design and guarantees: docs/cache.md.  In short:
+
+* The client is the asyncio client of hazelcast-python-client >= 5.7 (``hazelcast.asyncio``): every call
+  is a coroutine on our event loop, so nothing blocks it and no thread is involved.  Nothing connects in
+  ``__init__``; ``start()`` connects (and refuses a second call); ``stop()`` is idempotent.
+* A fixed set of IMaps, shared by all workspaces; every key starts with ``<len>:<workspace>/`` (the length
+  makes the prefix unambiguous whatever the slug holds), and ``drop_workspace`` removes one workspace's
+  entries from each map with a key-range predicate.  A fixed set keeps one near cache and one
+  invalidation listener per client, however many workspaces there are.
+* Directory entries (``ws``, ``member:``, ``channel:``, ``chmember:``, written by storm/directory.py) live
+  in ``storm.directory``, which has a client-side near cache invalidated by the members on change.
+* Presence: one ``storm.presence`` entry per (workspace, channel, connection) with a per-entry TTL; the
+  value is JSON so queries by (workspace, channel[, user]) use hash indexes.
+* Counters are PN counters (CRDT), one per key, listed in ``storm.counters`` so they can be destroyed.
+* Rate buckets: optimistic compare-and-set on a small ``"tokens|timestamp"`` string (no locks, no CP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import random
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+with warnings.catch_warnings():
+    # `import hazelcast` loads its threaded client too, which imports the stdlib asyncore on Python 3.11
+    # (deprecated there); we use only the asyncio client.
+    warnings.filterwarnings("ignore", message="The asyncore module is deprecated", category=DeprecationWarning)
+    from hazelcast.asyncio import HazelcastClient
+    from hazelcast.config import Config as HzConfig
+    from hazelcast.config import IndexType
+    from hazelcast.core import HazelcastJsonValue
+    from hazelcast.errors import HazelcastError
+    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less
+
+from storm.config import Config
+from storm.errors import BadRequest, Unavailable
+from storm.ports.cache import PresenceEntry, check_bucket, check_ttl
+from storm.ports.clock import Clock
+
+log = logging.getLogger("storm.cache.hazelcast")
+
+MAP_DIRECTORY = "storm.directory"  # near-cached: read on every authorisation, written on membership changes
+MAP_KV = "storm.kv"  # every other key/value (cmid dedup, ...): write-heavy, no near cache
+MAP_PRESENCE = "storm.presence"
+MAP_COUNTERS = "storm.counters"  # registry of PN counter names, per workspace (PN counters cannot be listed)
+MAP_RATE = "storm.rate"
+MAP_REVOKED = "storm.revoked"
+COUNTER_PREFIX = "storm.counter."
+DIRECTORY_KEYS = ("member:", "channel:", "chmember:")  # plus the exact key "ws"; see storm/directory.py
+
+NEAR_CACHE_TTL_S = 30.0  # = the directory's CACHE_TTL_S: bounds staleness if an invalidation is lost
+NEAR_CACHE_MAX_ENTRIES = 50_000
+CONNECT_TIMEOUT_S = 10.0  # start() gives up (Unavailable) when no member answers by then
+INVOCATION_TIMEOUT_S = 5.0  # one operation gives up (Unavailable) after this, retries included
+RATE_CAS_RETRIES = 8
+RATE_BACKOFF_S = 0.002  # upper bound of the random pause after the n-th lost race, times n
+COUNTER_PROXIES_MAX = 10_000  # PN counter proxies kept by the client; the rest are let go (LRU)
+DROP_CONCURRENCY = 32
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _ns(workspace: str) -> str:
+    if not isinstance(workspace, str) or not workspace:
+        raise BadRequest("workspace must be a non-empty string", field="workspace")
+    return f"{len(workspace)}:{workspace}/"
+
+
+def _in_workspace(workspace: str) -> Predicate:
+    """Keys that start with the workspace prefix: the range [prefix, prefix with '/' bumped to '0')."""
+    prefix = _ns(workspace)
+    return and_(greater_or_equal("__key", prefix), less("__key", prefix[:-1] + "0"))
+
+
+def _presence_key(workspace: str, channel: str, conn_id: str) -> str:
+    return f"{_ns(workspace)}{len(channel)}:{channel}/{conn_id}"
+
+
+def _hz_ttl(ttl: float) -> float:
+    """Hazelcast keeps expiry times in whole seconds (an entry set with ttl=1.5 may go after 0.5 s).
+    Rounding up and adding a second makes entries live at least ``ttl`` and at most about ttl + 2 s."""
+    return float(math.ceil(check_ttl(ttl)) + 1)
+
+
+def _encode_bucket(tokens: float, stamp: float) -> str:
+    return f"{tokens!r}|{stamp!r}"
+
+
+def _decode_bucket(raw: str) -> tuple[float, float]:
+    tokens, stamp = raw.split("|")
+    return float(tokens), float(stamp)
+
+
+def _operation(
+    fn: Callable[Concatenate[HazelcastCache, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[HazelcastCache, P], Coroutine[Any, Any, T]]:
+    """Refuse calls outside start()..stop() and turn client errors into ``Unavailable`` (retriable)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: HazelcastCache, *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._state != "running":
+            raise Unavailable("cache is not running")
+        try:
+            return await fn(self, *args, **kwargs)
+        except HazelcastError as exc:
+            raise Unavailable(f"hazelcast {fn.__name__} failed: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class HazelcastCache:
+    def __init__(self, config: Config, clock: Clock, *, counter_proxies_max: int = COUNTER_PROXIES_MAX) -> None:
+        self._members = [m.strip() for m in config.hazelcast_members.split(",") if m.strip()]
+        self._cluster = config.hazelcast_cluster
+        self._clock = clock
+        self._client: Any = None
+        self._maps: dict[str, Any] = {}
+        self._counter_names: OrderedDict[str, None] = OrderedDict()
+        self._counter_proxies_max = counter_proxies_max
+        self._state = "new"
+
+    def _client_config(self) -> HzConfig:
+        cfg = HzConfig()
+        cfg.cluster_name = self._cluster
+        cfg.cluster_members = self._members
+        cfg.cluster_connect_timeout = CONNECT_TIMEOUT_S
+        cfg.invocation_timeout = INVOCATION_TIMEOUT_S
+        cfg.statistics_enabled = False
+        cfg.near_caches = {
+            MAP_DIRECTORY: {
+                "invalidate_on_change": True,
+                "time_to_live": NEAR_CACHE_TTL_S,
+                "eviction_max_size": NEAR_CACHE_MAX_ENTRIES,
+            }
+        }
+        return cfg
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"HazelcastCache.start() called twice (state {self._state})")
+        self._state = "starting"
+        client = None
+        try:
+            client = await HazelcastClient.create_and_start(self._client_config())
+            for name in (MAP_DIRECTORY, MAP_KV, MAP_PRESENCE, MAP_COUNTERS, MAP_RATE, MAP_REVOKED):
+                self._maps[name] = await client.get_map(name)
+            presence = self._maps[MAP_PRESENCE]
+            # Hash indexes for the two presence queries; adding an existing index is a no-op cluster-side.
+            await presence.add_index(attributes=["ws", "ch", "uid"], index_type=IndexType.HASH)
+            await presence.add_index(attributes=["ws", "ch"], index_type=IndexType.HASH)
+        except BaseException as exc:  # also cancellation: never leave a connected client behind
+            self._state = "stopped"
+            if client is not None:
+                await client.shutdown()
+            if isinstance(exc, HazelcastError | OSError):
+                where = f"{','.join(self._members)} (cluster {self._cluster!r})"
+                raise Unavailable(f"hazelcast at {where}: {exc}") from exc
+            raise
+        if self._state != "starting":  # stop() ran while we were connecting
+            await client.shutdown()
+            return
+        self._client = client
+        self._state = "running"
+        log.info("hazelcast cache connected members=%s cluster=%s", self._members, self._cluster)
+
+    async def stop(self) -> None:
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        client, self._client = self._client, None
+        self._maps.clear()
+        self._counter_names.clear()
+        if client is not None:
+            await client.shutdown()
+
+    async def __aenter__(self) -> HazelcastCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __del__(self) -> None:
+        if self._state == "running":
+            warnings.warn(f"{self!r} was never stopped", ResourceWarning, source=self, stacklevel=1)
+
+    def _kv_map(self, key: str) -> Any:
+        if not isinstance(key, str):
+            raise BadRequest("key must be a string", field="key")
+        return self._maps[MAP_DIRECTORY if key == "ws" or key.startswith(DIRECTORY_KEYS) else MAP_KV]
+
+    # -- key/value --------------------------------------------------------------------------------------
+    @_operation
+    async def get(self, workspace: str, key: str) -> bytes | None:
+        value = await self._kv_map(key).get(_ns(workspace) + key)
+        return None if value is None else bytes(value)  # stored as bytearray: Hazelcast's byte[]
+
+    @_operation
+    async def set(self, workspace: str, key: str, value: bytes, ttl: float) -> None:
+        await self._kv_map(key).set(_ns(workspace) + key, bytearray(value), ttl=_hz_ttl(ttl))
+
+    @_operation
+    async def delete(self, workspace: str, key: str) -> None:
+        await self._kv_map(key).delete(_ns(workspace) + key)
+
+    @_operation
+    async def put_if_absent(self, workspace: str, key: str, value: bytes, ttl: float) -> bytes | None:
+        existing = await self._kv_map(key).put_if_absent(_ns(workspace) + key, bytearray(value), ttl=_hz_ttl(ttl))
+        return None if existing is None else bytes(existing)
+
+    @_operation
+    async def incr(self, workspace: str, key: str, delta: int = 1) -> int:
+        if not isinstance(key, str):
+            raise BadRequest("key must be a string", field="key")
+        registry_key = _ns(workspace) + key
+        counter = await self._counter(COUNTER_PREFIX + registry_key)
+        # Listed before (or while) it is first used, so drop_workspace finds it.  No TTL: counters live as
+        # long as the workspace.
+        _, value = await asyncio.gather(self._maps[MAP_COUNTERS].set(registry_key, ""), counter.add_and_get(delta))
+        return int(value)
+
+    async def _counter(self, name: str) -> Any:
+        """The PN counter proxy, keeping at most ``counter_proxies_max`` proxies in the client.
+
+        The client keeps every proxy it ever created; with one counter per reaction key that grows without
+        bound, so the least recently used ones are released locally (the counter itself stays in the
+        cluster; its next use makes a new proxy).  The client has no public call for a local release."""
+        names = self._counter_names
+        if name in names:
+            names.move_to_end(name)
+        else:
+            names[name] = None
+            while len(names) > self._counter_proxies_max:
+                old, _ = names.popitem(last=False)
+                proxies = getattr(getattr(self._client, "_proxy_manager", None), "_proxies", None)
+                if isinstance(proxies, dict):
+                    proxies.pop(("hz:impl:PNCounterService", old), None)
+        return await self._client.get_pn_counter(name)
+
+    # -- rate buckets and revocations -------------------------------------------------------------------
+    @_operation
+    async def rate_take(self, workspace: str, key: str, rate: float, burst: int, cost: int = 1) -> float:
+        """Optimistic compare-and-set on ``"tokens|timestamp"``; see docs/cache.md, "Rate buckets".
+
+        Timestamps are the Clock's wall time, shared by every process: a process whose clock runs ahead
+        only delays refills (timestamps never move back).  The entry's TTL is the time until the bucket
+        is full again, so an expired entry and a full bucket are the same thing."""
+        check_bucket(rate, burst, cost)
+        if not isinstance(key, str):
+            raise BadRequest("key must be a string", field="key")
+        buckets, k = self._maps[MAP_RATE], _ns(workspace) + key
+        for attempt in range(RATE_CAS_RETRIES):
+            if attempt:  # lost a race: back off a random moment so racing takers spread out
+                await asyncio.sleep(random.random() * RATE_BACKOFF_S * attempt)  # nosec B311: jitter
+            now = self._clock.time()
+            raw = await buckets.get(k)
+            if raw is None:
+                tokens = float(burst - cost)
+                ttl = self._refill_s(tokens, burst, rate)
+                if await buckets.put_if_absent(k, _encode_bucket(tokens, now), ttl=ttl) is None:
+                    return 0.0
+                continue  # another process created it first: take from theirs
+            tokens, stamp = _decode_bucket(raw)
+            tokens = min(float(burst), tokens + max(0.0, now - stamp) * rate)
+            if tokens < cost:
+                return (cost - tokens) / rate
+            tokens -= cost
+            if await buckets.replace_if_same(k, raw, _encode_bucket(tokens, max(stamp, now))):
+                await buckets.set_ttl(k, self._refill_s(tokens, burst, rate))
+                return 0.0
+        log.debug("rate bucket ws=%s key=%s: %d lost races in a row, refusing", workspace, key, RATE_CAS_RETRIES)
+        return cost / rate
+
+    @staticmethod
+    def _refill_s(tokens: float, burst: int, rate: float) -> float:
+        return _hz_ttl(max((burst - tokens) / rate, 0.001))  # the extra second covers clock differences
+
+    @_operation
+    async def revoke(self, workspace: str, subject: str, ttl: float) -> None:
+        """The value is the revocation's end (wall time), checked on read, so a revocation ends on time
+        although Hazelcast's TTL (garbage collection here) is rounded up to seconds.  A shorter revocation
+        never shortens a longer one."""
+        until = self._clock.time() + check_ttl(ttl)
+        ttl = _hz_ttl(ttl)
+        if not isinstance(subject, str) or not subject:
+            raise BadRequest("subject must be a non-empty string", field="subject")
+        revoked, k = self._maps[MAP_REVOKED], _ns(workspace) + subject
+        for _ in range(RATE_CAS_RETRIES):
+            current = await revoked.put_if_absent(k, until, ttl=ttl)
+            if current is None or current >= until:
+                return
+            if await revoked.replace_if_same(k, current, until):
+                await revoked.set_ttl(k, ttl)
+                return
+        await revoked.set(k, until, ttl=ttl)  # still contended: the last writer wins, revoked either way
+
+    @_operation
+    async def is_revoked(self, workspace: str, subject: str) -> bool:
+        if not isinstance(subject, str):
+            raise BadRequest("subject must be a string", field="subject")
+        until = await self._maps[MAP_REVOKED].get(_ns(workspace) + subject)
+        return until is not None and until > self._clock.time()
+
+    # -- presence ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _user_in_channel(workspace: str, channel: str, user_id: str) -> Predicate:
+        return and_(equal("ws", workspace), equal("ch", channel), equal("uid", user_id))
+
+    @_operation
+    async def presence_add(
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
+    ) -> bool:
+        """Read the user's other entries, then write ours: of two racing first entries at least one sees
+        none (a join may be announced twice, never missed because of that race); docs/cache.md."""
+        ttl = _hz_ttl(ttl)
+        presence, key = self._maps[MAP_PRESENCE], _presence_key(workspace, channel, conn_id)
+        value = HazelcastJsonValue(json.dumps(
+            {"ws": workspace, "ch": channel, "conn": conn_id, "uid": entry.user_id, "name": entry.name},
+            separators=(",", ":"),
+        ))
+        theirs = await presence.key_set(self._user_in_channel(workspace, channel, entry.user_id))
+        await presence.set(key, value, ttl=ttl)
+        return all(k == key for k in theirs)
+
+    @_operation
+    async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
+        """Remove ours, then look for the user's others: of two racing last removals at least one sees
+        none (a leave may be announced twice, never missed because of that race)."""
+        presence = self._maps[MAP_PRESENCE]
+        gone = await presence.remove(_presence_key(workspace, channel, conn_id))
+        if gone is None:
+            return None
+        doc = gone.loads()
+        if await presence.key_set(self._user_in_channel(workspace, channel, doc["uid"])):
+            return None
+        return PresenceEntry(doc["uid"], doc["name"])
+
+    @_operation
+    async def presence_refresh(self, workspace: str, channels: list[str], conn_id: str, ttl: float) -> None:
+        ttl = _hz_ttl(ttl)
+        presence = self._maps[MAP_PRESENCE]
+        # set_ttl does nothing for an entry that is gone (expired or removed): a dead entry stays dead.
+        await asyncio.gather(*(presence.set_ttl(_presence_key(workspace, ch, conn_id), ttl) for ch in channels))
+
+    @_operation
+    async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
+        values = await self._maps[MAP_PRESENCE].values(and_(equal("ws", workspace), equal("ch", channel)))
+        users: dict[str, PresenceEntry] = {}
+        for value in values:
+            doc = value.loads()
+            users.setdefault(doc["uid"], PresenceEntry(doc["uid"], doc["name"]))
+        return sorted(users.values(), key=lambda e: (e.name, e.user_id))
+
+    # -- workspace deletion -----------------------------------------------------------------------------
+    @_operation
+    async def drop_workspace(self, workspace: str) -> None:
+        """Remove the workspace's entries from every map (one key-range predicate per map, run by the
+        members on every partition) and destroy its PN counters.  Entries written concurrently by sessions
+        still open can survive the drop; they all expire by TTL except counters (docs/cache.md)."""
+        in_ws = _in_workspace(workspace)
+        maps = self._maps
+        await asyncio.gather(
+            *(maps[name].remove_all(in_ws) for name in (MAP_DIRECTORY, MAP_KV, MAP_RATE, MAP_REVOKED)),
+            maps[MAP_PRESENCE].remove_all(equal("ws", workspace)),
+        )
+        registry = maps[MAP_COUNTERS]
+        names = [COUNTER_PREFIX + k for k in await registry.key_set(in_ws)]
+        for i in range(0, len(names), DROP_CONCURRENCY):
+            await asyncio.gather(*(self._destroy_counter(n) for n in names[i:i + DROP_CONCURRENCY]))
+        await registry.remove_all(in_ws)
+
+    async def _destroy_counter(self, name: str) -> None:
+        self._counter_names.pop(name, None)
+        counter = await self._client.get_pn_counter(name)
+        await counter.destroy()
