@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from gateway.hub import Hub
+from gateway.outbox import Flusher
 from storm.bootstrap import Services
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import SessionContext
@@ -21,6 +22,7 @@ class Gateway:
         self.services = services
         self.config = services.config
         self.hub = Hub(services.broker, services.clock)
+        self.flusher = Flusher(services.config.write_delay_s)  # writes every connection's outbox, per tick
         self.session_context = SessionContext(
             config=services.config, clock=services.clock, broker=services.broker, cache=services.cache,
             store=services.store, identity=services.identity, directory=services.directory, hub=self.hub,
@@ -46,6 +48,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.drain()
         await self.hub.stop()
+        self.flusher.close()
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(BaseException):

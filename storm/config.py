@@ -59,9 +59,9 @@ class Config:
         65536, "STORM_COALESCE_MAX_BYTES", "Upper bound of one coalesced server frame."
     )
     write_delay_s: float = _setting(
-        0.0, "STORM_WRITE_DELAY_S",
+        0.025, "STORM_WRITE_DELAY_S",
         "Gateway write delay: events queued within it leave as one frame per connection (0: next loop "
-        "turn; at most 1). Adds up to this much latency.",
+        "turn; at most 1). Adds up to this much latency (ADR 0006).",
     )
     publish_rate: float = _setting(20.0, "STORM_PUBLISH_RATE", "Publishes per second per connection.")
     publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")

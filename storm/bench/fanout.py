@@ -321,6 +321,10 @@ def storm_env(tmp: Path, *, messages: int) -> dict[str, str]:
         "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
         "STORM_PUBLISH_RATE": "100000",
         "STORM_PUBLISH_BURST": "100000",
+        "STORM_USER_PUBLISH_RATE": "100000",  # the publisher is one user; the user and workspace limits
+        "STORM_USER_PUBLISH_BURST": "100000",  # would throttle it just like the per-connection one
+        "STORM_WORKSPACE_PUBLISH_RATE": "100000",
+        "STORM_MAX_CONNECTIONS_PER_IP": "100000",  # a client child holds up to 9 000 sockets from one address
         "STORM_OUTBOX_MAX_EVENTS": str(max(10000, 4 * messages)),
         "STORM_OUTBOX_MAX_BYTES": str(64 * 1024 * 1024),
         "STORM_IDLE_TIMEOUT_S": "600",

@@ -174,3 +174,137 @@ async def test_sigint_drains_with_1012_and_exits(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_frames_written_straight_to_hypercorns_transport_arrive_intact():
+    """gateway/ws.py writes data frames itself under Hypercorn (ADR 0006).  Against the installed Hypercorn:
+    the shortcut is found (a release that reshapes its classes fails here instead of silently falling back
+    to the slower path), frames of every header length arrive intact and in order, interleaved with
+    frames sent through ASGI (with permessage-deflate negotiated: the client offers it by default, and
+    uncompressed frames stay valid under it), and after a close the shortcut refuses to write."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HypercornConfig
+
+    from gateway.ws import direct_writer
+    from tests.e2e.conftest import _free_port
+
+    payloads = [b'{"n":1,"t":"\xc3\xa9"}', b"x" * 200, b"y" * 70_000, b'{"n":4}']
+    found: list[bool] = []
+    refused_after_close: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        write = direct_writer(send)
+        found.append(write is not None)
+        assert write is not None
+        assert write(payloads[0]) and write(payloads[1])
+        await send({"type": "websocket.send", "text": "via asgi"})
+        assert write(payloads[2]) and write(payloads[3])
+        await receive()  # the client's "bye"
+        await send({"type": "websocket.close", "code": 1000})
+        refused_after_close.append(not write(b"late"))
+
+    port = _free_port()
+    hc = HypercornConfig()
+    hc.bind = [f"127.0.0.1:{port}"]
+    hc.accesslog = hc.errorlog = None
+    stop = asyncio.Event()
+    server = asyncio.get_running_loop().create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        for _ in range(100):
+            try:
+                ws = await websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(5)]
+        await ws.send("bye")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert got == [payloads[0].decode(), payloads[1].decode(), "via asgi", payloads[2].decode(),
+                       payloads[3].decode()]
+        assert found == [True] and refused_after_close == [True]
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+
+
+async def test_a_client_that_stops_reading_is_closed_4008_while_a_reader_gets_everything(tmp_path):
+    """Over real sockets (docs/delivery.md, slow consumers): frames fill the non-reader's socket buffers,
+    then its outbox; past STORM_OUTBOX_MAX_EVENTS it is closed with 4008, while a client that reads in the
+    same channel receives every message in order."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, _free_port, _healthy
+
+    total, body = 2500, "x" * 4000  # ≈ 10 MB: more than the kernel buffers of one loopback socket hold
+    port = _free_port()
+    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+           "STORM_OUTBOX_MAX_EVENTS": "200", "STORM_PUBLISH_RATE": "100000", "STORM_PUBLISH_BURST": "100000",
+           "STORM_USER_PUBLISH_RATE": "100000", "STORM_USER_PUBLISH_BURST": "100000",
+           "STORM_WORKSPACE_PUBLISH_RATE": "100000"}
+    proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            if _healthy(f"{base}/healthz"):
+                break
+            await asyncio.sleep(0.1)
+        url = base.replace("http", "ws") + "/ws"
+
+        async def subscriber(user: str, **kw: Any) -> Any:
+            ws = await websockets.connect(url, **kw)
+            await ws.send(json.dumps({"op": "auth", "token": _token(base, user)}))
+            await ws.send(json.dumps({"op": "subscribe", "id": 1, "channel": GENERAL}))
+            while '"subscribed"' not in await asyncio.wait_for(ws.recv(), 10):
+                pass
+            return ws
+
+        slow = await subscriber("carol", max_queue=1)  # the library stops reading once one frame waits
+        fast = await subscriber("bob")
+        offsets: list[int] = []
+
+        async def read_fast() -> None:
+            while len(offsets) < total:
+                for part in (await fast.recv()).split("\n"):
+                    event = json.loads(part)
+                    if event["type"] == "message":
+                        offsets.append(event["offset"])
+
+        reader = asyncio.get_running_loop().create_task(read_fast())
+        pub = await Client.connect(base, "alice")
+        acks = 0
+
+        async def read_acks() -> None:
+            nonlocal acks
+            while acks < total:
+                acks += (await pub.ws.recv()).count('"type":"ack"')
+
+        ack_reader = asyncio.get_running_loop().create_task(read_acks())
+        window = 50  # in flight at most: the reader, in this busy test process, never lags 200 events behind
+        for i in range(total):
+            while i - len(offsets) >= window and not reader.done():
+                await asyncio.sleep(0.002)
+            await pub.send(op="publish", id=i + 10, channel=GENERAL, cmid=f"slow-{i}", text=body)
+        await asyncio.wait_for(asyncio.gather(reader, ack_reader), 120)
+        assert offsets == sorted(offsets) and len(set(offsets)) == total
+
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(slow.recv(), 30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4008
+        await fast.close()
+        await pub.ws.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

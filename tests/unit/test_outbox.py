@@ -1,10 +1,12 @@
-"""The per-connection outbox: bounded, coalescing, lazy writer (gateway/outbox.py, ADR 0002)."""
+"""The per-connection outbox and the gateway's flusher: bounded, coalescing, no task per connection
+(gateway/outbox.py, ADR 0002, ADR 0006)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from gateway.outbox import Outbox
+from gateway.outbox import Flusher, Outbox, drive
 
 
 class SlowSocket:
@@ -23,7 +25,7 @@ class SlowSocket:
         self.frames.append(frame)
 
 
-def make(sock: SlowSocket, overflow: list[int], **kw: int) -> Outbox:
+def make(sock: SlowSocket, overflow: list[int], **kw: Any) -> Outbox:
     opts = {"max_events": 100, "max_bytes": 10_000, "coalesce_max_bytes": 1000} | kw
     return Outbox(sock.send, lambda: overflow.append(1), **opts)
 
@@ -81,7 +83,7 @@ async def test_idle_connection_holds_no_writer_task():
     box.push(b"x")
     await box.flush(1.0)
     await asyncio.sleep(0)
-    assert box._writer is None
+    assert box._writer is None and not box._marked
 
 
 async def test_a_failed_send_closes_the_outbox_quietly():
@@ -90,3 +92,121 @@ async def test_a_failed_send_closes_the_outbox_quietly():
     box.push(b"x")
     await box.flush(1.0)
     assert box.closed and not box.push(b"y")
+
+
+# -- the gateway's flusher: one pass for every dirty outbox, no task per connection -----------------------
+async def test_events_within_the_write_delay_leave_as_one_frame_after_it():
+    flusher = Flusher(write_delay_s=0.3)
+    sock, overflow = SlowSocket(), []
+    box = make(sock, overflow, flusher=flusher)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    box.push(b"a")
+    await asyncio.sleep(0)
+    box.push(b"b")
+    await asyncio.sleep(0)
+    assert sock.frames == []  # held for the write delay, not written on the next loop turn
+    while not sock.frames and loop.time() - start < 5:
+        await asyncio.sleep(0.01)
+    assert sock.frames == [b"a\nb"] and loop.time() - start >= 0.3
+
+
+async def test_a_send_that_completes_at_once_needs_no_task():
+    flusher = Flusher()
+    boxes = [make(SlowSocket(), [], flusher=flusher) for _ in range(50)]
+    before = len(asyncio.all_tasks())
+    for box in boxes:
+        box.push(b"x")
+    assert len(asyncio.all_tasks()) == before
+    flusher.run()
+    assert len(asyncio.all_tasks()) == before
+    assert [box.frames_sent for box in boxes] == [1] * 50
+
+
+class GatedSocket:
+    """A socket whose sends wait until the test opens the gate (a reader that stopped reading)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.gate = asyncio.get_running_loop().create_future()
+
+    async def send(self, frame: bytes) -> None:
+        await self.gate
+        self.frames.append(frame)
+
+
+async def test_a_blocked_socket_does_not_hold_up_the_others_and_keeps_its_order():
+    flusher = Flusher()
+    slow, fast = GatedSocket(), SlowSocket()
+    slow_box = make(slow, [], flusher=flusher)  # type: ignore[arg-type]
+    fast_box = make(fast, [], flusher=flusher)
+    slow_box.push(b"s1")
+    fast_box.push(b"f1")
+    flusher.run()
+    assert fast.frames == [b"f1"] and slow.frames == []
+    slow_box.push(b"s2")
+    slow_box.push(b"s3")
+    fast_box.push(b"f2")
+    flusher.run()
+    assert fast.frames == [b"f1", b"f2"] and slow.frames == []
+    slow.gate.set_result(None)
+    await slow_box.flush(1.0)
+    assert slow.frames == [b"s1", b"s2\ns3"]
+
+
+async def test_discard_cancels_a_waiting_send():
+    sock = GatedSocket()
+    box = make(sock, [])  # type: ignore[arg-type]
+    box.push(b"x")
+    await asyncio.sleep(0)
+    writer = box._writer
+    assert writer is not None
+    box.discard()
+    await asyncio.sleep(0)
+    assert writer.cancelled() and sock.frames == []
+
+
+async def test_direct_writes_are_used_until_refused_then_the_send_path_keeps_the_order():
+    written: list[bytes] = []
+    accept = [True]
+
+    def direct(frame: bytes) -> bool:
+        if accept[0]:
+            written.append(frame)
+        return accept[0]
+
+    sock, flusher = GatedSocket(), Flusher()
+    box = make(sock, [], flusher=flusher, coalesce_max_bytes=2, direct=direct)  # type: ignore[arg-type]
+    box.push(b"a")
+    flusher.run()
+    assert written == [b"a"] and sock.frames == []
+    accept[0] = False  # e.g. the transport's buffer is full: wait for it through the server's send
+    box.push(b"bb")
+    box.push(b"cc")
+    flusher.run()
+    accept[0] = True
+    box.push(b"dd")
+    flusher.run()
+    assert written == [b"a"]  # nothing overtakes the frame waiting in send
+    sock.gate.set_result(None)
+    await box.flush(1.0)
+    assert sock.frames == [b"bb"] and written == [b"a", b"cc", b"dd"]
+
+
+async def test_drive_finishes_a_coroutine_that_had_to_wait():
+    seen: list[str] = []
+
+    async def two_steps() -> str:
+        seen.append("first")
+        await asyncio.sleep(0)
+        seen.append("second")
+        return "done"
+
+    task = drive(two_steps())
+    assert seen == ["first"] and task is not None
+    assert await task == "done" and seen == ["first", "second"]
+
+    async def one_step() -> None:
+        seen.append("sync")
+
+    assert drive(one_step()) is None and seen[-1] == "sync"
