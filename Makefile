@@ -7,11 +7,16 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PACKAGES := storm gateway tenants consumers db
 export STORM_SERVICES_DIR ?= $(CURDIR)/.services
 
-.PHONY: run test install lint scan services-up services-down browser-deps clean
+.PHONY: run run-cluster test install lint scan services-up services-down browser-deps clean
 
 ## run: a running STORM on embedded defaults at http://127.0.0.1:8000 (Ctrl-C stops it)
 run: install
 	$(BIN)/storm dev --open
+
+## run-cluster: the services plus two gateways (:8001, :8002), the tenants API (:8003) and the consumers
+## as separate processes on Pulsar, Hazelcast and PostgreSQL (Ctrl-C stops the STORM processes)
+run-cluster: install
+	$(BIN)/storm cluster
 
 ## install: the virtualenv with STORM and its dev dependencies (re-run when pyproject.toml changes)
 install: $(STAMP)
@@ -28,7 +33,7 @@ test: install services-up browser-deps
 	@status=0; \
 	$(MAKE) --no-print-directory lint scan || status=$$?; \
 	if [ $$status -eq 0 ]; then \
-		STORM_TEST_PG_URL="$$(scripts/pg.sh url)" $(BIN)/pytest --cov --cov-report=term \
+		env $$(scripts/services.sh env all) $(BIN)/pytest --cov --cov-report=term \
 			--cov-report=xml:reports/coverage.xml --junitxml=reports/junit.xml || status=$$?; \
 	fi; \
 	$(MAKE) --no-print-directory services-down; exit $$status
@@ -41,11 +46,12 @@ scan: install
 	$(BIN)/bandit -q -r $(PACKAGES) --severity-level high --confidence-level medium
 	$(BIN)/pip-audit --progress-spinner off --skip-editable
 
+## services-up / services-down: PostgreSQL, Pulsar and Hazelcast for the tests (docs/operations.md)
 services-up:
-	scripts/pg.sh up
+	scripts/services.sh up all
 
 services-down:
-	scripts/pg.sh down
+	scripts/services.sh down all
 
 browser-deps:
 	scripts/ensure-chromium.sh

@@ -5,6 +5,11 @@ PostgreSQL comes from ``STORM_TEST_PG_URL``, else from a running ``scripts/pg.sh
 either, PostgreSQL-backed tests are skipped locally and fail under ``CI=true``: CI must never pass by
 skipping them.  The PostgreSQL database is shared between tests (and runs), so every test creates its own
 workspaces with unique slugs and ids rather than expecting empty tables.
+
+Pulsar and Hazelcast ones: ``pulsar_urls`` (service URL, admin URL) and ``hazelcast_members``, from
+``STORM_TEST_PULSAR_URL`` / ``STORM_TEST_PULSAR_ADMIN_URL`` / ``STORM_TEST_HAZELCAST_MEMBERS`` (printed by
+``scripts/services.sh env``; defaults: the ports ``scripts/services.sh up`` uses), with the same rule: skipped
+locally when the service does not answer, failed under ``CI=true``.  See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -75,3 +80,60 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SqlStore]:
         yield sql_store
     finally:
         await sql_store.stop()
+
+
+# --- Pulsar and Hazelcast (started by scripts/services.sh up; see docs/operations.md) ---
+
+
+def _service_unavailable(service: str, reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: {service} tests may not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _tcp_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` (or a ``scheme://host:port[/...]`` URL) -> (host, port)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+@pytest.fixture(scope="session")
+def pulsar_urls() -> tuple[str, str]:
+    """(service_url, admin_url) of a running Pulsar, after checking the broker reports itself healthy."""
+    import urllib.request
+
+    service_url = os.environ.get("STORM_TEST_PULSAR_URL", "pulsar://127.0.0.1:6650")
+    admin_url = os.environ.get("STORM_TEST_PULSAR_ADMIN_URL", "http://127.0.0.1:8080").rstrip("/")
+    hint = "Pulsar not available: run scripts/services.sh up pulsar, or set STORM_TEST_PULSAR_URL/_ADMIN_URL"
+    if not _tcp_answers(*_host_port(service_url, 6650)):
+        _service_unavailable("Pulsar", f"{hint} (nothing answers at {service_url})")
+    health = f"{admin_url}/admin/v2/brokers/health"
+    try:
+        with urllib.request.urlopen(health, timeout=5) as response:
+            body = response.read().decode().strip()
+    except OSError as exc:
+        _service_unavailable("Pulsar", f"{hint} ({health}: {exc})")
+    if body != "ok":
+        _service_unavailable("Pulsar", f"{hint} ({health} answered {body!r}, not 'ok')")
+    return service_url, admin_url
+
+
+@pytest.fixture(scope="session")
+def hazelcast_members() -> str:
+    """``host:port`` of a running Hazelcast member (cluster name ``storm``)."""
+    members = os.environ.get("STORM_TEST_HAZELCAST_MEMBERS", "127.0.0.1:5701")
+    hint = "Hazelcast not available: run scripts/services.sh up hazelcast, or set STORM_TEST_HAZELCAST_MEMBERS"
+    first = members.split(",")[0].strip()
+    if not _tcp_answers(*_host_port(first, 5701)):
+        _service_unavailable("Hazelcast", f"{hint} (nothing answers at {first})")
+    return members

@@ -1,0 +1,445 @@
+"""STORM as separate processes: ``storm serve gateway|api|consumers`` and ``storm cluster``.
+
+``storm serve <role>`` runs one role in one process, on the adapters the environment selects
+(``STORM_BROKER``, ``STORM_CACHE``, ``STORM_DATABASE_URL``, ...):
+
+* ``gateway``    the WebSocket gateway and the chat page (no tenants API), ``GET /healthz``;
+* ``api``        the tenants REST API (tenants/app.py), ``GET /healthz``;
+* ``consumers``  the persistence worker, with a small HTTP server for ``GET /healthz`` only.
+
+``storm cluster`` (``make run-cluster``) is the local multi-process deployment: it starts the services
+(``scripts/services.sh up``: PostgreSQL, Pulsar, Hazelcast), creates and migrates the ``storm_cluster``
+database, then starts two gateways (:8001, :8002), the tenants API (:8003) and the consumers (:8004) as
+child processes on Pulsar + Hazelcast + PostgreSQL, prints each address and PID, and on Ctrl-C/SIGTERM
+stops them by PID in drain order (gateways, API, consumers last), each with SIGTERM (a graceful drain) and
+SIGKILL only past the drain budget.  The services stay up (``make services-down`` stops them).
+See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from storm.config import Config
+
+ROLES = ("gateway", "api", "consumers")
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
+CLUSTER_DATABASE = "storm_cluster"
+HEALTH_TIMEOUT_S = 90.0
+KILL_GRACE_S = 5.0  # on top of STORM_DRAIN_TIMEOUT_S before a child is killed
+
+
+class ClusterError(Exception):
+    """Something `storm cluster` needs is missing or failed; the message says what."""
+
+
+# --- storm serve <role> -------------------------------------------------------------------------------
+
+
+def create_consumers_app(services: Any) -> Any:
+    """The persistence worker as a process: the worker's lifecycle on the app's, plus ``GET /healthz``."""
+    from quart import Quart
+
+    from consumers.persistence import PersistenceWorker
+    from storm.errors import StormError
+
+    app = Quart("storm.consumers")
+    worker = PersistenceWorker(services)
+    app.extensions["storm"] = services
+
+    @app.before_serving
+    async def _start() -> None:
+        await services.start()
+        await worker.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        try:
+            await worker.stop()  # waits for the batch in flight (up to STORM_DRAIN_TIMEOUT_S)
+        finally:
+            await services.stop()
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[dict[str, Any], int]:
+        checks: dict[str, str] = {}
+        try:
+            await services.store.ping()
+            checks["store"] = "ok"
+        except StormError as exc:
+            checks["store"] = exc.message
+        ok = all(value == "ok" for value in checks.values())
+        return {"status": "ok" if ok else "unavailable", "checks": checks, "stats": dict(worker.stats)}, (
+            200 if ok else 503)
+
+    return app
+
+
+def build_role_app(role: str, services: Any) -> Any:
+    if role == "gateway":
+        from gateway.app import create_app
+
+        return create_app(services, tenants=False)
+    if role == "api":
+        from tenants.app import create_app as create_tenants_app
+
+        return create_tenants_app(services)
+    if role == "consumers":
+        return create_consumers_app(services)
+    raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from storm.bootstrap import build_services
+    from storm.serve import run, serve_app
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    cfg = Config.from_env(**overrides)
+    services = build_services(cfg)
+    app = build_role_app(args.role, services)
+
+    @app.before_serving  # registered last, so it runs once the role's own start-up has finished
+    async def _announce() -> None:
+        print(f"storm {args.role} ready on http://{cfg.host}:{cfg.port} (pid {os.getpid()}, broker {cfg.broker}, "
+              f"cache {cfg.cache})", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        watcher = None
+        if args.supervisor_pid:
+            watcher = asyncio.get_running_loop().create_task(_watch_supervisor(args.supervisor_pid, stop))
+        try:
+            await serve_app(app, cfg, stop=stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    run(main)
+    with contextlib.suppress(OSError):
+        print(f"storm {args.role} stopped (pid {os.getpid()})", flush=True)
+    return 0
+
+
+async def _watch_supervisor(pid: int, stop: asyncio.Event) -> None:
+    """Drain and exit when `storm cluster` (our parent) is gone, even killed with SIGKILL: the children run in
+    sessions of their own, so nothing else would stop them."""
+    while os.getppid() == pid:
+        await asyncio.sleep(1.0)
+    stop.set()
+    with contextlib.suppress(OSError):  # our stdout was the supervisor's pipe: probably closed now
+        print(f"storm serve: supervisor (pid {pid}) is gone; stopping", flush=True)
+
+
+# --- storm cluster ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+
+def _services(action: str) -> str:
+    if not SERVICES_SCRIPT.is_file():
+        raise ClusterError(f"{SERVICES_SCRIPT} is missing: `storm cluster` runs from a source checkout; "
+                           "use --no-services and point STORM_* at your own services")
+    result = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+        ["bash", str(SERVICES_SCRIPT), action, "all"],  # noqa: S607 - bash from PATH, as `make` runs it
+        cwd=ROOT, check=False, stdout=subprocess.PIPE if action == "env" else None, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"scripts/services.sh {action} failed (exit {result.returncode}); see its output above")
+    return result.stdout or ""
+
+
+def _parse_env_lines(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def cluster_database_url(pg_url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(pg_url).set(database=CLUSTER_DATABASE).render_as_string(hide_password=False)
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the PostgreSQL database named in ``url`` unless it exists (connecting to ``postgres``).
+    Returns whether it was created."""
+    from sqlalchemy import make_url, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    target = make_url(url)
+    name = target.database or ""
+    if not name.replace("_", "").isalnum():
+        raise ClusterError(f"refusing to create a database named {name!r}")
+    engine = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            exists = (await conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})).scalar()
+            if not exists:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            return not exists
+    finally:
+        await engine.dispose()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http://host:port
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pump(prefix: str, stream: IO[bytes], out: IO[str], lock: threading.Lock) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        with lock:
+            out.write(f"{prefix} {line}\n")
+            out.flush()
+    stream.close()
+
+
+class Cluster:
+    """The STORM child processes of `storm cluster`: start, watch, stop (by PID, in drain order)."""
+
+    def __init__(self, children: list[Child], host: str, *, drain_timeout_s: float, out: IO[str]) -> None:
+        self.children = children
+        self.host = host
+        self.drain_timeout_s = drain_timeout_s
+        self.out = out
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def say(self, message: str) -> None:
+        with self._lock:
+            self.out.write(f"storm cluster: {message}\n")
+            self.out.flush()
+
+    def start(self) -> None:
+        busy = [c for c in self.children if not _port_free(self.host, c.port)]
+        if busy:
+            raise ClusterError("port(s) already in use: " + ", ".join(f"{c.port} ({c.name})" for c in busy)
+                               + "; stop what holds them or choose others (storm cluster --help)")
+        width = max(len(c.name) for c in self.children)
+        for child in self.children:
+            cmd = [sys.executable, "-m", "storm.cli", "serve", child.role, "--host", self.host,
+                   "--port", str(child.port), "--supervisor-pid", str(os.getpid())]
+            # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
+            child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                cmd, cwd=ROOT, env=child.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True)
+            assert child.proc.stdout is not None
+            thread = threading.Thread(target=_pump, args=(f"[{child.name:<{width}}]", child.proc.stdout, self.out,
+                                                          self._lock), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self.say(f"started {child.name} (pid {child.pid})")
+
+    def wait_healthy(self, timeout_s: float, stop: threading.Event) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.children)
+        while pending and not stop.is_set():
+            for child in list(pending):
+                assert child.proc is not None
+                if child.proc.poll() is not None:
+                    raise ClusterError(f"{child.name} (pid {child.pid}) exited with {child.proc.returncode} "
+                                       "before answering /healthz; see its output above")
+                if _healthy(f"http://{self.host}:{child.port}/healthz"):
+                    pending.remove(child)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise ClusterError(f"{names} did not answer /healthz within {timeout_s:.0f} s")
+            if pending:
+                time.sleep(0.25)
+
+    def watch(self, stop: threading.Event) -> int:
+        """Block until ``stop`` is set (signal) or a child dies; the exit code for `storm cluster`."""
+        while not stop.wait(0.5):
+            for child in self.children:
+                assert child.proc is not None
+                code = child.proc.poll()
+                if code is not None:
+                    self.say(f"{child.name} (pid {child.pid}) exited with {code}; stopping the others")
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM by PID in drain order: gateways, then the API, then the consumers (which persist what the
+        gateways published last); SIGKILL whatever outlives its drain budget."""
+        for role in ("gateway", "api", "consumers"):
+            group = [c for c in self.children if c.role == role and c.proc is not None and c.proc.poll() is None]
+            for child in group:
+                self.say(f"stopping {child.name} (pid {child.pid})")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+            for child in group:
+                assert child.proc is not None
+                try:
+                    child.proc.wait(timeout=self.drain_timeout_s + KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    self.say(f"{child.name} (pid {child.pid}) still running after its drain; killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+                    child.proc.wait(timeout=KILL_GRACE_S)
+                self.say(f"{child.name} stopped (exit {child.proc.returncode})")
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+
+def port_list(text: str) -> list[int]:
+    """argparse type of --gateway-ports: ``8001,8002`` -> [8001, 8002]."""
+    try:
+        ports = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated port numbers, got {text!r}") from None
+    if not ports or any(not 0 < port < 65536 for port in ports) or len(set(ports)) != len(ports):
+        raise argparse.ArgumentTypeError(f"expected distinct ports between 1 and 65535, got {text!r}")
+    return ports
+
+
+def plan_children(args: argparse.Namespace, base_env: dict[str, str]) -> list[Child]:
+    gateway_ports: list[int] = args.gateway_ports
+    children = []
+    for index, port in enumerate(gateway_ports, start=1):
+        env = {**base_env, "STORM_GATEWAY_ID": f"gateway-{index}",
+               # One process seeds the demo workspace (idempotent, but once is enough).
+               "STORM_SEED_DEMO": "true" if index == 1 and not args.no_seed else "false"}
+        children.append(Child(f"gateway-{index}", "gateway", port, env))
+    children.append(Child("api", "api", args.api_port, {**base_env, "STORM_SEED_DEMO": "false"}))
+    children.append(Child("consumers", "consumers", args.consumers_port, {**base_env, "STORM_SEED_DEMO": "false"}))
+    return children
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.migrate import upgrade_async
+    from storm.serve import run
+
+    out = sys.stdout
+    env = dict(os.environ)
+    env.update({"STORM_BROKER": args.broker, "STORM_CACHE": args.cache, "PYTHONUNBUFFERED": "1"})
+    try:
+        database_url = args.database_url
+        if not args.no_services:
+            print("storm cluster: starting the services (scripts/services.sh up all)", flush=True)
+            _services("up")
+            service_env = _parse_env_lines(_services("env"))
+            env["STORM_PULSAR_URL"] = service_env["STORM_TEST_PULSAR_URL"]
+            env["STORM_PULSAR_ADMIN_URL"] = service_env["STORM_TEST_PULSAR_ADMIN_URL"]
+            env["STORM_HAZELCAST_MEMBERS"] = service_env["STORM_TEST_HAZELCAST_MEMBERS"]
+            if not database_url:
+                database_url = cluster_database_url(service_env["STORM_TEST_PG_URL"])
+                if run(lambda: ensure_database(database_url)):
+                    print(f"storm cluster: created database {CLUSTER_DATABASE}", flush=True)
+        if database_url:
+            env["STORM_DATABASE_URL"] = database_url
+        cfg = Config.from_env(env)  # validates the settings every child will see
+        print(f"storm cluster: migrating {cfg.database_url.split('@')[-1]}", flush=True)
+        run(lambda: upgrade_async(cfg.database_url))
+        cluster = Cluster(plan_children(args, env), args.host, drain_timeout_s=cfg.drain_timeout_s, out=out)
+    except (ClusterError, OSError, SQLAlchemyError) as exc:
+        print(f"storm cluster: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 1
+    try:
+        cluster.start()
+        cluster.wait_healthy(args.start_timeout, stop)
+        if not stop.is_set():
+            _announce(cluster, cfg, args)
+        code = cluster.watch(stop)
+    except ClusterError as exc:
+        cluster.say(str(exc))
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    cluster.say("stopped" + ("" if code == 0 else f" (exit {code})"))
+    return code
+
+
+def _announce(cluster: Cluster, cfg: Config, args: argparse.Namespace) -> None:
+    host = cluster.host
+    lines = [f"STORM cluster is running (broker {cfg.broker}, cache {cfg.cache}, "
+             f"store {cfg.database_url.split('@')[-1]}):"]
+    for child in cluster.children:
+        what = {"gateway": f"chat page http://{host}:{child.port}/  websocket ws://{host}:{child.port}/ws",
+                "api": f"tenants API http://{host}:{child.port}/v1  (openapi: /openapi.json)",
+                "consumers": f"persistence worker, health http://{host}:{child.port}/healthz"}[child.role]
+        lines.append(f"  {child.name:<10} pid {child.pid:<7} {what}")
+    if cfg.identity == "dev" and not args.no_seed:
+        from storm.adapters.dev_identity import DevIdentity
+        from storm.seed import DEMO_WORKSPACE
+
+        token = DevIdentity(cfg.dev_secret, ttl_s=cfg.token_ttl_s).issue("dev|alice", DEMO_WORKSPACE, "Alice")
+        lines.append(f"  demo workspace '{DEMO_WORKSPACE}'; dev token (alice): {token}")
+    lines.append("press Ctrl-C to stop the STORM processes (the services keep running: make services-down)")
+    cluster.say("\n".join(lines))
+
+
+def add_arguments(sub: Any) -> None:
+    """Register `storm serve` and `storm cluster` on the CLI's subparsers."""
+    serve = sub.add_parser("serve", help="run one role (gateway, api, consumers) as its own process")
+    serve.add_argument("role", choices=ROLES)
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--supervisor-pid", type=int, default=0,
+                       help="stop (drain) when this parent process is gone (set by `storm cluster`)")
+    serve.set_defaults(fn=cmd_serve)
+
+    cluster = sub.add_parser("cluster", help="services + 2 gateways, tenants API and consumers as processes")
+    cluster.add_argument("--host", default="127.0.0.1")
+    cluster.add_argument("--gateway-ports", type=port_list, default=[8001, 8002],
+                         help="comma-separated (default 8001,8002)")
+    cluster.add_argument("--api-port", type=int, default=8003)
+    cluster.add_argument("--consumers-port", type=int, default=8004, help="the consumers' /healthz")
+    cluster.add_argument("--broker", choices=("pulsar", "memory"), default="pulsar",
+                         help="STORM_BROKER of every process (memory: each process has its own log; tests only)")
+    cluster.add_argument("--cache", choices=("hazelcast", "memory"), default="hazelcast",
+                         help="STORM_CACHE of every process (memory: per process; tests only)")
+    cluster.add_argument("--database-url", default="",
+                         help=f"default: the services' PostgreSQL, database {CLUSTER_DATABASE} (created)")
+    cluster.add_argument("--no-services", action="store_true",
+                         help="do not run scripts/services.sh; use the STORM_* settings of the environment")
+    cluster.add_argument("--no-seed", action="store_true", help="do not create the demo workspace")
+    cluster.add_argument("--start-timeout", type=float, default=HEALTH_TIMEOUT_S,
+                         help="seconds for every process to answer /healthz")
+    cluster.set_defaults(fn=cmd_cluster)
