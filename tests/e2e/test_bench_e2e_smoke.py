@@ -1,0 +1,52 @@
+"""Smoke test of `storm bench e2e` (storm/bench/e2e.py, docs/benchmarks.md): a tiny run on the real services,
+checked for shape and for completeness (every acked message reached every other member), not for speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CONNECTIONS, MEMBERS, RATE, DURATION = 40, 10, 100, 3
+
+
+def test_e2e_bench_delivers_every_acked_message_and_cleans_up(pg_url: str, pulsar_urls: tuple[str, str],
+                                                                hazelcast_members: str) -> None:
+    service_url, admin_url = pulsar_urls
+    env = {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": service_url,
+           "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
+    proc = subprocess.run(
+        [sys.executable, "-m", "storm.cli", "bench", "e2e", "--connections", str(CONNECTIONS), "--members",
+         str(MEMBERS), "--rate", str(RATE), "--duration", str(DURATION), "--warmup", "1", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout must be exactly one JSON line, got: {proc.stdout!r}"
+    result = json.loads(lines[0])
+    for key in ("published", "acked", "delivered", "ack_p50_ms", "ack_p99_ms", "deliver_p50_ms", "deliver_p99_ms",
+                "expected_deliveries", "missing", "cpu_s", "load_avg_1m"):
+        assert key in result, key
+    assert result["connected"] == CONNECTIONS
+    assert result["published"] == RATE * DURATION  # open loop: the schedule is kept whatever the acks do
+    assert 0 < result["acked"] <= result["published"]
+    # Every acked message reached each of the other members of its channel.
+    assert result["expected_deliveries"] == result["acked"] * (MEMBERS - 1)
+    assert result["missing"] == 0
+    assert result["delivered"] == result["expected_deliveries"]
+    assert 0 < result["ack_p50_ms"] <= result["ack_p99_ms"]
+    assert 0 < result["deliver_p50_ms"] <= result["deliver_p99_ms"]
+    assert result.get("duplicates", 0) == 0 and result.get("misordered", 0) == 0
+    # The workspace is gone from Pulsar once the bench is over.
+    assert result["cleanup"] == "deleted", result["cleanup"]
+    with urllib.request.urlopen(f"{admin_url}/admin/v2/tenants", timeout=10) as response:
+        tenants = json.loads(response.read())
+    assert result["workspace"] not in tenants
