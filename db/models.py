@@ -152,6 +152,9 @@ class MessageRow(Base):
 # skipped by ON CONFLICT DO NOTHING), and history pages (newest first) walk it in order.
 Index("uq_messages_channel_offset", MessageRow.workspace_id, MessageRow.channel_id, MessageRow.offset.desc(),
       unique=True)
+# Settling a publish whose outcome is unknown (storm/protocol/claims.py) looks the client message id up.
+Index("ix_messages_cmid", MessageRow.workspace_id, MessageRow.channel_id, MessageRow.author_id,
+      MessageRow.client_msg_id)
 
 
 class ReactionRow(Base):

@@ -333,6 +333,15 @@ class SqlMessageRepository(_Repository):
                      .values(body="", deleted_at=first_deleted_at))
         return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
 
+    async def find_by_cmid(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, author_id: uuid.UUID,
+                           cmid: str) -> Message | None:
+        query = (select(m.messages)
+                 .where(m.messages.c.workspace_id == workspace_id, m.messages.c.channel_id == channel_id,
+                        m.messages.c.author_id == author_id, m.messages.c.client_msg_id == cmid)
+                 .order_by(m.messages.c.offset).limit(1))
+        row = (await self._execute(query)).first()
+        return None if row is None else _message(row)
+
     async def page(
         self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int
     ) -> list[Message]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,6 +16,8 @@ from storm.protocol.codes import CloseCode
 from storm.protocol.session import SessionContext
 
 log = logging.getLogger("storm.gateway")
+
+ACK_SHARE_OF_DRAIN = 0.6  # of STORM_DRAIN_TIMEOUT_S for in-flight frames; the rest for the closes
 
 
 class Gateway:
@@ -30,20 +33,48 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
         self.accepting = False
+        self._draining: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.hub.start()
         self.accepting = True
 
     async def drain(self) -> None:
-        """Stop accepting and close every session with 1012 (reconnect elsewhere), waiting (bounded) for
-        the closes and cleanups.  Runs before the server's own shutdown, which would otherwise close the
-        sockets first with another code.  Idempotent."""
+        """Graceful drain (docs/delivery.md, "Drain"); idempotent, a second call waits for the first.
+
+        1. Stop accepting: ``/healthz`` answers 503 (the load balancer stops sending sockets here) and new
+           sockets are closed with 1012 at once.
+        2. Sessions stop taking frames (a client resends unacknowledged messages after reconnecting) and
+           the frames already being handled finish, so their acks are queued.
+        3. Every session is closed with 1012 and ``retry_ms=<n>`` in the reason, ``n`` drawn uniformly from
+           0 to ``STORM_DRAIN_RECONNECT_SPREAD_S``: clients come back spread out, not as one wave.
+        4. Wait for the closes (each flushes what is queued first).
+        All of it within ``STORM_DRAIN_TIMEOUT_S``; runs before the server's own shutdown, which would
+        otherwise close the sockets first with another code."""
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        await asyncio.shield(self._draining)
+
+    async def _drain(self) -> None:
         self.accepting = False
+        loop = asyncio.get_running_loop()
+        budget = self.config.drain_timeout_s
+        deadline = loop.time() + budget
         for session in list(self.hub.sessions):
-            session.close(CloseCode.SERVICE_RESTART, "gateway restarting")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.config.drain_timeout_s)
+            session.draining = True
+        acks_by = loop.time() + budget * ACK_SHARE_OF_DRAIN
+        while loop.time() < acks_by and any(s.busy for s in self.hub.sessions):
+            await asyncio.sleep(0.02)
+        spread_ms = int(self.config.drain_reconnect_spread_s * 1000)
+        closing = list(self.hub.sessions)
+        for session in closing:
+            session.draining = True
+            retry_ms = secrets.randbelow(spread_ms + 1) if spread_ms else 0
+            session.close(CloseCode.SERVICE_RESTART, f"gateway draining; retry_ms={retry_ms}")
+        log.info("drain: closed %d sessions with 1012, reconnects spread over %d ms", len(closing), spread_ms)
+        remaining = deadline - loop.time()
+        if self._tasks and remaining > 0:
+            await asyncio.wait(list(self._tasks), timeout=remaining)
 
     async def stop(self) -> None:
         await self.drain()

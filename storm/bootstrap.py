@@ -121,7 +121,7 @@ def _build_broker(config: Config, clock: Clock) -> Broker:
                             ack_timeout_s=config.ack_timeout_s)
     from storm.adapters.pulsar_broker import PulsarBroker
 
-    return PulsarBroker(config, clock)
+    return PulsarBroker(config, clock, send_timeout_s=config.publish_timeout_s)
 
 
 def _build_identity(config: Config) -> IdentityVerifier:

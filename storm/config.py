@@ -42,6 +42,10 @@ class Config:
         "HS256 key of the dev token issuer (embedded mode only; at least 32 bytes).",
     )
     token_ttl_s: int = _setting(3600, "STORM_TOKEN_TTL_S", "Lifetime of dev tokens, seconds.")
+    handshake_timeout_s: float = _setting(
+        5.0, "STORM_HANDSHAKE_TIMEOUT_S", "A connection must complete its HTTP request (the WebSocket upgrade "
+        "included) within this, however slowly its bytes arrive; also the HTTP keep-alive timeout."
+    )
     auth_timeout_s: float = _setting(5.0, "STORM_AUTH_TIMEOUT_S", "A socket must authenticate within this.")
     heartbeat_s: float = _setting(25.0, "STORM_HEARTBEAT_S", "Interval the client is told to ping at.")
     idle_timeout_s: float = _setting(
@@ -78,6 +82,10 @@ class Config:
     dedup_ttl_s: float = _setting(
         600.0, "STORM_DEDUP_TTL_S", "How long a client message id is remembered for retries."
     )
+    publish_timeout_s: float = _setting(
+        10.0, "STORM_PUBLISH_TIMEOUT_S", "Broker send timeout of a publish; a cmid claim whose publish has not "
+        "finished 2 s after it is settled by the next retry (docs/delivery.md)."
+    )
     consumer_batch: int = _setting(500, "STORM_CONSUMER_BATCH", "Persistence worker batch size.")
     consumer_max_wait_s: float = _setting(
         0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a worker waits for the first record of a batch (capped at 0.25 s); "
@@ -90,7 +98,13 @@ class Config:
         30.0, "STORM_ACK_TIMEOUT_S", "Unacknowledged work is redelivered after this."
     )
     nack_delay_s: float = _setting(1.0, "STORM_NACK_DELAY_S", "Delay before a nacked message returns.")
-    drain_timeout_s: float = _setting(10.0, "STORM_DRAIN_TIMEOUT_S", "Graceful shutdown budget.")
+    drain_timeout_s: float = _setting(
+        10.0, "STORM_DRAIN_TIMEOUT_S", "Graceful shutdown budget: in-flight acks, 1012 closes, then exit."
+    )
+    drain_reconnect_spread_s: float = _setting(
+        5.0, "STORM_DRAIN_RECONNECT_SPREAD_S", "On drain each client is told (retry_ms in the 1012 reason) to "
+        "wait a random 0 to this many seconds before reconnecting."
+    )
     seed_demo: bool = _setting(False, "STORM_SEED_DEMO", "Seed the demo workspace at start (`storm dev`).")
     gateway_id: str = _setting("", "STORM_GATEWAY_ID", "Stable name of this gateway; random when empty.")
     pulsar_url: str = _setting("pulsar://127.0.0.1:6650", "STORM_PULSAR_URL", "Pulsar binary protocol service URL.")
@@ -190,11 +204,14 @@ class Config:
             "port", "max_frame_bytes", "max_subscriptions", "outbox_max_events", "outbox_max_bytes",
             "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
-            "max_channel_readers",
+            "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.drain_reconnect_spread_s < 0:
+            raise ConfigError("STORM_DRAIN_RECONNECT_SPREAD_S must not be negative, "
+                              f"got {self.drain_reconnect_spread_s!r}")
         if not 0 <= self.write_delay_s <= 1:
             raise ConfigError(f"STORM_WRITE_DELAY_S must be between 0 and 1, got {self.write_delay_s!r}")
         if self.mode == "production" and not self.origins():

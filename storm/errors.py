@@ -70,6 +70,10 @@ class Unavailable(StormError):
     retriable = True
 
 
+class PublishNotSent(Unavailable):
+    """The broker refused a publish before sending anything (no producer, say): a retry cannot duplicate."""
+
+
 class OffsetTruncated(StormError):
     """A read asked for offsets older than the log still holds (retention).  ``earliest`` says where it starts."""
 

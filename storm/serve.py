@@ -29,6 +29,10 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.websocket_max_message_size = 2 * cfg.max_frame_bytes
     hc.websocket_ping_interval = None  # the protocol has its own ping and idle timeout
     hc.graceful_timeout = cfg.drain_timeout_s
+    # Slow handshakes (slowloris): Hypercorn's idle timer runs from the connection's first byte until a
+    # whole request is parsed, so a request trickled in byte by byte is dropped after this.  Its headers
+    # are bounded by h11_max_incomplete_size (16 KiB by default).
+    hc.keep_alive_timeout = cfg.handshake_timeout_s
     return hc
 
 

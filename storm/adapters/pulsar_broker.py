@@ -43,7 +43,7 @@ from storm.adapters.pulsar_names import (
 from storm.adapters.pulsar_work import PulsarWorkSubscription, WorkOptions, WorkspaceDirectory
 from storm.config import Config
 from storm.domain import Plan
-from storm.errors import NotFound, OffsetTruncated, StormError, Unavailable
+from storm.errors import NotFound, OffsetTruncated, PublishNotSent, StormError, Unavailable
 from storm.ports.broker import BroadcastHandler, Record
 from storm.ports.clock import Clock
 
@@ -283,8 +283,15 @@ class PulsarBroker:
         assert self._producers is not None
         try:
             producer = await self._producers.get(topic, f"{self._gateway_id}-{channel}")
+        except pulsar_async.PulsarException as exc:  # nothing was sent: a retry cannot duplicate
+            self._producers.drop(topic)
+            error = _pulsar_error(f"publish ws={workspace} channel={channel}", exc)
+            if type(error) is Unavailable:
+                raise PublishNotSent(error.message) from exc
+            raise error from exc
+        try:
             msg_id = await producer.send(payload, ordering_key=channel)
-        except pulsar_async.PulsarException as exc:
+        except pulsar_async.PulsarException as exc:  # outcome unknown: the entry may be persisted
             self._producers.drop(topic)
             raise _pulsar_error(f"publish ws={workspace} channel={channel}", exc) from exc
         if msg_id.ledger_id() < 0:

@@ -115,6 +115,11 @@ class MessageRepository(Protocol):
         """Soft delete: the body is cleared and ``deleted_at`` set.  False when absent."""
         ...
 
+    async def find_by_cmid(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, author_id: uuid.UUID,
+                           cmid: str) -> Message | None:
+        """The author's earliest stored message with this client message id in the channel, if any."""
+        ...
+
     async def page(
         self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int
     ) -> list[Message]:

@@ -20,8 +20,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
-
 from storm import revocation
 from storm.config import Config
 from storm.directory import Directory, Principal
@@ -34,6 +32,7 @@ from storm.ports.identity import IdentityVerifier
 from storm.ports.store import Store
 from storm.protocol import commands as c
 from storm.protocol import events as e
+from storm.protocol.claims import NOT_SENT, CmidClaims, Duplicate, InFlight, MessageRef
 from storm.protocol.codes import CloseCode, ErrorCode
 from storm.ratelimit import TokenBucket
 from storm.revocation import ControlRouter
@@ -44,6 +43,7 @@ WORKSPACE_PRESENCE = "_workspace"  # pseudo-channel: who is online in the worksp
 MAX_BAD_FRAMES = 10
 TYPING_INTERVAL_S = 2.0
 REPLAY_MAX = 1000
+CLAIM_IN_DOUBT_MARGIN_S = 2.0  # a pending cmid claim is in doubt this long after the broker's send timeout
 CONNECTIONS_KEY = "quota:connections"  # cache counter of the workspace's open sessions (plan quota)
 
 
@@ -80,6 +80,11 @@ class SessionContext:
     directory: Directory
     hub: Hub
     control: ControlRouter = field(default_factory=ControlRouter)  # revocations (storm/revocation.py)
+    claims: CmidClaims = field(init=False)  # client message ids (storm/protocol/claims.py)
+
+    def __post_init__(self) -> None:
+        self.claims = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,
+                                 in_doubt_s=self.config.publish_timeout_s + CLAIM_IN_DOUBT_MARGIN_S)
 
 
 class _Sub:
@@ -89,11 +94,6 @@ class _Sub:
         self.replaying = True
         self.last = 0
         self.buffer: list[tuple[int, bytes]] = []
-
-
-class _DedupAck(msgspec.Struct, array_like=True):
-    message_id: str
-    offset: int
 
 
 class Session:
@@ -116,6 +116,8 @@ class Session:
         self._warned = False  # token.expiring sent for the current token
         self._counted = False  # holds one of the workspace's plan connections
         self._controlled = False  # registered with the ControlRouter
+        self.draining = False  # the gateway drains: frames from now on are dropped (the client resends them)
+        self.busy = False  # a frame is being handled (the drain waits for its ack)
 
     # -- properties the hub and route use ----------------------------------------------------------------
     @property
@@ -130,8 +132,15 @@ class Session:
     # -- input ------------------------------------------------------------------------------------------
     async def receive(self, data: bytes | str) -> None:
         """Handle one client frame.  Never raises for anything the peer sends."""
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self.draining:
             return
+        self.busy = True
+        try:
+            await self._receive(data)
+        finally:
+            self.busy = False
+
+    async def _receive(self, data: bytes | str) -> None:
         self.last_seen = self.ctx.clock.monotonic()
         try:
             cmd = c.decode_command(data, self.ctx.config.max_frame_bytes)
@@ -384,18 +393,16 @@ class Session:
         channel = str(ch.id)
         if not await self._limit(cmd.id, channel):
             return
-        ws = p.workspace.slug
-        key = f"cmid:{p.user.id.hex}:{ch.id.hex}:{cmd.cmid}"
-        cache = self.ctx.cache
-        prior = await cache.put_if_absent(ws, key, b"", self.ctx.config.dedup_ttl_s)
-        if prior is not None:
-            if not prior:
-                self._error(ErrorCode.CONFLICT, "a publish with this cmid is in flight; retry", id=cmd.id,
-                            field="cmid", channel=channel)
-                return
-            done = msgspec.msgpack.decode(prior, type=_DedupAck)
-            self._send(e.Ack(id=cmd.id, channel=channel, cmid=cmd.cmid, message_id=done.message_id,
-                             offset=done.offset, duplicate=True))
+        ref = MessageRef(p.workspace.slug, p.workspace.id, ch.id, p.user.id, cmd.cmid)
+        claims = self.ctx.claims
+        outcome = await claims.claim(ref)
+        if isinstance(outcome, InFlight):
+            self._error(ErrorCode.CONFLICT, f"a publish with this cmid is in flight; retry in "
+                        f"{outcome.retry_after_s:.1f}s", id=cmd.id, field="cmid", channel=channel)
+            return
+        if isinstance(outcome, Duplicate):
+            self._send(e.Ack(id=cmd.id, channel=channel, cmid=cmd.cmid, message_id=outcome.message_id,
+                             offset=outcome.offset, duplicate=True))
             return
         message_id = str(uuid.uuid4())
         payload = e.encode(e.MessageEvent(
@@ -403,11 +410,13 @@ class Session:
             ts=self.ctx.clock.time(), cmid=cmd.cmid, thread=cmd.thread,
         ))
         try:
-            offset = await self.ctx.broker.publish(ws, channel, payload)
-        except BaseException:
-            await cache.delete(ws, key)  # let the client's retry through
+            offset = await self.ctx.broker.publish(ref.workspace, channel, payload)
+        except NOT_SENT:
+            await claims.release(ref, outcome.key)  # nothing reached the log: let the client's retry through
             raise
-        await cache.set(ws, key, msgspec.msgpack.encode(_DedupAck(message_id, offset)), self.ctx.config.dedup_ttl_s)
+        # any other failure (timeout, broker error, cancellation) leaves the claim pending: the outcome is
+        # unknown, and a retry settles it once it is in doubt (storm/protocol/claims.py)
+        await claims.confirm(ref, outcome.key, message_id, offset)
         self._send(e.Ack(id=cmd.id, channel=channel, cmid=cmd.cmid, message_id=message_id, offset=offset))
 
     async def _subscribe(self, cmd: c.Subscribe) -> None:

@@ -405,6 +405,19 @@ async def test_add_many_is_idempotent(store: SqlStore) -> None:
     assert page[-1] == batch[0]
 
 
+async def test_find_by_cmid_is_per_author_channel_and_workspace(store: SqlStore) -> None:
+    ws, other_ws, ch, alice, bob = _ws(), _ws(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    mine = Message(**{**_as_dict(_msg(ws, ch, 7, author=alice)), "client_msg_id": "c-1"})
+    theirs = Message(**{**_as_dict(_msg(ws, ch, 8, author=bob)), "client_msg_id": "c-2"})
+    await _add(store, ws, other_ws, mine, theirs)
+    async with store.unit_of_work() as uow:
+        assert await uow.messages.find_by_cmid(ws.id, ch, alice, "c-1") == mine
+        assert await uow.messages.find_by_cmid(ws.id, ch, bob, "c-1") is None  # another author's id space
+        assert await uow.messages.find_by_cmid(ws.id, uuid.uuid4(), alice, "c-1") is None
+        assert await uow.messages.find_by_cmid(other_ws.id, ch, alice, "c-1") is None
+        assert await uow.messages.find_by_cmid(ws.id, ch, alice, "c-9") is None
+
+
 async def test_add_many_takes_big_batches(store: SqlStore) -> None:
     ws, ch = _ws(), uuid.uuid4()
     await _add(store, ws)

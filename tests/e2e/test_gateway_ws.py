@@ -144,17 +144,22 @@ def test_http_surface(storm_dev_server):
     info.value.close()
 
 
-async def test_sigint_drains_with_1012_and_exits(tmp_path):
-    """A dedicated server: Ctrl-C tells connected clients to reconnect elsewhere (1012) and exits."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+async def test_a_signal_drains_with_1012_and_a_retry_hint_and_exits_within_the_budget(tmp_path, signame):
+    """A dedicated server: Ctrl-C or a deploy's SIGTERM tells connected clients to reconnect elsewhere
+    (1012, ``retry_ms`` within STORM_DRAIN_RECONNECT_SPREAD_S), refuses new sockets, and exits in time."""
     import os
+    import re
     import signal
     import subprocess
     import sys
+    import time
 
     from tests.e2e.conftest import ROOT, _free_port, _healthy
 
     port = _free_port()
-    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db"}
+    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
+           "STORM_DRAIN_TIMEOUT_S": "4", "STORM_DRAIN_RECONNECT_SPREAD_S": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -163,17 +168,56 @@ async def test_sigint_drains_with_1012_and_exits(tmp_path):
             if _healthy(f"{base}/healthz"):
                 break
             await asyncio.sleep(0.1)
-        c = await Client.connect(base, "dave")
-        proc.send_signal(signal.SIGINT)
-        with pytest.raises(websockets.ConnectionClosed) as info:
-            while True:
-                await asyncio.wait_for(c.ws.recv(), 5)
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1012
-        assert proc.wait(timeout=10) == 0
+        clients = [await Client.connect(base, user) for user in ("alice", "bob", "dave")]
+        signalled = time.monotonic()
+        proc.send_signal(getattr(signal, signame))
+        hints = []
+        for c in clients:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await asyncio.wait_for(c.ws.recv(), 5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+            hint = re.search(r"retry_ms=(\d+)", info.value.rcvd.reason)
+            assert hint, info.value.rcvd.reason
+            hints.append(int(hint.group(1)))
+        assert all(0 <= h <= 2000 for h in hints), hints
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - signalled < 4 + 6  # the budget, plus interpreter shutdown
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_handshake_dribbled_byte_by_byte_is_dropped(storm_dev_server):
+    """Slowloris: an HTTP upgrade that never completes is dropped after STORM_HANDSHAKE_TIMEOUT_S (5 s),
+    however steadily its bytes trickle in; the gateway keeps serving others."""
+    import time
+
+    host, port = storm_dev_server.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               + b"X-Slow: " + b"a" * 200)
+    started = time.monotonic()
+    dropped = False
+    try:
+        for byte in request:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.25) == b"":
+                    dropped = True
+                    break
+            except TimeoutError:
+                continue
+    except (ConnectionResetError, BrokenPipeError):
+        dropped = True
+    finally:
+        writer.close()
+    assert dropped, "the server kept a never-finishing handshake open"
+    assert time.monotonic() - started < 5 + 5
+    c = await Client.connect(storm_dev_server, "carol")  # others are served meanwhile
+    await c.ws.close()
 
 
 async def test_frames_written_straight_to_hypercorns_transport_arrive_intact():

@@ -124,6 +124,8 @@ def test_offline_ddl_is_portable(url: str) -> None:
     command.upgrade(config, "head", sql=True)
     ddl = config.output_buffer.getvalue().upper()
     assert ddl.count("CREATE TABLE") == len(metadata.tables) + 1  # + alembic_version
+    # Alembic's own bookkeeping (UPDATE alembic_version ... WHERE version_num = ...) is not our DDL
+    ddl = "\n".join(s for s in ddl.split(";") if "ALEMBIC_VERSION" not in s)
     for feature in ("CREATE TYPE", "SERIAL", "SEQUENCE", "TRIGGER", " WHERE "):
         assert feature not in ddl, feature
 

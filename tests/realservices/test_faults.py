@@ -3,6 +3,9 @@
 * SIGKILL gateway A while two clients publish 1 000 messages each, restart it: every acknowledged message
   reaches every member once, in order, and is stored once.
 * SIGKILL the consumers process while it persists, restart it: the database holds each message once.
+* SIGTERM gateway B while a client publishes as fast as it can: the client is closed with 1012 and a
+  ``retry_ms`` hint, every publish that reached the log was acknowledged first, and the process exits
+  within the drain budget.
 * Restart the Pulsar broker while clients publish: publishing resumes and acknowledged messages survive
   (runs last: see conftest.py).
 """
@@ -11,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
+import signal
 import subprocess
 import time
 
@@ -18,7 +24,7 @@ import pytest
 
 from storm.sdk import ClientOptions, Message, StormClient
 from storm.verify import ROOT, ScenarioOptions, run_gateway_kill, scenario_users
-from tests.realservices.conftest import Topology
+from tests.realservices.conftest import DRAIN_TIMEOUT_S, Topology
 from tests.realservices.test_topology import stored_rows, wait_stored
 
 pytestmark = pytest.mark.integration
@@ -88,6 +94,71 @@ async def test_consumers_sigkill_mid_batch_stores_each_message_once(live: Topolo
     assert sorted(r[0] for r in rows) == sorted(str(p.message_id) for p in acked)
     assert len({r[1] for r in rows}) == len(rows) == 2 * MESSAGES
     assert len({r[2] for r in rows}) == len(rows)
+
+
+async def test_gateway_sigterm_drains_finishing_in_flight_acks_with_1012_and_a_retry_hint(live: Topology) -> None:
+    import websockets
+
+    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.config import Config
+    from storm.ports.clock import SystemClock
+    from storm.verify import read_channel_log
+
+    ws = await live.provision(("alice", "bob"))
+    gateway_b = live.procs["gateway-b"]
+    conn = await websockets.connect(gateway_b.ws_url)
+    await conn.send(json.dumps({"op": "auth", "token": ws.token_provider("alice")()}))
+    acked: set[str] = set()
+    sent = 0
+    window = 20  # publishes in flight: some are always between the gateway and Pulsar
+    close: list[tuple[int, str]] = []
+
+    async def read() -> None:
+        try:
+            async for frame in conn:
+                for line in str(frame).split("\n"):
+                    event = json.loads(line)
+                    if event["type"] == "ack" and event.get("cmid"):
+                        acked.add(event["cmid"])
+        except websockets.ConnectionClosed:
+            pass
+        close.append((conn.close_code or 0, conn.close_reason or ""))
+
+    reader = asyncio.create_task(read())
+    signalled_at = 0.0
+    while not close and sent < 5000:
+        if sent - len(acked) >= window:
+            await asyncio.sleep(0.001)
+            continue
+        try:
+            await conn.send(json.dumps({"op": "publish", "id": sent + 1, "channel": ws.channel,
+                                        "cmid": f"drain-{sent:05d}", "text": f"m{sent}"}))
+        except websockets.ConnectionClosed:
+            break
+        sent += 1
+        if sent == 200:
+            signalled_at = time.monotonic()
+            gateway_b.signal(signal.SIGTERM)
+    await asyncio.wait_for(reader, 30)
+    exit_code = await asyncio.to_thread(gateway_b.popen.wait, 30)  # type: ignore[union-attr]
+    exited_after = time.monotonic() - signalled_at
+
+    code, reason = close[0]
+    assert code == 1012, close
+    hint = re.search(r"retry_ms=(\d+)", reason)
+    assert hint and 0 <= int(hint.group(1)) <= 5000, reason  # STORM_DRAIN_RECONNECT_SPREAD_S default: 5 s
+    assert exit_code == 0, gateway_b.log_tail(30)
+    assert exited_after < DRAIN_TIMEOUT_S + 10, f"took {exited_after:.1f} s to exit"
+
+    broker = PulsarBroker(Config.from_env(live.env), SystemClock())
+    await broker.start()
+    try:
+        in_log = {cmid for _, cmid in await read_channel_log(broker, ws.slug, ws.channel)}
+    finally:
+        await broker.stop()
+    assert len(acked) >= 200 - window, "the drain began before the publishes it should finish"
+    assert in_log == acked, (f"in the log without an ack: {sorted(in_log - acked)[:5]}; "
+                             f"acked but not in the log: {sorted(acked - in_log)[:5]}")
 
 
 def consumers_stats(live: Topology) -> str:

@@ -1,5 +1,8 @@
-"""Fixtures of the tenants API tests: an in-process app on embedded adapters (SQLite file, memory broker
-and cache, dev tokens).  Every fixture is prefixed ``tenants_`` so other suites can reuse the names."""
+"""Fixtures of the service tests, on embedded adapters (SQLite file, memory broker and cache, dev tokens):
+
+* the tenants API tests: an in-process app; those fixtures are prefixed ``tenants_``;
+* the session tests: ``services`` (seeded with the demo workspace, on a manual clock), ``hub`` and ``ctx``
+  (a ``SessionContext``), driven without sockets by tests/service/test_session.py's helpers."""
 
 from __future__ import annotations
 
@@ -12,9 +15,13 @@ from typing import Any
 
 import pytest
 
+from gateway.hub import Hub
 from storm.adapters.dev_identity import DEFAULT_SCOPES, DevIdentity
 from storm.bootstrap import Services, build_services
 from storm.config import Config
+from storm.ports.clock import ManualClock
+from storm.protocol.session import SessionContext
+from storm.seed import seed_demo
 from tenants.app import create_app
 
 
@@ -155,3 +162,38 @@ async def tenants_api(
         yield TenantsApi(
             test_app.test_client(), tenants_services, DevIdentity(tenants_services.config.dev_secret)
         )
+
+
+# --- the session core, without sockets -------------------------------------------------------------
+
+
+@pytest.fixture
+async def services(tmp_path) -> AsyncIterator[Services]:
+    clock = ManualClock()
+    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", publish_rate=5.0,
+                          publish_burst=3, max_subscriptions=3, retention_messages=20)
+    svc = build_services(cfg, clock=clock)
+    await svc.start()
+    ws = await seed_demo(svc.store)
+    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def hub(services) -> AsyncIterator[Hub]:
+    h = Hub(services.broker, services.clock, sweep_interval_s=3600)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest.fixture
+def ctx(services, hub) -> SessionContext:
+    s = services
+    return SessionContext(config=s.config, clock=s.clock, broker=s.broker, cache=s.cache, store=s.store,
+                          identity=s.identity, directory=s.directory, hub=hub)

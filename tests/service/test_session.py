@@ -8,21 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from consumers.persistence import PersistenceWorker
-from gateway.hub import Hub
 from storm.adapters.dev_identity import DevIdentity
-from storm.bootstrap import Services, build_services
-from storm.config import Config
+from storm.bootstrap import Services
 from storm.domain import Channel, ChannelKind, Role, Workspace
 from storm.ports.clock import ManualClock
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import MAX_BAD_FRAMES, Session, SessionContext, State
-from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
+from storm.seed import DEMO_WORKSPACE, channel_id
 from tests.support.asyncapi import validate_server_event
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
@@ -48,38 +45,6 @@ class ListTransport:
         out = [e for e in self.events if type_ is None or e["type"] == type_]
         self.events = [e for e in self.events if not (type_ is None or e["type"] == type_)]
         return out
-
-
-@pytest.fixture
-async def services(tmp_path) -> AsyncIterator[Services]:
-    clock = ManualClock()
-    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", publish_rate=5.0,
-                          publish_burst=3, max_subscriptions=3, retention_messages=20)
-    svc = build_services(cfg, clock=clock)
-    await svc.start()
-    ws = await seed_demo(svc.store)
-    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
-    try:
-        yield svc
-    finally:
-        await svc.stop()
-
-
-@pytest.fixture
-async def hub(services) -> AsyncIterator[Hub]:
-    h = Hub(services.broker, services.clock, sweep_interval_s=3600)
-    await h.start()
-    try:
-        yield h
-    finally:
-        await h.stop()
-
-
-@pytest.fixture
-def ctx(services, hub) -> SessionContext:
-    s = services
-    return SessionContext(config=s.config, clock=s.clock, broker=s.broker, cache=s.cache, store=s.store,
-                          identity=s.identity, directory=s.directory, hub=hub)
 
 
 def token(services: Services, user: str = "alice", workspace: str = DEMO_WORKSPACE, **kw: Any) -> str:

@@ -1,0 +1,188 @@
+"""Client message ids: one message per (author, channel, cmid), also when a publish's outcome is unknown.
+
+The session claims a cmid in the cache before it publishes (docs/delivery.md, "Effectively once").  The
+claim, under ``cmid:<user>:<channel>:<cmid>`` in the workspace, moves through these states:
+
+    absent ──claim──▶ Pending(claimed_at, nonce) ──publish returned──▶ Done(message_id, offset)
+                         │  publish refused, nothing sent (BadRequest, NotFound, PublishNotSent) ──▶ absent
+                         │  outcome unknown (timeout, broker error, gateway crash, cancellation) ──▶ stays Pending
+                         ▼
+    Pending older than ``in_doubt_s`` ──settle──▶ Done (the message was found) | Pending(new nonce) (it was not)
+
+A retry that finds ``Done`` gets the original ack (``duplicate: true``).  A retry that finds a young
+``Pending`` gets ``conflict``: the first attempt may still succeed.  A ``Pending`` older than
+``in_doubt_s`` — longer than any publish can take, because the broker's send times out before —
+belongs to an attempt that can no longer finish, so one retry (chosen by a put-if-absent on a key naming
+the claim's nonce) *settles* it: it looks the cmid up in the store, then reads the channel log past the
+newest stored message (the persistence worker stores a channel's messages in log order, so an unstored
+message of the channel lies after it).  Found: the retry is answered with that message's ack.  Not found:
+the first attempt never reached the log, and the retry publishes under a fresh claim.
+
+What is left: a send the broker persists *after* its own send timeout and after the settle read would be
+published twice; the persistence worker would still store one row per offset and clients show a message
+once per (channel, author, cmid).  See docs/delivery.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from storm.errors import BadRequest, Forbidden, NotFound, OffsetTruncated, PublishNotSent, StormError, Unavailable
+from storm.ports.broker import Broker
+from storm.ports.cache import Cache
+from storm.ports.clock import Clock
+from storm.ports.store import Store
+
+READ_PAGE = 500
+SETTLE_SCAN_MAX = 20_000  # records read past the newest stored message before giving up (retry later)
+
+
+class Pending(msgspec.Struct, tag="p", array_like=True):
+    claimed_at: float  # wall clock (epoch seconds): claims are compared across gateways
+    nonce: str
+
+
+class Done(msgspec.Struct, tag="d", array_like=True):
+    message_id: str
+    offset: int
+
+
+_decoder = msgspec.msgpack.Decoder(Pending | Done)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class _Probe(msgspec.Struct):
+    """The fields of a channel record that identify a message (the rest of the event is ignored)."""
+
+    type: str = ""
+    id: str = ""
+    author: str = ""
+    cmid: str | None = None
+
+
+_probe = msgspec.json.Decoder(_Probe)
+
+
+# Errors after which the record is known not to be in the log: the claim is released at once.
+NOT_SENT: tuple[type[StormError], ...] = (BadRequest, Forbidden, NotFound, PublishNotSent)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """Go ahead and publish; then :meth:`CmidClaims.confirm` or :meth:`CmidClaims.release`."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    message_id: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """An earlier attempt may still succeed (or another retry is settling it): retry after a while."""
+
+    retry_after_s: float
+
+
+Outcome = Claimed | Duplicate | InFlight
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """Where to look for an earlier attempt: ids as the store and the log know them."""
+
+    workspace: str  # slug: cache namespace and broker tenant
+    workspace_id: uuid.UUID
+    channel_id: uuid.UUID
+    author_id: uuid.UUID
+    cmid: str
+
+
+class CmidClaims:
+    def __init__(self, cache: Cache, store: Store, broker: Broker, clock: Clock, *, ttl_s: float,
+                 in_doubt_s: float) -> None:
+        self._cache = cache
+        self._store = store
+        self._broker = broker
+        self._clock = clock
+        self._ttl = ttl_s
+        self.in_doubt_s = in_doubt_s
+
+    @staticmethod
+    def key(ref: MessageRef) -> str:
+        return f"cmid:{ref.author_id.hex}:{ref.channel_id.hex}:{ref.cmid}"
+
+    def _pending(self) -> bytes:
+        return _encoder.encode(Pending(self._clock.time(), uuid.uuid4().hex))
+
+    async def claim(self, ref: MessageRef) -> Outcome:
+        key = self.key(ref)
+        prior = await self._cache.put_if_absent(ref.workspace, key, self._pending(), self._ttl)
+        if prior is None:
+            return Claimed(key)
+        state = _decode(prior)
+        if isinstance(state, Done):
+            return Duplicate(state.message_id, state.offset)
+        age = self._clock.time() - state.claimed_at
+        if age < self.in_doubt_s:
+            return InFlight(max(0.1, self.in_doubt_s - age))
+        return await self._settle(ref, key, state)
+
+    async def confirm(self, ref: MessageRef, key: str, message_id: str, offset: int) -> None:
+        await self._cache.set(ref.workspace, key, _encoder.encode(Done(message_id, offset)), self._ttl)
+
+    async def release(self, ref: MessageRef, key: str) -> None:
+        await self._cache.delete(ref.workspace, key)
+
+    async def _settle(self, ref: MessageRef, key: str, state: Pending) -> Outcome:
+        settler = f"{key}:settle:{state.nonce}"
+        if await self._cache.put_if_absent(ref.workspace, settler, b"", self.in_doubt_s) is not None:
+            return InFlight(1.0)  # another retry is settling this very claim
+        found = await self.find_published(ref)
+        if found is not None:
+            await self.confirm(ref, key, found.message_id, found.offset)
+            return Duplicate(found.message_id, found.offset)
+        await self._cache.set(ref.workspace, key, self._pending(), self._ttl)
+        return Claimed(key)
+
+    async def find_published(self, ref: MessageRef) -> Done | None:
+        """The author's message with this cmid in the store, else in the log past the newest stored one."""
+        async with self._store.unit_of_work() as uow:  # one snapshot for both reads
+            newest = await uow.messages.page(ref.workspace_id, ref.channel_id, before=None, limit=1)
+            stored = await uow.messages.find_by_cmid(ref.workspace_id, ref.channel_id, ref.author_id, ref.cmid)
+        if stored is not None:
+            return Done(str(stored.id), stored.offset)
+        channel, author = str(ref.channel_id), str(ref.author_id)
+        offset, scanned = (newest[0].offset + 1 if newest else 1), 0
+        while scanned < SETTLE_SCAN_MAX:
+            try:
+                records = await self._broker.read(ref.workspace, channel, offset, READ_PAGE)
+            except OffsetTruncated as exc:  # the log no longer holds what is stored: start where it starts
+                offset = max(exc.earliest, offset + 1)
+                continue
+            if not records:
+                return None
+            for record in records:
+                try:
+                    probe = _probe.decode(record.payload)
+                except msgspec.DecodeError:
+                    continue
+                if probe.type == "message" and probe.cmid == ref.cmid and probe.author == author:
+                    return Done(probe.id, record.offset)
+            scanned += len(records)
+            offset = records[-1].offset + 1
+        raise Unavailable("an earlier publish with this cmid cannot be settled yet (persistence is far behind); "
+                          "retry later", field="cmid")
+
+
+def _decode(value: bytes) -> Pending | Done:
+    try:
+        return _decoder.decode(value)
+    except msgspec.DecodeError:  # unreadable (another version): treat as an attempt that is long over
+        return Pending(0.0, "")
