@@ -53,7 +53,7 @@ async def revoke(cache: Cache, broker: Broker, workspace: str, subject: str, *, 
     listed, e.g. a removal, where the membership itself is the gate) and close its open sockets."""
     if ttl > 0:
         await cache.revoke(workspace, jti_key(token_id) if token_id else subject, ttl)
-    payload = _encoder.encode(Revoke(subject=subject, reason=reason))
+    payload = _encoder.encode(Revoke(subject=subject, reason=reason, jti=token_id))
     await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
     log.info("revoked ws=%s subject=%s reason=%s", workspace, subject, reason)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -21,7 +22,11 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{cfg.host}:{cfg.port}"]
     hc.accesslog = None
-    hc.errorlog = "-"
+    # Hypercorn's error log goes through the root logger's handlers (and their SecretRedactor,
+    # storm/redact.py) rather than a stderr handler of its own that nothing filters.
+    error_log = logging.getLogger("hypercorn.error")
+    error_log.setLevel(logging.WARNING)
+    hc.errorlog = error_log
     hc.loglevel = "WARNING"
     hc.backlog = 4096
     # frames over STORM_MAX_FRAME_BYTES get a `too_large` error from the session; frames over twice that

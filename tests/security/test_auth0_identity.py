@@ -176,6 +176,17 @@ def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production()
     assert ISSUER != "https://x.auth0.com/"
 
 
+@pytest.mark.parametrize("command", [["dev"], ["serve", "gateway"], ["serve", "api"], ["serve", "consumers"]])
+def test_every_server_command_refuses_to_start_with_dev_tokens_in_production(command, monkeypatch, capsys):
+    from storm.cli import main
+
+    monkeypatch.setenv("STORM_MODE", "production")
+    monkeypatch.setenv("STORM_IDENTITY", "dev")
+    monkeypatch.setenv("STORM_ALLOWED_ORIGINS", "https://chat.example.com")
+    assert main(command) == 2
+    assert "STORM_IDENTITY=dev is refused in STORM_MODE=production" in capsys.readouterr().err
+
+
 def test_bootstrap_builds_the_auth0_verifier(jwks, tmp_path):
     from storm.bootstrap import build_services
 

@@ -1,8 +1,9 @@
 """Property-based fuzzing in every `make test` (storm/fuzz.py has the strategies and the properties).
 
-Budget: 1000 x 8 = 8000 decoder frames + 600 session conversations (1 to 6 frames each, about 2100 frames)
-+ 400 REST bodies here, plus the 8 x 300 REST requests of tests/service/test_tenants_fuzz.py: about 12 900
-generated inputs, zero unhandled exceptions allowed.  `storm fuzz --cases N` runs the same properties for longer.
+Budget, in Hypothesis examples (each one generated input): 5000 decoder frames + 1600 session conversations
+(1 to 6 frames each, about 5600 frames) + 1000 REST bodies here, plus the 8 x 300 REST requests of
+tests/service/test_tenants_fuzz.py: 10 000 examples, zero unhandled exceptions allowed.  `storm fuzz --cases N`
+runs the same properties for longer.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def _budget(n: int) -> settings:
                                            HealthCheck.filter_too_much])
 
 
-@_budget(1000)
-@given(batch=st.lists(frames(), min_size=8, max_size=8))  # 8 frames per example: cheaper per input
-def test_decoder_accepts_or_refuses_every_frame_with_a_known_code(batch: list[Any]) -> None:
-    for frame in batch:
-        check_decoder(frame)
+DECODER_EXAMPLES, SESSION_EXAMPLES, REST_EXAMPLES = 5000, 1600, 1000
+
+
+@_budget(DECODER_EXAMPLES)
+@given(frame=frames())
+def test_decoder_accepts_or_refuses_every_frame_with_a_known_code(frame: Any) -> None:
+    check_decoder(frame)
 
 
 @pytest.mark.parametrize(("frame", "code"), [
@@ -60,7 +63,7 @@ def session_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session
             target.stop()
 
 
-@_budget(600)
+@_budget(SESSION_EXAMPLES)
 @given(data=st.data())
 def test_session_survives_any_conversation(session_target: SessionTarget, data: st.DataObject) -> None:
     session_target.check(data.draw(st.lists(frames(session_target.channels), min_size=1, max_size=6)))
@@ -88,7 +91,7 @@ def rest_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestTarget
             target.stop()
 
 
-@_budget(400)
+@_budget(REST_EXAMPLES)
 @given(endpoint=st.integers(0, len(REST_ENDPOINTS) - 1), body=rest_bodies)
 def test_rest_write_endpoints_never_5xx(rest_target: RestTarget, endpoint: int, body: Any) -> None:
     rest_target.check(endpoint, body)

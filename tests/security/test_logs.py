@@ -115,3 +115,25 @@ def test_installed_redactor_rewrites_records_and_tracebacks():
         logger.propagate = True
     assert len(lines) == 2 and all(secret not in line for line in lines)
     assert REDACTED in lines[0] and REDACTED in lines[1]
+
+
+def test_hypercorn_error_log_goes_through_the_redacted_root_handlers(capsys):
+    """The server library's own log lines are redacted too, and written once (no handler of its own)."""
+    from storm.config import Config
+    from storm.serve import hypercorn_config
+
+    secret = DevIdentity("z" * 32).issue("dev|carol", "demo")
+    root = logging.getLogger()
+    handler = logging.StreamHandler()  # stderr, as the CLI's logging.basicConfig sets it up
+    root.addHandler(handler)
+    try:
+        install()
+        config = hypercorn_config(Config.from_env({}))
+        assert config.errorlog is logging.getLogger("hypercorn.error")
+        assert not logging.getLogger("hypercorn.error").handlers
+        logging.getLogger("hypercorn.error").error("Error in ASGI Framework: token %s", secret)
+    finally:
+        root.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert secret not in err and err.count(REDACTED) == 1
+

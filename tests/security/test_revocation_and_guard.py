@@ -109,12 +109,15 @@ async def test_ban_needs_an_admin(env):
 
 
 async def test_logout_revokes_the_token_and_closes_the_callers_sockets(env):
-    token = env.token("bob")
-    async with ws(env) as bob:
+    token, other_token = env.token("bob"), env.token("bob")  # bob on two devices: two tokens
+    async with ws(env) as bob, ws(env) as bob_elsewhere:
         await _hello(bob, token)
+        await _hello(bob_elsewhere, other_token)
         status, _ = await env.rest("POST", f"/v1/workspaces/{SLUG}/logout", "bob", token=token)
         assert status == 204
         assert await bob.close_code(within=1.0) == CloseCode.REVOKED
+        await bob_elsewhere.send({"op": "ping", "id": 7})  # the other device's session goes on
+        assert (await bob_elsewhere.event())["type"] == "pong"
     status, _ = await env.rest("GET", f"/v1/workspaces/{SLUG}", "bob", token=token)
     assert status == 401  # the logged-out token is dead for the REST API too
     async with ws(env) as again:
