@@ -504,9 +504,25 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    if args.messages < 2:
+        return f"--messages must be at least 2 (the kill comes halfway), got {args.messages}"
+    for name in ("rate", "timeout", "backoff_max"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            return f"--{name.replace('_', '-')} must be a positive number, got {value}"
+    if args.listeners < 0:
+        return f"--listeners must not be negative, got {args.listeners}"
+    return None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from storm.serve import run
 
+    problem = _bad_arguments(args)
+    if problem:
+        print(f"storm verify: {problem}", file=sys.stderr)
+        return 2
     try:
         result = run(lambda: _verify_delivery(args))
     except (RuntimeError, OSError, TimeoutError) as exc:
