@@ -67,6 +67,7 @@ class Topology:
         self.pulsar_admin_url = admin_url
         gw_a, gw_b, api, consumers = free_ports(4)
         self.pool: list[Provisioned] = []
+        self.created: list[Provisioned] = []  # deleted at teardown: Pulsar tenants outlive the database
         self.procs: dict[str, StormProcess] = {
             "gateway-a": StormProcess("gateway-a", "gateway", gw_a, {**env, "STORM_GATEWAY_ID": "rs-gw-a"}, log_dir),
             "gateway-b": StormProcess("gateway-b", "gateway", gw_b, {**env, "STORM_GATEWAY_ID": "rs-gw-b"}, log_dir),
@@ -102,6 +103,12 @@ class Topology:
             proc.start()
         for proc in dead:
             proc.wait_ready(READY_TIMEOUT_S)
+
+    async def delete_workspaces(self) -> None:
+        """Delete every workspace this topology created, through the API (Pulsar tenant, rows, cache)."""
+        for ws in self.created:
+            with contextlib.suppress(Exception):
+                await self.api("DELETE", f"/v1/workspaces/{ws.slug}", token=self.token(ws.users[0], ws.slug))
 
     def stop(self) -> None:
         for name in ("gateway-a", "gateway-b", "api", "consumers"):  # drain order, consumers last
@@ -142,7 +149,9 @@ class Topology:
         channel = await self.api("POST", f"/v1/workspaces/{slug}/channels", token=owner_token,
                                  body={"name": "general"})
         assert channel.status_code == 201, channel.text
-        return Provisioned(slug=slug, channel=channel.json()["id"], users=users, secret=self.secret)
+        provisioned = Provisioned(slug=slug, channel=channel.json()["id"], users=users, secret=self.secret)
+        self.created.append(provisioned)
+        return provisioned
 
 
 @pytest.fixture(scope="session")
@@ -167,6 +176,9 @@ def topology(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) 
         topo.start()
         yield topo
     finally:
+        with contextlib.suppress(Exception):
+            topo.revive()
+            asyncio.run(topo.delete_workspaces())
         topo.stop()
         _ACTIVE.remove(topo)
         with contextlib.suppress(Exception):
