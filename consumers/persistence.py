@@ -135,6 +135,7 @@ class PersistenceWorker:
         self._name = name
         self._batch = cfg.consumer_batch
         self._max_wait = cfg.consumer_max_wait_s
+        self._linger = cfg.consumer_linger_s
         self._max_redeliveries = cfg.consumer_max_redeliveries
         self._nack_delay = cfg.nack_delay_s
         self._sub: WorkSubscription | None = None
@@ -174,6 +175,8 @@ class PersistenceWorker:
                 continue
             if not deliveries:
                 continue
+            if len(deliveries) < self._batch and self._linger > 0:
+                deliveries = await self._gather_more(list(deliveries))
             try:
                 await self.process(deliveries)
             except Exception:  # e.g. the store or cache is down: the worker must outlive it
@@ -183,6 +186,26 @@ class PersistenceWorker:
                 with contextlib.suppress(Exception):
                     await self._sub.nack(deliveries, self._nack_delay)
                 await asyncio.sleep(self._nack_delay)
+
+    async def _gather_more(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Linger (Kafka's linger.ms): after the first record, take what arrives within
+        ``STORM_CONSUMER_LINGER_S``, up to a full batch.  A transaction costs ~0.8 ms of client CPU however
+        small: at a few hundred messages per second, written one by one, that was 40 % of a core."""
+        assert self._sub is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        while len(deliveries) < self._batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                more = await self._sub.receive(self._batch - len(deliveries), remaining)
+            except Exception:  # write what we have; the run loop deals with a failing subscription
+                break
+            if not more:
+                break
+            deliveries.extend(more)
+        return deliveries
 
     async def _workspace_ids(self, deliveries: Sequence[Delivery]) -> dict[str, uuid.UUID]:
         ids: dict[str, uuid.UUID] = {}

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import models as m
+from db.dml import insert_or_skip
 from db.errors import translated
 from storm.domain import (
     Channel,
@@ -248,8 +249,8 @@ class SqlChannelRepository(_Repository):
         exists = select(m.channels.c.id).where(self._key(workspace_id, channel_id))
         if (await self._execute(exists)).first() is None:
             raise NotFound("no such channel in this workspace", field="channel_id")
-        await self._execute(self._insert(m.channel_members).values(
-            workspace_id=workspace_id, channel_id=channel_id, user_id=user_id).on_conflict_do_nothing())
+        await self._execute(insert_or_skip(self._dialect, m.channel_members).values(
+            workspace_id=workspace_id, channel_id=channel_id, user_id=user_id))
 
     async def remove_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> None:
         key = self._member_key(workspace_id, channel_id, user_id)
@@ -306,7 +307,7 @@ class SqlMessageRepository(_Repository):
         if not messages:
             return 0
         rows = [_message_values(msg) for msg in messages]
-        statement = self._insert(m.messages).on_conflict_do_nothing().returning(m.messages.c.id)
+        statement = insert_or_skip(self._dialect, m.messages).returning(m.messages.c.id)  # cached: db/dml.py
         per_chunk = max(1, self._max_params // len(m.messages.c))
         inserted = 0
         for chunk in _chunks(rows, per_chunk):
@@ -361,10 +362,10 @@ class SqlReactionRepository(_Repository):
     the reaction anyway, and a reaction row only counts within its own workspace."""
 
     async def add(self, reaction: Reaction) -> bool:
-        statement = (self._insert(m.reactions)
+        statement = (insert_or_skip(self._dialect, m.reactions)
                      .values(workspace_id=reaction.workspace_id, message_id=reaction.message_id,
                              user_id=reaction.user_id, emoji=reaction.emoji)
-                     .on_conflict_do_nothing().returning(m.reactions.c.emoji))
+                     .returning(m.reactions.c.emoji))
         return (await self._execute(statement)).first() is not None
 
     async def remove(self, reaction: Reaction) -> bool:

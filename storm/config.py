@@ -88,8 +88,12 @@ class Config:
     )
     consumer_batch: int = _setting(500, "STORM_CONSUMER_BATCH", "Persistence worker batch size.")
     consumer_max_wait_s: float = _setting(
-        0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a worker waits for the first record of a batch (capped at 0.25 s); "
-        "batches never wait to fill."
+        0.05, "STORM_CONSUMER_MAX_WAIT_S", "Longest a worker waits for the first record of a batch (capped at 0.25 s)."
+    )
+    consumer_linger_s: float = _setting(
+        0.02, "STORM_CONSUMER_LINGER_S", "After a batch's first record, how long a worker gathers more before it "
+        "writes (0: write what is there at once). Adds up to this much to the time until history shows a "
+        "message; nothing to live delivery."
     )
     consumer_max_redeliveries: int = _setting(
         5, "STORM_CONSUMER_MAX_REDELIVERIES", "Deliveries of one message before it is dead-lettered."
@@ -209,6 +213,8 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.consumer_linger_s <= 1:
+            raise ConfigError(f"STORM_CONSUMER_LINGER_S must be between 0 and 1, got {self.consumer_linger_s!r}")
         if self.drain_reconnect_spread_s < 0:
             raise ConfigError("STORM_DRAIN_RECONNECT_SPREAD_S must not be negative, "
                               f"got {self.drain_reconnect_spread_s!r}")

@@ -3,12 +3,22 @@
 Used by the gateway session and the tenants API alike, so both authorise the same way.  Every lookup
 takes the workspace first.  Entries are invalidated by the tenants API when memberships or channels
 change; the TTL bounds staleness if an invalidation is lost.
+
+Two guards against a thundering herd on the store (docs/cache.md, "Directory"): each entry's TTL is drawn
+from ``ttl`` ± ``TTL_JITTER`` (entries cached together, e.g. when 2 000 clients subscribe at start, used to
+expire together, and every publish of the following second queried PostgreSQL: multi-second stalls on
+both gateways every 30 s in ``storm bench e2e``); and concurrent misses of one key in one process share one
+store read (single flight).
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -19,6 +29,13 @@ from storm.ports.identity import Claims
 from storm.ports.store import Store, UnitOfWork
 
 CACHE_TTL_S = 30.0
+TTL_JITTER = 0.2  # each entry lives ttl x uniform(0.8, 1.2)
+
+T = TypeVar("T")
+
+
+class _LoadCancelled(Exception):
+    """What waiters of a single-flight load see when the loading task was cancelled."""
 
 
 class _CachedChannel(msgspec.Struct, array_like=True):
@@ -50,6 +67,31 @@ class Directory:
         self._store = store
         self._cache = cache
         self._ttl = ttl
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    def _entry_ttl(self) -> float:
+        return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
+
+    async def _single_flight(self, workspace: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        """Run ``load`` once for concurrent callers of one (workspace, key) in this process."""
+        running = self._loading.get((workspace, key))
+        if running is not None:
+            try:
+                return await asyncio.shield(running)  # type: ignore[no-any-return]
+            except _LoadCancelled:
+                pass  # the loader's task was cancelled, not ours: load it ourselves
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._loading[(workspace, key)] = future
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(_LoadCancelled() if isinstance(exc, asyncio.CancelledError) else exc)
+            future.exception()  # retrieved: waiters get it, and an unwaited future does not warn
+            raise
+        finally:
+            del self._loading[(workspace, key)]
+        future.set_result(value)
+        return value
 
     # -- users --------------------------------------------------------------------------------------------
     async def resolve_user(self, claims: Claims) -> User:
@@ -70,12 +112,15 @@ class Directory:
         if raw is not None:
             c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
             return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
+        return await self._single_flight(slug, "ws", lambda: self._load_workspace(slug))
+
+    async def _load_workspace(self, slug: str) -> Workspace:
         async with self._store.unit_of_work() as uow:
             ws = await uow.workspaces.get_by_slug(slug)
         if ws is None:
             raise NotFound(f"workspace {slug!r} not found", field="workspace")
         value = _CachedWorkspace(str(ws.id), ws.slug, ws.name, ws.plan)
-        await self._cache.set(slug, "ws", msgspec.msgpack.encode(value), self._ttl)
+        await self._cache.set(slug, "ws", msgspec.msgpack.encode(value), self._entry_ttl())
         return ws
 
     async def role(self, workspace: Workspace, user_id: uuid.UUID) -> Role | None:
@@ -83,11 +128,15 @@ class Directory:
         raw = await self._cache.get(workspace.slug, key)
         if raw is not None:
             return Role(raw.decode()) if raw else None
-        async with self._store.unit_of_work() as uow:
-            m = await uow.memberships.get(workspace.id, user_id)
-        role = m.role if m else None
-        await self._cache.set(workspace.slug, key, (role.value if role else "").encode(), self._ttl)
-        return role
+
+        async def load() -> Role | None:
+            async with self._store.unit_of_work() as uow:
+                m = await uow.memberships.get(workspace.id, user_id)
+            role = m.role if m else None
+            await self._cache.set(workspace.slug, key, (role.value if role else "").encode(), self._entry_ttl())
+            return role
+
+        return await self._single_flight(workspace.slug, key, load)
 
     async def principal(self, claims: Claims, workspace_slug: str | None = None) -> Principal:
         """Authorise ``claims`` for a workspace: the token must be bound to it (or to ``*``) and the user
@@ -119,11 +168,16 @@ class Directory:
             c = msgspec.msgpack.decode(raw, type=_CachedChannel)
             return Channel(id=cid, workspace_id=workspace.id, name=c.name, kind=ChannelKind(c.kind),
                            archived=c.archived)
-        async with self._store.unit_of_work() as uow:
-            ch = await uow.channels.get(workspace.id, cid)
-        value = b"" if ch is None else msgspec.msgpack.encode(
-            _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
-        await self._cache.set(workspace.slug, key, value, self._ttl)
+
+        async def load() -> Channel | None:
+            async with self._store.unit_of_work() as uow:
+                ch = await uow.channels.get(workspace.id, cid)
+            value = b"" if ch is None else msgspec.msgpack.encode(
+                _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
+            await self._cache.set(workspace.slug, key, value, self._entry_ttl())
+            return ch
+
+        ch = await self._single_flight(workspace.slug, key, load)
         if ch is None:
             raise NotFound("no such channel", field="channel")
         return ch
@@ -142,10 +196,14 @@ class Directory:
         raw = await self._cache.get(p.workspace.slug, key)
         if raw is not None:
             return raw == b"1"
-        async with self._store.unit_of_work() as uow:
-            member = await uow.channels.is_member(p.workspace.id, ch.id, p.user.id)
-        await self._cache.set(p.workspace.slug, key, b"1" if member else b"0", self._ttl)
-        return member
+
+        async def load() -> bool:
+            async with self._store.unit_of_work() as uow:
+                member = await uow.channels.is_member(p.workspace.id, ch.id, p.user.id)
+            await self._cache.set(p.workspace.slug, key, b"1" if member else b"0", self._entry_ttl())
+            return member
+
+        return await self._single_flight(p.workspace.slug, key, load)
 
     async def forget_channel(self, workspace: str, channel_id: uuid.UUID, user_id: uuid.UUID | None = None) -> None:
         await self._cache.delete(workspace, f"channel:{channel_id.hex}")

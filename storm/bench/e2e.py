@@ -49,6 +49,7 @@ from storm.bench.wsclient import WSClient, connect
 HOST = "127.0.0.1"
 PER_PROCESS_MAX = 9000
 BUCKET_NS = 100_000  # latency histograms: 0.1 ms buckets
+SLOW_NS = 250_000_000  # deliveries slower than this are also counted by the second they were sent
 MARK = b'"text":"e2e:'
 _STAMP = re.compile(rb'"text":"e2e:(\d+):(\d+):(\d+)"')
 _ACK = re.compile(rb'"type":"ack","id":(\d+)')
@@ -103,6 +104,7 @@ class Shared:
         self.deliver_hist: dict[int, int] = {}
         self.ack_hist: dict[int, int] = {}
         self.lag_hist: dict[int, int] = {}
+        self.slow_by_second: dict[int, int] = {}  # send second (monotonic) -> deliveries slower than SLOW_NS
         self.deliveries = 0  # counted (not warm-up) message events from another member
         self.duplicates = 0
         self.misordered = 0
@@ -178,8 +180,12 @@ class Member(WSClient):
                         sh.misordered += 1
                     self.last_seq[sender] = seq
                     sh.deliveries += 1
-                    bucket = (now - int(m[3])) // BUCKET_NS
+                    sent_ns = int(m[3])
+                    bucket = (now - sent_ns) // BUCKET_NS
                     hist[bucket] = hist.get(bucket, 0) + 1
+                    if now - sent_ns > SLOW_NS:
+                        second = sent_ns // 1_000_000_000
+                        sh.slow_by_second[second] = sh.slow_by_second.get(second, 0) + 1
             if b'"type":"ack"' in payload:
                 for m in _ACK.finditer(payload):
                     entry = self.pending.pop(int(m[1]), None)
@@ -341,6 +347,7 @@ async def child_main() -> None:
         acked_bits={c.index: format(c.acked, "x") for c in conns},
         received={c.index: {s: format(b, "x") for s, b in c.received.items()} for c in conns},
         deliver_hist=shared.deliver_hist, ack_hist=shared.ack_hist, lag_hist=shared.lag_hist,
+        slow_by_second=shared.slow_by_second,
     )
     for c in conns:
         c.close()
@@ -465,6 +472,19 @@ def merge(hists: list[dict[Any, int]]) -> dict[int, int]:
         for bucket, count in h.items():
             out[int(bucket)] = out.get(int(bucket), 0) + count
     return out
+
+
+def _slow_by_second(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Deliveries slower than SLOW_NS by the second of the run they were sent in (from the first such
+    second): shows whether slowness is steady (overload) or comes in bursts (a stall somewhere)."""
+    merged: dict[int, int] = {}
+    for r in results:
+        for second, n in r.get("slow_by_second", {}).items():
+            merged[int(second)] = merged.get(int(second), 0) + n
+    if not merged:
+        return {}
+    first = min(merged)
+    return {str(second - first): merged[second] for second in sorted(merged)}
 
 
 def score(results: list[dict[str, Any]], members: int) -> dict[str, int]:
@@ -756,6 +776,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
         "machine_busy": cpu["machine_busy"],
         "cores": cpu["cores"],
         "load_avg_1m": [round(load_before[0], 2), round(load_after[0], 2)],
+        "slow_by_second": _slow_by_second(results),
     }
     extra = {
         "connect_failures": args.connections - connected,

@@ -34,7 +34,7 @@ from storm.protocol import commands as c
 from storm.protocol import events as e
 from storm.protocol.claims import NOT_SENT, CmidClaims, Duplicate, InFlight, MessageRef
 from storm.protocol.codes import CloseCode, ErrorCode
-from storm.ratelimit import TokenBucket
+from storm.ratelimit import SharedLimiter, TokenBucket
 from storm.revocation import ControlRouter
 
 log = logging.getLogger("storm.session")
@@ -81,10 +81,12 @@ class SessionContext:
     hub: Hub
     control: ControlRouter = field(default_factory=ControlRouter)  # revocations (storm/revocation.py)
     claims: CmidClaims = field(init=False)  # client message ids (storm/protocol/claims.py)
+    limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)
 
     def __post_init__(self) -> None:
         self.claims = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,
                                  in_doubt_s=self.config.publish_timeout_s + CLAIM_IN_DOUBT_MARGIN_S)
+        self.limiter = SharedLimiter(self.cache, self.clock)
 
 
 class _Sub:
@@ -380,7 +382,7 @@ class Session:
             (f"rate:user:{p.user.id.hex}", cfg.user_publish_rate, cfg.user_publish_burst, "user"),
             ("rate:workspace", ws_rate, max(1, int(ws_rate * 2)), "workspace"),
         ):
-            wait = await self.ctx.cache.rate_take(p.workspace.slug, key, rate, burst)
+            wait = await self.ctx.limiter.take(p.workspace.slug, key, rate, burst)
             if wait > 0:
                 self._error(ErrorCode.RATE_LIMITED, f"{scope} rate limited; retry in {wait:.2f}s", id=rid,
                             channel=channel)

@@ -418,6 +418,41 @@ async def test_find_by_cmid_is_per_author_channel_and_workspace(store: SqlStore)
         assert await uow.messages.find_by_cmid(ws.id, ch, alice, "c-9") is None
 
 
+async def test_insert_or_skip_is_cached_and_renders_like_sqlalchemys_own(store: SqlStore) -> None:
+    """db/dml.py: the batch INSERT is compiled once, not once per batch, and says the same SQL."""
+    from sqlalchemy import event
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from db import models as mm
+    from db.dml import insert_or_skip
+
+    dialect = store._engine.dialect.name  # type: ignore[attr-defined]
+    ours = insert_or_skip(dialect, mm.messages).returning(mm.messages.c.id)
+    module = sqlite if dialect == "sqlite" else postgresql
+    theirs = module.insert(mm.messages).on_conflict_do_nothing().returning(mm.messages.c.id)
+    assert str(ours.compile(dialect=store._engine.dialect)) == str(  # type: ignore[attr-defined]
+        theirs.compile(dialect=store._engine.dialect))  # type: ignore[attr-defined]
+    ws, ch = _ws(), uuid.uuid4()
+    await _add(store, ws)
+    stats: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, context: object,
+               executemany: bool) -> None:
+        if "INSERT INTO messages" in statement:
+            stats.append(str(getattr(context, "cache_hit", "")))
+
+    sync_engine = store._engine.sync_engine  # type: ignore[attr-defined]
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        for start in (1, 4, 9):
+            async with store.unit_of_work() as uow:
+                await uow.messages.add_many([_msg(ws, ch, n) for n in range(start, start + 3)])
+                await uow.commit()
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+    assert stats[0].endswith(("CACHE_MISS", "CACHE_HIT")) and all(s.endswith("CACHE_HIT") for s in stats[1:]), stats
+
+
 async def test_add_many_takes_big_batches(store: SqlStore) -> None:
     ws, ch = _ws(), uuid.uuid4()
     await _add(store, ws)

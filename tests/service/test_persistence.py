@@ -252,3 +252,28 @@ async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(se
     assert committed.index("b2") < committed.index("a2")  # the other channel did not wait for the retry
     assert await stored_in(services, GENERAL) == ["a1", "a2", "a3"]
     assert await stored_in(services, RANDOM) == ["b1", "b2"]
+
+
+@pytest.mark.parametrize("linger_s", [0.3, 0.0])
+async def test_records_trickling_in_within_the_linger_share_one_transaction(tmp_path, linger_s):
+    """STORM_CONSUMER_LINGER_S (docs/consumers.md, "Batching"): ten records 10 ms apart are one batch when
+    the worker lingers 300 ms, and several when it does not linger."""
+    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/l.db", consumer_linger_s=linger_s)
+    svc = build_services(cfg)
+    await svc.start()
+    await seed_demo(svc.store)
+    worker = PersistenceWorker(svc)
+    await worker.start()
+    try:
+        for i in range(10):
+            await svc.broker.publish(DEMO_WORKSPACE, GENERAL, message(f"t{i}"))
+            await asyncio.sleep(0.01 if linger_s else 0.05)  # without linger: each one written before the next
+        await eventually(lambda: _true(worker.stats["inserted"] == 10))
+        if linger_s:
+            assert worker.stats["batches"] == 1
+        else:
+            assert worker.stats["batches"] > 1
+        assert await stored(svc) == [f"t{i}" for i in range(10)]
+    finally:
+        await worker.stop()
+        await svc.stop()

@@ -1,0 +1,95 @@
+"""The directory's guards against a thundering herd on the store (storm/directory.py, docs/cache.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from storm.adapters.memory_cache import MemoryCache
+from storm.directory import CACHE_TTL_S, TTL_JITTER, Directory
+from storm.domain import Channel, ChannelKind, Workspace
+from storm.ports.clock import ManualClock
+
+
+class CountingStore:
+    """Just enough of the Store port for Directory.channel: counts reads, can be slow or fail."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.reads = 0
+        self.delay = 0.01
+        self.fail: BaseException | None = None
+        store = self
+
+        class Channels:
+            async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> Channel | None:
+                store.reads += 1
+                await asyncio.sleep(store.delay)
+                if store.fail is not None:
+                    raise store.fail
+                return store.channel if channel_id == store.channel.id else None
+
+        class Uow:
+            channels = Channels()
+
+            async def __aenter__(self) -> Any:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        self._uow = Uow
+
+    def unit_of_work(self) -> Any:
+        return self._uow()
+
+
+@pytest.fixture
+async def setup() -> Any:
+    ws = Workspace(id=uuid.uuid4(), slug="herd", name="Herd", plan="pro")
+    channel = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="general", kind=ChannelKind.PUBLIC)
+    store = CountingStore(channel)
+    cache = MemoryCache(ManualClock())
+    await cache.start()
+    try:
+        yield ws, channel, store, cache, Directory(store, cache)  # type: ignore[arg-type]
+    finally:
+        await cache.stop()
+
+
+async def test_a_thousand_concurrent_misses_read_the_store_once(setup: Any) -> None:
+    ws, channel, store, _, directory = setup
+    got = await asyncio.gather(*(directory.channel(ws, str(channel.id)) for _ in range(1000)))
+    assert store.reads == 1 and all(c.id == channel.id for c in got)
+
+
+async def test_a_failed_load_fails_its_waiters_and_the_next_call_reads_again(setup: Any) -> None:
+    ws, channel, store, _, directory = setup
+    store.fail = RuntimeError("database down")
+    results = await asyncio.gather(*(directory.channel(ws, str(channel.id)) for _ in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results) and store.reads == 1
+    store.fail = None
+    assert (await directory.channel(ws, str(channel.id))).id == channel.id and store.reads == 2
+
+
+async def test_waiters_of_a_cancelled_load_load_it_themselves(setup: Any) -> None:
+    ws, channel, store, _, directory = setup
+    store.delay = 0.2
+    loader = asyncio.ensure_future(directory.channel(ws, str(channel.id)))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.ensure_future(directory.channel(ws, str(channel.id)))
+    await asyncio.sleep(0.01)
+    loader.cancel()
+    assert (await waiter).id == channel.id  # not cancelled with the loader
+    assert store.reads == 2
+
+
+def test_entry_ttls_are_spread_so_entries_cached_together_do_not_expire_together(setup: Any) -> None:
+    *_, directory = setup
+    ttls = [directory._entry_ttl() for _ in range(2000)]
+    assert all(CACHE_TTL_S * (1 - TTL_JITTER) <= t <= CACHE_TTL_S * (1 + TTL_JITTER) for t in ttls)
+    assert max(ttls) - min(ttls) > CACHE_TTL_S * TTL_JITTER  # spread over seconds, not one instant
