@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from storm.config import Config
@@ -52,29 +53,39 @@ class HandshakeGuard:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        client = scope.get("client")
+        ip = str(client[0]) if client else "-"
+        refusal = self.admit(headers, ip)
+        if refusal is not None:
+            await _refuse(scope, send, refusal)
+            return
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self.release(ip)
+
+    def admit(self, headers: dict[str, str], ip: str) -> Refusal | None:
+        """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip``,
+        and the caller must ``release(ip)`` when the socket ends.  Used by this middleware and by the
+        front door (gateway/frontdoor.py)."""
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, headers.get("host", "")):
             self.refused["origin"] += 1
             log.info("refused a WebSocket from origin %.100r", origin)
-            await _refuse(scope, send, 403, CloseCode.POLICY, "origin not allowed")
-            return
-        client = scope.get("client")
-        ip = str(client[0]) if client else "-"
+            return ORIGIN_REFUSED
         held = self.per_ip.get(ip, 0)
         if held >= self._max_per_ip:
             self.refused["per_ip"] += 1
-            await _refuse(scope, send, 429, CloseCode.TOO_MANY_CONNECTIONS, "too many connections from this address",
-                          retry_after=5)
-            return
+            return PER_IP_REFUSED
         self.per_ip[ip] = held + 1
-        try:
-            await self._app(scope, receive, send)
-        finally:
-            left = self.per_ip[ip] - 1
-            if left:
-                self.per_ip[ip] = left
-            else:
-                del self.per_ip[ip]
+        return None
+
+    def release(self, ip: str) -> None:
+        left = self.per_ip.get(ip, 0) - 1
+        if left > 0:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
 
     def origin_allowed(self, origin: str, host: str) -> bool:
         normalized = origin.strip().rstrip("/").lower()
@@ -88,15 +99,37 @@ class HandshakeGuard:
         return scheme in ("http", "https") and bool(host) and rest == host.strip().lower()
 
 
-async def _refuse(scope: Scope, send: Send, status: int, code: int, reason: str, retry_after: int = 0) -> None:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An upgrade refused before it happens: an HTTP status and body, or a close code where HTTP is not
+    possible."""
+
+    status: int
+    close_code: int
+    reason: str
+    retry_after: int = 0
+
+    @property
+    def body(self) -> bytes:
+        code = "forbidden" if self.status == 403 else "rate_limited"
+        return ('{"error":{"code":"%s","message":"%s"}}' % (code, self.reason)).encode()  # noqa: UP031 - ASCII
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Retry-After", str(self.retry_after)),) if self.retry_after else ()
+
+
+ORIGIN_REFUSED = Refusal(403, CloseCode.POLICY, "origin not allowed")
+PER_IP_REFUSED = Refusal(429, CloseCode.TOO_MANY_CONNECTIONS, "too many connections from this address", 5)
+
+
+async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
     extensions = scope.get("extensions") or {}
     if "websocket.http.response" in extensions:
-        body = ('{"error":{"code":"%s","message":"%s"}}' % (  # noqa: UP031 - fixed ASCII, no user input
-            "forbidden" if status == 403 else "rate_limited", reason)).encode()
+        body = refusal.body
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if retry_after:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        headers += [(k.lower().encode(), v.encode()) for k, v in refusal.headers]
+        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
     else:
-        await send({"type": "websocket.close", "code": int(code), "reason": reason})
+        await send({"type": "websocket.close", "code": int(refusal.close_code), "reason": refusal.reason})

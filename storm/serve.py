@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,9 +37,10 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.websocket_max_message_size = 2 * cfg.max_frame_bytes
     hc.websocket_ping_interval = None  # the protocol has its own ping and idle timeout
     hc.graceful_timeout = cfg.drain_timeout_s
-    # Slow handshakes (slowloris): Hypercorn's idle timer runs from the connection's first byte until a
-    # whole request is parsed, so a request trickled in byte by byte is dropped after this.  Its headers
-    # are bounded by h11_max_incomplete_size (16 KiB by default).
+    # Slow handshakes (slowloris): the front door (gateway/frontdoor.py) cuts a connection whose request
+    # head is not complete STORM_HANDSHAKE_TIMEOUT_S after its first byte; where Hypercorn reads requests
+    # itself (piped connections after their first request, apps without a gateway, STORM_WS_FRONT_DOOR=
+    # false), its idle timer does the same.  Heads are bounded to 16 KiB either way.
     hc.keep_alive_timeout = cfg.handshake_timeout_s
     return hc
 
@@ -56,12 +60,32 @@ def tune_gc() -> None:
 
 
 async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve ``app`` until ``stop`` is set (or SIGINT/SIGTERM).  A gateway app gets the front door
+    (gateway/frontdoor.py, ADR 0007) on the public port, with Hypercorn behind it on a Unix socket in a
+    private directory; other apps are served by Hypercorn on the port directly."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     gateway = app.extensions.get("gateway")
+    hc = hypercorn_config(cfg)
+    door: Any = None
+    private_dir = None
+    if gateway is not None and cfg.ws_front_door:
+        from gateway.frontdoor import FrontDoor
+
+        private_dir = tempfile.mkdtemp(prefix="storm-http-")  # 0700: only this user reaches Hypercorn
+        upstream = os.path.join(private_dir, "http.sock")
+        hc.bind = [f"unix:{upstream}"]
+        door = FrontDoor(gateway, app.extensions["guard"], upstream)
+
+        @app.before_serving  # after the app's own start-up hooks: the hub runs before a socket is taken
+        async def _open_front_door() -> None:
+            try:
+                await door.start(backlog=hc.backlog)
+            except OSError as exc:
+                raise SystemExit(f"storm: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
 
     @app.before_serving  # registered last, so it runs after the app's own start-up hooks
     async def _tune_gc() -> None:
@@ -71,8 +95,16 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
         await stop.wait()
         if gateway is not None:  # tell clients 1012 before Hypercorn starts closing sockets itself
             await gateway.drain()
+        if door is not None:
+            door.stop_listening()
 
-    await serve(app, hypercorn_config(cfg), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    try:
+        await serve(app, hc, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    finally:
+        if door is not None:
+            await door.close()
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
