@@ -112,9 +112,10 @@ async def test_bad_upgrades_get_the_status_the_rfc_prescribes(storm_dev_server: 
 
 
 async def test_a_foreign_origin_is_refused_with_403_before_the_upgrade(storm_dev_server: str) -> None:
-    answer = await _http(storm_dev_server, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                                           b"Connection: Upgrade\r\nOrigin: https://evil.example\r\n"
-                                           b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    request = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Origin: https://evil.example\r\nSec-WebSocket-Key: " + KEY.encode()
+               + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    answer = await _http(storm_dev_server, request)
     assert answer.startswith(b"HTTP/1.1 403") and b'"code":"forbidden"' in answer
 
 
