@@ -431,7 +431,7 @@ async def _verify_delivery(args: argparse.Namespace) -> dict[str, Any]:
     try:
         slug, channel = await provision_in_process(services, users)
         say(f"workspace {slug}, channel {channel}; gateway logs in {log_dir}")
-        ports = _free_ports(2)
+        ports = free_ports(2)
         for name, port in zip(("a", "b"), ports, strict=True):
             gateways[name] = StormProcess(f"gateway-{name}", "gateway", port,
                                           {**env, "STORM_GATEWAY_ID": f"verify-{name}-{uuid.uuid4().hex[:6]}"}, log_dir)
@@ -491,7 +491,8 @@ async def read_channel_log(broker: Any, workspace: str, channel: str) -> list[tu
     return out
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (bound at once, then released)."""
     import socket
 
     sockets = [socket.socket() for _ in range(count)]

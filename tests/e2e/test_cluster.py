@@ -22,23 +22,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from storm.verify import free_ports
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 40.0
 ROW = re.compile(r"^\s+(gateway-\d|api|consumers)\s+pid (\d+)\s+.*?(?:https?|ws)://127\.0\.0\.1:(\d+)")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _cluster(tmp_path: Path, ports: list[int]) -> subprocess.Popen[str]:
@@ -90,7 +81,7 @@ def _status(url: str) -> int:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, tuple[int, int]], Output]]:
-    proc = _cluster(tmp_path, _free_ports(4))
+    proc = _cluster(tmp_path, free_ports(4))
     output = Output(proc)
     try:
         yield proc, output.table(), output
@@ -140,7 +131,7 @@ def test_sigterm_stops_every_process(cluster: tuple[subprocess.Popen[str], dict[
 
 
 def test_a_busy_port_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:
-    ports = _free_ports(4)
+    ports = free_ports(4)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", ports[2]))
         holder.listen()

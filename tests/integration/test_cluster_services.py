@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,23 +28,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storm.seed import channel_id
+from storm.verify import free_ports
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 GENERAL = channel_id("demo", "general")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _require_pulsar_adapter() -> None:
@@ -64,7 +53,7 @@ def _require_pulsar_adapter() -> None:
 @pytest.fixture
 def cluster(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> Iterator[dict[str, int]]:
     _require_pulsar_adapter()
-    gw1, gw2, api, consumers = _free_ports(4)
+    gw1, gw2, api, consumers = free_ports(4)
     service_url, admin_url = pulsar_urls
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STORM_PULSAR_URL": service_url,
            "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import tempfile
 import time
 import urllib.error
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from storm.verify import Provisioned, StormProcess, create_database, drop_database
+from storm.verify import Provisioned, StormProcess, create_database, drop_database, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
@@ -45,17 +44,6 @@ POOL_USERS = ("alice", "bob", "listener0", "listener1")
 POOL_SIZE = 7  # workspaces provisioned before the consumers start: one per test that checks the database
 
 _ACTIVE: list[Topology] = []
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Topology:
