@@ -601,7 +601,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from storm.bootstrap import build_services
     from storm.cluster import ensure_database
     from storm.config import Config
-    from storm.verify import StormProcess, _free_ports
+    from storm.verify import StormProcess, free_ports
 
     env = storm_env(args)
     cfg = Config.from_env(env)
@@ -624,7 +624,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         ws = await provision(services, args.connections, args.members, run_id)
         _say(f"workspace {ws.slug}: {args.connections} users, {len(ws.channels)} private channels of "
              f"{args.members} ({time.monotonic() - t:.1f} s); logs in {log_dir}")
-        ports = _free_ports(args.gateways + 1)
+        ports = free_ports(args.gateways + 1)
         for i, port in enumerate(ports[:-1], start=1):
             procs.append(StormProcess(f"gateway-{i}", "gateway", port,
                                       {**env, "STORM_GATEWAY_ID": f"e2e-{run_id}-{i}"}, log_dir))
