@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Quart
 
+from gateway.frames import OP_TEXT, frame_header
 from gateway.outbox import DirectWrite, Outbox
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import Session
@@ -126,15 +127,6 @@ class WsEndpoint:
             gateway.spawn(session.closed())
 
 
-def _text_frame_header(size: int) -> bytes:
-    """RFC 6455 header of one unmasked, final text frame (server to client) of ``size`` payload bytes."""
-    if size < 126:
-        return bytes((0x81, size))
-    if size < 65536:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big")
-    return bytes((0x81, 127)) + size.to_bytes(8, "big")
-
-
 def direct_writer(send: Any) -> DirectWrite | None:
     """A function writing one text frame straight to the socket's transport, or None where that is unsafe.
 
@@ -169,7 +161,7 @@ def direct_writer(send: Any) -> DirectWrite | None:
         if (stream.closed or stream.connection.state is not is_open or transport.is_closing()
                 or transport.get_write_buffer_size() >= high):
             return False
-        transport.write(_text_frame_header(len(frame)) + frame)
+        transport.write(frame_header(OP_TEXT, len(frame)) + frame)
         return True
 
     return write
