@@ -75,7 +75,7 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
     if gateway is not None and cfg.ws_front_door:
         from gateway.frontdoor import FrontDoor
 
-        private_dir = tempfile.mkdtemp(prefix="storm-http-")  # 0700: only this user reaches Hypercorn
+        private_dir = tempfile.mkdtemp(prefix="storm-http-", dir=_short_temp_dir())  # 0700: only this user
         upstream = os.path.join(private_dir, "http.sock")
         hc.bind = [f"unix:{upstream}"]
         door = FrontDoor(gateway, app.extensions["guard"], upstream)
@@ -105,6 +105,16 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
             await door.close()
         if private_dir is not None:
             shutil.rmtree(private_dir, ignore_errors=True)
+
+
+UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux (104 on macOS); leave room for "/storm-http-xxxxxxxx/http.sock"
+
+
+def _short_temp_dir() -> str:
+    """The temp dir for Hypercorn's Unix socket, or /tmp when its path would be too long for AF_UNIX
+    (a deep TMPDIR, as CI runners set, would make the bind fail)."""
+    base = tempfile.gettempdir()
+    return base if len(base) + 32 <= UNIX_PATH_MAX or not os.path.isdir("/tmp") else "/tmp"  # noqa: S108
 
 
 def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

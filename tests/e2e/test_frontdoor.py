@@ -215,3 +215,25 @@ async def test_a_client_can_publish_and_receive_through_the_websockets_library(s
         await b.ws.close()
         with pytest.raises(websockets.ConnectionClosed):
             await b.ws.recv()
+
+
+async def test_a_deep_tmpdir_does_not_break_hypercorns_unix_socket(tmp_path: Any) -> None:
+    """AF_UNIX paths are limited to ~108 bytes: with a deep TMPDIR (CI runners set them) the private socket
+    goes under /tmp instead, and HTTP still reaches Quart through the pipe."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    port = _free_port()
+    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/t.db", "TMPDIR": str(deep)}
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        for _ in range(300):
+            if _healthy(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert _healthy(f"http://127.0.0.1:{port}/healthz"), log.read_text(errors="replace")[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
