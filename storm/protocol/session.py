@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from storm import revocation
 from storm.config import Config
 from storm.directory import Directory, Principal
-from storm.domain import MAX_BODY_CHARS, ReadMarker, Role
+from storm.domain import MAX_BODY_CHARS, Channel, ReadMarker, Role
 from storm.errors import Forbidden, NotFound, OffsetTruncated, QuotaExceeded, StormError, Unauthenticated
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache, PresenceEntry
@@ -389,12 +389,21 @@ class Session:
                 return False
         return True
 
-    async def _publish(self, cmd: c.Publish) -> None:
+    async def _write_access(self, rid: int | None, channel_id: str) -> tuple[Principal, Channel] | None:
+        """Who writes where, for publish, edit, delete and react: the channel must be writable by the
+        principal, and the buckets must have room; None when rate limited (the error is already sent)."""
         p = self._p()
-        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
-        channel = str(ch.id)
-        if not await self._limit(cmd.id, channel):
+        ch = await self.ctx.directory.check_channel_access(p, channel_id, write=True)
+        if not await self._limit(rid, str(ch.id)):
+            return None
+        return p, ch
+
+    async def _publish(self, cmd: c.Publish) -> None:
+        allowed = await self._write_access(cmd.id, cmd.channel)
+        if allowed is None:
             return
+        p, ch = allowed
+        channel = str(ch.id)
         ref = MessageRef(p.workspace.slug, p.workspace.id, ch.id, p.user.id, cmd.cmid)
         claims = self.ctx.claims
         outcome = await claims.claim(ref)
@@ -553,11 +562,11 @@ class Session:
         ))
 
     async def _edit_or_delete(self, cmd: c.Edit | c.Delete) -> None:
-        p = self._p()
-        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
-        channel = str(ch.id)
-        if not await self._limit(cmd.id, channel):
+        allowed = await self._write_access(cmd.id, cmd.channel)
+        if allowed is None:
             return
+        p, ch = allowed
+        channel = str(ch.id)
         msg = await self._message(p, ch.id, cmd.message_id)
         is_author = msg.author_id == p.user.id
         if isinstance(cmd, c.Edit):
@@ -584,11 +593,11 @@ class Session:
         return msg
 
     async def _react(self, cmd: c.React) -> None:
-        p = self._p()
-        ch = await self.ctx.directory.check_channel_access(p, cmd.channel, write=True)
-        channel = str(ch.id)
-        if not await self._limit(cmd.id, channel):
+        allowed = await self._write_access(cmd.id, cmd.channel)
+        if allowed is None:
             return
+        p, ch = allowed
+        channel = str(ch.id)
         msg = await self._message(p, ch.id, cmd.message_id)
         event = e.ReactionEvent(channel=channel, message_id=str(msg.id), user=str(p.user.id), emoji=cmd.emoji,
                                 remove=cmd.remove, ts=self.ctx.clock.time())
