@@ -16,7 +16,6 @@ from gateway.guard import HandshakeGuard
 from gateway.runtime import Gateway
 from gateway.ws import register_ws
 from storm.bootstrap import Services
-from storm.errors import StormError
 
 log = logging.getLogger("storm.gateway.app")
 
@@ -67,12 +66,7 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> tuple[Response, int]:
-        checks: dict[str, str] = {}
-        try:
-            await services.store.ping()
-            checks["store"] = "ok"
-        except StormError as exc:
-            checks["store"] = exc.message
+        checks = await services.health_checks()
         ok = all(v == "ok" for v in checks.values()) and gateway.accepting
         body = {"status": "ok" if ok else "unavailable", "checks": checks, "connections": gateway.connections}
         return jsonify(body), 200 if ok else 503

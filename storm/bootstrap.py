@@ -13,6 +13,7 @@ from typing import Any
 
 from storm.config import Config
 from storm.directory import Directory
+from storm.errors import StormError
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache
 from storm.ports.clock import Clock, SystemClock
@@ -54,6 +55,14 @@ class Services:
                 await part.stop()
             except Exception:  # one failing adapter must not keep the others open
                 log.exception("error stopping %s", type(part).__name__)
+
+    async def health_checks(self) -> dict[str, str]:
+        """What ``/healthz`` reports of the adapters: ``{"store": "ok"}``, or the reason it is not."""
+        try:
+            await self.store.ping()
+        except StormError as exc:
+            return {"store": exc.message}
+        return {"store": "ok"}
 
     async def __aenter__(self) -> Services:
         await self.start()

@@ -56,7 +56,6 @@ def create_consumers_app(services: Any) -> Any:
     from quart import Quart
 
     from consumers.persistence import PersistenceWorker
-    from storm.errors import StormError
 
     app = Quart("storm.consumers")
     worker = PersistenceWorker(services)
@@ -76,12 +75,7 @@ def create_consumers_app(services: Any) -> Any:
 
     @app.get("/healthz")
     async def healthz() -> tuple[dict[str, Any], int]:
-        checks: dict[str, str] = {}
-        try:
-            await services.store.ping()
-            checks["store"] = "ok"
-        except StormError as exc:
-            checks["store"] = exc.message
+        checks = await services.health_checks()
         ok = all(value == "ok" for value in checks.values())
         return {"status": "ok" if ok else "unavailable", "checks": checks, "stats": dict(worker.stats)}, (
             200 if ok else 503)
@@ -185,27 +179,6 @@ def cluster_database_url(pg_url: str) -> str:
     from sqlalchemy import make_url
 
     return make_url(pg_url).set(database=CLUSTER_DATABASE).render_as_string(hide_password=False)
-
-
-async def ensure_database(url: str) -> bool:
-    """Create the PostgreSQL database named in ``url`` unless it exists (connecting to ``postgres``).
-    Returns whether it was created."""
-    from sqlalchemy import make_url, text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    target = make_url(url)
-    name = target.database or ""
-    if not name.replace("_", "").isalnum():
-        raise ClusterError(f"refusing to create a database named {name!r}")
-    engine = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            exists = (await conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})).scalar()
-            if not exists:
-                await conn.execute(text(f'CREATE DATABASE "{name}"'))
-            return not exists
-    finally:
-        await engine.dispose()
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -348,6 +321,7 @@ def plan_children(args: argparse.Namespace, base_env: dict[str, str]) -> list[Ch
 def cmd_cluster(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from db.admin import ensure_database
     from db.migrate import upgrade_async
     from storm.serve import run
 
@@ -373,7 +347,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(f"storm cluster: migrating {cfg.database_url.split('@')[-1]}", flush=True)
         run(lambda: upgrade_async(cfg.database_url))
         cluster = Cluster(plan_children(args, env), args.host, drain_timeout_s=cfg.drain_timeout_s, out=out)
-    except (ClusterError, OSError, SQLAlchemyError) as exc:
+    except (ClusterError, ValueError, OSError, SQLAlchemyError) as exc:
         print(f"storm cluster: {exc}", file=sys.stderr)
         return 1
 

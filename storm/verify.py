@@ -147,33 +147,6 @@ class StormProcess:
 # --- databases ------------------------------------------------------------------------------------------------
 
 
-async def create_database(base_url: str, name: str) -> str:
-    """Create database ``name`` on the server of ``base_url``; its URL."""
-    from sqlalchemy import make_url
-
-    from storm.cluster import ensure_database
-
-    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
-    await ensure_database(url)
-    return url
-
-
-async def drop_database(url: str) -> None:
-    from sqlalchemy import make_url, text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    target = make_url(url)
-    name = target.database or ""
-    if not name.replace("_", "").isalnum():
-        raise ValueError(f"refusing to drop a database named {name!r}")
-    engine = create_async_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
-
-
 # --- the scenario -------------------------------------------------------------------------------------------
 
 
@@ -406,9 +379,9 @@ async def provision_in_process(services: Any, users: tuple[str, ...], plan: str 
 async def _verify_delivery(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
+    from db.admin import ensure_database
     from db.migrate import upgrade_async
     from storm.bootstrap import build_services
-    from storm.cluster import ensure_database
     from storm.config import Config
 
     env = _service_env()

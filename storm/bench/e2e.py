@@ -596,10 +596,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from db.admin import ensure_database
     from db.migrate import upgrade_async
     from storm.adapters.dev_identity import DevIdentity
     from storm.bootstrap import build_services
-    from storm.cluster import ensure_database
     from storm.config import Config
     from storm.verify import StormProcess, free_ports
 

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
+from db.admin import create_database, drop_database
 from storm.cli import main
-from storm.verify import create_database, drop_database
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

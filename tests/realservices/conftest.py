@@ -34,7 +34,8 @@ from typing import Any
 import httpx
 import pytest
 
-from storm.verify import Provisioned, StormProcess, create_database, drop_database, free_ports
+from db.admin import create_database, drop_database
+from storm.verify import Provisioned, StormProcess, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
