@@ -293,21 +293,27 @@ pulsar_up() {
     say "pulsar ready (pid $pid): pulsar://127.0.0.1:$PULSAR_PORT, admin http://127.0.0.1:$PULSAR_HTTP_PORT"
 }
 
-pulsar_down() {
+# jvm_down <name> <main class>: stop what this script started, by its recorded PID.
+jvm_down() {
     local pid
-    pid="$(pid_of pulsar "$PULSAR_MAIN")"
-    if [ -n "$pid" ]; then stop_pid pulsar "$pid"; else say "pulsar not running (started by this script)"; fi
+    pid="$(pid_of "$1" "$2")"
+    if [ -n "$pid" ]; then stop_pid "$1" "$pid"; else say "$1 not running (started by this script)"; fi
 }
 
-pulsar_status() {
+# jvm_status <name> <main class> <health check> <healthy: rest of the line> <unhealthy: why>
+jvm_status() {
     local pid
-    pid="$(pid_of pulsar "$PULSAR_MAIN")"
-    if [ -z "$pid" ]; then say "pulsar not running"; return 3; fi
-    if pulsar_healthy; then
-        say "pulsar running (pid $pid, healthy): pulsar://127.0.0.1:$PULSAR_PORT, http://127.0.0.1:$PULSAR_HTTP_PORT"
-    else
-        say "pulsar running (pid $pid) but not healthy (starting, or see $PULSAR_LOG)"; return 3
-    fi
+    pid="$(pid_of "$1" "$2")"
+    if [ -z "$pid" ]; then say "$1 not running"; return 3; fi
+    if "$3"; then say "$1 running (pid $pid$4"; else say "$1 running (pid $pid) but $5"; return 3; fi
+}
+
+pulsar_down() { jvm_down pulsar "$PULSAR_MAIN"; }
+
+pulsar_status() {
+    jvm_status pulsar "$PULSAR_MAIN" pulsar_healthy \
+        ", healthy): pulsar://127.0.0.1:$PULSAR_PORT, http://127.0.0.1:$PULSAR_HTTP_PORT" \
+        "not healthy (starting, or see $PULSAR_LOG)"
 }
 
 pulsar_env() {
@@ -366,21 +372,11 @@ hazelcast_up() {
     say "hazelcast ready (pid $pid): 127.0.0.1:$HAZELCAST_PORT, cluster storm"
 }
 
-hazelcast_down() {
-    local pid
-    pid="$(pid_of hazelcast "$HAZELCAST_MAIN")"
-    if [ -n "$pid" ]; then stop_pid hazelcast "$pid"; else say "hazelcast not running (started by this script)"; fi
-}
+hazelcast_down() { jvm_down hazelcast "$HAZELCAST_MAIN"; }
 
 hazelcast_status() {
-    local pid
-    pid="$(pid_of hazelcast "$HAZELCAST_MAIN")"
-    if [ -z "$pid" ]; then say "hazelcast not running"; return 3; fi
-    if hazelcast_healthy; then
-        say "hazelcast running (pid $pid): 127.0.0.1:$HAZELCAST_PORT, cluster storm"
-    else
-        say "hazelcast running (pid $pid) but not started yet (see $HAZELCAST_LOG)"; return 3
-    fi
+    jvm_status hazelcast "$HAZELCAST_MAIN" hazelcast_healthy "): 127.0.0.1:$HAZELCAST_PORT, cluster storm" \
+        "not started yet (see $HAZELCAST_LOG)"
 }
 
 hazelcast_env() { echo "STORM_TEST_HAZELCAST_MEMBERS=127.0.0.1:$HAZELCAST_PORT"; }
