@@ -43,8 +43,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from storm.bench.procs import ClientProcess, Progress, child_channel, cpu_seconds, raise_nofile, source_address
-from storm.bench.wsclient import WSClient, connect
+from storm.bench.procs import (
+    ClientProcess,
+    Progress,
+    child_channel,
+    cpu_seconds,
+    open_all,
+    raise_nofile,
+    source_address,
+)
+from storm.bench.wsclient import SubscribingClient, connect
 
 HOST = "127.0.0.1"
 PER_PROCESS_MAX = 9000
@@ -123,17 +131,13 @@ class Shared:
             self.first_error = payload[:300].decode(errors="replace")
 
 
-class Member(WSClient):
+class Member(SubscribingClient):
     """One user: auth -> hello -> subscribe its channel -> subscribed; then publishes and receives."""
 
     def __init__(self, host: str, port: int, index: int, token: str, channel: str, shared: Shared) -> None:
-        super().__init__(host, port)
+        super().__init__(host, port, b'{"op":"auth","token":"%s"}' % token.encode(), shared)
         self.index = index
         self.channel = channel.encode()
-        self.shared = shared
-        self.phase = 0  # 0: awaiting hello, 1: awaiting subscribed, 2: live
-        self._auth = b'{"op":"auth","token":"%s"}' % token.encode()
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.next_id = 1
         self.seq = 0  # counted publishes so far
         self.pending: dict[int, tuple[int, int]] = {}  # request id -> (seq or -1 for warm-up, send ns)
@@ -141,8 +145,10 @@ class Member(WSClient):
         self.received: dict[int, int] = {}  # sender index -> bitmap of seqs delivered here
         self.last_seq: dict[int, int] = {}
 
-    def on_open(self) -> None:
-        self.send_text(self._auth)
+    def subscribe_frame(self) -> bytes:
+        frame = b'{"op":"subscribe","id":%d,"channel":"%s"}' % (self.next_id, self.channel)
+        self.next_id += 1
+        return frame
 
     def publish(self, counted: bool, now_ns: int) -> None:
         rid = self.next_id
@@ -159,102 +165,59 @@ class Member(WSClient):
         self.pending[rid] = (seq, now_ns)
         self.send_text(frame)
 
-    def on_message(self, payload: bytes, binary: bool) -> None:
-        sh = self.shared
-        if self.phase == 2:
-            now = time.monotonic_ns()
-            if MARK in payload:
-                hist = sh.deliver_hist
-                for m in _STAMP.finditer(payload):
-                    sender = int(m[1])
-                    if sender == self.index:
-                        sh.self_echoes += 1
-                        continue
-                    seq = int(m[2])
-                    bits = self.received.get(sender, 0)
-                    if bits >> seq & 1:
-                        sh.duplicates += 1
-                        continue
-                    self.received[sender] = bits | (1 << seq)
-                    if seq < self.last_seq.get(sender, -1):
-                        sh.misordered += 1
-                    self.last_seq[sender] = seq
-                    sh.deliveries += 1
-                    sent_ns = int(m[3])
-                    bucket = (now - sent_ns) // BUCKET_NS
-                    hist[bucket] = hist.get(bucket, 0) + 1
-                    if now - sent_ns > SLOW_NS:
-                        second = sent_ns // 1_000_000_000
-                        sh.slow_by_second[second] = sh.slow_by_second.get(second, 0) + 1
-            if b'"type":"ack"' in payload:
-                for m in _ACK.finditer(payload):
-                    entry = self.pending.pop(int(m[1]), None)
-                    if entry is None or entry[0] < 0:
-                        continue
-                    self.acked |= 1 << entry[0]
-                    sh.acked += 1
-                    bucket = (now - entry[1]) // BUCKET_NS
-                    sh.ack_hist[bucket] = sh.ack_hist.get(bucket, 0) + 1
-            if b'"type":"error"' in payload:
-                sh.error(payload)
-                for m in _ERROR_ID.finditer(payload):
-                    entry = self.pending.pop(int(m[1]), None)
-                    if entry is not None and entry[0] >= 0:
-                        sh.rejected += 1
-            return
-        for event in payload.split(b"\n"):
-            if b'"type":"error"' in event:
-                sh.error(event)
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(event[:300].decode(errors="replace")))
-            elif self.phase == 0 and b'"type":"hello"' in event:
-                self.phase = 1
-                self.send_text(b'{"op":"subscribe","id":%d,"channel":"%s"}' % (self.next_id, self.channel))
-                self.next_id += 1
-            elif self.phase == 1 and b'"type":"subscribed"' in event:
-                self.phase = 2
-                if not self.ready.done():
-                    self.ready.set_result(None)
-
-    def on_close(self, code: int | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
-        elif not self.shared.stopping:
-            self.shared.closed += 1
-            self.shared.first_error = self.shared.first_error or f"connection closed with code {code}"
+    def on_live(self, payload: bytes) -> None:
+        sh = self.stats
+        now = time.monotonic_ns()
+        if MARK in payload:
+            hist = sh.deliver_hist
+            for m in _STAMP.finditer(payload):
+                sender = int(m[1])
+                if sender == self.index:
+                    sh.self_echoes += 1
+                    continue
+                seq = int(m[2])
+                bits = self.received.get(sender, 0)
+                if bits >> seq & 1:
+                    sh.duplicates += 1
+                    continue
+                self.received[sender] = bits | (1 << seq)
+                if seq < self.last_seq.get(sender, -1):
+                    sh.misordered += 1
+                self.last_seq[sender] = seq
+                sh.deliveries += 1
+                sent_ns = int(m[3])
+                bucket = (now - sent_ns) // BUCKET_NS
+                hist[bucket] = hist.get(bucket, 0) + 1
+                if now - sent_ns > SLOW_NS:
+                    second = sent_ns // 1_000_000_000
+                    sh.slow_by_second[second] = sh.slow_by_second.get(second, 0) + 1
+        if b'"type":"ack"' in payload:
+            for m in _ACK.finditer(payload):
+                entry = self.pending.pop(int(m[1]), None)
+                if entry is None or entry[0] < 0:
+                    continue
+                self.acked |= 1 << entry[0]
+                sh.acked += 1
+                bucket = (now - entry[1]) // BUCKET_NS
+                sh.ack_hist[bucket] = sh.ack_hist.get(bucket, 0) + 1
+        if b'"type":"error"' in payload:
+            sh.error(payload)
+            for m in _ERROR_ID.finditer(payload):
+                entry = self.pending.pop(int(m[1]), None)
+                if entry is not None and entry[0] >= 0:
+                    sh.rejected += 1
 
 
 async def _open_all(cfg: dict[str, Any], shared: Shared, chan: Any) -> tuple[list[Member], list[str]]:
-    sources = cfg["sources"]
-    sem = asyncio.Semaphore(cfg["connect_concurrency"])
-    conns: list[Member] = []
-    failures: list[str] = []
+    sources, specs = cfg["sources"], cfg["conns"]
 
-    async def open_one(i: int, spec: list[Any]) -> None:
-        index, port, token, channel = spec
-        async with sem:
-            try:
-                proto = await connect(lambda: Member(HOST, port, index, token, channel, shared), HOST, port,
-                                      source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
-                assert isinstance(proto, Member)
-                await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
-            except Exception as exc:  # counted and reported, never fatal
-                failures.append(f"connection {index}: {exc!r}")
-                return
-            conns.append(proto)
+    async def open_one(i: int) -> Member:
+        index, port, token, channel = specs[i]
+        return await connect(lambda: Member(HOST, port, index, token, channel, shared), HOST, port,
+                             source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            chan.emit("progress", connected=len(conns), failed=len(failures))
-
-    reporter = asyncio.get_running_loop().create_task(report())
-    try:
-        await asyncio.gather(*(open_one(i, spec) for i, spec in enumerate(cfg["conns"])))
-    finally:
-        reporter.cancel()
-    conns.sort(key=lambda c: c.index)
-    return conns, failures
+    return await open_all(len(specs), open_one, concurrency=cfg["connect_concurrency"],
+                          timeout=cfg["connect_timeout"], chan=chan, name=lambda i: f"connection {specs[i][0]}")
 
 
 async def _prime(conns: list[Member], cfg: dict[str, Any]) -> int:

@@ -36,11 +36,12 @@ from storm.bench.procs import (
     cpu_seconds,
     cpu_ticks_seconds,
     free_port,
+    open_all,
     python_module,
     raise_nofile,
     source_address,
 )
-from storm.bench.wsclient import WSClient, connect
+from storm.bench.wsclient import SubscribingClient, WSClient, connect
 
 MARK = b'"text":"bench:'
 WARM = b'"text":"warmup:'
@@ -75,68 +76,43 @@ class Stats:
             self.first_error = payload[:300].decode(errors="replace")
 
 
-class Subscriber(WSClient):
+class Subscriber(SubscribingClient):
     """auth -> hello -> subscribe -> subscribed -> count deliveries."""
 
     def __init__(self, host: str, port: int, auth: bytes, subscribe: bytes, stats: Stats,
                  sample: bool) -> None:
-        super().__init__(host, port)
-        self.stats = stats
+        super().__init__(host, port, auth, stats)
         self.sample = sample
         self.count = 0
         self.last_seq = -1
-        self.phase = 0  # 0: awaiting hello, 1: awaiting subscribed, 2: live
-        self._auth = auth
         self._subscribe = subscribe
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def on_open(self) -> None:
-        self.send_text(self._auth)
+    def subscribe_frame(self) -> bytes:
+        return self._subscribe
 
-    def on_message(self, payload: bytes, binary: bool) -> None:
+    def on_live(self, payload: bytes) -> None:
         st = self.stats
-        if self.phase == 2:
-            n = payload.count(MARK)
-            if n:
-                st.frames += 1
-                now = time.monotonic_ns()
-                st.deliveries += n
-                st.last_ns = now
-                self.count += n
-                if self.sample:
-                    lat = st.latencies
-                    for m in _STAMP.finditer(payload):
-                        seq = int(m[1])
-                        if seq <= self.last_seq:
-                            st.misordered += 1
-                        self.last_seq = seq
-                        lat.append((now - int(m[2])) // 1000)
-                if st.deliveries >= st.expected:
-                    st.done.set()
-            elif WARM in payload:
-                st.warm += payload.count(WARM)
-            if b'"type":"error"' in payload:
-                st.error(payload)
-            return
-        for event in payload.split(b"\n"):
-            if b'"type":"error"' in event:
-                st.error(event)
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(event[:300].decode(errors="replace")))
-            elif self.phase == 0 and b'"type":"hello"' in event:
-                self.phase = 1
-                self.send_text(self._subscribe)
-            elif self.phase == 1 and b'"type":"subscribed"' in event:
-                self.phase = 2
-                if not self.ready.done():
-                    self.ready.set_result(None)
-
-    def on_close(self, code: int | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
-        elif not self.stats.stopping:
-            self.stats.closed += 1
-            self.stats.first_error = self.stats.first_error or f"connection closed with code {code}"
+        n = payload.count(MARK)
+        if n:
+            st.frames += 1
+            now = time.monotonic_ns()
+            st.deliveries += n
+            st.last_ns = now
+            self.count += n
+            if self.sample:
+                lat = st.latencies
+                for m in _STAMP.finditer(payload):
+                    seq = int(m[1])
+                    if seq <= self.last_seq:
+                        st.misordered += 1
+                    self.last_seq = seq
+                    lat.append((now - int(m[2])) // 1000)
+            if st.deliveries >= st.expected:
+                st.done.set()
+        elif WARM in payload:
+            st.warm += payload.count(WARM)
+        if b'"type":"error"' in payload:
+            st.error(payload)
 
 
 class Publisher(WSClient):
@@ -204,35 +180,16 @@ async def _open_all(cfg: dict[str, Any], stats: Stats, chan: Any) -> tuple[list[
     sources = cfg["sources"]
     tokens = cfg["tokens"]
     subscribe = b'{"op":"subscribe","id":1,"channel":"%s"}' % cfg["channel"].encode()
-    sem = asyncio.Semaphore(cfg["connect_concurrency"])
-    conns: list[Subscriber] = []
-    failures: list[str] = []
 
-    async def open_one(i: int) -> None:
+    async def open_one(i: int) -> Subscriber:
         g = cfg["first_index"] + i
         auth = b'{"op":"auth","token":"%s"}' % tokens[g % len(tokens)].encode()
         sample = g % cfg["sample_every"] == 0
-        async with sem:
-            try:
-                proto = await connect(lambda: Subscriber(host, port, auth, subscribe, stats, sample), host,
-                                      port, source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
-                await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
-            except Exception as exc:  # any failure is counted and reported, never fatal
-                failures.append(repr(exc))
-                return
-            conns.append(proto)
+        return await connect(lambda: Subscriber(host, port, auth, subscribe, stats, sample), host, port,
+                             source=sources[i % len(sources)], timeout=cfg["connect_timeout"])
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            chan.emit("progress", connected=len(conns), failed=len(failures))
-
-    reporter = asyncio.get_running_loop().create_task(report())
-    try:
-        await asyncio.gather(*(open_one(i) for i in range(cfg["subscribers"])))
-    finally:
-        reporter.cancel()
-    return conns, failures
+    return await open_all(cfg["subscribers"], open_one, concurrency=cfg["connect_concurrency"],
+                          timeout=cfg["connect_timeout"], chan=chan)
 
 
 async def child_main() -> None:

@@ -28,6 +28,7 @@ from storm.bench.procs import (
     ServerProcess,
     child_channel,
     free_port,
+    open_all,
     python_module,
     raise_nofile,
     source_address,
@@ -68,32 +69,14 @@ async def child_main() -> None:
     chan, cfg = await child_channel()
     raise_nofile()
     host, port, tokens, source = cfg["host"], cfg["port"], cfg["tokens"], cfg["source"]
-    sem = asyncio.Semaphore(cfg["connect_concurrency"])
-    conns: list[IdleClient] = []
-    failures: list[str] = []
 
-    async def open_one(i: int) -> None:
+    async def open_one(i: int) -> IdleClient:
         auth = b'{"op":"auth","token":"%s"}' % tokens[i % len(tokens)].encode()
-        async with sem:
-            try:
-                proto = await connect(lambda: IdleClient(host, port, auth), host, port, source=source,
-                                      timeout=cfg["connect_timeout"])
-                await asyncio.wait_for(proto.ready, cfg["connect_timeout"])
-            except Exception as exc:  # any failure is counted and reported, never fatal
-                failures.append(repr(exc))
-                return
-            conns.append(proto)
+        return await connect(lambda: IdleClient(host, port, auth), host, port, source=source,
+                             timeout=cfg["connect_timeout"])
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            chan.emit("progress", connected=len(conns), failed=len(failures))
-
-    reporter = asyncio.get_running_loop().create_task(report())
-    try:
-        await asyncio.gather(*(open_one(i) for i in range(cfg["connections"])))
-    finally:
-        reporter.cancel()
+    conns, failures = await open_all(cfg["connections"], open_one, concurrency=cfg["connect_concurrency"],
+                                     timeout=cfg["connect_timeout"], chan=chan)
     chan.emit("ready", connected=len(conns), failed=len(failures), failure=failures[0] if failures else "")
     while (cmd := await chan.command()) is not None:
         if cmd.get("cmd") == "status":

@@ -350,3 +350,35 @@ async def child_channel() -> tuple[ChildChannel, dict[str, Any]]:
     if config is None:
         raise SystemExit(0)
     return chan, config
+
+
+async def open_all(count: int, open_one: Any, *, concurrency: int, timeout: float, chan: ChildChannel,
+                   name: Any = None) -> tuple[list[Any], list[str]]:
+    """Open ``count`` connections in a client child, ``concurrency`` at a time: ``await open_one(i)`` gives a
+    protocol whose ``ready`` must resolve within ``timeout``.  A failure is recorded (``name(i): error``)
+    and never fatal; the parent gets ``progress`` every 0.5 s.  (The connected ones, the failures.)"""
+    gate = asyncio.Semaphore(concurrency)
+    conns: list[Any] = []
+    failures: list[str] = []
+
+    async def one(i: int) -> None:
+        async with gate:
+            try:
+                proto = await open_one(i)
+                await asyncio.wait_for(proto.ready, timeout)
+            except Exception as exc:  # counted and reported, never fatal
+                failures.append(f"{name(i)}: {exc!r}" if name else repr(exc))
+                return
+            conns.append(proto)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            chan.emit("progress", connected=len(conns), failed=len(failures))
+
+    reporter = asyncio.get_running_loop().create_task(report())
+    try:
+        await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        reporter.cancel()
+    return conns, failures

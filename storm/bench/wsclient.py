@@ -22,6 +22,7 @@ import base64
 import hashlib
 import os
 import struct
+from typing import Any
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -285,3 +286,50 @@ async def connect(
             proto.transport.abort()
         raise
     return proto
+
+
+class SubscribingClient(WSClient):
+    """A bench user: auth -> hello -> subscribe -> subscribed (``ready``), then every message goes to
+    ``on_live``.  ``ready`` fails with the server's error, or when the socket closes during setup.
+    ``stats`` is the child's shared counters: it has ``error(payload)``, ``closed``, ``first_error`` and
+    ``stopping``."""
+
+    def __init__(self, host: str, port: int, auth: bytes, stats: Any) -> None:
+        super().__init__(host, port)
+        self.stats = stats
+        self.phase = 0  # 0: awaiting hello, 1: awaiting subscribed, 2: live
+        self._auth = auth
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def subscribe_frame(self) -> bytes:
+        raise NotImplementedError
+
+    def on_live(self, payload: bytes) -> None:
+        """A message once subscribed."""
+
+    def on_open(self) -> None:
+        self.send_text(self._auth)
+
+    def on_message(self, payload: bytes, binary: bool) -> None:
+        if self.phase == 2:
+            self.on_live(payload)
+            return
+        for event in payload.split(b"\n"):
+            if b'"type":"error"' in event:
+                self.stats.error(event)
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(event[:300].decode(errors="replace")))
+            elif self.phase == 0 and b'"type":"hello"' in event:
+                self.phase = 1
+                self.send_text(self.subscribe_frame())
+            elif self.phase == 1 and b'"type":"subscribed"' in event:
+                self.phase = 2
+                if not self.ready.done():
+                    self.ready.set_result(None)
+
+    def on_close(self, code: int | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
+        elif not self.stats.stopping:
+            self.stats.closed += 1
+            self.stats.first_error = self.stats.first_error or f"connection closed with code {code}"
