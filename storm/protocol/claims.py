@@ -10,7 +10,8 @@ claim, under ``cmid:<user>:<channel>:<cmid>`` in the workspace, moves through th
     Pending older than ``in_doubt_s`` ──settle──▶ Done (the message was found) | Pending(new nonce) (it was not)
 
 A retry that finds ``Done`` gets the original ack (``duplicate: true``).  A retry that finds a young
-``Pending`` gets ``conflict``: the first attempt may still succeed.  A ``Pending`` older than
+``Pending`` waits for it (the first attempt may still succeed), which also keeps the client's later
+messages behind it; only past ``max_wait_s`` does it get ``conflict``.  A ``Pending`` older than
 ``in_doubt_s`` — longer than any publish can take, because the broker's send times out before —
 belongs to an attempt that can no longer finish, so one retry (chosen by a put-if-absent on a key naming
 the claim's nonce) *settles* it: it looks the cmid up in the store, then reads the channel log past the
@@ -25,6 +26,7 @@ once per (channel, author, cmid).  See docs/delivery.md.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -36,6 +38,8 @@ from storm.ports.cache import Cache
 from storm.ports.clock import Clock
 from storm.ports.store import Store
 
+POLL_S = 0.2  # how often a retry waiting on an earlier attempt's claim looks at it again
+WAIT_MARGIN_S = 2.0  # a retry waits at most in_doubt_s + this for an earlier attempt before `conflict`
 READ_PAGE = 500
 SETTLE_SCAN_MAX = 20_000  # records read past the newest stored message before giving up (retry later)
 
@@ -113,6 +117,7 @@ class CmidClaims:
         self._clock = clock
         self._ttl = ttl_s
         self.in_doubt_s = in_doubt_s
+        self.max_wait_s = in_doubt_s + WAIT_MARGIN_S
 
     @staticmethod
     def key(ref: MessageRef) -> str:
@@ -122,17 +127,34 @@ class CmidClaims:
         return _encoder.encode(Pending(self._clock.time(), uuid.uuid4().hex))
 
     async def claim(self, ref: MessageRef) -> Outcome:
+        """Claim the cmid; when an earlier attempt holds it, wait (polling every ``POLL_S``) until it is
+        done, released, or in doubt and settled here.  The wait is what keeps a sender's order: a session
+        handles its frames one at a time, so the client's later publishes queue behind this one instead
+        of overtaking it (a ``conflict`` let them through, and the settled message landed after them).
+        After ``max_wait_s`` without an answer (another gateway still settling it, say): ``InFlight``."""
         key = self.key(ref)
         prior = await self._cache.put_if_absent(ref.workspace, key, self._pending(), self._ttl)
         if prior is None:
             return Claimed(key)
-        state = _decode(prior)
-        if isinstance(state, Done):
-            return Duplicate(state.message_id, state.offset)
-        age = self._clock.time() - state.claimed_at
-        if age < self.in_doubt_s:
-            return InFlight(max(0.1, self.in_doubt_s - age))
-        return await self._settle(ref, key, state)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.max_wait_s
+        while True:
+            state = _decode(prior)
+            if isinstance(state, Done):
+                return Duplicate(state.message_id, state.offset)
+            age = self._clock.time() - state.claimed_at
+            if age >= self.in_doubt_s:
+                outcome = await self._settle(ref, key, state)
+                if not isinstance(outcome, InFlight):
+                    return outcome
+            if loop.time() >= give_up:
+                return InFlight(max(0.1, self.in_doubt_s - age))
+            await asyncio.sleep(POLL_S)
+            prior = await self._cache.get(ref.workspace, key)
+            if prior is None:  # released (nothing was sent) or expired: claim it afresh
+                prior = await self._cache.put_if_absent(ref.workspace, key, self._pending(), self._ttl)
+                if prior is None:
+                    return Claimed(key)
 
     async def confirm(self, ref: MessageRef, key: str, message_id: str, offset: int) -> None:
         await self._cache.set(ref.workspace, key, _encoder.encode(Done(message_id, offset)), self._ttl)

@@ -42,7 +42,7 @@ async def test_verify_delivery_prints_zeros_where_zeros_are_promised(
                               timeout=300, check=False)
     finally:
         await drop_database(database_url)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"stdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}"
     result = json.loads(proc.stdout)
     assert {"acked", "delivered", "lost", "duplicates", "inversions", "reconnect_s_p99"} <= set(result)
     assert result["acked"] == 300 and result["delivered"] == result["members"] * 300

@@ -1,14 +1,16 @@
 """Client message ids across crashes and unknown outcomes (storm/protocol/claims.py, docs/delivery.md).
 
 A gateway that dies, or a broker send that times out, between the cmid claim and the ack leaves the claim
-pending.  These tests leave it so on purpose and check what the client's retry gets: ``conflict`` while
-the first attempt could still finish, then exactly one message in the log, whether the first attempt
-reached the log (the retry gets its ack back), reached the store too, or never got anywhere.
+pending.  These tests leave it so on purpose and check what the client's retry gets: it waits while the
+first attempt could still finish, then exactly one message in the log, whether the first attempt reached
+the log (the retry gets its ack back), reached the store too, or never got anywhere; and the client's
+later messages stay behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -48,14 +50,48 @@ async def test_claims_in_doubt_after_the_publish_timeout_and_margin(ctx):
     assert ctx.claims.in_doubt_s == IN_DOUBT
 
 
-async def test_a_retry_while_the_first_attempt_could_still_finish_gets_conflict_and_publishes_nothing(ctx, services):
-    await _leave_pending(ctx, services, "c1")
-    services.clock.advance(IN_DOUBT - 1)
+async def test_a_retry_waits_for_an_attempt_that_could_still_finish_and_gets_its_ack(ctx, services):
+    ref = await _ref(services, "alice", "c1")
+    first = await ctx.claims.claim(ref)
+    assert isinstance(first, claims.Claimed)
     a, ta = await connect(ctx, services)
-    await send(a, op="publish", id=1, channel=GENERAL, cmid="c1", text="hello")
-    (err,) = ta.take("error")
-    assert err["code"] == "conflict" and err["field"] == "cmid" and "retry in 1.0s" in err["message"]
+    retry = asyncio.ensure_future(send(a, op="publish", id=1, channel=GENERAL, cmid="c1", text="hello"))
+    await asyncio.sleep(0.5)
+    assert not retry.done() and ta.take() == []  # waiting, not refused
+    await ctx.claims.confirm(ref, first.key, "m-first", 7)  # the first attempt succeeds after all
+    await asyncio.wait_for(retry, 5)
+    (ack,) = ta.take("ack")
+    assert ack["duplicate"] is True and (ack["message_id"], ack["offset"]) == ("m-first", 7)
     assert await _messages_in_log(services) == []
+
+
+async def test_a_retry_gives_up_with_conflict_when_nothing_settles_in_time(ctx, services):
+    await _leave_pending(ctx, services, "c1b")
+    ctx.claims.max_wait_s = 0.3  # the default: the publish timeout + 4 s
+    a, ta = await connect(ctx, services)
+    await send(a, op="publish", id=1, channel=GENERAL, cmid="c1b", text="hello")
+    (err,) = ta.take("error")
+    assert err["code"] == "conflict" and err["field"] == "cmid" and "retry in" in err["message"]
+    assert await _messages_in_log(services) == []
+
+
+async def test_a_retry_behind_a_dead_attempt_keeps_the_senders_order(ctx, services):
+    """The regression storm verify caught: c1 died in flight before the log; the client resends c1 and then
+    c2 on one connection.  c1 must be published before c2, not 12 s after it."""
+    await _leave_pending(ctx, services, "c1c")
+    a, ta = await connect(ctx, services)
+
+    async def client() -> None:  # a connection's frames are handled one at a time, in order
+        await send(a, op="publish", id=1, channel=GENERAL, cmid="c1c", text="first")
+        await send(a, op="publish", id=2, channel=GENERAL, cmid="c2c", text="second")
+
+    sending = asyncio.ensure_future(client())
+    await asyncio.sleep(0.3)
+    services.clock.advance(IN_DOUBT + 1)  # the dead attempt is now in doubt: the waiting retry settles it
+    await asyncio.wait_for(sending, 5)
+    assert [ack["id"] for ack in ta.take("ack")] == [1, 2]
+    texts = [json.loads(p)["text"] for p in await _messages_in_log(services)]
+    assert texts == ["first", "second"]
 
 
 async def test_an_attempt_that_died_before_the_log_is_published_once_by_the_retry(ctx, services):
@@ -126,9 +162,10 @@ async def test_only_one_of_two_concurrent_retries_settles_a_claim(ctx, services)
     b, tb = await connect(ctx, services)
     await asyncio.gather(send(a, op="publish", id=1, channel=GENERAL, cmid="c6", text="x"),
                          send(b, op="publish", id=1, channel=GENERAL, cmid="c6", text="x"))
-    replies = ta.take("ack") + ta.take("error") + tb.take("ack") + tb.take("error")
-    assert sorted(r["type"] for r in replies) == ["ack", "error"]
-    assert next(r for r in replies if r["type"] == "error")["code"] == "conflict"
+    acks = ta.take("ack") + tb.take("ack")
+    assert len(acks) == 2 and ta.take("error") + tb.take("error") == []
+    assert len({ack["message_id"] for ack in acks}) == 1  # the other waited for the settler's answer
+    assert sorted(bool(ack.get("duplicate")) for ack in acks) == [False, True]
     assert len(await _messages_in_log(services)) == 1
 
 
@@ -143,11 +180,12 @@ async def test_an_unknown_publish_outcome_keeps_the_claim_until_it_is_settled(ct
     await send(a, op="publish", id=1, channel=GENERAL, cmid="c7", text="x")
     assert ta.take("error")[0]["code"] == "unavailable"
     monkeypatch.setattr(services.broker, "publish", real_publish)
-    await send(a, op="publish", id=2, channel=GENERAL, cmid="c7", text="x")
-    assert ta.take("error")[0]["code"] == "conflict"  # it might have been persisted: not yet
+    retry = asyncio.ensure_future(send(a, op="publish", id=2, channel=GENERAL, cmid="c7", text="x"))
+    await asyncio.sleep(0.3)
+    assert not retry.done() and ta.take() == []  # it might have been persisted: the retry waits
     services.clock.advance(IN_DOUBT + 1)
-    await send(a, op="publish", id=3, channel=GENERAL, cmid="c7", text="x")
-    assert ta.take("ack")[0]["id"] == 3
+    await asyncio.wait_for(retry, 5)
+    assert ta.take("ack")[0]["id"] == 2
     assert len(await _messages_in_log(services)) == 1
 
 
