@@ -7,7 +7,8 @@ Two parts (docs/security.md, "Revocation"):
   a session or call the REST API again while the entry lives;
 * a **control event** published on the workspace's ``_control`` pseudo-channel through the broker.  Each
   gateway follows ``_control`` of every workspace it has sessions in (:class:`ControlRouter`, one hub
-  listener per workspace, not per session) and closes the named subject's sockets with 4010.
+  listener per workspace, not per session) and closes the named subject's sockets with 4010 — or, for a
+  removal from one private channel (:func:`withdraw`), ends their subscriptions to that channel only.
 
 A session checks the list only after it has joined ``_control``, so a revocation racing a handshake is
 seen by one of the two checks.
@@ -37,6 +38,7 @@ class Revoke(msgspec.Struct, tag_field="type", tag="revoke", forbid_unknown_fiel
     subject: str
     reason: str  # "logout", "ban", "removed"
     jti: str = ""  # when set, only sessions opened with that token
+    channel: str = ""  # when set, only the subscriptions to that channel end (removal from a private channel)
 
 
 _encoder = msgspec.json.Encoder()
@@ -56,6 +58,15 @@ async def revoke(cache: Cache, broker: Broker, workspace: str, subject: str, *, 
     payload = _encoder.encode(Revoke(subject=subject, reason=reason, jti=token_id))
     await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
     log.info("revoked ws=%s subject=%s reason=%s", workspace, subject, reason)
+
+
+async def withdraw(broker: Broker, workspace: str, subject: str, channel: str) -> None:
+    """End ``subject``'s open subscriptions to ``channel`` on every gateway (removed from a private channel).
+    Nothing is listed: the channel membership itself, already gone from the store and the directory,
+    refuses the next subscribe, publish or history read."""
+    payload = _encoder.encode(Revoke(subject=subject, reason="removed", channel=channel))
+    await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
+    log.info("withdrew ws=%s subject=%s channel=%s", workspace, subject, channel)
 
 
 async def check(cache: Cache, workspace: str, claims: Claims) -> None:
@@ -90,7 +101,10 @@ class _WorkspaceControl:
         for session in list(self.by_subject.get(event.subject, ())):
             if event.jti and session.token_id != event.jti:
                 continue
-            session.revoked(event.reason)
+            if event.channel:
+                session.withdrawn(event.channel)
+            else:
+                session.revoked(event.reason)
 
 
 class ControlRouter:

@@ -446,16 +446,27 @@ async def add_channel_member(
 async def remove_channel_member(
     services: Services, p: Principal, channel_id: uuid.UUID, user_id: uuid.UUID
 ) -> None:
+    """Remove a member from a private channel.  Their open subscriptions to it end on every gateway
+    (``unsubscribed`` with ``reason: "removed"``, storm/revocation.py)."""
     ws = p.workspace
 
-    async def tx(uow: UnitOfWork) -> None:
+    async def tx(uow: UnitOfWork) -> str:
         ch = await _private_channel(uow, p, channel_id)
         if not await uow.channels.is_member(ws.id, ch.id, user_id):
             raise NotFound("not a member of this channel", field="user_id")
         await uow.channels.remove_member(ws.id, ch.id, user_id)
+        users = await uow.users.get_many([user_id])
+        return users[0].subject if users else ""
 
-    await services.store.run(tx)
+    subject = await services.store.run(tx)
     await services.directory.forget_channel(ws.slug, channel_id, user_id)
+    if not subject:
+        return
+    try:
+        await revocation.withdraw(services.broker, ws.slug, subject, str(channel_id))
+    except Unavailable:
+        log.warning("workspace=%s removed from a channel but the control event failed; open subscriptions "
+                    "to it last until the socket closes", ws.slug)
 
 
 async def _private_channel(uow: UnitOfWork, p: Principal, channel_id: uuid.UUID) -> Channel:

@@ -449,7 +449,8 @@
         showError("token.expiring", "the token expires soon; the page reconnects with a new one",
           new Date(ev.expires_at * 1000).toLocaleTimeString());
         return;
-      default: return; // pong, unsubscribed, future events
+      case "unsubscribed": if (!req && ev.reason) onWithdrawn(ev); return; // else the reply to ours
+      default: return; // pong, future events
     }
   }
 
@@ -507,6 +508,15 @@
     if (newest > st.lastOffset) st.lastOffset = newest;
     scrollToEnd(true);
     if (req && !req.reload && !st.subscribed) subscribe(ev.channel, newest);
+  }
+
+  // The server ended a subscription (ev.reason "removed": we are no longer a member of that channel).
+  function onWithdrawn(ev) {
+    if (st.subscribed === ev.channel) st.subscribed = null;
+    if (ev.channel !== st.channel) return;
+    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: removed from the channel");
+    setOnline(null);
+    showError("unsubscribed", `no longer following this channel (${ev.reason})`, "");
   }
 
   function onSubscribed(ev, mine) {

@@ -72,6 +72,7 @@ class Subscribed(_Event, tag="subscribed"):
 class Unsubscribed(_Event, tag="unsubscribed"):
     channel: str
     id: int | None = None
+    reason: str | None = None  # set when the server ended it: "removed" (no longer a member of the channel)
 
 
 class Pong(_Event, tag="pong"):

@@ -13,6 +13,7 @@ sees each offset once and in order (docs/delivery.md).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import logging
@@ -109,6 +110,8 @@ class Session:
         self.last_seen = now
         self.principal: Principal | None = None
         self.subs: dict[str, _Sub] = {}
+        self._withdrawn: set[str] = set()  # channels withdrawn while a frame was handled (a racing subscribe)
+        self._chores: set[asyncio.Task[None]] = set()  # leaves of withdrawn channels, still running
         self._bad_frames = 0
         self._bucket = TokenBucket(ctx.config.publish_rate, ctx.config.publish_burst, now)
         self._typing: dict[str, float] = {}
@@ -258,6 +261,28 @@ class Session:
         if self.state is State.OPEN:
             self._error(ErrorCode.UNAUTHENTICATED, f"access revoked ({reason})")
         self._close(CloseCode.REVOKED, f"access revoked: {reason}")
+
+    def withdrawn(self, channel: str) -> None:
+        """Called by the ControlRouter when this session's user was removed from a private channel: the
+        subscription ends at once (no event of the channel is sent after ``unsubscribed{reason:"removed"}``)
+        and the hub and presence are left in the background."""
+        if self.state is not State.OPEN:
+            return
+        if self.subs.pop(channel, None) is None:
+            if self.busy:  # a subscribe to it may be past its access check: it must not complete
+                self._withdrawn.add(channel)
+            return
+        self._send(e.Unsubscribed(channel=channel, reason="removed"))
+        task = asyncio.get_running_loop().create_task(self._leave_withdrawn(channel))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _leave_withdrawn(self, channel: str) -> None:
+        try:
+            await self._leave_channel(channel)
+        except Exception:
+            log.exception("leaving a withdrawn channel failed ws=%s session=%s channel=%s", self.workspace,
+                          self.id, channel)
 
     async def _reauthenticate(self, cmd: c.Auth) -> None:
         """``auth`` on an open session: a fresh token for the same user and workspace extends the session."""
@@ -432,7 +457,10 @@ class Session:
 
     async def _subscribe(self, cmd: c.Subscribe) -> None:
         p = self._p()
+        self._withdrawn.clear()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
+        if str(ch.id) in self._withdrawn:  # removed while the check ran: its answer (maybe cached) is stale
+            raise NotFound("no such channel", field="channel")
         channel = str(ch.id)
         ws = p.workspace.slug
         if channel not in self.subs and len(self.subs) >= self.ctx.config.max_subscriptions:
@@ -625,6 +653,8 @@ class Session:
         except Exception:
             log.exception("quota/control cleanup failed ws=%s session=%s", self.workspace, self.id)
         subs, self.subs = list(self.subs), {}
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
         for channel in subs:
             try:
                 await self._leave_channel(channel)

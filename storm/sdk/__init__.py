@@ -36,6 +36,7 @@ from storm.sdk.events import (
     TokenExpiring,
     TokenRefreshed,
     Typing,
+    Unsubscribed,
     User,
 )
 from storm.sdk.outbox import Outbox, PendingMessage, SendState
@@ -46,5 +47,5 @@ __all__ = [
     "Message", "Outbox", "OutboxFull", "PendingMessage", "Presence", "PresenceJoin", "PresenceLeave",
     "Reaction", "RequestTimeout", "ResyncReason", "ResyncRequired", "SendFailed", "SendState", "ServerError",
     "StateChanged", "StormClient", "StormError", "StormSdkError", "Subscribed", "TokenExpiring", "TokenProvider",
-    "TokenRefreshed", "Typing", "User", "dev_token_provider", "list_channels", "retry_hint_s", "ws_url",
+    "TokenRefreshed", "Typing", "Unsubscribed", "User", "dev_token_provider", "list_channels", "retry_hint_s", "ws_url",
 ]

@@ -512,6 +512,13 @@ class StormClient:
                 conn.tasks.append(asyncio.create_task(self._refresh_token(conn)))
             case ev.TokenRefreshed():
                 self._emit(event)
+            case ev.Unsubscribed(reason=str()) if req is None:  # the server ended it: stop following
+                sub = self._subs.pop(event.channel, None)
+                if sub is not None:
+                    if not sub.confirmed.is_set():  # a subscribe() waiting on a resubscribe
+                        sub.error = StormError("not_found", f"subscription ended: {event.reason}", field="channel")
+                        sub.confirmed.set()
+                    self._emit(event)
             case _:  # Unsubscribed, Pong, Presence, History: replies
                 if req is not None and req.future is not None and not req.future.done():
                     req.future.set_result(event)

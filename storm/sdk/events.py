@@ -87,8 +87,12 @@ class Subscribed(_Server, tag="subscribed"):
 
 
 class Unsubscribed(_Server, tag="unsubscribed"):
+    """The reply to ``unsubscribe``, or — with ``reason`` set, e.g. ``"removed"`` from a private channel —
+    the server ending a subscription; the client then stops following the channel (no resubscribe)."""
+
     channel: str
     id: int | None = None
+    reason: str | None = None
 
 
 class Pong(_Server, tag="pong"):

@@ -232,3 +232,44 @@ async def test_removal_and_ban_close_the_users_sockets_on_every_gateway(live: To
     await again.send(json.dumps({"op": "auth", "token": ws.token_provider("bob")()}))
     code, _ = await _closed_within(again, 10)
     assert code == (4001 if action == "remove" else 4010)  # 4001: no longer a member
+
+
+async def _until(conn: object, kind: str, timeout: float = 10.0) -> dict[str, object]:
+    import json
+
+    async with asyncio.timeout(timeout):
+        while True:
+            for part in (await conn.recv()).split("\n"):  # type: ignore[attr-defined]
+                event = json.loads(part)
+                if event["type"] == kind:
+                    return event  # type: ignore[no-any-return]
+
+
+async def test_removal_from_a_private_channel_ends_the_subscription_on_every_gateway(live: Topology) -> None:
+    """The API process's control event reaches bob's subscriptions on both gateways: each gets
+    ``unsubscribed{reason: "removed"}`` and his sockets stay open."""
+    import json
+
+    ws = await live.provision(("alice", "bob"))
+    owner = live.token("alice", ws.slug)
+    members = await live.api("GET", f"/v1/workspaces/{ws.slug}/members", token=owner)
+    bob_id = next(m["user_id"] for m in members.json()["members"] if m["name"] == "Bob")
+    created = await live.api("POST", f"/v1/workspaces/{ws.slug}/channels", token=owner,
+                             body={"name": "secret", "kind": "private", "members": [bob_id]})
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    socks = [await _hello(live.procs[g].ws_url, ws.token_provider("bob")()) for g in ("gateway-a", "gateway-b")]
+    for sock in socks:
+        await sock.send(json.dumps({"op": "subscribe", "id": 1, "channel": cid}))  # type: ignore[attr-defined]
+        await _until(sock, "subscribed")
+    requested = time.monotonic()
+    reply = await live.api("DELETE", f"/v1/workspaces/{ws.slug}/channels/{cid}/members/{bob_id}", token=owner)
+    assert reply.status_code == 204, reply.text
+    ended = await asyncio.gather(*(_until(s, "unsubscribed") for s in socks))
+    print(f"channel withdrawal latency (API request -> both subscriptions ended): "
+          f"{time.monotonic() - requested:.3f} s")  # -rP shows it
+    assert ended == [{"type": "unsubscribed", "channel": cid, "reason": "removed"}] * 2
+    for sock in socks:
+        await sock.send(json.dumps({"op": "ping", "id": 2}))  # type: ignore[attr-defined]
+        assert (await _until(sock, "pong"))["id"] == 2
+        await sock.close()  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from storm.sdk import (
     StormClient,
     StormError,
     Subscribed,
+    Unsubscribed,
 )
 
 CH = "3433b194-d423-5967-a8d0-fea252d989f5"
@@ -150,3 +151,19 @@ async def test_subscribe_refused_raises_the_server_code(client: StormClient) -> 
     with pytest.raises(StormError, match="not_found"):
         await task
     assert client.last_offset("bad") is None
+
+
+async def test_a_subscription_the_server_ended_is_not_followed_again(client: StormClient) -> None:
+    await subscribed(client, 5)
+    feed(client, {"type": "unsubscribed", "channel": CH, "reason": "removed"})
+    feed(client, msg(6, "sent after the removal"))
+    events = await drain(client)
+    assert events[-1] == Unsubscribed(channel=CH, reason="removed")
+    assert not any(isinstance(e, Message) for e in events)
+    assert client.last_offset(CH) is None
+    sent: list[dict[str, Any]] = []
+    client._connection_lost(None)  # type: ignore[arg-type]
+    client._conn = object()  # type: ignore[assignment]
+    client._write = sent.append  # type: ignore[method-assign]
+    feed(client, HELLO)
+    assert [f for f in sent if f.get("op") == "subscribe"] == []  # not resubscribed on the next connection

@@ -127,6 +127,41 @@ async def test_logout_revokes_the_token_and_closes_the_callers_sockets(env):
         await _hello(fresh, env.token("bob"))
 
 
+async def _events_until(sock: AsgiWs, kind: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["type"] != kind:
+        seen.extend(await sock.receive(timeout=1.0))
+        seen = seen[: next((i + 1 for i, e in enumerate(seen) if e["type"] == kind), len(seen))]
+    return seen
+
+
+async def test_removal_from_a_private_channel_ends_the_open_subscription_only(env):
+    bob_id, carol_id = await _user_id(env, "bob"), await _user_id(env, "carol")
+    status, channel = await env.rest("POST", f"/v1/workspaces/{SLUG}/channels", "alice",
+                                     json={"name": "secret", "kind": "private", "members": [bob_id, carol_id]})
+    assert status == 201, channel
+    cid = channel["id"]
+    async with ws(env) as bob, ws(env) as carol:
+        for sock, user in ((bob, "bob"), (carol, "carol")):
+            await _hello(sock, env.token(user))
+            await sock.send({"op": "subscribe", "id": 1, "channel": cid})
+            await _events_until(sock, "subscribed")
+        status, _ = await env.rest("DELETE", f"/v1/workspaces/{SLUG}/channels/{cid}/members/{bob_id}", "alice")
+        assert status == 204
+        ended = (await _events_until(bob, "unsubscribed"))[-1]
+        assert ended == {"type": "unsubscribed", "channel": cid, "reason": "removed"}
+        left = (await _events_until(carol, "presence.leave"))[-1]
+        assert left["user"] == bob_id and left["channel"] == cid
+        await carol.send({"op": "publish", "id": 2, "channel": cid, "cmid": "c-1", "text": "after bob left"})
+        carol_saw = await _events_until(carol, "message")
+        assert carol_saw[-1]["text"] == "after bob left"  # the channel goes on for its members
+        await bob.send({"op": "ping", "id": 3})  # bob's socket stays open, and the message never reaches it
+        assert [e["type"] for e in await _events_until(bob, "pong")] == ["pong"]
+        await bob.send({"op": "subscribe", "id": 4, "channel": cid})
+        refused = (await _events_until(bob, "error"))[-1]
+        assert refused["code"] == "not_found" and refused["id"] == 4
+
+
 # -- handshake guard ----------------------------------------------------------------------------------
 async def _refused(app: Any, **kw: Any) -> Refused:
     with pytest.raises(Refused) as info:

@@ -305,6 +305,47 @@ async def test_private_channel_needs_channel_membership(ctx, services):
     assert tb.take("subscribed")
 
 
+async def test_a_removal_racing_a_subscribe_does_not_let_the_subscription_through(ctx, services, monkeypatch):
+    """The control event of a removal from a private channel lands while a subscribe to it is between its
+    access check (answered from a stale cache, say) and joining: the subscribe is refused."""
+    b, tb = await connect(ctx, services, "bob")
+    check = ctx.directory.check_channel_access
+
+    async def check_then_removed(p: Any, channel: str, **kw: Any) -> Any:
+        ch = await check(p, channel, **kw)
+        b.withdrawn(str(ch.id))  # what the ControlRouter calls when the control event arrives
+        return ch
+
+    monkeypatch.setattr(ctx.directory, "check_channel_access", check_then_removed)
+    await send(b, op="subscribe", id=1, channel=GENERAL)
+    assert tb.take("error")[0]["code"] == "not_found"
+    assert GENERAL not in b.subs and not tb.take("subscribed")
+    monkeypatch.setattr(ctx.directory, "check_channel_access", check)
+    await send(b, op="subscribe", id=2, channel=GENERAL)  # a later subscribe is judged afresh
+    assert tb.take("subscribed")[0]["id"] == 2
+    b.withdrawn(RANDOM)  # not subscribed and idle: nothing to do, nothing remembered
+    assert not tb.take("unsubscribed") and not b._withdrawn
+
+
+async def test_a_withdrawn_subscription_stops_its_events_and_leaves_presence(ctx, services):
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    for s_, t_ in ((a, ta), (b, tb)):
+        await send(s_, op="subscribe", id=1, channel=GENERAL)
+        assert t_.take("subscribed")
+    ta.take()
+    b.withdrawn(GENERAL)
+    assert tb.take("unsubscribed") == [{"type": "unsubscribed", "channel": GENERAL, "reason": "removed"}]
+    for _ in range(50):
+        if ta.events:
+            break
+        await asyncio.sleep(0.01)
+    assert [e["type"] for e in ta.take()] == ["presence.leave"]
+    await send(a, op="publish", id=2, channel=GENERAL, cmid="m-1", text="bob is gone")
+    assert ta.take("ack") and not tb.take("message")
+    await b.closed()  # teardown after a withdrawal is clean
+
+
 async def test_typing_is_broadcast_and_throttled(ctx, services):
     a, ta = await connect(ctx, services, "alice")
     b, _tb = await connect(ctx, services, "bob")

@@ -87,7 +87,7 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
     ),
     "ack": lambda: ev.Ack(id=2, channel=CH, cmid="c-01", message_id=MSG, offset=42, duplicate=True),
     "subscribed": lambda: ev.Subscribed(channel=CH, offset=44, id=1, recovered=False, replayed=3),
-    "unsubscribed": lambda: ev.Unsubscribed(channel=CH, id=9),
+    "unsubscribed": lambda: ev.Unsubscribed(channel=CH, id=9, reason="removed"),
     "pong": lambda: ev.Pong(id=13, ts=TS),
     "presence": lambda: ev.PresenceList(
         channel=CH, users=[ev.UserRef(id=ALICE, name="Alice"), ev.UserRef(id=BOB, name="Bob")], id=8
