@@ -142,6 +142,8 @@ def _explain(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolViolati
         raw = _probe.decode(data)
     except (msgspec.DecodeError, RecursionError):  # e.g. "[[[[…": the typed decoder stopped at the first "["
         raw = None
+    except UnicodeError:  # e.g. b'"\x80"': the typed decoder stopped at the string, before its bytes
+        return ProtocolViolation(ErrorCode.MALFORMED, "frame is not valid JSON")
     if not isinstance(raw, dict):
         return ProtocolViolation(ErrorCode.MALFORMED, "frame must be a JSON object")
     rid = raw.get("id") if isinstance(raw.get("id"), int) and not isinstance(raw.get("id"), bool) else None

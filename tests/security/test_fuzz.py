@@ -45,8 +45,9 @@ def test_decoder_accepts_or_refuses_every_frame_with_a_known_code(frame: Any) ->
     ("[" * 5000, ErrorCode.MALFORMED), ("\ud800", ErrorCode.MALFORMED), ('{"op":"\\ud800"}', ErrorCode.MALFORMED),
     ('{"op":"nope"}', ErrorCode.UNKNOWN_OP), ("{", ErrorCode.MALFORMED), ('{"op":"ping","id":1.0}',
                                                                         ErrorCode.BAD_REQUEST),
+    (b'"\x80"', ErrorCode.MALFORMED),  # a string of invalid UTF-8 where an object belongs
 ])
-def test_decoder_regressions_found_by_fuzzing(frame: str, code: ErrorCode) -> None:
+def test_decoder_regressions_found_by_fuzzing(frame: str | bytes, code: ErrorCode) -> None:
     with pytest.raises(c.ProtocolViolation) as info:
         c.decode_command(frame, 65536)
     assert info.value.code is code
