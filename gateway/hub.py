@@ -17,8 +17,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from storm.ports.broker import BroadcastSubscription, Broker, Record
+from storm.ports.cache import PresenceEntry
 from storm.ports.clock import Clock
-from storm.protocol.events import with_offset
+from storm.protocol.events import PresenceLeave, encode, with_offset
 
 if TYPE_CHECKING:
     from storm.protocol.session import Session
@@ -115,6 +116,21 @@ class Hub:
         self.deliveries += len(group)
         for session in tuple(group) if len(group) < 64 else list(group):
             session.on_channel_event(channel, offset, data)
+
+    # -- presence expiry (Cache.watch_presence_expiry) ---------------------------------------------------
+    def wants(self, workspace: str, channel: str) -> bool:
+        """Whether this gateway has subscribers in the channel (the expiries worth reporting here)."""
+        return (workspace, channel) in self._groups
+
+    def presence_expired(self, workspace: str, channel: str, entry: PresenceEntry) -> None:
+        """A user's last presence entry in the channel expired (their gateway died, say): tell the local
+        subscribers with ``presence.leave``.  Each gateway tells its own; nothing goes through the broker."""
+        group = self._groups.get((workspace, channel))
+        if not group:
+            return
+        data = encode(PresenceLeave(channel=channel, user=entry.user_id, name=entry.name))
+        for session in list(group):
+            session.on_channel_event(channel, 0, data)
 
     # -- deadlines --------------------------------------------------------------------------------------
     async def _sweep(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.hub import Hub
 from gateway.outbox import Flusher
 from storm.bootstrap import Services
+from storm.ports.cache import Unwatch
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import SessionContext
 
@@ -34,9 +35,12 @@ class Gateway:
         self.connections = 0
         self.accepting = False
         self._draining: asyncio.Task[None] | None = None
+        self._unwatch: Unwatch | None = None
 
     async def start(self) -> None:
         await self.hub.start()
+        # presence.leave for users whose gateway died (their entries expire instead of being removed)
+        self._unwatch = await self.services.cache.watch_presence_expiry(self.hub.wants, self.hub.presence_expired)
         self.accepting = True
 
     async def drain(self) -> None:
@@ -78,6 +82,10 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain()
+        if self._unwatch is not None:
+            unwatch, self._unwatch = self._unwatch, None
+            with contextlib.suppress(Exception):
+                await unwatch()
         await self.hub.stop()
         self.flusher.close()
         for task in list(self._tasks):

@@ -20,6 +20,7 @@ Design and guarantees: docs/cache.md.  In short:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -43,7 +44,7 @@ with warnings.catch_warnings():
 
 from storm.config import Config
 from storm.errors import BadRequest, Unavailable
-from storm.ports.cache import PresenceEntry, check_bucket, check_ttl
+from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
 from storm.ports.clock import Clock
 
 log = logging.getLogger("storm.cache.hazelcast")
@@ -128,6 +129,7 @@ class HazelcastCache:
         self._counter_names: OrderedDict[str, None] = OrderedDict()
         self._counter_proxies_max = counter_proxies_max
         self._state = "new"
+        self._expiry_checks: set[asyncio.Task[None]] = set()
 
     def _client_config(self) -> HzConfig:
         cfg = HzConfig()
@@ -179,6 +181,8 @@ class HazelcastCache:
             self._state = "stopped"
             return
         self._state = "stopped"
+        for task in list(self._expiry_checks):
+            task.cancel()
         client, self._client = self._client, None
         self._maps.clear()
         self._counter_names.clear()
@@ -362,6 +366,52 @@ class HazelcastCache:
             doc = value.loads()
             users.setdefault(doc["uid"], PresenceEntry(doc["uid"], doc["name"]))
         return sorted(users.values(), key=lambda e: (e.name, e.user_id))
+
+    @_operation
+    async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
+        """An entry listener for EXPIRED events on ``storm.presence`` (the members send every client that
+        registered one each expiry, with the old value).  For a wanted channel, one query asks whether the
+        user has another live entry there; if not, the listener is called.  Expiry is run by each
+        member's expiration task (every 5 s by default), so an event comes up to ~5 s after the TTL."""
+        presence = self._maps[MAP_PRESENCE]
+
+        def on_expired(event: Any) -> None:
+            value = event.old_value if event.old_value is not None else event.value
+            try:
+                doc = value.loads()
+                workspace, channel = doc["ws"], doc["ch"]
+                if not wanted(workspace, channel):
+                    return
+                entry = PresenceEntry(doc["uid"], doc["name"])
+            except Exception:
+                log.exception("ignoring a presence expiry event that cannot be read")
+                return
+            task = asyncio.get_running_loop().create_task(self._report_expiry(workspace, channel, entry, listener))
+            self._expiry_checks.add(task)
+            task.add_done_callback(self._expiry_checks.discard)
+
+        registration = await presence.add_entry_listener(include_value=True, expired_func=on_expired)
+
+        async def unwatch() -> None:
+            if self._state == "running":
+                with contextlib.suppress(HazelcastError):
+                    await presence.remove_entry_listener(registration)
+
+        return unwatch
+
+    async def _report_expiry(self, workspace: str, channel: str, entry: PresenceEntry,
+                             listener: PresenceExpired) -> None:
+        try:
+            others = await self._maps[MAP_PRESENCE].key_set(self._user_in_channel(workspace, channel, entry.user_id))
+        except (HazelcastError, KeyError) as exc:  # KeyError: stopped meanwhile
+            log.warning("presence expiry not reported ws=%s channel=%s: %s", workspace, channel, exc)
+            return
+        if others:
+            return  # the user is still here through another connection (or came back)
+        try:
+            listener(workspace, channel, entry)
+        except Exception:
+            log.exception("presence expiry listener failed ws=%s channel=%s", workspace, channel)
 
     # -- workspace deletion -----------------------------------------------------------------------------
     @_operation

@@ -9,11 +9,18 @@ dictionary pop.  Guarantees: docs/cache.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
+import logging
 
 from storm.errors import QuotaExceeded, Unavailable
-from storm.ports.cache import PresenceEntry, check_bucket, check_ttl
+from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
 from storm.ports.clock import Clock
+
+log = logging.getLogger("storm.cache.memory")
+
+PRESENCE_SWEEP_S = 1.0  # how often expired presence entries are looked for while someone watches
 
 
 class _Channel:
@@ -30,13 +37,18 @@ class _Channel:
         self.by_user: dict[str, set[str]] = {}
         self.heap: list[tuple[float, str]] = []
 
-    def sweep(self, now: float) -> None:
+    def sweep(self, now: float) -> list[PresenceEntry]:
+        """Drop the expired entries; returns the users whose last entry that was."""
         heap, conns = self.heap, self.conns
+        gone: list[PresenceEntry] = []
         while heap and heap[0][0] <= now:
             expires, cid = heapq.heappop(heap)
             current = conns.get(cid)
             if current is not None and current[1] == expires:
-                self.discard(cid)
+                left = self.discard(cid)
+                if left is not None:
+                    gone.append(left)
+        return gone
 
     def put(self, conn_id: str, entry: PresenceEntry, expires: float) -> None:
         old = self.conns.get(conn_id)
@@ -82,6 +94,9 @@ class MemoryCache:
         self._spaces: dict[str, _Space] = {}
         self._max_keys = max_keys_per_workspace
         self._state = "new"
+        self._watchers: dict[int, tuple[PresenceWanted, PresenceExpired]] = {}
+        self._watch_ids = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._state != "new":
@@ -90,7 +105,16 @@ class MemoryCache:
 
     async def stop(self) -> None:
         self._state = "stopped"
+        self._watchers.clear()
+        await self._stop_sweeper()
         self._spaces.clear()
+
+    async def _stop_sweeper(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
     def _space(self, workspace: str) -> _Space:
         if self._state != "running":
@@ -195,8 +219,48 @@ class MemoryCache:
     def _channel(self, workspace: str, channel: str) -> _Channel | None:
         ch = self._space(workspace).presence.get(channel)
         if ch is not None:
-            ch.sweep(self._clock.monotonic())
+            self._sweep(workspace, channel, ch)
         return ch
+
+    def _sweep(self, workspace: str, channel: str, ch: _Channel) -> None:
+        gone = ch.sweep(self._clock.monotonic())
+        if not gone or not self._watchers:
+            return
+        for wanted, listener in list(self._watchers.values()):
+            try:
+                if not wanted(workspace, channel):
+                    continue
+                for entry in gone:
+                    listener(workspace, channel, entry)
+            except Exception:
+                log.exception("presence expiry listener failed ws=%s channel=%s", workspace, channel)
+
+    async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
+        if self._state != "running":
+            raise Unavailable("cache is not running")
+        self._watch_ids += 1
+        wid = self._watch_ids
+        self._watchers[wid] = (wanted, listener)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+        async def unwatch() -> None:
+            self._watchers.pop(wid, None)
+            if not self._watchers:
+                await self._stop_sweeper()
+
+        return unwatch
+
+    async def _sweep_forever(self) -> None:
+        """Entries expire lazily (on access); while someone watches, every channel is swept each second so
+        an expiry is reported even in a channel nobody reads."""
+        while True:
+            await asyncio.sleep(PRESENCE_SWEEP_S)
+            for workspace, space in list(self._spaces.items()):
+                for channel, ch in list(space.presence.items()):
+                    self._sweep(workspace, channel, ch)
+                    if not ch.conns:
+                        space.presence.pop(channel, None)
 
     def _drop_if_empty(self, workspace: str, channel: str, ch: _Channel) -> None:
         if not ch.conns:
@@ -228,7 +292,7 @@ class MemoryCache:
             ch = presence.get(channel)
             if ch is None:
                 continue
-            ch.sweep(self._clock.monotonic())
+            self._sweep(workspace, channel, ch)
             current = ch.conns.get(conn_id)
             if current is not None:
                 ch.put(conn_id, current[0], expires)

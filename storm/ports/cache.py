@@ -12,6 +12,7 @@ consistent) in docs/cache.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,11 @@ from storm.errors import BadRequest
 class PresenceEntry:
     user_id: str
     name: str
+
+
+PresenceWanted = Callable[[str, str], bool]  # (workspace, channel) -> does this process care?
+PresenceExpired = Callable[[str, str, PresenceEntry], None]  # (workspace, channel, the user who is gone)
+Unwatch = Callable[[], Awaitable[None]]
 
 
 def check_ttl(ttl: float) -> float:
@@ -102,6 +108,16 @@ class Cache(Protocol):
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
         """Users with at least one live entry in the channel, each once."""
+        ...
+
+    async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
+        """From now on, call ``listener(workspace, channel, entry)`` (on the event loop; it must not block)
+        when ``entry``'s user has no live entry left in a channel because one **expired** — its
+        connection stopped refreshing it, e.g. its gateway died — for the channels where
+        ``wanted(workspace, channel)``.  Removals are not reported (``presence_remove`` already says who
+        left).  Every process that watches is told, so each tells its own connections.  At least once,
+        and late by the adapter's expiry granularity (memory: a sweep every second; Hazelcast: its
+        expiration task, a few seconds).  Returns a coroutine function that stops watching."""
         ...
 
     async def drop_workspace(self, workspace: str) -> None:

@@ -296,6 +296,40 @@ async def test_presence_expired_tab_does_not_hide_the_last_leave(cache, workspac
     assert await cache.presence_add(workspace, channel, "conn-3", ALICE, 10) is True  # back: a join again
 
 
+def expiry_bound(cache: Cache) -> float:
+    """By when an expiry is surely reported: Hazelcast's expiration task runs every 5 s (plus whole-second
+    TTLs); the memory adapter sweeps every second."""
+    return 9.0 if type(cache).__name__ == "HazelcastCache" else 2.5
+
+
+async def test_presence_expiry_reports_a_user_whose_last_entry_expired_and_nothing_else(
+        cache, workspace, channel, short_ttl):
+    ttl, _ = short_ttl
+    carol = PresenceEntry("u-carol", "Carol")
+    unwanted = str(uuid.uuid4())
+    seen: list[tuple[str, str, PresenceEntry]] = []
+    gone: list[PresenceEntry] = []
+    await cache.watch_presence_expiry(lambda ws, ch: ws == workspace and ch == channel,
+                                      lambda ws, ch, entry: seen.append((ws, ch, entry)))
+    unwatch = await cache.watch_presence_expiry(lambda ws, ch: True, lambda ws, ch, entry: gone.append(entry))
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, ttl)  # her gateway dies: expires
+    await cache.presence_add(workspace, channel, "conn-2", BOB, ttl)  # expires, but bob has conn-3
+    await cache.presence_add(workspace, channel, "conn-3", BOB, 60)
+    await cache.presence_add(workspace, channel, "conn-4", carol, ttl)
+    assert await cache.presence_remove(workspace, channel, "conn-4") == carol  # removed: not an expiry
+    await cache.presence_add(workspace, unwanted, "conn-5", ALICE, ttl)  # a channel nobody here follows
+    await unwatch()  # the second watcher stops before anything expires
+    await eventually(lambda: _true(bool(seen)), expiry_bound(cache), interval=0.1)
+    await asyncio.sleep(1.0)  # the other expiries of the same sweep have been handled by now
+    assert seen == [(workspace, channel, ALICE)]
+    assert gone == []
+    assert await cache.presence_list(workspace, channel) == [BOB]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_presence_refresh_does_not_revive_a_removed_entry(cache, workspace, channel):
     await cache.presence_add(workspace, channel, "conn-1", ALICE, 10)
     await cache.presence_remove(workspace, channel, "conn-1")
@@ -361,6 +395,20 @@ async def test_presence_of_a_dead_gateway_disappears_within_the_ttl(hazelcast_ca
 
     assert ttl * 0.9 <= await eventually(only_alice_left, ttl + 2.2, interval=0.3)
     assert await alive.presence_remove(workspace, channel, "conn-a") == ALICE  # conn-b2 expired with its gateway
+
+
+@hazelcast_only
+async def test_every_watching_client_hears_of_a_dead_gateways_expired_presence(hazelcast_caches, workspace, channel):
+    gateways = [await hazelcast_caches(), await hazelcast_caches()]
+    heard: list[list[PresenceEntry]] = [[], []]
+    for cache, log in zip(gateways, heard, strict=True):
+        await cache.watch_presence_expiry(lambda ws, ch: ch == channel,
+                                          lambda ws, ch, entry, log=log: log.append(entry))
+    doomed = await hazelcast_caches()
+    await doomed.presence_add(workspace, channel, "conn-b", BOB, 1.0)
+    await doomed.stop()  # nobody refreshes or removes it
+    await eventually(lambda: _true(all(heard)), 9.0, interval=0.2)
+    assert heard == [[BOB], [BOB]]
 
 
 @hazelcast_only
