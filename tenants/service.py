@@ -43,11 +43,11 @@ from storm.errors import BadRequest, Conflict, Forbidden, NotFound, QuotaExceede
 from storm.ports.cache import PresenceEntry
 from storm.ports.identity import Claims
 from storm.ports.store import UnitOfWork
+from storm.protocol.quota import WORKSPACE_PRESENCE
 
 log = logging.getLogger("storm.tenants")
 
 CREATE_SCOPE = "workspaces:create"
-WORKSPACE_PRESENCE = "_workspace"  # pseudo-channel the gateway registers every connection under
 DEFAULT_PAGE = 50
 _CURSOR_RE = re.compile(r"o([1-9][0-9]{0,17})")
 

@@ -35,6 +35,7 @@ with warnings.catch_warnings():
     # `import hazelcast` loads its threaded client too, which imports the stdlib asyncore on Python 3.11
     # (deprecated there); we use only the asyncio client.
     warnings.filterwarnings("ignore", message="The asyncore module is deprecated", category=DeprecationWarning)
+    from hazelcast.aggregator import count
     from hazelcast.asyncio import HazelcastClient
     from hazelcast.config import Config as HzConfig
     from hazelcast.config import IndexType
@@ -366,6 +367,12 @@ class HazelcastCache:
             doc = value.loads()
             users.setdefault(doc["uid"], PresenceEntry(doc["uid"], doc["name"]))
         return sorted(users.values(), key=lambda e: (e.name, e.user_id))
+
+    @_operation
+    async def presence_count(self, workspace: str, channel: str) -> int:
+        """One aggregation run by the members on the (ws, ch) index."""
+        result = await self._maps[MAP_PRESENCE].aggregate(count(), and_(equal("ws", workspace), equal("ch", channel)))
+        return int(result)
 
     @_operation
     async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:

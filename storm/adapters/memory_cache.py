@@ -235,6 +235,10 @@ class MemoryCache:
             except Exception:
                 log.exception("presence expiry listener failed ws=%s channel=%s", workspace, channel)
 
+    async def presence_count(self, workspace: str, channel: str) -> int:
+        ch = self._channel(workspace, channel)
+        return len(ch.conns) if ch is not None else 0
+
     async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
         if self._state != "running":
             raise Unavailable("cache is not running")

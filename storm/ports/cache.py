@@ -110,6 +110,10 @@ class Cache(Protocol):
         """Users with at least one live entry in the channel, each once."""
         ...
 
+    async def presence_count(self, workspace: str, channel: str) -> int:
+        """Live entries in the channel: connections, not users (the connection quota's recount)."""
+        ...
+
     async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
         """From now on, call ``listener(workspace, channel, entry)`` (on the event loop; it must not block)
         when ``entry``'s user has no live entry left in a channel because one **expired** — its

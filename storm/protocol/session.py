@@ -35,17 +35,16 @@ from storm.protocol import commands as c
 from storm.protocol import events as e
 from storm.protocol.claims import NOT_SENT, CmidClaims, Duplicate, InFlight, MessageRef
 from storm.protocol.codes import CloseCode, ErrorCode
+from storm.protocol.quota import WORKSPACE_PRESENCE, ConnectionQuota
 from storm.ratelimit import SharedLimiter, TokenBucket
 from storm.revocation import ControlRouter
 
 log = logging.getLogger("storm.session")
 
-WORKSPACE_PRESENCE = "_workspace"  # pseudo-channel: who is online in the workspace
 MAX_BAD_FRAMES = 10
 TYPING_INTERVAL_S = 2.0
 REPLAY_MAX = 1000
 CLAIM_IN_DOUBT_MARGIN_S = 2.0  # a pending cmid claim is in doubt this long after the broker's send timeout
-CONNECTIONS_KEY = "quota:connections"  # cache counter of the workspace's open sessions (plan quota)
 
 
 class State(enum.Enum):
@@ -83,11 +82,13 @@ class SessionContext:
     control: ControlRouter = field(default_factory=ControlRouter)  # revocations (storm/revocation.py)
     claims: CmidClaims = field(init=False)  # client message ids (storm/protocol/claims.py)
     limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)
+    connections: ConnectionQuota = field(init=False)  # the plan's connection quota (storm/protocol/quota.py)
 
     def __post_init__(self) -> None:
         self.claims = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,
                                  in_doubt_s=self.config.publish_timeout_s + CLAIM_IN_DOUBT_MARGIN_S)
         self.limiter = SharedLimiter(self.cache, self.clock)
+        self.connections = ConnectionQuota(self.cache, self.clock)
 
 
 class _Sub:
@@ -221,9 +222,9 @@ class Session:
             await ctx.control.add(ctx.hub, ws, p.claims.subject, self)  # first: a racing revocation is seen
             self._controlled = True
             await revocation.check(ctx.cache, ws, p.claims)
-            count = await ctx.cache.incr(ws, CONNECTIONS_KEY, 1)
+            admitted = await ctx.connections.take(ws, p.workspace.quotas.max_connections)
             self._counted = True
-            if count > p.workspace.quotas.max_connections:
+            if not admitted:
                 raise QuotaExceeded(f"the {p.workspace.plan} plan allows {p.workspace.quotas.max_connections} "
                                     "connections", field="connections")
         except Unauthenticated as exc:
@@ -251,7 +252,7 @@ class Session:
             await self.ctx.control.remove(self.ctx.hub, ws, p.claims.subject, self)
         if self._counted:
             self._counted = False
-            await self.ctx.cache.incr(ws, CONNECTIONS_KEY, -1)
+            await self.ctx.connections.give_back(ws)
 
     @property
     def token_id(self) -> str:

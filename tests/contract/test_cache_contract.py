@@ -330,6 +330,18 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_presence_count_counts_live_connections(cache, workspace, channel, short_ttl):
+    ttl, gone_by = short_ttl
+    assert await cache.presence_count(workspace, channel) == 0
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, 60)
+    await cache.presence_add(workspace, channel, "conn-2", ALICE, 60)  # a second tab counts
+    await cache.presence_add(workspace, channel, "conn-3", BOB, ttl)
+    await cache.presence_add(workspace + "-other", channel, "conn-9", BOB, 60)  # another workspace does not
+    assert await cache.presence_count(workspace, channel) == 3
+    await cache.presence_remove(workspace, channel, "conn-1")
+    await eventually(lambda: _equals(cache.presence_count(workspace, channel), 1), gone_by)  # conn-3 expired
+
+
 async def test_presence_refresh_does_not_revive_a_removed_entry(cache, workspace, channel):
     await cache.presence_add(workspace, channel, "conn-1", ALICE, 10)
     await cache.presence_remove(workspace, channel, "conn-1")

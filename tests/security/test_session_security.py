@@ -17,7 +17,8 @@ from storm.bootstrap import Services, build_services
 from storm.config import Config
 from storm.ports.clock import ManualClock
 from storm.protocol.codes import CloseCode
-from storm.protocol.session import CONNECTIONS_KEY, Session, SessionContext, State
+from storm.protocol.quota import CONNECTIONS_KEY
+from storm.protocol.session import Session, SessionContext, State
 from storm.revocation import jti_key
 from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
 from tests.security.conftest import Jwks, auth0_config
@@ -217,7 +218,7 @@ async def test_plan_connection_quota_closes_4029(ctx, services):
     from storm.domain import PLANS
 
     limit = PLANS["enterprise"].max_connections  # the demo workspace's plan (storm/seed.py)
-    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, limit - 1)  # sessions on other gateways
+    await _sessions_on_other_gateways(services, limit - 1)
     s, _t = await open_session(ctx, token(services, "alice"))
     assert s.state is State.OPEN
     _s2, t2 = await open_session(ctx, token(services, "bob"))
@@ -226,3 +227,39 @@ async def test_plan_connection_quota_closes_4029(ctx, services):
     await s.closed()  # a slot is given back
     s3, _t3 = await open_session(ctx, token(services, "bob"))
     assert s3.state is State.OPEN
+
+
+async def _sessions_on_other_gateways(services: Any, n: int) -> None:
+    """What other gateways' live sessions leave in the cache: the counter and a presence entry each."""
+    from storm.ports.cache import PresenceEntry
+    from storm.protocol.quota import WORKSPACE_PRESENCE
+
+    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, n)
+    for i in range(n):
+        await services.cache.presence_add(DEMO_WORKSPACE, WORKSPACE_PRESENCE, f"elsewhere-{i}",
+                                          PresenceEntry(f"u-{i}", f"User {i}"), 3600)
+
+
+async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(ctx, services):
+    """A gateway that died never gave its connections back: the counter says the plan is full, but the
+    workspace's presence (its entries expired) says nobody is there.  The next session recounts and opens;
+    the counter is healed for everyone."""
+    from storm.domain import PLANS
+    from storm.protocol.quota import RECOUNT_EVERY_S
+
+    limit = PLANS["enterprise"].max_connections
+    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, limit)  # counted, no presence: leftovers
+    s, t = await open_session(ctx, token(services, "alice"))
+    assert s.state is State.OPEN, t.events
+    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 1  # just alice now
+    await _sessions_on_other_gateways(services, limit - 1)  # the plan is really full now
+    _s2, t2 = await open_session(ctx, token(services, "bob"))
+    assert t2.closed and t2.closed[0] == CloseCode.TOO_MANY_CONNECTIONS  # a recount does not admit it
+    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 5)  # five more leftovers...
+    _s3, t3 = await open_session(ctx, token(services, "bob"))
+    assert t3.closed  # ...not recounted again within RECOUNT_EVERY_S: refused, the counter untouched
+    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit + 5
+    services.clock.advance(RECOUNT_EVERY_S)
+    _s4, t4 = await open_session(ctx, token(services, "bob"))
+    assert t4.closed  # recounted: the five are taken off, and the plan is still full
+    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit
