@@ -160,6 +160,8 @@ class Session:
         self._bad_frames = 0
         if self.last_seen - self._presence_refreshed >= self.ctx.config.presence_ttl_s / 3:
             await self._refresh_presence()  # any frame keeps presence alive, not only pings
+            if self.state is State.CLOSED:  # access was found revoked
+                return
         rid = getattr(cmd, "id", None)
         channel = getattr(cmd, "channel", None)
         try:
@@ -579,7 +581,27 @@ class Session:
         if now - self._presence_refreshed < ttl / 3:
             return
         self._presence_refreshed = now
-        await self.ctx.cache.presence_refresh(self.workspace, [WORKSPACE_PRESENCE, *self.subs], self.id, ttl)
+        try:
+            await self.ctx.cache.presence_refresh(self.workspace, [WORKSPACE_PRESENCE, *self.subs], self.id, ttl)
+            await self._recheck_access()
+        except StormError as exc:  # the cache or the store is unavailable: the next refresh tries again
+            log.warning("presence refresh failed ws=%s session=%s: %s", self.workspace, self.id, exc.message)
+
+    async def _recheck_access(self) -> None:
+        """Every presence refresh (about every ``STORM_PRESENCE_TTL_S`` / 3 while the client talks), look at
+        the revocation list and the membership again: a removal or ban whose control event was lost (the
+        broker was down) still ends the session, and a role change reaches open sessions."""
+        p = self._p()
+        try:
+            await revocation.check(self.ctx.cache, p.workspace.slug, p.claims)
+        except Unauthenticated as exc:
+            self.revoked(exc.message)
+            return
+        role = await self.ctx.directory.role(p.workspace, p.user.id)
+        if role is None:
+            self.revoked("removed")
+        elif role is not p.role:
+            self.principal = dataclasses.replace(p, role=role)
 
     async def _history(self, cmd: c.History) -> None:
         p = self._p()

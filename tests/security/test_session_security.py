@@ -263,3 +263,32 @@ async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(ctx, se
     _s4, t4 = await open_session(ctx, token(services, "bob"))
     assert t4.closed  # recounted: the five are taken off, and the plan is still full
     assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit
+
+
+async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_refresh(ctx, services):
+    """Removal and ban normally close sockets through the control event; when it is lost (broker down),
+    the session finds out by itself when it next refreshes its presence (every presence TTL / 3)."""
+    from storm.domain import Role
+
+    async with services.store.unit_of_work() as uow:
+        ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+        bob = await uow.users.get_by_subject("dev|bob")
+        assert ws and bob
+    b, tb = await open_session(ctx, token(services, "bob"))
+    c, tc = await open_session(ctx, token(services, "carol"))
+    a, ta = await open_session(ctx, token(services, "alice"))
+    async with services.store.unit_of_work() as uow:  # what the tenants API commits, minus the event
+        await uow.memberships.remove(ws.id, bob.id)
+        await uow.memberships.set_role(ws.id, a.principal.user.id, Role.MEMBER)
+        await uow.commit()
+    await services.directory.forget_member(DEMO_WORKSPACE, bob.id)
+    await services.directory.forget_member(DEMO_WORKSPACE, a.principal.user.id)
+    await services.cache.revoke(DEMO_WORKSPACE, "dev|carol", 600)  # a ban's list entry, event lost
+    await b.receive(json.dumps({"op": "ping", "id": 1}))
+    assert tb.closed is None  # refreshed a moment ago: nothing is looked at yet
+    services.clock.advance(services.config.presence_ttl_s / 3)
+    for s in (a, b, c):
+        await s.receive(json.dumps({"op": "ping", "id": 2}))
+    assert tb.closed and tb.closed[0] == CloseCode.REVOKED
+    assert tc.closed and tc.closed[0] == CloseCode.REVOKED
+    assert ta.closed is None and a.principal.role is Role.MEMBER  # alice stays, with her new role
