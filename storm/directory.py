@@ -9,6 +9,12 @@ from ``ttl`` ± ``TTL_JITTER`` (entries cached together, e.g. when 2 000 clients
 expire together, and every publish of the following second queried PostgreSQL: multi-second stalls on
 both gateways every 30 s in ``storm bench e2e``); and concurrent misses of one key in one process share one
 store read (single flight).
+
+An invalidation (``forget_*``, after the tenants API commits a change) does not delete the entry: it writes
+a short-lived **tombstone**, and loads cache what they read with ``put_if_absent``.  A load that read the
+store just before the commit and writes just after the invalidation would otherwise cache the old answer
+for a whole TTL (a removed member still admitted for 30 s); with the tombstone its write is refused, and
+lookups during those seconds read the store.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from storm.ports.store import Store, UnitOfWork
 
 CACHE_TTL_S = 30.0
 TTL_JITTER = 0.2  # each entry lives ttl x uniform(0.8, 1.2)
+TOMBSTONE = b"\xff"  # what an invalidation writes: no cached value is a single 0xff byte
+TOMBSTONE_TTL_S = 2.0  # while it lives, lookups read the store and loads cannot cache what they read
 
 T = TypeVar("T")
 
@@ -109,7 +117,7 @@ class Directory:
     # -- workspaces -----------------------------------------------------------------------------------
     async def workspace(self, slug: str) -> Workspace:
         raw = await self._cache.get(slug, "ws")
-        if raw is not None:
+        if raw is not None and raw != TOMBSTONE:
             c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
             return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
         return await self._single_flight(slug, "ws", lambda: self._load_workspace(slug))
@@ -120,20 +128,20 @@ class Directory:
         if ws is None:
             raise NotFound(f"workspace {slug!r} not found", field="workspace")
         value = _CachedWorkspace(str(ws.id), ws.slug, ws.name, ws.plan)
-        await self._cache.set(slug, "ws", msgspec.msgpack.encode(value), self._entry_ttl())
+        await self._remember(slug, "ws", msgspec.msgpack.encode(value))
         return ws
 
     async def role(self, workspace: Workspace, user_id: uuid.UUID) -> Role | None:
         key = f"member:{user_id.hex}"
         raw = await self._cache.get(workspace.slug, key)
-        if raw is not None:
+        if raw is not None and raw != TOMBSTONE:
             return Role(raw.decode()) if raw else None
 
         async def load() -> Role | None:
             async with self._store.unit_of_work() as uow:
                 m = await uow.memberships.get(workspace.id, user_id)
             role = m.role if m else None
-            await self._cache.set(workspace.slug, key, (role.value if role else "").encode(), self._entry_ttl())
+            await self._remember(workspace.slug, key, (role.value if role else "").encode())
             return role
 
         return await self._single_flight(workspace.slug, key, load)
@@ -152,7 +160,7 @@ class Directory:
         return Principal(user=user, workspace=ws, role=role, claims=claims)
 
     async def forget_member(self, workspace: str, user_id: uuid.UUID) -> None:
-        await self._cache.delete(workspace, f"member:{user_id.hex}")
+        await self._forget(workspace, f"member:{user_id.hex}")
 
     # -- channels -------------------------------------------------------------------------------------
     async def channel(self, workspace: Workspace, channel_id: str) -> Channel:
@@ -162,7 +170,7 @@ class Directory:
             raise NotFound("no such channel", field="channel") from None
         key = f"channel:{cid.hex}"
         raw = await self._cache.get(workspace.slug, key)
-        if raw is not None:
+        if raw is not None and raw != TOMBSTONE:
             if not raw:
                 raise NotFound("no such channel", field="channel")
             c = msgspec.msgpack.decode(raw, type=_CachedChannel)
@@ -174,7 +182,7 @@ class Directory:
                 ch = await uow.channels.get(workspace.id, cid)
             value = b"" if ch is None else msgspec.msgpack.encode(
                 _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
-            await self._cache.set(workspace.slug, key, value, self._entry_ttl())
+            await self._remember(workspace.slug, key, value)
             return ch
 
         ch = await self._single_flight(workspace.slug, key, load)
@@ -194,18 +202,26 @@ class Directory:
     async def _is_channel_member(self, p: Principal, ch: Channel) -> bool:
         key = f"chmember:{ch.id.hex}:{p.user.id.hex}"
         raw = await self._cache.get(p.workspace.slug, key)
-        if raw is not None:
+        if raw is not None and raw != TOMBSTONE:
             return raw == b"1"
 
         async def load() -> bool:
             async with self._store.unit_of_work() as uow:
                 member = await uow.channels.is_member(p.workspace.id, ch.id, p.user.id)
-            await self._cache.set(p.workspace.slug, key, b"1" if member else b"0", self._entry_ttl())
+            await self._remember(p.workspace.slug, key, b"1" if member else b"0")
             return member
 
         return await self._single_flight(p.workspace.slug, key, load)
 
     async def forget_channel(self, workspace: str, channel_id: uuid.UUID, user_id: uuid.UUID | None = None) -> None:
-        await self._cache.delete(workspace, f"channel:{channel_id.hex}")
+        await self._forget(workspace, f"channel:{channel_id.hex}")
         if user_id is not None:
-            await self._cache.delete(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
+            await self._forget(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
+
+    # -- cache writes -----------------------------------------------------------------------------------
+    async def _remember(self, workspace: str, key: str, value: bytes) -> None:
+        """Cache what a load read, unless anything is there: another load's answer, or a tombstone."""
+        await self._cache.put_if_absent(workspace, key, value, self._entry_ttl())
+
+    async def _forget(self, workspace: str, key: str) -> None:
+        await self._cache.set(workspace, key, TOMBSTONE, TOMBSTONE_TTL_S)

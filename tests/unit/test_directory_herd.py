@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
 import pytest
 
 from storm.adapters.memory_cache import MemoryCache
-from storm.directory import CACHE_TTL_S, TTL_JITTER, Directory
+from storm.directory import CACHE_TTL_S, TOMBSTONE_TTL_S, TTL_JITTER, Directory
 from storm.domain import Channel, ChannelKind, Workspace
 from storm.ports.clock import ManualClock
 
@@ -27,10 +28,11 @@ class CountingStore:
         class Channels:
             async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> Channel | None:
                 store.reads += 1
+                seen = store.channel  # what the database answers is fixed when the query runs
                 await asyncio.sleep(store.delay)
                 if store.fail is not None:
                     raise store.fail
-                return store.channel if channel_id == store.channel.id else None
+                return seen if channel_id == seen.id else None
 
         class Uow:
             channels = Channels()
@@ -93,3 +95,20 @@ def test_entry_ttls_are_spread_so_entries_cached_together_do_not_expire_together
     ttls = [directory._entry_ttl() for _ in range(2000)]
     assert all(CACHE_TTL_S * (1 - TTL_JITTER) <= t <= CACHE_TTL_S * (1 + TTL_JITTER) for t in ttls)
     assert max(ttls) - min(ttls) > CACHE_TTL_S * TTL_JITTER  # spread over seconds, not one instant
+
+
+async def test_a_load_racing_an_invalidation_does_not_cache_the_old_answer(setup: Any) -> None:
+    """A load reads the store just before the tenants API commits a change, and writes the cache just after
+    the API's invalidation: the old answer must not be cached for a whole TTL."""
+    ws, channel, store, cache, directory = setup
+    store.delay = 0.05
+    racing = asyncio.create_task(directory.channel(ws, str(channel.id)))  # reads the old row...
+    await asyncio.sleep(0.01)
+    store.channel = dataclasses.replace(channel, archived=True)  # ...the API commits the archive...
+    await directory.forget_channel(ws.slug, channel.id)  # ...and invalidates, before the load writes
+    assert (await racing).archived is False  # that caller saw the row as it was when it asked
+    assert (await directory.channel(ws, str(channel.id))).archived is True  # nobody else sees it again
+    cache._clock.advance(TOMBSTONE_TTL_S)
+    assert (await directory.channel(ws, str(channel.id))).archived is True  # and now it is cached
+    reads = store.reads
+    assert (await directory.channel(ws, str(channel.id))).archived is True and store.reads == reads
