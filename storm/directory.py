@@ -116,8 +116,8 @@ class Directory:
 
     # -- workspaces -----------------------------------------------------------------------------------
     async def workspace(self, slug: str) -> Workspace:
-        raw = await self._cache.get(slug, "ws")
-        if raw is not None and raw != TOMBSTONE:
+        raw = await self._lookup(slug, "ws")
+        if raw is not None:
             c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
             return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
         return await self._single_flight(slug, "ws", lambda: self._load_workspace(slug))
@@ -133,8 +133,8 @@ class Directory:
 
     async def role(self, workspace: Workspace, user_id: uuid.UUID) -> Role | None:
         key = f"member:{user_id.hex}"
-        raw = await self._cache.get(workspace.slug, key)
-        if raw is not None and raw != TOMBSTONE:
+        raw = await self._lookup(workspace.slug, key)
+        if raw is not None:
             return Role(raw.decode()) if raw else None
 
         async def load() -> Role | None:
@@ -169,8 +169,8 @@ class Directory:
         except ValueError:
             raise NotFound("no such channel", field="channel") from None
         key = f"channel:{cid.hex}"
-        raw = await self._cache.get(workspace.slug, key)
-        if raw is not None and raw != TOMBSTONE:
+        raw = await self._lookup(workspace.slug, key)
+        if raw is not None:
             if not raw:
                 raise NotFound("no such channel", field="channel")
             c = msgspec.msgpack.decode(raw, type=_CachedChannel)
@@ -201,8 +201,8 @@ class Directory:
 
     async def _is_channel_member(self, p: Principal, ch: Channel) -> bool:
         key = f"chmember:{ch.id.hex}:{p.user.id.hex}"
-        raw = await self._cache.get(p.workspace.slug, key)
-        if raw is not None and raw != TOMBSTONE:
+        raw = await self._lookup(p.workspace.slug, key)
+        if raw is not None:
             return raw == b"1"
 
         async def load() -> bool:
@@ -218,7 +218,12 @@ class Directory:
         if user_id is not None:
             await self._forget(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
 
-    # -- cache writes -----------------------------------------------------------------------------------
+    # -- the cache ----------------------------------------------------------------------------------------
+    async def _lookup(self, workspace: str, key: str) -> bytes | None:
+        """The cached value, or None on a miss or a tombstone (then the caller loads from the store)."""
+        raw = await self._cache.get(workspace, key)
+        return None if raw == TOMBSTONE else raw
+
     async def _remember(self, workspace: str, key: str, value: bytes) -> None:
         """Cache what a load read, unless anything is there: another load's answer, or a tombstone."""
         await self._cache.put_if_absent(workspace, key, value, self._entry_ttl())

@@ -8,7 +8,7 @@ Two parts (docs/security.md, "Revocation"):
 * a **control event** published on the workspace's ``_control`` pseudo-channel through the broker.  Each
   gateway follows ``_control`` of every workspace it has sessions in (:class:`ControlRouter`, one hub
   listener per workspace, not per session) and closes the named subject's sockets with 4010 — or, for a
-  removal from one private channel (:func:`withdraw`), ends their subscriptions to that channel only.
+  removal from one private channel (``revoke(..., channel=…)``), ends their subscriptions to it only.
 
 A session checks the list only after it has joined ``_control``, so a revocation racing a handshake is
 seen by one of the two checks.
@@ -50,23 +50,15 @@ def jti_key(token_id: str) -> str:
 
 
 async def revoke(cache: Cache, broker: Broker, workspace: str, subject: str, *, reason: str,
-                 ttl: float = 0.0, token_id: str = "") -> None:
+                 ttl: float = 0.0, token_id: str = "", channel: str = "") -> None:
     """Put ``subject`` (or, with ``token_id``, that one token) on the list for ``ttl`` seconds (0: not
-    listed, e.g. a removal, where the membership itself is the gate) and close its open sockets."""
+    listed, e.g. a removal, where the membership itself is the gate) and close its open sockets — or, with
+    ``channel`` (a removal from that private channel), end only their subscriptions to it."""
     if ttl > 0:
         await cache.revoke(workspace, jti_key(token_id) if token_id else subject, ttl)
-    payload = _encoder.encode(Revoke(subject=subject, reason=reason, jti=token_id))
+    payload = _encoder.encode(Revoke(subject=subject, reason=reason, jti=token_id, channel=channel))
     await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
-    log.info("revoked ws=%s subject=%s reason=%s", workspace, subject, reason)
-
-
-async def withdraw(broker: Broker, workspace: str, subject: str, channel: str) -> None:
-    """End ``subject``'s open subscriptions to ``channel`` on every gateway (removed from a private channel).
-    Nothing is listed: the channel membership itself, already gone from the store and the directory,
-    refuses the next subscribe, publish or history read."""
-    payload = _encoder.encode(Revoke(subject=subject, reason="removed", channel=channel))
-    await broker.publish_ephemeral(workspace, CONTROL_CHANNEL, payload)
-    log.info("withdrew ws=%s subject=%s channel=%s", workspace, subject, channel)
+    log.info("revoked ws=%s subject=%s reason=%s channel=%s", workspace, subject, reason, channel or "-")
 
 
 async def check(cache: Cache, workspace: str, claims: Claims) -> None:

@@ -284,15 +284,21 @@ async def logout(services: Services, p: Principal) -> None:
 
 
 async def _close_sockets(services: Services, slug: str, subject: str, reason: str, *, ttl: float = 0.0,
-                         token_id: str = "") -> None:
+                         token_id: str = "", channel: str = "") -> None:
     try:
         await revocation.revoke(services.cache, services.broker, slug, subject, reason=reason, ttl=ttl,
-                                token_id=token_id)
+                                token_id=token_id, channel=channel)
     except Unavailable:
         if ttl > 0:
             raise  # a ban or logout that is not on the list did not happen: let the caller retry
-        log.warning("workspace=%s subject removed but the control event failed; sockets close at token expiry",
-                    slug)
+        log.warning("workspace=%s subject removed but the control event failed; %s", slug,
+                    "the subscription ends when the socket closes" if channel
+                    else "sockets close at their next presence refresh")
+
+
+async def _subject(uow: UnitOfWork, user_id: uuid.UUID) -> str:
+    users = await uow.users.get_many([user_id])
+    return users[0].subject if users else ""
 
 
 async def _remove(services: Services, p: Principal, user_id: uuid.UUID) -> str:
@@ -310,9 +316,9 @@ async def _remove(services: Services, p: Principal, user_id: uuid.UUID) -> str:
         if m.role is Role.OWNER and await _owners(uow, ws.id) <= 1:
             raise Conflict("the last owner cannot be removed; make someone else owner first", field="user_id")
         private = [c.id for c in await uow.channels.list_for_user(ws.id, user_id) if c.is_private]
-        users = await uow.users.get_many([user_id])
+        subject = await _subject(uow, user_id)
         await uow.memberships.remove(ws.id, user_id)
-        return private, users[0].subject if users else ""
+        return private, subject
 
     private_channels, subject = await services.store.run(tx)
     await services.directory.forget_member(ws.slug, user_id)
@@ -455,18 +461,12 @@ async def remove_channel_member(
         if not await uow.channels.is_member(ws.id, ch.id, user_id):
             raise NotFound("not a member of this channel", field="user_id")
         await uow.channels.remove_member(ws.id, ch.id, user_id)
-        users = await uow.users.get_many([user_id])
-        return users[0].subject if users else ""
+        return await _subject(uow, user_id)
 
     subject = await services.store.run(tx)
     await services.directory.forget_channel(ws.slug, channel_id, user_id)
-    if not subject:
-        return
-    try:
-        await revocation.withdraw(services.broker, ws.slug, subject, str(channel_id))
-    except Unavailable:
-        log.warning("workspace=%s removed from a channel but the control event failed; open subscriptions "
-                    "to it last until the socket closes", ws.slug)
+    if subject:
+        await _close_sockets(services, ws.slug, subject, "removed", channel=str(channel_id))
 
 
 async def _private_channel(uow: UnitOfWork, p: Principal, channel_id: uuid.UUID) -> Channel:

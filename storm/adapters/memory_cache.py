@@ -263,8 +263,7 @@ class MemoryCache:
             for workspace, space in list(self._spaces.items()):
                 for channel, ch in list(space.presence.items()):
                     self._sweep(workspace, channel, ch)
-                    if not ch.conns:
-                        space.presence.pop(channel, None)
+                    self._drop_if_empty(workspace, channel, ch)
 
     def _drop_if_empty(self, workspace: str, channel: str, ch: _Channel) -> None:
         if not ch.conns:

@@ -16,11 +16,12 @@ import pytest
 
 from gateway.runtime import Gateway
 from storm.adapters.dev_identity import DevIdentity
-from storm.bootstrap import Services, build_services
+from storm.bootstrap import Services
 from storm.config import Config
 from storm.ports.cache import PresenceEntry
 from storm.protocol.session import Session, State
-from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
+from storm.seed import DEMO_WORKSPACE, channel_id
+from tests.support.services import demo_services
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
 DEADLINE_S = 12.0  # TTL 1 s (whole seconds in Hazelcast) + its 5 s expiration task, with room
@@ -45,10 +46,7 @@ async def services(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterat
         extra = {"cache": "hazelcast", "hazelcast_members": request.getfixturevalue("hazelcast_members"),
                  "hazelcast_cluster": "storm"}
     cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db", **extra)
-    svc = build_services(cfg)
-    await svc.start()
-    ws = await seed_demo(svc.store)
-    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
+    svc = await demo_services(cfg)
     try:
         yield svc
     finally:

@@ -182,8 +182,7 @@ async def _hello(url: str, token: str) -> object:
 
     conn = await websockets.connect(url)
     await conn.send(json.dumps({"op": "auth", "token": token}))
-    while json.loads((await asyncio.wait_for(conn.recv(), 10)).split("\n")[0])["type"] != "hello":
-        pass
+    await _until(conn, "hello")
     return conn
 
 

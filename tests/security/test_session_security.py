@@ -13,16 +13,17 @@ import pytest
 
 from gateway.hub import Hub
 from storm.adapters.auth0_identity import Auth0Identity
-from storm.bootstrap import Services, build_services
+from storm.bootstrap import Services
 from storm.config import Config
 from storm.ports.clock import ManualClock
 from storm.protocol.codes import CloseCode
 from storm.protocol.quota import CONNECTIONS_KEY
 from storm.protocol.session import Session, SessionContext, State
 from storm.revocation import jti_key
-from storm.seed import DEMO_WORKSPACE, channel_id, seed_demo
+from storm.seed import DEMO_WORKSPACE, channel_id
 from tests.security.conftest import Jwks, auth0_config
 from tests.service.test_session import ListTransport, token
+from tests.support.services import demo_services
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
 
@@ -32,11 +33,7 @@ async def _services(tmp_path: Any, **overrides: Any) -> Services:
                               "idle_timeout_s": 1e6,
                               "publish_burst": 100}
     values.update(overrides)
-    svc = build_services(Config.from_env({}, **values), clock=ManualClock(start=time.time()))
-    await svc.start()
-    ws = await seed_demo(svc.store)
-    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
-    return svc
+    return await demo_services(Config.from_env({}, **values), ManualClock(start=time.time()))
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from storm.bootstrap import Services, build_services
 from storm.config import Config
 from storm.ports.clock import ManualClock
 from storm.protocol.session import SessionContext
-from storm.seed import seed_demo
 from tenants.app import create_app
+from tests.support.services import demo_services
 
 
 def tenants_make_config(tmp_path: Path) -> Config:
@@ -172,10 +172,7 @@ async def services(tmp_path) -> AsyncIterator[Services]:
     clock = ManualClock()
     cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", publish_rate=5.0,
                           publish_burst=3, max_subscriptions=3, retention_messages=20)
-    svc = build_services(cfg, clock=clock)
-    await svc.start()
-    ws = await seed_demo(svc.store)
-    await svc.broker.ensure_workspace(ws.slug, ws.quotas)
+    svc = await demo_services(cfg, clock)
     try:
         yield svc
     finally:
