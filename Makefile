@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-PACKAGES := storm gateway tenants consumers db
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | sha1sum | cut -c1-12)
+PACKAGES := storm gateway tenants consumers db storm_cli storm_tools sdk/storm_sdk
 export STORM_SERVICES_DIR ?= $(CURDIR)/.services
 
 .PHONY: run run-cluster test install lint scan services-up services-down browser-deps clean
@@ -18,13 +18,13 @@ run: install
 run-cluster: install
 	$(BIN)/storm cluster
 
-## install: the virtualenv with STORM and its dev dependencies (re-run when pyproject.toml changes)
+## install: the virtualenv with STORM, the SDK distribution (sdk/) and the dev dependencies
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	@echo "==> creating $(VENV) and installing STORM (first run takes a minute)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e ./sdk -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 ## test: install, start the services, lint, scan, run the whole suite with coverage
@@ -38,8 +38,11 @@ test: install services-up browser-deps
 	fi; \
 	$(MAKE) --no-print-directory services-down; exit $$status
 
+## lint: ruff, the import rules (import-linter, .importlinter) and the type checker (mypy, pyproject.toml)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 ## scan: bandit (no high-severity finding) and pip-audit (no known vulnerability)
 scan: install

@@ -12,6 +12,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+CLUSTER_DATABASE = "storm_cluster"  # the database `storm cluster` and `storm verify` use on the services' server
+
+
+def cluster_database_url(pg_url: str, database: str = CLUSTER_DATABASE) -> str:
+    """``pg_url`` with its database replaced (credentials kept)."""
+    from sqlalchemy import make_url
+
+    return make_url(pg_url).set(database=database).render_as_string(hide_password=False)
+
 
 @asynccontextmanager
 async def _maintenance(url: str, verb: str) -> AsyncIterator[tuple[Any, str]]:

@@ -1,12 +1,15 @@
-"""Quart application factory for the gateway (and, in `storm dev`, the tenants API and consumers).
+"""Quart application factory for the gateway.
 
 Nothing connects here: ``create_app`` wires objects; ``before_serving`` starts them in dependency order
-(store, cache, broker -> workers -> gateway hub) and ``after_serving`` stops them in reverse.
+(store, cache, broker -> start-up hooks -> workers -> gateway hub) and ``after_serving`` stops them in
+reverse.  The gateway knows no other role: ``storm dev`` (storm_cli/apps.py) adds the tenants API, the
+persistence worker and the demo seed through ``extensions``, ``components`` and ``on_start``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
@@ -26,28 +29,30 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+StartHook = Callable[[Services], Awaitable[None]]
+Extension = Callable[[Quart, Services], None]
+
+
 def create_app(
     services: Services,
     *,
-    tenants: bool = True,
     page: bool = True,
-    components: list[Component] | None = None,
+    components: Sequence[Component] = (),
+    on_start: Sequence[StartHook] = (),
+    extensions: Sequence[Extension] = (),
     on_started: Any = None,
 ) -> Quart:
     app = Quart(__name__)
     gateway = Gateway(services)
-    workers = list(components or [])
+    workers = list(components)
     app.extensions["storm"] = services
     app.extensions["gateway"] = gateway
 
     @app.before_serving
     async def startup() -> None:
         await services.start()
-        if services.config.seed_demo:
-            from storm.seed import seed_demo
-
-            ws = await seed_demo(services.store)
-            await services.broker.ensure_workspace(ws.slug, ws.quotas)
+        for hook in on_start:
+            await hook(services)
         for worker in workers:
             await worker.start()
         await gateway.start()
@@ -91,10 +96,8 @@ def create_app(
     register_ws(app, gateway)
     app.asgi_app = HandshakeGuard(app.asgi_app, services.config)  # type: ignore[method-assign]  # Origin, per-IP
     app.extensions["guard"] = app.asgi_app
-    if tenants:
-        from tenants.api import register
-
-        register(app, services)
+    for extend in extensions:
+        extend(app, services)
     return app
 
 

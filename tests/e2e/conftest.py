@@ -50,14 +50,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def storm_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start `python -m storm.cli dev` on a free port with its own SQLite file; yield its base URL."""
+    """Start `python -m storm_cli.main dev` on a free port with its own SQLite file; yield its base URL."""
     tmp = tmp_path_factory.mktemp("storm-dev")
     port = _free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/e2e.db", "PYTHONUNBUFFERED": "1"}
     stdout_path, stderr_path = tmp / "stdout.log", tmp / "stderr.log"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "storm.cli", "dev", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "storm_cli", "dev", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
         )
     base = f"http://127.0.0.1:{port}"

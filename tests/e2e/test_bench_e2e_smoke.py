@@ -1,4 +1,4 @@
-"""Smoke test of `storm bench e2e` (storm/bench/e2e.py, docs/benchmarks.md): a tiny run on the real services,
+"""Smoke test of `storm bench e2e` (storm_tools/bench/e2e.py, docs/benchmarks.md): a tiny run on the real services,
 checked for shape and for completeness (every acked message reached every other member), not for speed."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_e2e_bench_delivers_every_acked_message_and_cleans_up(pg_url: str, pulsa
     env = {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": service_url,
            "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
     proc = subprocess.run(
-        [sys.executable, "-m", "storm.cli", "bench", "e2e", "--connections", str(CONNECTIONS), "--members",
+        [sys.executable, "-m", "storm_cli", "bench", "e2e", "--connections", str(CONNECTIONS), "--members",
          str(MEMBERS), "--rate", str(RATE), "--duration", str(DURATION), "--warmup", "1", "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

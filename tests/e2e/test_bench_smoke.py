@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def _bench(*args: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "storm.cli", "bench", *args, "--json"],
+        [sys.executable, "-m", "storm_cli", "bench", *args, "--json"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-3000:]}"

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from storm_sdk import ClientOptions, StormClient, dev_token_provider, list_channels
 
-from storm.sdk import ClientOptions, StormClient, dev_token_provider, list_channels
 from tests.e2e.test_browser_chat import Chat, browser  # noqa: F401 - the fixture is used by name
 from tests.sdk.server import StormProcess
 

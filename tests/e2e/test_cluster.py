@@ -1,4 +1,4 @@
-"""`storm cluster` runs each role as its own process and stops them all by PID (storm/cluster.py).
+"""`storm cluster` runs each role as its own process and stops them all by PID (storm_cli/cluster.py).
 
 These run on the memory adapters and a SQLite file (`--no-services --broker memory --cache memory`) so they
 need no service; the Pulsar/Hazelcast/PostgreSQL wiring is what `make run-cluster` adds on top (see
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from storm.verify import free_ports
+from storm_tools.verify import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def _cluster(tmp_path: Path, ports: list[int]) -> subprocess.Popen[str]:
     gw1, gw2, api, consumers = ports
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "storm.cli", "cluster", "--no-services", "--broker", "memory", "--cache", "memory",
+        [sys.executable, "-m", "storm_cli", "cluster", "--no-services", "--broker", "memory", "--cache", "memory",
          "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}", "--gateway-ports", f"{gw1},{gw2}",
          "--api-port", str(api), "--consumers-port", str(consumers)],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

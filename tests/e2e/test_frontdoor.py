@@ -123,7 +123,7 @@ async def test_connections_per_address_over_the_limit_get_429(tmp_path: Any) -> 
     port = _free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/l.db",
            "STORM_MAX_CONNECTIONS_PER_IP": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -226,7 +226,7 @@ async def test_a_deep_tmpdir_does_not_break_hypercorns_unix_socket(tmp_path: Any
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/t.db", "TMPDIR": str(deep)}
     log = tmp_path / "stderr.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         for _ in range(300):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import websockets
 
-from storm.seed import channel_id
+from storm_tools.seed import channel_id
 from tests.support.asyncapi import validate_server_event
 
 pytestmark = pytest.mark.e2e
@@ -160,7 +160,7 @@ async def test_a_signal_drains_with_1012_and_a_retry_hint_and_exits_within_the_b
     port = _free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
            "STORM_DRAIN_TIMEOUT_S": "4", "STORM_DRAIN_RECONNECT_SPREAD_S": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -292,7 +292,7 @@ async def test_a_client_that_stops_reading_is_closed_4008_while_a_reader_gets_ev
            "STORM_OUTBOX_MAX_EVENTS": "200", "STORM_PUBLISH_RATE": "100000", "STORM_PUBLISH_BURST": "100000",
            "STORM_USER_PUBLISH_RATE": "100000", "STORM_USER_PUBLISH_BURST": "100000",
            "STORM_WORKSPACE_PUBLISH_RATE": "100000"}
-    proc = subprocess.Popen([sys.executable, "-m", "storm.cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -27,8 +27,8 @@ import websockets
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from storm.seed import channel_id
-from storm.verify import free_ports
+from storm_tools.seed import channel_id
+from storm_tools.verify import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def cluster(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STORM_PULSAR_URL": service_url,
            "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "storm.cli", "cluster", "--no-services", "--database-url", pg_url,
+        [sys.executable, "-m", "storm_cli", "cluster", "--no-services", "--database-url", pg_url,
          "--gateway-ports", f"{gw1},{gw2}", "--api-port", str(api), "--consumers-port", str(consumers)],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from storm import cli
-from storm.bench.persist import REQUIRED_KEYS
+from storm_tools.bench.persist import REQUIRED_KEYS
 
 
 def _bench(capsys: pytest.CaptureFixture[str], url: str, *extra: str) -> dict[str, object]:

@@ -20,7 +20,7 @@ from storm.bootstrap import Services
 from storm.config import Config
 from storm.ports.cache import PresenceEntry
 from storm.protocol.session import Session, State
-from storm.seed import DEMO_WORKSPACE, channel_id
+from storm_tools.seed import DEMO_WORKSPACE, channel_id
 from tests.support.services import demo_services
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from db.admin import create_database, drop_database
-from storm.cli import main
+from storm_cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,7 +37,7 @@ async def test_verify_delivery_prints_zeros_where_zeros_are_promised(
     env = {**os.environ, "STORM_DATABASE_URL": database_url, "STORM_PULSAR_URL": pulsar_urls[0],
            "STORM_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_HAZELCAST_MEMBERS": hazelcast_members}
     try:
-        proc = subprocess.run([sys.executable, "-m", "storm.cli", "verify", "delivery", "--json", "--messages",
+        proc = subprocess.run([sys.executable, "-m", "storm_cli", "verify", "delivery", "--json", "--messages",
                                "150", "--rate", "300"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300, check=False)
     finally:

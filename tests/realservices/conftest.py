@@ -1,7 +1,7 @@
 """The STORM topology on the real services, as separate processes (docs/delivery.md, "Fault tests").
 
 ``topology`` (one per test session) creates a database of its own on the services' PostgreSQL, migrates
-it, then starts on free loopback ports, each with ``python -m storm.cli serve <role>`` (storm/cluster.py):
+it, then starts on free loopback ports, each with ``python -m storm_cli.main serve <role>`` (storm_cli/cluster.py):
 
 * ``gateway-a`` and ``gateway-b``: two WebSocket gateways;
 * ``api``: the tenants REST API;
@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from db.admin import create_database, drop_database
-from storm.verify import Provisioned, StormProcess, free_ports
+from storm_tools.verify import Provisioned, StormProcess, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0

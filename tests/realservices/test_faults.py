@@ -21,9 +21,9 @@ import subprocess
 import time
 
 import pytest
+from storm_sdk import ClientOptions, Message, StormClient
 
-from storm.sdk import ClientOptions, Message, StormClient
-from storm.verify import ROOT, ScenarioOptions, run_gateway_kill, scenario_users
+from storm_tools.verify import ROOT, ScenarioOptions, run_gateway_kill, scenario_users
 from tests.realservices.conftest import DRAIN_TIMEOUT_S, Topology
 from tests.realservices.test_topology import stored_rows, wait_stored
 
@@ -102,7 +102,7 @@ async def test_gateway_sigterm_drains_finishing_in_flight_acks_with_1012_and_a_r
     from storm.adapters.pulsar_broker import PulsarBroker
     from storm.config import Config
     from storm.ports.clock import SystemClock
-    from storm.verify import read_channel_log
+    from storm_tools.verify import read_channel_log
 
     ws = await live.provision(("alice", "bob"))
     gateway_b = live.procs["gateway-b"]

@@ -12,9 +12,9 @@ import uuid
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from storm_sdk import ClientOptions, Message, StormClient
 
-from storm.sdk import ClientOptions, Message, StormClient
-from storm.verify import Provisioned
+from storm_tools.verify import Provisioned
 from tests.realservices.conftest import Topology, pulsar_tenant_status
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ def _healthy(url: str) -> bool:
 
 
 class StormProcess:
-    """`python -m storm.cli dev` on a fixed port and database; ``base`` is its http URL."""
+    """`python -m storm_cli.main dev` on a fixed port and database; ``base`` is its http URL."""
 
     def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
@@ -57,7 +57,7 @@ class StormProcess:
         stdout, stderr = self.tmp / f"stdout.{self.starts}.log", self.tmp / f"stderr.{self.starts}.log"
         with stdout.open("wb") as out, stderr.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "storm.cli", "dev", "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "storm_cli", "dev", "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from storm.sdk import (
+from storm_sdk import (
     Backoff,
     BackoffPolicy,
     ClientClosed,
@@ -17,7 +16,8 @@ from storm.sdk import (
     StormClient,
     retry_hint_s,
 )
-from storm.sdk.events import decode_frame
+from storm_sdk.events import decode_frame
+
 from tests.sdk.server import free_port
 
 

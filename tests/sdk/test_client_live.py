@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-
-from storm.sdk import (
+from storm_sdk import (
     Acked,
     BackoffPolicy,
     ClientClosed,
@@ -30,6 +29,7 @@ from storm.sdk import (
     dev_token_provider,
     list_channels,
 )
+
 from tests.sdk.server import StormProcess
 
 pytestmark = [pytest.mark.e2e]

@@ -8,8 +8,7 @@ import json
 from typing import Any
 
 import pytest
-
-from storm.sdk import (
+from storm_sdk import (
     Acked,
     ClientOptions,
     Message,
@@ -107,7 +106,7 @@ async def test_local_echo_is_reconciled_once_by_whichever_comes_first(client: St
 
 async def test_refused_publish_leaves_the_outbox_and_retriable_one_stays(client: StormClient) -> None:
     refused, retried = client.publish(CH, "no"), client.publish(CH, "later")
-    from storm.sdk.client import _Request
+    from storm_sdk.client import _Request
 
     client._requests[901] = _Request("publish", channel=CH, cmid=refused.cmid)
     client._requests[902] = _Request("publish", channel=CH, cmid=retried.cmid)
@@ -141,7 +140,7 @@ async def test_not_recovered_and_rewound_logs_ask_for_a_reload(client: StormClie
 
 
 async def test_subscribe_refused_raises_the_server_code(client: StormClient) -> None:
-    from storm.sdk.client import _Request
+    from storm_sdk.client import _Request
 
     task = asyncio.create_task(client.subscribe("bad", timeout=1))
     await asyncio.sleep(0)

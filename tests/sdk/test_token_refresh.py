@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from storm.sdk import (
+from storm_sdk import (
     BackoffPolicy,
     ClientOptions,
     ConnectionState,
@@ -22,6 +21,7 @@ from storm.sdk import (
     dev_token_provider,
     list_channels,
 )
+
 from tests.sdk.server import StormProcess
 
 pytestmark = [pytest.mark.e2e]

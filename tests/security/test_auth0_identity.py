@@ -178,7 +178,7 @@ def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production()
 
 @pytest.mark.parametrize("command", [["dev"], ["serve", "gateway"], ["serve", "api"], ["serve", "consumers"]])
 def test_every_server_command_refuses_to_start_with_dev_tokens_in_production(command, monkeypatch, capsys):
-    from storm.cli import main
+    from storm_cli.main import main
 
     monkeypatch.setenv("STORM_MODE", "production")
     monkeypatch.setenv("STORM_IDENTITY", "dev")

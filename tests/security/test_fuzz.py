@@ -1,4 +1,4 @@
-"""Property-based fuzzing in every `make test` (storm/fuzz.py has the strategies and the properties).
+"""Property-based fuzzing in every `make test` (storm_tools/fuzz.py has the strategies and the properties).
 
 Budget, in Hypothesis examples (each one generated input): 5000 decoder frames + 1600 session conversations
 (1 to 6 frames each, about 5600 frames) + 1000 REST bodies here, plus the 8 x 300 REST requests of
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storm.fuzz import REST_ENDPOINTS, RestTarget, SessionTarget, check_decoder, frames, rest_bodies, run_campaign
 from storm.protocol import commands as c
 from storm.protocol.codes import ErrorCode
+from storm_tools.fuzz import REST_ENDPOINTS, RestTarget, SessionTarget, check_decoder, frames, rest_bodies, run_campaign
 
 pytestmark = pytest.mark.fuzz
 
@@ -107,7 +107,7 @@ def test_storm_fuzz_campaign_reports_json_summary() -> None:
 def test_storm_fuzz_cli_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from storm.cli import cmd_fuzz
+    from storm_cli.main import cmd_fuzz
 
     args = argparse.Namespace(cases=40, target="decoder", seed=3)
     assert cmd_fuzz(args) == 0

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from storm.adapters.dev_identity import DevIdentity
 from storm.bootstrap import build_services
 from storm.config import Config
 from storm.domain import Message
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import Session, State
-from storm.seed import DEMO_WORKSPACE, channel_id, demo_id, seed_demo
+from storm_cli.apps import dev_app
+from storm_tools.seed import DEMO_WORKSPACE, channel_id, demo_id, seed_demo
 from tests.service.test_session import ListTransport
 
 VICTIM_CHANNEL = channel_id(DEMO_WORKSPACE, "general")
@@ -53,7 +53,7 @@ class World:
 async def world(tmp_path) -> AsyncIterator[World]:
     cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/iso.db", idle_timeout_s=1e6)
     services = build_services(cfg)
-    app = create_app(services, page=False)
+    app = dev_app(services, page=False, consumers=False)
     identity = DevIdentity(cfg.dev_secret)
     async with app.test_app() as test_app:
         ws = await seed_demo(services.store)

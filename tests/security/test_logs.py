@@ -119,8 +119,8 @@ def test_installed_redactor_rewrites_records_and_tracebacks():
 
 def test_hypercorn_error_log_goes_through_the_redacted_root_handlers(capsys):
     """The server library's own log lines are redacted too, and written once (no handler of its own)."""
+    from gateway.serve import hypercorn_config
     from storm.config import Config
-    from storm.serve import hypercorn_config
 
     secret = DevIdentity("z" * 32).issue("dev|carol", "demo")
     root = logging.getLogger()

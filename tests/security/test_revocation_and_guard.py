@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from storm.adapters.dev_identity import DevIdentity
 from storm.bootstrap import build_services
 from storm.config import Config
 from storm.protocol.codes import CloseCode
+from storm_cli.apps import dev_app
 from tests.security.asgi_ws import AsgiWs, Refused
 
 SLUG = "acme"
@@ -40,7 +40,7 @@ class App:
 async def _app(tmp_path: Any, **overrides: Any) -> Any:
     cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/rev.db", **overrides)
     services = build_services(cfg)
-    return create_app(services, page=False), DevIdentity(cfg.dev_secret)
+    return dev_app(services, page=False, consumers=False), DevIdentity(cfg.dev_secret)
 
 
 @pytest.fixture

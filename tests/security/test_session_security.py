@@ -20,7 +20,7 @@ from storm.protocol.codes import CloseCode
 from storm.protocol.quota import CONNECTIONS_KEY
 from storm.protocol.session import Session, SessionContext, State
 from storm.revocation import jti_key
-from storm.seed import DEMO_WORKSPACE, channel_id
+from storm_tools.seed import DEMO_WORKSPACE, channel_id
 from tests.security.conftest import Jwks, auth0_config
 from tests.service.test_session import ListTransport, token
 from tests.support.services import demo_services
@@ -214,7 +214,7 @@ async def test_per_workspace_rate_limit(tmp_path):
 async def test_plan_connection_quota_closes_4029(ctx, services):
     from storm.domain import PLANS
 
-    limit = PLANS["enterprise"].max_connections  # the demo workspace's plan (storm/seed.py)
+    limit = PLANS["enterprise"].max_connections  # the demo workspace's plan (storm_tools/seed.py)
     await _sessions_on_other_gateways(services, limit - 1)
     s, _t = await open_session(ctx, token(services, "alice"))
     assert s.state is State.OPEN

@@ -19,7 +19,7 @@ from storm.domain import Message
 from storm.errors import OffsetTruncated, PublishNotSent, Unavailable
 from storm.protocol import claims
 from storm.protocol.claims import MessageRef
-from storm.seed import DEMO_WORKSPACE, demo_id
+from storm_tools.seed import DEMO_WORKSPACE, demo_id
 from tests.service.test_session import GENERAL, connect, send
 
 IN_DOUBT = 10.0 + 2.0  # STORM_PUBLISH_TIMEOUT_S (default) + the session's margin

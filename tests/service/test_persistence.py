@@ -13,7 +13,7 @@ from storm.bootstrap import Services, build_services
 from storm.config import Config
 from storm.errors import Unavailable
 from storm.protocol import events as e
-from storm.seed import DEMO_WORKSPACE, channel_id, demo_id, seed_demo
+from storm_tools.seed import DEMO_WORKSPACE, channel_id, demo_id, seed_demo
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
 ALICE = str(demo_id("user", "alice"))

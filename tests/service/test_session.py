@@ -19,7 +19,7 @@ from storm.domain import Channel, ChannelKind, Role, Workspace
 from storm.ports.clock import ManualClock
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import MAX_BAD_FRAMES, Session, SessionContext, State
-from storm.seed import DEMO_WORKSPACE, channel_id
+from storm_tools.seed import DEMO_WORKSPACE, channel_id
 from tests.support.asyncapi import validate_server_event
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")

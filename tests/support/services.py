@@ -5,7 +5,7 @@ from __future__ import annotations
 from storm.bootstrap import Services, build_services
 from storm.config import Config
 from storm.ports.clock import Clock
-from storm.seed import seed_demo
+from storm_tools.seed import seed_demo
 
 
 async def demo_services(cfg: Config, clock: Clock | None = None) -> Services:

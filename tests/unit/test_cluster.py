@@ -1,4 +1,4 @@
-"""The pure parts of `storm cluster` (storm/cluster.py): port lists, the cluster database URL, the plan of
+"""The pure parts of `storm cluster` (storm_cli/cluster.py): port lists, the cluster database URL, the plan of
 child processes.  The processes themselves are exercised in tests/e2e/test_cluster.py."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import argparse
 
 import pytest
 
-from storm.cli import build_parser
-from storm.cluster import cluster_database_url, plan_children, port_list
+from db.admin import cluster_database_url
+from storm_cli.cluster import plan_children, port_list
+from storm_cli.main import build_parser
 
 
 def test_port_list_parses_distinct_ports() -> None:

@@ -3,10 +3,10 @@
     storm dev                      gateway + tenants API + consumers in one process, embedded adapters
     storm token alice [--workspace demo]
     storm migrate                  run database migrations to head
-    storm bench fanout|idle|persist|e2e ...   benchmarks (JSON on stdout, progress on stderr; storm/bench/)
-    storm serve gateway|api|consumers   one role as its own process (storm/cluster.py)
+    storm bench fanout|idle|persist|e2e ...   benchmarks (JSON on stdout, progress on stderr; storm_tools/bench/)
+    storm serve gateway|api|consumers   one role as its own process (storm_cli/cluster.py)
     storm cluster                  services + 2 gateways, tenants API, consumers as processes (make run-cluster)
-    storm verify delivery --json   gateway-kill scenario on the running services (storm/verify.py)
+    storm verify delivery --json   gateway-kill scenario on the running services (storm_tools/verify.py)
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ def _config(args: argparse.Namespace, **overrides: Any) -> Config:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from consumers.persistence import PersistenceWorker
-    from gateway.app import create_app
+    from gateway.serve import run, serve_app
     from storm.adapters.dev_identity import DevIdentity
     from storm.bootstrap import build_services
-    from storm.seed import DEMO_WORKSPACE, channel_id
-    from storm.serve import run, serve_app
+    from storm_cli.apps import dev_app
+    from storm_tools.seed import DEMO_WORKSPACE, channel_id
 
     cfg = _config(args, seed_demo=not args.no_seed)
     services = build_services(cfg)
@@ -55,7 +54,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if args.open and (os.environ.get("DISPLAY") or sys.platform == "darwin"):
             webbrowser.open(url)
 
-    app = create_app(services, components=[PersistenceWorker(services)], on_started=announce)
+    app = dev_app(services, on_started=announce)
     run(lambda: serve_app(app, cfg))
     print("STORM dev stopped", flush=True)
     return 0
@@ -77,7 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from db.migrate import upgrade_async
     from db.multiregion import MultiRegionError, parse_regions, statements
     from db.store import parse_url
-    from storm.serve import run
+    from gateway.serve import run
 
     cfg = Config.from_env()
     parse_url(cfg.database_url)  # an unsupported URL is a ConfigError (exit 2), not a driver traceback
@@ -106,7 +105,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from storm.bench import main as bench_main
+    from storm_tools.bench import main as bench_main
 
     result = bench_main(args)
     print(json.dumps(result, indent=None if args.json else 2), flush=True)
@@ -114,7 +113,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from storm.fuzz import main as fuzz_main
+    from storm_tools.fuzz import main as fuzz_main
 
     result = fuzz_main(args)
     print(json.dumps(result), flush=True)
@@ -148,23 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(fn=cmd_migrate)
 
     bench = sub.add_parser("bench", help="benchmarks; JSON on stdout")
-    from storm.bench import add_arguments
+    from storm_tools.bench import add_arguments
 
     add_arguments(bench)
     bench.set_defaults(fn=cmd_bench)
 
     fuzz = sub.add_parser("fuzz", help="property-based fuzzing campaign; JSON summary on stdout")
-    from storm.fuzz import add_arguments as fuzz_arguments
+    from storm_tools.fuzz import add_arguments as fuzz_arguments
 
     fuzz_arguments(fuzz)
     fuzz.set_defaults(fn=cmd_fuzz)
 
-    from storm.cluster import add_arguments as cluster_arguments
+    from storm_cli.cluster import add_arguments as cluster_arguments
 
-    cluster_arguments(sub)  # `storm serve gateway|api|consumers` and `storm cluster` (storm/cluster.py)
-    from storm.verify import add_arguments as verify_arguments
+    cluster_arguments(sub)  # `storm serve gateway|api|consumers` and `storm cluster` (storm_cli/cluster.py)
+    from storm_tools.verify import add_arguments as verify_arguments
 
-    verify_arguments(sub)  # `storm verify delivery --json` (storm/verify.py)
+    verify_arguments(sub)  # `storm verify delivery --json` (storm_tools/verify.py)
     return parser
 
 

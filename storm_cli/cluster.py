@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from db.admin import CLUSTER_DATABASE, cluster_database_url
 from storm.config import Config
 
 ROLES = ("gateway", "api", "consumers")
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
-CLUSTER_DATABASE = "storm_cluster"
 HEALTH_TIMEOUT_S = 90.0
 KILL_GRACE_S = 5.0  # on top of STORM_DRAIN_TIMEOUT_S before a child is killed
 
@@ -85,9 +85,9 @@ def create_consumers_app(services: Any) -> Any:
 
 def build_role_app(role: str, services: Any) -> Any:
     if role == "gateway":
-        from gateway.app import create_app
+        from storm_cli.apps import gateway_app
 
-        return create_app(services, tenants=False)
+        return gateway_app(services)
     if role == "api":
         from tenants.app import create_app as create_tenants_app
 
@@ -98,8 +98,8 @@ def build_role_app(role: str, services: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import run, serve_app
     from storm.bootstrap import build_services
-    from storm.serve import run, serve_app
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -175,12 +175,6 @@ def _parse_env_lines(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def cluster_database_url(pg_url: str) -> str:
-    from sqlalchemy import make_url
-
-    return make_url(pg_url).set(database=CLUSTER_DATABASE).render_as_string(hide_password=False)
-
-
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -230,7 +224,7 @@ class Cluster:
                                + "; stop what holds them or choose others (storm cluster --help)")
         width = max(len(c.name) for c in self.children)
         for child in self.children:
-            cmd = [sys.executable, "-m", "storm.cli", "serve", child.role, "--host", self.host,
+            cmd = [sys.executable, "-m", "storm_cli", "serve", child.role, "--host", self.host,
                    "--port", str(child.port), "--supervisor-pid", str(os.getpid())]
             # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
             child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -323,7 +317,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     from db.admin import ensure_database
     from db.migrate import upgrade_async
-    from storm.serve import run
+    from gateway.serve import run
 
     out = sys.stdout
     env = dict(os.environ)
@@ -381,7 +375,7 @@ def _announce(cluster: Cluster, cfg: Config, args: argparse.Namespace) -> None:
         lines.append(f"  {child.name:<10} pid {child.pid:<7} {what}")
     if cfg.identity == "dev" and not args.no_seed:
         from storm.adapters.dev_identity import DevIdentity
-        from storm.seed import DEMO_WORKSPACE
+        from storm_tools.seed import DEMO_WORKSPACE
 
         token = DevIdentity(cfg.dev_secret, ttl_s=cfg.token_ttl_s).issue("dev|alice", DEMO_WORKSPACE, "Alice")
         lines.append(f"  demo workspace '{DEMO_WORKSPACE}'; dev token (alice): {token}")

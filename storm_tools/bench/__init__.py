@@ -2,11 +2,11 @@
 
     storm bench fanout --subscribers 1000 --messages 200 [--rate 100] [--json]
     storm bench idle --connections 10000 [--json]
-    storm bench persist --messages 100000 [--workers 2] [--batch 500] [--json]   (storm/bench/persist.py)
-    storm bench e2e --connections 2000 --rate 5000 --duration 30 [--json]        (storm/bench/e2e.py)
+    storm bench persist --messages 100000 [--workers 2] [--batch 500] [--json]   (storm_tools/bench/persist.py)
+    storm bench e2e --connections 2000 --rate 5000 --duration 30 [--json]        (storm_tools/bench/e2e.py)
 
-Results are one JSON object on stdout (printed by storm/cli.py); progress goes to stderr.  Servers and
-clients run as child processes (storm/bench/procs.py), so the server measured is never the process that
+Results are one JSON object on stdout (printed by storm_cli/main.py); progress goes to stderr.  Servers and
+clients run as child processes (storm_tools/bench/procs.py), so the server measured is never the process that
 measures it.
 """
 
@@ -48,21 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     idle.add_argument("--log-dir", default=None, help="keep the server's log here (default: discarded)")
     idle.add_argument("--json", action="store_true", help="compact JSON on one line")
 
-    from storm.bench import persist
+    from storm_tools.bench import persist
 
     persist.add_parser(sub)
-    from storm.bench import e2e
+    from storm_tools.bench import e2e
 
     e2e.add_parser(sub)
 
 
 def _validate(args: argparse.Namespace) -> None:
     if args.bench == "persist":
-        from storm.bench import persist
+        from storm_tools.bench import persist
 
         persist.validate(args)
     elif args.bench == "e2e":
-        from storm.bench import e2e
+        from storm_tools.bench import e2e
 
         e2e.validate(args)
     elif args.bench == "fanout":
@@ -79,13 +79,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import uvloop
 
     if args.bench == "fanout":
-        from storm.bench import fanout as bench
+        from storm_tools.bench import fanout as bench
     elif args.bench == "persist":
-        from storm.bench import persist as bench  # type: ignore[no-redef]
+        from storm_tools.bench import persist as bench  # type: ignore[no-redef]
     elif args.bench == "e2e":
-        from storm.bench import e2e as bench  # type: ignore[no-redef]
+        from storm_tools.bench import e2e as bench  # type: ignore[no-redef]
     else:
-        from storm.bench import idle as bench  # type: ignore[no-redef]
+        from storm_tools.bench import idle as bench  # type: ignore[no-redef]
     result: dict[str, Any] = uvloop.run(bench.run(args))
     if bench.failed(result):
         result["failed"] = True

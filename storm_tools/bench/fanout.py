@@ -1,6 +1,6 @@
 """`storm bench fanout`: CPU per delivery and latency of one channel broadcast, STORM vs the floor.
 
-For each server (the STORM gateway as a ``storm dev`` child, then the floor of :mod:`storm.bench.floor`):
+For each server (the STORM gateway as a ``storm dev`` child, then the floor of :mod:`storm_tools.bench.floor`):
 start it, start client children holding N subscribers of the bench channel (and, in the first child, one
 publisher connection), publish M messages at a steady rate, count every delivered event and time it.
 
@@ -12,7 +12,7 @@ publisher connection), publish M messages at a steady rate, count every delivere
   every client child when it has received all its deliveries (or timed out); the latest reading ends the
   interval.  CPU per delivery = that CPU time / deliveries.
 
-The client side of this module runs as ``python -m storm.bench.fanout --child`` (see procs.ClientProcess).
+The client side of this module runs as ``python -m storm_tools.bench.fanout --child`` (see procs.ClientProcess).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from storm.bench.procs import (
+from storm_tools.bench.procs import (
     ClientProcess,
     Progress,
     ServerProcess,
@@ -41,7 +41,7 @@ from storm.bench.procs import (
     raise_nofile,
     source_address,
 )
-from storm.bench.wsclient import SubscribingClient, WSClient, connect
+from storm_tools.bench.wsclient import SubscribingClient, WSClient, connect
 
 MARK = b'"text":"bench:'
 WARM = b'"text":"warmup:'
@@ -301,7 +301,7 @@ def storm_tokens(env: dict[str, str]) -> list[str]:
 
 
 def bench_channel() -> str:
-    from storm.seed import channel_id
+    from storm_tools.seed import channel_id
 
     return channel_id("demo", "bench")
 
@@ -332,11 +332,11 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
     if kind == "storm":
         env = storm_env(tmp, messages=args.messages)
         tokens = storm_tokens(env)
-        argv = python_module("storm.cli", "dev", "--host", HOST, "--port", str(port))
+        argv = python_module("storm_cli", "dev", "--host", HOST, "--port", str(port))
         http_path: str | None = "/healthz"
     else:
         env, tokens = dict(os.environ), ["floor-token"]
-        argv = python_module("storm.bench.floor", "--host", HOST, "--port", str(port))
+        argv = python_module("storm_tools.bench.floor", "--host", HOST, "--port", str(port))
         http_path = None
     n, m = args.subscribers, args.messages
     procs = args.client_procs or max(1, math.ceil(n / PER_PROCESS_MAX))
@@ -369,7 +369,7 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
                 "connect_concurrency": 100, "warmup": args.warmup,
             }
             first += size
-            client = ClientProcess(f"{kind}-{i}", "storm.bench.fanout", cfg)
+            client = ClientProcess(f"{kind}-{i}", "storm_tools.bench.fanout", cfg)
             clients.append(client)
             await client.start()
         ready = await asyncio.gather(*(c.wait_for("ready", 60 + n / 50, on_progress) for c in clients))
@@ -509,7 +509,7 @@ def failed(result: dict[str, Any]) -> bool:
 
 def main() -> None:
     if sys.argv[1:] != ["--child"]:
-        sys.exit("usage: python -m storm.bench.fanout --child   (run `storm bench fanout` instead)")
+        sys.exit("usage: python -m storm_tools.bench.fanout --child   (run `storm bench fanout` instead)")
     import uvloop
 
     uvloop.run(child_main())

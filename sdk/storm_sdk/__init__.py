@@ -7,11 +7,11 @@
             ...
 """
 
-from storm.sdk.backoff import Backoff, BackoffPolicy, retry_hint_s
-from storm.sdk.client import ClientOptions, StormClient, TokenProvider
-from storm.sdk.dev import HttpError, dev_token_provider, list_channels, ws_url
-from storm.sdk.errors import ClientClosed, ConnectionLost, OutboxFull, RequestTimeout, StormError, StormSdkError
-from storm.sdk.events import (
+from storm_sdk.backoff import Backoff, BackoffPolicy, retry_hint_s
+from storm_sdk.client import ClientOptions, StormClient, TokenProvider
+from storm_sdk.dev import HttpError, dev_token_provider, list_channels, ws_url
+from storm_sdk.errors import ClientClosed, ConnectionLost, OutboxFull, RequestTimeout, StormError, StormSdkError
+from storm_sdk.events import (
     Ack,
     Acked,
     ConnectionState,
@@ -39,7 +39,7 @@ from storm.sdk.events import (
     Unsubscribed,
     User,
 )
-from storm.sdk.outbox import Outbox, PendingMessage, SendState
+from storm_sdk.outbox import Outbox, PendingMessage, SendState
 
 __all__ = [
     "Ack", "Acked", "Backoff", "BackoffPolicy", "ClientClosed", "ClientOptions", "ConnectionLost",

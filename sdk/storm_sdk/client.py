@@ -33,12 +33,12 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from storm.sdk import events as ev
-from storm.sdk.backoff import Backoff, BackoffPolicy
-from storm.sdk.errors import ClientClosed, ConnectionLost, RequestTimeout, StormError, StormSdkError
-from storm.sdk.outbox import Outbox, PendingMessage, SendState
+from storm_sdk import events as ev
+from storm_sdk.backoff import Backoff, BackoffPolicy
+from storm_sdk.errors import ClientClosed, ConnectionLost, RequestTimeout, StormError, StormSdkError
+from storm_sdk.outbox import Outbox, PendingMessage, SendState
 
-log = logging.getLogger("storm.sdk")
+log = logging.getLogger("storm_sdk")
 
 TokenProvider = Callable[[], Awaitable[str] | str]
 
@@ -300,12 +300,12 @@ class StormClient:
                     return
                 delay = self._backoff.next_delay(close_code=code, reason=reason)
                 self._set_state(ev.ConnectionState.RECONNECTING, code=code, reason=reason, retry_in=delay)
-                log.info("storm.sdk: reconnecting in %.2f s (%s %s)", delay, code, reason)
+                log.info("storm_sdk: reconnecting in %.2f s (%s %s)", delay, code, reason)
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # our bug: say so, and close rather than hang
-            log.exception("storm.sdk: connection loop failed")
+            log.exception("storm_sdk: connection loop failed")
             self._finish(ClientClosed(f"internal error: {exc!r}"))
 
     async def _connect_once(self) -> tuple[int | None, str, bool]:
@@ -313,7 +313,7 @@ class StormClient:
         try:
             token = await self._get_token()
         except Exception as exc:
-            log.warning("storm.sdk: token_provider failed: %r", exc)
+            log.warning("storm_sdk: token_provider failed: %r", exc)
             return None, f"token_provider failed: {exc}", False
         try:
             ws = await connect(self.url, open_timeout=self.options.connect_timeout_s, ping_interval=20,
@@ -365,7 +365,7 @@ class StormClient:
         try:
             token = await self._get_token()
         except Exception as exc:
-            log.warning("storm.sdk: token_provider failed during refresh: %r", exc)
+            log.warning("storm_sdk: token_provider failed during refresh: %r", exc)
             return
         if self._conn is conn and self._online.is_set():
             conn.queue.put_nowait(msgspec.json.encode({"op": "auth", "token": token}).decode())

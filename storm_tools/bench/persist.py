@@ -16,7 +16,7 @@ What it does (docs/benchmarks.md, "storm bench persist"; figures in docs/consume
 5. publishes ``--messages`` message events, one publisher per channel (``--inflight`` at a time);
 6. waits until the workers report every message inserted (progress on stderr), then reads the table back
    and checks that every published message is stored exactly once;
-7. deletes the workspace (unless ``--keep``) and returns one JSON object (storm/cli.py prints it).
+7. deletes the workspace (unless ``--keep``) and returns one JSON object (storm_cli/main.py prints it).
 
 ``msgs_per_s`` = messages / ``wall_s``, where ``wall_s`` runs from the first publish to the moment the last
 message is committed: publishing and persisting overlap, as they do in production.  With ``--backlog`` the
@@ -121,8 +121,8 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
     from sqlalchemy import make_url
 
     from consumers.persistence import PersistenceWorker
-    from storm.bench.procs import Progress
     from storm.bootstrap import build_services
+    from storm_tools.bench.procs import Progress
 
     try:
         services = build_services(cfg)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from storm.sdk.errors import OutboxFull, StormSdkError
+from storm_sdk.errors import OutboxFull, StormSdkError
 
 
 class SendState(enum.StrEnum):

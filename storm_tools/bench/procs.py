@@ -3,7 +3,7 @@
 * :class:`ServerProcess` starts a server child (``storm dev`` or the floor) with a raised file limit,
   waits until it answers, reads its CPU time and RSS with psutil (process + children), and stops it by
   PID: SIGTERM, then SIGKILL after a timeout.  Use it as a context manager so it is always stopped.
-* :class:`ClientProcess` starts a client child (``python -m storm.bench.<bench> --child``), hands it its
+* :class:`ClientProcess` starts a client child (``python -m storm_tools.bench.<bench> --child``), hands it its
   configuration as one JSON line on stdin and exchanges JSON lines with it: the child reports
   ``{"event": ...}`` lines on stdout, the parent sends commands (``{"cmd": "go"}``) on stdin.
 * :func:`child_channel` is the child's side of that exchange.

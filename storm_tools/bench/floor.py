@@ -10,7 +10,7 @@ STORM's protocol for the bench client to work unchanged:
 
 Honest by construction: for each publish the event frame (header + payload) is encoded once and written
 with one ``transport.write`` per subscriber; nothing is coalesced, batched or skipped.  Run it with
-``python -m storm.bench.floor --host 127.0.0.1 --port 9000``; it stops on SIGTERM/SIGINT.
+``python -m storm_tools.bench.floor --host 127.0.0.1 --port 9000``; it stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 
 import msgspec
 
-from storm.bench.procs import raise_nofile
-from storm.bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, accept_key, encode_frame, mask_payload
+from storm_tools.bench.procs import raise_nofile
+from storm_tools.bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, accept_key, encode_frame, mask_payload
 
 _decode = msgspec.json.Decoder().decode
 MAX_FRAME = 1 << 20
@@ -187,7 +187,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m storm.bench.floor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m storm_tools.bench.floor", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Typed events of the STORM Python SDK (docs/sdk.md).
 
-Two kinds of events come out of :meth:`storm.sdk.StormClient.events`:
+Two kinds of events come out of :meth:`storm_sdk.StormClient.events`:
 
 * **server events**, decoded from protocol v1 frames (docs/protocol.md) into frozen msgspec structs.
   They are the client's view of the protocol: channel events carry their ``offset``, unknown fields are
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from storm.sdk.outbox import PendingMessage
+    from storm_sdk.outbox import PendingMessage
 
-log = logging.getLogger("storm.sdk")
+log = logging.getLogger("storm_sdk")
 
 
 class _Server(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -228,9 +228,9 @@ def decode_frame(data: str | bytes) -> list[ServerEvent]:
                 kind = None
             if isinstance(kind, str) and kind not in _KNOWN_TYPES:
                 continue  # a newer event type: ignore it
-            log.warning("storm.sdk: undecodable %s event skipped: %s", kind, exc)
+            log.warning("storm_sdk: undecodable %s event skipped: %s", kind, exc)
         except msgspec.DecodeError as exc:
-            log.warning("storm.sdk: malformed event skipped: %s", exc)
+            log.warning("storm_sdk: malformed event skipped: %s", exc)
     return out
 
 

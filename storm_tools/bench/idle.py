@@ -7,7 +7,7 @@ again, and report ``(rss_after - rss_before) / connections``.  RSS is psutil's, 
 process and its children.  "Stable" means: sampled every 0.5 s, the last ``--settle-s`` seconds of samples
 vary by at most 256 KiB (or ``--settle-timeout`` passed; ``settled`` says which).
 
-The client side runs as ``python -m storm.bench.idle --child`` (see procs.ClientProcess).
+The client side runs as ``python -m storm_tools.bench.idle --child`` (see procs.ClientProcess).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storm.bench.fanout import HOST, log_dir, split, storm_env, storm_tokens
-from storm.bench.procs import (
+from storm_tools.bench.fanout import HOST, log_dir, split, storm_env, storm_tokens
+from storm_tools.bench.procs import (
     ClientProcess,
     Progress,
     ServerProcess,
@@ -33,7 +33,7 @@ from storm.bench.procs import (
     raise_nofile,
     source_address,
 )
-from storm.bench.wsclient import WSClient, connect
+from storm_tools.bench.wsclient import WSClient, connect
 
 SETTLE_TOLERANCE = 256 * 1024
 
@@ -127,7 +127,7 @@ async def run(args: Any) -> dict[str, Any]:
         tmp = Path(tmpdir)
         env = storm_env(tmp, messages=0)
         tokens = storm_tokens(env)
-        argv = python_module("storm.cli", "dev", "--host", HOST, "--port", str(port))
+        argv = python_module("storm_cli", "dev", "--host", HOST, "--port", str(port))
         server = ServerProcess("storm", argv, env=env, log_path=log_dir(args, tmp) / "storm-idle.log")
         clients: list[ClientProcess] = []
         status: dict[str, dict[str, Any]] = {}
@@ -148,7 +148,7 @@ async def run(args: Any) -> dict[str, Any]:
             for i, size in enumerate(split(n, procs)):
                 cfg = {"host": HOST, "port": port, "tokens": tokens, "connections": size,
                        "source": source_address(i), "connect_timeout": 60.0, "connect_concurrency": 64}
-                client = ClientProcess(f"idle-{i}", "storm.bench.idle", cfg)
+                client = ClientProcess(f"idle-{i}", "storm_tools.bench.idle", cfg)
                 clients.append(client)
                 await client.start()
             t0 = time.monotonic()
@@ -204,7 +204,7 @@ def failed(result: dict[str, Any]) -> bool:
 
 def main() -> None:
     if sys.argv[1:] != ["--child"]:
-        sys.exit("usage: python -m storm.bench.idle --child   (run `storm bench idle` instead)")
+        sys.exit("usage: python -m storm_tools.bench.idle --child   (run `storm bench idle` instead)")
     import uvloop
 
     uvloop.run(child_main())

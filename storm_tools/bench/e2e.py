@@ -9,9 +9,9 @@ What it does (docs/benchmarks.md, "End to end on the real services"):
 2. a throwaway workspace ``e2e-<hex>`` on the ``enterprise`` plan through tenants/service.py (Pulsar tenant
    and namespaces included), then ``--connections`` users, their memberships, ``connections / members``
    private channels and their channel memberships inserted in bulk, and the channel topics created;
-3. ``--gateways`` gateway processes and one consumers process (``storm serve``, storm/cluster.py) on
+3. ``--gateways`` gateway processes and one consumers process (``storm serve``, storm_cli/cluster.py) on
    Pulsar + Hazelcast + PostgreSQL;
-4. client child processes (``python -m storm.bench.e2e --child``, one source address each) open one
+4. client child processes (``python -m storm_tools.bench.e2e --child``, one source address each) open one
    connection per user, spread over the gateways and the client processes, authenticate with a dev token
    and subscribe to the user's channel;
 5. open-loop publishing: each client process publishes its share of ``--rate`` on a fixed schedule, round
@@ -24,7 +24,7 @@ What it does (docs/benchmarks.md, "End to end on the real services"):
    nothing moved for ``--settle-s``), then checks per (receiver, sender, seq) that every acked message was
    delivered, and deletes the workspace (Pulsar tenant, rows, cache) and its users.
 
-Result: one JSON object (printed by storm/cli.py).  ``failed`` when an acked message is missing somewhere,
+Result: one JSON object (printed by storm_cli/main.py).  ``failed`` when an acked message is missing somewhere,
 a connection failed or no message was acked.
 """
 
@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from storm.bench.procs import (
+from storm_tools.bench.procs import (
     ClientProcess,
     Progress,
     child_channel,
@@ -52,7 +52,7 @@ from storm.bench.procs import (
     raise_nofile,
     source_address,
 )
-from storm.bench.wsclient import SubscribingClient, connect
+from storm_tools.bench.wsclient import SubscribingClient, connect
 
 HOST = "127.0.0.1"
 PER_PROCESS_MAX = 9000
@@ -325,7 +325,7 @@ def _say(text: str) -> None:
 
 def storm_env(args: argparse.Namespace) -> dict[str, str]:
     """The STORM processes' settings: the services', with limits out of the bench's way."""
-    from storm.verify import _service_env
+    from storm_tools.verify import _service_env
 
     env = _service_env()
     per_conn = args.rate * max(1, args.client_procs or 2) / args.connections  # per connection, with slack
@@ -564,7 +564,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from storm.adapters.dev_identity import DevIdentity
     from storm.bootstrap import build_services
     from storm.config import Config
-    from storm.verify import StormProcess, free_ports
+    from storm_tools.verify import StormProcess, free_ports
 
     env = storm_env(args)
     cfg = Config.from_env(env)
@@ -605,7 +605,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             cfg_child = {"conns": conns, "sources": [source_address(i)], "rate": args.rate / len(plan),
                          "warmup": args.warmup, "duration": args.duration, "rotate": i * 7919,
                          "connect_timeout": 60.0, "connect_concurrency": 64, "prime_concurrency": 32}
-            client = ClientProcess(f"client-{i}", "storm.bench.e2e", cfg_child)
+            client = ClientProcess(f"client-{i}", "storm_tools.bench.e2e", cfg_child)
             clients.append(client)
             await client.start()
         status: dict[str, dict[str, Any]] = {}
@@ -763,7 +763,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
 
 def main() -> None:
     if sys.argv[1:] != ["--child"]:
-        sys.exit("usage: python -m storm.bench.e2e --child   (run `storm bench e2e` instead)")
+        sys.exit("usage: python -m storm_tools.bench.e2e --child   (run `storm bench e2e` instead)")
     import uvloop
 
     uvloop.run(child_main())

@@ -7,7 +7,7 @@ It provisions a fresh workspace (``verify-<hex>``) in-process on the services th
 env``, database ``storm_cluster``), starts two gateway processes of its own (``storm serve gateway``) on free
 loopback ports, and then:
 
-1. connects SDK clients (storm/sdk): publisher alice and ``--listeners`` listeners on gateway A, publisher bob
+1. connects SDK clients (sdk/storm_sdk): publisher alice and ``--listeners`` listeners on gateway A, publisher bob
    and as many listeners on gateway B, all subscribed to one channel;
 2. alice and bob each publish ``--messages`` messages at ``--rate`` per second;
 3. when half of alice's messages are published, SIGKILLs gateway A and starts it again on the same port
@@ -91,7 +91,7 @@ class StormProcess:
             log.write(f"--- start #{self.starts} at {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
             self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "storm.cli", "serve", self.role, "--host", self.host, "--port", str(self.port)],
+                [sys.executable, "-m", "storm_cli", "serve", self.role, "--host", self.host, "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -207,7 +207,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _collect(member: Member) -> None:
-    from storm.sdk import ConnectionState, Message, StateChanged
+    from storm_sdk import ConnectionState, Message, StateChanged
 
     async for event in member.client.events():
         if isinstance(event, Message):
@@ -222,7 +222,7 @@ async def run_gateway_kill(ws: Provisioned, urls: dict[str, str], kill_and_resta
     """Run the scenario (module docstring) on gateways ``urls["a"]``/``urls["b"]``.  ``kill_and_restart``
     SIGKILLs gateway A and starts it again; ``log_reader`` (optional) returns the channel log as
     ``(message id, cmid)`` pairs, to count messages stored under two ids."""
-    from storm.sdk import BackoffPolicy, ClientOptions, StormClient
+    from storm_sdk import BackoffPolicy, ClientOptions, StormClient
 
     users = scenario_users(options.listeners)
     members = [Member(user, "a" if i % 2 == 0 else "b") for i, user in enumerate(users)]
@@ -348,7 +348,7 @@ def _service_env() -> dict[str, str]:
         raise RuntimeError(f"scripts/services.sh env failed: {out.stderr.strip()}; start them with "
                            "`make services-up` or set STORM_DATABASE_URL and STORM_PULSAR_*/STORM_HAZELCAST_*")
     pairs = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    from storm.cluster import cluster_database_url
+    from db.admin import cluster_database_url
 
     env.setdefault("STORM_PULSAR_URL", pairs["STORM_TEST_PULSAR_URL"])
     env.setdefault("STORM_PULSAR_ADMIN_URL", pairs["STORM_TEST_PULSAR_ADMIN_URL"])
@@ -491,7 +491,7 @@ def _bad_arguments(args: argparse.Namespace) -> str | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from storm.serve import run
+    from gateway.serve import run
 
     problem = _bad_arguments(args)
     if problem:

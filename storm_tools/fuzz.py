@@ -113,7 +113,7 @@ class SessionTarget:
         from storm.adapters.dev_identity import DevIdentity
         from storm.bootstrap import build_services
         from storm.config import Config
-        from storm.seed import DEMO_CHANNELS, DEMO_WORKSPACE, channel_id, seed_demo
+        from storm_tools.seed import DEMO_CHANNELS, DEMO_WORKSPACE, channel_id, seed_demo
 
         cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{self.directory}/fuzz.db",
                               publish_rate=1e6, publish_burst=10**6, user_publish_rate=1e6,

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from storm.sdk.errors import StormSdkError
+from storm_sdk.errors import StormSdkError
 
 
 class HttpError(StormSdkError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from storm.bootstrap import Services
 from storm.domain import Channel, ChannelKind, Membership, Role, User, Workspace
 from storm.errors import Conflict
 from storm.ports.store import Store, UnitOfWork
@@ -51,3 +52,12 @@ async def seed_demo(store: Store, workspace: str = DEMO_WORKSPACE, plan: str = "
             found = await uow.workspaces.get_by_slug(workspace)
         assert found is not None
         return found
+
+
+async def seed_hook(services: Services) -> None:
+    """A start-up hook (``gateway.app.create_app(on_start=...)``): seed the demo workspace when the config
+    asks for it, and make sure its broker tenant exists."""
+    if not services.config.seed_demo:
+        return
+    ws = await seed_demo(services.store)
+    await services.broker.ensure_workspace(ws.slug, ws.quotas)
