@@ -152,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(fn=cmd_bench)
 
-    fuzz = sub.add_parser("fuzz", help="property-based fuzzing campaign; JSON summary on stdout")
-    from storm_tools.fuzz import add_arguments as fuzz_arguments
-
-    fuzz_arguments(fuzz)
+    # storm_tools.fuzz needs hypothesis (the dev extra): its options are declared here so that `storm --help`
+    # works in an install without it, and `storm fuzz` then says which extra to install.
+    fuzz = sub.add_parser("fuzz", help="property-based fuzzing campaign; JSON summary on stdout (dev extra)")
+    fuzz.add_argument("--cases", type=int, default=10000, help="examples per target (default 10000)")
+    fuzz.add_argument("--target", choices=("all", "decoder", "session", "rest"), default="all")
+    fuzz.add_argument("--seed", type=int, default=None, help="reproduce a campaign")
     fuzz.set_defaults(fn=cmd_fuzz)
 
     from storm_cli.cluster import add_arguments as cluster_arguments
@@ -165,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify_arguments(sub)  # `storm verify delivery --json` (storm_tools/verify.py)
     return parser
+
+
+# The optional dependencies a command may need, by top-level module, and the pip argument that installs them
+# (pyproject.toml [project.optional-dependencies]; the SDK is its own distribution in sdk/).
+_SDK = "./sdk   (the storm-chat-sdk distribution, from a checkout of this repository)"
+EXTRAS = {
+    "hypothesis": "'storm-chat[dev]'",
+    "yaml": "'storm-chat[dev]'",
+    "storm_sdk": _SDK,
+    "websockets": _SDK,
+    "pulsar": "'storm-chat[pulsar]'",
+    "httpx": "'storm-chat[pulsar]'",
+    "hazelcast": "'storm-chat[hazelcast]'",
+    "asyncpg": "'storm-chat[postgres]'",
+    "psycopg": "'storm-chat[postgres]'",
+    "sqlalchemy_cockroachdb": "'storm-chat[postgres]'",
+    "auth0": "'storm-chat[auth0]'",
+    "requests": "'storm-chat[auth0]'",
+    "datadog": "'storm-chat[datadog]'",
+}
+
+
+def missing_dependency(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line error for a command whose optional dependency is not installed, or None when the missing
+    module is not an optional dependency (then it is a bug, and the traceback is the right answer)."""
+    root = (exc.name or "").partition(".")[0]
+    what = EXTRAS.get(root)
+    if what is None:
+        return None
+    return f"storm {command}: needs {root}, which is not installed; install it with: pip install {what}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        message = missing_dependency(args.command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -299,12 +299,6 @@ def run_campaign(target: str, cases: int, *, seed: int | None = None,
             "seconds": round(time.monotonic() - started, 2)}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cases", type=int, default=10000, help="examples per target (default 10000)")
-    parser.add_argument("--target", choices=("all", "decoder", "session", "rest"), default="all")
-    parser.add_argument("--seed", type=int, default=None, help="reproduce a campaign")
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     targets = ["decoder", "session", "rest"] if args.target == "all" else [args.target]
     storm_logger = logging.getLogger("storm")
