@@ -1,0 +1,74 @@
+"""Dependency latencies, measured around the adapters (wired by the bootstrap only when metrics are on).
+
+``storm.broker.publish_latency``, ``storm.cache.op_latency`` (by method) and ``storm.store.tx_latency`` are
+timed here, outside the adapters, so no adapter knows about metrics.  Each wrapper times the port's methods
+and passes every other attribute (``limit_work_to``, ``engine``, ``serialization_retries``, ...) through
+to the adapter, so optional capabilities found with ``getattr`` still are.  Not used when metrics are off:
+the adapters are then handed out unwrapped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from storm.metrics import Metrics, Sample
+
+CACHE_METHODS = ("get", "set", "delete", "put_if_absent", "incr", "rate_take", "revoke", "is_revoked",
+                 "presence_add", "presence_remove", "presence_refresh", "presence_list", "presence_count",
+                 "watch_presence_expiry", "drop_workspace")
+
+
+def _timed(method: Callable[..., Awaitable[Any]], sample: Sample) -> Callable[..., Awaitable[Any]]:
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            sample.add((time.monotonic() - start) * 1000.0)
+
+    return timed
+
+
+class _Passthrough:
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def __repr__(self) -> str:
+        return f"<metered {self._target!r}>"
+
+
+class MeteredBroker(_Passthrough):
+    def __init__(self, broker: Any, metrics: Metrics) -> None:
+        super().__init__(broker)
+        self.publish = _timed(broker.publish, metrics.sample("storm.broker.publish_latency"))
+
+
+class MeteredCache(_Passthrough):
+    def __init__(self, cache: Any, metrics: Metrics) -> None:
+        super().__init__(cache)
+        for name in CACHE_METHODS:
+            op = "presence" if name.startswith("presence_") else name
+            setattr(self, name, _timed(getattr(cache, name), metrics.sample("storm.cache.op_latency", op=op)))
+
+
+class MeteredStore(_Passthrough):
+    def __init__(self, store: Any, metrics: Metrics) -> None:
+        super().__init__(store)
+        self._tx = metrics.sample("storm.store.tx_latency")
+        self.run = _timed(store.run, self._tx)
+        metrics.count_of("storm.store.serialization_retries", lambda: int(getattr(store, "serialization_retries", 0)))
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[Any]:
+        start = time.monotonic()
+        try:
+            async with self._target.unit_of_work() as uow:
+                yield uow
+        finally:
+            self._tx.add((time.monotonic() - start) * 1000.0)
