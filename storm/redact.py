@@ -1,6 +1,6 @@
 """Log redaction: bearer tokens and JWTs never reach a log line (docs/security.md, "Secrets in logs").
 
-The code never logs a token on purpose (tests/security/test_logs.py captures every record during auth
+The code never logs a token on purpose (tests/service/test_logs.py captures every record during auth
 failures to check it).  This filter is the safety net for what a library or a future log line might
 print: installed on the handlers of the root logger by the CLI (:func:`install`), it rewrites anything
 shaped like a JWT (``xxx.yyy.zzz`` of base64url, starting ``eyJ``) or an ``Authorization: Bearer`` value,

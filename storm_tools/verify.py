@@ -23,7 +23,7 @@ sender's sequence number is below that sender's previous one.  ``reconnect_s_p99
 Progress goes to stderr.
 
 The process helpers (``StormProcess``) and the scenario (``run_gateway_kill``) are also what
-tests/realservices/ use, against their own topology.
+the fault tests (tests/e2e/test_faults.py) use, against their own topology.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Fixtures of the end-to-end tests: a real `storm dev` process on a free port."""
+"""Fixtures of the end-to-end tests, which start STORM processes and talk to them over sockets:
+
+* ``storm_dev_server``: a `storm dev` process on a free port (its base URL);
+* ``storm_server``: a `storm dev` process that a test may SIGKILL and start again (the SDK tests;
+  tests/support/dev_server.py);
+* ``topology`` and ``live``: two gateways, the tenants API and the consumers as processes on the real services
+  (tests/support/topology.py; the fault tests)."""
 
 from __future__ import annotations
 
@@ -15,6 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import topology as topology_support
+from tests.support.dev_server import StormProcess
+from tests.support.topology import Topology, running_topology
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -74,3 +84,43 @@ def storm_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def storm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StormProcess]:
+    """One `storm dev` per test module (SQLite in a temp dir).  Tests that kill it start it again."""
+    server = StormProcess(tmp_path_factory.mktemp("storm-sdk"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- the multi-process topology on the real services (docs/delivery.md, "Fault tests") -------------
+
+
+@pytest.fixture(scope="session")
+def topology(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> Iterator[Topology]:
+    with running_topology(pg_url, pulsar_urls, hazelcast_members) as topo:
+        yield topo
+
+
+@pytest.fixture
+def live(topology: Topology) -> Topology:
+    """The topology with every process running (an earlier fault test may have left one down)."""
+    topology.revive()
+    return topology
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and topology_support.ACTIVE and "topology" in getattr(item, "fixturenames", ()):
+        report.sections.append(("storm process logs", topology_support.ACTIVE[-1].logs()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Pulsar restart is slow and disturbs everything on the broker: it runs last."""
+    items.sort(key=lambda item: "pulsar_restart" in item.name)

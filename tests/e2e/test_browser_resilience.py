@@ -18,7 +18,7 @@ import pytest
 from storm_sdk import ClientOptions, StormClient, dev_token_provider, list_channels
 
 from tests.e2e.test_browser_chat import Chat, browser  # noqa: F401 - the fixture is used by name
-from tests.sdk.server import StormProcess
+from tests.support.dev_server import StormProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from storm import cli
+from storm_cli import main as cli
 from storm_tools.bench.persist import REQUIRED_KEYS
 
 

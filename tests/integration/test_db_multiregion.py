@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from db import multiregion
 from db.migrate import upgrade_async
 from db.multiregion import MultiRegionError
-from storm import cli
+from storm_cli import main as cli
 
 EXPECTED_TWO_REGIONS = [
     'ALTER DATABASE "storm" SET PRIMARY REGION "eu-west1"',

@@ -2,7 +2,8 @@
 
 * the tenants API tests: an in-process app; those fixtures are prefixed ``tenants_``;
 * the session tests: ``services`` (seeded with the demo workspace, on a manual clock), ``hub`` and ``ctx``
-  (a ``SessionContext``), driven without sockets by tests/service/test_session.py's helpers."""
+  (a ``SessionContext``), driven without sockets by tests/service/test_session.py's helpers;
+* the Auth0 tests: ``jwks_server`` and ``jwks``, a local JWKS endpoint (tests/support/jwks.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from storm.config import Config
 from storm.ports.clock import ManualClock
 from storm.protocol.session import SessionContext
 from tenants.app import create_app
+from tests.support.jwks import Jwks, serve_jwks, stop_jwks
 from tests.support.services import demo_services
 
 
@@ -194,3 +196,25 @@ def ctx(services, hub) -> SessionContext:
     s = services
     return SessionContext(config=s.config, clock=s.clock, broker=s.broker, cache=s.cache, store=s.store,
                           identity=s.identity, directory=s.directory, hub=hub)
+
+
+# --- a local Auth0 tenant (tests/support/jwks.py) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jwks_server() -> Iterator[Jwks]:
+    jwks, server, thread = serve_jwks()
+    try:
+        yield jwks
+    finally:
+        stop_jwks(server, thread)
+
+
+@pytest.fixture
+def jwks(jwks_server: Jwks) -> Iterator[Jwks]:
+    """The local tenant with one fresh key ``key-1``, reset for each test."""
+    original = jwks_server.keys
+    jwks_server.publish(original[0])
+    jwks_server.fetches = 0
+    yield jwks_server
+    jwks_server.publish(original[0])

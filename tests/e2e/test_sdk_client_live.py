@@ -30,9 +30,9 @@ from storm_sdk import (
     list_channels,
 )
 
-from tests.sdk.server import StormProcess
+from tests.support.dev_server import StormProcess
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.sdk]
 
 FAST = ClientOptions(backoff=BackoffPolicy(initial_s=0.2, max_s=1.0), request_timeout_s=15.0)
 

@@ -22,9 +22,9 @@ from storm_sdk import (
     list_channels,
 )
 
-from tests.sdk.server import StormProcess
+from tests.support.dev_server import StormProcess
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.sdk]
 
 OPTIONS = ClientOptions(backoff=BackoffPolicy(initial_s=0.1, max_s=0.5))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.sdk.server import ROOT, StormProcess
+from tests.support.dev_server import ROOT, StormProcess
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.sdk]
 
 MARKER = "<!-- example:chat_example.py -->"
 

@@ -1,5 +1,6 @@
-"""Security suite fixtures: a local JWKS endpoint (http.server on 127.0.0.1, RSA keys generated per run)
-and a minter of Auth0-shaped RS256 access tokens, so the Auth0 adapter is tested end to end without Auth0."""
+"""A local Auth0 tenant for the security tests: a JWKS endpoint (http.server on 127.0.0.1, RSA keys generated
+per run) and a minter of Auth0-shaped RS256 access tokens, so the Auth0 adapter is tested end to end without
+Auth0.  The fixtures ``jwks_server`` and ``jwks`` (tests/service/conftest.py) serve it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -102,30 +101,21 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
-def jwks_server() -> Iterator[Jwks]:
+def serve_jwks() -> tuple[Jwks, ThreadingHTTPServer, threading.Thread]:
+    """Start the JWKS endpoint on a free loopback port with one key ``key-1``; stop it with :func:`stop_jwks`."""
     jwks = Jwks(url="", keys=[new_key("key-1")])
     handler = type("Handler", (_Handler,), {"jwks": jwks})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     jwks.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    try:
-        yield jwks
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return jwks, server, thread
 
 
-@pytest.fixture
-def jwks(jwks_server: Jwks) -> Iterator[Jwks]:
-    """The local tenant with one fresh key ``key-1``, reset for each test."""
-    original = jwks_server.keys
-    jwks_server.publish(original[0])
-    jwks_server.fetches = 0
-    yield jwks_server
-    jwks_server.publish(original[0])
+def stop_jwks(server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
 
 
 def auth0_config(jwks: Jwks, **overrides: Any) -> Config:

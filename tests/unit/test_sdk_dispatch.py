@@ -23,6 +23,8 @@ from storm_sdk import (
     Unsubscribed,
 )
 
+pytestmark = pytest.mark.sdk
+
 CH = "3433b194-d423-5967-a8d0-fea252d989f5"
 ME = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 BOB = "6b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e"

@@ -23,7 +23,7 @@ from storm.protocol import commands as c
 from storm.protocol.codes import ErrorCode
 from storm_tools.fuzz import REST_ENDPOINTS, RestTarget, SessionTarget, check_decoder, frames, rest_bodies, run_campaign
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.security]
 
 
 def _budget(n: int) -> settings:

@@ -16,7 +16,9 @@ import pytest
 from storm.adapters.auth0_identity import Auth0Identity, JwksCache
 from storm.config import Config, ConfigError
 from storm.errors import Unauthenticated
-from tests.security.conftest import AUDIENCE, ISSUER, WS_CLAIM, Jwks, auth0_config, new_key
+from tests.support.jwks import AUDIENCE, ISSUER, WS_CLAIM, Jwks, auth0_config, new_key
+
+pytestmark = pytest.mark.security
 
 
 def _seg(obj: dict[str, Any]) -> str:

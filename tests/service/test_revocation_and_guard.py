@@ -16,7 +16,9 @@ from storm.bootstrap import build_services
 from storm.config import Config
 from storm.protocol.codes import CloseCode
 from storm_cli.apps import dev_app
-from tests.security.asgi_ws import AsgiWs, Refused
+from tests.support.asgi_ws import AsgiWs, Refused
+
+pytestmark = pytest.mark.security
 
 SLUG = "acme"
 

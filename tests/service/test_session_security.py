@@ -21,9 +21,11 @@ from storm.protocol.quota import CONNECTIONS_KEY
 from storm.protocol.session import Session, SessionContext, State
 from storm.revocation import jti_key
 from storm_tools.seed import DEMO_WORKSPACE, channel_id
-from tests.security.conftest import Jwks, auth0_config
 from tests.service.test_session import ListTransport, token
+from tests.support.jwks import Jwks, auth0_config
 from tests.support.services import demo_services
+
+pytestmark = pytest.mark.security
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
 
@@ -37,7 +39,7 @@ async def _services(tmp_path: Any, **overrides: Any) -> Services:
 
 
 @pytest.fixture
-async def services(tmp_path) -> AsyncIterator[Services]:
+async def sec_services(tmp_path) -> AsyncIterator[Services]:
     svc = await _services(tmp_path)
     try:
         yield svc
@@ -54,8 +56,8 @@ async def _ctx(svc: Services, **kw: Any) -> tuple[SessionContext, Hub]:
 
 
 @pytest.fixture
-async def ctx(services) -> AsyncIterator[SessionContext]:
-    c, hub = await _ctx(services)
+async def sec_ctx(sec_services) -> AsyncIterator[SessionContext]:
+    c, hub = await _ctx(sec_services)
     try:
         yield c
     finally:
@@ -73,10 +75,10 @@ def publish(n: int) -> str:
     return json.dumps({"op": "publish", "id": n, "channel": GENERAL, "cmid": f"c{n}", "text": "hi"})
 
 
-async def test_token_expiring_is_sent_before_exp_and_the_socket_closes_4009_at_exp(ctx, services):
-    clock = services.clock
-    lead = services.config.token_expiry_warning_s
-    s, t = await open_session(ctx, token(services, ttl_s=600, now=clock.time()))
+async def test_token_expiring_is_sent_before_exp_and_the_socket_closes_4009_at_exp(sec_ctx, sec_services):
+    clock = sec_services.clock
+    lead = sec_services.config.token_expiry_warning_s
+    s, t = await open_session(sec_ctx, token(sec_services, ttl_s=600, now=clock.time()))
     assert s.state is State.OPEN
     clock.advance(600 - lead - 5)
     s.check_deadlines(clock.monotonic())
@@ -94,10 +96,10 @@ async def test_token_expiring_is_sent_before_exp_and_the_socket_closes_4009_at_e
     assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED
 
 
-async def test_refresh_with_a_fresh_token_of_the_same_user_extends_the_session(ctx, services):
-    clock = services.clock
-    s, t = await open_session(ctx, token(services, ttl_s=120, now=clock.time()))
-    fresh = token(services, ttl_s=3600, now=clock.time())
+async def test_refresh_with_a_fresh_token_of_the_same_user_extends_the_session(sec_ctx, sec_services):
+    clock = sec_services.clock
+    s, t = await open_session(sec_ctx, token(sec_services, ttl_s=120, now=clock.time()))
+    fresh = token(sec_services, ttl_s=3600, now=clock.time())
     await s.receive(json.dumps({"op": "auth", "token": fresh}))
     (refreshed,) = t.take("token.refreshed")
     assert refreshed["expires_at"] == pytest.approx(clock.time() + 3600, abs=1)
@@ -107,12 +109,12 @@ async def test_refresh_with_a_fresh_token_of_the_same_user_extends_the_session(c
     assert t.closed is None and s.state is State.OPEN
 
 
-async def test_refresh_with_another_users_or_an_invalid_token_is_refused_and_the_session_goes_on(ctx, services):
-    clock = services.clock
-    s, t = await open_session(ctx, token(services, ttl_s=120, now=clock.time()))
-    await s.receive(json.dumps({"op": "auth", "token": token(services, "bob", now=clock.time())}))
+async def test_refresh_with_another_users_or_an_invalid_token_is_refused_and_the_session_goes_on(sec_ctx, sec_services):
+    clock = sec_services.clock
+    s, t = await open_session(sec_ctx, token(sec_services, ttl_s=120, now=clock.time()))
+    await s.receive(json.dumps({"op": "auth", "token": token(sec_services, "bob", now=clock.time())}))
     assert t.take("error")[0]["code"] == "already_authenticated"
-    await s.receive(json.dumps({"op": "auth", "token": token(services, ttl_s=-100, now=clock.time())}))
+    await s.receive(json.dumps({"op": "auth", "token": token(sec_services, ttl_s=-100, now=clock.time())}))
     assert t.take("error")[0]["code"] == "unauthenticated"
     assert s.principal is not None and s.principal.user.name == "Alice" and s.state is State.OPEN
     await s.receive(json.dumps({"op": "ping"}))
@@ -121,42 +123,42 @@ async def test_refresh_with_another_users_or_an_invalid_token_is_refused_and_the
     assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED  # the old expiry still applies
 
 
-async def test_a_subject_on_the_revocation_list_cannot_open_a_session(ctx, services):
-    await services.cache.revoke(DEMO_WORKSPACE, "dev|bob", 60)
-    _s, t = await open_session(ctx, token(services, "bob"))
+async def test_a_subject_on_the_revocation_list_cannot_open_a_session(sec_ctx, sec_services):
+    await sec_services.cache.revoke(DEMO_WORKSPACE, "dev|bob", 60)
+    _s, t = await open_session(sec_ctx, token(sec_services, "bob"))
     assert t.closed and t.closed[0] == CloseCode.REVOKED
     assert t.take("error")[0]["code"] == "unauthenticated"
-    assert ctx.control.sessions(DEMO_WORKSPACE) == 0  # nothing left registered
-    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 0
+    assert sec_ctx.control.sessions(DEMO_WORKSPACE) == 0  # nothing left registered
+    assert await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 0
 
 
-async def test_revoked_auth0_token_is_refused(services, jwks: Jwks):
+async def test_revoked_auth0_token_is_refused(sec_services, jwks: Jwks):
     """The negative matrix's `revoked` case, with a real RS256 token: its jti is on the list."""
-    identity = Auth0Identity(auth0_config(jwks), wall=services.clock.time)
-    ctx, hub = await _ctx(services, identity=identity)
-    now = int(services.clock.time())
+    identity = Auth0Identity(auth0_config(jwks), wall=sec_services.clock.time)
+    sec_ctx, hub = await _ctx(sec_services, identity=identity)
+    now = int(sec_services.clock.time())
     try:
         good = jwks.token(sub="dev|alice", iat=now, nbf=now - 1, exp=now + 600, jti="t-ok")
-        s, t = await open_session(ctx, good)
+        s, t = await open_session(sec_ctx, good)
         assert s.state is State.OPEN, t.events
-        await services.cache.revoke(DEMO_WORKSPACE, jti_key("t-revoked"), 600)
+        await sec_services.cache.revoke(DEMO_WORKSPACE, jti_key("t-revoked"), 600)
         bad = jwks.token(sub="dev|alice", iat=now, nbf=now - 1, exp=now + 600, jti="t-revoked")
-        _s2, t2 = await open_session(ctx, bad)
+        _s2, t2 = await open_session(sec_ctx, bad)
         assert t2.closed and t2.closed[0] == CloseCode.REVOKED
     finally:
         await hub.stop()
 
 
-async def test_open_sessions_of_a_revoked_subject_close_4010_on_every_gateway(services):
+async def test_open_sessions_of_a_revoked_subject_close_4010_on_every_gateway(sec_services):
     """Two gateways (two hubs and control routers) on one broker: the control event reaches both."""
     from storm.revocation import revoke
 
-    (ctx1, hub1), (ctx2, hub2) = await _ctx(services), await _ctx(services)
+    (ctx1, hub1), (ctx2, hub2) = await _ctx(sec_services), await _ctx(sec_services)
     try:
-        a1, t1 = await open_session(ctx1, token(services, "bob"))
-        a2, t2 = await open_session(ctx2, token(services, "bob"))
-        c, tc = await open_session(ctx2, token(services, "carol"))
-        await revoke(services.cache, services.broker, DEMO_WORKSPACE, "dev|bob", reason="ban", ttl=60)
+        a1, t1 = await open_session(ctx1, token(sec_services, "bob"))
+        a2, t2 = await open_session(ctx2, token(sec_services, "bob"))
+        c, tc = await open_session(ctx2, token(sec_services, "carol"))
+        await revoke(sec_services.cache, sec_services.broker, DEMO_WORKSPACE, "dev|bob", reason="ban", ttl=60)
         assert t1.closed and t1.closed[0] == CloseCode.REVOKED
         assert t2.closed and t2.closed[0] == CloseCode.REVOKED
         assert tc.closed is None and c.state is State.OPEN
@@ -170,10 +172,10 @@ async def test_open_sessions_of_a_revoked_subject_close_4010_on_every_gateway(se
 
 async def test_per_user_rate_limit_spans_connections(tmp_path):
     svc = await _services(tmp_path, user_publish_rate=1.0, user_publish_burst=4)
-    ctx, hub = await _ctx(svc)
+    sec_ctx, hub = await _ctx(svc)
     try:
-        a, ta = await open_session(ctx, token(svc, "alice"))
-        b, tb = await open_session(ctx, token(svc, "alice"))
+        a, ta = await open_session(sec_ctx, token(svc, "alice"))
+        b, tb = await open_session(sec_ctx, token(svc, "alice"))
         for n in range(3):
             await a.receive(publish(n))
         await b.receive(publish(10))
@@ -181,7 +183,7 @@ async def test_per_user_rate_limit_spans_connections(tmp_path):
         assert len(ta.take("ack")) == 3 and len(tb.take("ack")) == 1
         (err,) = tb.take("error")
         assert err["code"] == "rate_limited" and "user" in err["message"] and err["id"] == 11
-        c, tc = await open_session(ctx, token(svc, "bob"))
+        c, tc = await open_session(sec_ctx, token(svc, "bob"))
         await c.receive(publish(20))
         assert tc.take("ack")  # another user is not affected
     finally:
@@ -191,9 +193,9 @@ async def test_per_user_rate_limit_spans_connections(tmp_path):
 
 async def test_per_workspace_rate_limit(tmp_path):
     svc = await _services(tmp_path, workspace_publish_rate=2.0)  # burst = 2 x rate
-    ctx, hub = await _ctx(svc)
+    sec_ctx, hub = await _ctx(svc)
     try:
-        sessions = [await open_session(ctx, token(svc, u)) for u in ("alice", "bob", "carol")]
+        sessions = [await open_session(sec_ctx, token(svc, u)) for u in ("alice", "bob", "carol")]
         n = 0
         for s, _ in sessions:
             for _ in range(2):
@@ -211,33 +213,33 @@ async def test_per_workspace_rate_limit(tmp_path):
         await svc.stop()
 
 
-async def test_plan_connection_quota_closes_4029(ctx, services):
+async def test_plan_connection_quota_closes_4029(sec_ctx, sec_services):
     from storm.domain import PLANS
 
     limit = PLANS["enterprise"].max_connections  # the demo workspace's plan (storm_tools/seed.py)
-    await _sessions_on_other_gateways(services, limit - 1)
-    s, _t = await open_session(ctx, token(services, "alice"))
+    await _sessions_on_other_gateways(sec_services, limit - 1)
+    s, _t = await open_session(sec_ctx, token(sec_services, "alice"))
     assert s.state is State.OPEN
-    _s2, t2 = await open_session(ctx, token(services, "bob"))
+    _s2, t2 = await open_session(sec_ctx, token(sec_services, "bob"))
     assert t2.closed and t2.closed[0] == CloseCode.TOO_MANY_CONNECTIONS
     assert t2.take("error")[0]["code"] == "quota_exceeded"
     await s.closed()  # a slot is given back
-    s3, _t3 = await open_session(ctx, token(services, "bob"))
+    s3, _t3 = await open_session(sec_ctx, token(sec_services, "bob"))
     assert s3.state is State.OPEN
 
 
-async def _sessions_on_other_gateways(services: Any, n: int) -> None:
+async def _sessions_on_other_gateways(sec_services: Any, n: int) -> None:
     """What other gateways' live sessions leave in the cache: the counter and a presence entry each."""
     from storm.ports.cache import PresenceEntry
     from storm.protocol.quota import WORKSPACE_PRESENCE
 
-    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, n)
+    await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, n)
     for i in range(n):
-        await services.cache.presence_add(DEMO_WORKSPACE, WORKSPACE_PRESENCE, f"elsewhere-{i}",
+        await sec_services.cache.presence_add(DEMO_WORKSPACE, WORKSPACE_PRESENCE, f"elsewhere-{i}",
                                           PresenceEntry(f"u-{i}", f"User {i}"), 3600)
 
 
-async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(ctx, services):
+async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(sec_ctx, sec_services):
     """A gateway that died never gave its connections back: the counter says the plan is full, but the
     workspace's presence (its entries expired) says nobody is there.  The next session recounts and opens;
     the counter is healed for everyone."""
@@ -245,45 +247,45 @@ async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(ctx, se
     from storm.protocol.quota import RECOUNT_EVERY_S
 
     limit = PLANS["enterprise"].max_connections
-    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, limit)  # counted, no presence: leftovers
-    s, t = await open_session(ctx, token(services, "alice"))
+    await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, limit)  # counted, no presence: leftovers
+    s, t = await open_session(sec_ctx, token(sec_services, "alice"))
     assert s.state is State.OPEN, t.events
-    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 1  # just alice now
-    await _sessions_on_other_gateways(services, limit - 1)  # the plan is really full now
-    _s2, t2 = await open_session(ctx, token(services, "bob"))
+    assert await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == 1  # just alice now
+    await _sessions_on_other_gateways(sec_services, limit - 1)  # the plan is really full now
+    _s2, t2 = await open_session(sec_ctx, token(sec_services, "bob"))
     assert t2.closed and t2.closed[0] == CloseCode.TOO_MANY_CONNECTIONS  # a recount does not admit it
-    await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 5)  # five more leftovers...
-    _s3, t3 = await open_session(ctx, token(services, "bob"))
+    await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 5)  # five more leftovers...
+    _s3, t3 = await open_session(sec_ctx, token(sec_services, "bob"))
     assert t3.closed  # ...not recounted again within RECOUNT_EVERY_S: refused, the counter untouched
-    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit + 5
-    services.clock.advance(RECOUNT_EVERY_S)
-    _s4, t4 = await open_session(ctx, token(services, "bob"))
+    assert await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit + 5
+    sec_services.clock.advance(RECOUNT_EVERY_S)
+    _s4, t4 = await open_session(sec_ctx, token(sec_services, "bob"))
     assert t4.closed  # recounted: the five are taken off, and the plan is still full
-    assert await services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit
+    assert await sec_services.cache.incr(DEMO_WORKSPACE, CONNECTIONS_KEY, 0) == limit
 
 
-async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_refresh(ctx, services):
+async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_refresh(sec_ctx, sec_services):
     """Removal and ban normally close sockets through the control event; when it is lost (broker down),
     the session finds out by itself when it next refreshes its presence (every presence TTL / 3)."""
     from storm.domain import Role
 
-    async with services.store.unit_of_work() as uow:
+    async with sec_services.store.unit_of_work() as uow:
         ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
         bob = await uow.users.get_by_subject("dev|bob")
         assert ws and bob
-    b, tb = await open_session(ctx, token(services, "bob"))
-    c, tc = await open_session(ctx, token(services, "carol"))
-    a, ta = await open_session(ctx, token(services, "alice"))
-    async with services.store.unit_of_work() as uow:  # what the tenants API commits, minus the event
+    b, tb = await open_session(sec_ctx, token(sec_services, "bob"))
+    c, tc = await open_session(sec_ctx, token(sec_services, "carol"))
+    a, ta = await open_session(sec_ctx, token(sec_services, "alice"))
+    async with sec_services.store.unit_of_work() as uow:  # what the tenants API commits, minus the event
         await uow.memberships.remove(ws.id, bob.id)
         await uow.memberships.set_role(ws.id, a.principal.user.id, Role.MEMBER)
         await uow.commit()
-    await services.directory.forget_member(DEMO_WORKSPACE, bob.id)
-    await services.directory.forget_member(DEMO_WORKSPACE, a.principal.user.id)
-    await services.cache.revoke(DEMO_WORKSPACE, "dev|carol", 600)  # a ban's list entry, event lost
+    await sec_services.directory.forget_member(DEMO_WORKSPACE, bob.id)
+    await sec_services.directory.forget_member(DEMO_WORKSPACE, a.principal.user.id)
+    await sec_services.cache.revoke(DEMO_WORKSPACE, "dev|carol", 600)  # a ban's list entry, event lost
     await b.receive(json.dumps({"op": "ping", "id": 1}))
     assert tb.closed is None  # refreshed a moment ago: nothing is looked at yet
-    services.clock.advance(services.config.presence_ttl_s / 3)
+    sec_services.clock.advance(sec_services.config.presence_ttl_s / 3)
     for s in (a, b, c):
         await s.receive(json.dumps({"op": "ping", "id": 2}))
     assert tb.closed and tb.closed[0] == CloseCode.REVOKED

@@ -24,10 +24,10 @@ import pytest
 from storm_sdk import ClientOptions, Message, StormClient
 
 from storm_tools.verify import ROOT, ScenarioOptions, run_gateway_kill, scenario_users
-from tests.realservices.conftest import DRAIN_TIMEOUT_S, Topology
-from tests.realservices.test_topology import stored_rows, wait_stored
+from tests.e2e.test_topology import stored_rows, wait_stored
+from tests.support.topology import DRAIN_TIMEOUT_S, Topology
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 MESSAGES = 1000  # per publisher
 

@@ -1,6 +1,6 @@
 """Two gateway processes, one consumers process and the tenants API on Pulsar, Hazelcast and PostgreSQL
 (issue 3, item 6).  The only path between gateway A and gateway B is Pulsar; presence crosses through
-Hazelcast.  See docs/delivery.md ("Fault tests") and tests/realservices/conftest.py.
+Hazelcast.  See docs/delivery.md ("Fault tests") and tests/support/topology.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from storm_sdk import ClientOptions, Message, StormClient
 
 from storm_tools.verify import Provisioned
-from tests.realservices.conftest import Topology, pulsar_tenant_status
+from tests.support.topology import Topology, pulsar_tenant_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 PER_CLIENT = 40
 SETTLE_S = 30.0

@@ -1,7 +1,8 @@
 """The STORM topology on the real services, as separate processes (docs/delivery.md, "Fault tests").
 
-``topology`` (one per test session) creates a database of its own on the services' PostgreSQL, migrates
-it, then starts on free loopback ports, each with ``python -m storm_cli.main serve <role>`` (storm_cli/cluster.py):
+The fixture ``topology`` of tests/e2e/conftest.py (one per test session) enters :func:`running_topology`,
+which creates a database of its own on the services' PostgreSQL, migrates it, then starts on free loopback
+ports, each with ``python -m storm_cli.main serve <role>`` (storm_cli/cluster.py):
 
 * ``gateway-a`` and ``gateway-b``: two WebSocket gateways;
 * ``api``: the tenants REST API;
@@ -14,7 +15,8 @@ file; the tail of every log is attached to a failing test's report ("storm proce
 
 Each test provisions its own workspace through the tenants API (``topology.provision``), so runs and tests
 never share a channel.  Needs PostgreSQL, Pulsar and Hazelcast: skipped locally when one is missing, failed
-under ``CI=true`` (tests/conftest.py).
+under ``CI=true`` (tests/conftest.py).  The fault tests are tests/e2e/test_faults.py and
+tests/e2e/test_topology.py.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from db.admin import create_database, drop_database
 from storm_tools.verify import Provisioned, StormProcess, free_ports
@@ -44,7 +45,7 @@ LOG_TAIL_LINES = 80
 POOL_USERS = ("alice", "bob", "listener0", "listener1")
 POOL_SIZE = 7  # workspaces provisioned before the consumers start: one per test that checks the database
 
-_ACTIVE: list[Topology] = []
+ACTIVE: list[Topology] = []  # the running topology, for the log section of a failing test's report
 
 
 class Topology:
@@ -143,52 +144,6 @@ class Topology:
         return provisioned
 
 
-@pytest.fixture(scope="session")
-def topology(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> Iterator[Topology]:
-    service_url, admin_url = pulsar_urls
-    database_url = asyncio.run(create_database(pg_url, f"storm_rs_{uuid.uuid4().hex[:10]}"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STORM_MODE": "embedded", "STORM_IDENTITY": "dev",
-           "STORM_BROKER": "pulsar", "STORM_CACHE": "hazelcast", "STORM_DATABASE_URL": database_url,
-           "STORM_PULSAR_URL": service_url, "STORM_PULSAR_ADMIN_URL": admin_url,
-           "STORM_HAZELCAST_MEMBERS": hazelcast_members, "STORM_SEED_DEMO": "false",
-           "STORM_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-           # the fault tests publish 2 x 1000 messages in seconds: lift the per-connection/user limits
-           "STORM_PUBLISH_RATE": "400", "STORM_PUBLISH_BURST": "400",
-           "STORM_USER_PUBLISH_RATE": "1000", "STORM_USER_PUBLISH_BURST": "1000"}
-    # logs outside pytest's basetemp, which other pytest runs on this machine rotate away
-    topo = Topology(env, database_url, admin_url, Path(tempfile.mkdtemp(prefix="storm-realservices-")))
-    _ACTIVE.append(topo)
-    try:
-        from db.migrate import upgrade_async
-
-        asyncio.run(upgrade_async(database_url))
-        topo.start()
-        yield topo
-    finally:
-        with contextlib.suppress(Exception):
-            topo.revive()
-            asyncio.run(topo.delete_workspaces())
-        topo.stop()
-        _ACTIVE.remove(topo)
-        with contextlib.suppress(Exception):
-            asyncio.run(drop_database(database_url))
-
-
-@pytest.fixture
-def live(topology: Topology) -> Topology:
-    """The topology with every process running (an earlier fault test may have left one down)."""
-    topology.revive()
-    return topology
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.failed and _ACTIVE and "topology" in getattr(item, "fixturenames", ()):
-        report.sections.append(("storm process logs", _ACTIVE[-1].logs()))
-
-
 def pulsar_tenant_status(admin_url: str, tenant: str) -> int:
     try:
         with urllib.request.urlopen(f"{admin_url}/admin/v2/tenants/{tenant}", timeout=10) as response:
@@ -205,6 +160,33 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.25) 
         time.sleep(interval)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Pulsar restart is slow and disturbs everything on the broker: it runs last."""
-    items.sort(key=lambda item: "pulsar_restart" in item.name)
+@contextlib.contextmanager
+def running_topology(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> Iterator[Topology]:
+    """A migrated database of its own, the four processes started; everything stopped and dropped after."""
+    service_url, admin_url = pulsar_urls
+    database_url = asyncio.run(create_database(pg_url, f"storm_rs_{uuid.uuid4().hex[:10]}"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STORM_MODE": "embedded", "STORM_IDENTITY": "dev",
+           "STORM_BROKER": "pulsar", "STORM_CACHE": "hazelcast", "STORM_DATABASE_URL": database_url,
+           "STORM_PULSAR_URL": service_url, "STORM_PULSAR_ADMIN_URL": admin_url,
+           "STORM_HAZELCAST_MEMBERS": hazelcast_members, "STORM_SEED_DEMO": "false",
+           "STORM_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+           # the fault tests publish 2 x 1000 messages in seconds: lift the per-connection/user limits
+           "STORM_PUBLISH_RATE": "400", "STORM_PUBLISH_BURST": "400",
+           "STORM_USER_PUBLISH_RATE": "1000", "STORM_USER_PUBLISH_BURST": "1000"}
+    # logs outside pytest's basetemp, which other pytest runs on this machine rotate away
+    topo = Topology(env, database_url, admin_url, Path(tempfile.mkdtemp(prefix="storm-realservices-")))
+    ACTIVE.append(topo)
+    try:
+        from db.migrate import upgrade_async
+
+        asyncio.run(upgrade_async(database_url))
+        topo.start()
+        yield topo
+    finally:
+        with contextlib.suppress(Exception):
+            topo.revive()
+            asyncio.run(topo.delete_workspaces())
+        topo.stop()
+        ACTIVE.remove(topo)
+        with contextlib.suppress(Exception):
+            asyncio.run(drop_database(database_url))

@@ -23,6 +23,8 @@ from storm_cli.apps import dev_app
 from storm_tools.seed import DEMO_WORKSPACE, channel_id, demo_id, seed_demo
 from tests.service.test_session import ListTransport
 
+pytestmark = pytest.mark.security
+
 VICTIM_CHANNEL = channel_id(DEMO_WORKSPACE, "general")
 VICTIM_MESSAGE = str(uuid.uuid5(uuid.NAMESPACE_URL, "victim-message"))
 

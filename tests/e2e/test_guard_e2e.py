@@ -10,9 +10,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.conftest import storm_dev_server  # noqa: F401 - fixture
-
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.security]
 
 
 def _token(base: str, user: str) -> str:
@@ -26,7 +24,7 @@ async def _hello(url: str, token: str, **kw: object) -> str:
         return str(json.loads(await ws.recv())["type"])
 
 
-async def test_foreign_origin_gets_403_and_own_origin_connects(storm_dev_server):  # noqa: F811
+async def test_foreign_origin_gets_403_and_own_origin_connects(storm_dev_server):
     base = storm_dev_server
     url = base.replace("http", "ws") + "/ws"
     with pytest.raises(InvalidStatus) as info:

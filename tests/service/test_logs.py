@@ -8,13 +8,17 @@ import json
 import logging
 import time
 
+import pytest
+
 from storm.adapters.auth0_identity import Auth0Identity
 from storm.adapters.dev_identity import DevIdentity
 from storm.errors import Unauthenticated
 from storm.redact import REDACTED, SecretRedactor, install, redact
-from tests.security.conftest import Jwks, auth0_config, new_key
-from tests.security.test_isolation import World, world  # noqa: F401 - fixture
+from tests.service.test_isolation import World, world  # noqa: F401 - fixture
 from tests.service.test_session import ListTransport
+from tests.support.jwks import Jwks, auth0_config, new_key
+
+pytestmark = pytest.mark.security
 
 
 def _all_text(records: list[logging.LogRecord]) -> str:

@@ -18,7 +18,9 @@ from storm_sdk import (
 )
 from storm_sdk.events import decode_frame
 
-from tests.sdk.server import free_port
+from tests.support.dev_server import free_port
+
+pytestmark = pytest.mark.sdk
 
 
 def test_full_jitter_stays_under_a_doubling_capped_ceiling() -> None:
