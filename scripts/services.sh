@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The services STORM runs against in tests and `make run-cluster`, started here without Docker:
 #
-#   scripts/services.sh up|down|status|env [all|pg|pulsar|hazelcast]      (default: all)
+#   scripts/services.sh up|down|status|env [all|pg|pulsar|hazelcast|toxiproxy]      (default: all)
 #
 #   up      start what is not running yet; a running service (pid file + health check) is reused.
 #   down    stop what this script started, by the PID it recorded (TERM, wait, then KILL).  It never
 #           touches a process it did not start, even one listening on the same port.
 #   status  say what runs (exit 3 when something asked for does not).
 #   env     print KEY=VALUE lines for the tests: STORM_TEST_PG_URL, STORM_TEST_PULSAR_URL,
-#           STORM_TEST_PULSAR_ADMIN_URL, STORM_TEST_HAZELCAST_MEMBERS.
+#           STORM_TEST_PULSAR_ADMIN_URL, STORM_TEST_HAZELCAST_MEMBERS, STORM_TEST_TOXIPROXY_URL.
 #
 # PostgreSQL is scripts/pg.sh (Debian packages).  Pulsar 4.0 (standalone: broker + one bookie, RocksDB
 # metadata) and Hazelcast 5.x (one member) are plain JVMs whose jars Maven resolves from Maven Central
-# once into a cache; see docs/operations.md for what runs where and for troubleshooting.
+# once into a cache; see docs/operations.md for what runs where and for troubleshooting.  Toxiproxy (the
+# TCP proxy the chaos experiments put between STORM and those services, chaos-experiments/) is built once
+# from the Go module proxy (`go install`) into the same cache.
 #
 # Settings (environment):
 #   STORM_SERVICES_DIR        default $PWD/.services: data in <dir>/pulsar, <dir>/hazelcast, logs in
@@ -27,6 +29,8 @@
 #   STORM_SERVICES_START_TIMEOUT  seconds to wait for a service to become healthy (default 180)
 #   STORM_MAVEN_SETTINGS      Maven settings file (default scripts/services/maven-settings.xml: Central only)
 #   STORM_PULSAR_LOG_LEVEL    info
+#   STORM_TOXIPROXY_PORT      8474   Toxiproxy's HTTP API (its proxies listen on ports the chaos runner picks)
+#   STORM_TOXIPROXY_VERSION   2.12.0 (github.com/Shopify/toxiproxy/v2/cmd/server@v<version>; needs `go`)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +51,8 @@ PULSAR_HEAP="${STORM_PULSAR_HEAP:--Xms256m -Xmx1g}"
 PULSAR_DIRECT_MEMORY="${STORM_PULSAR_DIRECT_MEMORY:-512m}"
 HAZELCAST_PORT="${STORM_HAZELCAST_PORT:-5701}"
 HAZELCAST_HEAP="${STORM_HAZELCAST_HEAP:--Xms128m -Xmx512m}"
+TOXIPROXY_PORT="${STORM_TOXIPROXY_PORT:-8474}"
+TOXIPROXY_VERSION="${STORM_TOXIPROXY_VERSION:-2.12.0}"
 
 say() { echo "services.sh: $*"; }
 die() { echo "services.sh: error: $*" >&2; exit 1; }
@@ -381,15 +387,79 @@ hazelcast_status() {
 
 hazelcast_env() { echo "STORM_TEST_HAZELCAST_MEMBERS=127.0.0.1:$HAZELCAST_PORT"; }
 
+# --- Toxiproxy -------------------------------------------------------------------------------------------
+
+TOXIPROXY_DATA="$SERVICES_DIR/toxiproxy"
+TOXIPROXY_LOG="$LOG_DIR/toxiproxy.log"
+TOXIPROXY_MARKER="toxiproxy-"  # the binary lives in <cache>/toxiproxy-<version>/bin/server
+
+toxiproxy_healthy() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$TOXIPROXY_PORT/version" >/dev/null 2>&1
+}
+
+# toxiproxy_binary: <cache>/toxiproxy-<version>/bin/server, built once with `go install` from the Go module
+# proxy (a static binary; ~30 s the first time).
+toxiproxy_binary() {
+    local dir="$CACHE_ROOT/toxiproxy-$TOXIPROXY_VERSION"
+    if [ -x "$dir/bin/server" ]; then echo "$dir/bin/server"; return 0; fi
+    command -v go >/dev/null 2>&1 \
+        || die "toxiproxy $TOXIPROXY_VERSION is not built yet and 'go' (1.22+) is missing to build it;" \
+            "install Go (https://go.dev/dl/) or put a toxiproxy server binary at $dir/bin/server"
+    mkdir -p "$dir" "$LOG_DIR"
+    say "building toxiproxy $TOXIPROXY_VERSION with go install into $dir/bin (done once; log: $LOG_DIR/go-toxiproxy.log)" >&2
+    rm -rf "$dir/bin.partial"
+    if ! GOBIN="$dir/bin.partial" GOFLAGS=-mod=mod go install \
+            "github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION" >"$LOG_DIR/go-toxiproxy.log" 2>&1; then
+        rm -rf "$dir/bin.partial"
+        die "go install of toxiproxy $TOXIPROXY_VERSION failed; last lines of $LOG_DIR/go-toxiproxy.log:
+$(tail -n 20 "$LOG_DIR/go-toxiproxy.log")"
+    fi
+    rm -rf "$dir/bin"
+    mv "$dir/bin.partial" "$dir/bin"
+    echo "$dir/bin/server"
+}
+
+toxiproxy_up() {
+    mkdir -p "$SERVICES_DIR" "$LOG_DIR" "$TOXIPROXY_DATA"
+    ensure_curl
+    local pid bin
+    pid="$(pid_of toxiproxy "$TOXIPROXY_MARKER")"
+    if [ -n "$pid" ]; then
+        toxiproxy_healthy || wait_until toxiproxy "$pid" "$TOXIPROXY_LOG" toxiproxy_healthy
+        say "toxiproxy already running (pid $pid): http://127.0.0.1:$TOXIPROXY_PORT"
+        return 0
+    fi
+    require_free_port "$TOXIPROXY_PORT" "Toxiproxy HTTP API" STORM_TOXIPROXY_PORT
+    bin="$(toxiproxy_binary)"
+    # -config: no proxy at start (the chaos runner creates its own); it also puts our services directory in
+    # the command line, which is how pid_of recognises the process as ours.
+    echo '[]' >"$TOXIPROXY_DATA/proxies.json"
+    say "starting toxiproxy $TOXIPROXY_VERSION on 127.0.0.1:$TOXIPROXY_PORT (log: $TOXIPROXY_LOG)"
+    launch toxiproxy "$TOXIPROXY_LOG" "$bin" -host 127.0.0.1 -port "$TOXIPROXY_PORT" \
+        -config "$TOXIPROXY_DATA/proxies.json"
+    pid="$(cat "$SERVICES_DIR/toxiproxy.pid")"
+    wait_until toxiproxy "$pid" "$TOXIPROXY_LOG" toxiproxy_healthy
+    say "toxiproxy ready (pid $pid): http://127.0.0.1:$TOXIPROXY_PORT"
+}
+
+toxiproxy_down() { jvm_down toxiproxy "$TOXIPROXY_MARKER"; }
+
+toxiproxy_status() {
+    jvm_status toxiproxy "$TOXIPROXY_MARKER" toxiproxy_healthy ", healthy): http://127.0.0.1:$TOXIPROXY_PORT" \
+        "its API does not answer (see $TOXIPROXY_LOG)"
+}
+
+toxiproxy_env() { echo "STORM_TEST_TOXIPROXY_URL=http://127.0.0.1:$TOXIPROXY_PORT"; }
+
 # --- main ----------------------------------------------------------------------------------------------
 
-usage() { echo "usage: $0 up|down|status|env [all|pg|pulsar|hazelcast]" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|status|env [all|pg|pulsar|hazelcast|toxiproxy]" >&2; exit 2; }
 
 command="${1:-}"
 target="${2:-all}"
 case "$target" in
-    all) services=(pg pulsar hazelcast) ;;
-    pg|pulsar|hazelcast) services=("$target") ;;
+    all) services=(pg pulsar hazelcast toxiproxy) ;;
+    pg|pulsar|hazelcast|toxiproxy) services=("$target") ;;
     *) usage ;;
 esac
 
