@@ -19,20 +19,16 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.support.ci import unavailable
 
 if TYPE_CHECKING:
     from db.store import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: PostgreSQL tests may not be skipped)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _answers(url: str) -> bool:
@@ -61,10 +57,10 @@ def pg_url() -> str:
         out = subprocess.run(["bash", str(ROOT / "scripts" / "pg.sh"), "url"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        _unavailable(f"{hint} ({exc})")
+        unavailable(f"{hint} ({exc})", needed_by="PostgreSQL")
     url = out.stdout.strip()
     if not _answers(url):
-        _unavailable(f"{hint} (nothing answers at {url})")
+        unavailable(f"{hint} (nothing answers at {url})", needed_by="PostgreSQL")
     return url
 
 
@@ -83,12 +79,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SqlStore]:
 
 
 # --- Pulsar and Hazelcast (started by scripts/services.sh up; see docs/operations.md) ---
-
-
-def _service_unavailable(service: str, reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: {service} tests may not be skipped)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _tcp_answers(host: str, port: int) -> bool:
@@ -116,15 +106,15 @@ def pulsar_urls() -> tuple[str, str]:
     admin_url = os.environ.get("STORM_TEST_PULSAR_ADMIN_URL", "http://127.0.0.1:8080").rstrip("/")
     hint = "Pulsar not available: run scripts/services.sh up pulsar, or set STORM_TEST_PULSAR_URL/_ADMIN_URL"
     if not _tcp_answers(*_host_port(service_url, 6650)):
-        _service_unavailable("Pulsar", f"{hint} (nothing answers at {service_url})")
+        unavailable(f"{hint} (nothing answers at {service_url})", needed_by="Pulsar")
     health = f"{admin_url}/admin/v2/brokers/health"
     try:
         with urllib.request.urlopen(health, timeout=5) as response:
             body = response.read().decode().strip()
     except OSError as exc:
-        _service_unavailable("Pulsar", f"{hint} ({health}: {exc})")
+        unavailable(f"{hint} ({health}: {exc})", needed_by="Pulsar")
     if body != "ok":
-        _service_unavailable("Pulsar", f"{hint} ({health} answered {body!r}, not 'ok')")
+        unavailable(f"{hint} ({health} answered {body!r}, not 'ok')", needed_by="Pulsar")
     return service_url, admin_url
 
 
@@ -135,5 +125,5 @@ def hazelcast_members() -> str:
     hint = "Hazelcast not available: run scripts/services.sh up hazelcast, or set STORM_TEST_HAZELCAST_MEMBERS"
     first = members.split(",")[0].strip()
     if not _tcp_answers(*_host_port(first, 5701)):
-        _service_unavailable("Hazelcast", f"{hint} (nothing answers at {first})")
+        unavailable(f"{hint} (nothing answers at {first})", needed_by="Hazelcast")
     return members

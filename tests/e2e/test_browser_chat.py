@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ci import require_module, unavailable
+
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,10 +30,8 @@ TIMEOUT_MS = 5_000
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing (required under CI=true)")
-        pytest.skip(f"{CHROMIUM} is missing")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        unavailable(f"{CHROMIUM} is missing", needed_by="browser")
+    sync_api = require_module("playwright.sync_api", needed_by="browser")
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:

@@ -37,22 +37,8 @@ READY_TIMEOUT_S = 120.0
 GENERAL = channel_id("demo", "general")
 
 
-def _require_pulsar_adapter() -> None:
-    from storm.bootstrap import _build_broker
-    from storm.config import Config
-    from storm.ports.clock import SystemClock
-
-    try:
-        _build_broker(Config.from_env({}, broker="pulsar"), SystemClock())
-    except NotImplementedError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI=true: run-cluster needs it)", pytrace=False)
-        pytest.skip(str(exc))
-
-
 @pytest.fixture
 def cluster(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> Iterator[dict[str, int]]:
-    _require_pulsar_adapter()
     gw1, gw2, api, consumers = free_ports(4)
     service_url, admin_url = pulsar_urls
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STORM_PULSAR_URL": service_url,
