@@ -20,17 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 
 from storm.bootstrap import Services
 from storm.domain import Message, Reaction
 from storm.errors import NotFound
+from storm.lifecycle import Lifecycle
 from storm.ports.broker import Delivery, WorkSubscription
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
@@ -141,15 +142,34 @@ class PersistenceWorker:
         self._sub: WorkSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._life = Lifecycle("persistence worker")
         self.stats = {"batches": 0, "records": 0, "inserted": 0, "retried": 0, "dead_lettered": 0}
+        self.stats["redelivered"] = 0  # records received with delivery_count > 1
+        metrics = services.metrics  # docs/observability.md: counted here, flushed by the metrics timer
+        self._batch_size = metrics.sample("storm.consumer.batch_size")
+        self._batch_latency = metrics.sample("storm.consumer.batch_latency")
+        metrics.count_of("storm.consumer.redelivered", lambda: self.stats["redelivered"])
+        metrics.count_of("storm.consumer.dead_lettered", lambda: self.stats["dead_lettered"])
+        metrics.gauge_polled("storm.consumer.backlog", services.work_backlog(name))
 
     async def start(self) -> None:
-        if self._sub is not None:
-            raise RuntimeError("PersistenceWorker.start() called twice")
-        self._sub = await self._services.broker.subscribe_work(self._name)
+        self._life.begin_start()
+        try:
+            sub = await self._services.broker.subscribe_work(self._name)
+        except BaseException:
+            self._life.start_failed()
+            raise
+        if not self._life.started():  # stop() ran while we were subscribing
+            with contextlib.suppress(Exception):
+                await sub.close()
+            return
+        self._sub = sub
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Idempotent: waits for the batch in flight (up to ``STORM_DRAIN_TIMEOUT_S``), then closes the
+        subscription."""
+        self._life.begin_stop()
         self._stopping = True
         if self._task is not None:
             try:
@@ -177,8 +197,10 @@ class PersistenceWorker:
                 continue
             if len(deliveries) < self._batch and self._linger > 0:
                 deliveries = await self._gather_more(list(deliveries))
+            started = time.monotonic()
             try:
                 await self.process(deliveries)
+                self._batch_latency.add_since(started)
             except Exception:  # e.g. the store or cache is down: the worker must outlive it
                 workspaces = sorted({d.record.workspace for d in deliveries})
                 log.exception("batch of %d failed ws=%s; handing it back for redelivery", len(deliveries),
@@ -222,6 +244,8 @@ class PersistenceWorker:
         assert sub is not None
         self.stats["batches"] += 1
         self.stats["records"] += len(deliveries)
+        self.stats["redelivered"] += sum(1 for d in deliveries if d.delivery_count > 1)
+        self._batch_size.add(len(deliveries))
         ids = await self._workspace_ids(deliveries)
         handled = handle(deliveries, ids)
         for d, reason in handled.poison:
@@ -290,7 +314,3 @@ class PersistenceWorker:
         log.error("dead-lettering ws=%s channel=%s offset=%d: %s", r.workspace, r.channel, r.offset, reason)
         self.stats["dead_lettered"] += 1
         await self._sub.dead_letter(d, reason)
-
-
-def describe(stats: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in stats.items())

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 
 class _PgDoNothing(pg_dml.OnConflictDoNothing):
     inherit_cache = True
-    _traverse_internals = []  # type: ignore[var-annotated]  # no target, no state: nothing for the cache key
+    _traverse_internals = []  # no target, no state: nothing for the cache key
 
 
 class _PgInsert(pg_dml.Insert):
@@ -31,7 +31,7 @@ class _PgInsert(pg_dml.Insert):
 
 class _SqliteDoNothing(sqlite_dml.OnConflictDoNothing):
     inherit_cache = True
-    _traverse_internals = []  # type: ignore[var-annotated]  # as above
+    _traverse_internals = []  # as above
 
 
 class _SqliteInsert(sqlite_dml.Insert):

@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -179,15 +180,25 @@ class ReadMarkerRow(Base):
 
 metadata = Base.metadata
 
+
+
+def _table(row: type[Base]) -> Table:
+    """The row class's ``Table`` (declarative types ``__table__`` as the wider ``FromClause``)."""
+    table = row.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{row.__name__} is not mapped to a plain Table")
+    return table
+
+
 # Core handles for the repositories.
-workspaces = WorkspaceRow.__table__
-users = UserRow.__table__
-memberships = MembershipRow.__table__
-channels = ChannelRow.__table__
-channel_members = ChannelMemberRow.__table__
-messages = MessageRow.__table__
-reactions = ReactionRow.__table__
-read_markers = ReadMarkerRow.__table__
+workspaces = _table(WorkspaceRow)
+users = _table(UserRow)
+memberships = _table(MembershipRow)
+channels = _table(ChannelRow)
+channel_members = _table(ChannelMemberRow)
+messages = _table(MessageRow)
+reactions = _table(ReactionRow)
+read_markers = _table(ReadMarkerRow)
 
 # Every table holding a workspace's rows, children first: workspaces.delete removes them in this order
 # (explicit DELETEs, because SQLite does not enforce the ON DELETE CASCADE foreign keys by default and

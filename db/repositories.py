@@ -9,13 +9,14 @@ as Conflict / NotFound / Unavailable / SerializationFailure.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Executable, Result, Table, case, delete, func, select, update
+from sqlalchemy import CursorResult, Executable, Result, Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -73,6 +74,13 @@ class _Repository:
         with translated():
             return await self._session.execute(statement)
 
+    async def _rowcount(self, statement: Executable) -> int:
+        """Rows an UPDATE or DELETE (without RETURNING) matched."""
+        result = await self._execute(statement)
+        if not isinstance(result, CursorResult):  # what a DML statement always answers with
+            raise TypeError(f"expected a cursor result, got {type(result).__name__}")
+        return result.rowcount
+
     def _insert(self, table: Table) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (CockroachDB speaks PostgreSQL's)."""
         if self._dialect == "sqlite":
@@ -106,13 +114,13 @@ class SqlWorkspaceRepository(_Repository):
         row = (await self._execute(select(m.workspaces).where(m.workspaces.c.slug == slug))).first()
         return None if row is None else _workspace(row)
 
-    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> list[Workspace]:
+    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> builtins.list[Workspace]:
         query = select(m.workspaces).order_by(m.workspaces.c.slug).limit(max(limit, 0))
         if after_slug is not None:
             query = query.where(m.workspaces.c.slug > after_slug)
         return [_workspace(row) for row in await self._execute(query)]
 
-    async def list_for_user(self, user_id: uuid.UUID) -> list[Workspace]:
+    async def list_for_user(self, user_id: uuid.UUID) -> builtins.list[Workspace]:
         query = (select(m.workspaces)
                  .join(m.memberships, m.memberships.c.workspace_id == m.workspaces.c.id)
                  .where(m.memberships.c.user_id == user_id)
@@ -174,7 +182,7 @@ class SqlMembershipRepository(_Repository):
         row = (await self._execute(select(m.memberships).where(self._key(workspace_id, user_id)))).first()
         return None if row is None else _membership(row)
 
-    async def list(self, workspace_id: uuid.UUID) -> list[Membership]:
+    async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]:
         """Oldest member first."""
         query = (select(m.memberships).where(m.memberships.c.workspace_id == workspace_id)
                  .order_by(m.memberships.c.created_at, m.memberships.c.user_id))
@@ -226,7 +234,7 @@ class SqlChannelRepository(_Repository):
         row = (await self._execute(query)).first()
         return None if row is None else _channel(row)
 
-    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> list[Channel]:
+    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> builtins.list[Channel]:
         """Ordered by name."""
         query = (select(m.channels).where(m.channels.c.workspace_id == workspace_id)
                  .order_by(m.channels.c.name))
@@ -260,13 +268,13 @@ class SqlChannelRepository(_Repository):
         query = select(m.channel_members.c.user_id).where(self._member_key(workspace_id, channel_id, user_id))
         return (await self._execute(query)).first() is not None
 
-    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> list[uuid.UUID]:
+    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> builtins.list[uuid.UUID]:
         cm = m.channel_members
         query = (select(cm.c.user_id).where(cm.c.workspace_id == workspace_id, cm.c.channel_id == channel_id)
                  .order_by(cm.c.user_id))
         return list((await self._execute(query)).scalars())
 
-    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> list[Channel]:
+    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> builtins.list[Channel]:
         cm = m.channel_members
         joined = select(cm.c.channel_id).where(cm.c.workspace_id == workspace_id, cm.c.user_id == user_id)
         query = (select(m.channels)
@@ -325,14 +333,14 @@ class SqlMessageRepository(_Repository):
         statement = (update(m.messages)
                      .where(self._key(workspace_id, message_id), m.messages.c.deleted_at.is_(None))
                      .values(body=body, edited_at=to_db_time(edited_at)))
-        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        return await self._rowcount(statement) == 1
 
     async def delete(self, workspace_id: uuid.UUID, message_id: uuid.UUID, deleted_at: Any) -> bool:
         """Deleting twice is True and keeps the first ``deleted_at``."""
         first_deleted_at = func.coalesce(m.messages.c.deleted_at, to_db_time(deleted_at))
         statement = (update(m.messages).where(self._key(workspace_id, message_id))
                      .values(body="", deleted_at=first_deleted_at))
-        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        return await self._rowcount(statement) == 1
 
     async def find_by_cmid(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, author_id: uuid.UUID,
                            cmid: str) -> Message | None:
@@ -373,7 +381,7 @@ class SqlReactionRepository(_Repository):
         statement = delete(r).where(r.c.workspace_id == reaction.workspace_id,
                                     r.c.message_id == reaction.message_id, r.c.user_id == reaction.user_id,
                                     r.c.emoji == reaction.emoji)
-        return (await self._execute(statement)).rowcount == 1  # type: ignore[attr-defined]
+        return await self._rowcount(statement) == 1
 
     async def counts(
         self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]

@@ -17,7 +17,8 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -36,7 +37,11 @@ from db.repositories import (
 )
 from storm.config import ConfigError
 from storm.errors import Unavailable
+from storm.lifecycle import Lifecycle
 from storm.ports.store import UnitOfWork
+
+if TYPE_CHECKING:
+    from storm.ports.store import CountsRetries, Store
 
 T = TypeVar("T")
 log = logging.getLogger("storm.db")
@@ -102,7 +107,9 @@ class SqlUnitOfWork:
         self.read_markers = SqlReadMarkerRepository(session, self._dialect)
         return self
 
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         session, self._session = self._session, None
         if session is None:
             return
@@ -144,7 +151,7 @@ class SqlStore:
         self._create_schema = create_schema
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._state = "new"
+        self._life = Lifecycle("store")
         self.retry_policy = RetryPolicy()
         self.serialization_retries = 0  # a counter for tests and metrics: attempts run again after 40001
         self.serialization_gave_up = 0  # run() calls that ended in RetriesExhausted
@@ -173,9 +180,7 @@ class SqlStore:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"the store is already {self._state}; build a new SqlStore to start again")
-        self._state = "starting"
+        self._life.begin_start()
         engine = self._create_engine()
         try:
             if self._create_schema:
@@ -183,19 +188,20 @@ class SqlStore:
                     await conn.run_sync(migrate.upgrade)
         except BaseException as exc:
             await engine.dispose()
-            self._state = "new"  # a failed start may be retried
+            self._life.start_failed(retry=True)  # e.g. the database was not up yet: start() may be tried again
             mapped = translate(exc) if isinstance(exc, Exception) else None
             if mapped is None:
                 raise
             raise mapped from exc
+        if not self._life.started():  # stop() ran while the migrations ran
+            await engine.dispose()
+            return
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._state = "running"
 
     async def stop(self) -> None:
         engine, self._engine, self._sessions = self._engine, None, None
-        if self._state != "new":
-            self._state = "stopped"
+        self._life.begin_stop()
         if engine is not None:
             await engine.dispose()
 
@@ -283,3 +289,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Readers do not wait for the writer (dev servers read history while they write messages).
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+
+    def _conforms(store: SqlStore, uow: SqlUnitOfWork) -> None:
+        _store: Store = store
+        _counts: CountsRetries = store
+        _uow: UnitOfWork = uow

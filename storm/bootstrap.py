@@ -3,22 +3,34 @@
 ``build_services(config)`` constructs adapters without connecting; ``Services.start()`` connects them in
 dependency order and ``Services.stop()`` closes them in reverse, idempotently.  Quart apps call these
 from ``before_serving`` / ``after_serving``.
+
+Adapters never see the whole :class:`~storm.config.Config`: each takes a small settings object that the
+functions at the end build from it (``pulsar_settings``, ``hazelcast_settings``, ``auth0_settings``), so an
+adapter's constructor says what it depends on and a test builds one without a full configuration.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from storm.config import Config
 from storm.directory import Directory
 from storm.errors import StormError
+from storm.lifecycle import Lifecycle, Resource
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache
 from storm.ports.clock import Clock, SystemClock
 from storm.ports.identity import IdentityVerifier
 from storm.ports.store import Store
+
+if TYPE_CHECKING:
+    from storm.adapters.auth0_identity import Auth0Settings
+    from storm.adapters.hazelcast_cache import HazelcastSettings
+    from storm.adapters.pulsar_broker import PulsarSettings
 
 log = logging.getLogger("storm.bootstrap")
 
@@ -32,23 +44,21 @@ class Services:
     cache: Cache
     identity: IdentityVerifier
     directory: Directory
-    _started: list[Any] = field(default_factory=list)
-    _state: str = "new"
+    # Not constructor arguments: dataclasses.replace(services, store=...) makes a fresh, unstarted copy.
+    _started: list[Resource] = field(default_factory=list, init=False, repr=False)
+    _life: Lifecycle = field(default_factory=lambda: Lifecycle("services"), init=False, repr=False)
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"services already {self._state}; build new ones to start again")
-        self._state = "starting"
-        for part in (self.store, self.cache, self.broker):
+        self._life.begin_start()
+        parts: tuple[Resource, ...] = (self.store, self.cache, self.broker)
+        for part in parts:
             await part.start()
             self._started.append(part)
-        self._state = "running"
+        self._life.started()
 
     async def stop(self) -> None:
-        if self._state in ("stopped", "new"):
-            self._state = "stopped"
+        if not self._life.begin_stop():
             return
-        self._state = "stopped"
         while self._started:
             part = self._started.pop()
             try:
@@ -76,22 +86,18 @@ def build_services(config: Config, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     store = _build_store(config)
     cache = _build_cache(config, clock)
-    broker = _build_broker(config, clock)
+    broker = _build_broker(config, clock, store)
     identity = _build_identity(config)
     directory = Directory(store, cache)
-    if hasattr(broker, "set_initial_offset"):
-        broker.set_initial_offset(_last_stored_offset(store))
     return Services(config=config, clock=clock, store=store, broker=broker, cache=cache, identity=identity,
                     directory=directory)
 
 
-def _last_stored_offset(store: Store) -> Any:
+def _last_stored_offset(store: Store) -> Callable[[str, str], Awaitable[int]]:
     """For the embedded broker: continue a channel's offsets after the last one persisted, so offsets stay
     monotonic across restarts of `storm dev` (the log itself is not durable)."""
 
     async def last(workspace: str, channel: str) -> int:
-        import uuid
-
         try:
             channel_id = uuid.UUID(channel)
         except ValueError:
@@ -119,18 +125,18 @@ def _build_cache(config: Config, clock: Clock) -> Cache:
         return MemoryCache(clock)
     from storm.adapters.hazelcast_cache import HazelcastCache
 
-    return HazelcastCache(config, clock)
+    return HazelcastCache(hazelcast_settings(config), clock)
 
 
-def _build_broker(config: Config, clock: Clock) -> Broker:
+def _build_broker(config: Config, clock: Clock, store: Store) -> Broker:
     if config.broker == "memory":
         from storm.adapters.memory_broker import MemoryBroker
 
         return MemoryBroker(clock, retention_messages=config.retention_messages, retention_s=config.retention_s,
-                            ack_timeout_s=config.ack_timeout_s)
+                            ack_timeout_s=config.ack_timeout_s, initial_offset=_last_stored_offset(store))
     from storm.adapters.pulsar_broker import PulsarBroker
 
-    return PulsarBroker(config, clock, send_timeout_s=config.publish_timeout_s)
+    return PulsarBroker(pulsar_settings(config), clock)
 
 
 def _build_identity(config: Config) -> IdentityVerifier:
@@ -140,4 +146,39 @@ def _build_identity(config: Config) -> IdentityVerifier:
         return DevIdentity(config.dev_secret, ttl_s=config.token_ttl_s)
     from storm.adapters.auth0_identity import Auth0Identity
 
-    return Auth0Identity(config)
+    return Auth0Identity(auth0_settings(config))
+
+
+# -- per-adapter settings -------------------------------------------------------------------------------
+def pulsar_settings(config: Config) -> PulsarSettings:
+    from storm.adapters.pulsar_broker import PulsarSettings
+
+    return PulsarSettings(
+        service_url=config.pulsar_url, admin_url=config.pulsar_admin_url, cluster=config.pulsar_cluster,
+        gateway_id=config.gateway_id, max_channel_readers=config.max_channel_readers,
+        ack_timeout_s=config.ack_timeout_s, max_redeliveries=config.consumer_max_redeliveries,
+        send_timeout_s=config.publish_timeout_s,
+    )
+
+
+def hazelcast_settings(config: Config) -> HazelcastSettings:
+    from storm.adapters.hazelcast_cache import HazelcastSettings
+
+    members = tuple(m.strip() for m in config.hazelcast_members.split(",") if m.strip())
+    return HazelcastSettings(members=members, cluster=config.hazelcast_cluster)
+
+
+def auth0_settings(config: Config) -> Auth0Settings:
+    from storm.adapters.auth0_identity import Auth0Settings
+
+    domain = config.auth0_domain.strip().rstrip("/")
+    return Auth0Settings(
+        issuer=config.auth0_issuer or f"https://{domain}/",
+        audience=config.auth0_audience,
+        jwks_url=config.auth0_jwks_url or f"https://{domain}/.well-known/jwks.json",
+        leeway_s=config.auth0_leeway_s,
+        workspace_claim=config.auth0_workspace_claim,
+        required_scopes=frozenset(config.auth0_required_scopes.split()),
+        jwks_cache_s=config.auth0_jwks_cache_s,
+        jwks_min_refetch_s=config.auth0_jwks_min_refetch_s,
+    )

@@ -20,12 +20,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import jwt
 from auth0.authentication.token_verifier import AsymmetricSignatureVerifier
 
-from storm.config import Config
 from storm.errors import Unauthenticated
 from storm.ports.identity import Claims
 
@@ -142,19 +142,32 @@ class _KeyedVerifier(AsymmetricSignatureVerifier):
             self._key = None
 
 
+@dataclass(frozen=True, slots=True)
+class Auth0Settings:
+    """What the adapter takes from the configuration; :func:`storm.bootstrap.auth0_settings` builds it from
+    ``STORM_AUTH0_*`` (docs/configuration.md), deriving the issuer and JWKS address from the domain."""
+
+    issuer: str  # expected `iss`
+    audience: str  # must be in `aud`
+    jwks_url: str
+    leeway_s: float = 30.0  # clock skew allowed on exp/nbf
+    workspace_claim: str = "https://storm.chat/ws"
+    required_scopes: frozenset[str] = frozenset({"chat"})
+    jwks_cache_s: float = 600.0
+    jwks_min_refetch_s: float = 30.0
+
+
 class Auth0Identity:
-    def __init__(self, config: Config, *, wall: Callable[[], float] = time.time,
+    def __init__(self, settings: Auth0Settings, *, wall: Callable[[], float] = time.time,
                  jwks: JwksCache | None = None) -> None:
-        domain = config.auth0_domain.strip().rstrip("/")
-        self._issuer = config.auth0_issuer or f"https://{domain}/"
-        self._audience = config.auth0_audience
-        self._leeway = config.auth0_leeway_s
-        self._ws_claim = config.auth0_workspace_claim
-        self._required = frozenset(config.auth0_required_scopes.split())
+        self._issuer = settings.issuer
+        self._audience = settings.audience
+        self._leeway = settings.leeway_s
+        self._ws_claim = settings.workspace_claim
+        self._required = settings.required_scopes
         self._now = wall
-        url = config.auth0_jwks_url or f"https://{domain}/.well-known/jwks.json"
-        self.jwks = jwks or JwksCache(url, ttl_s=config.auth0_jwks_cache_s,
-                                      min_refetch_s=config.auth0_jwks_min_refetch_s)
+        self.jwks = jwks or JwksCache(settings.jwks_url, ttl_s=settings.jwks_cache_s,
+                                      min_refetch_s=settings.jwks_min_refetch_s)
         self._verifier = _KeyedVerifier()
 
     async def verify(self, token: str) -> Claims:
@@ -210,5 +223,12 @@ class Auth0Identity:
         )
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+    from storm.ports.identity import IdentityVerifier
+
+    def _conforms(identity: Auth0Identity) -> None:
+        _identity: IdentityVerifier = identity

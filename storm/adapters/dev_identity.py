@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import jwt
 
@@ -77,3 +78,10 @@ class DevIdentity:
             scopes=frozenset(str(data.get("scope", "")).split()),
             token_id=str(data.get("jti", "")),
         )
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+    from storm.ports.identity import IdentityVerifier
+
+    def _conforms(identity: DevIdentity) -> None:
+        _identity: IdentityVerifier = identity

@@ -29,7 +29,8 @@ import random
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 with warnings.catch_warnings():
     # `import hazelcast` loads its threaded client too, which imports the stdlib asyncore on Python 3.11
@@ -38,13 +39,13 @@ with warnings.catch_warnings():
     from hazelcast.aggregator import count
     from hazelcast.asyncio import HazelcastClient
     from hazelcast.config import Config as HzConfig
-    from hazelcast.config import IndexType
+    from hazelcast.config import IndexType, NearCacheConfig
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.errors import HazelcastError
     from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less
 
-from storm.config import Config
 from storm.errors import BadRequest, Unavailable
+from storm.lifecycle import Lifecycle
 from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
 from storm.ports.clock import Clock
 
@@ -109,9 +110,8 @@ def _operation(
     """Refuse calls outside start()..stop() and turn client errors into ``Unavailable`` (retriable)."""
 
     @functools.wraps(fn)
-    async def wrapper(self: HazelcastCache, *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._state != "running":
-            raise Unavailable("cache is not running")
+    async def wrapper(self: HazelcastCache, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        self._life.check()
         try:
             return await fn(self, *args, **kwargs)
         except HazelcastError as exc:
@@ -120,39 +120,49 @@ def _operation(
     return wrapper
 
 
+@dataclass(frozen=True, slots=True)
+class HazelcastSettings:
+    """What the adapter takes from the configuration; :func:`storm.bootstrap.hazelcast_settings` builds it
+    from ``STORM_HAZELCAST_MEMBERS`` and ``STORM_HAZELCAST_CLUSTER`` (docs/configuration.md)."""
+
+    members: tuple[str, ...]  # "host:port" of the members to connect to
+    cluster: str  # the cluster name
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("HazelcastSettings.members: at least one host:port")
+
+
 class HazelcastCache:
-    def __init__(self, config: Config, clock: Clock, *, counter_proxies_max: int = COUNTER_PROXIES_MAX) -> None:
-        self._members = [m.strip() for m in config.hazelcast_members.split(",") if m.strip()]
-        self._cluster = config.hazelcast_cluster
+    def __init__(self, settings: HazelcastSettings, clock: Clock, *,
+                 counter_proxies_max: int = COUNTER_PROXIES_MAX) -> None:
+        self._members = list(settings.members)
+        self._cluster = settings.cluster
         self._clock = clock
         self._client: Any = None
         self._maps: dict[str, Any] = {}
         self._counter_names: OrderedDict[str, None] = OrderedDict()
         self._counter_proxies_max = counter_proxies_max
-        self._state = "new"
+        self._life = Lifecycle("cache")
         self._expiry_checks: set[asyncio.Task[None]] = set()
 
     def _client_config(self) -> HzConfig:
-        cfg = HzConfig()
+        cfg = HzConfig()  # type: ignore[no-untyped-call]  # hazelcast's __init__ lacks its `-> None`
         cfg.cluster_name = self._cluster
         cfg.cluster_members = self._members
         cfg.cluster_connect_timeout = CONNECT_TIMEOUT_S
         cfg.invocation_timeout = INVOCATION_TIMEOUT_S
         cfg.statistics_enabled = False
-        cfg.near_caches = {
-            MAP_DIRECTORY: {
-                "invalidate_on_change": True,
-                "time_to_live": NEAR_CACHE_TTL_S,
-                "eviction_max_size": NEAR_CACHE_MAX_ENTRIES,
-            }
-        }
+        near = NearCacheConfig()  # type: ignore[no-untyped-call]  # as above
+        near.invalidate_on_change = True
+        near.time_to_live = NEAR_CACHE_TTL_S
+        near.eviction_max_size = NEAR_CACHE_MAX_ENTRIES
+        cfg.near_caches = {MAP_DIRECTORY: near}
         return cfg
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"HazelcastCache.start() called twice (state {self._state})")
-        self._state = "starting"
+        self._life.begin_start()
         client = None
         try:
             client = await HazelcastClient.create_and_start(self._client_config())
@@ -163,25 +173,24 @@ class HazelcastCache:
             await presence.add_index(attributes=["ws", "ch", "uid"], index_type=IndexType.HASH)
             await presence.add_index(attributes=["ws", "ch"], index_type=IndexType.HASH)
         except BaseException as exc:  # also cancellation: never leave a connected client behind
-            self._state = "stopped"
+            self._life.start_failed()
             if client is not None:
                 await client.shutdown()
             if isinstance(exc, HazelcastError | OSError):
                 where = f"{','.join(self._members)} (cluster {self._cluster!r})"
                 raise Unavailable(f"hazelcast at {where}: {exc}") from exc
             raise
-        if self._state != "starting":  # stop() ran while we were connecting
+        self._client = client
+        if not self._life.started():  # stop() ran while we were connecting
+            self._client = None
+            self._maps.clear()
             await client.shutdown()
             return
-        self._client = client
-        self._state = "running"
         log.info("hazelcast cache connected members=%s cluster=%s", self._members, self._cluster)
 
     async def stop(self) -> None:
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
+        if not self._life.begin_stop():
             return
-        self._state = "stopped"
         for task in list(self._expiry_checks):
             task.cancel()
         client, self._client = self._client, None
@@ -198,7 +207,7 @@ class HazelcastCache:
         await self.stop()
 
     def __del__(self) -> None:
-        if self._state == "running":
+        if self._life.running:
             warnings.warn(f"{self!r} was never stopped", ResourceWarning, source=self, stacklevel=1)
 
     def _kv_map(self, key: str) -> Any:
@@ -400,7 +409,7 @@ class HazelcastCache:
         registration = await presence.add_entry_listener(include_value=True, expired_func=on_expired)
 
         async def unwatch() -> None:
-            if self._state == "running":
+            if self._life.running:
                 with contextlib.suppress(HazelcastError):
                     await presence.remove_entry_listener(registration)
 
@@ -442,3 +451,10 @@ class HazelcastCache:
         self._counter_names.pop(name, None)
         counter = await self._client.get_pn_counter(name)
         await counter.destroy()
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+    from storm.ports.cache import Cache
+
+    def _conforms(cache: HazelcastCache) -> None:
+        _cache: Cache = cache

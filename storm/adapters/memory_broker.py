@@ -20,11 +20,16 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from storm.domain import Plan
-from storm.errors import OffsetTruncated, Unavailable
+from storm.errors import OffsetTruncated
+from storm.lifecycle import Lifecycle
 from storm.ports.broker import BroadcastHandler, Delivery, Record
 from storm.ports.clock import Clock
+
+if TYPE_CHECKING:
+    from storm.ports.broker import BroadcastSubscription, Broker, WorkSubscription
 
 log = logging.getLogger("storm.broker.memory")
 
@@ -64,25 +69,27 @@ class MemoryBroker:
         self._work: dict[str, _WorkQueue] = {}
         self._broadcast: set[_BroadcastSubscription] = set()
         self._workspaces: dict[str, Plan] = {}
-        self._state = "new"
+        self._life = Lifecycle("broker")
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError("MemoryBroker.start() called twice")
-        self._state = "running"
+        self._life.begin_start()
+        self._life.started()
 
     async def stop(self) -> None:
-        self._state = "stopped"
-        for wq in self._work.values():
+        self._life.begin_stop()
+        for wq in self._work.values():  # receivers waiting for records see the broker stopped
             wq.wake()
 
-    def set_initial_offset(self, fn: InitialOffset) -> None:
-        self._initial_offset = fn
+    async def __aenter__(self) -> MemoryBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def _check(self) -> None:
-        if self._state != "running":
-            raise Unavailable("broker is not running")
+        self._life.check()
 
     # -- workspaces -----------------------------------------------------------------------------------
     async def ensure_workspace(self, workspace: str, plan: Plan) -> None:
@@ -405,3 +412,11 @@ class _WorkConsumer:
                 self._queue._release(item)
                 self._queue._requeue(item)
         self._queue.wake()
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+
+    def _conforms(broker: MemoryBroker, broadcast: _BroadcastSubscription, work: _WorkConsumer) -> None:
+        _broker: Broker = broker
+        _broadcast: BroadcastSubscription = broadcast
+        _work: WorkSubscription = work

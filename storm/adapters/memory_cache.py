@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import heapq
 import logging
+from typing import TYPE_CHECKING
 
-from storm.errors import QuotaExceeded, Unavailable
+from storm.errors import QuotaExceeded
+from storm.lifecycle import Lifecycle
 from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
 from storm.ports.clock import Clock
 
@@ -93,21 +95,27 @@ class MemoryCache:
         self._clock = clock
         self._spaces: dict[str, _Space] = {}
         self._max_keys = max_keys_per_workspace
-        self._state = "new"
+        self._life = Lifecycle("cache")
         self._watchers: dict[int, tuple[PresenceWanted, PresenceExpired]] = {}
         self._watch_ids = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError("MemoryCache.start() called twice")
-        self._state = "running"
+        self._life.begin_start()
+        self._life.started()
 
     async def stop(self) -> None:
-        self._state = "stopped"
+        self._life.begin_stop()
         self._watchers.clear()
         await self._stop_sweeper()
         self._spaces.clear()
+
+    async def __aenter__(self) -> MemoryCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def _stop_sweeper(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
@@ -117,8 +125,7 @@ class MemoryCache:
                 await sweeper
 
     def _space(self, workspace: str) -> _Space:
-        if self._state != "running":
-            raise Unavailable("cache is not running")
+        self._life.check()
         space = self._spaces.get(workspace)
         if space is None:
             space = self._spaces[workspace] = _Space()
@@ -240,8 +247,7 @@ class MemoryCache:
         return len(ch.conns) if ch is not None else 0
 
     async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
-        if self._state != "running":
-            raise Unavailable("cache is not running")
+        self._life.check()
         self._watch_ids += 1
         wid = self._watch_ids
         self._watchers[wid] = (wanted, listener)
@@ -311,6 +317,12 @@ class MemoryCache:
         return sorted(users, key=lambda e: (e.name, e.user_id))
 
     async def drop_workspace(self, workspace: str) -> None:
-        if self._state != "running":
-            raise Unavailable("cache is not running")
+        self._life.check()
         self._spaces.pop(workspace, None)
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+    from storm.ports.cache import Cache
+
+    def _conforms(cache: MemoryCache) -> None:
+        _cache: Cache = cache

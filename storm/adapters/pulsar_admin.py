@@ -131,10 +131,6 @@ class PulsarAdmin:
         p = channel_policies(plan)
         await self._call("POST", f"/admin/v2/namespaces/{tenant}/{EPHEMERAL_NS}/publishRate", json=p["publish_rate"])
 
-    async def namespace_policies(self, tenant: str, ns: str) -> dict[str, Any]:
-        data: dict[str, Any] = (await self._call("GET", f"/admin/v2/namespaces/{tenant}/{ns}")).json()
-        return data
-
     async def delete_tenant(self, tenant: str) -> None:
         """Delete the tenant's topics, namespaces and the tenant itself; a missing one is not an error.
 

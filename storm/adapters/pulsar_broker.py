@@ -26,7 +26,8 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import _pulsar
 import pulsar
@@ -41,11 +42,14 @@ from storm.adapters.pulsar_names import (
     ephemeral_topic,
 )
 from storm.adapters.pulsar_work import PulsarWorkSubscription, WorkOptions, WorkspaceDirectory
-from storm.config import Config
 from storm.domain import Plan
 from storm.errors import NotFound, OffsetTruncated, PublishNotSent, StormError, Unavailable
+from storm.lifecycle import Lifecycle
 from storm.ports.broker import BroadcastHandler, Record
 from storm.ports.clock import Clock
+
+if TYPE_CHECKING:
+    from storm.ports.broker import BroadcastSubscription, Broker, ChannelPreparer, WorkScope, WorkSubscription
 
 log = logging.getLogger("storm.broker.pulsar")
 
@@ -142,15 +146,29 @@ class _Producers:
             await asyncio.gather(*self._closing.values(), return_exceptions=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PulsarSettings:
+    """What the adapter takes from the configuration; :func:`storm.bootstrap.pulsar_settings` builds it
+    from ``STORM_PULSAR_*`` and the consumer settings (docs/configuration.md)."""
+
+    service_url: str  # STORM_PULSAR_URL
+    admin_url: str  # STORM_PULSAR_ADMIN_URL
+    cluster: str  # STORM_PULSAR_CLUSTER: the cluster a workspace tenant is allowed on
+    gateway_id: str  # STORM_GATEWAY_ID: prefix of producer names (broker deduplication); random when empty
+    max_channel_readers: int  # STORM_MAX_CHANNEL_READERS
+    ack_timeout_s: float  # STORM_ACK_TIMEOUT_S
+    max_redeliveries: int  # STORM_CONSUMER_MAX_REDELIVERIES: Pulsar's dead-letter policy
+    send_timeout_s: float  # STORM_PUBLISH_TIMEOUT_S
+
+
 class PulsarBroker:
     def __init__(
         self,
-        config: Config,
+        settings: PulsarSettings,
         clock: Clock,
         *,
         workspace_filter: Callable[[str], bool] | None = None,
         max_producers: int = 1024,
-        send_timeout_s: float = 10.0,
         read_timeout_s: float = 5.0,
         discovery_period_s: float = 30.0,
         pattern_discovery_s: int = 5,
@@ -158,27 +176,27 @@ class PulsarBroker:
         """``workspace_filter`` limits which tenants work subscriptions discover (tests give each test its
         own); ``discovery_period_s`` is how often tenants are listed, ``pattern_discovery_s`` how often a
         workspace's consumer looks for new channel topics."""
-        self._config = config
+        self._settings = settings
         self._clock = clock
-        self._gateway_id = config.gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
-        self._max_readers = config.max_channel_readers
+        self._gateway_id = settings.gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
+        self._max_readers = settings.max_channel_readers
         self._max_producers = max_producers
-        self._send_timeout_ms = int(send_timeout_s * 1000)
+        self._send_timeout_ms = int(settings.send_timeout_s * 1000)
         self._read_timeout_s = read_timeout_s
         self._work_options = WorkOptions(
-            ack_timeout_s=config.ack_timeout_s,
-            max_redeliveries=config.consumer_max_redeliveries,
+            ack_timeout_s=settings.ack_timeout_s,
+            max_redeliveries=settings.max_redeliveries,
             discovery_period_s=discovery_period_s,
             pattern_discovery_s=pattern_discovery_s,
         )
         self._workspace_filter = workspace_filter or (lambda _ws: True)
-        self.admin = PulsarAdmin(config.pulsar_admin_url, config.pulsar_cluster)
+        self.admin = PulsarAdmin(settings.admin_url, settings.cluster)
         self._client: pulsar_async.Client | None = None
         self._producers: _Producers | None = None
         self._broadcasts: set[PulsarBroadcastSubscription] = set()
         self._work: set[PulsarWorkSubscription] = set()
         self._readers = 0  # channels followed by all broadcast subscriptions of this process
-        self._state = "new"
+        self._life = Lifecycle("broker")
 
     @property
     def gateway_id(self) -> str:
@@ -191,12 +209,11 @@ class PulsarBroker:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError("PulsarBroker.start() called twice")
-        self._state = "starting"
-        await self.admin.start()
+        self._life.begin_start()
+        await self.admin.start()  # no I/O: the HTTP client connects on its first call
+        # Neither does the Pulsar client: it connects on the first producer, reader or consumer.
         self._client = pulsar_async.Client(
-            self._config.pulsar_url, operation_timeout_seconds=10, connection_timeout_ms=5000,
+            self._settings.service_url, operation_timeout_seconds=10, connection_timeout_ms=5000,
             # The client's native logger, warnings and errors only, to stderr (its ConsoleLogger writes to
             # stdout, where the benches print JSON).  A Python logging.Logger here makes the C++ client
             # call into Python for every log statement of every level, DEBUG included, each under the GIL:
@@ -205,13 +222,11 @@ class PulsarBroker:
             logger=pulsar.FileLogger(pulsar.LoggerLevel.Warn, PULSAR_CLIENT_LOG),
         )
         self._producers = _Producers(self._client, self._max_producers, self._send_timeout_ms)
-        self._state = "running"
+        self._life.started()
 
     async def stop(self) -> None:
-        if self._state in ("stopped", "new"):
-            self._state = "stopped"
+        if not self._life.begin_stop():
             return
-        self._state = "stopped"
         for sub in list(self._broadcasts):
             with contextlib.suppress(Exception):
                 await sub.close()
@@ -236,7 +251,8 @@ class PulsarBroker:
         await self.stop()
 
     def _running(self) -> pulsar_async.Client:
-        if self._state != "running" or self._client is None:
+        self._life.check()
+        if self._client is None:
             raise Unavailable("broker is not running")
         return self._client
 
@@ -583,3 +599,13 @@ async def _close_reader(reader: Any) -> None:
         await asyncio.wait_for(fut, 10.0)
     except Exception:
         log.warning("closing a Pulsar reader failed", exc_info=True)
+
+
+if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)
+
+    def _conforms(broker: PulsarBroker, broadcast: PulsarBroadcastSubscription, work: PulsarWorkSubscription) -> None:
+        _broker: Broker = broker
+        _prepares: ChannelPreparer = broker
+        _scoped: WorkScope = broker
+        _broadcast: BroadcastSubscription = broadcast
+        _work: WorkSubscription = work

@@ -23,13 +23,16 @@ Contract (every adapter; guarded by tests/contract/test_broker_contract.py):
   also across redeliveries: a later record of a channel is not handed out before a handed-back earlier one.
 * ``dead_letter`` moves a record to the subscription's dead-letter log (Pulsar: a topic per workspace,
   ``{ws}/channels/{name}.dlq``) and acknowledges it.
+
+Optional capabilities are their own small protocols at the end (centrifuge's ``Closer`` habit): a caller
+holding a ``Broker`` asks ``isinstance(broker, ChannelPreparer)`` rather than probing with ``hasattr``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from storm.domain import Plan
 
@@ -115,3 +118,22 @@ class Broker(Protocol):
     async def subscribe_broadcast(self, handler: BroadcastHandler) -> BroadcastSubscription: ...
 
     async def subscribe_work(self, name: str) -> WorkSubscription: ...
+
+
+# -- optional capabilities -----------------------------------------------------------------------------------
+@runtime_checkable
+class ChannelPreparer(Protocol):
+    """A broker whose channel logs are better created ahead of their first record (Pulsar: a topic), so
+    that work subscriptions already attached to the workspace find them at once (tools and tests that
+    publish right after subscribing).  The memory broker needs nothing of the kind."""
+
+    async def ensure_channel(self, workspace: str, channel: str) -> None: ...
+
+
+@runtime_checkable
+class WorkScope(Protocol):
+    """A broker whose work subscriptions discover workspaces by themselves (Pulsar: they cover every
+    tenant); ``limit_work_to`` narrows the subscriptions opened from now on to the workspaces
+    ``workspace_filter`` accepts (benches and tests sharing one cluster)."""
+
+    def limit_work_to(self, workspace_filter: Callable[[str], bool]) -> None: ...

@@ -14,9 +14,11 @@ Rules every adapter follows (guarded by tests/contract/test_store_contract.py):
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from storm.domain import Channel, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
 
@@ -30,11 +32,11 @@ class WorkspaceRepository(Protocol):
 
     async def get_by_slug(self, slug: str) -> Workspace | None: ...
 
-    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> list[Workspace]:
+    async def list(self, *, limit: int = 100, after_slug: str | None = None) -> builtins.list[Workspace]:
         """Workspaces ordered by slug, ``after_slug`` exclusive (cursor)."""
         ...
 
-    async def list_for_user(self, user_id: uuid.UUID) -> list[Workspace]: ...
+    async def list_for_user(self, user_id: uuid.UUID) -> builtins.list[Workspace]: ...
 
     async def delete(self, workspace_id: uuid.UUID) -> None:
         """Delete the workspace and every row it owns (memberships, channels, messages, …)."""
@@ -56,7 +58,7 @@ class MembershipRepository(Protocol):
 
     async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None: ...
 
-    async def list(self, workspace_id: uuid.UUID) -> list[Membership]: ...
+    async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]: ...
 
     async def count(self, workspace_id: uuid.UUID) -> int: ...
 
@@ -76,7 +78,7 @@ class ChannelRepository(Protocol):
 
     async def get_by_name(self, workspace_id: uuid.UUID, name: str) -> Channel | None: ...
 
-    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> list[Channel]: ...
+    async def list(self, workspace_id: uuid.UUID, *, include_archived: bool = False) -> builtins.list[Channel]: ...
 
     async def count(self, workspace_id: uuid.UUID) -> int: ...
 
@@ -92,9 +94,9 @@ class ChannelRepository(Protocol):
 
     async def is_member(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> bool: ...
 
-    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> list[uuid.UUID]: ...
+    async def list_members(self, workspace_id: uuid.UUID, channel_id: uuid.UUID) -> builtins.list[uuid.UUID]: ...
 
-    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> list[Channel]:
+    async def list_for_user(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> builtins.list[Channel]:
         """Channels the user can see: public ones and private ones they belong to (not archived)."""
         ...
 
@@ -148,18 +150,39 @@ class ReadMarkerRepository(Protocol):
 
 
 class UnitOfWork(Protocol):
-    workspaces: WorkspaceRepository
-    users: UserRepository
-    memberships: MembershipRepository
-    channels: ChannelRepository
-    messages: MessageRepository
-    reactions: ReactionRepository
-    read_markers: ReadMarkerRepository
-    events: list[Any]
+    # Read-only members (properties): an adapter's own repository classes satisfy them, and nobody swaps
+    # a repository of an open unit of work.
+    @property
+    def workspaces(self) -> WorkspaceRepository: ...
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def memberships(self) -> MembershipRepository: ...
+
+    @property
+    def channels(self) -> ChannelRepository: ...
+
+    @property
+    def messages(self) -> MessageRepository: ...
+
+    @property
+    def reactions(self) -> ReactionRepository: ...
+
+    @property
+    def read_markers(self) -> ReadMarkerRepository: ...
+
+    @property
+    def events(self) -> list[Any]:
+        """Events to publish once the unit of work committed (append to it)."""
+        ...
 
     async def __aenter__(self) -> UnitOfWork: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
     async def commit(self) -> None: ...
 
@@ -182,3 +205,12 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise Unavailable when the database cannot be reached (used by /healthz)."""
         ...
+
+
+# -- optional capabilities (centrifuge's small interfaces; callers check with isinstance) -------------------
+@runtime_checkable
+class CountsRetries(Protocol):
+    """A store that counts the attempts :meth:`Store.run` ran again after a serialization failure."""
+
+    @property
+    def serialization_retries(self) -> int: ...

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from storm.adapters.memory_broker import MemoryBroker
+from storm.bootstrap import pulsar_settings
 from storm.config import Config
 from storm.domain import PLANS
 from storm.errors import OffsetTruncated, Unavailable
-from storm.ports.broker import Delivery, Record
+from storm.ports.broker import ChannelPreparer, Delivery, Record
 from storm.ports.clock import SystemClock
 from tests.contract.conftest import ACK_TIMEOUT_S
 
@@ -44,7 +45,7 @@ def _pulsar_config(pulsar_urls: tuple[str, str], **overrides: Any) -> Config:
 async def _pulsar_broker(pulsar_urls: tuple[str, str], workspace: str, **overrides: Any) -> Any:
     from storm.adapters.pulsar_broker import PulsarBroker
 
-    b = PulsarBroker(_pulsar_config(pulsar_urls, **overrides), SystemClock(),
+    b = PulsarBroker(pulsar_settings(_pulsar_config(pulsar_urls, **overrides)), SystemClock(),
                      workspace_filter=lambda tenant: tenant.startswith(workspace),
                      discovery_period_s=0.5, pattern_discovery_s=1, read_timeout_s=3.0)
     await b.start()
@@ -93,7 +94,7 @@ async def ready(broker: Any, *workspaces: str, plan: str = "free") -> None:
 
 async def channels_exist(broker: Any, workspace: str, *channels: str) -> None:
     """Pulsar: create channel topics up front, so work consumers attach to them when they subscribe."""
-    if hasattr(broker, "ensure_channel"):
+    if isinstance(broker, ChannelPreparer):
         for ch in channels:
             await broker.ensure_channel(workspace, ch)
 
@@ -391,7 +392,7 @@ async def test_pulsar_workspace_is_a_tenant_with_plan_policies_and_delete_remove
     free, pro = PLANS["free"], PLANS["pro"]
     await pulsar.ensure_workspace(workspace, free)
     tenant = (await _get(pulsar, f"/admin/v2/tenants/{workspace}")).json()
-    assert tenant["allowedClusters"] == [pulsar._config.pulsar_cluster]
+    assert tenant["allowedClusters"] == [pulsar._settings.cluster]
     namespaces = (await _get(pulsar, f"/admin/v2/namespaces/{workspace}")).json()
     assert sorted(namespaces) == [f"{workspace}/channels", f"{workspace}/ephemeral"]
     pol = (await _get(pulsar, f"/admin/v2/namespaces/{workspace}/channels")).json()
@@ -465,7 +466,7 @@ async def test_pulsar_deduplication_drops_a_resent_message(pulsar, workspace, ch
     first = await pulsar.publish(workspace, channel, b'{"n":1}')
     await pulsar._producers.close_all()
     # the same producer (name) resends its last message, as the client does after a reconnect
-    client = pulsar_async.Client(pulsar._config.pulsar_url)
+    client = pulsar_async.Client(pulsar._settings.service_url)
     try:
         producer = await client.create_producer(channel_topic(workspace, channel),
                                                 producer_name=f"{pulsar.gateway_id}-{channel}",
@@ -571,8 +572,8 @@ async def test_pulsar_lifecycle_connects_nothing_before_start_and_refuses_a_seco
     from storm.adapters.pulsar_broker import PulsarBroker
 
     # nothing listens on port 1: construction and start must not connect, stop must be idempotent
-    b = PulsarBroker(Config(broker="pulsar", pulsar_url="pulsar://127.0.0.1:1", pulsar_admin_url="http://127.0.0.1:1"),
-                     SystemClock())
+    b = PulsarBroker(pulsar_settings(Config(broker="pulsar", pulsar_url="pulsar://127.0.0.1:1",
+                                            pulsar_admin_url="http://127.0.0.1:1")), SystemClock())
     with pytest.raises(Unavailable):
         await b.publish("ws-a", str(uuid.uuid4()), b"{}")
     await b.start()

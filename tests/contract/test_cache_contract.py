@@ -11,14 +11,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from storm.adapters.memory_cache import MemoryCache
+from storm.bootstrap import hazelcast_settings
 from storm.config import Config
 from storm.errors import BadRequest, Unavailable
 from storm.ports.cache import Cache, PresenceEntry
+
+if TYPE_CHECKING:
+    from storm.adapters.hazelcast_cache import HazelcastSettings
 
 ALICE = PresenceEntry("u-alice", "Alice")
 BOB = PresenceEntry("u-bob", "Bob")
@@ -46,8 +50,9 @@ def clock() -> ShiftedClock:
     return ShiftedClock()
 
 
-def _hazelcast_config(members: str) -> Config:
-    return Config(hazelcast_members=members, hazelcast_cluster="storm")
+def _hazelcast_settings(members: str) -> HazelcastSettings:
+    """Through the bootstrap's mapping, as production builds them."""
+    return hazelcast_settings(Config(hazelcast_members=members, hazelcast_cluster="storm"))
 
 
 @pytest.fixture
@@ -60,7 +65,7 @@ async def hazelcast_caches(
     started: list[HazelcastCache] = []
 
     async def make(**kwargs: Any) -> HazelcastCache:
-        c = HazelcastCache(_hazelcast_config(hazelcast_members), clock, **kwargs)
+        c = HazelcastCache(_hazelcast_settings(hazelcast_members), clock, **kwargs)
         await c.start()
         started.append(c)
         return c
@@ -68,7 +73,7 @@ async def hazelcast_caches(
     try:
         yield make
     finally:
-        running = [c for c in started if c._state == "running"]
+        running = [c for c in started if c._life.running]
         if running:
             await _clean(running[0], workspace)
         for c in started:
@@ -86,14 +91,14 @@ async def cache(request: pytest.FixtureRequest, clock: ShiftedClock, workspace: 
     if request.param == "hazelcast":
         from storm.adapters.hazelcast_cache import HazelcastCache
 
-        c: Cache = HazelcastCache(_hazelcast_config(request.getfixturevalue("hazelcast_members")), clock)
+        c: Cache = HazelcastCache(_hazelcast_settings(request.getfixturevalue("hazelcast_members")), clock)
     else:
         c = MemoryCache(clock)
     await c.start()
     try:
         yield c
     finally:
-        if request.param == "hazelcast" and c._state == "running":  # type: ignore[attr-defined]
+        if request.param == "hazelcast" and c._life.running:  # type: ignore[attr-defined]
             await _clean(c, workspace)
         await c.stop()
 
@@ -506,7 +511,7 @@ async def test_counters_are_shared_and_proxies_stay_bounded(hazelcast_caches, wo
 async def test_start_fails_cleanly_when_no_member_answers(clock):
     from storm.adapters import hazelcast_cache as hz
 
-    cache = hz.HazelcastCache(_hazelcast_config("127.0.0.1:1"), clock)
+    cache = hz.HazelcastCache(_hazelcast_settings("127.0.0.1:1"), clock)
     hz_timeout, hz.CONNECT_TIMEOUT_S = hz.CONNECT_TIMEOUT_S, 0.5
     try:
         with pytest.raises(Unavailable):

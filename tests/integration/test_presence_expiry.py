@@ -16,7 +16,7 @@ import pytest
 
 from gateway.runtime import Gateway
 from storm.adapters.dev_identity import DevIdentity
-from storm.bootstrap import Services
+from storm.bootstrap import Services, hazelcast_settings
 from storm.config import Config
 from storm.ports.cache import PresenceEntry
 from storm.protocol.session import Session, State
@@ -59,7 +59,7 @@ async def _dead_gateways_entry(services: Services, entry: PresenceEntry) -> None
     if services.config.cache == "hazelcast":
         from storm.adapters.hazelcast_cache import HazelcastCache
 
-        doomed = HazelcastCache(services.config, services.clock)
+        doomed = HazelcastCache(hazelcast_settings(services.config), services.clock)
         await doomed.start()
         await doomed.presence_add(DEMO_WORKSPACE, GENERAL, "conn-of-a-dead-gateway", entry, 1.0)
         await doomed.stop()  # the process is gone: nobody removes it

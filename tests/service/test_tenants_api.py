@@ -655,7 +655,7 @@ async def test_openapi_lists_every_path(tenants_api: TenantsApi) -> None:
 
 async def test_healthz(tenants_api: TenantsApi, tenants_services: Services) -> None:
     assert (await tenants_api.get("/healthz")).body == {"status": "ok"}
-    down = dataclasses.replace(tenants_services, store=_DownStore(), _started=[], _state="new")
+    down = dataclasses.replace(tenants_services, store=_DownStore())  # a fresh, unstarted copy
     r = await create_app(down).test_client().get("/healthz")
     assert r.status_code == 503 and (await r.get_json()) == {"status": "unavailable"}
 
