@@ -223,10 +223,12 @@ async def test_broadcast_only_for_added_channels(broker, workspace, channel):
     got: list[Record] = []
     sub = await broker.subscribe_broadcast(got.append)
     await sub.add(workspace, channel)
-    await broker.publish(workspace, channel + "x", b'{"n":1}')
-    await broker.publish(other_ws, channel, b'{"n":1}')
+    await broker.publish(workspace, channel + "x", b'{"n":1}')  # another channel of the workspace
+    await broker.publish(other_ws, channel, b'{"n":1}')  # the same channel id in another workspace
+    added = await broker.publish(workspace, channel, b'{"n":2}')  # the added channel: this one arrives
+    await until(lambda: len(got) >= 1)
     await asyncio.sleep(settle_s(broker))
-    assert got == []
+    assert [(r.workspace, r.channel, r.offset) for r in got] == [(workspace, channel, added)]
     await sub.close()
 
 
@@ -485,18 +487,21 @@ async def test_pulsar_deduplication_drops_a_resent_message(pulsar, workspace, ch
 
 @pytest.mark.integration
 async def test_pulsar_key_shared_keeps_channel_order_across_two_consumers(pulsar, workspace):
+    """Each channel goes to one consumer, in order, and the channels are spread over both consumers.
+    16 channels (the key is the channel): all of them hashing to one consumer has odds of about 2**-15."""
     await pulsar.ensure_workspace(workspace, PLANS["free"])
-    channels = [str(uuid.uuid4()) for _ in range(4)]
+    channels = [str(uuid.uuid4()) for _ in range(16)]
     await channels_exist(pulsar, workspace, *channels)
     c1 = await pulsar.subscribe_work("persist-order")
     c2 = await pulsar.subscribe_work("persist-order")
     published: dict[str, list[int]] = {ch: [] for ch in channels}
-    for i in range(15):
+    for i in range(8):
         for ch in channels:
             published[ch].append(await pulsar.publish(workspace, ch, b'{"n":%d}' % i))
+    total = sum(len(v) for v in published.values())
     seen: dict[str, list[tuple[int, int]]] = {ch: [] for ch in channels}  # channel -> (consumer, offset)
-    deadline = time.monotonic() + 10
-    while sum(len(v) for v in seen.values()) < 60 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    while sum(len(v) for v in seen.values()) < total and time.monotonic() < deadline:
         for n, c in enumerate((c1, c2)):
             batch = await c.receive(7, 0.1)
             for d in batch:
@@ -505,6 +510,7 @@ async def test_pulsar_key_shared_keeps_channel_order_across_two_consumers(pulsar
     for ch in channels:
         assert [o for _, o in seen[ch]] == published[ch]
         assert len({n for n, _ in seen[ch]}) == 1  # one consumer per channel
+    assert {n for got in seen.values() for n, _ in got} == {0, 1}, "one consumer got every channel"
     await c1.close()
     await c2.close()
 

@@ -16,7 +16,7 @@ import pytest
 from storm.adapters.auth0_identity import Auth0Identity, JwksCache
 from storm.config import Config, ConfigError
 from storm.errors import Unauthenticated
-from tests.support.jwks import AUDIENCE, ISSUER, WS_CLAIM, Jwks, auth0_config, new_key
+from tests.support.jwks import AUDIENCE, WS_CLAIM, Jwks, auth0_config, new_key
 
 pytestmark = pytest.mark.security
 
@@ -175,7 +175,6 @@ def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production()
                           allowed_origins="https://chat.example.com")
     ident = Auth0Identity(cfg)
     assert ident.jwks._url == "https://x.auth0.com/.well-known/jwks.json"
-    assert ISSUER != "https://x.auth0.com/"
 
 
 @pytest.mark.parametrize("command", [["dev"], ["serve", "gateway"], ["serve", "api"], ["serve", "consumers"]])
@@ -187,6 +186,18 @@ def test_every_server_command_refuses_to_start_with_dev_tokens_in_production(com
     monkeypatch.setenv("STORM_ALLOWED_ORIGINS", "https://chat.example.com")
     assert main(command) == 2
     assert "STORM_IDENTITY=dev is refused in STORM_MODE=production" in capsys.readouterr().err
+
+
+async def test_the_expected_issuer_is_derived_from_the_domain(jwks, tmp_path):
+    """Only ``STORM_AUTH0_DOMAIN`` set: tokens of ``https://<domain>/`` pass, those of another tenant do not."""
+    from storm.bootstrap import build_services
+
+    cfg = Config.from_env({}, identity="auth0", auth0_domain="x.auth0.com/", auth0_audience=AUDIENCE,
+                          auth0_jwks_url=jwks.url, auth0_workspace_claim=WS_CLAIM,
+                          database_url=f"sqlite+aiosqlite:///{tmp_path}/i.db")
+    identity = build_services(cfg).identity
+    assert (await identity.verify(jwks.token(iss="https://x.auth0.com/"))).subject == "auth0|alice"
+    await refused(identity, jwks.token(iss="https://y.auth0.com/"), "wrong issuer")
 
 
 def test_bootstrap_builds_the_auth0_verifier(jwks, tmp_path):

@@ -4,6 +4,7 @@ members see nothing of her attempts.  One test per operation (docs/security.md, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -105,6 +106,17 @@ async def attempt(mallory: tuple[Session, ListTransport], **frame: Any) -> dict[
     return events[0]
 
 
+async def arrived(transport: ListTransport, type_: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The first event of ``type_`` the transport received, waiting for it: delivery is asynchronous, so
+    a test that expects nothing elsewhere first waits for the same event where it must arrive."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (found := [e for e in transport.events if e["type"] == type_]):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {type_!r} event within {timeout} s: {transport.events}")
+        await asyncio.sleep(0.01)
+    return found[0]
+
+
 # -- the gateway: one test per operation --------------------------------------------------------------
 async def test_token_of_a_or_star_cannot_open_a_session_in_b(world):
     for user, workspace in (("mallory", DEMO_WORKSPACE), ("mallory", "*")):
@@ -138,16 +150,22 @@ async def test_cannot_send_typing_to_b(mallory, victim):
 
 
 async def test_cannot_see_typing_of_b(world, mallory):
-    """The other direction: Alice types in demo; Mallory, subscribed in evil, gets nothing."""
+    """The other direction: Alice types and publishes in demo; Mallory, subscribed in evil, gets nothing.
+    Bob, subscribed in demo, is the witness that both were delivered before Mallory's nothing is checked."""
     s, t = mallory
     await s.receive(json.dumps({"op": "subscribe", "channel": world.evil_channel}))
     t.take()
+    bob, witness = await world.session("bob", DEMO_WORKSPACE)
+    await bob.receive(json.dumps({"op": "subscribe", "channel": VICTIM_CHANNEL}))
     alice, _ = await world.session("alice", DEMO_WORKSPACE)
     await alice.receive(json.dumps({"op": "subscribe", "channel": VICTIM_CHANNEL}))
     await alice.receive(json.dumps({"op": "typing", "channel": VICTIM_CHANNEL}))
     await alice.receive(json.dumps({"op": "publish", "channel": VICTIM_CHANNEL, "cmid": "a", "text": "secret"}))
+    await arrived(witness, "typing")
+    await arrived(witness, "message")
     assert t.take() == []
     await alice.closed()
+    await bob.closed()
 
 
 async def test_cannot_react_in_b(mallory, victim):
