@@ -32,10 +32,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from db.admin import CLUSTER_DATABASE, cluster_database_url
 from storm.config import Config
+
+if TYPE_CHECKING:
+    from quart import Quart
+
+    from storm.bootstrap import Services
 
 ROLES = ("gateway", "api", "consumers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +56,7 @@ class ClusterError(Exception):
 # --- storm serve <role> -------------------------------------------------------------------------------
 
 
-def create_consumers_app(services: Any) -> Any:
+def create_consumers_app(services: Services) -> Quart:
     """The persistence worker as a process: the worker's lifecycle on the app's, plus ``GET /healthz``."""
     from quart import Quart
 
@@ -83,7 +88,7 @@ def create_consumers_app(services: Any) -> Any:
     return app
 
 
-def build_role_app(role: str, services: Any) -> Any:
+def build_role_app(role: str, services: Services) -> Quart:
     if role == "gateway":
         from storm_cli.apps import gateway_app
 

@@ -401,6 +401,7 @@ async def _verify_delivery(args: argparse.Namespace) -> dict[str, Any]:
     await services.start()
     log_dir = Path(tempfile.mkdtemp(prefix="storm-verify-"))
     gateways: dict[str, StormProcess] = {}
+    slug: str | None = None  # set once provisioned: what the clean-up deletes
     try:
         slug, channel = await provision_in_process(services, users)
         say(f"workspace {slug}, channel {channel}; gateway logs in {log_dir}")
@@ -430,11 +431,11 @@ async def _verify_delivery(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for gw in gateways.values():
             await asyncio.to_thread(gw.stop, cfg.drain_timeout_s + 5)
-        if not args.keep:
+        if not args.keep and slug is not None:
             from tenants import service
 
             with contextlib.suppress(Exception):
-                owner = await service.authorize(services, _owner_claims(users[0], slug), slug)  # type: ignore[possibly-undefined]
+                owner = await service.authorize(services, _owner_claims(users[0], slug), slug)
                 await service.delete_workspace(services, owner)
         await services.stop()
 

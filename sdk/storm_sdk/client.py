@@ -490,7 +490,7 @@ class StormClient:
             self._on_event(event, conn)
 
     def _on_event(self, event: ev.ServerEvent, conn: _Conn) -> None:
-        req = self._requests.pop(event.id, None) if isinstance(getattr(event, "id", None), int) else None
+        req = self._requests.pop(event.id, None) if isinstance(event, ev.REPLY_TYPES) and event.id is not None else None
         match event:
             case ev.Hello():
                 self._on_hello(event, conn)

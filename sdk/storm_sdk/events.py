@@ -48,7 +48,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: float = 60.0
 
 
-class Hello(_Server, tag="hello"):
+class Hello(_Server, tag="hello", frozen=True):
     v: int
     session: str
     workspace: str
@@ -57,7 +57,7 @@ class Hello(_Server, tag="hello"):
     limits: Limits = Limits()
 
 
-class ServerError(_Server, tag="error"):
+class ServerError(_Server, tag="error", frozen=True):
     """An ``error`` event that answers no request of the SDK (requests raise :class:`StormError`)."""
 
     code: str
@@ -67,7 +67,7 @@ class ServerError(_Server, tag="error"):
     channel: str | None = None
 
 
-class Ack(_Server, tag="ack"):
+class Ack(_Server, tag="ack", frozen=True):
     id: int | None = None
     channel: str | None = None
     cmid: str | None = None
@@ -76,7 +76,7 @@ class Ack(_Server, tag="ack"):
     duplicate: bool = False
 
 
-class Subscribed(_Server, tag="subscribed"):
+class Subscribed(_Server, tag="subscribed", frozen=True):
     """A (re)subscription took effect: live events follow ``offset``; ``replayed`` events came first."""
 
     channel: str
@@ -86,7 +86,7 @@ class Subscribed(_Server, tag="subscribed"):
     replayed: int = 0
 
 
-class Unsubscribed(_Server, tag="unsubscribed"):
+class Unsubscribed(_Server, tag="unsubscribed", frozen=True):
     """The reply to ``unsubscribe``, or — with ``reason`` set, e.g. ``"removed"`` from a private channel —
     the server ending a subscription; the client then stops following the channel (no resubscribe)."""
 
@@ -95,12 +95,12 @@ class Unsubscribed(_Server, tag="unsubscribed"):
     reason: str | None = None
 
 
-class Pong(_Server, tag="pong"):
+class Pong(_Server, tag="pong", frozen=True):
     id: int | None = None
     ts: float = 0.0
 
 
-class Presence(_Server, tag="presence"):
+class Presence(_Server, tag="presence", frozen=True):
     channel: str
     users: list[User] = []
     id: int | None = None
@@ -120,7 +120,7 @@ class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True):
     reactions: dict[str, int] = {}
 
 
-class History(_Server, tag="history"):
+class History(_Server, tag="history", frozen=True):
     """One page of stored messages, **newest first**; ``next_before`` pages further back."""
 
     channel: str
@@ -129,7 +129,7 @@ class History(_Server, tag="history"):
     id: int | None = None
 
 
-class Message(_Server, tag="message"):
+class Message(_Server, tag="message", frozen=True):
     offset: int
     channel: str
     id: str
@@ -141,7 +141,7 @@ class Message(_Server, tag="message"):
     thread: str | None = None
 
 
-class Edit(_Server, tag="edit"):
+class Edit(_Server, tag="edit", frozen=True):
     offset: int
     channel: str
     id: str
@@ -150,7 +150,7 @@ class Edit(_Server, tag="edit"):
     ts: float = 0.0
 
 
-class Delete(_Server, tag="delete"):
+class Delete(_Server, tag="delete", frozen=True):
     offset: int
     channel: str
     id: str
@@ -158,7 +158,7 @@ class Delete(_Server, tag="delete"):
     ts: float = 0.0
 
 
-class Reaction(_Server, tag="reaction"):
+class Reaction(_Server, tag="reaction", frozen=True):
     offset: int
     channel: str
     message_id: str
@@ -168,29 +168,29 @@ class Reaction(_Server, tag="reaction"):
     remove: bool = False
 
 
-class Typing(_Server, tag="typing"):
+class Typing(_Server, tag="typing", frozen=True):
     channel: str
     user: str
     name: str = ""
 
 
-class PresenceJoin(_Server, tag="presence.join"):
+class PresenceJoin(_Server, tag="presence.join", frozen=True):
     channel: str
     user: str
     name: str = ""
 
 
-class PresenceLeave(_Server, tag="presence.leave"):
+class PresenceLeave(_Server, tag="presence.leave", frozen=True):
     channel: str
     user: str
     name: str = ""
 
 
-class TokenExpiring(_Server, tag="token.expiring"):
+class TokenExpiring(_Server, tag="token.expiring", frozen=True):
     expires_at: float
 
 
-class TokenRefreshed(_Server, tag="token.refreshed"):
+class TokenRefreshed(_Server, tag="token.refreshed", frozen=True):
     """The server accepted the fresh token sent after ``token.expiring``: the session lasts until ``expires_at``."""
 
     expires_at: float
@@ -203,6 +203,8 @@ ServerEvent = (
     | Reaction | Typing | PresenceJoin | PresenceLeave | TokenExpiring | TokenRefreshed
 )
 CHANNEL_EVENT_TYPES = (Message, Edit, Delete, Reaction)
+# Events that may answer a request of the client: their ``id`` is the request's (an int), not a message id.
+REPLY_TYPES = (ServerError, Ack, Subscribed, Unsubscribed, Pong, Presence, History)
 
 _decoder = msgspec.json.Decoder(ServerEvent)
 _probe = msgspec.json.Decoder(dict[str, Any])
@@ -234,7 +236,7 @@ def decode_frame(data: str | bytes) -> list[ServerEvent]:
     return out
 
 
-_KNOWN_TYPES = frozenset(t.__struct_config__.tag for t in ServerEvent.__args__)  # type: ignore[attr-defined]
+_KNOWN_TYPES = frozenset(t.__struct_config__.tag for t in ServerEvent.__args__)
 
 
 # ---- client events: made by the SDK ------------------------------------------------------------------

@@ -41,7 +41,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storm_tools.bench.procs import (
     ClientProcess,
@@ -53,6 +53,9 @@ from storm_tools.bench.procs import (
     source_address,
 )
 from storm_tools.bench.wsclient import SubscribingClient, connect
+
+if TYPE_CHECKING:
+    from storm.bootstrap import Services
 
 HOST = "127.0.0.1"
 PER_PROCESS_MAX = 9000
@@ -349,12 +352,14 @@ class Workspace:
         self.slug, self.channels, self.subjects = slug, channels, subjects
 
 
-async def provision(services: Any, connections: int, members: int, run: str) -> Workspace:
+async def provision(services: Services, connections: int, members: int, run: str) -> Workspace:
     """The workspace through tenants/service.py (Pulsar tenant included), the rest in bulk."""
     from datetime import UTC, datetime
 
     from db import models as m
+    from storm.ports.broker import ChannelPreparer
     from storm.ports.identity import Claims
+    from storm_tools.bench import sql_transaction
     from tenants import service
 
     slug = f"e2e-{run}"
@@ -367,7 +372,7 @@ async def provision(services: Any, connections: int, members: int, run: str) -> 
     now = datetime.now(UTC)
     user_ids = [owner.id] + [uuid.uuid4() for _ in range(connections - 1)]
     channel_ids = [uuid.uuid4() for _ in range(connections // members)]
-    async with services.store.engine.begin() as conn:
+    async with sql_transaction(services.config.database_url) as conn:
         await conn.execute(m.users.insert(), [{"id": uid, "subject": subjects[i], "name": f"User {i}",
                                                "created_at": now} for i, uid in enumerate(user_ids) if i])
         await conn.execute(m.memberships.insert(), [{"workspace_id": ws_id, "user_id": uid, "role": "member",
@@ -378,24 +383,25 @@ async def provision(services: Any, connections: int, members: int, run: str) -> 
         await conn.execute(m.channel_members.insert(), [
             {"workspace_id": ws_id, "channel_id": channel_ids[i // members], "user_id": uid}
             for i, uid in enumerate(user_ids)])
-    ensure_channel = getattr(services.broker, "ensure_channel", None)
-    if ensure_channel is not None:  # Pulsar: topics up front, not on the first subscribe
+    broker = services.broker
+    if isinstance(broker, ChannelPreparer):  # Pulsar: topics up front, not on the first subscribe
         sem = asyncio.Semaphore(16)
 
         async def one(cid: uuid.UUID) -> None:
             async with sem:
-                await ensure_channel(slug, str(cid))
+                await broker.ensure_channel(slug, str(cid))
 
         await asyncio.gather(*(one(c) for c in channel_ids))
     return Workspace(slug, [str(c) for c in channel_ids], subjects)
 
 
-async def unprovision(services: Any, ws: Workspace) -> None:
+async def unprovision(services: Services, ws: Workspace) -> None:
     """Delete the workspace (rows, Pulsar tenant, cache) as its owner would, then its users."""
     from sqlalchemy import delete
 
     from db import models as m
     from storm.ports.identity import Claims
+    from storm_tools.bench import sql_transaction
     from tenants import service
 
     claims = Claims(subject=ws.subjects[0], workspace=ws.slug, name="User 0", expires_at=time.time() + 3600,
@@ -409,7 +415,7 @@ async def unprovision(services: Any, ws: Workspace) -> None:
         return
     await asyncio.sleep(5.0)
     await services.broker.delete_workspace(ws.slug)
-    async with services.store.engine.begin() as conn:
+    async with sql_transaction(services.config.database_url) as conn:
         for start in range(0, len(ws.subjects), 1000):
             await conn.execute(delete(m.users).where(m.users.c.subject.in_(ws.subjects[start:start + 1000])))
 

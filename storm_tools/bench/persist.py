@@ -9,7 +9,7 @@ What it does (docs/benchmarks.md, "storm bench persist"; figures in docs/consume
    default, Pulsar through :func:`storm.bootstrap.build_services` once it wires that adapter) and the SQL
    store at ``--database-url`` (default ``STORM_DATABASE_URL``, else the ``scripts/pg.sh`` cluster);
 2. creates a throwaway workspace ``bench-<hex>`` with ``--channels`` channels (and their topics, when the
-   broker has ``ensure_channel``);
+   broker is a :class:`~storm.ports.broker.ChannelPreparer`);
 3. starts ``--workers`` :class:`~consumers.persistence.PersistenceWorker` s on the one ``persistence``
    subscription (the broker hands each channel to one worker at a time);
 4. stores one warm-up message per channel, unmeasured;
@@ -122,6 +122,7 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
 
     from consumers.persistence import PersistenceWorker
     from storm.bootstrap import build_services
+    from storm.ports.store import CountsRetries
     from storm_tools.bench.procs import Progress
 
     try:
@@ -136,16 +137,16 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
     workspace = None
     try:
         workspace, channels, author = await _make_workspace(services, args.channels)
-        limit = getattr(services.broker, "limit_work_to", None)
-        if limit is not None:  # Pulsar: the consumers attach to this workspace only, not to every tenant
-            limit(lambda ws, slug=workspace.slug: ws == slug)
         from storm.domain import PLANS
+        from storm.ports.broker import ChannelPreparer, WorkScope
 
+        if isinstance(services.broker, WorkScope):  # Pulsar: the consumers attach to this workspace only
+            slug = workspace.slug
+            services.broker.limit_work_to(lambda ws: ws == slug)
         await services.broker.ensure_workspace(workspace.slug, PLANS["pro"])
-        ensure_channel = getattr(services.broker, "ensure_channel", None)  # Pulsar: topics exist up front
-        if ensure_channel is not None:
+        if isinstance(services.broker, ChannelPreparer):  # Pulsar: topics exist up front
             for channel in channels:
-                await ensure_channel(workspace.slug, channel)
+                await services.broker.ensure_channel(workspace.slug, channel)
         payloads, ids = _payloads(args.messages, channels, author, args.body_bytes)
         for _ in range(args.workers):
             worker = PersistenceWorker(services)
@@ -194,7 +195,7 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
             await worker.stop()
         stats = {k: sum(w.stats[k] for w in workers) for k in workers[0].stats}
         workers = []
-        rows, distinct, found = await _verify(services, workspace.id, ids)
+        rows, distinct, found = await _verify(url, workspace.id, ids)
         wall = t1 - t0
         result: dict[str, Any] = {
             "messages": args.messages,
@@ -220,7 +221,8 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
             "redelivered": max(0, stats["records"] - args.messages - len(channels)),
             "retried": stats["retried"],
             "dead_lettered": stats["dead_lettered"],
-            "serialization_retries": getattr(services.store, "serialization_retries", None),
+            "serialization_retries": (services.store.serialization_retries
+                                      if isinstance(services.store, CountsRetries) else None),
         }
         if error:
             result["error"] = error
@@ -326,14 +328,15 @@ async def _publish(broker: Any, workspace: str, per_channel: dict[str, list[byte
     await asyncio.gather(*(one(c, p) for c, p in per_channel.items()))
 
 
-async def _verify(services: Any, workspace_id: uuid.UUID, ids: list[str]) -> tuple[int, int, int]:
+async def _verify(database_url: str, workspace_id: uuid.UUID, ids: list[str]) -> tuple[int, int, int]:
     """(rows of the workspace, distinct message texts among them, published ids found)."""
     from sqlalchemy import func, select
 
     from db import models as m
+    from storm_tools.bench import sql_transaction
 
     msgs = m.messages
-    async with services.store.engine.connect() as conn:
+    async with sql_transaction(database_url) as conn:
         rows, distinct = (await conn.execute(
             select(func.count(), func.count(msgs.c.body.distinct())).where(msgs.c.workspace_id == workspace_id)
         )).one()

@@ -103,7 +103,7 @@ def cpu_ticks_seconds(pid: int) -> float:
         with contextlib.suppress(psutil.Error):
             ct = child.cpu_times()
             total += ct.user + ct.system
-    return total
+    return float(total)  # psutil is untyped
 
 
 def rss_bytes(pid: int) -> int:
