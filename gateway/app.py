@@ -17,7 +17,6 @@ from quart import Quart, Response, jsonify
 
 from gateway.guard import HandshakeGuard
 from gateway.runtime import Gateway
-from gateway.ws import register_ws
 from storm.bootstrap import Services
 
 log = logging.getLogger("storm.gateway.app")
@@ -93,9 +92,9 @@ def create_app(
     if services.config.identity == "dev" and services.config.mode == "embedded":
         _register_dev_token(app, services)
 
-    register_ws(app, gateway)
-    app.asgi_app = HandshakeGuard(app.asgi_app, services.config)  # type: ignore[method-assign]  # Origin, per-IP
-    app.extensions["guard"] = app.asgi_app
+    # `/ws` is served by the front door (gateway/frontdoor.py, serve_app), which asks the guard (Origin,
+    # per-IP limit) before the upgrade; Quart has no WebSocket route (ADR 0007, amended)
+    app.extensions["guard"] = HandshakeGuard(services.config)
     for extend in extensions:
         extend(app, services)
     return app

@@ -1,16 +1,23 @@
-"""RFC 6455 for the gateway's front door, with no I/O (ADR 0007): the HTTP upgrade request, the handshake
-answer, and a frame reader/writer.  Bytes in, events out; tested without sockets (tests/unit/test_frames.py).
+"""RFC 6455, once, with no I/O (ADR 0007): the HTTP upgrade and its answer, and a frame reader/writer for
+both ends.  Bytes in, events out; tested without sockets (tests/unit/test_frames.py).
 
-Only what a server needs: client frames must be masked, no extensions are negotiated (RSV bits must be 0),
+The gateway's front door is the server end.  The benchmark client and floor (storm_tools/bench) and the
+tests' WebSocket clients use the same module for the client end, so there is one codec: this module imports
+only the standard library (an import-linter contract keeps it so), and importing it pulls in nothing else
+of the gateway.
+
+The server's rules: client frames must be masked, no extensions are negotiated (RSV bits must be 0),
 control frames are at most 125 bytes and never fragmented, a message (all its fragments) is at most
 ``max_message`` bytes, text must be UTF-8.  A violation raises :class:`FrameError` carrying the close code
-the RFC prescribes (1002 protocol error, 1007 bad UTF-8, 1009 too big).
+the RFC prescribes (1002 protocol error, 1007 bad UTF-8, 1009 too big).  The client end reads frames that
+must *not* be masked (``FrameReader(masked=False)``) and masks its own (:func:`client_frame`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from dataclasses import dataclass
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -106,26 +113,82 @@ def http_response(status: int, reason: str, body: bytes, extra: tuple[tuple[str,
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+# --- the upgrade, from the client's end ------------------------------------------------------------------
+
+
+def new_key() -> str:
+    """A fresh Sec-WebSocket-Key: 16 random bytes, base64."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def upgrade_request(path: str, host: str, key: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A client's ``GET`` with ``Upgrade: websocket`` (no extension offered)."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int  # 0 when the status line cannot be parsed
+    headers: dict[str, str]  # names lower-cased
+
+    def upgraded(self, key: str) -> bool:
+        """Whether this answers the upgrade sent with ``key``: 101, ``Upgrade: websocket`` and the right
+        ``Sec-WebSocket-Accept``."""
+        return (self.status == 101 and self.headers.get("upgrade", "").lower() == "websocket"
+                and self.headers.get("sec-websocket-accept") == accept_key(key))
+
+
+def parse_response_head(head: bytes) -> Response:
+    """A response head (without the blank line that ends it)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(None, 2)
+    status = int(parts[1]) if len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1].isdigit() else 0
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().decode("latin-1").lower()] = value.strip().decode("latin-1")
+    return Response(status, headers)
+
+
 # --- frames --------------------------------------------------------------------------------------------
 
 
-def frame_header(opcode: int, size: int) -> bytes:
-    """Header of one final, unmasked server frame of ``size`` payload bytes."""
-    first = 0x80 | opcode
+def frame_header(opcode: int, size: int, *, fin: bool = True, masked: bool = False) -> bytes:
+    """Header of one frame of ``size`` payload bytes: final and unmasked (a server's) unless told otherwise;
+    a masked header is followed by the 4-byte key, then the masked payload."""
+    first = (0x80 if fin else 0) | opcode
+    second = 0x80 if masked else 0
     if size < 126:
-        return bytes((first, size))
+        return bytes((first, second | size))
     if size < 65536:
-        return bytes((first, 126)) + size.to_bytes(2, "big")
-    return bytes((first, 127)) + size.to_bytes(8, "big")
+        return bytes((first, second | 126)) + size.to_bytes(2, "big")
+    return bytes((first, second | 127)) + size.to_bytes(8, "big")
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, key: bytes | None = None) -> bytes:
+    """One client frame: masked with ``key``, a fresh random 4-byte key by default (RFC 6455 5.3)."""
+    key = os.urandom(4) if key is None else key
+    return frame_header(opcode, len(payload), fin=fin, masked=True) + key + apply_mask(payload, key)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: the code, then at most 123 bytes of reason (control frames are <= 125),
+    never a UTF-8 sequence cut in half (the peer would have to fail the connection with 1007)."""
+    cut = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return code.to_bytes(2, "big") + cut
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    """A server's close frame."""
+    payload = close_payload(code, reason)
     return frame_header(OP_CLOSE, len(payload)) + payload
 
 
-def unmask(payload: bytes | bytearray, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask, as one big-integer operation (no per-byte Python loop)."""
+def apply_mask(payload: bytes | bytearray, mask: bytes) -> bytes:
+    """XOR with the 4-byte mask, as one big-integer operation (no per-byte Python loop); masking and
+    unmasking are the same operation."""
     n = len(payload)
     if not n:
         return b""
@@ -146,16 +209,27 @@ _FRAGMENT = object()  # a non-final data frame was taken: look at the next one
 
 
 class FrameReader:
-    """Feed bytes; take complete messages.  Keeps at most one partial frame and one partial message."""
+    """Feed bytes; take complete messages.  Keeps at most one partial frame and one partial message.
 
-    __slots__ = ("_buffer", "_fragments", "_fragments_size", "_max", "_opcode")
+    ``masked=True`` (the server reading a client) requires masked frames, ``masked=False`` (a client
+    reading the server) requires unmasked ones.  ``utf8=False`` hands text messages over as the bytes
+    received, unchecked (the benchmark client only searches them)."""
 
-    def __init__(self, max_message: int) -> None:
+    __slots__ = ("_buffer", "_fragments", "_fragments_size", "_mask_bit", "_max", "_opcode", "_utf8")
+
+    def __init__(self, max_message: int, *, masked: bool = True, utf8: bool = True) -> None:
         self._buffer = bytearray()
         self._max = max_message
+        self._mask_bit = 0x80 if masked else 0
+        self._utf8 = utf8
         self._fragments: list[bytes] = []
         self._fragments_size = 0
         self._opcode = 0  # opcode of the message being reassembled, 0 when none
+
+    @property
+    def idle(self) -> bool:
+        """No partial frame or message is held: the next bytes start a new frame of a new message."""
+        return not self._buffer and not self._opcode
 
     def feed(self, data: bytes) -> list[Message]:
         self._buffer += data
@@ -182,8 +256,9 @@ class FrameReader:
         fin, rsv, opcode = first & 0x80, first & 0x70, first & 0x0F
         if rsv:
             raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
-        if not second & 0x80:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        if second & 0x80 != self._mask_bit:
+            raise FrameError(CLOSE_PROTOCOL_ERROR,
+                             "client frames must be masked" if self._mask_bit else "server frames must not be masked")
         length, offset = second & 0x7F, 2
         if length == 126:
             if len(buf) < 4:
@@ -203,11 +278,17 @@ class FrameReader:
             raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown data opcode {opcode}")
         elif (self._fragments_size if opcode == OP_CONTINUATION else 0) + length > self._max:
             raise FrameError(CLOSE_TOO_BIG, f"message over {self._max} bytes")
-        if len(buf) < offset + 4 + length:
-            return None
-        mask = bytes(buf[offset:offset + 4])
-        payload = unmask(buf[offset + 4:offset + 4 + length], mask)
-        del buf[:offset + 4 + length]
+        if self._mask_bit:
+            end = offset + 4 + length
+            if len(buf) < end:
+                return None
+            payload = apply_mask(buf[offset + 4:end], bytes(buf[offset:offset + 4]))
+        else:
+            end = offset + length
+            if len(buf) < end:
+                return None
+            payload = bytes(buf[offset:end])
+        del buf[:end]
         if control:
             return self._control(opcode, payload)
         if opcode == OP_CONTINUATION:
@@ -226,12 +307,12 @@ class FrameReader:
             payload = b"".join(self._fragments)
             self._fragments, self._fragments_size = [], 0
         kind, self._opcode = self._opcode, 0
-        if kind == OP_TEXT:
+        if kind == OP_TEXT and self._utf8:
             try:
                 return Message(OP_TEXT, payload.decode("utf-8"))
             except UnicodeDecodeError:
                 raise FrameError(CLOSE_BAD_DATA, "text message is not UTF-8") from None
-        return Message(OP_BINARY, payload)
+        return Message(kind, payload)
 
     @staticmethod
     def _control(opcode: int, payload: bytes) -> Message:

@@ -6,31 +6,29 @@ One :class:`asyncio.Protocol` object per TCP connection, listening on the gatewa
 * It reads the HTTP request head (at most ``MAX_HEAD`` bytes, within ``STORM_HANDSHAKE_TIMEOUT_S``).
 * A ``GET /ws`` upgrade is checked by the :class:`~gateway.guard.HandshakeGuard` (Origin, per-IP limit) and
   answered ``101`` here; from then on the same object is the WebSocket: :mod:`gateway.frames` parses the
-  client's frames, the session core (:mod:`storm.protocol.session`) gets the messages, and the per
-  connection :class:`~gateway.outbox.Outbox` writes text frames straight to the transport.  An idle socket
-  holds this object, its transport, its session and outbox: no task, no queue, no HTTP parser state.
+  client's frames and this driver hands complete messages to the connection's
+  :class:`~gateway.connection.Connection`, which owns everything between the socket and the session core
+  (open, outbox, overflow, close, end).  An idle socket holds this object, its transport, the connection,
+  its session and outbox: no task, no queue, no HTTP parser state.
 * Any other request is piped, byte for byte in both directions with flow control, to Hypercorn listening on
   a Unix socket in a private directory: the chat page, ``/healthz``, the tenants API and ``/dev/token``
-  keep Quart and Hypercorn (keep-alive, chunking, errors) unchanged.
+  keep Quart and Hypercorn (keep-alive, chunking, errors) unchanged.  Hypercorn serves no WebSocket.
 
 Why (measured, docs/benchmarks.md): Hypercorn's handling of one idle WebSocket (its stream reader/writer,
 task group, WSStream, h11 and wsproto state, the ASGI queue) was ≈ 19 700 of the ≈ 28 000 bytes an idle
-connection cost, against the 15 000-byte target.  ``STORM_WS_FRONT_DOOR=false`` serves ``/ws`` through
-Hypercorn and :mod:`gateway.ws` again (the in-process tests drive that ASGI path).
+connection cost, against the 15 000-byte target.  This is the only WebSocket path: the ASGI one that
+Hypercorn used to serve (ADR 0006) was retired with the amendment to ADR 0007.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from gateway import frames as f
-from gateway.outbox import Outbox
-from storm.protocol.codes import CloseCode
-from storm.protocol.session import Session
+from gateway.connection import Connection
 
 if TYPE_CHECKING:
     from gateway.guard import HandshakeGuard
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storm.gateway.frontdoor")
 
-INBOX_HIGH = 64  # messages read but not yet handled before the socket stops being read
 CLOSE_WAIT_S = 2.0  # after our close frame, how long the peer has to answer before the socket is cut
 UPSTREAM_RETRY_S = 5.0  # at start-up Hypercorn's socket may not listen yet: keep trying this long
 
@@ -46,24 +43,30 @@ _HEAD, _WS, _CLOSING, _PIPE, _DONE = range(5)
 
 
 class FrontDoor:
-    def __init__(self, gateway: Gateway, guard: HandshakeGuard, upstream_path: str, *, path: str = "/ws") -> None:
+    """Listens on the gateway's public port (``port=0``: any free port, set in :attr:`port` by
+    :meth:`start`)."""
+
+    def __init__(self, gateway: Gateway, guard: HandshakeGuard, upstream_path: str, *, path: str = "/ws",
+                 host: str | None = None, port: int | None = None) -> None:
         cfg = gateway.config
         self.gateway = gateway
         self.guard = guard
         self.upstream_path = upstream_path
         self.path = path
-        self.host, self.port = cfg.host, cfg.port
+        self.host = cfg.host if host is None else host
+        self.port = cfg.port if port is None else port
         self.handshake_timeout_s = cfg.handshake_timeout_s
         self.max_message = 2 * cfg.max_frame_bytes  # what Hypercorn enforced (1009), for the same behaviour
-        self.connections: set[_Connection] = set()
+        self.sockets: set[_Socket] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self, backlog: int = 4096) -> None:
         if self._server is not None:
             raise RuntimeError("the front door is already open")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=backlog,
+        self._server = await loop.create_server(lambda: _Socket(self), self.host, self.port, backlog=backlog,
                                                 reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def stop_listening(self) -> None:
         """No new connections (open ones go on); idempotent."""
@@ -73,20 +76,20 @@ class FrontDoor:
     async def close(self) -> None:
         """Stop listening and cut whatever is still open (after the drain, only stragglers)."""
         self.stop_listening()
-        for conn in list(self.connections):
-            conn.abort()
+        for sock in list(self.sockets):
+            sock.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
             self._server = None
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection: reading its request head, then a WebSocket or a pipe to Hypercorn."""
+class _Socket(asyncio.Protocol):
+    """One TCP connection: its request head, then a WebSocket (the :class:`~gateway.connection.Socket` of a
+    :class:`~gateway.connection.Connection`) or a pipe to Hypercorn."""
 
-    __slots__ = ("_admitted", "_buf", "_door", "_drained", "_inbox", "_ip", "_paused_reading", "_reader",
-                 "_timer", "_transport", "_upstream", "_worker", "_writing_paused", "outbox", "send", "session",
-                 "state")
+    __slots__ = ("_admitted", "_buf", "_door", "_drained", "_ip", "_reader", "_timer", "_transport", "_upstream",
+                 "_writing_paused", "conn", "state")
 
     def __init__(self, door: FrontDoor) -> None:
         self._door = door
@@ -95,21 +98,17 @@ class _Connection(asyncio.Protocol):
         self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._ip = ""
-        self._admitted = False  # counted by the guard and the gateway: released when the socket ends
+        self._admitted = False  # counted by the guard: released when the socket ends
         self._reader: f.FrameReader | None = None
-        self._inbox: collections.deque[str | bytes] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._paused_reading = False
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._upstream: Any = None  # the pipe's transport to Hypercorn
-        self.outbox: Outbox | None = None
-        self.session: Session | None = None
+        self.conn: Connection | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
-        self._door.connections.add(self)
+        self._door.sockets.add(self)
         self._timer = asyncio.get_running_loop().call_later(self._door.handshake_timeout_s, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
@@ -148,24 +147,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         previous, self.state = self.state, _DONE
-        self._door.connections.discard(self)
+        self._door.sockets.discard(self)
         self._cancel_timer()
-        if self._worker is not None:
-            self._worker.cancel()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         if previous == _PIPE and self._upstream is not None:
             self._upstream.close()
         if self._admitted:
             self._admitted = False
-            gateway = self._door.gateway
             self._door.guard.release(self._ip)
-            if self.session is not None:
-                gateway.hub.unregister(self.session)
-                gateway.release()
-                gateway.spawn(self.session.closed())
-            if self.outbox is not None:
-                self.outbox.discard()
+        if self.conn is not None:
+            self.conn.ended()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -219,18 +211,7 @@ class _Connection(asyncio.Protocol):
         self._transport.write(f.switching_protocols(request))
         self.state = _WS
         self._reader = f.FrameReader(door.max_message)
-        gateway = door.gateway
-        not_now = gateway.admit(request.headers)
-        if not_now is not None:  # draining: accepted, then told to go elsewhere at once
-            self._send_close(int(not_now[0]), not_now[1])
-            return
-        cfg = gateway.config
-        self.outbox = Outbox(self._send_frame, self._overflow, max_events=cfg.outbox_max_events,
-                             max_bytes=cfg.outbox_max_bytes, coalesce_max_bytes=cfg.coalesce_max_bytes,
-                             flusher=gateway.flusher, direct=self._write_now)
-        self.send = self.outbox.push  # the session's Transport.send
-        self.session = Session(gateway.session_context, self)
-        gateway.hub.register(self.session)
+        self.conn = Connection.open(door.gateway, self)
         if rest:
             self._frames(rest)
 
@@ -246,8 +227,8 @@ class _Connection(asyncio.Protocol):
         for message in messages:
             op = message.opcode
             if op == f.OP_TEXT or op == f.OP_BINARY:
-                if self.state == _WS and self.session is not None:
-                    self._deliver(message.data)
+                if self.conn is not None:
+                    self.conn.receive(message.data)
             elif op == f.OP_PING:
                 if self.state == _WS:
                     payload = message.data if isinstance(message.data, bytes) else b""
@@ -256,82 +237,31 @@ class _Connection(asyncio.Protocol):
                 self._peer_closed(message.close_code)
                 return
 
-    def _deliver(self, data: str | bytes) -> None:
-        """Messages of one connection are handled one at a time, in order, by a task that exists only while
-        there is something to handle."""
-        if self._inbox is None:
-            self._inbox = collections.deque()
-        self._inbox.append(data)
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._handle_inbox())
-        if len(self._inbox) >= INBOX_HIGH and not self._paused_reading:
-            self._paused_reading = True
-            self._transport.pause_reading()
-
-    async def _handle_inbox(self) -> None:
-        inbox, session = self._inbox, self.session
-        assert inbox is not None and session is not None
-        try:
-            while inbox and self.state == _WS:
-                await session.receive(inbox.popleft())
-                if self._paused_reading and len(inbox) <= INBOX_HIGH // 4:
-                    self._paused_reading = False
-                    self._transport.resume_reading()
-        finally:
-            self._worker = None
-
-    # Transport (storm.protocol.session): ``send`` is the outbox's push, bound at the upgrade.
-    def close(self, code: int, reason: str) -> None:
-        self._door.gateway.spawn(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self.state != _WS:
-            return
-        if self.outbox is not None:
-            if code != CloseCode.SLOW_CONSUMER:
-                await self.outbox.flush(1.0)  # the error event that explains the close goes first
-            self.outbox.discard()
-        if self._worker is not None and self._worker is not asyncio.current_task():
-            self._worker.cancel()  # the peer may never send again: stop handling its frames
-        self._send_close(code, reason)
-
-    def _send_close(self, code: int, reason: str) -> None:
-        if self.state not in (_WS, _CLOSING):
-            return
-        if self.state == _WS:
-            self._transport.write(f.close_frame(code, reason))
-            self.state = _CLOSING
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
-
     def _protocol_error(self, code: int, reason: str) -> None:
-        if self.outbox is not None:
-            self.outbox.discard()
-        self._send_close(code, reason[:120])
+        if self.conn is not None:
+            self.conn.halt()
+        self.close_socket(code, reason)
 
     def _peer_closed(self, code: int | None) -> None:
+        if self.conn is not None:
+            self.conn.halt()
         if self.state == _WS:  # answer the close handshake with the peer's code, then end the connection
-            if self.outbox is not None:
-                self.outbox.discard()
             sendable = code is not None and 1000 <= code < 5000 and code not in (1004, 1005, 1006, 1015)
             self._transport.write(f.close_frame(code) if sendable else f.frame_header(f.OP_CLOSE, 0))  # type: ignore[arg-type]
         self.state = _CLOSING
         self._cancel_timer()
         self._transport.close()
 
-    def _overflow(self) -> None:
-        if self.session is not None:
-            self.session.close(CloseCode.SLOW_CONSUMER, "outgoing queue overflow: reconnect and resume")
-
-    def _write_now(self, frame: bytes) -> bool:
-        """The outbox's direct write: one text frame, now, unless the socket's buffer is full (then the
-        outbox falls back to ``_send_frame``, which waits) or the WebSocket is closing."""
+    # -- Socket (gateway.connection) ---------------------------------------------------------------------
+    def write_frame(self, frame: bytes) -> bool:
+        """One text frame, now, unless the socket's buffer is full (the outbox then falls back to
+        ``send_frame``, which waits) or the WebSocket is closing."""
         if self._writing_paused or self.state != _WS:
             return False
         self._transport.writelines((f.frame_header(f.OP_TEXT, len(frame)), frame))
         return True
 
-    async def _send_frame(self, frame: bytes) -> None:
+    async def send_frame(self, frame: bytes) -> None:
         while self._writing_paused and self.state == _WS:
             if self._drained is None:
                 self._drained = asyncio.get_running_loop().create_future()
@@ -339,6 +269,22 @@ class _Connection(asyncio.Protocol):
         if self.state != _WS:
             raise ConnectionError("the WebSocket is closing")
         self._transport.writelines((f.frame_header(f.OP_TEXT, len(frame)), frame))
+
+    def close_socket(self, code: int, reason: str) -> None:
+        """Our close frame; the peer then has ``CLOSE_WAIT_S`` to answer before the socket is cut."""
+        if self.state != _WS:
+            return
+        self._transport.write(f.close_frame(code, reason))
+        self.state = _CLOSING
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_WAIT_S, self.abort)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.state == _WS:
+            self._transport.resume_reading()
 
     # -- pipe to Hypercorn -----------------------------------------------------------------------------
     def _pipe(self) -> None:
@@ -375,7 +321,7 @@ class _Upstream(asyncio.Protocol):
 
     __slots__ = ("_client", "_transport")
 
-    def __init__(self, client: _Connection) -> None:
+    def __init__(self, client: _Socket) -> None:
         self._client = client
         self._transport: Any = None
 

@@ -1,6 +1,7 @@
-"""Handshake guard: checks a WebSocket upgrade before the application accepts it (docs/security.md).
+"""Handshake guard: checks a WebSocket upgrade before the front door accepts it (docs/security.md).
 
-An ASGI middleware around the Quart app, so a refused socket costs no session, no task and no outbox:
+Called by the front door (gateway/frontdoor.py) with the request head, before the ``101``, so a refused
+socket costs no session, no task and no outbox:
 
 * **Origin allowlist** (cross-site WebSocket hijacking).  Browsers always send ``Origin``; a page on
   another site that tries to open ``/ws`` with the victim's cookies or network position is refused with
@@ -11,35 +12,24 @@ An ASGI middleware around the Quart app, so a refused socket costs no session, n
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
   from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.
 
-Refusals are HTTP responses sent instead of the upgrade (the ASGI ``websocket.http.response`` extension,
-which Hypercorn supports); a server without it gets ``websocket.close`` before accept, which it turns
-into a 403 itself.  The client IP is the socket's peer: behind a load balancer, configure it to limit per
-client IP itself (the gateway sees the balancer's address).
+Refusals are HTTP responses sent instead of the ``101``.  The client IP is the socket's peer: behind a
+load balancer, configure it to limit per client IP itself (the gateway sees the balancer's address).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
 
 from storm.config import Config
-from storm.protocol.codes import CloseCode
 
 log = logging.getLogger("storm.gateway.guard")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class HandshakeGuard:
-    def __init__(self, app: ASGIApp, config: Config) -> None:
-        self._app = app
+    def __init__(self, config: Config) -> None:
         self._allowed = config.origins()
         self._embedded = config.mode == "embedded"
         self._own = frozenset(f"{scheme}://{host}:{config.port}" for scheme in ("http", "https")
@@ -48,26 +38,9 @@ class HandshakeGuard:
         self.per_ip: dict[str, int] = {}
         self.refused = {"origin": 0, "per_ip": 0}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            await self._app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        client = scope.get("client")
-        ip = str(client[0]) if client else "-"
-        refusal = self.admit(headers, ip)
-        if refusal is not None:
-            await _refuse(scope, send, refusal)
-            return
-        try:
-            await self._app(scope, receive, send)
-        finally:
-            self.release(ip)
-
     def admit(self, headers: dict[str, str], ip: str) -> Refusal | None:
         """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip``,
-        and the caller must ``release(ip)`` when the socket ends.  Used by this middleware and by the
-        front door (gateway/frontdoor.py)."""
+        and the caller must ``release(ip)`` when the socket ends."""
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, headers.get("host", "")):
             self.refused["origin"] += 1
@@ -101,11 +74,9 @@ class HandshakeGuard:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """An upgrade refused before it happens: an HTTP status and body, or a close code where HTTP is not
-    possible."""
+    """An upgrade refused before it happens: the HTTP status, reason and ``Retry-After`` to answer with."""
 
     status: int
-    close_code: int
     reason: str
     retry_after: int = 0
 
@@ -119,17 +90,5 @@ class Refusal:
         return (("Retry-After", str(self.retry_after)),) if self.retry_after else ()
 
 
-ORIGIN_REFUSED = Refusal(403, CloseCode.POLICY, "origin not allowed")
-PER_IP_REFUSED = Refusal(429, CloseCode.TOO_MANY_CONNECTIONS, "too many connections from this address", 5)
-
-
-async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
-    extensions = scope.get("extensions") or {}
-    if "websocket.http.response" in extensions:
-        body = refusal.body
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in refusal.headers]
-        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-    else:
-        await send({"type": "websocket.close", "code": int(refusal.close_code), "reason": refusal.reason})
+ORIGIN_REFUSED = Refusal(403, "origin not allowed")
+PER_IP_REFUSED = Refusal(429, "too many connections from this address", 5)

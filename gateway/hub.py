@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from storm.ports.broker import BroadcastSubscription, Broker, Record
@@ -33,7 +34,7 @@ class Hub:
         self._clock = clock
         self._sweep_interval = sweep_interval_s
         self._groups: dict[tuple[str, str], set[Session]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # serialises the broker's add/remove of one channel
         self._sessions: set[Session] = set()
         self._sub: BroadcastSubscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -48,10 +49,9 @@ class Hub:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+            sweeper, self._sweeper = self._sweeper, None
+            sweeper.cancel()
+            await asyncio.wait([sweeper])  # not `suppress(CancelledError)`: that would swallow our caller's
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):
@@ -69,17 +69,13 @@ class Hub:
     def sessions(self) -> set[Session]:
         return self._sessions
 
-    def channel_count(self) -> int:
-        return len(self._groups)
-
     async def join(self, session: Session, workspace: str, channel: str) -> None:
         key = (workspace, channel)
         group = self._groups.get(key)
         if group is not None:
             group.add(session)
             return
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(key):
             group = self._groups.get(key)
             if group is None:
                 assert self._sub is not None, "hub not started"
@@ -95,15 +91,12 @@ class Hub:
         group.discard(session)
         if group:
             return
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(key):
             group = self._groups.get(key)
             if group is not None and not group:
                 del self._groups[key]
                 if self._sub is not None:
                     await self._sub.remove(workspace, channel)
-            if not lock._waiters:
-                self._locks.pop(key, None)
 
     # -- fan-out ----------------------------------------------------------------------------------------
     def _on_record(self, record: Record) -> None:
@@ -142,3 +135,39 @@ class Hub:
                     session.check_deadlines(now)
                 except Exception:
                     log.exception("deadline check failed for %r", session)
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, kept only while a coroutine holds it or waits for it: a count of
+    users per key, not the lock's private waiter list."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], _Entry] = {}
+
+    def __len__(self) -> int:
+        """Keys held or waited for now."""
+        return len(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._entries[key]
+
+
+class _Entry:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0

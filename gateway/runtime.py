@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from gateway.hub import Hub
@@ -88,10 +88,7 @@ class Gateway:
                 await unwatch()
         await self.hub.stop()
         self.flusher.close()
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -103,8 +100,8 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    def admit(self, headers: dict[str, str]) -> tuple[int, str] | None:
-        """None to accept a new socket, or (close code, reason) to refuse it."""
+    def admit(self) -> tuple[int, str] | None:
+        """None to accept a new socket (counted until :meth:`release`), or (close code, reason) to refuse it."""
         if not self.accepting:
             return (CloseCode.SERVICE_RESTART, "gateway restarting")
         self.connections += 1
@@ -112,3 +109,13 @@ class Gateway:
 
     def release(self) -> None:
         self.connections -= 1
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended, whatever they raise; the caller's own cancellation
+    while it waits is not swallowed (it propagates, as it must for the caller's ``stop`` to be cancellable)."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)

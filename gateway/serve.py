@@ -32,15 +32,12 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc.errorlog = error_log
     hc.loglevel = "WARNING"
     hc.backlog = 4096
-    # frames over STORM_MAX_FRAME_BYTES get a `too_large` error from the session; frames over twice that
-    # are refused by the server library with close 1009 before they are buffered whole
-    hc.websocket_max_message_size = 2 * cfg.max_frame_bytes
-    hc.websocket_ping_interval = None  # the protocol has its own ping and idle timeout
+    # WebSockets never reach Hypercorn: the front door serves /ws (ADR 0007); Quart has no WebSocket route
     hc.graceful_timeout = cfg.drain_timeout_s
     # Slow handshakes (slowloris): the front door (gateway/frontdoor.py) cuts a connection whose request
     # head is not complete STORM_HANDSHAKE_TIMEOUT_S after its first byte; where Hypercorn reads requests
-    # itself (piped connections after their first request, apps without a gateway, STORM_WS_FRONT_DOOR=
-    # false), its idle timer does the same.  Heads are bounded to 16 KiB either way.
+    # itself (piped connections after their first request, apps without a gateway), its idle timer does
+    # the same.  Heads are bounded to 16 KiB either way.
     hc.keep_alive_timeout = cfg.handshake_timeout_s
     return hc
 
@@ -72,7 +69,7 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
     hc = hypercorn_config(cfg)
     door: Any = None
     private_dir = None
-    if gateway is not None and cfg.ws_front_door:
+    if gateway is not None:
         from gateway.frontdoor import FrontDoor
 
         private_dir = tempfile.mkdtemp(prefix="storm-http-", dir=_short_temp_dir())  # 0700: only this user
@@ -99,7 +96,7 @@ async def serve_app(app: Quart, cfg: Config, *, stop: asyncio.Event | None = Non
             door.stop_listening()
 
     try:
-        await serve(app, hc, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve(app, hc, shutdown_trigger=shutdown_trigger)
     finally:
         if door is not None:
             await door.close()

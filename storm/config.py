@@ -42,10 +42,6 @@ class Config:
         "HS256 key of the dev token issuer (embedded mode only; at least 32 bytes).",
     )
     token_ttl_s: int = _setting(3600, "STORM_TOKEN_TTL_S", "Lifetime of dev tokens, seconds.")
-    ws_front_door: bool = _setting(
-        True, "STORM_WS_FRONT_DOOR", "Serve /ws with the gateway's own lean WebSocket protocol and pipe other "
-        "HTTP to Hypercorn on a private Unix socket (ADR 0007); false: Hypercorn serves /ws too."
-    )
     handshake_timeout_s: float = _setting(
         5.0, "STORM_HANDSHAKE_TIMEOUT_S", "A connection must complete its HTTP request head (the WebSocket "
         "upgrade included) within this, however slowly its bytes arrive; also the HTTP keep-alive timeout."

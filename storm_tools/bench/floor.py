@@ -1,7 +1,8 @@
 """The floor: the least a Python WebSocket broadcaster can do per delivery (docs/benchmarks.md).
 
-A bare asyncio + uvloop server with its own minimal handshake and frame parser.  It speaks just enough of
-STORM's protocol for the bench client to work unchanged:
+A bare asyncio + uvloop server over the one RFC 6455 codec (:mod:`gateway.frames`, standard library only:
+the handshake and the frame reader the gateway's front door uses, nothing else of the gateway).  It speaks
+just enough of STORM's protocol for the bench client to work unchanged:
 
 * ``{"op":"auth",...}``      -> ``{"type":"hello","v":1}`` (the token is not checked)
 * ``{"op":"subscribe",...}`` -> ``{"type":"subscribed","channel":C,"offset":N}``; the socket joins C
@@ -18,13 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import struct
 import sys
 
 import msgspec
 
+from gateway import frames as f
 from storm_tools.bench.procs import raise_nofile
-from storm_tools.bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, accept_key, encode_frame, mask_payload
 
 _decode = msgspec.json.Decoder().decode
 MAX_FRAME = 1 << 20
@@ -44,7 +44,7 @@ class Floor:
         subs = self.channels.get(channel)
         if subs:
             body = b'{"offset":%d,"type":"message",%s' % (self.offset, payload[1:])
-            frame = encode_frame(OP_TEXT, body, mask=False)  # encoded once per message
+            frame = f.frame_header(f.OP_TEXT, len(body)) + body  # encoded once per message
             for conn in subs:
                 conn.transport.write(frame)  # one write per subscriber, never coalesced
             self.deliveries += len(subs)
@@ -53,14 +53,14 @@ class Floor:
 
 
 class FloorConnection(asyncio.Protocol):
-    __slots__ = ("_buf", "_handshaking", "channels", "floor", "transport")
+    __slots__ = ("_head", "_reader", "channels", "floor", "transport")
 
     def __init__(self, floor: Floor) -> None:
         self.floor = floor
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.channels: list[str] = []
-        self._buf = b""
-        self._handshaking = True
+        self._head: bytearray | None = bytearray()  # the request head until the upgrade, then None
+        self._reader = f.FrameReader(MAX_FRAME, utf8=False)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -73,79 +73,41 @@ class FloorConnection(asyncio.Protocol):
         self.channels = []
 
     def data_received(self, data: bytes) -> None:
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        if self._handshaking:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > 16384:
-                    self.transport.abort()
-                else:
-                    self._buf = data
-                return
-            if not self._handshake(data[:end]):
-                return
-            data = data[end + 4:]
-        pos, n = 0, len(data)
-        while n - pos >= 6:
-            b0, b1 = data[pos], data[pos + 1]
-            if not b1 & 0x80 or b0 & 0x70:  # client frames must be masked; no extensions
+        if self._head is not None:
+            self._head += data
+            try:
+                request = f.parse_head(self._head)
+            except f.HeadTooLarge:
                 self.transport.abort()
                 return
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 8:
-                    break
-                length = struct.unpack_from("!H", data, start)[0]
-                start += 2
-            elif length == 127:
-                if n - pos < 14:
-                    break
-                length = struct.unpack_from("!Q", data, start)[0]
-                start += 8
-            if length > MAX_FRAME:
-                self.transport.abort()
+            if request is None:
                 return
-            stop = start + 4 + length
-            if stop > n:
-                break
-            payload = mask_payload(data[start + 4:stop], data[start:start + 4])
-            pos = stop
-            opcode = b0 & 0x0F
-            if opcode == OP_TEXT:
-                self._command(payload)
-            elif opcode == OP_PING:
-                self.transport.write(encode_frame(OP_PONG, payload, mask=False))
-            elif opcode == OP_CLOSE:
-                self.transport.write(encode_frame(OP_CLOSE, payload[:2], mask=False))
+            if f.handshake_problem(request) is not None:
+                self.transport.write(f.http_response(400, "Bad Request", b""))
                 self.transport.close()
                 return
-            elif opcode != OP_PONG:  # fragmented client frames are not needed by the benches
-                self.transport.abort()
+            self.transport.write(f.switching_protocols(request))
+            data, self._head = bytes(self._head[request.head_size:]), None
+        try:
+            messages = self._reader.feed(data)
+        except f.FrameError:  # unmasked, oversized...: the benches never send such frames
+            self.transport.abort()
+            return
+        for message in messages:
+            op, payload = message.opcode, message.data
+            assert isinstance(payload, bytes)
+            if op == f.OP_TEXT:
+                self._command(payload)
+            elif op == f.OP_PING:
+                self.transport.write(f.frame_header(f.OP_PONG, len(payload)) + payload)
+            elif op == f.OP_CLOSE:
+                code = message.close_code
+                self.transport.write(f.frame_header(f.OP_CLOSE, 0) if code is None else f.close_frame(code))
+                self.transport.close()
                 return
-        if pos < n:
-            self._buf = data[pos:]
-
-    def _handshake(self, head: bytes) -> bool:
-        key = b""
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"sec-websocket-key":
-                key = value.strip()
-        if not key:
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                                 b"Connection: close\r\n\r\n")
-            self.transport.close()
-            return False
-        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key))
-        self._handshaking = False
-        return True
 
     def _send(self, body: bytes) -> None:
-        self.transport.write(encode_frame(OP_TEXT, body, mask=False))
+        self.transport.write(f.frame_header(f.OP_TEXT, len(body)) + body)
 
     def _command(self, payload: bytes) -> None:
         try:

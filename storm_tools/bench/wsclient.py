@@ -1,16 +1,18 @@
 """A minimal, fast asyncio WebSocket client (RFC 6455) for the benchmarks (docs/benchmarks.md).
 
 Every bench talks to the STORM gateway and to the floor server through this one class, so both are
-measured with the same client.  It is a raw :class:`asyncio.Protocol`:
+measured with the same client.  It is a raw :class:`asyncio.Protocol` over the one RFC 6455 codec,
+:mod:`gateway.frames` (standard library only; the gateway's front door uses it for the server end):
 
-* handshake: HTTP/1.1 ``GET`` with ``Upgrade: websocket``, a random 16-byte ``Sec-WebSocket-Key``, and
-  verification of the ``101`` status and of ``Sec-WebSocket-Accept`` (SHA-1 of key + GUID, base64);
+* handshake: ``GET`` with ``Upgrade: websocket`` and a random ``Sec-WebSocket-Key``, then the ``101``
+  status and ``Sec-WebSocket-Accept`` are checked;
 * client frames are masked with a fresh random 4-byte key (RFC 6455 5.3);
-* server frames must be unmasked; 7/16/64-bit lengths, fragmented messages (continuation frames,
-  control frames interleaved), ``ping`` -> ``pong``, ``close`` -> echo the close and drop the socket.
+* server frames must be unmasked; fragmented messages are reassembled, ``ping`` -> ``pong``, ``close`` ->
+  echo the close and drop the socket.
 
 No extensions are negotiated, so RSV bits must be zero.  Text payloads are handed over as ``bytes``
-without UTF-8 validation: the benches only search them for markers.
+without UTF-8 validation: the benches only search them for markers.  A read holding exactly one complete
+unfragmented text frame (the common case) skips the reader.
 
 Subclass and override :meth:`on_message`, :meth:`on_open` and :meth:`on_close`; :meth:`send_text` sends.
 """
@@ -18,52 +20,17 @@ Subclass and override :meth:`on_message`, :meth:`on_open` and :meth:`on_close`; 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import os
-import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from gateway import frames as f
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_MESSAGE = 64 * 1024 * 1024
+MAX_RESPONSE_HEAD = 16 * 1024
 
 
 class WebSocketError(Exception):
     """The peer broke the protocol (bad handshake, masked server frame, bad opcode...)."""
-
-
-def accept_key(key: bytes) -> bytes:
-    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (both base64 ASCII)."""
-    return base64.b64encode(hashlib.sha1(key + GUID, usedforsecurity=False).digest())  # RFC 6455 handshake
-
-
-def mask_payload(payload: bytes, key: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``key`` repeated (masking and unmasking are the same operation)."""
-    n = len(payload)
-    if not n:
-        return b""
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
-
-
-def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False) -> bytes:
-    b0 = (0x80 if fin else 0) | opcode
-    m = 0x80 if masked else 0
-    if length < 126:
-        return bytes((b0, m | length))
-    if length < 65536:
-        return struct.pack("!BBH", b0, m | 126, length)
-    return struct.pack("!BBQ", b0, m | 127, length)
-
-
-def encode_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
-    """One complete frame; ``mask=True`` for client frames (random key), False for server frames."""
-    if not mask:
-        return frame_header(opcode, len(payload)) + payload
-    key = os.urandom(4)
-    return frame_header(opcode, len(payload), masked=True) + key + mask_payload(payload, key)
 
 
 class WSClient(asyncio.Protocol):
@@ -75,16 +42,14 @@ class WSClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.host = host
         self.port = port
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # uvloop's TCPTransport is no asyncio.Transport subclass
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[int | None] = loop.create_future()
         self.close_code: int | None = None
-        self.frames = 0  # data frames (text/binary, or first fragment) received
-        self._key = base64.b64encode(os.urandom(16))
-        self._handshaking = True
-        self._buf = b""
-        self._frag_op = 0
-        self._frag: list[bytes] = []
+        self.frames = 0  # data messages received
+        self._key = f.new_key()
+        self._head: bytes | None = b""  # the response head while handshaking, then None
+        self._reader = f.FrameReader(MAX_MESSAGE, masked=False, utf8=False)
         self._close_sent = False
 
     # -- hooks ------------------------------------------------------------------------------------------
@@ -101,8 +66,7 @@ class WSClient(asyncio.Protocol):
     def send_text(self, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
-        assert self.transport is not None
-        self.transport.write(encode_frame(OP_TEXT, data, mask=True))
+        self.transport.write(f.client_frame(f.OP_TEXT, data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (once) and drop the socket; the bench does not wait for the peer's echo."""
@@ -110,18 +74,13 @@ class WSClient(asyncio.Protocol):
             return
         if not self._close_sent:
             self._close_sent = True
-            self.transport.write(encode_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120],
-                                              mask=True))
+            self.transport.write(f.client_frame(f.OP_CLOSE, f.close_payload(code, reason)))
         self.transport.close()
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is no subclass
-        transport.write(
-            b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % (self.path.encode(), self.host.encode(), self.port, self._key)
-        )
+        self.transport = transport
+        self.transport.write(f.upgrade_request(self.path, f"{self.host}:{self.port}", self._key))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -131,7 +90,7 @@ class WSClient(asyncio.Protocol):
         self.on_close(self.close_code)
 
     def data_received(self, data: bytes) -> None:
-        if not self._buf and not self._handshaking and not self._frag_op and data[0] == 0x81:
+        if self._head is None and data[0] == 0x81 and self._reader.idle:
             # fast path: the read is exactly one complete unfragmented text frame (the common case)
             n, length = len(data), data[1]
             if length < 126:
@@ -143,142 +102,81 @@ class WSClient(asyncio.Protocol):
                 self.frames += 1
                 self.on_message(data[4:], False)
                 return
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        if self._handshaking:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                if len(data) > 16384:
-                    self._fail(WebSocketError("handshake response too large"))
-                    return
-                self._buf = data
-                return
-            try:
-                self._check_handshake(data[:end])
-            except WebSocketError as exc:
-                self._fail(exc)
-                return
-            self._handshaking = False
-            self.opened.set_result(None)
-            self.on_open()
-            data = data[end + 4:]
+        if self._head is not None:
+            data = self._handshake(data)
             if not data:
                 return
         try:
-            self._parse(data)
-        except WebSocketError as exc:
-            self._fail(exc)
+            messages = self._reader.feed(data)
+        except f.FrameError as exc:
+            self._fail(WebSocketError(exc.reason))
+            return
+        for message in messages:
+            self._message(message)
 
     # -- internals --------------------------------------------------------------------------------------
-    def _check_handshake(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        status = lines[0].split(None, 2)
-        if len(status) < 2 or status[1] != b"101":
-            raise WebSocketError(f"handshake refused: {lines[0][:100]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get(b"upgrade", b"").lower() != b"websocket":
-            raise WebSocketError("handshake: missing Upgrade: websocket")
-        if headers.get(b"sec-websocket-accept") != accept_key(self._key):
-            raise WebSocketError("handshake: wrong Sec-WebSocket-Accept")
+    def _handshake(self, data: bytes) -> bytes:
+        """Take the response head from ``data``; the bytes after it (frames), or b"" while it is incomplete
+        or when the handshake failed."""
+        assert self._head is not None
+        buffered = self._head + data
+        end = buffered.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffered) > MAX_RESPONSE_HEAD:
+                self._fail(WebSocketError("handshake response too large"))
+            else:
+                self._head = buffered
+            return b""
+        response = f.parse_response_head(buffered[:end])
+        if not response.upgraded(self._key):
+            first_line = buffered[:min(end, 100)].split(b"\r\n")[0]
+            self._fail(WebSocketError(f"handshake refused: {first_line!r}"))
+            return b""
+        self._head = None
+        self.opened.set_result(None)
+        self.on_open()
+        return buffered[end + 4:]
 
     def _fail(self, exc: Exception) -> None:
+        self._head = b""
         if not self.opened.done():
             self.opened.set_exception(exc)
         if self.transport is not None:
             self.transport.abort()
 
-    def _parse(self, data: bytes) -> None:
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            if b1 & 0x80:
-                raise WebSocketError("masked server frame")
-            if b0 & 0x70:
-                raise WebSocketError("reserved bits set")
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                start = pos + 10
-                if length > MAX_MESSAGE:
-                    raise WebSocketError("frame too large")
-            stop = start + length
-            if stop > end:
-                break
-            payload = data[start:stop]
-            pos = stop
-            opcode = b0 & 0x0F
-            fin = b0 & 0x80
-            if opcode == OP_TEXT or opcode == OP_BINARY:
-                if self._frag_op:
-                    raise WebSocketError("new data frame inside a fragmented message")
-                self.frames += 1
-                if fin:
-                    self.on_message(payload, opcode == OP_BINARY)
-                else:
-                    self._frag_op = opcode
-                    self._frag = [payload]
-            elif opcode == OP_CONT:
-                if not self._frag_op:
-                    raise WebSocketError("continuation frame without a message")
-                self._frag.append(payload)
-                if fin:
-                    whole = b"".join(self._frag)
-                    op, self._frag_op, self._frag = self._frag_op, 0, []
-                    self.on_message(whole, op == OP_BINARY)
-            else:
-                self._control(opcode, fin, payload)
-        if pos < end:
-            self._buf = data[pos:]
-
-    def _control(self, opcode: int, fin: int, payload: bytes) -> None:
-        if not fin or len(payload) > 125:
-            raise WebSocketError("fragmented or oversized control frame")
-        assert self.transport is not None
-        if opcode == OP_PING:
+    def _message(self, message: f.Message) -> None:
+        op, data = message.opcode, message.data
+        if op == f.OP_TEXT or op == f.OP_BINARY:
+            self.frames += 1
+            self.on_message(data if isinstance(data, bytes) else data.encode(), op == f.OP_BINARY)
+        elif op == f.OP_PING:
             if not self._close_sent:
-                self.transport.write(encode_frame(OP_PONG, payload, mask=True))
-        elif opcode == OP_PONG:
-            pass
-        elif opcode == OP_CLOSE:
-            self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self.transport.write(f.client_frame(f.OP_PONG, data if isinstance(data, bytes) else b""))
+        elif op == f.OP_CLOSE:
+            code = message.close_code
+            self.close_code = 1005 if code is None else code  # 1005: the peer sent no code
             if not self._close_sent:
                 self._close_sent = True
-                echo = payload[:2] if len(payload) >= 2 else b""
-                self.transport.write(encode_frame(OP_CLOSE, echo, mask=True))
+                self.transport.write(f.client_frame(f.OP_CLOSE, b"" if code is None else code.to_bytes(2, "big")))
             self.transport.close()
-        else:
-            raise WebSocketError(f"unknown opcode {opcode}")
+
+
+C = TypeVar("C", bound=WSClient)
 
 
 async def connect(
-    factory: type[WSClient] | object,
+    factory: Callable[[], C],
     host: str,
     port: int,
     *,
     source: str | None = None,
     timeout: float = 10.0,
-) -> WSClient:
-    """Open a connection with ``factory()`` (a zero-argument callable returning a WSClient) and wait for
-    the handshake.  ``source`` binds the local address (e.g. 127.0.0.2) to spread ephemeral ports."""
+) -> C:
+    """Open a connection with ``factory()`` and wait for the handshake.  ``source`` binds the local address
+    (e.g. 127.0.0.2) to spread ephemeral ports."""
     loop = asyncio.get_running_loop()
     local = (source, 0) if source else None
-    _, proto = await asyncio.wait_for(
-        loop.create_connection(factory, host, port, local_addr=local), timeout  # type: ignore[arg-type]
-    )
-    assert isinstance(proto, WSClient)
+    _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port, local_addr=local), timeout)
     try:
         await asyncio.wait_for(asyncio.shield(proto.opened), timeout)
     except BaseException:

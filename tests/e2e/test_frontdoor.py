@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import websockets
 
+from gateway.frames import OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT
 from tests.e2e.conftest import ROOT, _free_port, _healthy
 from tests.e2e.test_gateway_ws import GENERAL, Client, _token
 from tests.unit.test_frames import client_frame
 
 pytestmark = pytest.mark.e2e
 
-OP_TEXT, OP_BINARY, OP_CONT, OP_CLOSE, OP_PING = 0x1, 0x2, 0x0, 0x8, 0x9
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
@@ -51,6 +51,7 @@ async def _upgraded(base: str, extra: bytes = b"") -> tuple[asyncio.StreamReader
 
 
 async def _server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One server frame, read with a parser of its own (an oracle independent of gateway/frames.py)."""
     first, second = await asyncio.wait_for(reader.readexactly(2), 10)
     assert not second & 0x80, "server frames are never masked"
     size = second & 0x7F
@@ -88,6 +89,26 @@ async def test_a_request_body_reaches_the_tenants_api_and_errors_come_back(storm
            + b"\r\n\r\n" + body)
     answer = await _http(storm_dev_server, raw)
     assert answer.startswith(b"HTTP/1.1 400") and b'"field":"slug"' in answer.replace(b" ", b"")
+
+
+async def test_an_upgrade_on_a_kept_alive_http_connection_is_not_served_by_hypercorn(storm_dev_server: str) -> None:
+    """The front door is the only WebSocket path (ADR 0007, amended): an upgrade sent as the second request of
+    a piped connection reaches Hypercorn, whose app has no WebSocket route."""
+    two = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+           b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    reader, writer = await asyncio.open_connection(*_addr(storm_dev_server))
+    writer.write(two)
+    answer = b""
+    try:
+        while b"HTTP/1.1 404" not in answer:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 404" in answer and b" 101 " not in answer
 
 
 async def test_malformed_and_oversized_request_heads_are_answered_by_the_front_door(storm_dev_server: str) -> None:
@@ -151,12 +172,12 @@ async def test_ping_gets_pong_and_fragmented_text_is_one_command(storm_dev_serve
     reader, writer = await _upgraded(storm_dev_server)
     try:
         writer.write(client_frame(OP_PING, b"are you there"))
-        assert await _server_frame(reader) == (0xA, b"are you there")
+        assert await _server_frame(reader) == (OP_PONG, b"are you there")
         auth = json.dumps({"op": "auth", "token": _token(storm_dev_server, "bob")}).encode()
         half = len(auth) // 2
         writer.write(client_frame(OP_TEXT, auth[:half], fin=False) + client_frame(OP_PING, b"")
-                     + client_frame(OP_CONT, auth[half:]))
-        assert (await _server_frame(reader))[0] == 0xA  # the ping in the middle is answered at once
+                     + client_frame(OP_CONTINUATION, auth[half:]))
+        assert (await _server_frame(reader))[0] == OP_PONG  # the ping in the middle is answered at once
         assert any(e["type"] == "hello" for e in await _events(reader, "hello"))
     finally:
         writer.close()

@@ -220,62 +220,6 @@ async def test_a_handshake_dribbled_byte_by_byte_is_dropped(storm_dev_server):
     await c.ws.close()
 
 
-async def test_frames_written_straight_to_hypercorns_transport_arrive_intact():
-    """gateway/ws.py writes data frames itself under Hypercorn (ADR 0006).  Against the installed Hypercorn:
-    the shortcut is found (a release that reshapes its classes fails here instead of silently falling back
-    to the slower path), frames of every header length arrive intact and in order, interleaved with
-    frames sent through ASGI (with permessage-deflate negotiated: the client offers it by default, and
-    uncompressed frames stay valid under it), and after a close the shortcut refuses to write."""
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HypercornConfig
-
-    from gateway.ws import direct_writer
-    from tests.e2e.conftest import _free_port
-
-    payloads = [b'{"n":1,"t":"\xc3\xa9"}', b"x" * 200, b"y" * 70_000, b'{"n":4}']
-    found: list[bool] = []
-    refused_after_close: list[bool] = []
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
-            return
-        await receive()
-        await send({"type": "websocket.accept"})
-        write = direct_writer(send)
-        found.append(write is not None)
-        assert write is not None
-        assert write(payloads[0]) and write(payloads[1])
-        await send({"type": "websocket.send", "text": "via asgi"})
-        assert write(payloads[2]) and write(payloads[3])
-        await receive()  # the client's "bye"
-        await send({"type": "websocket.close", "code": 1000})
-        refused_after_close.append(not write(b"late"))
-
-    port = _free_port()
-    hc = HypercornConfig()
-    hc.bind = [f"127.0.0.1:{port}"]
-    hc.accesslog = hc.errorlog = None
-    stop = asyncio.Event()
-    server = asyncio.get_running_loop().create_task(serve(app, hc, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    try:
-        for _ in range(100):
-            try:
-                ws = await websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None)
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(5)]
-        await ws.send("bye")
-        with pytest.raises(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
-        assert got == [payloads[0].decode(), payloads[1].decode(), "via asgi", payloads[2].decode(),
-                       payloads[3].decode()]
-        assert found == [True] and refused_after_close == [True]
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 10)
-
-
 async def test_a_client_that_stops_reading_is_closed_4008_while_a_reader_gets_everything(tmp_path):
     """Over real sockets (docs/delivery.md, slow consumers): frames fill the non-reader's socket buffers,
     then its outbox; past STORM_OUTBOX_MAX_EVENTS it is closed with 4008, while a client that reads in the

@@ -1,4 +1,5 @@
-"""Through the real app (gateway + tenants API, Quart test client): removal, ban and logout close open
+"""Through the real app: the tenants API by Quart's test client, WebSockets through the app's own front door
+on a real socket (the production path, tests/support/front_door.py): removal, ban and logout close open
 sockets with 4010 within a second; the handshake guard refuses foreign origins (403) and connection floods
 from one address (429).  docs/security.md."""
 
@@ -11,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from gateway.frontdoor import FrontDoor
 from storm.adapters.dev_identity import DevIdentity
 from storm.bootstrap import build_services
 from storm.config import Config
 from storm.protocol.codes import CloseCode
 from storm_cli.apps import dev_app
-from tests.support.asgi_ws import AsgiWs, Refused
+from tests.support.front_door import Refused, WsClient, front_door
 
 pytestmark = pytest.mark.security
 
@@ -28,6 +30,7 @@ class App:
     client: Any
     identity: DevIdentity
     app: Any
+    door: FrontDoor
 
     def token(self, user: str, workspace: str = SLUG) -> str:
         return self.identity.issue(f"dev|{user}", workspace, user.title())
@@ -48,8 +51,8 @@ async def _app(tmp_path: Any, **overrides: Any) -> Any:
 @pytest.fixture
 async def env(tmp_path) -> AsyncIterator[App]:
     app, identity = await _app(tmp_path)
-    async with app.test_app() as test_app:
-        env = App(test_app.test_client(), identity, app)
+    async with app.test_app() as test_app, front_door(app) as door:
+        env = App(test_app.test_client(), identity, app, door)
         status, _ = await env.rest("POST", "/v1/workspaces", "alice", json={"slug": SLUG, "name": "Acme"})
         assert status == 201
         for user in ("bob", "carol"):
@@ -59,15 +62,15 @@ async def env(tmp_path) -> AsyncIterator[App]:
         yield env
 
 
-async def _hello(ws: AsgiWs, token: str) -> dict[str, Any]:
+async def _hello(ws: WsClient, token: str) -> dict[str, Any]:
     await ws.send({"op": "auth", "token": token})
     hello = await ws.event()
     assert hello["type"] == "hello", hello
     return hello
 
 
-def ws(env: App, **kw: Any) -> AsgiWs:
-    return AsgiWs(env.app, **kw)
+def ws(env: App, **kw: Any) -> WsClient:
+    return WsClient(env.door, **kw)
 
 
 async def _user_id(env: App, user: str) -> str:
@@ -129,7 +132,7 @@ async def test_logout_revokes_the_token_and_closes_the_callers_sockets(env):
         await _hello(fresh, env.token("bob"))
 
 
-async def _events_until(sock: AsgiWs, kind: str) -> list[dict[str, Any]]:
+async def _events_until(sock: WsClient, kind: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     while not seen or seen[-1]["type"] != kind:
         seen.extend(await sock.receive(timeout=1.0))
@@ -165,20 +168,20 @@ async def test_removal_from_a_private_channel_ends_the_open_subscription_only(en
 
 
 # -- handshake guard ----------------------------------------------------------------------------------
-async def _refused(app: Any, **kw: Any) -> Refused:
+async def _refused(door: FrontDoor, **kw: Any) -> Refused:
     with pytest.raises(Refused) as info:
-        async with AsgiWs(app, **kw):
+        async with WsClient(door, **kw):
             pass
     return info.value
 
 
-async def _usable(sock: AsgiWs) -> None:
+async def _usable(sock: WsClient) -> None:
     await sock.send({"op": "ping"})
     assert (await sock.event())["code"] == "unauthenticated"  # reached the session: the upgrade went through
 
 
 async def test_foreign_origin_is_refused_with_403_before_upgrade(env):
-    refused = await _refused(env.app, origin="https://evil.example")
+    refused = await _refused(env.door, origin="https://evil.example")
     assert refused.status == 403
     assert env.app.extensions["guard"].refused["origin"] == 1
 
@@ -186,33 +189,36 @@ async def test_foreign_origin_is_refused_with_403_before_upgrade(env):
 async def test_same_origin_and_no_origin_are_allowed_in_embedded_mode(env):
     for origin, host in (("http://localhost:9000", "localhost:9000"), ("http://127.0.0.1:8000", "x:1"),
                          (None, "127.0.0.1:8000")):
-        async with AsgiWs(env.app, origin=origin, host=host) as sock:
+        async with WsClient(env.door, origin=origin, host=host) as sock:
             await _hello(sock, env.token("bob"))
-    assert (await _refused(env.app, origin="null")).status == 403
-    assert (await _refused(env.app, origin="http://localhost:9000", host="127.0.0.1:8000")).status == 403
+    assert (await _refused(env.door, origin="null")).status == 403
+    assert (await _refused(env.door, origin="http://localhost:9000", host="127.0.0.1:8000")).status == 403
 
 
 async def test_configured_allowlist_is_exact(tmp_path):
     app, _ = await _app(tmp_path, allowed_origins="https://chat.example.com, https://admin.example.com/")
-    async with app.test_app():
-        assert (await _refused(app, origin="http://127.0.0.1:8000")).status == 403
-        assert (await _refused(app, origin="https://chat.example.com.evil.io")).status == 403
+    async with app.test_app(), front_door(app) as door:
+        assert (await _refused(door, origin="http://127.0.0.1:8000")).status == 403
+        assert (await _refused(door, origin="https://chat.example.com.evil.io")).status == 403
         for origin in ("https://chat.example.com", "https://ADMIN.example.com"):
-            async with AsgiWs(app, origin=origin) as sock:
+            async with WsClient(door, origin=origin) as sock:
                 await _usable(sock)
 
 
 async def test_connections_per_ip_are_limited_with_429(tmp_path):
     app, _ = await _app(tmp_path, max_connections_per_ip=2)
-    async with app.test_app():
-        here, there = "203.0.113.7", "198.51.100.9"
-        async with AsgiWs(app, client=here) as a, AsgiWs(app, client=here) as b:  # held open (awaiting auth)
+    async with app.test_app(), front_door(app) as door:
+        here, there = "127.0.0.2", "127.0.0.3"  # two client addresses on the loopback network
+        async with WsClient(door, client=here) as a, WsClient(door, client=here) as b:  # held open (awaiting auth)
             assert a.accepted and b.accepted
-            refused = await _refused(app, client=here)
+            refused = await _refused(door, client=here)
             assert refused.status == 429 and refused.headers["retry-after"] == "5"
-            async with AsgiWs(app, client=there) as c:  # another address is not affected
+            async with WsClient(door, client=there) as c:  # another address is not affected
                 await _usable(c)
-        await asyncio.sleep(0.05)
+        for _ in range(100):  # the server sees each socket end just after the client does
+            if not app.extensions["guard"].per_ip:
+                break
+            await asyncio.sleep(0.01)
         assert app.extensions["guard"].per_ip == {}  # every slot given back
-        async with AsgiWs(app, client=here) as d:
+        async with WsClient(door, client=here) as d:
             await _usable(d)

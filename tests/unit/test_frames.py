@@ -1,5 +1,7 @@
-"""The front door's RFC 6455 codec (gateway/frames.py), without sockets: the RFC's own examples, the rules a
-server must enforce, and any split of a byte stream giving the same messages (Hypothesis)."""
+"""The RFC 6455 codec (gateway/frames.py), without sockets: the RFC's own examples, the rules a server must
+enforce, any split of a byte stream giving the same messages (Hypothesis), and the client's end that the
+benchmarks and the tests' clients use.  Client frames are built here independently of the module under
+test (``client_frame`` below): a codec checked only against itself would prove nothing."""
 
 from __future__ import annotations
 
@@ -152,3 +154,45 @@ def test_bad_handshakes_get_the_status_the_rfc_prescribes(header: bytes, status:
     request = f.parse_head(head)
     assert request is not None
     assert f.handshake_problem(request)[0] == status  # type: ignore[index]
+
+
+# --- the client's end (benchmarks and the tests' clients use the same codec) --------------------------------
+
+def test_a_client_frame_reads_back_through_the_servers_reader_and_the_rfc_example_masks_alike() -> None:
+    key = bytes.fromhex("37fa213d")
+    assert f.client_frame(f.OP_TEXT, b"Hello", key=key) == bytes.fromhex("818537fa213d7f9f4d5158")  # RFC 6455 5.7
+    frames = f.client_frame(f.OP_TEXT, "é".encode() * 40_000) + f.client_frame(f.OP_PING, b"p")
+    assert f.FrameReader(1 << 20).feed(frames) == [f.Message(f.OP_TEXT, "é" * 40_000), f.Message(f.OP_PING, b"p")]
+
+
+def test_the_clients_reader_wants_unmasked_frames_and_can_leave_text_undecoded() -> None:
+    reader = f.FrameReader(1 << 16, masked=False, utf8=False)
+    assert reader.idle
+    frame = f.frame_header(f.OP_TEXT, 5) + b"Hello"
+    assert reader.feed(frame[:3]) == [] and not reader.idle
+    assert reader.feed(frame[3:] + f.close_frame(1012, "bye")) == [
+        f.Message(f.OP_TEXT, b"Hello"), f.Message(f.OP_CLOSE, "bye", close_code=1012)]
+    assert reader.idle
+    with pytest.raises(f.FrameError) as info:
+        f.FrameReader(1 << 16, masked=False).feed(client_frame(f.OP_TEXT, b"x"))
+    assert info.value.code == f.CLOSE_PROTOCOL_ERROR
+
+
+def test_the_upgrade_from_the_clients_end() -> None:
+    key = f.new_key()
+    request = f.parse_head(f.upgrade_request("/ws", "example.com:80", key, (("Origin", "http://a"),)))
+    assert request is not None and request.wants_websocket and f.handshake_problem(request) is None
+    assert request.headers["origin"] == "http://a"
+    answer = f.switching_protocols(request)
+    response = f.parse_response_head(answer[:-4])
+    assert response.status == 101 and response.upgraded(key) and not response.upgraded(f.new_key())
+    refused = f.parse_response_head(f.http_response(429, "Too Many Requests", b"{}", (("Retry-After", "5"),))
+                                    .split(b"\r\n\r\n")[0])
+    assert (refused.status, refused.headers["retry-after"]) == (429, "5") and not refused.upgraded(key)
+    assert f.parse_response_head(b"garbage").status == 0
+
+
+def test_a_long_close_reason_is_cut_on_a_character_boundary() -> None:
+    payload = f.close_payload(4010, "é" * 100)  # 200 bytes of reason: at most 123 fit
+    assert len(payload) <= 125
+    assert payload[2:].decode("utf-8") == "é" * 61
