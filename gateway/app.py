@@ -94,7 +94,10 @@ def create_app(
 
     # `/ws` is served by the front door (gateway/frontdoor.py, serve_app), which asks the guard (Origin,
     # per-IP limit) before the upgrade; Quart has no WebSocket route (ADR 0007, amended)
-    app.extensions["guard"] = HandshakeGuard(services.config)
+    guard = app.extensions["guard"] = HandshakeGuard(services.config)
+    # upgrades the guard refuses never reach a session: storm.gateway.connects counts them from here
+    services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["origin"], result="origin")
+    services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["per_ip"], result="per_ip")
     for extend in extensions:
         extend(app, services)
     return app

@@ -23,6 +23,8 @@ from storm.ports.clock import Clock
 from storm.protocol.events import PresenceLeave, encode, with_offset
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from storm.protocol.session import Session
 
 log = logging.getLogger("storm.gateway.hub")
@@ -40,6 +42,8 @@ class Hub:
         self._sweeper: asyncio.Task[None] | None = None
         self.records = 0
         self.deliveries = 0
+        self.on_delivered: Callable[[float], None] | None = None  # sampled broker times (storm.delivery.latency)
+        self._sample_after = 1.0  # the next record appended after this (epoch s) is sampled: at most 20 a second
 
     async def start(self) -> None:
         if self._sub is not None:
@@ -109,6 +113,9 @@ class Hub:
         self.deliveries += len(group)
         for session in tuple(group) if len(group) < 64 else list(group):
             session.on_channel_event(channel, offset, data)
+        if record.publish_time >= self._sample_after and self.on_delivered is not None:
+            self._sample_after = record.publish_time + 0.05
+            self.on_delivered(record.publish_time)
 
     # -- presence expiry (Cache.watch_presence_expiry) ---------------------------------------------------
     def wants(self, workspace: str, channel: str) -> bool:

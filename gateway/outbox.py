@@ -76,13 +76,15 @@ def drive(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
 class Flusher:
     """Writes the dirty outboxes of one gateway, one pass per tick."""
 
-    __slots__ = ("_delay", "_dirty", "_handle", "passes")
+    __slots__ = ("_after", "_delay", "_dirty", "_handle", "overflows", "passes")
 
     def __init__(self, write_delay_s: float = 0.0) -> None:
         self._delay = write_delay_s
         self._dirty: list[Outbox] = []
         self._handle: asyncio.Handle | None = None
         self.passes = 0
+        self.overflows = 0  # outboxes that overflowed (storm.outbox.overflows)
+        self._after: list[Callable[[], None]] = []  # run after the next pass (metrics: write latencies)
 
     def mark(self, box: Outbox) -> None:
         self._dirty.append(box)
@@ -99,12 +101,24 @@ class Flusher:
         self.passes += 1
         for box in dirty:
             box.write()
+        if self._after:
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+
+    def after_pass(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once the next pass has written what is queued now (a pass is scheduled if none is)."""
+        self._after.append(fn)
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_later(self._delay, self.run) if self._delay > 0 else loop.call_soon(self.run)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self._dirty.clear()
+        self._after.clear()
 
 
 class Outbox:
@@ -148,6 +162,7 @@ class Outbox:
             self.closed = True
             self._events.clear()
             self._bytes = 0
+            self._flusher.overflows += 1
             self._on_overflow()
             return False
         self._events.append(data)

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.hub import Hub
 from gateway.outbox import Flusher
 from storm.bootstrap import Services
+from storm.metrics import GatewayMeters
 from storm.ports.cache import Unwatch
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import SessionContext
@@ -31,6 +32,12 @@ class Gateway:
             config=services.config, clock=services.clock, broker=services.broker, cache=services.cache,
             store=services.store, identity=services.identity, directory=services.directory, hub=self.hub,
         )
+        self.meters = self.session_context.meters = GatewayMeters(services.metrics)  # docs/observability.md
+        self.meters.after_pass = self.flusher.after_pass  # ack and delivery latencies end at the write
+        self.hub.on_delivered = self.meters.delivered  # sampled records: storm.delivery.latency
+        services.metrics.gauge_of("storm.gateway.connections", lambda: self.connections)
+        services.metrics.count_of("storm.fanout.deliveries", lambda: self.hub.deliveries)
+        services.metrics.count_of("storm.outbox.overflows", lambda: self.flusher.overflows)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
         self.accepting = False
@@ -103,6 +110,7 @@ class Gateway:
     def admit(self) -> tuple[int, str] | None:
         """None to accept a new socket (counted until :meth:`release`), or (close code, reason) to refuse it."""
         if not self.accepting:
+            self.meters.connects["restarting"].value += 1
             return (CloseCode.SERVICE_RESTART, "gateway restarting")
         self.connections += 1
         return None

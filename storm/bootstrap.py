@@ -15,12 +15,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from storm.config import Config
+from storm.config import Config, ConfigError
 from storm.directory import Directory
 from storm.errors import StormError
 from storm.lifecycle import Lifecycle, Resource
+from storm.metrics import Metrics
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache
 from storm.ports.clock import Clock, SystemClock
@@ -44,6 +45,7 @@ class Services:
     cache: Cache
     identity: IdentityVerifier
     directory: Directory
+    metrics: Metrics = field(default_factory=Metrics)  # docs/observability.md; the dropping one by default
     # Not constructor arguments: dataclasses.replace(services, store=...) makes a fresh, unstarted copy.
     _started: list[Resource] = field(default_factory=list, init=False, repr=False)
     _life: Lifecycle = field(default_factory=lambda: Lifecycle("services"), init=False, repr=False)
@@ -54,6 +56,8 @@ class Services:
         for part in parts:
             await part.start()
             self._started.append(part)
+        await self.metrics.start()  # the flush timer and process probes, when an agent is configured
+        self._started.append(self.metrics)
         self._life.started()
 
     async def stop(self) -> None:
@@ -74,6 +78,14 @@ class Services:
             return {"store": exc.message}
         return {"store": "ok"}
 
+    def work_backlog(self, subscription: str) -> Callable[[], Awaitable[float | None]]:
+        """How to read the backlog of a work subscription (``storm.consumer.backlog``)."""
+        from storm.adapters.work_backlog import MemoryBacklog, PulsarBacklog
+
+        if self.config.broker == "pulsar":
+            return PulsarBacklog(self.config.pulsar_admin_url, subscription)
+        return MemoryBacklog(getattr(self.broker, "_target", self.broker), subscription)
+
     async def __aenter__(self) -> Services:
         await self.start()
         return self
@@ -82,15 +94,51 @@ class Services:
         await self.stop()
 
 
-def build_services(config: Config, *, clock: Clock | None = None) -> Services:
+def build_services(config: Config, *, clock: Clock | None = None, role: str = "dev") -> Services:
+    """``role`` (gateway, api, consumers, or dev for everything in one process) is the metrics' service tag."""
     clock = clock or SystemClock()
     store = _build_store(config)
     cache = _build_cache(config, clock)
     broker = _build_broker(config, clock, store)
     identity = _build_identity(config)
+    metrics = _build_metrics(config, role)
+    if metrics.enabled:  # dependency latencies, timed around the adapters (storm/metered.py)
+        from storm.metered import MeteredBroker, MeteredCache, MeteredStore
+
+        store = cast(Store, MeteredStore(store, metrics))
+        cache = cast(Cache, MeteredCache(cache, metrics))
+        broker = cast(Broker, MeteredBroker(broker, metrics))
     directory = Directory(store, cache)
     return Services(config=config, clock=clock, store=store, broker=broker, cache=cache, identity=identity,
-                    directory=directory)
+                    directory=directory, metrics=metrics)
+
+
+def _build_metrics(config: Config, role: str) -> Metrics:
+    """DogStatsD when ``DD_DOGSTATSD_URL`` or ``DD_AGENT_HOST`` is set, else the null sink (docs/observability.md)."""
+    from storm.adapters.dogstatsd_metrics import Target
+
+    try:
+        target = Target.parse(config.dd_dogstatsd_url, config.dd_agent_host, config.dd_dogstatsd_port)
+    except ValueError as exc:
+        from storm.config import ConfigError
+
+        raise ConfigError(str(exc)) from None
+    if target is None:
+        from storm.adapters.null_metrics import NullMetrics
+
+        return Metrics(NullMetrics(), interval_s=config.metrics_interval_s)
+    import os
+    import socket
+
+    from storm.adapters import process_metrics
+    from storm.adapters.dogstatsd_metrics import DogStatsdMetrics
+
+    instance = config.gateway_id or f"{socket.gethostname()}:{os.getpid()}"
+    tags = [f"service:{config.dd_service or role}", f"instance:{instance}"]
+    tags += [f"{name}:{value}" for name, value in (("env", config.dd_env), ("version", config.dd_version)) if value]
+    metrics = Metrics(DogStatsdMetrics(target, tags), interval_s=config.metrics_interval_s)
+    process_metrics.install(metrics)
+    return metrics
 
 
 def _last_stored_offset(store: Store) -> Callable[[str, str], Awaitable[int]]:
@@ -165,6 +213,8 @@ def hazelcast_settings(config: Config) -> HazelcastSettings:
     from storm.adapters.hazelcast_cache import HazelcastSettings
 
     members = tuple(m.strip() for m in config.hazelcast_members.split(",") if m.strip())
+    if not members:
+        raise ConfigError("STORM_HAZELCAST_MEMBERS must name at least one host:port")
     return HazelcastSettings(members=members, cluster=config.hazelcast_cluster)
 
 

@@ -171,6 +171,25 @@ class Config:
     auth0_jwks_min_refetch_s: float = _setting(
         30.0, "STORM_AUTH0_JWKS_MIN_REFETCH_S", "At most one JWKS refetch per this interval for unknown `kid`s.",
     )
+    # -- observability (docs/observability.md) ---------------------------------------------------------------
+    log_format: str = _setting(
+        "text", "STORM_LOG_FORMAT", "`text` (one readable line) or `json` (one JSON object per line, Datadog's "
+        "log attributes: service, env, version, status, logger.name, session/request id; secrets redacted).",
+    )
+    metrics_interval_s: float = _setting(
+        2.0, "STORM_METRICS_INTERVAL_S", "How often local counters and sampled latencies are flushed to DogStatsD.",
+    )
+    dd_agent_host: str = _setting(
+        "", "DD_AGENT_HOST", "DogStatsD host (a Datadog Agent or `storm top`); metrics are off when this and "
+        "`DD_DOGSTATSD_URL` are empty.",
+    )
+    dd_dogstatsd_port: int = _setting(8125, "DD_DOGSTATSD_PORT", "DogStatsD UDP port on `DD_AGENT_HOST`.")
+    dd_dogstatsd_url: str = _setting(
+        "", "DD_DOGSTATSD_URL", "`udp://host:port` or `unix:///path/dsd.socket`; wins over `DD_AGENT_HOST`.",
+    )
+    dd_env: str = _setting("", "DD_ENV", "The `env` tag of metrics and logs (e.g. `prod`, `staging`).")
+    dd_service: str = _setting("", "DD_SERVICE", "The `service` tag; default the role (gateway, api, consumers, dev).")
+    dd_version: str = _setting("", "DD_VERSION", "The `version` tag of metrics and logs (e.g. the git revision).")
     extra: Mapping[str, str] = field(default_factory=dict, metadata={"env": "", "doc": ""})
 
     @classmethod
@@ -195,6 +214,7 @@ class Config:
             "broker": ("memory", "pulsar"),
             "cache": ("memory", "hazelcast"),
             "identity": ("dev", "auth0"),
+            "log_format": ("text", "json"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -209,6 +229,7 @@ class Config:
             "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
             "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
+            "metrics_interval_s", "dd_dogstatsd_port",
         )
         for name in positive:
             if getattr(self, name) <= 0:

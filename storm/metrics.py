@@ -19,7 +19,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from storm.metrics_catalogue import (
@@ -115,6 +115,7 @@ class Metrics:
         self._sent: dict[tuple[str, tuple[str, ...]], int] = {}
         self._counts_of: list[tuple[str, tuple[str, ...], Callable[[], int]]] = []
         self._gauges_of: list[tuple[str, tuple[str, ...], Callable[[], float | None]]] = []
+        self._polled: list[tuple[str, tuple[str, ...], Callable[[], Awaitable[float | None]]]] = []
         self._samples: dict[tuple[str, tuple[str, ...]], Sample] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._gc_started = 0.0
@@ -149,6 +150,22 @@ class Metrics:
         """Emit ``read()`` as a gauge at every flush (None: nothing this time)."""
         key = self._key(name, "gauge", tags)
         self._gauges_of.append((key[0], key[1], read))
+
+    def gauge_polled(self, name: str, fetch: Callable[[], Awaitable[float | None]], **tags: str) -> None:
+        """A gauge read by awaiting ``fetch()`` before each timed flush (e.g. an admin API), at most 2 s."""
+        key = self._key(name, "gauge", tags)
+        self._polled.append((key[0], key[1], fetch))
+
+    async def poll(self) -> None:
+        """Await the polled gauges and hand their values to the sink (the timer calls it before ``flush``)."""
+        for name, tags, fetch in self._polled:
+            try:
+                value = await asyncio.wait_for(fetch(), 2.0)
+            except Exception:
+                log.warning("polling %s failed", name, exc_info=True)
+                continue
+            if value is not None:
+                self.sink.gauge(name, float(value), tags)
 
     @staticmethod
     def _key(name: str, kind: Kind, tags: dict[str, str]) -> tuple[str, tuple[str, ...]]:
@@ -224,6 +241,7 @@ class Metrics:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
+                await self.poll()
                 self.flush()
             except Exception:  # metrics are best effort: never take the process down
                 log.exception("metrics flush failed")
@@ -271,6 +289,16 @@ class GatewayMeters:
         self._commands: dict[tuple[str, str], Counter] = {}
         self.after_pass: Callable[[Callable[[], None]], None] = _after_pass_now
 
+    def connected(self, elapsed_ms: float) -> None:
+        """A session sent ``hello``, ``elapsed_ms`` after the upgrade."""
+        self.connects["ok"].value += 1
+        self.connect_time.add(elapsed_ms)
+
+    def auth_failed(self, reason: str, result: str) -> None:
+        """An authentication failed (``reason`` of storm.auth.failures) and the connect ended with ``result``."""
+        self.auth_failures[reason].value += 1
+        self.connects[result].value += 1
+
     def command(self, op: str, result: str) -> None:
         counter = self._commands.get((op, result))
         if counter is None:
@@ -285,6 +313,13 @@ class GatewayMeters:
     def disconnect(self, code: int | None) -> None:
         counter = self.disconnects.get(str(code)) if code is not None else None
         (counter or self.disconnects["client"]).value += 1
+
+    def resumed(self, recovered: bool, oldest_missed: float, now: float) -> None:
+        """A subscribe with ``since``; ``oldest_missed`` is the broker time (epoch s) of the first replayed
+        event, 0 when none was replayed."""
+        self.resumes[recovered].value += 1
+        if oldest_missed > 0:
+            self.resume_gap.add(max(0.0, now - oldest_missed) * 1000.0)
 
     def ack_written(self, read_at: float) -> None:
         """A publish read at ``read_at`` (``time.monotonic()``) was acknowledged: time it to the write."""
