@@ -16,8 +16,9 @@ seen by one of the two checks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -25,9 +26,6 @@ from storm.errors import Unauthenticated
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache
 from storm.ports.identity import Claims
-
-if TYPE_CHECKING:
-    from storm.protocol.session import Session
 
 log = logging.getLogger("storm.revocation")
 
@@ -69,6 +67,22 @@ async def check(cache: Cache, workspace: str, claims: Claims) -> None:
         raise Unauthenticated("token revoked")
 
 
+class Revocable(Protocol):
+    """What the router needs of a session (storm/protocol/session.py implements it; this module imports
+    nothing of the protocol core)."""
+
+    @property
+    def token_id(self) -> str: ...
+
+    def revoked(self, reason: str) -> None:
+        """Close the session: its subject was logged out, banned or removed from the workspace."""
+        ...
+
+    def withdrawn(self, channel: str) -> None:
+        """End the subscription to ``channel``: the user was removed from that private channel."""
+        ...
+
+
 class _Hub(Protocol):
     async def join(self, session: Any, workspace: str, channel: str) -> None: ...
 
@@ -78,11 +92,13 @@ class _Hub(Protocol):
 class _WorkspaceControl:
     """The hub listener of one workspace's ``_control`` channel on this gateway."""
 
-    __slots__ = ("by_subject", "workspace")
+    __slots__ = ("by_subject", "joined", "joining", "workspace")
 
     def __init__(self, workspace: str) -> None:
         self.workspace = workspace
-        self.by_subject: dict[str, set[Session]] = {}
+        self.by_subject: dict[str, set[Revocable]] = {}
+        self.joined = False  # the hub delivers the channel's events to this listener
+        self.joining = asyncio.Lock()  # one join at a time; sessions arriving meanwhile wait for its outcome
 
     def on_channel_event(self, channel: str, offset: int, data: bytes) -> None:
         try:
@@ -100,32 +116,51 @@ class _WorkspaceControl:
 
 
 class ControlRouter:
-    """Sessions by workspace and subject; joins a workspace's ``_control`` while it has sessions here."""
+    """Sessions by workspace and subject; joins a workspace's ``_control`` while it has sessions here.
+
+    :meth:`add` returns once the channel is joined, or raises what the join raised and holds nothing of
+    the session: a failed join (the broker is down) leaves no half-registered workspace behind, so the next
+    session of the workspace tries the join again (tests/unit/test_control_router.py).
+    """
 
     def __init__(self) -> None:
         self._workspaces: dict[str, _WorkspaceControl] = {}
 
-    async def add(self, hub: _Hub, workspace: str, subject: str, session: Session) -> None:
+    async def add(self, hub: _Hub, workspace: str, subject: str, session: Revocable) -> None:
         control = self._workspaces.get(workspace)
-        fresh = control is None
         if control is None:
             control = self._workspaces[workspace] = _WorkspaceControl(workspace)
-        control.by_subject.setdefault(subject, set()).add(session)
-        if fresh:
-            await hub.join(control, workspace, CONTROL_CHANNEL)
+        control.by_subject.setdefault(subject, set()).add(session)  # before the join: no event is missed
+        if control.joined:
+            return
+        try:
+            async with control.joining:
+                if not control.joined:
+                    await hub.join(control, workspace, CONTROL_CHANNEL)
+                    control.joined = True
+        except BaseException:
+            self._discard(control, subject, session)
+            raise
 
-    async def remove(self, hub: _Hub, workspace: str, subject: str, session: Session) -> None:
+    async def remove(self, hub: _Hub, workspace: str, subject: str, session: Revocable) -> None:
         control = self._workspaces.get(workspace)
         if control is None:
             return
+        if self._discard(control, subject, session) and control.joined:
+            await hub.leave(control, workspace, CONTROL_CHANNEL)
+
+    def _discard(self, control: _WorkspaceControl, subject: str, session: Revocable) -> bool:
+        """Forget ``session``; True when that was the workspace's last session (the control is dropped)."""
         sessions = control.by_subject.get(subject)
         if sessions is not None:
             sessions.discard(session)
             if not sessions:
                 del control.by_subject[subject]
-        if not control.by_subject:
-            del self._workspaces[workspace]
-            await hub.leave(control, workspace, CONTROL_CHANNEL)
+        if control.by_subject:
+            return False
+        if self._workspaces.get(control.workspace) is control:
+            del self._workspaces[control.workspace]
+        return True
 
     def sessions(self, workspace: str) -> int:
         control = self._workspaces.get(workspace)
