@@ -24,7 +24,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -85,7 +85,7 @@ class Directory:
         running = self._loading.get((workspace, key))
         if running is not None:
             try:
-                return await asyncio.shield(running)  # type: ignore[no-any-return]
+                return cast(T, await asyncio.shield(running))
             except _LoadCancelled:
                 pass  # the loader's task was cancelled, not ours: load it ourselves
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+
+from storm.ports.cache import Cache
+from storm.ports.clock import Clock
 
 
 class TokenBucket:
@@ -61,7 +63,7 @@ class SharedLimiter:
     single tokens are taken.
     """
 
-    def __init__(self, cache: Any, clock: Any) -> None:
+    def __init__(self, cache: Cache, clock: Clock) -> None:
         self._cache = cache
         self._clock = clock
         self._leases: dict[tuple[str, str], _Lease] = {}

@@ -54,7 +54,7 @@ class Done(msgspec.Struct, tag="d", array_like=True):
     offset: int
 
 
-_decoder = msgspec.msgpack.Decoder(Pending | Done)
+_decoder: msgspec.msgpack.Decoder[Pending | Done] = msgspec.msgpack.Decoder(Pending | Done)
 _encoder = msgspec.msgpack.Encoder()
 
 

@@ -7,7 +7,7 @@ the offending field.  Limits (text length, emoji length) are enforced here so no
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 import msgspec
 
@@ -40,22 +40,22 @@ class _Command(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, froze
     pass
 
 
-class Auth(_Command, tag="auth"):
+class Auth(_Command, tag="auth", frozen=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 
 
-class Subscribe(_Command, tag="subscribe"):
+class Subscribe(_Command, tag="subscribe", frozen=True):
     channel: ChannelId
     id: RequestId | None = None
     since: Offset | None = None  # last offset the client has seen; replay what follows
 
 
-class Unsubscribe(_Command, tag="unsubscribe"):
+class Unsubscribe(_Command, tag="unsubscribe", frozen=True):
     channel: ChannelId
     id: RequestId | None = None
 
 
-class Publish(_Command, tag="publish"):
+class Publish(_Command, tag="publish", frozen=True):
     channel: ChannelId
     cmid: ClientMsgId  # client message id: retries with the same cmid never make a second message
     text: Text
@@ -63,20 +63,20 @@ class Publish(_Command, tag="publish"):
     thread: ChannelId | None = None  # id of the parent message
 
 
-class Edit(_Command, tag="edit"):
+class Edit(_Command, tag="edit", frozen=True):
     channel: ChannelId
     message_id: ChannelId
     text: Text
     id: RequestId | None = None
 
 
-class Delete(_Command, tag="delete"):
+class Delete(_Command, tag="delete", frozen=True):
     channel: ChannelId
     message_id: ChannelId
     id: RequestId | None = None
 
 
-class React(_Command, tag="react"):
+class React(_Command, tag="react", frozen=True):
     channel: ChannelId
     message_id: ChannelId
     emoji: Emoji
@@ -84,37 +84,37 @@ class React(_Command, tag="react"):
     id: RequestId | None = None
 
 
-class Typing(_Command, tag="typing"):
+class Typing(_Command, tag="typing", frozen=True):
     channel: ChannelId
     id: RequestId | None = None  # accepted for uniformity; typing has no reply
 
 
-class Presence(_Command, tag="presence"):
+class Presence(_Command, tag="presence", frozen=True):
     channel: ChannelId
     id: RequestId | None = None
 
 
-class History(_Command, tag="history"):
+class History(_Command, tag="history", frozen=True):
     channel: ChannelId
     id: RequestId | None = None
     before: Offset | None = None  # page of messages with offset < before, newest first
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
-class Read(_Command, tag="read"):
+class Read(_Command, tag="read", frozen=True):
     channel: ChannelId
     offset: Offset
     id: RequestId | None = None
 
 
-class Ping(_Command, tag="ping"):
+class Ping(_Command, tag="ping", frozen=True):
     id: RequestId | None = None
 
 
 Command = Auth | Subscribe | Unsubscribe | Publish | Edit | Delete | React | Typing | Presence | History | Read | Ping
-OPS = tuple(c.__struct_config__.tag for c in Command.__args__)  # type: ignore[attr-defined]
+OPS = tuple(c.__struct_config__.tag for c in get_args(Command))
 
-_decoder = msgspec.json.Decoder(Command)
+_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
 _probe = msgspec.json.Decoder()
 
 
