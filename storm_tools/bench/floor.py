@@ -95,16 +95,16 @@ class FloorConnection(asyncio.Protocol):
             return
         for message in messages:
             op, payload = message.opcode, message.data
-            assert isinstance(payload, bytes)
-            if op == f.OP_TEXT:
-                self._command(payload)
-            elif op == f.OP_PING:
-                self.transport.write(f.frame_header(f.OP_PONG, len(payload)) + payload)
-            elif op == f.OP_CLOSE:
+            if op == f.OP_CLOSE:  # its data is the reason, as text
                 code = message.close_code
                 self.transport.write(f.frame_header(f.OP_CLOSE, 0) if code is None else f.close_frame(code))
                 self.transport.close()
                 return
+            assert isinstance(payload, bytes)  # utf8=False: text stays bytes
+            if op == f.OP_TEXT:
+                self._command(payload)
+            elif op == f.OP_PING:
+                self.transport.write(f.frame_header(f.OP_PONG, len(payload)) + payload)
 
     def _send(self, body: bytes) -> None:
         self.transport.write(f.frame_header(f.OP_TEXT, len(body)) + body)
