@@ -161,6 +161,10 @@ def _last_stored_offset(store: Store) -> Callable[[str, str], Awaitable[int]]:
 
 
 def _build_store(config: Config) -> Store:
+    if config.store == "memory":
+        from storm.adapters.memory_store import MemoryStore
+
+        return MemoryStore()
     from db.store import SqlStore
 
     return SqlStore(config.database_url)

@@ -29,6 +29,8 @@ class Config:
     port: int = _setting(8000, "STORM_PORT", "Port the HTTP/WebSocket server binds.")
     broker: str = _setting("memory", "STORM_BROKER", "`memory` (in-process log) or `pulsar`.")
     cache: str = _setting("memory", "STORM_CACHE", "`memory` or `hazelcast`.")
+    store: str = _setting("sql", "STORM_STORE", "`sql` (the database at `STORM_DATABASE_URL`) or `memory` "
+                          "(in-process, gone at exit: tests and demos).")
     identity: str = _setting("dev", "STORM_IDENTITY", "`dev` (HS256 dev issuer, embedded only) or `auth0`.")
     database_url: str = _setting(
         "sqlite+aiosqlite:///storm.db",
@@ -213,6 +215,7 @@ class Config:
             "mode": ("embedded", "production"),
             "broker": ("memory", "pulsar"),
             "cache": ("memory", "hazelcast"),
+            "store": ("sql", "memory"),
             "identity": ("dev", "auth0"),
             "log_format": ("text", "json"),
         }

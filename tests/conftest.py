@@ -1,5 +1,6 @@
-"""Shared fixtures.  Database ones: ``sqlite_url``, ``pg_url`` and ``store`` (see docs/database.md,
-"What is tested where").
+"""Shared fixtures.  Database ones: ``sqlite_url``, ``pg_url``, ``store`` (every Store adapter: memory, SQLite,
+PostgreSQL) and ``sql_store`` (the SQL adapter on SQLite and PostgreSQL); see docs/database.md, "What is
+tested where".
 
 PostgreSQL comes from ``STORM_TEST_PG_URL``, else from a running ``scripts/pg.sh`` cluster.  Without
 either, PostgreSQL-backed tests are skipped locally and fail under ``CI=true``: CI must never pass by
@@ -27,6 +28,7 @@ from tests.support.ci import unavailable
 
 if TYPE_CHECKING:
     from db.store import SqlStore
+    from storm.ports.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,18 +66,37 @@ def pg_url() -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SqlStore]:
-    """A started SqlStore with the schema at head, on SQLite (a fresh file) and on PostgreSQL."""
+async def _started_sql_store(request: pytest.FixtureRequest, backend: str) -> AsyncIterator[SqlStore]:
     from db.store import SqlStore
 
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     sql_store = SqlStore(url)
     await sql_store.start()
     try:
         yield sql_store
     finally:
         await sql_store.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A started Store of every adapter: the memory store, and the SqlStore with the schema at head on SQLite
+    (a fresh file) and on PostgreSQL.  The store contract (tests/contract/test_store_contract.py) runs on it."""
+    if request.param == "memory":
+        from storm.adapters.memory_store import MemoryStore
+
+        async with MemoryStore() as memory_store:
+            yield memory_store
+        return
+    async for sql_store in _started_sql_store(request, request.param):
+        yield sql_store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+async def sql_store(request: pytest.FixtureRequest) -> AsyncIterator[SqlStore]:
+    """The SQL adapter alone, for what only it has (its engine, its tables)."""
+    async for started in _started_sql_store(request, request.param):
+        yield started
 
 
 # --- Pulsar and Hazelcast (started by scripts/services.sh up; see docs/operations.md) ---

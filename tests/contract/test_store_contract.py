@@ -1,12 +1,16 @@
-"""Contract of the Store port (storm/ports/store.py), run against SQLite and PostgreSQL.
+"""Contract of the Store port (storm/ports/store.py), run against every adapter: the memory store
+(storm/adapters/memory_store.py), SQLite and PostgreSQL (the ``store`` fixture of tests/conftest.py).
 
 Each test states a behaviour a caller would notice.  The tables are shared on PostgreSQL, so every test
-makes its own workspaces and users (random slugs, subjects and ids).  See docs/database.md.
+makes its own workspaces and users (random slugs, subjects and ids).  What only the SQL adapter has (its
+engine and tables, statement caching, serialization retries) is tested on ``sql_store``.  See
+docs/database.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,8 +22,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from db import models
+from db import repositories as repos
 from db.errors import SerializationFailure, is_serialization_failure
-from db.store import RetryPolicy, SqlStore
+from db.store import RetryPolicy, SqlStore, SqlUnitOfWork
+from storm.adapters.memory_store import MemoryStore
 from storm.domain import (
     Channel,
     ChannelKind,
@@ -32,7 +38,8 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import Conflict, NotFound, Unavailable
-from storm.ports.store import UnitOfWork
+from storm.ports import store as store_port
+from storm.ports.store import Store, UnitOfWork
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -54,7 +61,7 @@ def _msg(ws: Workspace, channel_id: uuid.UUID, offset: int, *, body: str | None 
                    offset=offset, created_at=T0 + timedelta(seconds=offset))
 
 
-async def _add(store: SqlStore, *objects: object) -> None:
+async def _add(store: Store, *objects: object) -> None:
     """Insert domain objects in one committed unit of work."""
 
     async def add(uow: UnitOfWork) -> None:
@@ -79,7 +86,7 @@ async def _add(store: SqlStore, *objects: object) -> None:
     await store.run(add)
 
 
-async def _tenant(store: SqlStore) -> dict[str, object]:
+async def _tenant(store: Store) -> dict[str, object]:
     """A workspace with one row in every tenant table: member, public + private channel, channel member,
     message, reaction, read marker."""
     ws, user = _ws(), _user()
@@ -97,8 +104,30 @@ async def _tenant(store: SqlStore) -> dict[str, object]:
     return {"ws": ws, "user": user, "public": public, "private": private, "msg": msg}
 
 
+@pytest.mark.parametrize(("port", "adapter"), [
+    (store_port.Store, SqlStore),
+    (store_port.UnitOfWork, SqlUnitOfWork),
+    (store_port.WorkspaceRepository, repos.SqlWorkspaceRepository),
+    (store_port.UserRepository, repos.SqlUserRepository),
+    (store_port.MembershipRepository, repos.SqlMembershipRepository),
+    (store_port.ChannelRepository, repos.SqlChannelRepository),
+    (store_port.MessageRepository, repos.SqlMessageRepository),
+    (store_port.ReactionRepository, repos.SqlReactionRepository),
+    (store_port.ReadMarkerRepository, repos.SqlReadMarkerRepository),
+], ids=lambda p: p.__name__)
+def test_adapter_methods_have_the_port_signatures(port: type, adapter: type) -> None:
+    """Same names, parameter kinds and defaults as the Protocol, so callers of the port can use keywords."""
+    def shape(fn: object) -> list[tuple[str, object, object]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]  # type: ignore[arg-type]
+
+    for name, fn in vars(port).items():
+        if callable(fn) and (not name.startswith("_") or name in ("__aenter__",)):
+            assert shape(getattr(adapter, name)) == shape(fn), f"{adapter.__name__}.{name}"
+    assert inspect.iscoroutinefunction(SqlStore.run)
+
+
 # ---- units of work --------------------------------------------------------------------------------------
-async def test_leaving_without_commit_rolls_back(store: SqlStore) -> None:
+async def test_leaving_without_commit_rolls_back(store: Store) -> None:
     ws = _ws()
     async with store.unit_of_work() as uow:
         await uow.workspaces.add(ws)
@@ -116,7 +145,7 @@ async def test_leaving_without_commit_rolls_back(store: SqlStore) -> None:
         assert uow.events == []
 
 
-async def test_explicit_rollback_discards_the_work(store: SqlStore) -> None:
+async def test_explicit_rollback_discards_the_work(store: Store) -> None:
     ws = _ws()
     async with store.unit_of_work() as uow:
         await uow.workspaces.add(ws)
@@ -126,7 +155,7 @@ async def test_explicit_rollback_discards_the_work(store: SqlStore) -> None:
         assert await uow.workspaces.get(ws.id) is None
 
 
-async def test_run_commits_and_returns_the_result(store: SqlStore) -> None:
+async def test_run_commits_and_returns_the_result(store: Store) -> None:
     ws = _ws()
 
     async def create(uow: UnitOfWork) -> str:
@@ -139,7 +168,7 @@ async def test_run_commits_and_returns_the_result(store: SqlStore) -> None:
         assert await uow.workspaces.get_by_slug(ws.slug) == ws
 
 
-async def test_datetimes_come_back_aware_in_utc(store: SqlStore) -> None:
+async def test_datetimes_come_back_aware_in_utc(store: Store) -> None:
     ws = _ws()
     local = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
     await _add(store, Workspace(ws.id, ws.slug, ws.name, ws.plan, created_at=local))
@@ -151,7 +180,7 @@ async def test_datetimes_come_back_aware_in_utc(store: SqlStore) -> None:
 
 
 # ---- conflicts ------------------------------------------------------------------------------------------
-async def test_duplicate_slug_conflicts(store: SqlStore) -> None:
+async def test_duplicate_slug_conflicts(store: Store) -> None:
     ws = _ws()
     await _add(store, ws)
     with pytest.raises(Conflict) as err:
@@ -160,7 +189,7 @@ async def test_duplicate_slug_conflicts(store: SqlStore) -> None:
     assert "slug" in err.value.message
 
 
-async def test_duplicate_subject_conflicts(store: SqlStore) -> None:
+async def test_duplicate_subject_conflicts(store: Store) -> None:
     user = _user()
     await _add(store, user)
     with pytest.raises(Conflict) as err:
@@ -168,7 +197,7 @@ async def test_duplicate_subject_conflicts(store: SqlStore) -> None:
     assert err.value.field == "subject"
 
 
-async def test_duplicate_channel_name_conflicts_within_a_workspace_only(store: SqlStore) -> None:
+async def test_duplicate_channel_name_conflicts_within_a_workspace_only(store: Store) -> None:
     a, b = _ws(), _ws()
     await _add(store, a, b, Channel(id=uuid.uuid4(), workspace_id=a.id, name="general"))
     with pytest.raises(Conflict) as err:
@@ -178,19 +207,19 @@ async def test_duplicate_channel_name_conflicts_within_a_workspace_only(store: S
     await _add(store, Channel(id=uuid.uuid4(), workspace_id=b.id, name="general"))  # another workspace: fine
 
 
-async def test_duplicate_membership_conflicts(store: SqlStore) -> None:
+async def test_duplicate_membership_conflicts(store: Store) -> None:
     ws, user = _ws(), _user()
     await _add(store, ws, user, Membership(ws.id, user.id, Role.MEMBER))
     with pytest.raises(Conflict):
         await _add(store, Membership(ws.id, user.id, Role.ADMIN))
 
 
-async def test_rows_of_a_missing_workspace_are_not_found(store: SqlStore) -> None:
+async def test_rows_of_a_missing_workspace_are_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         await _add(store, Channel(id=uuid.uuid4(), workspace_id=uuid.uuid4(), name="orphan"))
 
 
-async def test_seed_style_conflict_keeps_the_first_row(store: SqlStore) -> None:
+async def test_seed_style_conflict_keeps_the_first_row(store: Store) -> None:
     """A Conflict aborts only its own transaction: the winner's row is readable afterwards."""
     ws = _ws()
     await _add(store, ws)
@@ -201,7 +230,7 @@ async def test_seed_style_conflict_keeps_the_first_row(store: SqlStore) -> None:
 
 
 # ---- workspaces, users, memberships ---------------------------------------------------------------------
-async def test_workspaces_list_by_slug_with_cursor(store: SqlStore) -> None:
+async def test_workspaces_list_by_slug_with_cursor(store: Store) -> None:
     prefix = f"c{uuid.uuid4().hex[:10]}"
     made = [Workspace(id=uuid.uuid4(), slug=f"{prefix}-{s}", name=s) for s in ("b", "a", "c")]
     await _add(store, *made)
@@ -212,7 +241,7 @@ async def test_workspaces_list_by_slug_with_cursor(store: SqlStore) -> None:
     assert [w.slug for w in first] == [f"{prefix}-a"]
 
 
-async def test_workspaces_of_a_user(store: SqlStore) -> None:
+async def test_workspaces_of_a_user(store: Store) -> None:
     a, b, c, user = _ws("a"), _ws("b"), _ws("c"), _user()
     await _add(store, a, b, c, user, Membership(b.id, user.id, Role.MEMBER),
                Membership(a.id, user.id, Role.OWNER))
@@ -220,7 +249,7 @@ async def test_workspaces_of_a_user(store: SqlStore) -> None:
         assert await uow.workspaces.list_for_user(user.id) == [a, b]
 
 
-async def test_users_get_many_in_asked_order(store: SqlStore) -> None:
+async def test_users_get_many_in_asked_order(store: Store) -> None:
     u1, u2, u3 = _user(), _user(), _user()
     await _add(store, u1, u2, u3)
     async with store.unit_of_work() as uow:
@@ -230,7 +259,7 @@ async def test_users_get_many_in_asked_order(store: SqlStore) -> None:
     assert got == [u3, u1]
 
 
-async def test_memberships_roles_count_and_removal(store: SqlStore) -> None:
+async def test_memberships_roles_count_and_removal(store: Store) -> None:
     t = await _tenant(store)
     ws, owner, private = t["ws"], t["user"], t["private"]
     assert isinstance(ws, Workspace) and isinstance(owner, User) and isinstance(private, Channel)
@@ -256,7 +285,7 @@ async def test_memberships_roles_count_and_removal(store: SqlStore) -> None:
 
 
 # ---- channels -------------------------------------------------------------------------------------------
-async def test_channels_visible_to_a_user(store: SqlStore) -> None:
+async def test_channels_visible_to_a_user(store: Store) -> None:
     ws, me = _ws(), _user()
 
     def ch(name: str, kind: ChannelKind = ChannelKind.PUBLIC) -> Channel:
@@ -288,7 +317,7 @@ async def test_channels_visible_to_a_user(store: SqlStore) -> None:
 
 
 # ---- tenant isolation -----------------------------------------------------------------------------------
-async def test_another_workspaces_ids_find_nothing(store: SqlStore) -> None:
+async def test_another_workspaces_ids_find_nothing(store: Store) -> None:
     mine, theirs = await _tenant(store), await _tenant(store)
     a = mine["ws"]
     b_user, b_public, b_private, b_msg = theirs["user"], theirs["public"], theirs["private"], theirs["msg"]
@@ -331,7 +360,8 @@ async def test_another_workspaces_ids_find_nothing(store: SqlStore) -> None:
         assert await uow.workspaces.list_for_user(b_user.id) == [b]
 
 
-async def test_deleting_a_workspace_removes_all_its_rows_and_only_its_rows(store: SqlStore) -> None:
+async def test_deleting_a_workspace_removes_all_its_rows_and_only_its_rows(sql_store: SqlStore) -> None:
+    store = sql_store
     doomed, kept = await _tenant(store), await _tenant(store)
     d, k = doomed["ws"], kept["ws"]
     assert isinstance(d, Workspace) and isinstance(k, Workspace)
@@ -358,8 +388,39 @@ async def test_deleting_a_workspace_removes_all_its_rows_and_only_its_rows(store
         assert await uow.users.get(doomed["user"].id) is not None  # type: ignore[attr-defined]
 
 
+async def test_a_deleted_workspace_answers_nothing_and_the_other_everything(store: Store) -> None:
+    """The same as above through the port only, so it holds for every adapter."""
+    doomed, kept = await _tenant(store), await _tenant(store)
+
+    async def seen(t: dict[str, object]) -> tuple[object, ...]:
+        ws, user, public, private, msg = t["ws"], t["user"], t["public"], t["private"], t["msg"]
+        assert isinstance(ws, Workspace) and isinstance(user, User) and isinstance(msg, Message)
+        assert isinstance(public, Channel) and isinstance(private, Channel)
+        async with store.unit_of_work() as uow:
+            return (await uow.workspaces.get(ws.id), await uow.workspaces.get_by_slug(ws.slug),
+                    await uow.memberships.count(ws.id), await uow.channels.count(ws.id),
+                    await uow.channels.is_member(ws.id, private.id, user.id), await uow.messages.get(ws.id, msg.id),
+                    await uow.messages.page(ws.id, public.id, before=None, limit=10),
+                    await uow.reactions.counts(ws.id, [msg.id]), await uow.read_markers.get(ws.id, public.id, user.id),
+                    await uow.workspaces.list_for_user(user.id))
+
+    before = await seen(kept)
+    assert (await seen(doomed))[2:5] == (1, 2, True)
+    doomed_ws = doomed["ws"]
+    assert isinstance(doomed_ws, Workspace)
+
+    async def delete(uow: UnitOfWork) -> None:
+        await uow.workspaces.delete(doomed_ws.id)
+
+    await store.run(delete)
+    assert await seen(doomed) == (None, None, 0, 0, False, None, [], {}, 0, [])
+    assert await seen(kept) == before
+    async with store.unit_of_work() as uow:
+        assert await uow.users.get(doomed["user"].id) is not None  # type: ignore[attr-defined]
+
+
 # ---- messages -------------------------------------------------------------------------------------------
-async def test_add_many_is_idempotent(store: SqlStore) -> None:
+async def test_add_many_is_idempotent(store: Store) -> None:
     ws, ch = _ws(), uuid.uuid4()
     await _add(store, ws)
     batch = [_msg(ws, ch, n) for n in (1, 2, 3)]
@@ -380,7 +441,7 @@ async def test_add_many_is_idempotent(store: SqlStore) -> None:
     assert page[-1] == batch[0]
 
 
-async def test_find_by_cmid_is_per_author_channel_and_workspace(store: SqlStore) -> None:
+async def test_find_by_cmid_is_per_author_channel_and_workspace(store: Store) -> None:
     ws, other_ws, ch, alice, bob = _ws(), _ws(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     mine = Message(**{**_as_dict(_msg(ws, ch, 7, author=alice)), "client_msg_id": "c-1"})
     theirs = Message(**{**_as_dict(_msg(ws, ch, 8, author=bob)), "client_msg_id": "c-2"})
@@ -393,8 +454,9 @@ async def test_find_by_cmid_is_per_author_channel_and_workspace(store: SqlStore)
         assert await uow.messages.find_by_cmid(ws.id, ch, alice, "c-9") is None
 
 
-async def test_insert_or_skip_is_cached_and_renders_like_sqlalchemys_own(store: SqlStore) -> None:
+async def test_insert_or_skip_is_cached_and_renders_like_sqlalchemys_own(sql_store: SqlStore) -> None:
     """db/dml.py: the batch INSERT is compiled once, not once per batch, and says the same SQL."""
+    store = sql_store
     from sqlalchemy import event
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -428,7 +490,7 @@ async def test_insert_or_skip_is_cached_and_renders_like_sqlalchemys_own(store: 
     assert stats[0].endswith(("CACHE_MISS", "CACHE_HIT")) and all(s.endswith("CACHE_HIT") for s in stats[1:]), stats
 
 
-async def test_add_many_takes_big_batches(store: SqlStore) -> None:
+async def test_add_many_takes_big_batches(store: Store) -> None:
     ws, ch = _ws(), uuid.uuid4()
     await _add(store, ws)
     batch = [_msg(ws, ch, n) for n in range(1, 6001)]  # more than one statement's worth of parameters
@@ -443,7 +505,7 @@ async def test_add_many_takes_big_batches(store: SqlStore) -> None:
     assert newest[0].offset == 6000
 
 
-async def test_page_newest_first_with_before_cursor(store: SqlStore) -> None:
+async def test_page_newest_first_with_before_cursor(store: Store) -> None:
     ws, ch, other = _ws(), uuid.uuid4(), uuid.uuid4()
     await _add(store, ws)
     async with store.unit_of_work() as uow:
@@ -466,7 +528,7 @@ def _pulsar_position(ledger: int, entry: int) -> int:
     return (ledger << 20) | entry
 
 
-async def test_sparse_offsets_page_idempotently_and_move_markers(store: SqlStore) -> None:
+async def test_sparse_offsets_page_idempotently_and_move_markers(store: Store) -> None:
     """Nothing may assume offsets are dense: paging by cursor, idempotence on (channel, offset) and read
     markers all work with gaps and with values near the top of BIGINT."""
     ws, ch, user = _ws(), uuid.uuid4(), uuid.uuid4()
@@ -492,7 +554,7 @@ async def test_sparse_offsets_page_idempotently_and_move_markers(store: SqlStore
     assert pages == [newest_first[0:4], newest_first[4:8], newest_first[8:]]
 
 
-async def test_edit_and_soft_delete(store: SqlStore) -> None:
+async def test_edit_and_soft_delete(store: Store) -> None:
     ws, ch = _ws(), uuid.uuid4()
     msg = _msg(ws, ch, 1)
     await _add(store, ws, msg)
@@ -513,7 +575,7 @@ async def test_edit_and_soft_delete(store: SqlStore) -> None:
 
 
 # ---- reactions and read markers -------------------------------------------------------------------------
-async def test_reactions_are_idempotent_and_counted(store: SqlStore) -> None:
+async def test_reactions_are_idempotent_and_counted(store: Store) -> None:
     ws, ch = _ws(), uuid.uuid4()
     m1, m2, m3 = _msg(ws, ch, 1), _msg(ws, ch, 2), _msg(ws, ch, 3)
     alice, bob = uuid.uuid4(), uuid.uuid4()
@@ -534,7 +596,7 @@ async def test_reactions_are_idempotent_and_counted(store: SqlStore) -> None:
     assert counts == {m1.id: {"👍": 2, "🎉": 1}, m3.id: {"x": 1}}
 
 
-async def test_read_markers_never_go_back(store: SqlStore) -> None:
+async def test_read_markers_never_go_back(store: Store) -> None:
     ws, ch, user = _ws(), uuid.uuid4(), uuid.uuid4()
     await _add(store, ws)
     async with store.unit_of_work() as uow:
@@ -657,8 +719,10 @@ async def test_run_retries_a_real_serialization_failure(pg_store: SqlStore) -> N
 
 
 # ---- lifecycle and availability -------------------------------------------------------------------------
-async def test_lifecycle(sqlite_url: str) -> None:
-    store = SqlStore(sqlite_url.replace("storm.db", "nested/dir/storm.db"))
+@pytest.mark.parametrize("adapter", ["memory", "sqlite"])
+async def test_lifecycle(sqlite_url: str, adapter: str) -> None:
+    store: Store = (MemoryStore() if adapter == "memory"
+                    else SqlStore(sqlite_url.replace("storm.db", "nested/dir/storm.db")))
     with pytest.raises(RuntimeError):
         store.unit_of_work()
     await store.start()

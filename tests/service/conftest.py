@@ -1,8 +1,11 @@
-"""Fixtures of the service tests, on embedded adapters (SQLite file, memory broker and cache, dev tokens):
+"""Fixtures of the service tests, on embedded adapters (memory broker and cache, dev tokens):
 
-* the tenants API tests: an in-process app; those fixtures are prefixed ``tenants_``;
+* the tenants API tests: an in-process app on a SQLite file; those fixtures are prefixed ``tenants_``;
 * the session tests: ``services`` (seeded with the demo workspace, on a manual clock), ``hub`` and ``ctx``
-  (a ``SessionContext``), driven without sockets by tests/service/test_session.py's helpers;
+  (a ``SessionContext``), driven without sockets by tests/service/test_session.py's helpers.  Their store
+  is the memory store (``STORM_STORE=memory``; the store contract proves it equal to the SQL one): the
+  session is what they test.  Tests about what is stored (test_persistence.py, test_tenants_api.py,
+  test_isolation.py) keep the SQL store;
 * the Auth0 tests: ``jwks_server`` and ``jwks``, a local JWKS endpoint (tests/support/jwks.py)."""
 
 from __future__ import annotations
@@ -170,9 +173,9 @@ async def tenants_api(
 
 
 @pytest.fixture
-async def services(tmp_path) -> AsyncIterator[Services]:
+async def services() -> AsyncIterator[Services]:
     clock = ManualClock()
-    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", publish_rate=5.0,
+    cfg = Config.from_env({}, store="memory", publish_rate=5.0,
                           publish_burst=3, max_subscriptions=3, retention_messages=20)
     svc = await demo_services(cfg, clock)
     try:

@@ -43,7 +43,7 @@ class App:
 
 
 async def _app(tmp_path: Any, **overrides: Any) -> Any:
-    cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/rev.db", **overrides)
+    cfg = Config.from_env({}, store="memory", **overrides)
     services = build_services(cfg)
     return dev_app(services, page=False, consumers=False), DevIdentity(cfg.dev_secret)
 

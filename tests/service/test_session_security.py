@@ -31,7 +31,7 @@ GENERAL = channel_id(DEMO_WORKSPACE, "general")
 
 
 async def _services(tmp_path: Any, **overrides: Any) -> Services:
-    values: dict[str, Any] = {"database_url": f"sqlite+aiosqlite:///{tmp_path}/sec.db", "publish_rate": 100.0,
+    values: dict[str, Any] = {"store": "memory", "publish_rate": 100.0,
                               "idle_timeout_s": 1e6,
                               "publish_burst": 100}
     values.update(overrides)
