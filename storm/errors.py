@@ -45,20 +45,9 @@ class Conflict(StormError):
     http_status = 409
 
 
-class Gone(StormError):
-    code = "gone"
-    http_status = 410
-
-
 class QuotaExceeded(StormError):
     code = "quota_exceeded"
     http_status = 409
-
-
-class RateLimited(StormError):
-    code = "rate_limited"
-    http_status = 429
-    retriable = True
 
 
 # ---- ours or the infrastructure's ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from storm.bootstrap import Services
 from storm.directory import Principal
 from storm.errors import BadRequest, StormError, Unauthenticated
+from storm.protocol.events import HistoryMessage
 from tenants import schemas as s
 from tenants import service
 
@@ -143,13 +144,11 @@ def _channel_out(c: Any) -> s.ChannelOut:
                         created_at=service.iso(c.created_at))
 
 
-def _message_out(v: service.MessageView) -> s.MessageOut:
-    m = v.message
-    deleted = m.deleted_at is not None
-    return s.MessageOut(id=m.id, offset=m.offset, author=m.author_id, author_name=v.author_name,
-                        text="" if deleted else m.body, ts=service.epoch(m.created_at) or 0.0,
-                        cmid=m.client_msg_id, thread=m.thread_id, edited_ts=service.epoch(m.edited_at),
-                        deleted=deleted, reactions=v.reactions)
+def _message_out(m: HistoryMessage) -> s.MessageOut:
+    """Field for field what the WebSocket ``history`` command sends (storm/protocol/chat.py builds both)."""
+    return s.MessageOut(id=uuid.UUID(m.id), offset=m.offset, author=uuid.UUID(m.author), author_name=m.author_name,
+                        text=m.text, ts=m.ts, cmid=m.cmid, thread=uuid.UUID(m.thread) if m.thread else None,
+                        edited_ts=m.edited_ts, deleted=m.deleted, reactions=m.reactions)
 
 
 def _presence_out(entries: list[Any]) -> s.PresenceList:

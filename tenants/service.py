@@ -31,7 +31,6 @@ from storm.domain import (
     Channel,
     ChannelKind,
     Membership,
-    Message,
     Role,
     User,
     Workspace,
@@ -43,6 +42,8 @@ from storm.errors import BadRequest, Conflict, Forbidden, NotFound, QuotaExceede
 from storm.ports.cache import PresenceEntry
 from storm.ports.identity import Claims
 from storm.ports.store import UnitOfWork
+from storm.protocol import chat
+from storm.protocol.events import HistoryMessage
 from storm.protocol.quota import WORKSPACE_PRESENCE
 
 log = logging.getLogger("storm.tenants")
@@ -67,15 +68,8 @@ class MemberView:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageView:
-    message: Message
-    author_name: str
-    reactions: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
 class HistoryView:
-    messages: list[MessageView]  # newest first
+    messages: list[HistoryMessage]  # newest first, built by storm/protocol/chat.py as for the WebSocket
     next_cursor: str | None
 
 
@@ -497,28 +491,21 @@ def decode_cursor(cursor: str) -> int:
 async def history(
     services: Services, p: Principal, channel_id: uuid.UUID, *, limit: int | None, cursor: str | None
 ) -> HistoryView:
-    """One page of a channel's stored messages, newest first, older pages through ``next_cursor``."""
+    """One page of a channel's stored messages, newest first, older pages through ``next_cursor``.  The
+    messages are built by the same function as the WebSocket ``history`` command's (storm/protocol/chat.py)."""
     page_max = services.config.history_page_max
     limit = min(DEFAULT_PAGE, page_max) if limit is None else limit
     if not 1 <= limit <= page_max:
         raise BadRequest(f"limit must be between 1 and {page_max}", field="limit")
     before = decode_cursor(cursor) if cursor is not None else None
     await services.directory.check_channel_access(p, str(channel_id))
-    ws = p.workspace
-    async with services.store.unit_of_work() as uow:
-        rows = await uow.messages.page(ws.id, channel_id, before=before, limit=limit + 1)
-        more, rows = len(rows) > limit, rows[:limit]
-        names = await _names(uow, [m.author_id for m in rows])
-        counts = await uow.reactions.counts(ws.id, [m.id for m in rows]) if rows else {}
-    views = [MessageView(m, names.get(m.author_id, ""), counts.get(m.id, {})) for m in rows]
-    return HistoryView(views, encode_cursor(rows[-1].offset) if more and rows else None)
+    page = await chat.history_page(services.store, p.workspace.id, channel_id, before=before, limit=limit)
+    return HistoryView(page.messages, encode_cursor(page.next_before) if page.next_before is not None else None)
 
 
 def epoch(moment: datetime | None) -> float | None:
     """Epoch seconds; naive datetimes (SQLite) are UTC by the store's convention."""
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return None if moment is None else chat.epoch(moment)
 
 
 def iso(moment: datetime) -> str:

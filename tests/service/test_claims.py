@@ -34,7 +34,7 @@ async def _ref(services: Any, user: str, cmid: str) -> MessageRef:
 
 async def _leave_pending(ctx: Any, services: Any, cmid: str) -> None:
     """What a gateway that died after claiming ``cmid`` leaves in the cache."""
-    outcome = await ctx.claims.claim(await _ref(services, "alice", cmid))
+    outcome = await ctx.cmids.claim(await _ref(services, "alice", cmid))
     assert isinstance(outcome, claims.Claimed)
 
 
@@ -47,18 +47,18 @@ async def _messages_in_log(services: Any) -> list[bytes]:
 
 
 async def test_claims_in_doubt_after_the_publish_timeout_and_margin(ctx):
-    assert ctx.claims.in_doubt_s == IN_DOUBT
+    assert ctx.cmids.in_doubt_s == IN_DOUBT
 
 
 async def test_a_retry_waits_for_an_attempt_that_could_still_finish_and_gets_its_ack(ctx, services):
     ref = await _ref(services, "alice", "c1")
-    first = await ctx.claims.claim(ref)
+    first = await ctx.cmids.claim(ref)
     assert isinstance(first, claims.Claimed)
     a, ta = await connect(ctx, services)
     retry = asyncio.ensure_future(send(a, op="publish", id=1, channel=GENERAL, cmid="c1", text="hello"))
     await asyncio.sleep(0.5)
     assert not retry.done() and ta.take() == []  # waiting, not refused
-    await ctx.claims.confirm(ref, first.key, "m-first", 7)  # the first attempt succeeds after all
+    await ctx.cmids.confirm(ref, first.key, "m-first", 7)  # the first attempt succeeds after all
     await asyncio.wait_for(retry, 5)
     (ack,) = ta.take("ack")
     assert ack["duplicate"] is True and (ack["message_id"], ack["offset"]) == ("m-first", 7)
@@ -67,7 +67,7 @@ async def test_a_retry_waits_for_an_attempt_that_could_still_finish_and_gets_its
 
 async def test_a_retry_gives_up_with_conflict_when_nothing_settles_in_time(ctx, services):
     await _leave_pending(ctx, services, "c1b")
-    ctx.claims.max_wait_s = 0.3  # the default: the publish timeout + 4 s
+    ctx.cmids.max_wait_s = 0.3  # the default: the publish timeout + 4 s
     a, ta = await connect(ctx, services)
     await send(a, op="publish", id=1, channel=GENERAL, cmid="c1b", text="hello")
     (err,) = ta.take("error")
@@ -113,7 +113,7 @@ async def test_an_attempt_that_reached_the_log_but_not_the_ack_is_answered_from_
     await send(a, op="publish", id=1, channel=GENERAL, cmid="c3", text="hello")
     (first,) = ta.take("ack")
     ref = await _ref(services, "alice", "c3")
-    await services.cache.delete(DEMO_WORKSPACE, ctx.claims.key(ref))  # the crash: the ack was never recorded
+    await services.cache.delete(DEMO_WORKSPACE, ctx.cmids.key(ref))  # the crash: the ack was never recorded
     await _leave_pending(ctx, services, "c3")
     services.clock.advance(IN_DOUBT + 1)
     b, tb = await connect(ctx, services)  # the client reconnected (to another gateway, say) and resends

@@ -126,7 +126,7 @@ async def test_token_of_a_or_star_cannot_open_a_session_in_b(world):
 
 async def test_cannot_subscribe_to_b(mallory, victim):
     assert (await attempt(mallory, op="subscribe", channel=VICTIM_CHANNEL))["code"] == "not_found"
-    assert mallory[0].subs == {}
+    assert mallory[0].subscriptions.channels == {}
 
 
 async def test_cannot_publish_in_b(world, mallory, victim):

@@ -184,9 +184,9 @@ async def test_since_older_than_retention_says_not_recovered(ctx, services):
 
 
 async def test_gap_wider_than_the_replay_window_replays_nothing_and_says_not_recovered(ctx, services, monkeypatch):
-    from storm.protocol import session as session_module
+    from storm.protocol import subscriptions
 
-    monkeypatch.setattr(session_module, "REPLAY_MAX", 5)
+    monkeypatch.setattr(subscriptions, "REPLAY_MAX", 5)
     a, ta = await connect(ctx, services)
     for i in range(12):
         await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x%d",'
@@ -211,7 +211,7 @@ async def test_live_events_during_replay_are_held_back_and_deduplicated(ctx, ser
         nonlocal sub_state
         await services.broker.publish(ws, ch, b'{"type":"message","channel":"%s","id":"late","author":"a",'
                                       b'"author_name":"A","text":"t","ts":1.0}' % ch.encode())
-        sub_state = a.subs[GENERAL].replaying
+        sub_state = a.subscriptions.channels[GENERAL].replaying
         return await real_head(ws, ch)
 
     services.broker.head = head_then_publish  # type: ignore[method-assign]
@@ -319,12 +319,12 @@ async def test_a_removal_racing_a_subscribe_does_not_let_the_subscription_throug
     monkeypatch.setattr(ctx.directory, "check_channel_access", check_then_removed)
     await send(b, op="subscribe", id=1, channel=GENERAL)
     assert tb.take("error")[0]["code"] == "not_found"
-    assert GENERAL not in b.subs and not tb.take("subscribed")
+    assert GENERAL not in b.subscriptions.channels and not tb.take("subscribed")
     monkeypatch.setattr(ctx.directory, "check_channel_access", check)
     await send(b, op="subscribe", id=2, channel=GENERAL)  # a later subscribe is judged afresh
     assert tb.take("subscribed")[0]["id"] == 2
     b.withdrawn(RANDOM)  # not subscribed and idle: nothing to do, nothing remembered
-    assert not tb.take("unsubscribed") and b._withdrawn is None
+    assert not tb.take("unsubscribed") and b.subscriptions._withdrawn is None
 
 
 async def test_a_withdrawn_subscription_stops_its_events_and_leaves_presence(ctx, services):
@@ -479,3 +479,16 @@ async def test_archived_channel_is_read_only(ctx, services):
     await send(a, op="subscribe", id=2, channel=RANDOM)
     assert ta.take("subscribed")
 
+
+
+async def test_an_error_names_the_channel_in_canonical_form(ctx, services):
+    """Whatever form the command used (upper case, no hyphens), the error's channel is the canonical id."""
+    a, ta = await connect(ctx, services)
+    unknown = uuid.uuid4()
+    for form in (str(unknown).upper(), unknown.hex):
+        await send(a, op="publish", id=1, channel=form, cmid="x", text="hi")
+        (error,) = ta.take("error")
+        assert (error["code"], error["channel"]) == ("not_found", str(unknown))
+    await send(a, op="unsubscribe", id=2, channel=GENERAL.replace("-", "").upper())
+    (error,) = ta.take("error")
+    assert (error["code"], error["channel"]) == ("not_subscribed", GENERAL)

@@ -1,0 +1,154 @@
+"""The chat rules, one place for both ways in: the WebSocket session (storm/protocol/session.py) and the
+tenants API (tenants/service.py).  No socket, no HTTP.
+
+* **Writes** (:class:`Chat`): publish with a client message id (``cmid``, storm/protocol/claims.py), edit
+  (the author only), delete (the author or an admin), react, and read markers (never moved back).  Every
+  write is one event in the channel's log; the persistence worker stores it (docs/delivery.md).  The caller
+  has checked that the principal may write the channel (``Directory.check_channel_access(write=True)``)
+  and applied its rate limits.
+* **History** (:func:`history_page`): a page of a channel's stored messages, newest first, as
+  :class:`~storm.protocol.events.HistoryMessage`.  The WebSocket ``history`` command sends them as they are;
+  ``GET /v1/…/messages`` turns each into its JSON body field for field, so both agree (a message whose
+  author has no user record shows ``author_name`` :data:`UNKNOWN_AUTHOR` on both;
+  tests/service/test_history.py).  The caller has checked that the principal may read the channel.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from storm.directory import Principal
+from storm.domain import Channel, Message, ReadMarker, Role
+from storm.errors import Conflict, Forbidden, NotFound
+from storm.ports.broker import Broker
+from storm.ports.clock import Clock
+from storm.ports.store import Store, UnitOfWork
+from storm.protocol import events as e
+from storm.protocol.claims import NOT_SENT, CmidClaims, Duplicate, InFlight, MessageRef
+
+UNKNOWN_AUTHOR = ""  # author_name of a message whose author has no user record (the client picks a label)
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """A write's place in the channel log: what its ``ack`` says."""
+
+    message_id: str
+    offset: int
+    duplicate: bool = False  # a publish whose cmid was already published: the original message
+
+
+class Chat:
+    def __init__(self, store: Store, broker: Broker, clock: Clock, cmids: CmidClaims) -> None:
+        self._store = store
+        self._broker = broker
+        self._clock = clock
+        self._cmids = cmids
+
+    async def publish(self, p: Principal, ch: Channel, *, cmid: str, text: str, thread: str | None) -> Posted:
+        """One message per (author, channel, cmid): a retry gets the first attempt's message back."""
+        channel = str(ch.id)
+        ref = MessageRef(p.workspace.slug, p.workspace.id, ch.id, p.user.id, cmid)
+        outcome = await self._cmids.claim(ref)
+        if isinstance(outcome, InFlight):
+            raise Conflict(f"a publish with this cmid is in flight; retry in {outcome.retry_after_s:.1f}s",
+                           field="cmid")
+        if isinstance(outcome, Duplicate):
+            return Posted(outcome.message_id, outcome.offset, duplicate=True)
+        message_id = str(uuid.uuid4())
+        payload = e.encode(e.MessageEvent(
+            channel=channel, id=message_id, author=str(p.user.id), author_name=p.user.name, text=text,
+            ts=self._clock.time(), cmid=cmid, thread=thread,
+        ))
+        try:
+            offset = await self._broker.publish(ref.workspace, channel, payload)
+        except NOT_SENT:
+            await self._cmids.release(ref, outcome.key)  # nothing reached the log: let the client's retry through
+            raise
+        # any other failure (timeout, broker error, cancellation) leaves the claim pending: the outcome is
+        # unknown, and a retry settles it once it is in doubt (storm/protocol/claims.py)
+        await self._cmids.confirm(ref, outcome.key, message_id, offset)
+        return Posted(message_id, offset)
+
+    async def edit(self, p: Principal, ch: Channel, message_id: str, text: str) -> Posted:
+        msg = await self._message(p, ch, message_id)
+        if msg.author_id != p.user.id:
+            raise Forbidden("only the author may edit a message", field="message_id")
+        return await self._post(p, msg, e.EditEvent(channel=str(ch.id), id=str(msg.id), author=str(p.user.id),
+                                                    text=text, ts=self._clock.time()))
+
+    async def delete(self, p: Principal, ch: Channel, message_id: str) -> Posted:
+        msg = await self._message(p, ch, message_id)
+        if not (msg.author_id == p.user.id or p.role.at_least(Role.ADMIN)):
+            raise Forbidden("only the author or an admin may delete a message", field="message_id")
+        return await self._post(p, msg, e.DeleteEvent(channel=str(ch.id), id=str(msg.id), author=str(p.user.id),
+                                                      ts=self._clock.time()))
+
+    async def react(self, p: Principal, ch: Channel, message_id: str, emoji: str, *, remove: bool) -> Posted:
+        msg = await self._message(p, ch, message_id)
+        return await self._post(p, msg, e.ReactionEvent(channel=str(ch.id), message_id=str(msg.id),
+                                                        user=str(p.user.id), emoji=emoji, remove=remove,
+                                                        ts=self._clock.time()))
+
+    async def mark_read(self, p: Principal, ch: Channel, offset: int) -> int:
+        """Move the caller's read marker of the channel forward to ``offset``; returns the stored one."""
+
+        async def advance(uow: UnitOfWork) -> int:
+            return await uow.read_markers.advance(ReadMarker(p.workspace.id, ch.id, p.user.id, offset))
+
+        return await self._store.run(advance)
+
+    async def _post(self, p: Principal, msg: Message,
+                    event: e.EditEvent | e.DeleteEvent | e.ReactionEvent) -> Posted:
+        offset = await self._broker.publish(p.workspace.slug, str(msg.channel_id), e.encode(event))
+        return Posted(str(msg.id), offset)
+
+    async def _message(self, p: Principal, ch: Channel, message_id: str) -> Message:
+        """A stored, not deleted message of the channel."""
+        try:
+            mid = uuid.UUID(message_id)
+        except ValueError:
+            raise NotFound("no such message", field="message_id") from None
+        async with self._store.unit_of_work() as uow:
+            msg = await uow.messages.get(p.workspace.id, mid)
+        if msg is None or msg.channel_id != ch.id or msg.deleted_at is not None:
+            raise NotFound("no such message (new messages become editable once stored)", field="message_id")
+        return msg
+
+
+# -- history ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HistorySlice:
+    messages: list[e.HistoryMessage]  # newest first
+    next_before: int | None  # the offset to read older messages before; None when this page is the oldest
+
+
+async def history_page(store: Store, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None,
+                       limit: int) -> HistorySlice:
+    """Up to ``limit`` stored messages of the channel with ``offset < before`` (all when None), newest first."""
+    async with store.unit_of_work() as uow:
+        rows = await uow.messages.page(workspace_id, channel_id, before=before, limit=limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        if not rows:
+            return HistorySlice([], None)
+        authors = {u.id: u.name for u in await uow.users.get_many(list(dict.fromkeys(m.author_id for m in rows)))}
+        counts = await uow.reactions.counts(workspace_id, [m.id for m in rows])
+    messages = [history_message(m, authors.get(m.author_id, UNKNOWN_AUTHOR), counts.get(m.id, {})) for m in rows]
+    return HistorySlice(messages, rows[-1].offset if more else None)
+
+
+def history_message(m: Message, author_name: str, reactions: dict[str, int]) -> e.HistoryMessage:
+    deleted = m.deleted_at is not None
+    return e.HistoryMessage(
+        id=str(m.id), offset=m.offset, author=str(m.author_id), author_name=author_name,
+        text="" if deleted else m.body, ts=epoch(m.created_at), cmid=m.client_msg_id,
+        thread=str(m.thread_id) if m.thread_id else None, edited_ts=epoch(m.edited_at) if m.edited_at else None,
+        deleted=deleted, reactions=reactions,
+    )
+
+
+def epoch(moment: datetime) -> float:
+    """Epoch seconds; naive datetimes (SQLite) are UTC by the store's convention."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
