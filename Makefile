@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | sha1
 PACKAGES := storm gateway tenants consumers db storm_cli storm_tools sdk/storm_sdk
 export STORM_SERVICES_DIR ?= $(CURDIR)/.services
 
-.PHONY: run run-cluster test install lint scan services-up services-down browser-deps clean
+.PHONY: run run-cluster test install lint infra-check scan services-up services-down browser-deps clean
 
 ## run: a running STORM on embedded defaults at http://127.0.0.1:8000 (Ctrl-C stops it)
 run: install
@@ -38,11 +38,33 @@ test: install services-up browser-deps
 	fi; \
 	$(MAKE) --no-print-directory services-down; exit $$status
 
-## lint: ruff, the import rules (import-linter, .importlinter) and the type checker (mypy, pyproject.toml)
+## lint: ruff, the import rules (import-linter, .importlinter), the type checker (mypy, pyproject.toml), infra-check
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory infra-check
+
+## infra-check: terraform/ and .github/workflows/ offline (terraform/README.md, "Checks"): checkov in its own
+## virtualenv, actionlint built with go install, the Terraform tests, `fmt -check` when tofu or terraform is on PATH
+CHECKOV := $(VENV)/checkov/bin/checkov
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(VENV)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
+infra-check: install $(CHECKOV) $(ACTIONLINT)
+	$(CHECKOV) -d terraform --framework terraform --skip-download --compact --quiet
+	$(ACTIONLINT) -color=false
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_terraform.py tests/unit/test_cost.py tests/unit/test_workflows.py
+	@for tf in tofu terraform; do if command -v $$tf >/dev/null; then echo "$$tf fmt -check"; \
+		$$tf fmt -check -recursive terraform || exit 1; break; fi; done
+
+$(CHECKOV): terraform/checkov-requirements.txt
+	@test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q -r terraform/checkov-requirements.txt
+	@touch $@
+
+$(ACTIONLINT):
+	@command -v go >/dev/null || { echo "infra-check: actionlint is built with Go (go install); install Go"; exit 1; }
+	GOBIN=$(abspath $(dir $(ACTIONLINT))) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 ## scan: bandit (no high-severity finding) and pip-audit (no known vulnerability)
 scan: install

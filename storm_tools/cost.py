@@ -151,9 +151,8 @@ def load_json(path: Path) -> Any:
 def load_capacities(path: Path = DEFAULT_CAPACITIES) -> tuple[dict[str, float], list[str]]:
     """Capacities from a capacities file or a `storm day` report holding one under ``capacities``."""
     doc = load_json(path)
-    if isinstance(doc, dict) and doc.get("format") != CAPACITIES_FORMAT and isinstance(doc.get("capacities"), dict):
-        inner = doc["capacities"]  # a storm day report.json: {"capacities": {"format": ..., "capacities": {...}}}
-        doc = inner if "format" in inner else {"format": CAPACITIES_FORMAT, "capacities": inner}
+    if isinstance(doc, dict) and "format" not in doc and isinstance(doc.get("capacities"), dict):
+        doc = doc["capacities"]  # a storm day report.json: {..., "capacities": {"format": ..., "capacities": {...}}}
     if not isinstance(doc, dict) or doc.get("format") != CAPACITIES_FORMAT:
         raise CostError(f"{path}: not a {CAPACITIES_FORMAT} document (nor a report with 'capacities')")
     figures = doc.get("capacities")
