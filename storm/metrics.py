@@ -142,7 +142,7 @@ class Metrics:
         return sample
 
     def count_of(self, name: str, read: Callable[[], int], **tags: str) -> None:
-        """Emit the growth of ``read()`` (a count the code keeps anyway) at every flush."""
+        """Emit the growth of ``read()`` (a count the code keeps anyway) at every flush, zero included."""
         key = self._key(name, "count", tags)
         self._counts_of.append((key[0], key[1], read))
 
@@ -176,11 +176,10 @@ class Metrics:
     def flush(self) -> None:
         """Send count deltas, gauges and the sampled values to the sink (also callable by tests)."""
         sink = self.sink
-        for key, counter in self._counters.items():
-            delta = counter.value - self._sent.get(key, 0)
-            if delta:
-                self._sent[key] = counter.value
-                sink.count(key[0], delta, key[1])
+        for key, counter in self._counters.items():  # zero deltas too: a monitor on a rare event has data
+            value = counter.value
+            sink.count(key[0], value - self._sent.get(key, 0), key[1])
+            self._sent[key] = value
         for name, tags, read in self._counts_of:
             key = (name, (*tags, "\x00read"))  # apart from counter() keys of the same name
             try:
@@ -188,10 +187,8 @@ class Metrics:
             except Exception:
                 log.exception("reading %s failed", name)
                 continue
-            delta = value - self._sent.get(key, 0)
-            if delta:
-                self._sent[key] = value
-                sink.count(name, delta, tags)
+            sink.count(name, value - self._sent.get(key, 0), tags)
+            self._sent[key] = value
         for name, tags, gauge in self._gauges_of:
             try:
                 current = gauge()
@@ -293,6 +290,20 @@ class GatewayMeters:
         """A session sent ``hello``, ``elapsed_ms`` after the upgrade."""
         self.connects["ok"].value += 1
         self.connect_time.add(elapsed_ms)
+
+    def refused(self, close_code: int, *, invalid_token: bool) -> None:
+        """A connect ended before ``hello`` with ``close_code``; ``invalid_token``: the token was checked and
+        refused (else the first frame was not an auth)."""
+        if close_code == 4001:
+            self.auth_failed("invalid_token" if invalid_token else "not_auth", "unauthenticated")
+        elif close_code == 4003:
+            self.auth_failed("timeout", "auth_timeout")
+        elif close_code == 4010:
+            self.auth_failed("revoked", "revoked")
+        elif close_code == 4029:
+            self.connects["quota"].value += 1
+        else:
+            self.connects["internal"].value += 1
 
     def auth_failed(self, reason: str, result: str) -> None:
         """An authentication failed (``reason`` of storm.auth.failures) and the connect ended with ``result``."""

@@ -107,7 +107,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("storm.consumer.backlog", "gauge", "records",
            "Records waiting on the persistence subscription (Pulsar's subscription stats; the embedded broker's "
            "pending count).", ("consumers",)),
-    Metric("storm.consumer.redelivered", "count", "records", "Records handed back for a retry (nack).",
+    Metric("storm.consumer.redelivered", "count", "records",
+           "Records received again (delivery count > 1): a write failed, or a worker died before its ack.",
            ("consumers",)),
     Metric("storm.consumer.dead_lettered", "count", "records", "Records moved to the dead-letter log.",
            ("consumers",)),

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from storm.config import Config
 from storm.directory import Directory
+from storm.metrics import GatewayMeters
 from storm.ports.broker import Broker
 from storm.ports.cache import Cache
 from storm.ports.clock import Clock
@@ -52,6 +53,7 @@ class SessionContext:
     directory: Directory
     hub: Hub
     control: ControlRouter = field(default_factory=ControlRouter)  # revocations (storm/revocation.py)
+    meters: GatewayMeters = field(default_factory=GatewayMeters)  # plain counters (docs/observability.md)
     cmids: CmidClaims = field(init=False)  # client message ids (storm/protocol/claims.py)
     chat: Chat = field(init=False)  # the chat rules (storm/protocol/chat.py)
     limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)

@@ -1,9 +1,9 @@
 """The session core: protocol v1 logic for one connection, with no socket I/O (docs/protocol.md).
 
-The I/O layer (gateway/ws.py, gateway/frontdoor.py) hands it decoded frames (:meth:`Session.receive`) and
-gives it a :class:`Transport` to push encoded events to and to ask for a close.  Everything it needs from
-the world (broker, cache, directory, hub, clock) comes through :class:`SessionContext`, so tests drive it
-with the embedded adapters and a list as transport (tests/service/test_session.py).
+The I/O layer (gateway/connection.py) hands it decoded frames (:meth:`Session.receive`) and gives it a
+:class:`Transport` to push encoded events to and to ask for a close.  Everything it needs from the world
+(broker, cache, directory, hub, clock) comes through :class:`SessionContext`, so tests drive it with the
+embedded adapters and a list as transport (tests/service/test_session.py).
 
 This module is the state machine: AWAITING_AUTH -> OPEN -> CLOSED (illegal transitions raise), the
 handshake and admission, dispatch of commands, deadlines, revocations and the close.  Its parts:
@@ -74,6 +74,8 @@ class Session:
         self._controlled = False  # registered with the ControlRouter
         self.draining = False  # the gateway drains: frames from now on are dropped (the client resends them)
         self.busy = False  # a frame is being handled (the drain waits for its ack)
+        self._result = "ok"  # of the command being handled: "ok" or the error code sent (storm.commands)
+        self._gone = False  # counted in storm.gateway.disconnects
 
     # -- properties the hub, the route and the control router use ------------------------------------------
     @property
@@ -123,6 +125,7 @@ class Session:
             if self.state is State.CLOSED:  # closed meanwhile (a revocation from the control channel)
                 return
         rid = getattr(cmd, "id", None)
+        self._result = "ok"
         try:
             await self._dispatch(cmd)
         except Disconnect:
@@ -135,6 +138,7 @@ class Session:
             log.exception("session bug ws=%s session=%s op=%s", self.workspace, self.id,
                           type(cmd).__name__.lower())
             self._error(ErrorCode.INTERNAL, "internal error", id=rid, channel=_channel_of(cmd))
+        self.ctx.meters.command(type(cmd).__name__.lower(), self._result)
 
     def _protocol_error(self, exc: c.ProtocolViolation) -> None:
         self._bad_frames += 1
@@ -178,6 +182,7 @@ class Session:
                 auth_timeout_s=cfg.auth_timeout_s, idle_timeout_s=cfg.idle_timeout_s,
             ),
         ))
+        self.ctx.meters.connected((self.ctx.clock.monotonic() - self.opened_at) * 1000.0)
         await self.ctx.cache.presence_add(principal.workspace.slug, WORKSPACE_PRESENCE, self.id,
                                           presence_entry(principal), cfg.presence_ttl_s)
 
@@ -228,6 +233,7 @@ class Session:
         try:
             claims = await self.ctx.identity.verify(cmd.token)
         except StormError as exc:
+            self.ctx.meters.auth_failures["refresh_refused"].value += 1
             raise Refused(ErrorCode.UNAUTHENTICATED, f"token refresh refused: {exc.message}", field="token") from exc
         if claims.subject != p.claims.subject or claims.workspace not in (p.claims.workspace, p.workspace.slug):
             raise Refused(ErrorCode.ALREADY_AUTHENTICATED,
@@ -293,6 +299,7 @@ class Session:
         """Token buckets, cheapest first: this connection (local), the user and the workspace (in the
         cache, so shared by every gateway when the cache is distributed).  Over any: ``rate_limited``."""
         if not self._bucket.take(self.ctx.clock.monotonic()):
+            self.ctx.meters.ratelimit["connection"].value += 1
             raise Refused(ErrorCode.RATE_LIMITED, f"rate limited; retry in {self._bucket.retry_after():.2f}s")
         cfg = self.ctx.config
         ws_rate = cfg.workspace_publish_rate or float(p.workspace.quotas.messages_per_second)
@@ -302,12 +309,14 @@ class Session:
         ):
             wait = await self.ctx.limiter.take(p.workspace.slug, key, rate, burst)
             if wait > 0:
+                self.ctx.meters.ratelimit[scope].value += 1
                 raise Refused(ErrorCode.RATE_LIMITED, f"{scope} rate limited; retry in {wait:.2f}s")
 
     async def _publish(self, cmd: c.Publish) -> None:
         p, ch = await self._write_access(cmd.channel)
         posted = await self.ctx.chat.publish(p, ch, cmid=cmd.cmid, text=cmd.text, thread=cmd.thread)
         self._ack(cmd.id, ch, posted, cmid=cmd.cmid)
+        self.ctx.meters.ack_written(self.last_seen)  # storm.publish.ack_latency, ends when the ack is written
 
     async def _change(self, cmd: c.Edit | c.Delete | c.React) -> None:
         p, ch = await self._write_access(cmd.channel)
@@ -372,12 +381,15 @@ class Session:
 
     def _error(self, code: ErrorCode | str, message: str, *, id: int | None = None, field: str | None = None,
                channel: str | None = None) -> None:
+        self._result = str(code)
         self._send(e.Error(code=str(code), message=message, id=id, field=field, channel=channel))
 
     def _end(self, end: Disconnect) -> None:
         """The error event (if any), then the close.  Nothing once closed."""
         if self.state is State.CLOSED:
             return
+        if self.state is State.AWAITING_AUTH:  # a connect that never reached hello (storm.gateway.connects)
+            self.ctx.meters.refused(end.close_code, invalid_token=end.__cause__ is not None)
         if end.error_code is not None:
             self._error(end.error_code, end.message, id=end.id, field=end.field)
         self._close(end.close_code, end.reason)
@@ -419,6 +431,9 @@ class Session:
     async def closed(self) -> None:
         """The connection is gone: leave every channel and drop presence.  Idempotent."""
         self.state = State.CLOSED
+        if not self._gone:
+            self._gone = True
+            self.ctx.meters.disconnect(self.close_code)
         if self.principal is None:
             return
         await self._release()

@@ -126,6 +126,8 @@ class Subscriptions:
         replay = [r for r in records if r.offset > last]
         self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
                                 replayed=len(replay)))
+        if cmd.since is not None:  # a resume: storm.gateway.resumes and resume_gap (docs/observability.md)
+            ctx.meters.resumed(recovered, replay[0].publish_time if replay else 0.0, ctx.clock.time())
         send = self._owner.transport.send
         for r in replay:
             send(e.with_offset(r.payload, r.offset))

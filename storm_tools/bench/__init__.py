@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fan.add_argument("--start-timeout", type=float, default=60.0, help="seconds for a server to get ready")
     fan.add_argument("--log-dir", default=None, help="keep the servers' logs here (default: discarded)")
     fan.add_argument("--json", action="store_true", help="compact JSON on one line")
+    fan.add_argument("--metrics", action="store_true",
+                     help="STORM with DogStatsD on, sent to a local receiver (docs/observability.md)")
 
     idle = sub.add_parser("idle", help="gateway memory per authenticated idle connection")
     idle.add_argument("--connections", type=int, default=10000, help="idle connections (default 10000)")

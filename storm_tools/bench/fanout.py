@@ -332,12 +332,21 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
     if kind == "storm":
         env = storm_env(tmp, messages=args.messages)
         tokens = storm_tokens(env)
+        for name in ("DD_AGENT_HOST", "DD_DOGSTATSD_URL", "DD_DOGSTATSD_PORT"):  # --metrics decides, not the shell
+            env.pop(name, None)
         argv = python_module("storm_cli", "dev", "--host", HOST, "--port", str(port))
         http_path: str | None = "/healthz"
     else:
         env, tokens = dict(os.environ), ["floor-token"]
         argv = python_module("storm_tools.bench.floor", "--host", HOST, "--port", str(port))
         http_path = None
+    sink = None  # --metrics: DogStatsD on, sent to a receiver in this process (docs/observability.md)
+    if kind == "storm" and getattr(args, "metrics", False):
+        from storm_tools.statsd import Collector, listen
+
+        collector = Collector()
+        sink, sink_port = await listen(collector, HOST, 0)
+        env.update({"DD_AGENT_HOST": HOST, "DD_DOGSTATSD_PORT": str(sink_port)})
     n, m = args.subscribers, args.messages
     procs = args.client_procs or max(1, math.ceil(n / PER_PROCESS_MAX))
     server = ServerProcess(kind, argv, env=env, log_path=log_dir(args, tmp) / f"{kind}.log")
@@ -389,6 +398,9 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         for c in clients:
             await c.stop()
         server.stop()
+        if sink is not None:
+            await asyncio.sleep(0.3)  # read the server's last flush, sent as it stopped
+            sink.close()
     errors = server.log_errors()
     pub = results[0]
     lat = sorted(x for r in results for x in r["latencies_us"])
@@ -424,6 +436,9 @@ async def run_server(kind: str, args: Any, tmp: Path, progress: Progress) -> dic
         "client_procs": procs,
         "client_cpu_s": sum(r["client_cpu_s"] for r in results),
     }
+    if sink is not None:  # what the metrics receiver heard: proof that DogStatsD really was on
+        out["metrics"] = {"packets": collector.packets, "fanout_deliveries": collector.total("storm.fanout.deliveries"),
+                          "names": len(collector.names())}
     if errors:
         progress.done()
         print(f"[{kind}] server log errors ({len(errors)}), first ones:", file=sys.stderr)
@@ -479,6 +494,8 @@ def summarize(args: Any, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "events_per_frame": _r(main["deliveries"] / main["frames"], 2) if main["frames"] else None,
         "client_cpu_s": _r(main["client_cpu_s"], 3),
     }
+    if storm is not None and "metrics" in storm:
+        out["metrics"] = storm["metrics"]
     if floor is not None:
         out.update({"floor_deliveries": floor["deliveries"], "floor_wall_s": _r(floor["wall_s"], 3),
                     "floor_p50_ms": _r(floor["p50_ms"], 2), "floor_p99_ms": _r(floor["p99_ms"], 2),
