@@ -112,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         overrides["port"] = args.port
     cfg = Config.from_env(**overrides)
-    services = build_services(cfg)
+    services = build_services(cfg, role=args.role)  # the role is the metrics' and logs' service tag
     app = build_role_app(args.role, services)
 
     @app.before_serving  # registered last, so it runs once the role's own start-up has finished

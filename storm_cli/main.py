@@ -7,6 +7,7 @@
     storm serve gateway|api|consumers   one role as its own process (storm_cli/cluster.py)
     storm cluster                  services + 2 gateways, tenants API, consumers as processes (make run-cluster)
     storm verify delivery --json   gateway-kill scenario on the running services (storm_tools/verify.py)
+    storm top                      live per-process figures from DogStatsD (storm_tools/top.py)
     storm cost [--json]            the AWS fleet and bill for launch day from measured capacities (storm_tools/cost.py)
 """
 
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from storm_tools.cost import add_arguments as cost_arguments
 
     cost_arguments(sub)  # `storm cost [--from REPORT] [--json] [--tfvars PATH]` (storm_tools/cost.py)
+    from storm_tools.top import add_arguments as top_arguments
+
+    top_arguments(sub)  # `storm top`: live figures from DogStatsD (storm_tools/top.py, docs/observability.md)
     return parser
 
 
@@ -212,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
 
     install_redaction()  # no token or secret in any log line (docs/security.md)
     try:
+        from storm.logs import configure as configure_logs
+
+        configure_logs(os.environ, service=getattr(args, "role", None) or args.command)  # STORM_LOG_FORMAT
         return int(args.fn(args))
     except ConfigError as exc:
         print(f"storm: configuration error: {exc}", file=sys.stderr)
