@@ -22,7 +22,7 @@ from storm.directory import Directory
 from storm.errors import StormError
 from storm.lifecycle import Lifecycle, Resource
 from storm.metrics import Metrics
-from storm.ports.broker import Broker
+from storm.ports.broker import Broker, WorkBacklog
 from storm.ports.cache import Cache
 from storm.ports.clock import Clock, SystemClock
 from storm.ports.identity import IdentityVerifier
@@ -79,12 +79,20 @@ class Services:
         return {"store": "ok"}
 
     def work_backlog(self, subscription: str) -> Callable[[], Awaitable[float | None]]:
-        """How to read the backlog of a work subscription (``storm.consumer.backlog``)."""
-        from storm.adapters.work_backlog import MemoryBacklog, PulsarBacklog
+        """How to read the backlog of a work subscription (``storm.consumer.backlog``): None when the broker
+        cannot tell (it is no :class:`~storm.ports.broker.WorkBacklog`, or its answer failed)."""
+        broker = self.broker
 
-        if self.config.broker == "pulsar":
-            return PulsarBacklog(self.config.pulsar_admin_url, subscription)
-        return MemoryBacklog(getattr(self.broker, "_target", self.broker), subscription)
+        async def read() -> float | None:
+            if not isinstance(broker, WorkBacklog):
+                return None
+            try:
+                return float(await broker.work_backlog(subscription))
+            except (StormError, ValueError) as exc:  # ValueError: an admin answer that is not JSON
+                log.debug("backlog of %s unavailable: %r", subscription, exc)
+                return None
+
+        return read
 
     async def __aenter__(self) -> Services:
         await self.start()

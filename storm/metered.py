@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from storm.metrics import Metrics, Sample
+from storm.ports.broker import ChannelPreparer, WorkBacklog, WorkScope
+from storm.ports.store import CountsRetries
 
 CACHE_METHODS = ("get", "set", "delete", "put_if_absent", "incr", "rate_take", "revoke", "is_revoked",
                  "presence_add", "presence_remove", "presence_refresh", "presence_list", "presence_count",
@@ -47,6 +49,12 @@ class MeteredBroker(_Passthrough):
     def __init__(self, broker: Any, metrics: Metrics) -> None:
         super().__init__(broker)
         self.publish = _timed(broker.publish, metrics.sample("storm.broker.publish_latency"))
+        # The broker's optional capabilities (storm/ports/broker.py) as attributes of this object: isinstance
+        # on a runtime_checkable protocol looks them up statically from Python 3.12 on, past __getattr__.
+        for capability, method in ((ChannelPreparer, "ensure_channel"), (WorkScope, "limit_work_to"),
+                                   (WorkBacklog, "work_backlog")):
+            if isinstance(broker, capability):
+                setattr(self, method, getattr(broker, method))
 
 
 class MeteredCache(_Passthrough):
@@ -62,7 +70,8 @@ class MeteredStore(_Passthrough):
         super().__init__(store)
         self._tx = metrics.sample("storm.store.tx_latency")
         self.run = _timed(store.run, self._tx)
-        metrics.count_of("storm.store.serialization_retries", lambda: int(getattr(store, "serialization_retries", 0)))
+        if isinstance(store, CountsRetries):
+            metrics.count_of("storm.store.serialization_retries", lambda: store.serialization_retries)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[Any]:

@@ -29,7 +29,7 @@ from storm.ports.broker import BroadcastHandler, Delivery, Record
 from storm.ports.clock import Clock
 
 if TYPE_CHECKING:
-    from storm.ports.broker import BroadcastSubscription, Broker, WorkSubscription
+    from storm.ports.broker import BroadcastSubscription, Broker, WorkBacklog, WorkSubscription
 
 log = logging.getLogger("storm.broker.memory")
 
@@ -189,6 +189,12 @@ class MemoryBroker:
             wq = self._work[name] = _WorkQueue(name, self._clock, self._ack_timeout_s)
         return _WorkConsumer(wq, self)
 
+    async def work_backlog(self, name: str) -> int:
+        """Records of the work subscription ``name`` waiting to be handed out: pending and nacked (delayed)
+        ones; those handed out and not yet acknowledged are not counted."""
+        wq = self._work.get(name)
+        return 0 if wq is None else wq.waiting()
+
     def dead_letters(self, name: str) -> list[tuple[Record, str]]:
         wq = self._work.get(name)
         return list(wq.dead) if wq else []
@@ -255,6 +261,9 @@ class _WorkQueue:
 
     def wake(self) -> None:
         self._event.set()
+
+    def waiting(self) -> int:
+        return sum(len(items) for items in self._pending.values()) + len(self._delayed)
 
     def put(self, record: Record) -> None:
         item = _Item(record, next(self._seq))
@@ -418,5 +427,6 @@ if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's
 
     def _conforms(broker: MemoryBroker, broadcast: _BroadcastSubscription, work: _WorkConsumer) -> None:
         _broker: Broker = broker
+        _backlog: WorkBacklog = broker
         _broadcast: BroadcastSubscription = broadcast
         _work: WorkSubscription = work

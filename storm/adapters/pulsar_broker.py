@@ -49,7 +49,14 @@ from storm.ports.broker import BroadcastHandler, Record
 from storm.ports.clock import Clock
 
 if TYPE_CHECKING:
-    from storm.ports.broker import BroadcastSubscription, Broker, ChannelPreparer, WorkScope, WorkSubscription
+    from storm.ports.broker import (
+        BroadcastSubscription,
+        Broker,
+        ChannelPreparer,
+        WorkBacklog,
+        WorkScope,
+        WorkSubscription,
+    )
 
 log = logging.getLogger("storm.broker.pulsar")
 
@@ -297,6 +304,11 @@ class PulsarBroker:
     async def workspaces(self) -> list[str]:
         """Tenants that work subscriptions should cover."""
         return [t for t in await self.admin.tenants() if self._workspace_filter(t)]
+
+    async def work_backlog(self, name: str) -> int:
+        """Records waiting on the work subscription ``name``, from the admin API's topic stats."""
+        self._running()
+        return await self.admin.work_backlog(name)
 
     async def ensure_channel(self, workspace: str, channel: str) -> None:
         """Create a channel's topic ahead of its first record, so that work consumers already attached to
@@ -607,5 +619,6 @@ if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's
         _broker: Broker = broker
         _prepares: ChannelPreparer = broker
         _scoped: WorkScope = broker
+        _backlog: WorkBacklog = broker
         _broadcast: BroadcastSubscription = broadcast
         _work: WorkSubscription = work

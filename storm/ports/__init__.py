@@ -2,7 +2,7 @@
 
 Each port has an embedded adapter with the same semantics (``storm.adapters``) and real adapters; one
 contract suite per port (``tests/contract``) runs against all of them.  Optional capabilities of a port
-(``ChannelPreparer``, ``WorkScope``, ``CountsRetries``) are small protocols of their own; every adapter
+(``ChannelPreparer``, ``WorkScope``, ``WorkBacklog``, ``CountsRetries``) are small protocols of their own; every adapter
 module ends with a type-checked proof that it satisfies its port (docs/architecture.md, "Ports and
 adapters").
 """
@@ -14,6 +14,7 @@ from storm.ports.broker import (
     ChannelPreparer,
     Delivery,
     Record,
+    WorkBacklog,
     WorkScope,
     WorkSubscription,
 )
@@ -25,5 +26,5 @@ from storm.ports.store import CountsRetries, Store, UnitOfWork
 __all__ = [
     "BroadcastHandler", "BroadcastSubscription", "Broker", "Cache", "ChannelPreparer", "Claims", "Clock",
     "CountsRetries", "Delivery", "IdentityVerifier", "PresenceEntry", "Record", "Store", "SystemClock",
-    "UnitOfWork", "WorkScope", "WorkSubscription",
+    "UnitOfWork", "WorkBacklog", "WorkScope", "WorkSubscription",
 ]

@@ -137,3 +137,11 @@ class WorkScope(Protocol):
     ``workspace_filter`` accepts (benches and tests sharing one cluster)."""
 
     def limit_work_to(self, workspace_filter: Callable[[str], bool]) -> None: ...
+
+
+@runtime_checkable
+class WorkBacklog(Protocol):
+    """A broker that can tell how many records wait on a work subscription (the ``storm.consumer.backlog``
+    gauge, docs/observability.md).  Raises :class:`storm.errors.StormError` when it cannot tell now."""
+
+    async def work_backlog(self, name: str) -> int: ...

@@ -626,3 +626,21 @@ def test_pulsar_offsets_pack_positions_in_53_bits_and_refuse_what_does_not_fit()
         encode_offset(5, 2**20)
     with pytest.raises(OffsetOverflow):
         encode_offset(2**33, 0)
+
+
+def test_pulsar_backlog_sums_the_subscription_over_every_topic():
+    """The admin API's broker-stats/topics document: namespace -> bundle -> domain -> topic."""
+    from storm.adapters.pulsar_admin import sum_backlog
+
+    def topic(**subs: int) -> dict[str, Any]:
+        return {"subscriptions": {name: {"msgBacklog": n} for name, n in subs.items()}}
+
+    stats = {
+        "ws-a/channels": {"0x0_0x8": {"persistent": {"persistent://ws-a/channels/c1": topic(persistence=3, other=9),
+                                                      "persistent://ws-a/channels/c2": topic(persistence=4)}}},
+        "ws-b/channels": {"0x8_0xf": {"persistent": {"persistent://ws-b/channels/c3": topic(other=5),
+                                                      "persistent://ws-b/channels/c4": {}}}},
+    }
+    assert sum_backlog(stats, "persistence") == 7
+    assert sum_backlog(stats, "other") == 14
+    assert sum_backlog({}, "persistence") == 0

@@ -40,6 +40,8 @@ PAIRS: list[tuple[type, type]] = [
     (broker_port.WorkSubscription, PulsarWorkSubscription),
     (broker_port.ChannelPreparer, PulsarBroker),
     (broker_port.WorkScope, PulsarBroker),
+    (broker_port.WorkBacklog, MemoryBroker),
+    (broker_port.WorkBacklog, PulsarBroker),
     (cache_port.Cache, MemoryCache),
     (cache_port.Cache, HazelcastCache),
     (identity_port.IdentityVerifier, DevIdentity),
@@ -102,7 +104,26 @@ def test_optional_capabilities_are_found_by_isinstance_not_hasattr() -> None:
     pulsar = PulsarBroker(pulsar_settings(Config()), SystemClock())  # nothing connects before start()
     assert isinstance(pulsar, broker_port.ChannelPreparer) and isinstance(pulsar, broker_port.WorkScope)
     assert not isinstance(memory, broker_port.ChannelPreparer) and not isinstance(memory, broker_port.WorkScope)
+    assert isinstance(pulsar, broker_port.WorkBacklog) and isinstance(memory, broker_port.WorkBacklog)
     assert isinstance(SqlStore("sqlite+aiosqlite:///:memory:"), store_port.CountsRetries)
+
+
+def test_a_metered_broker_keeps_exactly_the_capabilities_of_its_adapter() -> None:
+    """With metrics on, the bootstrap wraps the broker (storm/metered.py); tools still find its capabilities,
+    also where isinstance looks attributes up statically (Python 3.12 on: inspect.getattr_static)."""
+    from storm.bootstrap import pulsar_settings
+    from storm.config import Config
+    from storm.metered import MeteredBroker
+    from storm.metrics import Metrics
+
+    pulsar = MeteredBroker(PulsarBroker(pulsar_settings(Config()), SystemClock()), Metrics())
+    memory = MeteredBroker(MemoryBroker(SystemClock()), Metrics())
+    for capability, name in ((broker_port.ChannelPreparer, "ensure_channel"), (broker_port.WorkScope, "limit_work_to"),
+                             (broker_port.WorkBacklog, "work_backlog")):
+        assert isinstance(pulsar, capability)
+        inspect.getattr_static(pulsar, name)  # AttributeError if only __getattr__ could find it
+    assert isinstance(memory, broker_port.WorkBacklog)
+    assert not isinstance(memory, broker_port.ChannelPreparer) and not isinstance(memory, broker_port.WorkScope)
 
 
 # ---- the shared lifecycle (aiokafka's): no I/O before start, start once, stop idempotent, async with ----------
@@ -189,3 +210,26 @@ async def test_the_embedded_broker_continues_after_the_last_stored_offset(tmp_pa
         await services.store.run(seed)
         assert await services.broker.publish(ws.slug, str(channel.id), b"{}") == 42
         assert await services.broker.publish(ws.slug, str(uuid.uuid4()), b"{}") == 1  # nothing stored there
+
+
+async def test_the_backlog_gauge_reads_the_brokers_work_backlog(tmp_path: Any) -> None:
+    """``Services.work_backlog`` (the ``storm.consumer.backlog`` gauge) asks a WorkBacklog broker: records
+    waiting, not those handed out; None for a broker that cannot tell."""
+    import dataclasses
+    import uuid
+
+    from storm.bootstrap import build_services
+    from storm.config import Config
+
+    async with build_services(Config(database_url=f"sqlite+aiosqlite:///{tmp_path}/b.db")) as services:
+        read = services.work_backlog("persistence")
+        assert await read() == 0.0
+        sub = await services.broker.subscribe_work("persistence")
+        for _ in range(3):
+            await services.broker.publish("ws", str(uuid.uuid4()), b"{}")
+        assert await read() == 3.0
+        got = await sub.receive(2, 1.0)
+        assert len(got) == 2 and await read() == 1.0
+        await sub.close()
+        blind = dataclasses.replace(services, broker=object())  # type: ignore[arg-type]
+        assert await blind.work_backlog("persistence")() is None
