@@ -1,0 +1,74 @@
+"""The DogStatsD adapter against a real UDP socket: what `Metrics.flush` hands it arrives as DogStatsD lines
+with the process tags, and nothing of the client's own telemetry (docs/observability.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storm.adapters.dogstatsd_metrics import DogStatsdMetrics, Target
+from storm.bootstrap import build_services
+from storm.config import Config, ConfigError
+from storm.metrics import Metrics
+from storm_tools.statsd import Collector, listen
+
+
+async def _received(collector: Collector, name: str) -> None:
+    for _ in range(100):
+        if collector.select(name):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} never arrived; got {sorted(collector.names())}")
+
+
+async def test_flushed_metrics_arrive_with_the_process_tags_and_no_client_telemetry() -> None:
+    collector = Collector()
+    transport, port = await listen(collector, "127.0.0.1", 0)
+    sink = DogStatsdMetrics(Target("127.0.0.1", port), ["service:gateway", "instance:gw-1", "env:test"])
+    metrics = Metrics(sink)
+    try:
+        metrics.counter("storm.gateway.connects", result="ok").value += 2
+        metrics.gauge_of("storm.gateway.connections", lambda: 3)
+        metrics.sample("storm.delivery.latency").add(12.5)
+        metrics.flush()
+        await _received(collector, "storm.delivery.latency")
+        await _received(collector, "storm.gateway.connects")
+    finally:
+        sink.close()
+        sink.close()  # idempotent
+        transport.close()
+    assert collector.total("storm.gateway.connects", result="ok", service="gateway", instance="gw-1") == 2
+    assert collector.latest_gauge("storm.gateway.connections", env="test") == 3
+    assert collector.values("storm.delivery.latency") == [12.5]
+    assert all(not name.startswith("datadog.") for name in collector.names())  # telemetry off
+
+
+@pytest.mark.parametrize(("url", "host", "port", "expected"), [
+    ("", "", 8125, None),
+    ("", "agent.local", 9125, Target("agent.local", 9125)),
+    ("udp://10.0.0.5:8200", "ignored", 8125, Target("10.0.0.5", 8200)),
+    ("udp://10.0.0.5", "", 8125, Target("10.0.0.5", 8125)),
+    ("unix:///var/run/datadog/dsd.socket", "", 8125, Target(socket_path="/var/run/datadog/dsd.socket")),
+])
+def test_the_agent_address_comes_from_the_standard_variables(url: str, host: str, port: int,
+                                                             expected: Target | None) -> None:
+    assert Target.parse(url, host, port) == expected
+
+
+def test_a_malformed_dogstatsd_url_is_a_configuration_error(tmp_path: object) -> None:
+    cfg = Config.from_env({"DD_DOGSTATSD_URL": "http://agent:8125"})
+    with pytest.raises(ConfigError, match="DD_DOGSTATSD_URL"):
+        build_services(cfg)
+
+
+def test_metrics_are_off_without_an_agent_and_on_with_one() -> None:
+    assert not build_services(Config.from_env({})).metrics.enabled
+    services = build_services(Config.from_env({"DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": "9",
+                                               "STORM_GATEWAY_ID": "gw-7", "DD_ENV": "prod"}), role="gateway")
+    try:
+        assert services.metrics.enabled
+        tags = list(services.metrics.sink._client.constant_tags)  # type: ignore[attr-defined]
+        assert {"service:gateway", "instance:gw-7", "env:prod"} <= set(tags)
+    finally:
+        services.metrics.sink.close()
