@@ -17,6 +17,7 @@ import pytest
 
 import db.repositories as repos
 from db.store import SqlStore, SqlUnitOfWork
+from storm.adapters import memory_store as mem
 from storm.adapters.auth0_identity import Auth0Identity
 from storm.adapters.dev_identity import DevIdentity
 from storm.adapters.hazelcast_cache import HazelcastCache
@@ -55,6 +56,15 @@ PAIRS: list[tuple[type, type]] = [
     (store_port.MessageRepository, repos.SqlMessageRepository),
     (store_port.ReactionRepository, repos.SqlReactionRepository),
     (store_port.ReadMarkerRepository, repos.SqlReadMarkerRepository),
+    (store_port.Store, mem.MemoryStore),
+    (store_port.UnitOfWork, mem.MemoryUnitOfWork),
+    (store_port.WorkspaceRepository, mem.MemoryWorkspaceRepository),
+    (store_port.UserRepository, mem.MemoryUserRepository),
+    (store_port.MembershipRepository, mem.MemoryMembershipRepository),
+    (store_port.ChannelRepository, mem.MemoryChannelRepository),
+    (store_port.MessageRepository, mem.MemoryMessageRepository),
+    (store_port.ReactionRepository, mem.MemoryReactionRepository),
+    (store_port.ReadMarkerRepository, mem.MemoryReadMarkerRepository),
 ]
 
 
@@ -139,6 +149,10 @@ def _sqlite_store() -> Any:
     return SqlStore("sqlite+aiosqlite:///:memory:")
 
 
+def _memory_store() -> Any:
+    return mem.MemoryStore()
+
+
 async def _use(resource: Any) -> None:
     """One call of the port, to tell a running adapter from a stopped one."""
     if isinstance(resource, MemoryBroker):
@@ -149,7 +163,8 @@ async def _use(resource: Any) -> None:
         await resource.ping()
 
 
-@pytest.fixture(params=[_memory_broker, _memory_cache, _sqlite_store], ids=["memory-broker", "memory-cache", "sql"])
+@pytest.fixture(params=[_memory_broker, _memory_cache, _sqlite_store, _memory_store],
+                ids=["memory-broker", "memory-cache", "sql-store", "memory-store"])
 async def resource(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     made = request.param()
     try:
