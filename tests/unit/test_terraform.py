@@ -31,7 +31,7 @@ LB_SECURITY_GROUPS = {("gateway", "nlb"), ("api", "alb")}  # the only groups tha
 def _clean(value: Any) -> Any:
     """python-hcl2 8 keeps string quotes and marks blocks; strip both."""
     if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items() if k != "__is_block__"}
+        return {_clean(k): _clean(v) for k, v in value.items() if not k.startswith("__")}  # __is_block__, __comments__
     if isinstance(value, list):
         return [_clean(v) for v in value]
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
@@ -341,3 +341,69 @@ def test_gateway_drain_matches_storms_drain() -> None:
     assert res["aws_lb_listener.wss"]["protocol"] == "TLS"
     policy = res["aws_autoscaling_policy.connections"]["target_tracking_configuration"][0]
     assert policy["customized_metric_specification"][0]["metric_name"] == "Connections"
+
+
+# --- wiring: what `terraform validate` would catch first, checked without providers -----------------------
+
+def _module_dirs() -> list[Path]:
+    return sorted([p for p in MODULES.iterdir() if p.is_dir()] + [TF / "envs" / e for e in ENVS])
+
+
+def _parsed(directory: Path) -> list[dict[str, Any]]:
+    """The .tf files, and the .tf.json ones (terraform/datadog is generated as JSON) in the same shape."""
+    docs = [parse(p) for p in sorted(directory.glob("*.tf"))]
+    for path in sorted(directory.glob("*.tf.json")):
+        doc = json.loads(path.read_text())
+        docs.append({kind: [doc[kind]] for kind in ("variable", "output", "module") if isinstance(doc.get(kind), dict)})
+    return docs
+
+
+def _names(directory: Path, kind: str) -> set[str]:
+    return {name for doc in _parsed(directory) for entry in doc.get(kind, []) for name in entry}
+
+
+def test_module_calls_match_the_called_modules() -> None:
+    meta = {"source", "providers", "depends_on", "count", "for_each", "version"}
+    for directory in _module_dirs():
+        for doc in _parsed(directory):
+            for entry in doc.get("module", []):
+                for name, call in entry.items():
+                    target = (directory / call["source"]).resolve()
+                    variables = {v: body for d in _parsed(target) for e in d.get("variable", [])
+                                 for v, body in e.items()}
+                    given = set(call) - meta
+                    unknown = given - set(variables)
+                    assert not unknown, f"{directory.name}: module {name} passes unknown {unknown}"
+                    required = {v for v, body in variables.items() if "default" not in body}
+                    assert required <= given, f"{directory.name}: module {name} misses {required - given}"
+
+
+def test_references_resolve() -> None:
+    for directory in _module_dirs():
+        text = "\n".join(p.read_text() for p in sorted(directory.glob("*.tf")))
+        variables = _names(directory, "variable")
+        for ref in set(re.findall(r"\bvar\.(\w+)", text)):
+            assert ref in variables, f"{directory.name}: var.{ref} is not declared"
+        calls = {name: (directory / call["source"]).resolve() for doc in _parsed(directory)
+                 for entry in doc.get("module", []) for name, call in entry.items()}
+        for module, output in set(re.findall(r"\bmodule\.(\w+)\.(\w+)", text)):
+            assert module in calls, f"{directory.name}: module.{module} is not called"
+            assert output in _names(calls[module], "output"), f"{directory.name}: module.{module}.{output} missing"
+
+
+def test_templates_get_every_variable_they_use() -> None:
+    pattern = re.compile(r'templatefile\("\$\{path\.module\}/([^"]+)", \{(.*?)\n\s*\}\)', re.S)
+    checked = 0
+    for directory in sorted(p for p in MODULES.iterdir() if p.is_dir()):
+        for path in directory.glob("*.tf"):
+            for template, args in pattern.findall(path.read_text()):
+                body = (directory / template).read_text()
+                body = re.sub(r"\$\$\{", "", body)  # $${...} is a literal ${...} for the shell
+                ident = r"([a-z_][a-z0-9_]*)"
+                used = set(re.findall(r"(?<!\$)\$\{\s*" + ident, body)) | set(re.findall(r"%\{\s*if\s+" + ident, body))
+                used |= set(re.findall(r"%\{\s*for\s+\w+,\s*\w+\s+in\s+" + ident, body))
+                used -= {n for pair in re.findall(r"%\{\s*for\s+(\w+),\s*(\w+)\s+in", body) for n in pair}
+                given = set(re.findall(r"(?:^|[\s,{])" + ident + r"\s*=", args))
+                assert used <= given, f"{path.relative_to(TF)}: {template} needs {used - given}"
+                checked += 1
+    assert checked >= 9  # the nested hazelcast.yaml call is read with its parent (and rendered by its own test)

@@ -195,6 +195,7 @@ module "zookeeper" {
   data_volume_gb             = 20
   kms_key_arn                = var.kms_key_arn
   datadog_api_key_secret_arn = var.datadog_api_key_secret_arn
+  secret_arns                = [var.tls_secret_arn]
   tags                       = var.tags
   role_script = templatefile("${path.module}/pulsar.sh.tftpl", {
     component      = "zookeeper", version = var.pulsar_version, cluster = var.cluster_name, zk_connect = local.zk_connect
