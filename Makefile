@@ -51,7 +51,7 @@ CHECKOV := $(VENV)/checkov/bin/checkov
 ACTIONLINT_VERSION := v1.7.12
 ACTIONLINT := $(VENV)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
 infra-check: install $(CHECKOV) $(ACTIONLINT)
-	$(CHECKOV) -d terraform --framework terraform --skip-download --compact --quiet
+	$(CHECKOV) -d terraform -d .github --framework terraform secrets github_actions --skip-download --compact --quiet
 	$(ACTIONLINT) -color=false
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_terraform.py tests/unit/test_cost.py tests/unit/test_workflows.py
 	@for tf in tofu terraform; do if command -v $$tf >/dev/null; then echo "$$tf fmt -check"; \
