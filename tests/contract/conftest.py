@@ -1,16 +1,14 @@
-"""Adapters under contract.  Each fixture is parametrized over every adapter of the port; real adapters
-join the list with the infrastructure (they need the live services and fail, not skip, under CI=true)."""
+"""Shared by the contract suites: a unique tenant and channel per test, and the broker's ack timeout.
+
+Each suite parametrizes its own adapter fixture over every adapter of its port (``broker`` in
+test_broker_contract.py, ``cache`` in test_cache_contract.py; ``store`` lives in tests/conftest.py): real
+adapters join with the infrastructure (they need the live services and fail, not skip, under CI=true)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-
-from storm.adapters.memory_broker import MemoryBroker
-from storm.adapters.memory_cache import MemoryCache
-from storm.ports.clock import SystemClock
 
 ACK_TIMEOUT_S = 0.5
 
@@ -24,23 +22,3 @@ def workspace() -> str:
 @pytest.fixture
 def channel() -> str:
     return str(uuid.uuid4())
-
-
-@pytest.fixture(params=["memory"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[MemoryBroker]:
-    b = MemoryBroker(SystemClock(), retention_messages=50, ack_timeout_s=ACK_TIMEOUT_S)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
-
-
-@pytest.fixture(params=["memory"])
-async def cache(request: pytest.FixtureRequest) -> AsyncIterator[MemoryCache]:
-    c = MemoryCache(SystemClock())
-    await c.start()
-    try:
-        yield c
-    finally:
-        await c.stop()

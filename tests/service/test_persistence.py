@@ -20,7 +20,7 @@ ALICE = str(demo_id("user", "alice"))
 
 
 @pytest.fixture
-async def services(tmp_path) -> AsyncIterator[Services]:
+async def persist_services(tmp_path) -> AsyncIterator[Services]:
     cfg = Config.from_env({}, database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db", nack_delay_s=0.05,
                           consumer_max_redeliveries=3, consumer_max_wait_s=0.02)
     svc = build_services(cfg)
@@ -37,8 +37,8 @@ def message(text: str, mid: str | None = None) -> bytes:
                                    author_name="Alice", text=text, ts=1_700_000_000.0))
 
 
-async def stored(services: Services) -> list[str]:
-    async with services.store.unit_of_work() as uow:
+async def stored(persist_services: Services) -> list[str]:
+    async with persist_services.store.unit_of_work() as uow:
         ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
         assert ws is not None
         rows = await uow.messages.page(ws.id, uuid.UUID(GENERAL), before=None, limit=100)
@@ -53,59 +53,59 @@ async def eventually(check, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_messages_are_stored_once_even_when_redelivered(services):
-    worker = PersistenceWorker(services)
+async def test_messages_are_stored_once_even_when_redelivered(persist_services):
+    worker = PersistenceWorker(persist_services)
     await worker.start()
     try:
         mid = str(uuid.uuid4())
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("one", mid))
-        await eventually(lambda: _has(services, ["one"]))
-        sub = await services.broker.subscribe_work("replay")  # a second, independent subscription
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("two"))
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("one", mid))
+        await eventually(lambda: _has(persist_services, ["one"]))
+        sub = await persist_services.broker.subscribe_work("replay")  # a second, independent subscription
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("two"))
         got = await sub.receive(10, 1.0)
         await worker.process(got)  # the same record written twice: still one row
-        await eventually(lambda: _has(services, ["one", "two"]))
+        await eventually(lambda: _has(persist_services, ["one", "two"]))
         await sub.close()
     finally:
         await worker.stop()
-    assert await stored(services) == ["one", "two"]
+    assert await stored(persist_services) == ["one", "two"]
 
 
-async def _has(services: Services, bodies: list[str]) -> bool:
-    return await stored(services) == bodies
+async def _has(persist_services: Services, bodies: list[str]) -> bool:
+    return await stored(persist_services) == bodies
 
 
-async def test_poison_record_is_dead_lettered_and_the_rest_stored(services):
-    worker = PersistenceWorker(services)
+async def test_poison_record_is_dead_lettered_and_the_rest_stored(persist_services):
+    worker = PersistenceWorker(persist_services)
     await worker.start()
     try:
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b"this is not an event")
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("fine"))
-        await eventually(lambda: _has(services, ["fine"]))
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, b"this is not an event")
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("fine"))
+        await eventually(lambda: _has(persist_services, ["fine"]))
     finally:
         await worker.stop()
-    dead = services.broker.dead_letters(SUBSCRIPTION)  # type: ignore[attr-defined]
+    dead = persist_services.broker.dead_letters(SUBSCRIPTION)  # type: ignore[attr-defined]
     assert [r.offset for r, _ in dead] == [1] and "undecodable" in dead[0][1]
 
 
-async def test_store_outage_is_retried_then_dead_lettered_without_killing_the_worker(services, monkeypatch):
-    real_run = services.store.run
+async def test_store_outage_is_retried_then_dead_lettered_without_killing_the_worker(persist_services, monkeypatch):
+    real_run = persist_services.store.run
     failures = {"n": 0}
 
     async def broken(fn, **kw):
         failures["n"] += 1
         raise Unavailable("database down")
 
-    monkeypatch.setattr(services.store, "run", broken)
-    worker = PersistenceWorker(services)
+    monkeypatch.setattr(persist_services.store, "run", broken)
+    worker = PersistenceWorker(persist_services)
     await worker.start()
     try:
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("lost?"))
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("lost?"))
         await eventually(lambda: _true(worker.stats["dead_lettered"] == 1))
         assert failures["n"] == 3  # delivered max_redeliveries times, then dead-lettered
-        monkeypatch.setattr(services.store, "run", real_run)  # the database is back
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("after"))
-        await eventually(lambda: _has(services, ["after"]))
+        monkeypatch.setattr(persist_services.store, "run", real_run)  # the database is back
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("after"))
+        await eventually(lambda: _has(persist_services, ["after"]))
     finally:
         await worker.stop()
 
@@ -114,11 +114,11 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_worker_survives_a_cache_outage_during_workspace_lookup(services, monkeypatch):
-    worker = PersistenceWorker(services)
+async def test_worker_survives_a_cache_outage_during_workspace_lookup(persist_services, monkeypatch):
+    worker = PersistenceWorker(persist_services)
     await worker.start()
     calls = {"n": 0}
-    real = services.directory.workspace
+    real = persist_services.directory.workspace
 
     async def flaky(slug):
         calls["n"] += 1
@@ -126,21 +126,21 @@ async def test_worker_survives_a_cache_outage_during_workspace_lookup(services, 
             raise Unavailable("cache down")
         return await real(slug)
 
-    monkeypatch.setattr(services.directory, "workspace", flaky)
+    monkeypatch.setattr(persist_services.directory, "workspace", flaky)
     try:
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
-        await eventually(lambda: _has(services, ["kept"]))
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
+        await eventually(lambda: _has(persist_services, ["kept"]))
     finally:
         await worker.stop()
 
 
-async def test_records_of_a_deleted_workspace_are_dropped(services):
-    worker = PersistenceWorker(services)
+async def test_records_of_a_deleted_workspace_are_dropped(persist_services):
+    worker = PersistenceWorker(persist_services)
     await worker.start()
     try:
-        await services.broker.publish("gone-ws", GENERAL, message("orphan"))
-        await services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
-        await eventually(lambda: _has(services, ["kept"]))
+        await persist_services.broker.publish("gone-ws", GENERAL, message("orphan"))
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
+        await eventually(lambda: _has(persist_services, ["kept"]))
     finally:
         await worker.stop()
     assert worker.stats["dead_lettered"] == 0
@@ -154,27 +154,27 @@ def message_in(channel: str, text: str) -> bytes:
                                    text=text, ts=1_700_000_000.0))
 
 
-async def stored_in(services: Services, channel: str) -> list[str]:
-    async with services.store.unit_of_work() as uow:
+async def stored_in(persist_services: Services, channel: str) -> list[str]:
+    async with persist_services.store.unit_of_work() as uow:
         ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
         assert ws is not None
         rows = await uow.messages.page(ws.id, uuid.UUID(channel), before=None, limit=100)
     return [r.body for r in reversed(rows)]
 
 
-async def _publish_as_one_batch(services: Services, worker: PersistenceWorker, records: list[tuple[str, bytes]],
+async def _publish_as_one_batch(persist_services: Services, worker: PersistenceWorker, records: list[tuple[str, bytes]],
                                 workspace_of: dict[str, str] | None = None):
     """Touch the channel logs first (the embedded broker's first touch awaits the store), then start the
     worker and publish without yielding: its first receive() finds every record, i.e. one batch."""
     workspace_of = workspace_of or {}
     for channel, _ in records:
-        await services.broker.head(workspace_of.get(channel, DEMO_WORKSPACE), channel)
+        await persist_services.broker.head(workspace_of.get(channel, DEMO_WORKSPACE), channel)
     await worker.start()
     for channel, payload in records:
-        await services.broker.publish(workspace_of.get(channel, DEMO_WORKSPACE), channel, payload)
+        await persist_services.broker.publish(workspace_of.get(channel, DEMO_WORKSPACE), channel, payload)
 
 
-async def test_a_batch_is_written_with_one_multi_row_insert(services):
+async def test_a_batch_is_written_with_one_multi_row_insert(persist_services):
     """A batch spanning two workspaces and three channels: one INSERT … ON CONFLICT DO NOTHING."""
     from datetime import UTC, datetime
 
@@ -188,7 +188,7 @@ async def test_a_batch_is_written_with_one_multi_row_insert(services):
     async def add(uow):
         await uow.workspaces.add(other)
 
-    await services.store.run(add)
+    await persist_services.store.run(add)
     elsewhere = str(uuid.uuid4())
     inserts: list[str] = []
 
@@ -196,27 +196,27 @@ async def test_a_batch_is_written_with_one_multi_row_insert(services):
         if statement.startswith("INSERT INTO messages"):
             inserts.append(statement)
 
-    engine = services.store.engine.sync_engine  # type: ignore[attr-defined]
+    engine = persist_services.store.engine.sync_engine  # type: ignore[attr-defined]
     event.listen(engine, "before_cursor_execute", count)
-    worker = PersistenceWorker(services)
+    worker = PersistenceWorker(persist_services)
     records = [(GENERAL if i % 2 else RANDOM, message_in(GENERAL if i % 2 else RANDOM, f"m{i}")) for i in range(60)]
     records += [(elsewhere, message_in(elsewhere, f"x{i}")) for i in range(10)]
     try:
-        await _publish_as_one_batch(services, worker, records, {elsewhere: other.slug})
+        await _publish_as_one_batch(persist_services, worker, records, {elsewhere: other.slug})
         await eventually(lambda: _true(worker.stats["inserted"] == 70))
     finally:
         await worker.stop()
         event.remove(engine, "before_cursor_execute", count)
     assert worker.stats["batches"] == 1
     assert len(inserts) == 1 and "ON CONFLICT DO NOTHING" in inserts[0]
-    async with services.store.unit_of_work() as uow:
+    async with persist_services.store.unit_of_work() as uow:
         rows = await uow.messages.page(other.id, uuid.UUID(elsewhere), before=None, limit=100)
     assert [r.body for r in reversed(rows)] == [f"x{i}" for i in range(10)]
-    assert await stored_in(services, RANDOM) == [f"m{i}" for i in range(0, 60, 2)]
-    assert await stored_in(services, GENERAL) == [f"m{i}" for i in range(1, 60, 2)]
+    assert await stored_in(persist_services, RANDOM) == [f"m{i}" for i in range(0, 60, 2)]
+    assert await stored_in(persist_services, GENERAL) == [f"m{i}" for i in range(1, 60, 2)]
 
 
-async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(services, monkeypatch):
+async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(persist_services, monkeypatch):
     """One record fails twice: the batch is retried record by record; the failing record is nacked and the
     later record of its channel is handed back unwritten, while the other channel goes ahead.  After the
     redelivery everything is stored once, in channel order, and nothing was acknowledged unwritten."""
@@ -236,12 +236,12 @@ async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(se
         return inserted
 
     monkeypatch.setattr(persistence, "apply_all", flaky)
-    worker = PersistenceWorker(services)
+    worker = PersistenceWorker(persist_services)
     records = [(GENERAL, message_in(GENERAL, "a1")), (RANDOM, message_in(RANDOM, "b1")),
                (GENERAL, message_in(GENERAL, "a2")), (RANDOM, message_in(RANDOM, "b2")),
                (GENERAL, message_in(GENERAL, "a3"))]
     try:
-        await _publish_as_one_batch(services, worker, records)
+        await _publish_as_one_batch(persist_services, worker, records)
         await eventually(lambda: _true(worker.stats["inserted"] == 5))
     finally:
         await worker.stop()
@@ -250,8 +250,8 @@ async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(se
     general = [b for b in committed if b.startswith("a")]
     assert general == ["a1", "a2", "a3"]  # a3 never overtook a2
     assert committed.index("b2") < committed.index("a2")  # the other channel did not wait for the retry
-    assert await stored_in(services, GENERAL) == ["a1", "a2", "a3"]
-    assert await stored_in(services, RANDOM) == ["b1", "b2"]
+    assert await stored_in(persist_services, GENERAL) == ["a1", "a2", "a3"]
+    assert await stored_in(persist_services, RANDOM) == ["b1", "b2"]
 
 
 @pytest.mark.parametrize("linger_s", [0.3, 0.0])
