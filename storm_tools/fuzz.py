@@ -1,7 +1,7 @@
 """Property-based fuzzing of what clients control: the frame decoder, the session core and the tenants REST
 payloads (docs/security.md, "Input validation and fuzzing").
 
-The same strategies and checks serve two callers: ``tests/security/test_fuzz.py`` (a bounded number of
+The same strategies and checks serve two callers: ``tests/service/test_fuzz.py`` (a bounded number of
 examples in every ``make test``) and ``storm fuzz --cases N`` (longer campaigns on demand, JSON summary on
 stdout, progress on stderr).  Properties:
 
