@@ -16,6 +16,9 @@ provider "aws" {
 # workflow's secrets), never from files.
 provider "auth0" {}
 
+# DD_API_KEY, DD_APP_KEY and DD_HOST (the site's API address) from the environment, like Auth0's.
+provider "datadog" {}
+
 module "storm" {
   source = "../../modules/stack"
 
