@@ -262,8 +262,8 @@ def bill(cap: dict[str, float], t: Targets, prices: dict[str, Any], assumed: lis
         "nat_gateways": t.zones * _price(prices, "nat_gateway_usd_per_hour"),
         "vpc_endpoints": 3 * t.zones * _price(prices, "interface_endpoint_usd_per_az_hour"),  # secretsmanager, ssm, kms
         "datadog_hosts": hosts * _price(prices, "datadog_usd_per_host_month") / month,
-        "secrets_and_keys": (8 * _price(prices, "secrets_manager_usd_per_secret_month")
-                             + 2 * _price(prices, "kms_usd_per_key_month")) / month,
+        "secrets_and_keys": (6 * _price(prices, "secrets_manager_usd_per_secret_month")  # terraform/modules/secrets
+                             + 1 * _price(prices, "kms_usd_per_key_month")) / month,
     })
     hourly = {k: round(v, 4) for k, v in hourly.items()}
     transfer, _gb = transfer_per_peak_hour(cap, t, fleet, prices)
