@@ -104,3 +104,13 @@ async def test_units_of_work_need_a_started_store_and_async_with() -> None:
                 await uow.__aenter__()
         with pytest.raises(ValueError, match="retries"):
             await store.run(lambda u: u.workspaces.get(uuid.uuid4()), retries=-1)
+
+
+def test_storm_store_memory_selects_it_and_other_values_are_refused() -> None:
+    from storm.bootstrap import build_services
+    from storm.config import Config, ConfigError
+
+    assert isinstance(build_services(Config.from_env({"STORM_STORE": "memory"})).store, MemoryStore)
+    assert not isinstance(build_services(Config.from_env({})).store, MemoryStore)  # the default is SQL
+    with pytest.raises(ConfigError, match="STORM_STORE='redis': expected one of sql, memory"):
+        Config.from_env({"STORM_STORE": "redis"})
