@@ -184,6 +184,13 @@ class PersistenceWorker:
             with contextlib.suppress(Exception):
                 await sub.close()
 
+    async def __aenter__(self) -> PersistenceWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def _run(self) -> None:
         assert self._sub is not None
         while not self._stopping:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -256,6 +257,11 @@ class PulsarBroker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def __del__(self) -> None:
+        if self._life.running:
+            warnings.warn(f"PulsarBroker {self._gateway_id} was started and never stopped", ResourceWarning,
+                          source=self, stacklevel=1)
 
     def _running(self) -> pulsar_async.Client:
         self._life.check()

@@ -248,3 +248,38 @@ async def test_the_backlog_gauge_reads_the_brokers_work_backlog(tmp_path: Any) -
         await sub.close()
         blind = dataclasses.replace(services, broker=object())  # type: ignore[arg-type]
         assert await blind.work_backlog("persistence")() is None
+
+
+async def test_the_persistence_worker_shares_the_lifecycle(tmp_path: Any) -> None:
+    from consumers.persistence import PersistenceWorker
+    from storm.bootstrap import build_services
+    from storm.config import Config
+
+    async with build_services(Config(database_url=f"sqlite+aiosqlite:///{tmp_path}/w.db")) as services:
+        worker = PersistenceWorker(services)
+        async with worker as same:
+            assert same is worker
+            with pytest.raises(RuntimeError, match="called twice"):
+                await worker.start()
+        await worker.stop()  # idempotent
+        with pytest.raises(RuntimeError, match="called twice"):
+            await worker.start()
+
+
+async def test_a_pulsar_broker_started_and_never_stopped_warns() -> None:
+    """aiokafka's habit: a ResourceWarning names what was left open (the suite turns warnings into errors)."""
+    import gc
+
+    from storm.bootstrap import pulsar_settings
+    from storm.config import Config
+
+    broker = PulsarBroker(pulsar_settings(Config(pulsar_url="pulsar://127.0.0.1:1",
+                                                 pulsar_admin_url="http://127.0.0.1:1")), SystemClock())
+    await broker.start()  # connects nothing yet
+    client, admin = broker._client, broker.admin
+    with pytest.warns(ResourceWarning, match="started and never stopped"):
+        del broker
+        gc.collect()
+    assert client is not None
+    await client.close()
+    await admin.close()
