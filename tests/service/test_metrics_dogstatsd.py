@@ -56,7 +56,7 @@ def test_the_agent_address_comes_from_the_standard_variables(url: str, host: str
     assert Target.parse(url, host, port) == expected
 
 
-def test_a_malformed_dogstatsd_url_is_a_configuration_error(tmp_path: object) -> None:
+def test_a_malformed_dogstatsd_url_is_a_configuration_error() -> None:
     cfg = Config.from_env({"DD_DOGSTATSD_URL": "http://agent:8125"})
     with pytest.raises(ConfigError, match="DD_DOGSTATSD_URL"):
         build_services(cfg)
