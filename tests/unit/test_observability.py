@@ -3,6 +3,7 @@ generator and its checked-in output, the JSON log format, and `storm top`'s figu
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -423,3 +424,58 @@ def test_json_logs_keep_secrets_redacted() -> None:
 def test_an_unknown_log_format_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="STORM_LOG_FORMAT"):
         configure({"STORM_LOG_FORMAT": "xml"}, service="api", logger=logging.getLogger("storm.test.nofmt"))
+
+
+# -- the gateway's hooks: write latencies end at the writer's pass; delivery latency is sampled -----------
+async def test_after_pass_runs_once_the_pass_wrote_what_was_queued() -> None:
+    from gateway.outbox import Flusher, Outbox
+
+    written: list[bytes] = []
+    order: list[str] = []
+
+    async def send(frame: bytes) -> None:
+        written.append(frame)
+        order.append("write")
+
+    flusher = Flusher(0.01)
+    box = Outbox(send, lambda: None, max_events=10, max_bytes=1000, coalesce_max_bytes=1000, flusher=flusher)
+    box.push(b"ack")
+    flusher.after_pass(lambda: order.append("after"))
+    assert order == []  # nothing before the pass
+    await asyncio.sleep(0.05)
+    assert order == ["write", "after"] and written == [b"ack"]
+    flusher.after_pass(lambda: order.append("alone"))  # nothing queued: a pass is scheduled anyway
+    await asyncio.sleep(0.05)
+    assert order[-1] == "alone"
+    flusher.close()
+
+
+async def test_an_overflow_is_counted_on_the_flusher() -> None:
+    from gateway.outbox import Flusher, Outbox
+
+    async def send(frame: bytes) -> None:  # never called: the pass is a minute away
+        raise AssertionError
+
+    flusher = Flusher(60)
+    overflowed: list[int] = []
+    box = Outbox(send, lambda: overflowed.append(1), max_events=1, max_bytes=1000, coalesce_max_bytes=1000,
+                 flusher=flusher)
+    assert box.push(b"one") and not box.push(b"two")
+    assert flusher.overflows == 1 and overflowed == [1]
+    flusher.close()
+
+
+def test_the_hub_samples_at_most_twenty_records_a_second_for_delivery_latency() -> None:
+    from gateway.hub import Hub
+    from storm.ports.broker import Record
+    from storm.ports.clock import ManualClock
+
+    hub = Hub(None, ManualClock())  # type: ignore[arg-type]  # fan-out only: no broker call
+    sampled: list[float] = []
+    hub.on_delivered = sampled.append
+    hub._groups[("acme", "c1")] = {type("S", (), {"on_channel_event": lambda *a: None})()}
+    for i in range(100):  # 100 records appended over one second
+        hub._on_record(Record("acme", "c1", i + 1, b"{}", 1_700_000_000.0 + i / 100))
+    hub._on_record(Record("acme", "c1", 101, b"{}", 0.0))  # no broker time: never sampled
+    assert 15 <= len(sampled) <= 20 and sampled[0] == 1_700_000_000.0
+    assert hub.deliveries == 101
