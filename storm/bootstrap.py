@@ -128,8 +128,6 @@ def _build_metrics(config: Config, role: str) -> Metrics:
     try:
         target = Target.parse(config.dd_dogstatsd_url, config.dd_agent_host, config.dd_dogstatsd_port)
     except ValueError as exc:
-        from storm.config import ConfigError
-
         raise ConfigError(str(exc)) from None
     if target is None:
         from storm.adapters.null_metrics import NullMetrics
