@@ -97,6 +97,11 @@ class Config:
         "writes (0: write what is there at once). Adds up to this much to the time until history shows a "
         "message; nothing to live delivery."
     )
+    consumer_workspace_prefix: str = _setting(
+        "", "STORM_CONSUMER_WORKSPACE_PREFIX", "Consumers take work only from workspaces whose slug starts with this "
+        "(empty: all). For deployments sharing one Pulsar (tests, chaos runs): the work subscription is shared, "
+        "so another deployment's consumers would take and drop records of workspaces they do not know."
+    )
     consumer_max_redeliveries: int = _setting(
         5, "STORM_CONSUMER_MAX_REDELIVERIES", "Deliveries of one message before it is dead-lettered."
     )

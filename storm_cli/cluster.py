@@ -9,11 +9,17 @@
 
 ``storm cluster`` (``make run-cluster``) is the local multi-process deployment: it starts the services
 (``scripts/services.sh up``: PostgreSQL, Pulsar, Hazelcast), creates and migrates the ``storm_cluster``
-database, then starts two gateways (:8001, :8002), the tenants API (:8003) and the consumers (:8004) as
-child processes on Pulsar + Hazelcast + PostgreSQL, prints each address and PID, and on Ctrl-C/SIGTERM
-stops them by PID in drain order (gateways, API, consumers last), each with SIGTERM (a graceful drain) and
-SIGKILL only past the drain budget.  The services stay up (``make services-down`` stops them).
-See docs/operations.md.
+database, then starts two gateways (:8001, :8002; ``--gateways N`` for N), the tenants API (:8003) and the
+consumers (:8004) as child processes on Pulsar + Hazelcast + PostgreSQL, prints each address and PID, and on
+Ctrl-C/SIGTERM stops them by PID in drain order (gateways, API, consumers last), each with SIGTERM (a graceful
+drain) and SIGKILL only past the drain budget.  The services stay up (``make services-down`` stops them).
+
+It supervises: a child that exits on its own (a SIGKILLed gateway, a crash) is logged and started again after
+a backoff (:func:`restart_delay`: 0.5 s doubling to 30 s, back to 0.5 s once a run lasted 60 s) while the
+others keep serving.  The topology (roles, PIDs, ports, restarts) is written to a state file
+(``--state-file``, default ``.services/storm-cluster.json``) at start and after every restart, for the chaos
+experiments (storm_tools/chaos/).  ``--child-env FILE`` overrides settings per child (the chaos runner points
+each child at its Toxiproxy proxies).  See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -30,6 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -47,6 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SCRIPT = ROOT / "scripts" / "services.sh"
 HEALTH_TIMEOUT_S = 90.0
 KILL_GRACE_S = 5.0  # on top of STORM_DRAIN_TIMEOUT_S before a child is killed
+DEFAULT_STATE_FILE = ROOT / ".services" / "storm-cluster.json"
+RESTART_BASE_S = 0.5  # first restart delay of a child that exited on its own; doubles per quick exit
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0  # a run at least this long resets the backoff
 
 
 class ClusterError(Exception):
@@ -54,6 +66,11 @@ class ClusterError(Exception):
 
 
 # --- storm serve <role> -------------------------------------------------------------------------------
+
+
+def workspace_filter(prefix: str) -> Callable[[str], bool]:
+    """STORM_CONSUMER_WORKSPACE_PREFIX as the broker's work filter: the workspaces whose slug starts with it."""
+    return lambda slug: slug.startswith(prefix)
 
 
 def create_consumers_app(services: Services) -> Quart:
@@ -65,6 +82,13 @@ def create_consumers_app(services: Services) -> Quart:
     app = Quart("storm.consumers")
     worker = PersistenceWorker(services)
     app.extensions["storm"] = services
+
+    from storm.ports.broker import WorkScope
+
+    prefix = services.config.consumer_workspace_prefix
+    # Another deployment on the same Pulsar would otherwise share (and steal) our work subscription.
+    if prefix and isinstance(services.broker, WorkScope):
+        services.broker.limit_work_to(workspace_filter(prefix))
 
     @app.before_serving
     async def _start() -> None:
@@ -157,10 +181,24 @@ class Child:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    quick_exits: int = 0  # exits in a row that came sooner than RESTART_RESET_S after their start
+    started_at: float = 0.0  # time.monotonic() of the current run
+    restart_at: float | None = None  # when it exited on its own: the time.monotonic() to start it again
+    last_exit: int | None = None
+    overrides: tuple[str, ...] = ()  # the settings --child-env changed for this child (names only)
 
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else 0
+
+
+def restart_delay(quick_exits: int, base_s: float = RESTART_BASE_S, max_s: float = RESTART_MAX_S) -> float:
+    """The backoff before restarting a child that exited on its own: ``base_s`` after its first quick exit,
+    doubled for each further one in a row, at most ``max_s``."""
+    if quick_exits < 1:
+        raise ValueError(f"quick_exits counts the exit being handled, so it is at least 1, got {quick_exits}")
+    return float(min(max_s, base_s * 2 ** min(quick_exits - 1, 30)))
 
 
 def _services(action: str) -> str:
@@ -209,11 +247,13 @@ def _pump(prefix: str, stream: IO[bytes], out: IO[str], lock: threading.Lock) ->
 class Cluster:
     """The STORM child processes of `storm cluster`: start, watch, stop (by PID, in drain order)."""
 
-    def __init__(self, children: list[Child], host: str, *, drain_timeout_s: float, out: IO[str]) -> None:
+    def __init__(self, children: list[Child], host: str, *, drain_timeout_s: float, out: IO[str],
+                 state_file: Path | None = None) -> None:
         self.children = children
         self.host = host
         self.drain_timeout_s = drain_timeout_s
         self.out = out
+        self.state_file = state_file
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -227,20 +267,44 @@ class Cluster:
         if busy:
             raise ClusterError("port(s) already in use: " + ", ".join(f"{c.port} ({c.name})" for c in busy)
                                + "; stop what holds them or choose others (storm cluster --help)")
-        width = max(len(c.name) for c in self.children)
         for child in self.children:
-            cmd = [sys.executable, "-m", "storm_cli", "serve", child.role, "--host", self.host,
-                   "--port", str(child.port), "--supervisor-pid", str(os.getpid())]
-            # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
-            child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd, cwd=ROOT, env=child.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True)
-            assert child.proc.stdout is not None
-            thread = threading.Thread(target=_pump, args=(f"[{child.name:<{width}}]", child.proc.stdout, self.out,
-                                                          self._lock), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(child)
             self.say(f"started {child.name} (pid {child.pid})")
+        self.write_state()
+
+    def _spawn(self, child: Child) -> None:
+        width = max(len(c.name) for c in self.children)
+        cmd = [sys.executable, "-m", "storm_cli", "serve", child.role, "--host", self.host,
+               "--port", str(child.port), "--supervisor-pid", str(os.getpid())]
+        # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
+        child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            cmd, cwd=ROOT, env=child.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        assert child.proc.stdout is not None
+        thread = threading.Thread(target=_pump, args=(f"[{child.name:<{width}}]", child.proc.stdout, self.out,
+                                                      self._lock), daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def state(self) -> dict[str, Any]:
+        """What the state file holds: the supervisor, and per child its role, PID, port and restarts."""
+        return {
+            "supervisor_pid": os.getpid(), "host": self.host, "updated_at": time.time(),
+            "children": [{"name": c.name, "role": c.role, "port": c.port,
+                          "pid": c.pid if c.proc is not None and c.proc.poll() is None else 0,
+                          "restarts": c.restarts, "last_exit": c.last_exit, "overrides": list(c.overrides)}
+                         for c in self.children],
+        }
+
+    def write_state(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.state_file.with_name(self.state_file.name + ".partial")
+        partial.write_text(json.dumps(self.state(), indent=2) + "\n")
+        partial.replace(self.state_file)  # readers never see half a file
 
     def wait_healthy(self, timeout_s: float, stop: threading.Event) -> None:
         deadline = time.monotonic() + timeout_s
@@ -260,15 +324,36 @@ class Cluster:
                 time.sleep(0.25)
 
     def watch(self, stop: threading.Event) -> int:
-        """Block until ``stop`` is set (signal) or a child dies; the exit code for `storm cluster`."""
-        while not stop.wait(0.5):
-            for child in self.children:
-                assert child.proc is not None
-                code = child.proc.poll()
-                if code is not None:
-                    self.say(f"{child.name} (pid {child.pid}) exited with {code}; stopping the others")
-                    return 1
+        """Supervise until ``stop`` is set (signal): a child that exits is started again after its backoff
+        while the others keep serving.  The exit code for `storm cluster`."""
+        while not stop.wait(0.2):
+            self.supervise_once(time.monotonic())
         return 0
+
+    def supervise_once(self, now: float) -> None:
+        """One pass: note the children that exited (and when to restart them), restart those whose time came."""
+        changed = False
+        for child in self.children:
+            assert child.proc is not None
+            if child.restart_at is None:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                child.last_exit = code
+                child.quick_exits = child.quick_exits + 1 if now - child.started_at < RESTART_RESET_S else 1
+                delay = restart_delay(child.quick_exits)
+                child.restart_at = now + delay
+                self.say(f"{child.name} (pid {child.pid}) exited with {code}; restarting it in {delay:.1f} s "
+                         f"(the others keep serving)")
+                changed = True
+            elif now >= child.restart_at:
+                old = child.pid
+                self._spawn(child)
+                child.restarts += 1
+                self.say(f"restarted {child.name} (pid {child.pid}, was {old}; restart #{child.restarts})")
+                changed = True
+        if changed:
+            self.write_state()
 
     def stop(self) -> None:
         """SIGTERM by PID in drain order: gateways, then the API, then the consumers (which persist what the
@@ -291,6 +376,9 @@ class Cluster:
                 self.say(f"{child.name} stopped (exit {child.proc.returncode})")
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.state_file is not None:
+            with contextlib.suppress(OSError):
+                self.state_file.unlink()
 
 
 def port_list(text: str) -> list[int]:
@@ -304,10 +392,52 @@ def port_list(text: str) -> list[int]:
     return ports
 
 
+def gateway_ports(args: argparse.Namespace) -> list[int]:
+    """--gateway-ports as given, else ``--gateways`` ports counted from 8001 skipping the API's and the
+    consumers' ports."""
+    count: int | None = args.gateways
+    if count is not None and count < 1:
+        raise ClusterError(f"--gateways must be at least 1, got {count}")
+    if args.gateway_ports is not None:
+        ports: list[int] = args.gateway_ports
+        if count is not None and count != len(ports):
+            raise ClusterError(f"--gateways {count} but --gateway-ports lists {len(ports)} port(s)")
+        return ports
+    taken = {args.api_port, args.consumers_port}
+    candidates = (port for port in range(8001, 65536) if port not in taken)
+    return [next(candidates) for _ in range(2 if count is None else count)]
+
+
+def load_child_env(path: Path, names: list[str]) -> dict[str, dict[str, str]]:
+    """--child-env: a JSON object ``{"*": {KEY: VALUE}, "<child name>": {KEY: VALUE}}``; ``*`` applies to every
+    child, a child's own entry after it.  Refuses anything else with a message that says what."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"--child-env {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ClusterError(f"--child-env {path}: expected a JSON object of objects, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"*", *names})
+    if unknown:
+        raise ClusterError(f"--child-env {path}: unknown child(ren) {', '.join(unknown)}; "
+                           f"expected * or one of {', '.join(names)}")
+    for key, values in data.items():
+        if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in values.items()):
+            raise ClusterError(f"--child-env {path}: {key!r} must map setting names to strings")
+    return data
+
+
+def apply_child_env(children: list[Child], overrides: dict[str, dict[str, str]]) -> None:
+    for child in children:
+        changed = {**overrides.get("*", {}), **overrides.get(child.name, {})}
+        child.env.update(changed)
+        child.overrides = tuple(sorted(changed))
+
+
 def plan_children(args: argparse.Namespace, base_env: dict[str, str]) -> list[Child]:
-    gateway_ports: list[int] = args.gateway_ports
     children = []
-    for index, port in enumerate(gateway_ports, start=1):
+    for index, port in enumerate(gateway_ports(args), start=1):
         env = {**base_env, "STORM_GATEWAY_ID": f"gateway-{index}",
                # One process seeds the demo workspace (idempotent, but once is enough).
                "STORM_SEED_DEMO": "true" if index == 1 and not args.no_seed else "false"}
@@ -345,7 +475,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         cfg = Config.from_env(env)  # validates the settings every child will see
         print(f"storm cluster: migrating {cfg.database_url.split('@')[-1]}", flush=True)
         run(lambda: upgrade_async(cfg.database_url))
-        cluster = Cluster(plan_children(args, env), args.host, drain_timeout_s=cfg.drain_timeout_s, out=out)
+        children = plan_children(args, env)
+        if args.child_env:
+            apply_child_env(children, load_child_env(Path(args.child_env), [c.name for c in children]))
+        cluster = Cluster(children, args.host, drain_timeout_s=cfg.drain_timeout_s, out=out,
+                          state_file=Path(args.state_file) if args.state_file else None)
     except (ClusterError, ValueError, OSError, SQLAlchemyError) as exc:
         print(f"storm cluster: {exc}", file=sys.stderr)
         return 1
@@ -358,7 +492,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         cluster.wait_healthy(args.start_timeout, stop)
         if not stop.is_set():
             _announce(cluster, cfg, args)
-        code = cluster.watch(stop)
+        if not stop.is_set():
+            code = cluster.watch(stop)
     except ClusterError as exc:
         cluster.say(str(exc))
     finally:
@@ -400,7 +535,9 @@ def add_arguments(sub: Any) -> None:
 
     cluster = sub.add_parser("cluster", help="services + 2 gateways, tenants API and consumers as processes")
     cluster.add_argument("--host", default="127.0.0.1")
-    cluster.add_argument("--gateway-ports", type=port_list, default=[8001, 8002],
+    cluster.add_argument("--gateways", type=int, default=None,
+                         help="how many gateways (default 2; ports from 8001, skipping the API's and consumers')")
+    cluster.add_argument("--gateway-ports", type=port_list, default=None,
                          help="comma-separated (default 8001,8002)")
     cluster.add_argument("--api-port", type=int, default=8003)
     cluster.add_argument("--consumers-port", type=int, default=8004, help="the consumers' /healthz")
@@ -415,4 +552,9 @@ def add_arguments(sub: Any) -> None:
     cluster.add_argument("--no-seed", action="store_true", help="do not create the demo workspace")
     cluster.add_argument("--start-timeout", type=float, default=HEALTH_TIMEOUT_S,
                          help="seconds for every process to answer /healthz")
+    cluster.add_argument("--state-file", default=str(DEFAULT_STATE_FILE),
+                         help="JSON with roles, PIDs, ports and restarts, rewritten on every change; removed "
+                              "at stop ('' for none; default .services/storm-cluster.json)")
+    cluster.add_argument("--child-env", default="",
+                         help='JSON {"*": {KEY: VALUE}, "gateway-1": {...}}: settings per child, applied last')
     cluster.set_defaults(fn=cmd_cluster)

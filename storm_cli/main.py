@@ -7,6 +7,7 @@
     storm serve gateway|api|consumers   one role as its own process (storm_cli/cluster.py)
     storm cluster                  services + 2 gateways, tenants API, consumers as processes (make run-cluster)
     storm verify delivery --json   gateway-kill scenario on the running services (storm_tools/verify.py)
+    storm chaos run --all          the chaos matrix on a cluster it starts (storm_tools/chaos/, make chaos)
     storm top                      live per-process figures from DogStatsD (storm_tools/top.py)
     storm cost [--json]            the AWS fleet and bill for launch day from measured capacities (storm_tools/cost.py)
 """
@@ -168,12 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     from storm_tools.verify import add_arguments as verify_arguments
 
     verify_arguments(sub)  # `storm verify delivery --json` (storm_tools/verify.py)
-    from storm_tools.cost import add_arguments as cost_arguments
+    from storm_tools.chaos.runner import add_arguments as chaos_arguments
 
-    cost_arguments(sub)  # `storm cost [--from REPORT] [--json] [--tfvars PATH]` (storm_tools/cost.py)
+    chaos_arguments(sub)  # `storm chaos run --all | FILE...` (storm_tools/chaos/runner.py)
     from storm_tools.top import add_arguments as top_arguments
 
     top_arguments(sub)  # `storm top`: live figures from DogStatsD (storm_tools/top.py, docs/observability.md)
+    from storm_tools.cost import add_arguments as cost_arguments
+
+    cost_arguments(sub)  # `storm cost [--from REPORT] [--json] [--tfvars PATH]` (storm_tools/cost.py)
     return parser
 
 

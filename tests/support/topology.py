@@ -170,6 +170,8 @@ def running_topology(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_member
            "STORM_PULSAR_URL": service_url, "STORM_PULSAR_ADMIN_URL": admin_url,
            "STORM_HAZELCAST_MEMBERS": hazelcast_members, "STORM_SEED_DEMO": "false",
            "STORM_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+           # its consumers take only its own workspaces (rs-*): other deployments share this Pulsar
+           "STORM_CONSUMER_WORKSPACE_PREFIX": "rs-",
            # the fault tests publish 2 x 1000 messages in seconds: lift the per-connection/user limits
            "STORM_PUBLISH_RATE": "400", "STORM_PUBLISH_BURST": "400",
            "STORM_USER_PUBLISH_RATE": "1000", "STORM_USER_PUBLISH_BURST": "1000"}

@@ -1,0 +1,119 @@
+"""Chaos Toolkit probes of STORM's extension: the steady-state hypothesis of every experiment.
+
+:func:`slo_steady_state` is the hypothesis probe, run twice by Chaos Toolkit:
+
+* **before** the method it provisions the run's workspace (through the tenants API), drives a short baseline
+  load and judges it: the SLOs hold and nothing is lost, duplicated or reordered;
+* **after** the method (once :func:`storm_tools.chaos.actions.drive_traffic` has written its records) it judges
+  the whole method's load: the SLO verdicts (storm_tools/chaos/slo_seam.py), and, from the records and the
+  database, 0 acked messages lost, 0 duplicates, 0 inversions, every acked message stored exactly once.
+
+It returns the figures (they land in the journal) and writes them to the run folder (verdict.json);
+:func:`verdict_ok` is the tolerance probe that reads ``ok``.  ``slo: false`` judges integrity only, for an
+experiment whose fault is allowed to break a latency SLO (the file says so and why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from storm_tools.chaos import context as ctx
+from storm_tools.chaos.driver import DriverConfig, Workspace, drive, provision, stored_messages
+from storm_tools.chaos.judge import Fault, integrity_ok, score
+from storm_tools.chaos.slo_seam import evaluate
+
+SLOW_CLOSE = 4008  # the close code of a client that does not read (docs/protocol.md)
+
+
+def cluster_serves(timeout_s: float = 30.0) -> bool:
+    """Every process of the cluster answers /healthz (within ``timeout_s``)."""
+    try:
+        ctx.wait_serving(timeout_s=float(timeout_s))
+    except ctx.ChaosContextError:
+        return False
+    return True
+
+
+def _faults() -> list[Fault]:
+    path = ctx.run_dir() / "faults.jsonl"
+    if not path.exists():
+        return []
+    return [Fault(f["name"], f["at"], f.get("until")) for f in map(json.loads, path.read_text().splitlines()) if f]
+
+
+def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_s: Any = 5.0,
+                     database_wait_s: Any = 90.0, slo: bool = True) -> dict[str, Any]:
+    """The steady state (module docstring): before the method a baseline, after it the method's verdict."""
+    state_path = ctx.run_dir() / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("phase") == "driven":
+        ws = Workspace.from_dict(state["workspace"])
+        verdict = _judge_method(ws, float(database_wait_s), bool(slo))
+        state["phase"] = "judged"
+        _delete_workspace(ws)
+    else:
+        for name in ("faults.jsonl", "traffic.json", "verdict.json"):
+            (ctx.run_dir() / name).unlink(missing_ok=True)
+        verdict, state = _baseline(int(float(connections)), float(slow_fraction), float(baseline_s), bool(slo))
+    state_path.write_text(json.dumps(state))
+    (ctx.run_dir() / f"verdict-{verdict['phase']}.json").write_text(json.dumps(verdict, indent=2))
+    return verdict
+
+
+def _baseline(connections: int, slow_fraction: float, baseline_s: float, slo: bool) -> tuple[dict[str, Any],
+                                                                                             dict[str, Any]]:
+    c = ctx.context()
+    api = next(ch for ch in ctx.children() if ch.role == "api")
+    cfg = DriverConfig(connections=connections, slow_fraction=slow_fraction)
+    slow_users = round(cfg.channel_size * slow_fraction) * cfg.channels
+    ws = asyncio.run(provision(api.http_url, c["secret"], cfg, slow_users))
+    gateways = [ch.ws_url for ch in ctx.children() if ch.role == "gateway"]
+    base = DriverConfig(connections=min(connections, 20), duration_s=baseline_s, settle_s=15, tag="b")
+    records = asyncio.run(drive(ws, gateways, base, metrics_port=int(c.get("metrics_port", 0))))
+    result = score(records.as_dict())
+    verdicts = [v.as_dict() for v in evaluate(result, records.metrics)]
+    clean = not (result["lost"] or result["duplicates"] or result["inversions"] or result["unacked"])
+    ok = clean and (not slo or all(v["ok"] is not False for v in verdicts))
+    verdict = {"phase": "before", "ok": ok, "workspace": ws.slug, "integrity_ok": clean, "slos": verdicts,
+               "figures": result}
+    return verdict, {"phase": "baseline", "workspace": ws.as_dict()}
+
+
+def _judge_method(ws: Workspace, database_wait_s: float, slo: bool) -> dict[str, Any]:
+    records = json.loads((ctx.run_dir() / "traffic.json").read_text())
+    acked = {s["cmid"] for s in records["sent"] if s.get("message_id")}
+    database_url = ctx.context()["database_url"]
+    deadline = time.monotonic() + database_wait_s
+    stored = asyncio.run(stored_messages(database_url, ws.slug))
+    while not acked <= set(stored) and time.monotonic() < deadline:  # the consumers persist asynchronously
+        time.sleep(2.0)
+        stored = asyncio.run(stored_messages(database_url, ws.slug))
+    result = score(records, stored, _faults())
+    verdicts = [v.as_dict() for v in evaluate(result, records.get("metrics", []))]
+    # slow readers: every one closed by the gateway with 4008 (docs/delivery.md, "Slow consumers")
+    clean = integrity_ok(result) and all(code == SLOW_CLOSE for code in result["slow_closed"].values())
+    ok = clean and (not slo or all(v["ok"] is not False for v in verdicts))
+    return {"phase": "after", "ok": ok, "workspace": ws.slug, "integrity_ok": clean, "slo_judged": slo,
+            "slos": verdicts, "figures": result}
+
+
+def _delete_workspace(ws: Workspace) -> None:
+    """Best effort: the run's workspace (its Pulsar tenant, rows, cache entries) through the tenants API."""
+    import contextlib
+
+    import httpx
+
+    api = next((ch for ch in ctx.children() if ch.role == "api"), None)
+    if api is None:
+        return
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.delete(f"{api.http_url}/v1/workspaces/{ws.slug}", timeout=30,
+                     headers={"Authorization": f"Bearer {ws.token(ws.users[0])}"})
+
+
+def verdict_ok(value: dict[str, Any] | None = None) -> bool:
+    """Tolerance of :func:`slo_steady_state`: its ``ok``."""
+    return bool(value and value.get("ok"))
