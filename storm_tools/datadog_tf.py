@@ -53,10 +53,10 @@ SYMPTOMS: tuple[Symptom, ...] = (
             "pct_change(avg(last_5m),last_5m):sum:storm.gateway.connections{{{env}}} < -20", -20,
             "Open connections across all gateways fell by more than a fifth within 5 minutes.",
             "Look at `storm.gateway.disconnects` by `code` on the dashboard. 1012 means a gateway drained (a "
-            "deploy or autoscaling: expected, clients come back within seconds); 1006/`client` from every "
-            "gateway at once points at the load balancer or the network; one gateway's connections gone "
-            "entirely means that process died: check it restarted (`/healthz`) and that `storm.gateway.resumes` "
-            "rises as its clients come back elsewhere."),
+            "deploy or autoscaling: expected, clients come back within seconds); `client` (the peer went away "
+            "first) from every gateway at once points at the load balancer or the network; one gateway's "
+            "connections gone entirely means that process died: check it restarted (`/healthz`) and that "
+            "`storm.gateway.resumes` rises as its clients come back elsewhere."),
     Symptom("loop_lag", "Event-loop lag p99 above 100 ms",
             "avg(last_5m):p99:storm.process.loop_lag{{{env}}} by {{service,instance}} > 100", 100,
             "A process's event loop answers late: every socket it serves waits with it.",
@@ -75,7 +75,7 @@ SYMPTOMS: tuple[Symptom, ...] = (
             "The persistence worker gave up on records: those messages are not in history.",
             "Read the consumers' ERROR lines `dead-lettering ws=… channel=… offset=…` for the reason. A poison "
             "record (undecodable) is a bug to fix; repeated write failures point at the store. The records "
-            "stay on the `persistence.dlq` topic of the workspace; replay them once the cause is fixed."),
+            "stay on the workspace's `channels/persistence.dlq` topic; replay them once the cause is fixed."),
     Symptom("auth_failures", "Authentication failure spike",
             "sum(last_5m):sum:storm.auth.failures{{{env}}}.as_count() / "
             "sum:storm.gateway.connects{{{env}}}.as_count() > 0.2", 0.2,
