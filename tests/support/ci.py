@@ -21,7 +21,7 @@ def unavailable(reason: str, *, needed_by: str) -> NoReturn:
     ``needed_by`` names what the prerequisite is for, as the failure says: "PostgreSQL", "browser"."""
     if under_ci():
         pytest.fail(f"{reason} (CI=true: {needed_by} tests may not be skipped)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also from a module's top level, as importorskip could
 
 
 def require_module(name: str, *, needed_by: str) -> ModuleType:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.ci import require_module, unavailable
 
-yaml = pytest.importorskip("yaml")
+yaml = require_module("yaml", needed_by="workflow")
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -39,7 +39,7 @@ def actionlint() -> str | None:
 def test_actionlint_passes() -> None:
     exe = actionlint()
     if exe is None:
-        pytest.skip("actionlint not built (make infra-check builds it with go install)")
+        unavailable("actionlint not built (make infra-check builds it with go install)", needed_by="workflow")
     done = subprocess.run([exe, "-color=false"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -138,6 +138,8 @@ print(json.dumps([{"name": "STORM delivery p99: error budget burning 14.4x",
 
 def run_roll(tmp_path: Path, old: int, batch: int, alert_after: int | None) -> tuple[subprocess.CompletedProcess[str],
                                                                                       dict[str, Any]]:
+    if shutil.which("jq") is None:
+        unavailable("roll-gateways.sh needs jq (on GitHub's runners)", needed_by="workflow")
     state_file = tmp_path / "state.json"
     state_file.write_text(json.dumps({
         "desired": old, "version": "7", "launched": 0, "terminated": [], "monitor_queries": [],
@@ -159,7 +161,6 @@ def run_roll(tmp_path: Path, old: int, batch: int, alert_after: int | None) -> t
     return done, json.loads(state_file.read_text())
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="roll-gateways.sh needs jq (on GitHub's runners)")
 def test_rollout_drains_every_old_gateway_batch_by_batch(tmp_path: Path) -> None:
     done, state = run_roll(tmp_path, old=5, batch=2, alert_after=None)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -169,7 +170,6 @@ def test_rollout_drains_every_old_gateway_batch_by_batch(tmp_path: Path) -> None
     assert "monitor_tags=service:storm,env:stormday,severity:page" in state["monitor_queries"][0]
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="roll-gateways.sh needs jq (on GitHub's runners)")
 def test_rollout_stops_when_an_slo_monitor_fires(tmp_path: Path) -> None:
     done, state = run_roll(tmp_path, old=6, batch=2, alert_after=2)
     assert done.returncode == 1
@@ -179,7 +179,6 @@ def test_rollout_stops_when_an_slo_monitor_fires(tmp_path: Path) -> None:
     assert len(untouched) == 4
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="roll-gateways.sh needs jq (on GitHub's runners)")
 def test_rollout_does_not_start_while_a_monitor_alerts(tmp_path: Path) -> None:
     done, state = run_roll(tmp_path, old=3, batch=1, alert_after=0)
     assert done.returncode == 1 and state["terminated"] == []
