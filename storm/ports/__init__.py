@@ -2,9 +2,9 @@
 
 Each port has an embedded adapter with the same semantics (``storm.adapters``) and real adapters; one
 contract suite per port (``tests/contract``) runs against all of them.  Optional capabilities of a port
-(``ChannelPreparer``, ``WorkScope``, ``WorkBacklog``, ``CountsRetries``) are small protocols of their own; every adapter
-module ends with a type-checked proof that it satisfies its port (docs/architecture.md, "Ports and
-adapters").
+(``ChannelPreparer``, ``WorkScope``, ``WorkBacklog``, ``CountsRetries``) are small protocols of their own;
+every adapter module ends with a type-checked proof that it satisfies its port (docs/architecture.md,
+"Ports and adapters").
 """
 
 from storm.ports.broker import (
