@@ -100,6 +100,7 @@ async def test_gateway_sigterm_drains_finishing_in_flight_acks_with_1012_and_a_r
     import websockets
 
     from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.bootstrap import pulsar_settings
     from storm.config import Config
     from storm.ports.clock import SystemClock
     from storm_tools.verify import read_channel_log
@@ -150,7 +151,7 @@ async def test_gateway_sigterm_drains_finishing_in_flight_acks_with_1012_and_a_r
     assert exit_code == 0, gateway_b.log_tail(30)
     assert exited_after < DRAIN_TIMEOUT_S + 10, f"took {exited_after:.1f} s to exit"
 
-    broker = PulsarBroker(Config.from_env(live.env), SystemClock())
+    broker = PulsarBroker(pulsar_settings(Config.from_env(live.env)), SystemClock())
     await broker.start()
     try:
         in_log = {cmid for _, cmid in await read_channel_log(broker, ws.slug, ws.channel)}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from storm.adapters.auth0_identity import Auth0Identity, JwksCache
+from storm.bootstrap import auth0_settings
 from storm.config import Config, ConfigError
 from storm.errors import Unauthenticated
 from tests.support.jwks import AUDIENCE, WS_CLAIM, Jwks, auth0_config, new_key
@@ -33,7 +34,7 @@ def _forge(header: dict[str, Any], claims: dict[str, Any], key: bytes | None) ->
 
 @pytest.fixture
 def identity(jwks: Jwks) -> Auth0Identity:
-    return Auth0Identity(auth0_config(jwks, auth0_jwks_min_refetch_s=0.0))
+    return Auth0Identity(auth0_settings(auth0_config(jwks, auth0_jwks_min_refetch_s=0.0)))
 
 
 async def refused(identity: Auth0Identity, token: str, needle: str) -> None:
@@ -109,7 +110,7 @@ async def test_rotated_key_is_picked_up_by_refetch(identity, jwks):
 
 
 async def test_unknown_kid_refetches_are_rate_limited(jwks):
-    identity = Auth0Identity(auth0_config(jwks, auth0_jwks_min_refetch_s=30.0))
+    identity = Auth0Identity(auth0_settings(auth0_config(jwks, auth0_jwks_min_refetch_s=30.0)))
     assert await identity.verify(jwks.token())
     for _ in range(20):
         await refused(identity, jwks.token(new_key()), "unknown signing key")
@@ -141,7 +142,7 @@ async def test_jwks_fetch_runs_off_the_event_loop_and_once_for_concurrent_verifi
         return document
 
     cache = JwksCache(jwks.url, fetch=slow_fetch)
-    identity = Auth0Identity(auth0_config(jwks), jwks=cache)
+    identity = Auth0Identity(auth0_settings(auth0_config(jwks)), jwks=cache)
     ticks = 0
 
     async def ticker() -> None:
@@ -161,7 +162,7 @@ async def test_jwks_fetch_runs_off_the_event_loop_and_once_for_concurrent_verifi
 
 async def test_unreachable_jwks_refuses_without_crashing(jwks):
     cfg = auth0_config(jwks, auth0_jwks_url="http://127.0.0.1:9/.well-known/jwks.json")
-    await refused(Auth0Identity(cfg), jwks.token(), "signing keys unavailable")
+    await refused(Auth0Identity(auth0_settings(cfg)), jwks.token(), "signing keys unavailable")
 
 
 def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production():
@@ -173,7 +174,7 @@ def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production()
         Config.from_env({}, mode="production", identity="auth0", auth0_domain="x.auth0.com", auth0_audience="a")
     cfg = Config.from_env({}, mode="production", identity="auth0", auth0_domain="x.auth0.com", auth0_audience="a",
                           allowed_origins="https://chat.example.com")
-    ident = Auth0Identity(cfg)
+    ident = Auth0Identity(auth0_settings(cfg))
     assert ident.jwks._url == "https://x.auth0.com/.well-known/jwks.json"
 
 

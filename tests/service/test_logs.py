@@ -12,6 +12,7 @@ import pytest
 
 from storm.adapters.auth0_identity import Auth0Identity
 from storm.adapters.dev_identity import DevIdentity
+from storm.bootstrap import auth0_settings
 from storm.errors import Unauthenticated
 from storm.redact import REDACTED, SecretRedactor, install, redact
 from tests.service.test_isolation import World, world  # noqa: F401 - fixture
@@ -75,10 +76,10 @@ def _leaks(tokens: list[str], text: str) -> list[str]:
 
 async def test_no_token_text_in_logs_during_auth0_failures(jwks: Jwks, caplog):
     caplog.set_level(logging.DEBUG)
-    identity = Auth0Identity(auth0_config(jwks, auth0_jwks_min_refetch_s=0.0))
+    identity = Auth0Identity(auth0_settings(auth0_config(jwks, auth0_jwks_min_refetch_s=0.0)))
     tokens = [jwks.token(new_key()), jwks.token(exp=int(time.time()) - 600), jwks.token(aud=["x"]),
               jwks.token(scope="none")]
-    unreachable = Auth0Identity(auth0_config(jwks, auth0_jwks_url="http://127.0.0.1:9/jwks.json"))
+    unreachable = Auth0Identity(auth0_settings(auth0_config(jwks, auth0_jwks_url="http://127.0.0.1:9/jwks.json")))
     for tok in tokens:
         for ident in (identity, unreachable):
             try:

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.hub import Hub
 from storm.adapters.auth0_identity import Auth0Identity
-from storm.bootstrap import Services
+from storm.bootstrap import Services, auth0_settings
 from storm.config import Config
 from storm.ports.clock import ManualClock
 from storm.protocol.codes import CloseCode
@@ -134,7 +134,7 @@ async def test_a_subject_on_the_revocation_list_cannot_open_a_session(sec_ctx, s
 
 async def test_revoked_auth0_token_is_refused(sec_services, jwks: Jwks):
     """The negative matrix's `revoked` case, with a real RS256 token: its jti is on the list."""
-    identity = Auth0Identity(auth0_config(jwks), wall=sec_services.clock.time)
+    identity = Auth0Identity(auth0_settings(auth0_config(jwks)), wall=sec_services.clock.time)
     sec_ctx, hub = await _ctx(sec_services, identity=identity)
     now = int(sec_services.clock.time())
     try:
