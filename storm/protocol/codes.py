@@ -38,6 +38,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4008  # outgoing queue overflowed; reconnect and resume with offsets
     TOKEN_EXPIRED = 4009
     REVOKED = 4010  # logout, ban or removal from the workspace
+    WORKSPACE_DELETED = 4011  # the session's workspace was deleted
     TOO_MANY_CONNECTIONS = 4029
 
 

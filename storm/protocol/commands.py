@@ -107,11 +107,16 @@ class Read(_Command, tag="read", frozen=True):
     id: RequestId | None = None
 
 
+class Unread(_Command, tag="unread", frozen=True):
+    id: RequestId | None = None
+
+
 class Ping(_Command, tag="ping", frozen=True):
     id: RequestId | None = None
 
 
-Command = Auth | Subscribe | Unsubscribe | Publish | Edit | Delete | React | Typing | Presence | History | Read | Ping
+Command = (Auth | Subscribe | Unsubscribe | Publish | Edit | Delete | React | Typing | Presence | History | Read
+           | Unread | Ping)
 OPS = tuple(c.__struct_config__.tag for c in get_args(Command))
 
 _decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)

@@ -67,6 +67,8 @@ class Subscribed(_Event, tag="subscribed"):
     id: int | None = None
     recovered: bool = True  # False: `since` is older than retention; reload history
     replayed: int = 0  # events replayed between `since` and `offset`, sent right after this one
+    read: int = 0  # the user's read marker in the channel (the last offset they read; 0: none)
+    unread: int = 0  # stored messages of others after `read`, not deleted
 
 
 class Unsubscribed(_Event, tag="unsubscribed"):
@@ -98,12 +100,25 @@ class HistoryMessage(msgspec.Struct, omit_defaults=True):
     edited_ts: float | None = None
     deleted: bool = False
     reactions: dict[str, int] = {}
+    mine: list[str] = []  # the emojis of `reactions` the requesting user reacted with
 
 
 class HistoryPage(_Event, tag="history"):
     channel: str
     messages: list[HistoryMessage]
+    offset: int = 0  # the channel offset the page reflects: resume with subscribe{since: offset}
     next_before: int | None = None
+    id: int | None = None
+
+
+class ChannelUnread(msgspec.Struct, omit_defaults=True):
+    channel: str
+    read: int = 0  # the user's read marker (last offset read; 0: none)
+    unread: int = 0  # stored messages of others after `read`, not deleted
+
+
+class UnreadList(_Event, tag="unread"):
+    channels: list[ChannelUnread]  # every channel the user can read, not archived
     id: int | None = None
 
 
@@ -140,7 +155,8 @@ class ReactionEvent(_Event, tag="reaction"):
     user: str
     emoji: str
     ts: float
-    remove: bool = False
+    remove: bool = False  # false: `user` now reacts with `emoji`; true: no longer
+    count: int | None = None  # users reacting with `emoji` on the message once this change was stored
 
 
 # ---- ephemeral channel events: broadcast, never stored, no offset -----------------------------------
@@ -173,7 +189,7 @@ class TokenRefreshed(_Event, tag="token.refreshed"):
 ChannelEvent = MessageEvent | EditEvent | DeleteEvent | ReactionEvent
 EphemeralEvent = TypingEvent | PresenceJoin | PresenceLeave
 ServerEvent = (
-    Hello | Error | Ack | Subscribed | Unsubscribed | Pong | PresenceList | HistoryPage | MessageEvent
+    Hello | Error | Ack | Subscribed | Unsubscribed | Pong | PresenceList | HistoryPage | UnreadList | MessageEvent
     | EditEvent | DeleteEvent | ReactionEvent | TypingEvent | PresenceJoin | PresenceLeave | TokenExpiring
     | TokenRefreshed
 )

@@ -51,7 +51,8 @@ def _tag(cls: type[msgspec.Struct]) -> str:
 EVENT_CLASSES: dict[str, type[msgspec.Struct]] = {_tag(c): c for c in typing.get_args(ev.ServerEvent)}
 COMMAND_CLASSES: dict[str, type[msgspec.Struct]] = {_tag(c): c for c in typing.get_args(cmd.Command)}
 CHANNEL_EVENTS = frozenset(_tag(c) for c in typing.get_args(ev.ChannelEvent))
-NESTED = {"UserRef": ev.UserRef, "Limits": ev.Limits, "HistoryMessage": ev.HistoryMessage}
+NESTED = {"UserRef": ev.UserRef, "Limits": ev.Limits, "HistoryMessage": ev.HistoryMessage,
+          "ChannelUnread": ev.ChannelUnread}
 
 # ---- event samples: every field set to a non-default value, and only the required fields ----------------
 
@@ -64,7 +65,7 @@ LIMITS = ev.Limits(
 def _history_message_full() -> ev.HistoryMessage:
     return ev.HistoryMessage(
         id=MSG, offset=42, author=ALICE, author_name="Alice", text="hello, everyone", ts=TS, cmid="c-01",
-        thread=MSG2, edited_ts=TS + 10, deleted=True, reactions={THUMBS: 2, ":tada:": 1},
+        thread=MSG2, edited_ts=TS + 10, deleted=True, reactions={THUMBS: 2, ":tada:": 1}, mine=[THUMBS],
     )
 
 
@@ -86,14 +87,19 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
         field="text", channel=CH,
     ),
     "ack": lambda: ev.Ack(id=2, channel=CH, cmid="c-01", message_id=MSG, offset=42, duplicate=True),
-    "subscribed": lambda: ev.Subscribed(channel=CH, offset=44, id=1, recovered=False, replayed=3),
+    "subscribed": lambda: ev.Subscribed(channel=CH, offset=44, id=1, recovered=False, replayed=3, read=41,
+                                        unread=2),
     "unsubscribed": lambda: ev.Unsubscribed(channel=CH, id=9, reason="removed"),
     "pong": lambda: ev.Pong(id=13, ts=TS),
     "presence": lambda: ev.PresenceList(
         channel=CH, users=[ev.UserRef(id=ALICE, name="Alice"), ev.UserRef(id=BOB, name="Bob")], id=8
     ),
     "history": lambda: ev.HistoryPage(
-        channel=CH, messages=[_history_message_full(), _history_message_minimal()], next_before=40, id=10
+        channel=CH, messages=[_history_message_full(), _history_message_minimal()], offset=44, next_before=40,
+        id=10,
+    ),
+    "unread": lambda: ev.UnreadList(
+        channels=[ev.ChannelUnread(channel=CH, read=42, unread=3), ev.ChannelUnread(channel=MSG)], id=14
     ),
     "message": lambda: ev.MessageEvent(
         channel=CH, id=MSG, author=ALICE, author_name="Alice", text="hello, world", ts=TS, cmid="c-01",
@@ -102,7 +108,7 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
     "edit": lambda: ev.EditEvent(channel=CH, id=MSG, author=ALICE, text="hello, everyone", ts=TS),
     "delete": lambda: ev.DeleteEvent(channel=CH, id=MSG, author=ALICE, ts=TS),
     "reaction": lambda: ev.ReactionEvent(
-        channel=CH, message_id=MSG, user=BOB, emoji=THUMBS, ts=TS, remove=True
+        channel=CH, message_id=MSG, user=BOB, emoji=THUMBS, ts=TS, remove=True, count=1
     ),
     "typing": lambda: ev.TypingEvent(channel=CH, user=BOB, name="Bob"),
     "presence.join": lambda: ev.PresenceJoin(channel=CH, user=BOB, name="Bob"),
@@ -120,6 +126,7 @@ MINIMAL: dict[str, Callable[[], msgspec.Struct]] = {
     "pong": lambda: ev.Pong(),
     "presence": lambda: ev.PresenceList(channel=CH, users=[]),
     "history": lambda: ev.HistoryPage(channel=CH, messages=[]),
+    "unread": lambda: ev.UnreadList(channels=[]),
     "message": lambda: ev.MessageEvent(
         channel=CH, id=MSG, author=ALICE, author_name="Alice", text="x", ts=TS
     ),
@@ -147,6 +154,7 @@ COMMANDS_FULL: dict[str, dict[str, Any]] = {
     "presence": {"op": "presence", "channel": CH, "id": 7},
     "history": {"op": "history", "channel": CH, "id": 8, "before": 22, "limit": 20},
     "read": {"op": "read", "channel": CH, "offset": 42, "id": 9},
+    "unread": {"op": "unread", "id": 12},
     "ping": {"op": "ping", "id": 10},
 }
 
