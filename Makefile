@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sdk/pyproject.toml | sha1
 PACKAGES := storm gateway tenants consumers db storm_cli storm_tools sdk/storm_sdk
 export STORM_SERVICES_DIR ?= $(CURDIR)/.services
 
-.PHONY: run run-cluster test install lint infra-check scan services-up services-down browser-deps clean
+.PHONY: run run-cluster test install lint infra-check scan services-up services-down browser-deps clean chaos
 
 ## run: a running STORM on embedded defaults at http://127.0.0.1:8000 (Ctrl-C stops it)
 run: install
@@ -71,7 +71,14 @@ scan: install
 	$(BIN)/bandit -q -r $(PACKAGES) --severity-level high --confidence-level medium
 	$(BIN)/pip-audit --progress-spinner off --skip-editable
 
-## services-up / services-down: PostgreSQL, Pulsar and Hazelcast for the tests (docs/operations.md)
+## chaos: the whole chaos matrix (chaos-experiments/) on a cluster it starts; journals and summary.md/json in
+## reports/chaos/<time>/ (storm chaos run --all; STORM_CHAOS_ARGS adds options, e.g. --connections 100);
+## then the services are stopped, as after `make test`
+chaos: install services-up
+	@status=0; $(BIN)/storm chaos run --all --no-services $(STORM_CHAOS_ARGS) || status=$$?; \
+	$(MAKE) --no-print-directory services-down; exit $$status
+
+## services-up / services-down: PostgreSQL, Pulsar, Hazelcast and Toxiproxy for the tests (docs/operations.md)
 services-up:
 	scripts/services.sh up all
 

@@ -252,6 +252,15 @@ def run_experiment(path: Path, report: Path, timeout_s: float, env_extra: dict[s
     return row
 
 
+def journal_held(journal: dict[str, Any]) -> bool:
+    """The experiment ran to the end and its steady state held before and after (Chaos Toolkit leaves
+    ``deviated`` false when the steady state before already failed and nothing ran)."""
+    states = journal.get("steady_states") or {}
+    return (journal.get("status") == "completed" and journal.get("deviated") is False
+            and (states.get("before") or {}).get("steady_state_met") is True
+            and (states.get("after") or {}).get("steady_state_met") is True)
+
+
 def summarize(name: str, journal_path: Path, out: Path, took_s: float) -> dict[str, Any]:
     """One row of the summary, from the journal and the run folder's verdict."""
     try:
@@ -261,12 +270,15 @@ def summarize(name: str, journal_path: Path, out: Path, took_s: float) -> dict[s
     verdict_path = out / "verdict-after.json"
     verdict = json.loads(verdict_path.read_text()) if verdict_path.exists() else {}
     figures = verdict.get("figures", {})
+    states = journal.get("steady_states") or {}
     return {
         "experiment": name, "status": journal.get("status"), "deviated": journal.get("deviated"),
-        "ok": journal.get("status") == "completed" and journal.get("deviated") is False,
+        "before_met": (states.get("before") or {}).get("steady_state_met"),
+        "after_met": (states.get("after") or {}).get("steady_state_met"),
+        "ok": journal_held(journal),
         "slos": {v["slo"]: {"value": v["value"], "target": v["target"], "ok": v["ok"]}
                  for v in verdict.get("slos", [])},
-        "slo_judged": verdict.get("slo_judged"),
+        "gated": [v["slo"] for v in verdict.get("slos", []) if v.get("judged") == "gates"],
         "integrity_ok": verdict.get("integrity_ok"),
         **{k: figures.get(k) for k in ("published", "acked", "lost", "duplicates", "inversions", "not_stored",
                                        "unacked", "ack_p99_ms", "deliver_p99_ms", "ack_p99_ms_at_fault",
@@ -290,10 +302,9 @@ def markdown(rows: list[dict[str, Any]], report: Path) -> str:
              "Ack p99 ms (at fault) | Recover s | Took s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         slos = "<br>".join(f"{MARKS[v['ok']]} {k} {_pct(v['value'])} / {v['target']:g} %"
-                           for k, v in r["slos"].items()) or "—"
-        if r.get("slo_judged") is False:
-            slos = "(not judged: degradation by design) " + slos
-        verdict = "held" if r["ok"] else f"{r['status']}, deviated={r['deviated']}"
+                           + ("" if k in r["gated"] else " (reported)") for k, v in r["slos"].items()) or "—"
+        verdict = "held" if r["ok"] else (f"{r['status']}, deviated={r['deviated']}, steady state before "
+                                          f"{r['before_met']}, after {r['after_met']}")
         lines.append(f"| {r['experiment']} | {verdict} | {slos} | {r['lost']} | {r['duplicates']} | "
                      f"{r['inversions']} | {r['not_stored']} | {r['ack_p99_ms']} ({r['ack_p99_ms_at_fault']}) | "
                      f"{r['time_to_recover_s']} | {r['took_s']} |")
