@@ -92,7 +92,9 @@ def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) 
                 plan.edits.append((uuid.UUID(ev.id), ev.text, _ts(ev.ts)))
             elif isinstance(ev, e.DeleteEvent):
                 plan.deletes.append((uuid.UUID(ev.id), _ts(ev.ts)))
-            elif isinstance(ev, e.ReactionEvent):
+            elif isinstance(ev, e.ReactionEvent) and ev.count is None:
+                # a reaction with a count was stored by the command itself (storm/protocol/chat.py, react);
+                # applying it again here could undo a later change logged earlier by another gateway
                 plan.reactions.append((Reaction(ws_id, uuid.UUID(ev.message_id), uuid.UUID(ev.user), ev.emoji),
                                        ev.remove))
             # ephemeral events never reach the work subscription; ignore anything else

@@ -398,6 +398,19 @@ class SqlReactionRepository(_Repository):
         return result
 
 
+    async def mine(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[str]]:
+        r = m.reactions
+        result: dict[uuid.UUID, list[str]] = {}
+        for chunk in _chunks(list(dict.fromkeys(message_ids)), 500):
+            query = (select(r.c.message_id, r.c.emoji)
+                     .where(r.c.workspace_id == workspace_id, r.c.user_id == user_id, r.c.message_id.in_(chunk)))
+            for message_id, emoji in await self._execute(query):
+                result.setdefault(message_id, []).append(emoji)
+        return {k: sorted(v) for k, v in result.items()}
+
+
 # ---- read markers ---------------------------------------------------------------------------------------
 class SqlReadMarkerRepository(_Repository):
     async def advance(self, marker: ReadMarker) -> int:
@@ -419,3 +432,28 @@ class SqlReadMarkerRepository(_Repository):
                                           rm.c.user_id == user_id)
         value = (await self._execute(query)).scalar_one_or_none()
         return 0 if value is None else int(value)
+
+    async def unread(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int, int]]:
+        rm, msg = m.read_markers, m.messages
+        wanted = list(dict.fromkeys(channel_ids))
+        marks = dict.fromkeys(wanted, 0)
+        counts = dict.fromkeys(wanted, 0)
+        for chunk in _chunks(wanted, 500):
+            query = select(rm.c.channel_id, rm.c.offset).where(
+                rm.c.workspace_id == workspace_id, rm.c.user_id == user_id, rm.c.channel_id.in_(chunk))
+            for channel_id, offset in await self._execute(query):
+                marks[channel_id] = int(offset)
+            # the messages index leads with (workspace, channel, offset): one range scan per channel
+            marker = (select(rm.c.offset).where(rm.c.workspace_id == msg.c.workspace_id,
+                                                rm.c.channel_id == msg.c.channel_id, rm.c.user_id == user_id)
+                      .scalar_subquery())
+            count = (select(msg.c.channel_id, func.count())
+                     .where(msg.c.workspace_id == workspace_id, msg.c.channel_id.in_(chunk),
+                            msg.c.author_id != user_id, msg.c.deleted_at.is_(None),
+                            msg.c.offset > func.coalesce(marker, 0))
+                     .group_by(msg.c.channel_id))
+            for channel_id, n in await self._execute(count):
+                counts[channel_id] = int(n)
+        return {ch: (marks[ch], counts[ch]) for ch in wanted}

@@ -21,6 +21,21 @@ SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,38}[a-z0-9])$")
 CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str) -> str | None:
+    """Why the SQL store cannot hold ``text`` (PostgreSQL refuses NUL in text, and no database encodes a
+    lone surrogate as UTF-8), or None when it can.  Writes check it before anything is published."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\x00":
+        return "text must not contain U+0000 (NUL)"
+    return f"text must not contain U+{ord(char):04X} (a lone surrogate)"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -148,7 +148,7 @@ def _message_out(m: HistoryMessage) -> s.MessageOut:
     """Field for field what the WebSocket ``history`` command sends (storm/protocol/chat.py builds both)."""
     return s.MessageOut(id=uuid.UUID(m.id), offset=m.offset, author=uuid.UUID(m.author), author_name=m.author_name,
                         text=m.text, ts=m.ts, cmid=m.cmid, thread=uuid.UUID(m.thread) if m.thread else None,
-                        edited_ts=m.edited_ts, deleted=m.deleted, reactions=m.reactions)
+                        edited_ts=m.edited_ts, deleted=m.deleted, reactions=m.reactions, mine=m.mine)
 
 
 def _presence_out(entries: list[Any]) -> s.PresenceList:
@@ -311,7 +311,26 @@ async def history(slug: str, channel_id: str, query_args: s.HistoryQuery) -> s.H
     """Stored messages, newest first; follow `next_cursor` for older pages."""
     page = await service.history(_services(), _principal(), _uuid(channel_id, "channel_id"),
                                  limit=query_args.limit, cursor=query_args.cursor)
-    return s.HistoryPage(messages=[_message_out(v) for v in page.messages], next_cursor=page.next_cursor)
+    return s.HistoryPage(messages=[_message_out(v) for v in page.messages], next_cursor=page.next_cursor,
+                         offset=page.offset)
+
+
+@bp.get("/workspaces/<slug>/unread")
+@_errors(401, 403, 404)
+@validate_response(s.UnreadList)
+async def unread(slug: str) -> s.UnreadList:
+    """The caller's read marker and unread count of every channel they can read (sidebar badges)."""
+    rows = await service.unread(_services(), _principal())
+    return s.UnreadList(channels=[s.ChannelUnread(channel=ch, read=read, unread=n) for ch, read, n in rows])
+
+
+@bp.get("/workspaces/<slug>/channels/<channel_id>/members")
+@_errors(400, 401, 403, 404)
+@validate_response(s.ChannelMemberList)
+async def list_channel_members(slug: str, channel_id: str) -> s.ChannelMemberList:
+    """The channel's members (every workspace member for a public channel), for those who can read it."""
+    members = await service.channel_members(_services(), _principal(), _uuid(channel_id, "channel_id"))
+    return s.ChannelMemberList(members=members)
 
 
 # -- presence -----------------------------------------------------------------------------------------------

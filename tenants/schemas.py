@@ -133,11 +133,24 @@ class MessageOut(BaseModel):
     edited_ts: float | None
     deleted: bool
     reactions: dict[str, int]
+    mine: list[str] = Field(default_factory=list, description="The emojis of `reactions` the caller reacted with.")
 
 
 class HistoryPage(BaseModel):
     messages: list[MessageOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for older messages; null at the start.")
+    offset: int = Field(default=0, description="The channel offset the page reflects: resume the WebSocket "
+                        "with subscribe{since: offset}.")
+
+
+class ChannelUnread(BaseModel):
+    channel: uuid.UUID
+    read: int = Field(description="The caller's read marker (last offset read; 0: none).")
+    unread: int = Field(description="Stored messages of others after `read`, not deleted.")
+
+
+class UnreadList(BaseModel):
+    channels: list[ChannelUnread]
 
 
 class PresenceUser(BaseModel):

@@ -71,6 +71,7 @@ class MemberView:
 class HistoryView:
     messages: list[HistoryMessage]  # newest first, built by storm/protocol/chat.py as for the WebSocket
     next_cursor: str | None
+    offset: int = 0  # the channel offset the page reflects (resume the WebSocket from it)
 
 
 # -- authorisation ---------------------------------------------------------------------------------------
@@ -499,8 +500,28 @@ async def history(
         raise BadRequest(f"limit must be between 1 and {page_max}", field="limit")
     before = decode_cursor(cursor) if cursor is not None else None
     await services.directory.check_channel_access(p, str(channel_id))
-    page = await chat.history_page(services.store, p.workspace.id, channel_id, before=before, limit=limit)
-    return HistoryView(page.messages, encode_cursor(page.next_before) if page.next_before is not None else None)
+    page = await chat.history_page(services.store, p.workspace.id, channel_id, before=before, limit=limit,
+                                   reader=p.user.id)
+    return HistoryView(page.messages, encode_cursor(page.next_before) if page.next_before is not None else None,
+                       page.offset)
+
+
+async def unread(services: Services, p: Principal) -> list[tuple[uuid.UUID, int, int]]:
+    """(channel, read marker, unread count) for every channel the caller can read, not archived."""
+    async with services.store.unit_of_work() as uow:
+        channels = await uow.channels.list_for_user(p.workspace.id, p.user.id)
+    state = await chat.read_state(services.store, p.workspace.id, p.user.id, [ch.id for ch in channels])
+    return [(ch.id, *state[ch.id]) for ch in channels]
+
+
+async def channel_members(services: Services, p: Principal, channel_id: uuid.UUID) -> list[uuid.UUID]:
+    """Who is in a channel, for those who can read it: a private or direct channel's members, every member
+    of the workspace for a public channel."""
+    ch = await services.directory.check_channel_access(p, str(channel_id))
+    async with services.store.unit_of_work() as uow:
+        if ch.is_private:
+            return sorted(await uow.channels.list_members(p.workspace.id, ch.id))
+        return sorted(m.user_id for m in await uow.memberships.list(p.workspace.id))
 
 
 def epoch(moment: datetime | None) -> float | None:

@@ -375,6 +375,17 @@ class MemoryReactionRepository(_Repository):
         return result
 
 
+    async def mine(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[str]]:
+        wanted = set(message_ids)
+        result: dict[uuid.UUID, list[str]] = {}
+        for ws, message_id, user, emoji in self._t.reactions:
+            if ws == workspace_id and user == user_id and message_id in wanted:
+                result.setdefault(message_id, []).append(emoji)
+        return {k: sorted(v) for k, v in result.items()}
+
+
 class MemoryReadMarkerRepository(_Repository):
     async def advance(self, marker: ReadMarker) -> int:
         """Move the marker forward (never back); returns the stored offset."""
@@ -390,6 +401,21 @@ class MemoryReadMarkerRepository(_Repository):
         """0 when the user has no marker in the channel."""
         return self._t.read_markers.get((workspace_id, channel_id, user_id), 0)
 
+
+    async def unread(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int, int]]:
+        t = self._t
+        marks = {ch: t.read_markers.get((workspace_id, ch, user_id), 0) for ch in channel_ids}
+        counts = dict.fromkeys(marks, 0)
+        for msg in t.messages.values():
+            if (msg.workspace_id == workspace_id and msg.channel_id in marks and msg.offset > marks[msg.channel_id]
+                    and msg.author_id != user_id and msg.deleted_at is None):
+                counts[msg.channel_id] += 1
+        return {ch: (marks[ch], counts[ch]) for ch in marks}
+
+
+MAX_DELIVERIES = 10_000  # delivery-log entries the embedded store keeps (all workspaces), oldest dropped
 
 class MemoryUnitOfWork:
     """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back."""

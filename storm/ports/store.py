@@ -141,12 +141,27 @@ class ReactionRepository(Protocol):
     ) -> dict[uuid.UUID, dict[str, int]]: ...
 
 
+    async def mine(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, builtins.list[str]]:
+        """The emojis the user reacted with, per message (sorted; messages without any are absent)."""
+        ...
+
+
 class ReadMarkerRepository(Protocol):
     async def advance(self, marker: ReadMarker) -> int:
         """Move the marker forward (never back); returns the stored offset."""
         ...
 
     async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> int: ...
+
+
+    async def unread(
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[int, int]]:
+        """Per channel: (the user's marker, 0 when none; the stored messages of other users with a greater
+        offset that are not deleted).  Every channel asked for is in the result."""
+        ...
 
 
 class UnitOfWork(Protocol):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from storm.directory import Principal
-from storm.domain import Channel, Message, ReadMarker, Role
-from storm.errors import Conflict, Forbidden, NotFound
+from storm.domain import Channel, Message, Reaction, ReadMarker, Role, unstorable
+from storm.errors import BadRequest, Conflict, Forbidden, NotFound
 from storm.ports.broker import Broker
 from storm.ports.clock import Clock
 from storm.ports.store import Store, UnitOfWork
@@ -36,7 +36,7 @@ class Posted:
     """A write's place in the channel log: what its ``ack`` says."""
 
     message_id: str
-    offset: int
+    offset: int | None  # None: the command changed nothing (a repeated or void reaction), no event
     duplicate: bool = False  # a publish whose cmid was already published: the original message
 
 
@@ -50,6 +50,9 @@ class Chat:
     async def publish(self, p: Principal, ch: Channel, *, cmid: str, text: str, thread: str | None) -> Posted:
         """One message per (author, channel, cmid): a retry gets the first attempt's message back."""
         channel = str(ch.id)
+        _check_storable(text)
+        if thread is not None:  # a stored message of this very channel (else not_found)
+            thread = str((await self._message(p, ch, thread, field="thread")).id)
         ref = MessageRef(p.workspace.slug, p.workspace.id, ch.id, p.user.id, cmid)
         outcome = await self._cmids.claim(ref)
         if isinstance(outcome, InFlight):
@@ -73,6 +76,7 @@ class Chat:
         return Posted(message_id, offset)
 
     async def edit(self, p: Principal, ch: Channel, message_id: str, text: str) -> Posted:
+        _check_storable(text)
         msg = await self._message(p, ch, message_id)
         if msg.author_id != p.user.id:
             raise Forbidden("only the author may edit a message", field="message_id")
@@ -87,10 +91,33 @@ class Chat:
                                                       ts=self._clock.time()))
 
     async def react(self, p: Principal, ch: Channel, message_id: str, emoji: str, *, remove: bool) -> Posted:
+        """The store changes first, so the event can say the resulting count, and a change that changes
+        nothing (a repeated reaction, the removal of one that is not there) emits no event: the live
+        counts never drift from the stored ones.  The persistence worker leaves reactions carrying a count
+        alone (consumers/persistence.py).  If the event cannot be published, the change is undone."""
+        _check_storable(emoji, field="emoji")
         msg = await self._message(p, ch, message_id)
-        return await self._post(p, msg, e.ReactionEvent(channel=str(ch.id), message_id=str(msg.id),
-                                                        user=str(p.user.id), emoji=emoji, remove=remove,
-                                                        ts=self._clock.time()))
+        reaction = Reaction(p.workspace.id, msg.id, p.user.id, emoji)
+
+        async def change(uow: UnitOfWork) -> int | None:
+            changed = await (uow.reactions.remove(reaction) if remove else uow.reactions.add(reaction))
+            if not changed:
+                return None
+            return (await uow.reactions.counts(p.workspace.id, [msg.id])).get(msg.id, {}).get(emoji, 0)
+
+        count = await self._store.run(change)
+        if count is None:
+            return Posted(str(msg.id), None)
+        event = e.ReactionEvent(channel=str(ch.id), message_id=str(msg.id), user=str(p.user.id), emoji=emoji,
+                                remove=remove, count=count, ts=self._clock.time())
+        try:
+            return await self._post(p, msg, event)
+        except NOT_SENT:
+            async def undo(uow: UnitOfWork) -> bool:
+                return await (uow.reactions.add(reaction) if remove else uow.reactions.remove(reaction))
+
+            await self._store.run(undo)
+            raise
 
     async def mark_read(self, p: Principal, ch: Channel, offset: int) -> int:
         """Move the caller's read marker of the channel forward to ``offset``; returns the stored one."""
@@ -105,17 +132,30 @@ class Chat:
         offset = await self._broker.publish(p.workspace.slug, str(msg.channel_id), e.encode(event))
         return Posted(str(msg.id), offset)
 
-    async def _message(self, p: Principal, ch: Channel, message_id: str) -> Message:
+    async def _message(self, p: Principal, ch: Channel, message_id: str, *, field: str = "message_id") -> Message:
         """A stored, not deleted message of the channel."""
         try:
             mid = uuid.UUID(message_id)
         except ValueError:
-            raise NotFound("no such message", field="message_id") from None
+            raise NotFound("no such message", field=field) from None
         async with self._store.unit_of_work() as uow:
             msg = await uow.messages.get(p.workspace.id, mid)
         if msg is None or msg.channel_id != ch.id or msg.deleted_at is not None:
-            raise NotFound("no such message (new messages become editable once stored)", field="message_id")
+            raise NotFound("no such message in this channel (new messages are found once stored)", field=field)
         return msg
+
+
+def _check_storable(text: str, *, field: str = "text") -> None:
+    why = unstorable(text)
+    if why is not None:
+        raise BadRequest(why.replace("text", field, 1), field=field)
+
+
+async def read_state(store: Store, workspace_id: uuid.UUID, user_id: uuid.UUID,
+                     channel_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
+    """Per channel: (the user's read marker, the unread messages of others after it)."""
+    async with store.unit_of_work() as uow:
+        return await uow.read_markers.unread(workspace_id, user_id, channel_ids)
 
 
 # -- history ---------------------------------------------------------------------------------------------
@@ -123,29 +163,42 @@ class Chat:
 class HistorySlice:
     messages: list[e.HistoryMessage]  # newest first
     next_before: int | None  # the offset to read older messages before; None when this page is the oldest
+    offset: int = 0  # the channel offset the page reflects: a client resumes with subscribe{since: offset}
 
 
 async def history_page(store: Store, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None,
-                       limit: int) -> HistorySlice:
-    """Up to ``limit`` stored messages of the channel with ``offset < before`` (all when None), newest first."""
+                       limit: int, reader: uuid.UUID | None = None) -> HistorySlice:
+    """Up to ``limit`` stored messages of the channel with ``offset < before`` (all when None), newest first;
+    ``mine`` lists the reader's own reactions.
+
+    ``offset`` is the channel's newest stored message offset, read in the same transaction: the
+    persistence worker applies a channel's events in log order, so every event up to it is in the page's
+    state.  Events after it may be too (reactions are stored by the command itself); replaying them
+    changes nothing, since edits and deletions set a state and reaction events carry absolute counts."""
     async with store.unit_of_work() as uow:
+        newest = await uow.messages.page(workspace_id, channel_id, before=None, limit=1)
+        head = newest[0].offset if newest else 0
         rows = await uow.messages.page(workspace_id, channel_id, before=before, limit=limit + 1)
         more, rows = len(rows) > limit, rows[:limit]
         if not rows:
-            return HistorySlice([], None)
+            return HistorySlice([], None, head)
         authors = {u.id: u.name for u in await uow.users.get_many(list(dict.fromkeys(m.author_id for m in rows)))}
-        counts = await uow.reactions.counts(workspace_id, [m.id for m in rows])
-    messages = [history_message(m, authors.get(m.author_id, UNKNOWN_AUTHOR), counts.get(m.id, {})) for m in rows]
-    return HistorySlice(messages, rows[-1].offset if more else None)
+        ids = [m.id for m in rows]
+        counts = await uow.reactions.counts(workspace_id, ids)
+        mine = await uow.reactions.mine(workspace_id, reader, ids) if reader is not None else {}
+    messages = [history_message(m, authors.get(m.author_id, UNKNOWN_AUTHOR), counts.get(m.id, {}),
+                                mine.get(m.id, [])) for m in rows]
+    return HistorySlice(messages, rows[-1].offset if more else None, head)
 
 
-def history_message(m: Message, author_name: str, reactions: dict[str, int]) -> e.HistoryMessage:
+def history_message(m: Message, author_name: str, reactions: dict[str, int],
+                    mine: list[str] | None = None) -> e.HistoryMessage:
     deleted = m.deleted_at is not None
     return e.HistoryMessage(
         id=str(m.id), offset=m.offset, author=str(m.author_id), author_name=author_name,
         text="" if deleted else m.body, ts=epoch(m.created_at), cmid=m.client_msg_id,
         thread=str(m.thread_id) if m.thread_id else None, edited_ts=epoch(m.edited_at) if m.edited_at else None,
-        deleted=deleted, reactions=reactions,
+        deleted=deleted, reactions=reactions, mine=mine or [],
     )
 
 

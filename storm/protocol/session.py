@@ -28,10 +28,10 @@ from typing import Any
 from storm import revocation
 from storm.directory import Principal
 from storm.domain import MAX_BODY_CHARS, Channel
-from storm.errors import StormError, Unauthenticated
+from storm.errors import Forbidden, NotFound, StormError, Unauthenticated
 from storm.protocol import commands as c
 from storm.protocol import events as e
-from storm.protocol.chat import Posted, history_page
+from storm.protocol.chat import Posted, history_page, read_state
 from storm.protocol.codes import CloseCode, ErrorCode
 from storm.protocol.context import Hub, SessionContext, Transport
 from storm.protocol.failures import Disconnect, Refused
@@ -45,6 +45,7 @@ __all__ = ["MAX_BAD_FRAMES", "Hub", "Session", "SessionContext", "State", "Trans
 log = logging.getLogger("storm.session")
 
 MAX_BAD_FRAMES = 10
+NO_SUCH_WORKSPACE = "no such workspace, or not a member of it"
 
 
 class State(enum.Enum):
@@ -157,7 +158,19 @@ class Session:
                              reason="expected an auth message")
         try:
             claims = await self.ctx.identity.verify(cmd.token)
+        except StormError as exc:
+            raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, exc.message,
+                             reason="authentication failed") from exc
+        if claims.workspace == "*":
+            raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED,
+                             "a session needs a token bound to one workspace (its `ws` claim is \"*\"); "
+                             "ask for a token of the workspace to connect to", reason="authentication failed",
+                             field="token")
+        try:
             principal = await self.ctx.directory.principal(claims)
+        except (NotFound, Forbidden) as exc:  # one answer for both: no probing for which workspaces exist
+            raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, NO_SUCH_WORKSPACE,
+                             reason="authentication failed") from exc
         except StormError as exc:
             raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, exc.message,
                              reason="authentication failed") from exc
@@ -280,6 +293,8 @@ class Session:
                 await self._change(cmd)
             case c.Read():
                 await self._read(cmd)
+            case c.Unread():
+                await self._unread(cmd)
             case c.Auth():
                 await self._reauthenticate(cmd)
 
@@ -339,8 +354,18 @@ class Session:
         p = self._p()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
         page = await history_page(self.ctx.store, p.workspace.id, ch.id, before=cmd.before,
-                                  limit=min(cmd.limit, self.ctx.config.history_page_max))
-        self._send(e.HistoryPage(channel=str(ch.id), id=cmd.id, next_before=page.next_before, messages=page.messages))
+                                  limit=min(cmd.limit, self.ctx.config.history_page_max), reader=p.user.id)
+        self._send(e.HistoryPage(channel=str(ch.id), id=cmd.id, next_before=page.next_before, messages=page.messages,
+                                 offset=page.offset))
+
+    async def _unread(self, cmd: c.Unread) -> None:
+        """The read state of every channel the user can read (the sidebar's badges)."""
+        p = self._p()
+        async with self.ctx.store.unit_of_work() as uow:
+            channels = await uow.channels.list_for_user(p.workspace.id, p.user.id)
+        state = await read_state(self.ctx.store, p.workspace.id, p.user.id, [ch.id for ch in channels])
+        self._send(e.UnreadList(id=cmd.id, channels=[
+            e.ChannelUnread(channel=str(ch.id), read=state[ch.id][0], unread=state[ch.id][1]) for ch in channels]))
 
     # -- presence and access, refreshed while the client talks ---------------------------------------------
     async def _refresh_presence(self) -> None:

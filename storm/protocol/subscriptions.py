@@ -20,6 +20,7 @@ from storm.ports.broker import Broker, Record
 from storm.ports.cache import PresenceEntry
 from storm.protocol import commands as c
 from storm.protocol import events as e
+from storm.protocol.chat import read_state
 from storm.protocol.codes import ErrorCode
 from storm.protocol.context import SessionContext, Transport
 from storm.protocol.failures import Refused
@@ -124,8 +125,9 @@ class Subscriptions:
         if not fresh:
             last = max(last, sub.last)
         replay = [r for r in records if r.offset > last]
+        read, unread = (await read_state(ctx.store, p.workspace.id, p.user.id, [ch.id]))[ch.id]
         self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
-                                replayed=len(replay)))
+                                replayed=len(replay), read=read, unread=unread))
         if cmd.since is not None:  # a resume: storm.gateway.resumes and resume_gap (docs/observability.md)
             ctx.meters.resumed(recovered, replay[0].publish_time if replay else 0.0, ctx.clock.time())
         send = self._owner.transport.send

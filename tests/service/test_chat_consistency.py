@@ -1,0 +1,174 @@
+"""Issue 13's consistency defects, each as a client conversation with the session core (docs/protocol.md):
+reaction state and no-op reactions, the history page's offset, thread parents, text the store cannot
+hold, one `auth` answer for a missing workspace and a non-member, `typing` for an unknown channel, binary
+frames, and read state (`subscribed.read/unread`, `unread`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from consumers.persistence import PersistenceWorker
+from storm.bootstrap import Services
+from storm.protocol.session import Session, SessionContext, State
+from storm_tools.seed import DEMO_WORKSPACE, channel_id
+from tests.service.test_session import ListTransport, _until_stored, connect, send, token
+
+GENERAL = channel_id(DEMO_WORKSPACE, "general")
+RANDOM = channel_id(DEMO_WORKSPACE, "random")
+
+
+async def _stored_message(ctx: SessionContext, services: Services,
+                          user: str = "alice") -> tuple[str, Session, ListTransport]:
+    a, ta = await connect(ctx, services, user)
+    await send(a, op="publish", id=1, channel=GENERAL, cmid="parent", text="react to me")
+    (ack,) = ta.take("ack")
+    await _until_stored(services, 1)
+    return ack["message_id"], a, ta
+
+
+async def test_a_noop_react_is_acked_without_event_and_events_carry_the_resulting_count(ctx, services):
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        mid, a, ta = await _stored_message(ctx, services)
+        b, tb = await connect(ctx, services, "bob")
+        await send(a, op="subscribe", channel=GENERAL)
+        ta.take()
+        await send(a, op="react", id=2, channel=GENERAL, message_id=mid, emoji="👍")
+        await send(b, op="react", id=3, channel=GENERAL, message_id=mid, emoji="👍")
+        await send(b, op="react", id=4, channel=GENERAL, message_id=mid, emoji="👍")  # again: a no-op
+        await send(a, op="react", id=5, channel=GENERAL, message_id=mid, emoji="🎉", remove=True)  # not there
+        reactions = ta.take("reaction")
+        assert [(r["user"] == str(a.principal.user.id), r["count"]) for r in reactions] == [(True, 1), (False, 2)]
+        acks = {x["id"]: x for x in ta.take("ack") + tb.take("ack")}
+        assert "offset" in acks[2] and "offset" in acks[3]
+        assert "offset" not in acks[4] and "offset" not in acks[5]  # acknowledged, nothing happened
+        assert acks[4]["message_id"] == mid
+        await send(b, op="react", id=6, channel=GENERAL, message_id=mid, emoji="👍", remove=True)
+        (removed,) = ta.take("reaction")
+        assert removed["remove"] is True and removed["count"] == 1
+        await send(a, op="history", id=7, channel=GENERAL)
+        (page,) = ta.take("history")
+        assert page["messages"][0]["reactions"] == {"👍": 1} and page["messages"][0]["mine"] == ["👍"]
+    finally:
+        await worker.stop()
+
+
+async def test_a_page_resumed_from_its_offset_shows_the_stored_counts(ctx, services):
+    """The doubling: history counts, then a resume from the newest *message* replayed the reactions after
+    it on top.  Resuming from the page's offset and applying counts as the events say them converges."""
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        mid, a, _ta = await _stored_message(ctx, services)
+        b, _tb = await connect(ctx, services, "bob")
+        await send(b, op="react", id=2, channel=GENERAL, message_id=mid, emoji="👍")
+        await send(a, op="react", id=3, channel=GENERAL, message_id=mid, emoji="👍")
+        for _ in range(100):  # the persistence worker has caught up with the log
+            async with services.store.unit_of_work() as uow:
+                ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+                assert ws
+                if (await uow.reactions.counts(ws.id, [uuid.UUID(mid)])).get(uuid.UUID(mid)) == {"👍": 2}:
+                    break
+            await asyncio.sleep(0.02)
+        # a fresh page: history, then subscribe from the page's offset, applying what is replayed
+        c, tc = await connect(ctx, services, "carol")
+        await send(c, op="history", id=1, channel=GENERAL)
+        (page,) = tc.take("history")
+        shown = dict(page["messages"][0]["reactions"])
+        assert page["offset"] >= page["messages"][0]["offset"]
+        await send(c, op="subscribe", id=2, channel=GENERAL, since=page["offset"])
+        for ev in tc.take("reaction"):
+            shown[ev["emoji"]] = ev["count"]
+        assert shown == {"👍": 2}  # what GET …/messages says
+    finally:
+        await worker.stop()
+
+
+async def test_thread_parent_must_be_a_stored_message_of_the_same_channel(ctx, services):
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        mid, a, ta = await _stored_message(ctx, services)
+        await send(a, op="publish", id=2, channel=RANDOM, cmid="t1", text="reply elsewhere", thread=mid)
+        await send(a, op="publish", id=3, channel=GENERAL, cmid="t2", text="reply to nothing",
+                   thread=str(uuid.uuid4()))
+        errors = {x["id"]: x for x in ta.take("error")}
+        assert errors[2]["code"] == "not_found" and errors[2]["field"] == "thread"
+        assert errors[3]["code"] == "not_found" and errors[3]["field"] == "thread"
+        assert ta.take("ack") == []
+        services.clock.advance(1)  # type: ignore[attr-defined]  # refill the publish bucket
+        await send(a, op="publish", id=4, channel=GENERAL, cmid="t3", text="a real reply", thread=mid)
+        assert [x["id"] for x in ta.take("ack")] == [4], ta.events
+    finally:
+        await worker.stop()
+
+
+async def test_text_the_store_cannot_hold_is_refused_before_the_ack(ctx, services):
+    a, ta = await connect(ctx, services)
+    head = await services.broker.head(DEMO_WORKSPACE, GENERAL)
+    await send(a, op="publish", id=1, channel=GENERAL, cmid="nul", text="a\x00b")
+    (err,) = ta.take("error")
+    assert err["code"] == "bad_request" and err["field"] == "text" and err["id"] == 1
+    assert ta.take("ack") == [] and await services.broker.head(DEMO_WORKSPACE, GENERAL) == head
+
+
+async def test_missing_workspace_and_non_member_get_the_same_auth_answer(ctx, services):
+    answers = []
+    for tok in (token(services, "alice", "no-such-workspace"), token(services, "mallory")):
+        t = ListTransport()
+        s = Session(ctx, t)
+        await s.receive(json.dumps({"op": "auth", "token": tok}))
+        (err,) = t.take("error")
+        answers.append((err["code"], err["message"], t.closed[0] if t.closed else None))
+    assert answers[0] == answers[1], answers
+    assert "no-such-workspace" not in answers[0][1]
+
+
+async def test_a_star_token_on_the_websocket_is_told_what_is_wrong(ctx, services):
+    t = ListTransport()
+    s = Session(ctx, t)
+    await s.receive(json.dumps({"op": "auth", "token": token(services, "alice", "*")}))
+    (err,) = t.take("error")
+    assert err["code"] == "unauthenticated" and "one workspace" in err["message"], err
+    assert s.state is State.CLOSED
+
+
+async def test_typing_for_an_unknown_channel_is_answered_with_not_found(ctx, services):
+    a, ta = await connect(ctx, services)
+    await send(a, op="typing", id=9, channel=str(uuid.uuid4()))
+    (err,) = ta.take("error")
+    assert err["code"] == "not_found" and err["id"] == 9
+
+
+async def test_a_binary_frame_is_read_like_a_text_frame(ctx, services):
+    a, ta = await connect(ctx, services)
+    await a.receive(json.dumps({"op": "ping", "id": 3}).encode())
+    assert ta.take("pong")[0]["id"] == 3
+
+
+async def test_read_state_in_subscribed_and_unread(ctx, services):
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        b, tb = await connect(ctx, services, "bob")
+        for i in range(3):
+            await send(b, op="publish", id=i, channel=GENERAL, cmid=f"u{i}", text=f"m{i}")
+        offsets = [x["offset"] for x in tb.take("ack")]
+        await _until_stored(services, 3)
+        a, ta = await connect(ctx, services, "alice")
+        await send(a, op="read", id=1, channel=GENERAL, offset=offsets[0])
+        await send(a, op="subscribe", id=2, channel=GENERAL)
+        (sub,) = ta.take("subscribed")
+        assert sub["read"] == offsets[0] and sub["unread"] == 2
+        await send(a, op="unread", id=3)
+        (unread,) = ta.take("unread")
+        by_channel = {c["channel"]: c for c in unread["channels"]}
+        assert by_channel[GENERAL]["unread"] == 2 and by_channel[GENERAL]["read"] == offsets[0]
+        assert by_channel[RANDOM].get("unread", 0) == 0 and unread["id"] == 3
+        await send(b, op="unread", id=4)  # bob's own messages are not unread for him
+        assert {c["channel"]: c.get("unread", 0) for c in tb.take("unread")[0]["channels"]}[GENERAL] == 0
+    finally:
+        await worker.stop()
