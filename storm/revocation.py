@@ -30,6 +30,8 @@ from storm.ports.identity import Claims
 log = logging.getLogger("storm.revocation")
 
 CONTROL_CHANNEL = "_control"
+EVERYONE = "*"  # the subject of a control event for every session of the workspace (it was deleted)
+WORKSPACE_DELETED = "workspace deleted"  # its reason
 
 
 class Revoke(msgspec.Struct, tag_field="type", tag="revoke", forbid_unknown_fields=False):
@@ -106,7 +108,11 @@ class _WorkspaceControl:
         except msgspec.DecodeError:
             log.warning("ignoring an undecodable control event ws=%s", self.workspace)
             return
-        for session in list(self.by_subject.get(event.subject, ())):
+        if event.subject == EVERYONE:
+            sessions = [s for group in self.by_subject.values() for s in group]
+        else:
+            sessions = list(self.by_subject.get(event.subject, ()))
+        for session in sessions:
             if event.jti and session.token_id != event.jti:
                 continue
             if event.channel:

@@ -186,6 +186,8 @@ async def delete_workspace(services: Services, p: Principal) -> None:
         raise Forbidden("only an owner may delete the workspace", field="role")
     slug = p.workspace.slug
     await services.store.run(lambda uow: uow.workspaces.delete(p.workspace.id))
+    # every member's open sockets, on every gateway, close with 4011 (before the broker side goes)
+    await _close_sockets(services, slug, revocation.EVERYONE, revocation.WORKSPACE_DELETED)
     try:
         await services.broker.delete_workspace(slug)
     except Exception:

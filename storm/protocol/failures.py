@@ -42,5 +42,8 @@ class Disconnect(Exception):
 def revocation(reason: str, *, tell: bool = True) -> Disconnect:
     """The end of a session whose access was revoked (logout, ban, removal): 4010.  ``tell``: send the
     ``error`` event too (not to a session that was never told ``hello``)."""
+    if reason == "workspace deleted":  # storm.revocation.WORKSPACE_DELETED: every session of it, 4011
+        return Disconnect(CloseCode.WORKSPACE_DELETED, ErrorCode.GONE if tell else None,
+                          "the workspace was deleted", reason="workspace deleted")
     return Disconnect(CloseCode.REVOKED, ErrorCode.UNAUTHENTICATED if tell else None, f"access revoked ({reason})",
                       reason=f"access revoked: {reason}")

@@ -13,6 +13,7 @@ from consumers.persistence import PersistenceWorker
 from storm.bootstrap import Services
 from storm.protocol.session import Session, SessionContext, State
 from storm_tools.seed import DEMO_WORKSPACE, channel_id
+from tenants import service as tenants_service
 from tests.service.test_session import ListTransport, _until_stored, connect, send, token
 
 GENERAL = channel_id(DEMO_WORKSPACE, "general")
@@ -172,3 +173,17 @@ async def test_read_state_in_subscribed_and_unread(ctx, services):
         assert {c["channel"]: c.get("unread", 0) for c in tb.take("unread")[0]["channels"]}[GENERAL] == 0
     finally:
         await worker.stop()
+
+
+async def test_deleting_the_workspace_closes_its_sockets_with_4011(ctx, services):
+
+    a, ta = await connect(ctx, services, "alice")
+    _b, tb = await connect(ctx, services, "bob")
+    assert a.principal is not None and a.principal.role.value == "owner"
+    await tenants_service.delete_workspace(services, a.principal)
+    for _ in range(50):  # within a second: the control event crosses the broker
+        if ta.closed and tb.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert ta.closed and ta.closed[0] == 4011 and tb.closed and tb.closed[0] == 4011
+    assert tb.take("error")[0]["code"] == "gone"
