@@ -91,9 +91,12 @@ def plan_links(children: list[str], upstreams: dict[str, str], ports: list[int],
 
 
 def _service_env(root: Path) -> dict[str, str]:
+    """The services' addresses: ``scripts/services.sh env all``, with any STORM_TEST_* of the environment on
+    top (what the test fixtures read, tests/conftest.py)."""
     out = subprocess.run(["bash", str(root / "scripts" / "services.sh"), "env", "all"], capture_output=True,  # noqa: S603,S607
                          text=True, check=True, timeout=60)
-    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    found = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    return {**found, **{k: v for k, v in os.environ.items() if k.startswith("STORM_TEST_") and v}}
 
 
 class Session:

@@ -1,0 +1,82 @@
+"""Two chaos experiments for real, through Chaos Toolkit's `chaos run` (chaos-experiments/README.md): a gateway
+SIGKILLed under load, and +200 ms on every link to PostgreSQL through Toxiproxy.
+
+`storm chaos run` starts its own `storm cluster` (two gateways, the API and the consumers, each pointed at its
+Toxiproxy proxies) on a database of its own, drives 40 SDK clients in channels of 10 through each experiment,
+and stops everything it started; this test reads the journals Chaos Toolkit wrote and the verdicts beside
+them.  Needs PostgreSQL, Pulsar, Hazelcast and Toxiproxy (`scripts/services.sh up all`): skipped locally when
+one is missing, failed under CI=true.  About three minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.ci import unavailable
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = ("gateway-sigkill", "latency-postgres")
+BUDGET_S = 420
+
+
+@pytest.fixture
+def toxiproxy_url() -> str:
+    url = os.environ.get("STORM_TEST_TOXIPROXY_URL", "http://127.0.0.1:8474")
+    try:
+        with urllib.request.urlopen(f"{url}/version", timeout=5):
+            return url
+    except (urllib.error.URLError, OSError) as exc:
+        unavailable(f"Toxiproxy not available at {url} ({exc}): run scripts/services.sh up toxiproxy",
+                    needed_by="Toxiproxy")
+
+
+def _journal(report: Path, name: str) -> dict[str, Any]:
+    return dict(json.loads((report / name / "journal.json").read_text()))
+
+
+def test_gateway_sigkill_and_postgres_latency_hold_through_chaos_run(
+        tmp_path: Path, pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str, toxiproxy_url: str) -> None:
+    report = tmp_path / "chaos"
+    env = {**os.environ, "STORM_TEST_PG_URL": pg_url, "STORM_TEST_PULSAR_URL": pulsar_urls[0],
+           "STORM_TEST_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_TEST_HAZELCAST_MEMBERS": hazelcast_members,
+           "STORM_TEST_TOXIPROXY_URL": toxiproxy_url}
+    run = subprocess.run(
+        [sys.executable, "-m", "storm_cli", "chaos", "run", *EXPERIMENTS, "--no-services", "--connections", "40",
+         "--duration", "30", "--report", str(report), "--experiment-timeout", "240"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
+    tail = f"stderr:\n{run.stderr[-4000:]}\nstdout:\n{run.stdout[-2000:]}"
+
+    summary = json.loads((report / "summary.json").read_text())
+    assert [row["experiment"] for row in summary["experiments"]] == list(EXPERIMENTS), tail
+    for name in EXPERIMENTS:
+        journal = _journal(report, name)
+        assert journal["status"] == "completed", (name, tail)
+        assert journal["deviated"] is False, (name, json.dumps(journal.get("steady_states"))[:3000])
+        assert journal["steady_states"]["before"]["steady_state_met"] is True, name
+        assert journal["steady_states"]["after"]["steady_state_met"] is True, name
+        assert [r["status"] for r in journal["run"]] == ["succeeded"] * len(journal["run"]), (name, journal["run"])
+        verdict = json.loads((report / name / "verdict-after.json").read_text())
+        figures = verdict["figures"]
+        assert figures["acked"] > 0 and figures["acked"] == figures["published"], (name, figures)
+        assert (figures["lost"], figures["duplicates"], figures["inversions"], figures["not_stored"]) == (0, 0, 0, 0)
+        assert figures["database_checked"] and figures["faults"], (name, figures)
+        assert {v["slo"] for v in verdict["slos"]} >= {"publish_ack_p99", "delivery_p99", "acked_delivered"}
+    assert run.returncode == 0, tail
+
+    kill = {r["activity"]["name"]: r for r in _journal(report, "gateway-sigkill")["run"]}["sigkill-gateway-1"]
+    assert kill["output"]["killed_pid"] > 0 and kill["output"]["serving_again_after_s"] < 60
+    assert json.loads((report / "gateway-sigkill" / "traffic.json").read_text())["reconnects"] >= 20  # half of 40
+    toxic = {r["activity"]["name"]: r for r in _journal(report, "latency-postgres")["run"]}["add-200ms-to-pg"]
+    assert toxic["output"]["attributes"] == {"latency": 200, "jitter": 20} and len(toxic["output"]["proxies"]) == 4
+    assert "| gateway-sigkill | held |" in (report / "summary.md").read_text()
