@@ -760,3 +760,31 @@ async def test_unreachable_database_is_unavailable() -> None:
 
 def _as_dict(msg: Message) -> dict[str, object]:
     return {name: getattr(msg, name) for name in Message.__slots__}  # type: ignore[attr-defined]
+
+
+# ---- read state and own reactions (issue 13) ---------------------------------------------------------------
+async def test_unread_counts_others_messages_after_the_marker_and_mine_lists_own_reactions(store: Store) -> None:
+    """``read_markers.unread``: per asked channel, the marker (0 without one) and the stored, not deleted
+    messages of other authors after it, within the workspace only.  ``reactions.mine``: the user's own
+    emojis per message, sorted."""
+    ws, other_ws, me, you = _ws(), _ws(), uuid.uuid4(), uuid.uuid4()
+    ch, quiet, foreign = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    offsets = [10, 20, 1000, 2**30]  # sparse, as on Pulsar
+    mine_msg = _msg(ws, ch, 15, author=me)
+    theirs = [_msg(ws, ch, off, author=you) for off in offsets]
+    await _add(store, ws, other_ws, mine_msg, *theirs, _msg(other_ws, foreign, 5, author=you),
+               ReadMarker(ws.id, ch, me, 20), Reaction(ws.id, theirs[0].id, me, "👍"),
+               Reaction(ws.id, theirs[0].id, me, "🎉"), Reaction(ws.id, theirs[0].id, you, "👍"))
+
+    async def delete_one(uow: UnitOfWork) -> bool:
+        return await uow.messages.delete(ws.id, theirs[2].id, T0)
+
+    assert await store.run(delete_one)
+    async with store.unit_of_work() as uow:
+        state = await uow.read_markers.unread(ws.id, me, [ch, quiet, foreign])
+        assert state == {ch: (20, 1), quiet: (0, 0), foreign: (0, 0)}  # 2**30 only; 1000 is deleted
+        assert (await uow.read_markers.unread(ws.id, you, [ch]))[ch] == (0, 1)  # my message at 15
+        assert await uow.read_markers.unread(ws.id, me, []) == {}
+        assert await uow.reactions.mine(ws.id, me, [theirs[0].id, theirs[1].id]) == {theirs[0].id: ["🎉", "👍"]}
+        assert await uow.reactions.mine(ws.id, you, [theirs[0].id]) == {theirs[0].id: ["👍"]}
+        assert await uow.reactions.mine(other_ws.id, me, [theirs[0].id]) == {}
