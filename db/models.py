@@ -26,6 +26,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -178,6 +179,67 @@ class ReadMarkerRow(Base):
     offset: Mapped[int] = mapped_column("offset", BigInteger, nullable=False)
 
 
+class WebhookRow(Base):
+    """An outgoing webhook (storm/webhooks.py).  ``events`` and ``channels`` are comma-separated lists
+    (portable: no arrays, no JSON columns); an empty ``channels`` means every channel."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index(None, "workspace_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    events: Mapped[str] = mapped_column(Text, nullable=False)
+    channels: Mapped[str] = mapped_column(Text, nullable=False)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    created_at: Mapped[datetime] = _ts()
+
+
+class IncomingWebhookRow(Base):
+    __tablename__ = "incoming_webhooks"
+    __table_args__ = (Index(None, "workspace_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False
+    )
+    channel_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    bot_user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    name: Mapped[str] = mapped_column(String(80), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False)  # hex SHA-256; never the token
+    created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    created_at: Mapped[datetime] = _ts()
+
+
+DELIVERY_STATUSES = ("delivered", "failed", "dead_lettered")  # storm.webhooks.DeliveryStatus
+
+
+class WebhookDeliveryRow(Base):
+    """One attempt to POST one event to one webhook: the delivery log an admin reads."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        # the log is read per webhook, newest first
+        Index(None, "workspace_id", "webhook_id", "at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    webhook_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, nullable=False)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = _ts()
+
+
 metadata = Base.metadata
 
 
@@ -199,8 +261,12 @@ channel_members = _table(ChannelMemberRow)
 messages = _table(MessageRow)
 reactions = _table(ReactionRow)
 read_markers = _table(ReadMarkerRow)
+webhooks = _table(WebhookRow)
+incoming_webhooks = _table(IncomingWebhookRow)
+webhook_deliveries = _table(WebhookDeliveryRow)
 
 # Every table holding a workspace's rows, children first: workspaces.delete removes them in this order
 # (explicit DELETEs, because SQLite does not enforce the ON DELETE CASCADE foreign keys by default and
 # most of these tables have no foreign key at all).
-TENANT_TABLES = (reactions, read_markers, messages, channel_members, channels, memberships)
+TENANT_TABLES = (webhook_deliveries, webhooks, incoming_webhooks, reactions, read_markers, messages,
+                 channel_members, channels, memberships)

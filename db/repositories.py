@@ -35,6 +35,7 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import NotFound
+from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 # Bound parameters per statement: SQLite before 3.32 allowed 999, later builds 32766; asyncpg allows
 # 32767.  Batches are cut so a chunk of messages stays under the smaller limit that applies.
@@ -397,7 +398,6 @@ class SqlReactionRepository(_Repository):
                 result.setdefault(message_id, {})[emoji] = int(n)
         return result
 
-
     async def mine(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, list[str]]:
@@ -457,3 +457,83 @@ class SqlReadMarkerRepository(_Repository):
             for channel_id, n in await self._execute(count):
                 counts[channel_id] = int(n)
         return {ch: (marks[ch], counts[ch]) for ch in wanted}
+
+
+# ---- webhooks (storm/webhooks.py) --------------------------------------------------------------------------
+def _webhook(row: Any) -> Webhook:
+    return Webhook(id=row.id, workspace_id=row.workspace_id, url=row.url, secret=row.secret,
+                   events=tuple(e for e in row.events.split(",") if e),
+                   channels=tuple(uuid.UUID(c) for c in row.channels.split(",") if c),
+                   created_by=row.created_by, created_at=_aware(row.created_at))
+
+
+def _incoming(row: Any) -> IncomingWebhook:
+    return IncomingWebhook(id=row.id, workspace_id=row.workspace_id, channel_id=row.channel_id,
+                           bot_user_id=row.bot_user_id, name=row.name, token_hash=row.token_hash,
+                           created_by=row.created_by, created_at=_aware(row.created_at))
+
+
+def _attempt(row: Any) -> DeliveryAttempt:
+    return DeliveryAttempt(id=row.id, workspace_id=row.workspace_id, webhook_id=row.webhook_id,
+                           event_id=row.event_id, event_type=row.event_type, attempt=row.attempt,
+                           status=DeliveryStatus(row.status), http_status=row.http_status, error=row.error,
+                           duration_ms=row.duration_ms, at=_aware(row.at))
+
+
+class SqlWebhookRepository(_Repository):
+    async def add(self, webhook: Webhook) -> None:
+        await self._execute(m.webhooks.insert().values(
+            id=webhook.id, workspace_id=webhook.workspace_id, url=webhook.url, secret=webhook.secret,
+            events=",".join(webhook.events), channels=",".join(c.hex for c in webhook.channels),
+            created_by=webhook.created_by, created_at=to_db_time(webhook.created_at)))
+
+    async def get(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> Webhook | None:
+        w = m.webhooks
+        row = (await self._execute(select(w).where(w.c.workspace_id == workspace_id, w.c.id == webhook_id))).first()
+        return None if row is None else _webhook(row)
+
+    async def list(self, workspace_id: uuid.UUID) -> builtins.list[Webhook]:
+        w = m.webhooks
+        query = select(w).where(w.c.workspace_id == workspace_id).order_by(w.c.created_at, w.c.id)
+        return [_webhook(row) for row in await self._execute(query)]
+
+    async def remove(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> bool:
+        w, d = m.webhooks, m.webhook_deliveries
+        await self._execute(delete(d).where(d.c.workspace_id == workspace_id, d.c.webhook_id == webhook_id))
+        return await self._rowcount(delete(w).where(w.c.workspace_id == workspace_id, w.c.id == webhook_id)) > 0
+
+    async def add_incoming(self, hook: IncomingWebhook) -> None:
+        await self._execute(m.incoming_webhooks.insert().values(
+            id=hook.id, workspace_id=hook.workspace_id, channel_id=hook.channel_id, bot_user_id=hook.bot_user_id,
+            name=hook.name, token_hash=hook.token_hash, created_by=hook.created_by,
+            created_at=to_db_time(hook.created_at)))
+
+    async def get_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> IncomingWebhook | None:
+        h = m.incoming_webhooks
+        row = (await self._execute(select(h).where(h.c.workspace_id == workspace_id, h.c.id == hook_id))).first()
+        return None if row is None else _incoming(row)
+
+    async def list_incoming(self, workspace_id: uuid.UUID) -> builtins.list[IncomingWebhook]:
+        h = m.incoming_webhooks
+        query = select(h).where(h.c.workspace_id == workspace_id).order_by(h.c.created_at, h.c.id)
+        return [_incoming(row) for row in await self._execute(query)]
+
+    async def remove_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> bool:
+        h = m.incoming_webhooks
+        return await self._rowcount(delete(h).where(h.c.workspace_id == workspace_id, h.c.id == hook_id)) > 0
+
+    async def log_delivery(self, attempt: DeliveryAttempt) -> None:
+        await self._execute(m.webhook_deliveries.insert().values(
+            id=attempt.id, workspace_id=attempt.workspace_id, webhook_id=attempt.webhook_id,
+            event_id=attempt.event_id, event_type=attempt.event_type, attempt=attempt.attempt,
+            status=attempt.status.value, http_status=attempt.http_status, error=attempt.error,
+            duration_ms=attempt.duration_ms, at=to_db_time(attempt.at)))
+
+    async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
+                         status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:
+        d = m.webhook_deliveries
+        query = select(d).where(d.c.workspace_id == workspace_id, d.c.webhook_id == webhook_id)
+        if status is not None:
+            query = query.where(d.c.status == status.value)
+        query = query.order_by(d.c.at.desc(), d.c.attempt.desc()).limit(limit)
+        return [_attempt(row) for row in await self._execute(query)]

@@ -33,6 +33,7 @@ from db.repositories import (
     SqlReactionRepository,
     SqlReadMarkerRepository,
     SqlUserRepository,
+    SqlWebhookRepository,
     SqlWorkspaceRepository,
 )
 from storm.config import ConfigError
@@ -105,6 +106,7 @@ class SqlUnitOfWork:
         self.messages = SqlMessageRepository(session, self._dialect)
         self.reactions = SqlReactionRepository(session, self._dialect)
         self.read_markers = SqlReadMarkerRepository(session, self._dialect)
+        self.webhooks = SqlWebhookRepository(session, self._dialect)
         return self
 
     async def __aexit__(

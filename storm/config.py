@@ -109,6 +109,19 @@ class Config:
         30.0, "STORM_ACK_TIMEOUT_S", "Unacknowledged work is redelivered after this."
     )
     nack_delay_s: float = _setting(1.0, "STORM_NACK_DELAY_S", "Delay before a nacked message returns.")
+    webhook_max_attempts: int = _setting(
+        5, "STORM_WEBHOOK_MAX_ATTEMPTS", "POSTs of one event to one webhook before it is dead-lettered."
+    )
+    webhook_backoff_s: float = _setting(
+        0.5, "STORM_WEBHOOK_BACKOFF_S", "Webhook retry backoff: the first pause's ceiling, doubled per attempt."
+    )
+    webhook_backoff_cap_s: float = _setting(8.0, "STORM_WEBHOOK_BACKOFF_CAP_S", "Webhook retry backoff: the "
+                                            "largest ceiling (each pause is uniform in [0, ceiling]).")
+    webhook_timeout_s: float = _setting(4.0, "STORM_WEBHOOK_TIMEOUT_S", "Timeout of one webhook POST.")
+    webhook_allow_private: bool = _setting(
+        False, "STORM_WEBHOOK_ALLOW_PRIVATE", "Allow http:// and loopback/private webhook targets outside "
+        "embedded mode (never in a real deployment: SSRF)."
+    )
     drain_timeout_s: float = _setting(
         10.0, "STORM_DRAIN_TIMEOUT_S", "Graceful shutdown budget: in-flight acks, 1012 closes, then exit."
     )
@@ -237,7 +250,7 @@ class Config:
             "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
             "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
-            "metrics_interval_s", "dd_dogstatsd_port",
+            "metrics_interval_s", "dd_dogstatsd_port", "webhook_max_attempts", "webhook_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -5,7 +5,7 @@
 
 * ``gateway``    the WebSocket gateway and the chat page (no tenants API), ``GET /healthz``;
 * ``api``        the tenants REST API (tenants/app.py), ``GET /healthz``;
-* ``consumers``  the persistence worker, with a small HTTP server for ``GET /healthz`` only.
+* ``consumers``  the persistence and webhook workers, with a small HTTP server for ``GET /healthz`` only.
 
 ``storm cluster`` (``make run-cluster``) is the local multi-process deployment: it starts the services
 (``scripts/services.sh up``: PostgreSQL, Pulsar, Hazelcast), creates and migrates the ``storm_cluster``
@@ -78,9 +78,11 @@ def create_consumers_app(services: Services) -> Quart:
     from quart import Quart
 
     from consumers.persistence import PersistenceWorker
+    from consumers.webhooks import WebhookWorker
 
     app = Quart("storm.consumers")
     worker = PersistenceWorker(services)
+    webhooks = WebhookWorker(services)
     app.extensions["storm"] = services
 
     from storm.ports.broker import WorkScope
@@ -94,10 +96,12 @@ def create_consumers_app(services: Services) -> Quart:
     async def _start() -> None:
         await services.start()
         await worker.start()
+        await webhooks.start()
 
     @app.after_serving
     async def _stop() -> None:
         try:
+            await webhooks.stop()  # waits for the records in flight (up to STORM_DRAIN_TIMEOUT_S)
             await worker.stop()  # waits for the batch in flight (up to STORM_DRAIN_TIMEOUT_S)
         finally:
             await services.stop()
@@ -106,7 +110,8 @@ def create_consumers_app(services: Services) -> Quart:
     async def healthz() -> tuple[dict[str, Any], int]:
         checks = await services.health_checks()
         ok = all(value == "ok" for value in checks.values())
-        return {"status": "ok" if ok else "unavailable", "checks": checks, "stats": dict(worker.stats)}, (
+        return {"status": "ok" if ok else "unavailable", "checks": checks, "stats": dict(worker.stats),
+                "webhooks": dict(webhooks.stats)}, (
             200 if ok else 503)
 
     return app

@@ -35,7 +35,7 @@ from storm.directory import Principal
 from storm.errors import BadRequest, StormError, Unauthenticated
 from storm.protocol.events import HistoryMessage
 from tenants import schemas as s
-from tenants import service
+from tenants import service, webhooks
 
 log = logging.getLogger("storm.tenants")
 
@@ -64,6 +64,7 @@ def register(app: Quart, services: Services, *, prefix: str = "/v1") -> None:
     else:  # another part of the app initialised quart-schema: just add our scheme
         existing.security_schemes = {**(existing.security_schemes or {}), BEARER: scheme}
     app.register_blueprint(bp, url_prefix=prefix)
+    webhooks.register(app, authenticate=_authenticate, check_json=_check_json_body, prefix=prefix)
     app.register_error_handler(StormError, _storm_error)
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
@@ -215,6 +216,18 @@ async def add_member(slug: str, data: s.MemberAdd) -> tuple[s.MemberOut, int]:
     view = await service.add_member(_services(), _principal(), subject=data.subject, name=data.name,
                                     role=data.role)
     return _member_out(view), 201
+
+
+@bp.post("/workspaces/<slug>/members/bulk")
+@_errors(400, 401, 403, 404, 409)
+@validate_request(s.MemberBulkAdd)
+@validate_response(s.MemberList)
+async def add_members(slug: str, data: s.MemberBulkAdd) -> s.MemberList:
+    """Provision many members at once, all or nothing (admins; owners to add owners): every listed member
+    comes back, added or already there (with their current role)."""
+    views = await service.add_members(_services(), _principal(),
+                                      [(m.subject, m.name, m.role) for m in data.members])
+    return s.MemberList(members=[_member_out(v) for v in views])
 
 
 @bp.patch("/workspaces/<slug>/members/<user_id>")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from storm.domain import Channel, ChannelKind, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
 from storm.errors import Conflict, NotFound, Unavailable
 from storm.lifecycle import Lifecycle
+from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 if TYPE_CHECKING:
     from storm.ports.store import Store, UnitOfWork
@@ -53,8 +54,8 @@ def _utc_required(value: datetime) -> datetime:
 class _Tables:
     """One version of the data.  Rows are frozen dataclasses, so a copy shares them and copies the indexes."""
 
-    __slots__ = ("channel_members", "channels", "memberships", "messages", "positions", "reactions",
-                 "read_markers", "users", "workspaces")
+    __slots__ = ("channel_members", "channels", "deliveries", "incoming_webhooks", "memberships", "messages",
+                 "positions", "reactions", "read_markers", "users", "webhooks", "workspaces")
 
     def __init__(self) -> None:
         self.workspaces: dict[uuid.UUID, Workspace] = {}
@@ -66,6 +67,9 @@ class _Tables:
         self.positions: dict[tuple[uuid.UUID, uuid.UUID, int], uuid.UUID] = {}  # (ws, channel, offset) -> id
         self.reactions: set[tuple[uuid.UUID, uuid.UUID, uuid.UUID, str]] = set()  # (ws, message, user, emoji)
         self.read_markers: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], int] = {}  # (ws, channel, user)
+        self.webhooks: dict[uuid.UUID, Webhook] = {}
+        self.incoming_webhooks: dict[uuid.UUID, IncomingWebhook] = {}
+        self.deliveries: list[DeliveryAttempt] = []  # oldest first, at most MAX_DELIVERIES
 
     def copy(self) -> _Tables:
         other = _Tables()
@@ -131,6 +135,9 @@ class MemoryWorkspaceRepository(_Repository):
     async def delete(self, workspace_id: uuid.UUID) -> None:
         def op(t: _Tables) -> None:
             t.reactions = {r for r in t.reactions if r[0] != workspace_id}
+            t.webhooks = {k: v for k, v in t.webhooks.items() if v.workspace_id != workspace_id}
+            t.incoming_webhooks = {k: v for k, v in t.incoming_webhooks.items() if v.workspace_id != workspace_id}
+            t.deliveries = [d for d in t.deliveries if d.workspace_id != workspace_id]
             t.read_markers = {k: v for k, v in t.read_markers.items() if k[0] != workspace_id}
             t.messages = {k: v for k, v in t.messages.items() if v.workspace_id != workspace_id}
             t.positions = {k: v for k, v in t.positions.items() if k[0] != workspace_id}
@@ -374,7 +381,6 @@ class MemoryReactionRepository(_Repository):
                 per_emoji[emoji] = per_emoji.get(emoji, 0) + 1
         return result
 
-
     async def mine(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, list[str]]:
@@ -401,7 +407,6 @@ class MemoryReadMarkerRepository(_Repository):
         """0 when the user has no marker in the channel."""
         return self._t.read_markers.get((workspace_id, channel_id, user_id), 0)
 
-
     async def unread(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[int, int]]:
@@ -416,6 +421,78 @@ class MemoryReadMarkerRepository(_Repository):
 
 
 MAX_DELIVERIES = 10_000  # delivery-log entries the embedded store keeps (all workspaces), oldest dropped
+
+
+class MemoryWebhookRepository(_Repository):
+    async def add(self, webhook: Webhook) -> None:
+        def op(t: _Tables) -> None:
+            t.require_workspace(webhook.workspace_id)
+            if webhook.id in t.webhooks:
+                raise Conflict("webhook id already exists", field="id")
+            t.webhooks[webhook.id] = webhook
+
+        self._write(op)
+
+    async def get(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> Webhook | None:
+        found = self._t.webhooks.get(webhook_id)
+        return found if found is not None and found.workspace_id == workspace_id else None
+
+    async def list(self, workspace_id: uuid.UUID) -> builtins.list[Webhook]:
+        rows = [w for w in self._t.webhooks.values() if w.workspace_id == workspace_id]
+        return sorted(rows, key=lambda w: (w.created_at, w.id))
+
+    async def remove(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> bool:
+        def op(t: _Tables) -> bool:
+            found = t.webhooks.get(webhook_id)
+            if found is None or found.workspace_id != workspace_id:
+                return False
+            del t.webhooks[webhook_id]
+            t.deliveries = [d for d in t.deliveries if d.webhook_id != webhook_id]
+            return True
+
+        return self._write(op)
+
+    async def add_incoming(self, hook: IncomingWebhook) -> None:
+        def op(t: _Tables) -> None:
+            t.require_workspace(hook.workspace_id)
+            if hook.id in t.incoming_webhooks:
+                raise Conflict("incoming webhook id already exists", field="id")
+            t.incoming_webhooks[hook.id] = hook
+
+        self._write(op)
+
+    async def get_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> IncomingWebhook | None:
+        found = self._t.incoming_webhooks.get(hook_id)
+        return found if found is not None and found.workspace_id == workspace_id else None
+
+    async def list_incoming(self, workspace_id: uuid.UUID) -> builtins.list[IncomingWebhook]:
+        rows = [h for h in self._t.incoming_webhooks.values() if h.workspace_id == workspace_id]
+        return sorted(rows, key=lambda h: (h.created_at, h.id))
+
+    async def remove_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> bool:
+        def op(t: _Tables) -> bool:
+            found = t.incoming_webhooks.get(hook_id)
+            if found is None or found.workspace_id != workspace_id:
+                return False
+            del t.incoming_webhooks[hook_id]
+            return True
+
+        return self._write(op)
+
+    async def log_delivery(self, attempt: DeliveryAttempt) -> None:
+        def op(t: _Tables) -> None:
+            t.deliveries.append(dataclasses.replace(attempt, at=_utc_required(attempt.at)))
+            del t.deliveries[:-MAX_DELIVERIES]
+
+        self._write(op)
+
+    async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
+                         status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:
+        rows = [d for d in reversed(self._t.deliveries)
+                if d.workspace_id == workspace_id and d.webhook_id == webhook_id
+                and (status is None or d.status is status)]
+        return rows[:limit]
+
 
 class MemoryUnitOfWork:
     """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back."""
@@ -440,6 +517,7 @@ class MemoryUnitOfWork:
         self.messages = MemoryMessageRepository(self)
         self.reactions = MemoryReactionRepository(self)
         self.read_markers = MemoryReadMarkerRepository(self)
+        self.webhooks = MemoryWebhookRepository(self)
         return self
 
     async def __aexit__(

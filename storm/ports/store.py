@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from storm.domain import Channel, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
+from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 T = TypeVar("T")
 
@@ -140,7 +141,6 @@ class ReactionRepository(Protocol):
         self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, dict[str, int]]: ...
 
-
     async def mine(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, builtins.list[str]]:
@@ -155,12 +155,42 @@ class ReadMarkerRepository(Protocol):
 
     async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> int: ...
 
-
     async def unread(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[int, int]]:
         """Per channel: (the user's marker, 0 when none; the stored messages of other users with a greater
         offset that are not deleted).  Every channel asked for is in the result."""
+        ...
+
+
+class WebhookRepository(Protocol):
+    """Outgoing webhooks, incoming webhooks and the delivery log (docs/tenants-api.md "Webhooks")."""
+
+    async def add(self, webhook: Webhook) -> None: ...
+
+    async def get(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> Webhook | None: ...
+
+    async def list(self, workspace_id: uuid.UUID) -> builtins.list[Webhook]:
+        """Oldest first."""
+        ...
+
+    async def remove(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID) -> bool:
+        """Also drops its delivery log.  False when absent."""
+        ...
+
+    async def add_incoming(self, hook: IncomingWebhook) -> None: ...
+
+    async def get_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> IncomingWebhook | None: ...
+
+    async def list_incoming(self, workspace_id: uuid.UUID) -> builtins.list[IncomingWebhook]: ...
+
+    async def remove_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> bool: ...
+
+    async def log_delivery(self, attempt: DeliveryAttempt) -> None: ...
+
+    async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
+                         status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:
+        """Newest first, at most ``limit``; only those of ``status`` when given."""
         ...
 
 
@@ -187,6 +217,9 @@ class UnitOfWork(Protocol):
 
     @property
     def read_markers(self) -> ReadMarkerRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
 
     @property
     def events(self) -> list[Any]:

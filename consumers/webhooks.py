@@ -1,0 +1,309 @@
+"""The webhook worker: channel events → signed POSTs to the workspace's outgoing webhooks.
+
+Design and failure policy: docs/consumers.md ("The webhook worker"); the signature scheme and the target
+rules: docs/security.md ("Webhooks").  In short:
+
+* it reads the work subscription ``"webhooks"`` of the channel logs, beside ``"persistence"``: a record is
+  there once the broker made it durable (the chat write's commit point), and nothing on the publish path
+  waits for this worker, so a slow or failing endpoint never slows chat;
+* :func:`handle` is pure: a record and the workspace's webhooks in, the event and the webhooks it goes to
+  out (or ``ValueError`` for a poison record);
+* the runner delivers each record's event to every matching webhook concurrently, each with its own
+  bounded retries (exponential backoff, full jitter: :class:`storm.webhooks.RetryPolicy`), logs every
+  attempt in the store's delivery log, and acknowledges the record once every webhook has a final
+  outcome (delivered or dead-lettered).  At most ``max_in_flight`` records are in flight; past that the
+  worker stops taking records from the broker, which holds them (the backlog grows; chat does not slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from storm.bootstrap import Services
+from storm.errors import NotFound
+from storm.lifecycle import Lifecycle
+from storm.ports.broker import Delivery, WorkSubscription
+from storm.ports.store import UnitOfWork
+from storm.webhooks import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    RetryPolicy,
+    Webhook,
+    WebhookEvent,
+    address_allowed,
+    encode_event,
+    event_of,
+    headers,
+    matches,
+    private_targets_allowed,
+    retriable,
+)
+
+log = logging.getLogger("storm.consumers.webhooks")
+
+SUBSCRIPTION = "webhooks"
+BATCH = 50
+MAX_IN_FLIGHT = 64  # records being delivered at once, per worker
+NACK_DELAY_S = 1.0
+
+
+class DeliveryFailed(Exception):
+    """No HTTP answer (connection refused, timeout, refused target); ``str`` says why."""
+
+
+class Poster(Protocol):
+    """The HTTP seam: POST ``body`` and return the status code, or raise :class:`DeliveryFailed`."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpxPoster:
+    """httpx, imported here and only when the worker starts, so a server installed without the extras
+    that bring httpx still starts (webhook delivery is then off, with one warning)."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        import httpx  # lazy: an optional dependency (the pulsar extra)
+
+        self._httpx = httpx
+        # no redirects (a 3xx could point anywhere, SSRF), no proxies or netrc from the environment
+        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._allow_private = allow_private
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        await self._check_target(url)
+        try:
+            response = await self._client.post(url, content=body, headers=headers, timeout=timeout)
+        except self._httpx.TimeoutException:
+            raise DeliveryFailed(f"timed out after {timeout:g}s") from None
+        except self._httpx.HTTPError as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}"[:200]) from None
+        return response.status_code
+
+    async def _check_target(self, url: str) -> None:
+        """Refuse names that resolve to a private, loopback or link-local address (docs/security.md)."""
+        if self._allow_private:
+            return
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot resolve {host}: {exc}") from None
+        if not infos or not all(address_allowed(str(info[4][0]), False) for info in infos):
+            raise DeliveryFailed(f"{host} resolves to an address that is not allowed")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    event: WebhookEvent | None  # None: nothing to deliver (typing, presence, no matching webhook)
+    webhooks: tuple[Webhook, ...]
+
+
+def handle(delivery: Delivery, webhooks: Sequence[Webhook]) -> Handled:
+    """Pure: the record's event and the webhooks it goes to.  Raises ``ValueError`` for a poison record."""
+    r = delivery.record
+    event = event_of(r.workspace, r.channel, r.offset, r.payload)
+    if event is None:
+        return Handled(None, ())
+    return Handled(event, tuple(w for w in webhooks if matches(w, event)))
+
+
+class WebhookWorker:
+    """A component of ``create_app`` (and of the consumers role): start/stop like the persistence worker."""
+
+    def __init__(self, services: Services, *, policy: RetryPolicy | None = None, poster: Poster | None = None,
+                 rand: Callable[[], float] = random.random,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._services = services
+        self._policy = policy or RetryPolicy.of(services.config)
+        self._poster = poster
+        self._rand = rand
+        self._sleep = sleep
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._life = Lifecycle("webhook worker")
+        self._sub: WorkSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.stats = {"records": 0, "events": 0, "delivered": 0, "failed_attempts": 0, "dead_lettered": 0,
+                      "poison": 0}
+
+    async def start(self) -> None:
+        self._life.begin_start()
+        if self._poster is None:
+            try:
+                self._poster = HttpxPoster(allow_private=private_targets_allowed(self._services.config))
+            except ImportError:
+                log.warning("webhook delivery is off: httpx is not installed (pip install 'storm[pulsar]')")
+                self._life.started()
+                return
+        try:
+            sub = await self._services.broker.subscribe_work(SUBSCRIPTION)
+        except BaseException:
+            self._life.start_failed()
+            raise
+        if not self._life.started():
+            with contextlib.suppress(Exception):
+                await sub.close()
+            return
+        self._sub = sub
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Idempotent: stops taking records, waits up to ``STORM_DRAIN_TIMEOUT_S`` for the records in flight
+        (then cancels them: unacknowledged, the broker delivers them again), closes the subscription."""
+        self._life.begin_stop()
+        self._stopping = True
+        if self._task is not None:
+            task, self._task = self._task, None
+            try:  # the loop looks at the flag after each receive (at most 0.25 s) ...
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+            except TimeoutError:  # ... unless it waits for a free slot: what it holds goes back on close
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self._services.config.drain_timeout_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.close()
+        if self._poster is not None:
+            poster, self._poster = self._poster, None
+            with contextlib.suppress(Exception):
+                await poster.close()
+
+    async def __aenter__(self) -> WebhookWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while not self._stopping:
+            try:
+                deliveries = await self._sub.receive(BATCH, 0.25)
+            except Exception:
+                log.exception("receive failed on subscription %s; retrying", SUBSCRIPTION)
+                await asyncio.sleep(NACK_DELAY_S)
+                continue
+            for d in deliveries:
+                await self._slots.acquire()  # backpressure: the broker keeps what we cannot take yet
+                task = asyncio.get_running_loop().create_task(self._process_guarded(d))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _process_guarded(self, d: Delivery) -> None:
+        try:
+            await self.process(d)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the store or cache is down: hand the record back
+            r = d.record
+            log.exception("record failed ws=%s channel=%s offset=%d; handing it back", r.workspace, r.channel,
+                          r.offset)
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.nack([d], NACK_DELAY_S)
+        finally:
+            self._slots.release()
+
+    async def process(self, d: Delivery) -> None:
+        """Deliver one record to every matching webhook, then acknowledge it."""
+        sub = self._sub
+        assert sub is not None
+        r = d.record
+        self.stats["records"] += 1
+        if r.offset <= 0:  # ephemeral records are never put on work subscriptions; be safe anyway
+            await sub.ack([d])
+            return
+        try:
+            workspace = await self._services.directory.workspace(r.workspace)
+        except NotFound:
+            await sub.ack([d])  # deleted workspace: its webhooks went with it
+            return
+
+        async def load(uow: UnitOfWork) -> list[Webhook]:
+            return await uow.webhooks.list(workspace.id)
+
+        hooks = await self._services.store.run(load)
+        try:
+            handled = handle(d, hooks)
+        except ValueError as exc:
+            self.stats["poison"] += 1
+            log.error("dead-lettering ws=%s channel=%s offset=%d: %s", r.workspace, r.channel, r.offset, exc)
+            await sub.dead_letter(d, str(exc)[:200])
+            return
+        if handled.event is not None and handled.webhooks:
+            self.stats["events"] += 1
+            body = encode_event(handled.event)
+            await asyncio.gather(*(self.deliver(w, handled.event, body) for w in handled.webhooks))
+        await sub.ack([d])
+
+    async def deliver(self, webhook: Webhook, event: WebhookEvent, body: bytes) -> DeliveryStatus:
+        """POST one event to one webhook until it is delivered or the policy gives up; logs each attempt."""
+        poster = self._poster
+        assert poster is not None
+        policy = self._policy
+        for attempt in range(1, policy.max_attempts + 1):
+            started = time.monotonic()
+            status: int | None = None
+            try:
+                status = await poster.post(webhook.url, body, headers(webhook.secret, event.id, int(time.time()),
+                                                                       body), policy.timeout_s)
+                error = "" if 200 <= status < 300 else f"HTTP {status}"
+            except DeliveryFailed as exc:
+                error = str(exc)
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            if not error:
+                outcome = DeliveryStatus.DELIVERED
+                self.stats["delivered"] += 1
+            elif attempt >= policy.max_attempts or not retriable(status):
+                outcome = DeliveryStatus.DEAD_LETTERED
+                self.stats["dead_lettered"] += 1
+                log.error("dead-lettering webhook delivery ws=%s webhook=%s event=%s after attempt %d: %s",
+                          event.workspace, webhook.id, event.id, attempt, error)
+            else:
+                outcome = DeliveryStatus.FAILED
+                self.stats["failed_attempts"] += 1
+                log.warning("webhook delivery failed ws=%s webhook=%s event=%s attempt=%d: %s; will retry",
+                            event.workspace, webhook.id, event.id, attempt, error)
+            await self._log(DeliveryAttempt(id=uuid.uuid4(), workspace_id=webhook.workspace_id,
+                                            webhook_id=webhook.id, event_id=event.id, event_type=event.type,
+                                            attempt=attempt, status=outcome, http_status=status, error=error,
+                                            duration_ms=elapsed_ms), event.workspace)
+            if outcome is not DeliveryStatus.FAILED:
+                return outcome
+            await self._sleep(policy.backoff(attempt, self._rand))
+        raise AssertionError("unreachable: the last attempt is delivered or dead-lettered")
+
+    async def _log(self, attempt: DeliveryAttempt, slug: str) -> None:
+        """The delivery log is for admins; a store failure here must not cause a second POST."""
+
+        async def write(uow: UnitOfWork) -> None:
+            await uow.webhooks.log_delivery(attempt)
+
+        try:
+            await self._services.store.run(write)
+        except Exception as exc:
+            log.warning("could not log webhook delivery ws=%s webhook=%s: %r", slug, attempt.webhook_id, exc)
