@@ -45,6 +45,11 @@ class MemberAdd(_Request):
     role: RoleName = "member"
 
 
+class MemberBulkAdd(_Request):
+    members: list[MemberAdd] = Field(min_length=1, max_length=1000,
+                                     description="1 to 1000 members, distinct subjects; all or nothing.")
+
+
 class MemberUpdate(_Request):
     role: RoleName
 

@@ -215,23 +215,104 @@ async def add_member(
     if new_role is Role.OWNER and p.role is not Role.OWNER:
         raise Forbidden("only an owner may add an owner", field="role")
     ws = p.workspace
+    user = await _user_for(services, subject, name)
+    await _member_quota(services, ws)  # a snapshot read, outside the write (below)
 
-    async def tx(uow: UnitOfWork) -> MemberView:
-        user = await uow.users.get_by_subject(subject)
-        if user is None:
-            display = name or subject.split("|")[-1][:80] or subject[:80]
-            user = User(id=new_id(), subject=subject, name=display)
-            await uow.users.add(user)
-        elif await uow.memberships.get(ws.id, user.id) is not None:
-            raise Conflict("already a member of this workspace", field="subject")
-        if await uow.memberships.count(ws.id) >= ws.quotas.max_members:
-            raise QuotaExceeded(f"the {ws.plan} plan allows {ws.quotas.max_members} members", field="members")
+    async def tx(uow: UnitOfWork) -> None:
         await uow.memberships.add(Membership(ws.id, user.id, new_role))
-        return MemberView(user.id, user.name, new_role)
 
-    view = await services.store.run(tx)
-    await services.directory.forget_member(ws.slug, view.user_id)
-    return view
+    try:
+        await services.store.run(tx)
+    except Conflict:
+        raise Conflict("already a member of this workspace", field="subject") from None
+    await services.directory.forget_member(ws.slug, user.id)
+    await _member_quota(services, ws, added=user.id)
+    return MemberView(user.id, user.name, new_role)
+
+
+async def add_members(
+    services: Services, p: Principal, entries: Sequence[tuple[str, str | None, str]]
+) -> list[MemberView]:
+    """Bulk provisioning in one transaction, all or nothing: each ``(subject, name, role)`` becomes a member
+    (its user created on first sight); one already a member is left as it is and listed with its role.
+    The plan's quota counts the new ones."""
+    _require(p, Role.ADMIN, "add members")
+    roles = [Role(role) for _, _, role in entries]
+    if Role.OWNER in roles and p.role is not Role.OWNER:
+        raise Forbidden("only an owner may add an owner", field="role")
+    if len({subject for subject, _, _ in entries}) != len(entries):
+        raise BadRequest("each subject may be listed once", field="members")
+    ws = p.workspace
+
+    async def tx(uow: UnitOfWork) -> list[MemberView]:
+        views: list[MemberView] = []
+        added = 0
+        for (subject, name, _), role in zip(entries, roles, strict=True):
+            user = await uow.users.get_by_subject(subject)
+            if user is None:
+                user = User(id=new_id(), subject=subject, name=name or subject.split("|")[-1][:80] or subject[:80])
+                await uow.users.add(user)
+                current = None
+            else:
+                current = await uow.memberships.get(ws.id, user.id)
+            if current is None:
+                await uow.memberships.add(Membership(ws.id, user.id, role))
+                added += 1
+            views.append(MemberView(user.id, user.name, current.role if current else role))
+        if added and await uow.memberships.count(ws.id) > ws.quotas.max_members:
+            raise QuotaExceeded(f"the {ws.plan} plan allows {ws.quotas.max_members} members", field="members")
+        return views
+
+    views = await services.store.run(tx)
+    for view in views:
+        await services.directory.forget_member(ws.slug, view.user_id)
+    return views
+
+
+# Membership writes under SERIALIZABLE (PostgreSQL here, CockroachDB in production): a transaction that
+# reads the workspace's memberships (a count for the quota, a lookup) and then inserts one conflicts with
+# every concurrent transaction doing the same, so concurrent adds to one workspace aborted one another
+# until their retries ran out (503).  So the write transaction only inserts: the user is found or created
+# on its own (insert first, read on a conflict), and the quota is checked by snapshot reads around the
+# insert.  Two adds racing for the last free place may both see it free; the check after the insert sees
+# both and takes back what went over, so the plan's bound holds once every add has answered.
+async def _user_for(services: Services, subject: str, name: str | None) -> User:
+    """The user of ``subject``, created on first sight (by a tenant admin adding them before they sign in)."""
+    async with services.store.unit_of_work() as uow:
+        user = await uow.users.get_by_subject(subject)
+    if user is not None:
+        return user
+    display = name or subject.split("|")[-1][:80] or subject[:80]
+    user = User(id=new_id(), subject=subject, name=display)
+
+    async def create(uow: UnitOfWork) -> None:
+        await uow.users.add(user)
+
+    try:
+        await services.store.run(create)
+    except Conflict:  # created meanwhile by a concurrent request
+        async with services.store.unit_of_work() as uow:
+            found = await uow.users.get_by_subject(subject)
+        if found is None:
+            raise
+        return found
+    return user
+
+
+async def _member_quota(services: Services, ws: Workspace, *, added: uuid.UUID | None = None) -> None:
+    """Before an add: refuse when the plan's members are used up.  After it (``added``): when concurrent
+    adds went over the bound, take this one back and refuse it."""
+    async with services.store.unit_of_work() as uow:
+        members = await uow.memberships.count(ws.id)
+    limit = ws.quotas.max_members
+    if (members >= limit) if added is None else (members > limit):
+        if added is not None:
+            async def undo(uow: UnitOfWork) -> None:
+                await uow.memberships.remove(ws.id, added)
+
+            await services.store.run(undo)
+            await services.directory.forget_member(ws.slug, added)
+        raise QuotaExceeded(f"the {ws.plan} plan allows {limit} members", field="members")
 
 
 async def change_role(services: Services, p: Principal, user_id: uuid.UUID, role: str) -> MemberView:

@@ -570,7 +570,9 @@ async def test_history_pages_walk_back_without_overlap(tenants_api: TenantsApi) 
         "edited_ts": None,
         "deleted": False,
         "reactions": {"tada": 1},
+        "mine": ["tada"],  # bob reacted with it
     }
+    assert (await api.get(path, as_="bob", query_string={"limit": 1})).body["offset"] == 23  # the page reflects
     oldest = (await api.get(path, as_="bob", query_string={"cursor": service.encode_cursor(2)})).body
     assert oldest["next_cursor"] is None
     assert [(m["offset"], m["deleted"], m["text"]) for m in oldest["messages"]] == [(1, True, "")]
