@@ -230,18 +230,6 @@ async def add_members(slug: str, data: s.MemberBulkAdd) -> s.MemberList:
     return s.MemberList(members=[_member_out(v) for v in views])
 
 
-@bp.post("/workspaces/<slug>/members/bulk")
-@_errors(400, 401, 403, 404, 409)
-@validate_request(s.MemberBulkAdd)
-@validate_response(s.MemberList)
-async def add_members(slug: str, data: s.MemberBulkAdd) -> s.MemberList:
-    """Provision many members at once, all or nothing (admins; owners to add owners): every listed member
-    comes back, added or already there (with their current role)."""
-    views = await service.add_members(_services(), _principal(),
-                                      [(m.subject, m.name, m.role) for m in data.members])
-    return s.MemberList(members=[_member_out(v) for v in views])
-
-
 @bp.patch("/workspaces/<slug>/members/<user_id>")
 @_errors(400, 401, 403, 404, 409)
 @validate_request(s.MemberUpdate)
