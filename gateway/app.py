@@ -9,6 +9,7 @@ persistence worker and the demo seed through ``extensions``, ``components`` and 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -120,8 +121,43 @@ def _register_dev_token(app: Quart, services: Services) -> None:
         user = request.args.get("user", "")
         workspace = request.args.get("workspace", "demo")
         for name, value in (("user", user), ("workspace", workspace)):
+            if name == "user" and not value and request.args.get("user_id"):
+                continue
             if not handle_re.match(value) and not (name == "workspace" and value == "*"):
                 body = {"error": {"code": "bad_request", "message": f"invalid {name}", "field": name}}
                 return jsonify(body), 400
-        token = issuer.issue(f"dev|{user}", workspace, user.title())
+        subject, name = f"dev|{user}", user.title()
+        if request.args.get("user_id"):  # any member of any workspace, by user id (the page's picker)
+            try:
+                found = await _dev_user(services, uuid.UUID(request.args["user_id"]))
+            except ValueError:
+                found = None
+            if found is None:
+                body = {"error": {"code": "not_found", "message": "no such user", "field": "user_id"}}
+                return jsonify(body), 404
+            subject, name = found.subject, found.name
+        elif not user:
+            body = {"error": {"code": "bad_request", "message": "give user or user_id", "field": "user"}}
+            return jsonify(body), 400
+        token = issuer.issue(subject, workspace, name)
         return jsonify({"token": token, "expires_in": services.config.token_ttl_s}), 200
+
+    @app.get("/dev/directory")
+    async def dev_directory() -> tuple[Response, int]:
+        """Every workspace (the first 100 by slug) with its members: the page's workspace and user picker."""
+        out = []
+        async with services.store.unit_of_work() as uow:
+            for ws in await uow.workspaces.list(limit=100):
+                members = await uow.memberships.list(ws.id)
+                users = {u.id: u for u in await uow.users.get_many([m.user_id for m in members])}
+                out.append({"slug": ws.slug, "name": ws.name, "members": sorted(
+                    ({"user_id": str(m.user_id), "name": users[m.user_id].name, "role": m.role.value,
+                      "handle": users[m.user_id].subject.removeprefix("dev|")
+                      if users[m.user_id].subject.startswith("dev|") else None}
+                     for m in members if m.user_id in users), key=lambda x: str(x["name"]).lower())})
+        return jsonify({"workspaces": out}), 200
+
+
+async def _dev_user(services: Services, user_id: uuid.UUID) -> Any:
+    async with services.store.unit_of_work() as uow:
+        return await uow.users.get(user_id)

@@ -1,26 +1,30 @@
-// STORM chat page: a minimal client of protocol v1 (docs/protocol.md).  No build step, no dependencies.
+// STORM chat page: a client of protocol v1 (docs/protocol.md, docs/chat-page.md).  No build step, no
+// dependencies, nothing loaded from elsewhere.
 //
-// Flow: GET /dev/token -> GET /v1/workspaces/<slug>/channels -> WebSocket /ws: auth -> hello ->
-// history (newest first, shown oldest first) -> subscribe with `since` = newest stored offset, so the
-// server replays whatever was published but not stored yet -> presence.
+// Flow: GET /dev/directory (workspaces and their members) -> GET /dev/token?workspace=&user_id= ->
+// GET /v1/workspaces/<slug>/channels and /members -> WebSocket /ws: auth -> hello -> subscribe to every
+// channel of the sidebar (one socket; switching channels never reconnects) -> for the open channel:
+// history (newest first, shown oldest first), then subscribe again with `since` = the channel offset the
+// history page reflects, so events after it are replayed once and none twice.
 //
-// Resilience (docs/chat-page.md#when-the-connection-drops): the status shows connecting / online /
-// reconnecting / offline.  A reconnectable close (or a failed attempt) waits a random delay in
-// [0, min(max, 500 ms * 2^attempt)] (full jitter; a 1012's `retry_ms` is honoured), fetches a fresh token,
-// resubscribes with `since` = the last offset seen, and resends the outbox (messages not acknowledged yet,
-// kept while offline too, at most OUTBOX_MAX) in order with their cmid, so none is posted twice.  Your
-// message shows at once as pending and is reconciled by its ack or its own broadcast, whichever comes
-// first.  Each channel event is shown once: by offset, by message id, and by (author, cmid).
-// Everything the server or a user wrote reaches the DOM through textContent only.
+// Resilience (docs/chat-page.md#when-the-connection-drops): connecting / online / reconnecting / offline.
+// A reconnectable close (or a failed attempt) waits a random delay in [0, min(max, 500 ms * 2^attempt)]
+// (full jitter; a 1012's `retry_ms` is honoured), fetches a fresh token, resubscribes with `since` = the
+// last offset seen, and resends the outbox (messages not acknowledged yet) with their cmid, so none is
+// posted twice.  Each channel event is shown once: by offset, by message id, and by (author, cmid).
+// Everything the server or a user wrote reaches the DOM through textContent only, never innerHTML.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const ui = {
-    login: $("login"), user: $("user"), workspace: $("workspace"), channel: $("channel"), connect: $("connect"),
-    status: $("status"), title: $("channel-title"), messages: $("messages"), typing: $("typing"),
-    composer: $("composer"), input: $("message-input"), send: $("send"), online: $("online"),
-    onlineCount: $("online-count"), errors: $("errors"),
+    login: $("login"), user: $("user"), workspace: $("workspace"), connect: $("connect"), status: $("status"),
+    banner: $("banner"), title: $("channel-title"), scroller: $("scroller"), messages: $("messages"),
+    older: $("older"), typing: $("typing"), composer: $("composer"), input: $("message-input"), send: $("send"),
+    online: $("online"), onlineCount: $("online-count"), errors: $("errors"), errorsBox: $("errors-box"),
+    errorCount: $("error-count"), channelList: $("channel-list"), dmList: $("dm-list"), wsName: $("ws-name"),
+    me: $("me"), menu: $("menu"), scrim: $("scrim"), thread: $("thread"), threadMessages: $("thread-messages"),
+    threadClose: $("thread-close"), threadComposer: $("thread-composer"), threadInput: $("thread-input"),
   };
 
   const TYPING_SEND_MS = 2000; // the server drops typing signals sent more often than this
@@ -30,9 +34,12 @@
   const PUBLISH_TRIES = 8; // per connection, for unavailable/conflict/rate_limited; reconnects resend anyway
   const OUTBOX_MAX = 200; // unacknowledged messages kept; beyond, sending is refused with outbox_full
   const BACKOFF_BASE_MS = 500;
+  const EMOJI = ["👍", "❤️", "😂", "🎉", "👀", "✅"];
   const params = new URLSearchParams(location.search);
   // ?reconnect_max_ms=<n> caps the reconnect delay (tests use it; default 30 s)
   const BACKOFF_MAX_MS = Math.max(BACKOFF_BASE_MS, Number(params.get("reconnect_max_ms")) || 30000);
+  // ?poll_ms=<n>: how often the channel list is refreshed (new and archived channels; default 5 s)
+  const POLL_MS = Math.max(200, Number(params.get("poll_ms")) || 5000);
   const RETRY_PUBLISH = new Set(["unavailable", "conflict", "rate_limited"]); // resend with the same cmid
   // close codes after which reconnecting makes sense (storm/protocol/codes.py RECONNECTABLE, plus 1006)
   const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 4002, 4008, 4009, 4029]);
@@ -40,33 +47,42 @@
     1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy", 1009: "frame too big",
     1011: "server error", 1012: "service restart", 4001: "unauthenticated", 4002: "idle timeout",
     4003: "auth timeout", 4004: "protocol violation", 4008: "slow consumer", 4009: "token expired",
-    4010: "revoked", 4029: "too many connections",
+    4010: "revoked", 4011: "workspace deleted", 4029: "too many connections",
   };
 
   const st = {
     ws: null,
+    token: null,
+    workspace: null, // slug the page is connected to (or loading)
+    directory: [], // [{slug, name, members: [{user_id, name, role, handle}]}] from /dev/directory
+    names: new Map(), // user id -> display name (workspace members)
     me: null, // hello.user {id, name}
     limits: null,
     heartbeat: null,
+    poller: null,
     nextId: 1,
-    requests: new Map(), // request id -> {op, channel, cmid}
-    channels: new Map(), // channel id -> {id, name, kind}
+    requests: new Map(), // request id -> {op, channel, cmid, ...}
+    channels: new Map(), // channel id -> {id, name, kind, archived, label, unread, readOffset, seen, members}
     channel: null, // channel id we show
-    subscribed: null, // channel id we are subscribed to
+    loaded: false, // the open channel's history is shown and its subscription resumed from it
     lastOffset: 0, // last channel offset processed in `channel`
+    nextBefore: null, // `before` of the next older history page of `channel`
     byId: new Map(), // message id -> element
     byCmid: new Map(), // cmid of my own messages -> element
     byAuthorCmid: new Map(), // "author cmid" -> element: a message re-published by a retry is shown once
-    outbox: new Map(), // cmid -> {channel, text, tries, timer}: sent, not acknowledged yet
+    replies: new Map(), // parent message id -> <ol> of its replies (shown in the thread pane when open)
+    threadOf: null, // parent message id whose thread is open
+    outbox: new Map(), // cmid -> {channel, text, thread, tries, timer}: sent, not acknowledged yet
     online: new Map(), // user id -> name
     typers: new Map(), // user id -> {name, timer}
     lastTypingSent: 0,
+    readSent: new Map(), // channel id -> offset of the last `read` sent
     wantOpen: false, // the user asked to be connected (reconnect on recoverable closes)
     attempt: 0, // failed/lost connections since the last hello: the backoff exponent
     reconnectTimer: null,
     retry: null, // {at, text, code} of the scheduled reconnect, for the status line
-    loadSeq: 0,
     connectSeq: 0, // bumped by every connect/disconnect: an older connect() in flight gives up
+    noUnread: false, // the server has no `unread` command (an older one): live counts only
   };
 
   // -- small helpers -------------------------------------------------------------------------------------
@@ -75,6 +91,17 @@
     if (cls) node.className = cls;
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
+  }
+
+  function button(cls, text, action, title) {
+    const b = el("button", cls, text);
+    b.type = "button";
+    if (action) b.dataset.action = action;
+    if (title) {
+      b.title = title;
+      b.setAttribute("aria-label", title);
+    }
+    return b;
   }
 
   function uuid() {
@@ -93,8 +120,17 @@
     document.body.dataset.connection = state;
     if (code === undefined) delete ui.status.dataset.code;
     else ui.status.dataset.code = String(code);
-    ui.status.textContent = text;
+    ui.status.textContent = { online: "online", connecting: "connecting…", reconnecting: "reconnecting…",
+      offline: "offline" }[state] || state;
     ui.status.title = text;
+    ui.banner.hidden = state !== "reconnecting";
+    if (state === "reconnecting") ui.banner.textContent = `Reconnecting… ${text}`;
+    else if (state === "offline" && text) {
+      ui.banner.hidden = false;
+      ui.banner.textContent = text;
+    }
+    ui.banner.dataset.state = state;
+    if (state === "offline") document.body.dataset.pane = "sidebar"; // phone: the login is in the drawer
   }
 
   function showError(code, message, extra) {
@@ -106,13 +142,17 @@
     li.appendChild(el("span", "text", extra ? `${message} (${extra})` : message));
     ui.errors.prepend(li);
     while (ui.errors.children.length > MAX_ERRORS) ui.errors.lastElementChild.remove();
+    ui.errorCount.textContent = String(ui.errors.children.length);
+    ui.errorsBox.dataset.has = "true";
   }
 
   // Writing stays possible while reconnecting: messages wait in the outbox.
   function refreshComposer() {
-    const on = Boolean(st.wantOpen && st.me && st.channel);
+    const c = st.channels.get(st.channel);
+    const on = Boolean(st.wantOpen && st.me && st.channel && !(c && c.archived));
     ui.input.disabled = !on;
     ui.send.disabled = !on;
+    ui.input.placeholder = c ? (c.archived ? "This channel is archived" : `Message ${c.label}`) : "Message";
   }
 
   function unsentNote() {
@@ -120,7 +160,7 @@
     return n ? ` · ${n} unsent` : "";
   }
 
-  // -- HTTP: dev token and channel list ---------------------------------------------------------------
+  // -- HTTP -----------------------------------------------------------------------------------------------
   async function httpError(res, what) {
     let detail = res.statusText || "";
     try {
@@ -138,99 +178,189 @@
     return error;
   }
 
-  async function fetchToken(user, workspace) {
-    const q = new URLSearchParams({ user, workspace });
-    const res = await fetch(`/dev/token?${q}`, { headers: { Accept: "application/json" }, cache: "no-store" });
-    if (!res.ok) throw await httpError(res, "dev token");
-    let body;
+  async function getJson(url, what, token) {
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    let res;
     try {
-      body = await res.json();
-    } catch {
-      throw Object.assign(new Error("dev token: response is not JSON"), { code: "bad_response" });
+      res = await fetch(url, { headers, cache: "no-store" });
+    } catch (caught) { // fetch() itself failed: nothing answered
+      throw Object.assign(new Error(`server unreachable (${caught.message})`), { code: "network" });
     }
+    if (!res.ok) throw await httpError(res, what);
+    try {
+      return await res.json();
+    } catch {
+      throw Object.assign(new Error(`${what}: response is not JSON`), { code: "bad_response" });
+    }
+  }
+
+  function api(path) {
+    return `/v1/workspaces/${encodeURIComponent(st.workspace)}${path}`;
+  }
+
+  async function fetchToken() {
+    const q = new URLSearchParams({ workspace: ui.workspace.value });
+    const opt = ui.user.selectedOptions[0];
+    if (opt && opt.dataset.userId) q.set("user_id", opt.dataset.userId);
+    else q.set("user", ui.user.value);
+    const body = await getJson(`/dev/token?${q}`, "dev token");
     if (!body || typeof body.token !== "string" || !body.token) {
       throw Object.assign(new Error("dev token: response has no token"), { code: "bad_response" });
     }
     return body.token;
   }
 
-  async function fetchChannels(token, workspace) {
-    const res = await fetch(`/v1/workspaces/${encodeURIComponent(workspace)}/channels`, {
-      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" }, cache: "no-store",
-    });
-    if (!res.ok) throw await httpError(res, "channels");
-    let body;
-    try {
-      body = await res.json();
-    } catch {
-      throw Object.assign(new Error("channels: response is not JSON"), { code: "bad_response" });
-    }
-    const list = Array.isArray(body) ? body : (body && Array.isArray(body.channels) ? body.channels : null);
+  async function fetchChannels() {
+    const body = await getJson(api("/channels"), "channels", st.token);
+    const list = Array.isArray(body && body.channels) ? body.channels : null;
     if (!list) throw Object.assign(new Error("channels: unexpected response shape"), { code: "bad_response" });
     return list.filter((c) => c && typeof c.id === "string");
   }
 
-  function channelLabel(c) {
-    if (c.kind === "direct") return `@ ${c.name || "direct"}`;
-    if (c.kind === "private") return `🔒 ${c.name}`;
-    return `# ${c.name}`;
-  }
-
-  function fillChannels(list, preferred) {
-    const previous = preferred || ui.channel.value;
-    const previousName = st.channels.get(previous)?.name;
-    st.channels = new Map(list.map((c) => [c.id, c]));
-    ui.channel.replaceChildren();
-    for (const c of list) {
-      const opt = el("option", null, channelLabel(c));
-      opt.value = c.id;
-      opt.dataset.name = c.name || "";
-      ui.channel.appendChild(opt);
-    }
-    const pick = list.find((c) => c.id === previous)
-      || list.find((c) => c.name === previous)
-      || list.find((c) => previousName && c.name === previousName)
-      || list.find((c) => c.name === "general")
-      || list[0];
-    if (pick) ui.channel.value = pick.id;
-    else ui.channel.appendChild(el("option", null, "(no channels)"));
-    ui.channel.disabled = list.length === 0;
-  }
-
-  // Token + channel list for the chosen user and workspace: {token} or {error}.  While reconnecting
-  // (`retrying`) a failure leaves the channel list alone and is reported by the caller.
-  async function loadChannels(preferred, retrying) {
-    const seq = ++st.loadSeq;
-    const user = ui.user.value;
-    const workspace = ui.workspace.value.trim();
-    if (!workspace) {
-      setStatus("offline", "enter a workspace");
-      return { error: new Error("enter a workspace") };
-    }
-    const quiet = () => st.ws || st.wantOpen; // connect() reports progress itself
-    if (!quiet()) setStatus("offline", `loading channels of ${workspace}…`);
+  async function fetchNames() {
     try {
-      const token = await fetchToken(user, workspace);
-      const list = await fetchChannels(token, workspace);
-      if (seq !== st.loadSeq) return { error: new Error("superseded") }; // a newer load won
-      fillChannels(list, preferred);
-      if (!quiet()) setStatus("offline", `not connected (${list.length} channels in ${workspace})`);
-      return { token };
-    } catch (caught) {
-      let err = caught;
-      if (err instanceof TypeError) { // fetch() itself failed: nothing answered
-        err = Object.assign(new Error(`server unreachable (${caught.message})`), { code: "network" });
-      }
-      err.retriable = err.code === "network" || /^http_5/.test(err.code || "");
-      if (seq !== st.loadSeq) return { error: err };
-      if (retrying && err.retriable) return { error: err };
-      ui.channel.replaceChildren(el("option", null, "(unavailable)"));
-      ui.channel.disabled = true;
-      st.channels = new Map();
-      setStatus("offline", err.message);
-      showError(err.code || "http", err.message);
-      return { error: err };
+      const body = await getJson(api("/members"), "members", st.token);
+      for (const m of (body && body.members) || []) st.names.set(m.user_id, m.name);
+    } catch { /* names are a nicety: DMs fall back to the channel's name */ }
+  }
+
+  // A DM is named after the other member(s): GET …/channels/<id>/members (user ids) + the member names.
+  async function nameDirect(c) {
+    if (c.members) return;
+    c.members = [];
+    try {
+      const body = await getJson(api(`/channels/${c.id}/members`), "channel members", st.token);
+      c.members = ((body && body.members) || []).map((m) => (typeof m === "string" ? m : m.user_id || m.id));
+    } catch {
+      return;
     }
+    labelChannel(c);
+    renderSidebar();
+    if (c.id === st.channel) ui.title.textContent = c.label;
+  }
+
+  // -- directory: workspaces and users (dev mode) ----------------------------------------------------------
+  async function loadDirectory() {
+    try {
+      const body = await getJson("/dev/directory", "directory");
+      st.directory = Array.isArray(body && body.workspaces) ? body.workspaces : [];
+    } catch (err) {
+      showError(err.code || "http", err.message);
+      st.directory = [];
+    }
+    if (!st.directory.length) { // no directory (not `storm dev`?): the demo workspace and its users
+      st.directory = [{ slug: "demo", name: "demo", members: ["alice", "bob", "carol", "dave"].map(
+        (h) => ({ user_id: "", name: h[0].toUpperCase() + h.slice(1), handle: h })) }];
+    }
+    ui.workspace.replaceChildren();
+    for (const w of st.directory) {
+      const opt = el("option", null, w.slug === w.name ? w.slug : `${w.name} (${w.slug})`);
+      opt.value = w.slug;
+      ui.workspace.appendChild(opt);
+    }
+    const want = params.get("workspace") || "demo";
+    if (st.directory.some((w) => w.slug === want)) ui.workspace.value = want;
+    fillUsers(params.get("user"));
+  }
+
+  function fillUsers(preferred) {
+    const w = st.directory.find((x) => x.slug === ui.workspace.value);
+    ui.user.replaceChildren();
+    for (const m of (w && w.members) || []) {
+      const opt = el("option", null, m.name);
+      opt.value = m.handle || m.user_id;
+      if (m.user_id) opt.dataset.userId = m.user_id;
+      ui.user.appendChild(opt);
+    }
+    if (preferred) {
+      const match = [...ui.user.options].find((o) => o.value === preferred || o.textContent === preferred);
+      if (match) ui.user.value = match.value;
+    }
+    ui.connect.disabled = ui.user.options.length === 0;
+  }
+
+  // -- sidebar --------------------------------------------------------------------------------------------
+  function labelChannel(c) {
+    if (c.kind === "direct") {
+      const others = (c.members || []).filter((id) => !st.me || id !== st.me.id).map((id) => st.names.get(id))
+        .filter(Boolean);
+      c.label = others.length ? others.join(", ") : (c.name || "direct message");
+    } else {
+      c.label = `${c.kind === "private" ? "🔒" : "#"} ${c.name}`;
+    }
+  }
+
+  function setChannels(list) {
+    const seen = new Set();
+    for (const raw of list) {
+      seen.add(raw.id);
+      let c = st.channels.get(raw.id);
+      const fresh = !c;
+      if (!c) {
+        c = { id: raw.id, unread: 0, readOffset: 0, seen: 0, members: null, subscribed: false };
+        st.channels.set(raw.id, c);
+      }
+      Object.assign(c, { name: raw.name, kind: raw.kind, archived: Boolean(raw.archived) });
+      labelChannel(c);
+      if (c.kind === "direct") nameDirect(c);
+      if (fresh && st.me && st.ws) subscribe(c.id, null); // a channel created since: follow it too
+    }
+    for (const c of st.channels.values()) { // gone from the list: archived (or we were removed)
+      if (!seen.has(c.id) && !c.archived) {
+        c.archived = true;
+        if (c.id === st.channel) {
+          showNotice("This channel was archived: you can read it, not write to it.");
+          refreshComposer();
+        }
+      }
+    }
+    renderSidebar();
+  }
+
+  function renderSidebar() {
+    const channels = [];
+    const dms = [];
+    for (const c of st.channels.values()) {
+      if (c.archived && c.id !== st.channel) continue; // archived channels leave the sidebar
+      (c.kind === "direct" ? dms : channels).push(c);
+    }
+    const byLabel = (a, b) => String(a.label).localeCompare(String(b.label));
+    for (const [list, items] of [[ui.channelList, channels.sort(byLabel)], [ui.dmList, dms.sort(byLabel)]]) {
+      list.replaceChildren();
+      for (const c of items) {
+        const li = el("li");
+        const b = button("channel", null, "open");
+        b.dataset.testid = "channel-item";
+        b.dataset.channel = c.id;
+        b.dataset.name = c.name || "";
+        b.dataset.kind = c.kind;
+        b.appendChild(el("span", "label", c.label));
+        if (c.archived) b.appendChild(el("span", "tag", "archived"));
+        if (c.unread > 0 && c.id !== st.channel) {
+          const badge = el("span", "badge", c.unread > 99 ? "99+" : c.unread);
+          badge.dataset.testid = "unread";
+          b.appendChild(badge);
+          b.classList.add("has-unread");
+        }
+        if (c.id === st.channel) b.setAttribute("aria-current", "true");
+        li.appendChild(b);
+        list.appendChild(li);
+      }
+    }
+    document.title = totalUnread() ? `(${totalUnread()}) STORM chat` : "STORM chat";
+  }
+
+  function totalUnread() {
+    let n = 0;
+    for (const c of st.channels.values()) if (c.id !== st.channel) n += c.unread;
+    return n;
+  }
+
+  function showNotice(text) {
+    ui.banner.hidden = false;
+    ui.banner.dataset.state = "notice";
+    ui.banner.textContent = text;
   }
 
   // -- WebSocket ------------------------------------------------------------------------------------------
@@ -257,19 +387,41 @@
     ui.connect.textContent = "Disconnect";
     const phase = retrying ? "reconnecting" : "connecting";
     setStatus(phase, `${phase}…${unsentNote()}`);
-    const { token, error } = await loadChannels(undefined, retrying);
-    if (!st.wantOpen || gen !== st.connectSeq) return;
-    if (!token) {
-      if (retrying && error && error.retriable) scheduleReconnect(error.message);
-      else giveUp("not sent: not connected");
+    const workspace = ui.workspace.value;
+    try {
+      if (st.workspace !== workspace) resetWorkspace(workspace);
+      st.token = await fetchToken();
+      if (!st.wantOpen || gen !== st.connectSeq) return;
+      const list = await fetchChannels();
+      if (!st.names.size) await fetchNames();
+      if (!st.wantOpen || gen !== st.connectSeq) return;
+      setChannels(list);
+    } catch (err) {
+      if (!st.wantOpen || gen !== st.connectSeq) return;
+      const retriable = err.code === "network" || /^http_5/.test(err.code || "");
+      if (retrying && retriable) {
+        scheduleReconnect(err.message);
+      } else {
+        showError(err.code || "http", err.message);
+        setStatus("offline", err.message);
+        giveUp("not sent: not connected");
+      }
       return;
     }
-    if (!ui.channel.value || !st.channels.has(ui.channel.value)) {
-      setStatus("offline", "no channel to join");
-      giveUp("not sent: no channel");
-      return;
-    }
-    openSocket(token, phase);
+    openSocket(st.token, phase);
+  }
+
+  function resetWorkspace(slug) {
+    clearChannel();
+    st.channel = null;
+    st.workspace = slug;
+    st.channels = new Map();
+    st.names = new Map();
+    st.readSent = new Map();
+    ui.title.textContent = "no channel";
+    const w = st.directory.find((x) => x.slug === slug);
+    ui.wsName.textContent = w ? w.name : slug;
+    renderSidebar();
   }
 
   // Capped exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].  A 1012
@@ -295,7 +447,8 @@
     const r = st.retry;
     if (!r || ui.status.dataset.state === "online") return;
     const left = Math.max(0, r.at - Date.now()) / 1000;
-    setStatus("reconnecting", `reconnecting in ${left.toFixed(1)} s${unsentNote()} · ${r.text}`, r.code);
+    setStatus("reconnecting", `trying again in ${left.toFixed(1)} s${unsentNote()}`, r.code);
+    ui.banner.title = ui.status.title = r.text; // the technical reason, on hover
   }
 
   function openSocket(token, phase) {
@@ -309,10 +462,8 @@
       return;
     }
     st.ws = ws;
-    setStatus(phase, `${phase}: opening the socket…${unsentNote()}`);
     ws.onopen = () => {
       if (st.ws !== ws) return;
-      setStatus(phase, `${phase}: authenticating…${unsentNote()}`);
       ws.send(JSON.stringify({ op: "auth", token }));
     };
     ws.onmessage = (msg) => {
@@ -347,11 +498,13 @@
         giveUp("not sent: connection closed");
       }
     };
+    void phase;
   }
 
   function socketGone() {
     st.ws = null;
-    st.subscribed = null;
+    st.loaded = false;
+    for (const c of st.channels.values()) c.subscribed = false;
     clearInterval(st.heartbeat);
     st.heartbeat = null;
     st.requests.clear();
@@ -373,6 +526,8 @@
     st.connectSeq++;
     st.wantOpen = false;
     clearTimeout(st.reconnectTimer);
+    clearInterval(st.poller);
+    st.poller = null;
     ui.connect.textContent = "Connect";
     for (const cmid of [...st.outbox.keys()]) failPublish(cmid, why);
     refreshComposer();
@@ -383,27 +538,42 @@
     if (ws) socketGone();
     giveUp("not sent: disconnected");
     if (ws) ws.close(1000, "bye");
-    setStatus("offline", "offline (1000 normal: disconnected)", 1000);
+    setStatus("offline", "");
+    ui.banner.hidden = true;
   }
 
-  // -- channel --------------------------------------------------------------------------------------------
-  function joinChannel(cid) {
-    const reset = cid !== st.channel;
-    if (st.subscribed && st.subscribed !== cid) {
-      request("unsubscribe", { channel: st.subscribed }, { channel: st.subscribed });
-      st.subscribed = null;
-    }
-    if (reset) clearChannel();
+  // -- channels -------------------------------------------------------------------------------------------
+  function openChannel(cid) {
+    if (!st.channels.has(cid)) return;
+    document.body.dataset.pane = "main"; // phone: the drawer closes
+    if (cid === st.channel) return;
+    const prev = st.channels.get(st.channel);
+    if (prev) prev.seen = Math.max(prev.seen, st.lastOffset); // later messages there count as unread
+    clearChannel();
     st.channel = cid;
     const c = st.channels.get(cid);
-    ui.title.textContent = c ? channelLabel(c) : cid;
-    setOnline(null);
-    if (!reset && st.lastOffset > 0) {
-      subscribe(cid, st.lastOffset); // resume: the server replays what we missed
-    } else {
-      // history first; subscribing after it with `since` closes the gap between stored and live messages
-      request("history", { channel: cid, limit: HISTORY_LIMIT }, { channel: cid });
+    c.unread = 0;
+    ui.title.textContent = c.label;
+    ui.banner.hidden = !c.archived || ui.status.dataset.state === "reconnecting";
+    if (c.archived) showNotice("This channel is archived: you can read it, not write to it.");
+    renderSidebar();
+    refreshComposer();
+    const params2 = new URLSearchParams(location.search);
+    params2.set("channel", c.name || cid);
+    history.replaceState(null, "", `?${params2}`);
+    if (st.me && st.ws) loadChannel();
+  }
+
+  // History of the open channel, then a subscription resumed from the offset that history reflects.
+  function loadChannel() {
+    const cid = st.channel;
+    if (!cid) return;
+    st.loaded = false;
+    if (st.lastOffset > 0) { // reconnected: resume from what we showed, the server replays the gap
+      subscribe(cid, st.lastOffset, { resume: true });
+      return;
     }
+    request("history", { channel: cid, limit: HISTORY_LIMIT }, { channel: cid, first: true });
   }
 
   function clearChannel() {
@@ -412,16 +582,32 @@
     st.byId.clear();
     st.byCmid.clear();
     st.byAuthorCmid.clear();
+    st.replies.clear();
+    closeThread();
     st.lastOffset = 0;
+    st.loaded = false;
+    st.nextBefore = null;
+    ui.older.hidden = true;
+    setOnline(null);
     for (const t of st.typers.values()) clearTimeout(t.timer);
     st.typers.clear();
     renderTyping();
   }
 
-  function subscribe(cid, since) {
+  function subscribe(cid, since, meta) {
     const fields = { channel: cid };
     if (Number.isInteger(since) && since >= 0) fields.since = since;
-    request("subscribe", fields, { channel: cid });
+    request("subscribe", fields, { channel: cid, ...(meta || {}) });
+  }
+
+  // New and archived channels appear within POLL_MS; the unread counts are refreshed with them (they
+  // change when the user reads on another device).
+  async function pollChannels() {
+    if (!st.ws || !st.me) return;
+    if (!st.noUnread) request("unread", {}, {});
+    try {
+      setChannels(await fetchChannels());
+    } catch { /* the next poll tries again; the socket's state is what the status shows */ }
   }
 
   // -- events ---------------------------------------------------------------------------------------------
@@ -430,25 +616,27 @@
     // replies echo the numeric request id; channel events use `id` for the message id (a string)
     const req = typeof ev.id === "number" ? st.requests.get(ev.id) : undefined;
     if (req) st.requests.delete(ev.id);
-    const mine = !ev.channel || ev.channel === st.channel;
+    const open = ev.channel === st.channel;
+    const live = open && st.loaded;
     switch (ev.type) {
       case "hello": return onHello(ev);
       case "error": return onError(ev, req);
-      case "history": if (mine) onHistory(ev, req); return;
-      case "subscribed": return onSubscribed(ev, mine);
-      case "presence": if (mine) setOnline(ev.users || []); return;
-      case "presence.join": if (mine) addOnline(ev.user, ev.name); return;
-      case "presence.leave": if (mine) removeOnline(ev.user); return;
-      case "typing": if (mine) onTyping(ev); return;
-      case "message": if (mine && fresh(ev)) onMessage(ev); return;
-      case "edit": if (mine && fresh(ev)) onEdit(ev); return;
-      case "delete": if (mine && fresh(ev)) onDelete(ev); return;
-      case "reaction": if (mine && fresh(ev)) onReaction(ev); return;
-      case "ack": if (req && req.op === "publish") onPublishAck(ev, req); return;
-      case "token.expiring":
-        showError("token.expiring", "the token expires soon; the page reconnects with a new one",
-          new Date(ev.expires_at * 1000).toLocaleTimeString());
+      case "history": if (open) onHistory(ev, req || {}); return;
+      case "subscribed": return onSubscribed(ev, req || {});
+      case "presence": if (open) setOnline(ev.users || []); return;
+      case "presence.join": if (open) addOnline(ev.user, ev.name); return;
+      case "presence.leave": if (open) removeOnline(ev.user); return;
+      case "typing": if (open) onTyping(ev); return;
+      case "message":
+        if (!open) return countUnread(ev);
+        if (live && fresh(ev)) onMessage(ev);
         return;
+      case "edit": if (live && fresh(ev)) onEdit(ev); return;
+      case "delete": if (live && fresh(ev)) onDelete(ev); return;
+      case "reaction": if (live && fresh(ev)) onReaction(ev); return;
+      case "ack": if (req && req.op === "publish") onPublishAck(ev, req); return;
+      case "unread": return onUnread(ev);
+      case "token.expiring": return; // the page reconnects with a fresh token at 4009
       case "unsubscribed": if (!req && ev.reason) onWithdrawn(ev); return; // else the reply to ours
       default: return; // pong, future events
     }
@@ -462,26 +650,72 @@
     return true;
   }
 
+  function countUnread(ev) {
+    const c = st.channels.get(ev.channel);
+    if (!c || !Number.isInteger(ev.offset) || ev.offset <= Math.max(c.seen, c.readOffset)) return;
+    c.seen = ev.offset;
+    if (st.me && ev.author === st.me.id) return;
+    c.unread += 1;
+    renderSidebar();
+  }
+
+  // Read state from the server (docs/protocol.md, "Read state"): `subscribed` and the reply to `unread`
+  // carry the user's read marker of a channel (`read`) and the count of stored messages of others after
+  // it (`unread`); both are omitted when 0.  Shared by all the user's devices.
+  function applyReadState(cid, rs) {
+    const c = st.channels.get(cid);
+    if (!c || !rs) return;
+    const read = Number.isInteger(rs.read) ? rs.read : 0;
+    c.readOffset = Math.max(c.readOffset, read);
+    if (cid !== st.channel) c.unread = Number.isInteger(rs.unread) ? rs.unread : 0;
+  }
+
+  function onUnread(ev) {
+    for (const rs of Array.isArray(ev.channels) ? ev.channels : []) applyReadState(rs.channel, rs);
+    renderSidebar();
+  }
+
   function onHello(ev) {
     st.me = ev.user;
     st.limits = ev.limits || null;
     st.attempt = 0;
     st.retry = null;
+    ui.me.textContent = ev.user.name;
+    ui.me.dataset.userId = ev.user.id;
     if (st.limits && st.limits.max_body_chars) ui.input.maxLength = st.limits.max_body_chars;
     const every = Math.max(1, Number(ev.heartbeat_s) || 25) * 1000;
     clearInterval(st.heartbeat);
     st.heartbeat = setInterval(() => send({ op: "ping" }), every);
+    clearInterval(st.poller);
+    st.poller = setInterval(pollChannels, POLL_MS);
     setStatus("online", `online: ${ev.user.name} in ${ev.workspace}`);
-    joinChannel(ui.channel.value);
+    for (const c of st.channels.values()) labelChannel(c);
+    for (const c of st.channels.values()) {
+      if (c.id !== st.channel && !c.archived) subscribe(c.id, null);
+    }
+    if (!st.channel) {
+      const want = params.get("channel");
+      const list = [...st.channels.values()].filter((c) => !c.archived);
+      const pick = list.find((c) => c.id === want || c.name === want) || list.find((c) => c.name === "general")
+        || list[0];
+      if (pick) openChannel(pick.id);
+    } else {
+      loadChannel();
+    }
+    renderSidebar();
     refreshComposer();
   }
 
   function onError(ev, req) {
     const extra = [ev.field && `field ${ev.field}`, req && `${req.op}`].filter(Boolean).join(", ");
-    if (!(req && req.op === "publish" && RETRY_PUBLISH.has(ev.code))) {
+    if (!(req && ((req.op === "publish" && RETRY_PUBLISH.has(ev.code)) || req.op === "unread"))) {
       showError(ev.code || "error", ev.message || "", extra);
     }
     if (!req) return;
+    if (req.op === "unread") { // a server without the `unread` command: live counts only
+      st.noUnread = true;
+      return;
+    }
     if (req.op === "publish" && req.cmid) {
       const item = st.outbox.get(req.cmid);
       if (!item) return;
@@ -493,38 +727,75 @@
         if (RETRY_PUBLISH.has(ev.code)) showError(ev.code, ev.message || "", extra);
         failPublish(req.cmid, `${ev.code}: ${ev.message}`);
       }
-    } else if (req.op === "history" && req.channel === st.channel && st.ws && !st.subscribed) {
-      subscribe(req.channel, null); // no stored history: still show live messages
+    } else if (req.op === "history" && req.first && req.channel === st.channel && st.ws) {
+      subscribe(req.channel, null, { resume: true }); // no stored history: still show live messages
     }
+  }
+
+  // The offset a history page reflects: the channel's head when it was read (`offset`), else the newest
+  // message on the page (older servers: reactions after it may then be counted twice).
+  function historyOffset(ev, newest) {
+    for (const k of ["offset", "head", "channel_offset"]) if (Number.isInteger(ev[k])) return ev[k];
+    return newest;
   }
 
   function onHistory(ev, req) {
     const msgs = Array.isArray(ev.messages) ? ev.messages.slice().reverse() : []; // oldest first
+    const keep = ui.scroller.scrollHeight - ui.scroller.scrollTop;
     let newest = 0;
     for (const m of msgs) {
-      upsertMessage(m);
+      upsertMessage(m, true);
       if (Number.isInteger(m.offset) && m.offset > newest) newest = m.offset;
     }
-    if (newest > st.lastOffset) st.lastOffset = newest;
+    if (req.older || req.first || req.reload) {
+      st.nextBefore = Number.isInteger(ev.next_before) ? ev.next_before : null;
+      if (msgs.length < HISTORY_LIMIT) st.nextBefore = null; // a short page is the oldest one
+      ui.older.hidden = st.nextBefore === null;
+    }
+    renderDays();
+    if (req.older) {
+      ui.scroller.scrollTop = ui.scroller.scrollHeight - keep; // stay where the reader was
+      ui.older.disabled = false;
+      return;
+    }
+    const at = historyOffset(ev, newest);
+    if (at > st.lastOffset) st.lastOffset = at;
     scrollToEnd(true);
-    if (req && !req.reload && !st.subscribed) subscribe(ev.channel, newest);
+    if (req.first) subscribe(ev.channel, at, { resume: true });
+    else if (req.reload) st.loaded = true;
+    markRead();
+  }
+
+  function loadOlder() {
+    if (!st.ws || !st.channel || st.nextBefore === null) return;
+    ui.older.disabled = true;
+    request("history", { channel: st.channel, before: st.nextBefore, limit: HISTORY_LIMIT },
+      { channel: st.channel, older: true });
   }
 
   // The server ended a subscription (ev.reason "removed": we are no longer a member of that channel).
   function onWithdrawn(ev) {
-    if (st.subscribed === ev.channel) st.subscribed = null;
+    const c = st.channels.get(ev.channel);
+    if (c) c.subscribed = false;
     if (ev.channel !== st.channel) return;
+    st.loaded = false;
     for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: removed from the channel");
     setOnline(null);
-    showError("unsubscribed", `no longer following this channel (${ev.reason})`, "");
+    showNotice(`You are no longer in this channel (${ev.reason}).`);
   }
 
-  function onSubscribed(ev, mine) {
-    if (!mine) { // we switched channels while this subscription was on its way
-      if (st.subscribed !== ev.channel) request("unsubscribe", { channel: ev.channel }, { channel: ev.channel });
+  function onSubscribed(ev, req) {
+    const c = st.channels.get(ev.channel);
+    if (!c) return;
+    c.subscribed = true;
+    applyReadState(ev.channel, ev);
+    if (ev.channel !== st.channel) {
+      if (Number.isInteger(ev.offset)) c.seen = Math.max(c.seen, ev.offset); // unread: what comes after
+      renderSidebar();
       return;
     }
-    st.subscribed = ev.channel;
+    if (!req.resume) return; // the first, live-only subscription of a channel we then opened
+    st.loaded = true;
     let reload = ev.recovered === false; // the log no longer holds everything we missed
     if (Number.isInteger(ev.offset) && ev.offset < st.lastOffset) {
       // the log is behind what we saw (an embedded server restarted before storing it): trust the log,
@@ -542,15 +813,30 @@
     for (const [cmid, item] of st.outbox) { // unacknowledged messages: same cmid, so never twice
       if (item.channel === ev.channel && !item.timer) publish(cmid);
     }
+    markRead();
   }
 
   function onMessage(ev) {
     upsertMessage(ev);
+    renderDays();
     const t = st.typers.get(ev.author);
     if (t) {
       clearTimeout(t.timer);
       st.typers.delete(ev.author);
       renderTyping();
+    }
+    markRead();
+  }
+
+  // Tell the server what we have read in the open channel (the read marker never moves backwards).
+  function markRead() {
+    const cid = st.channel;
+    if (!cid || !st.loaded || document.visibilityState === "hidden") return;
+    if ((st.readSent.get(cid) || 0) >= st.lastOffset || st.lastOffset <= 0) return;
+    if (request("read", { channel: cid, offset: st.lastOffset }, { channel: cid }) !== null) {
+      st.readSent.set(cid, st.lastOffset);
+      const c = st.channels.get(cid);
+      if (c) c.readOffset = Math.max(c.readOffset, st.lastOffset);
     }
   }
 
@@ -574,28 +860,41 @@
       node.classList.remove("pending");
       setMessageState(node, "");
       placeByOffset(node, ev.offset);
+      renderDays();
     }
   }
 
   function onEdit(ev) {
     const node = st.byId.get(ev.id);
     if (!node || node.classList.contains("deleted")) return;
+    node._text = ev.text;
     node.querySelector(".text").textContent = ev.text;
     node.querySelector(".edited").hidden = false;
+    mirrorParent(node);
   }
 
   function onDelete(ev) {
     const node = st.byId.get(ev.id);
     if (node) markDeleted(node);
+    if (node) mirrorParent(node);
   }
 
+  // A `reaction` event says the resulting state: the shown count is set to `count` (a replayed event then
+  // changes nothing); an event logged by an older server has no `count` and is applied as +1/-1.
   function onReaction(ev) {
     const node = st.byId.get(ev.message_id);
     if (!node) return;
     const counts = node._reactions || (node._reactions = {});
-    counts[ev.emoji] = Math.max(0, (counts[ev.emoji] || 0) + (ev.remove ? -1 : 1));
+    const mine = node._mine || (node._mine = new Set());
+    if (Number.isInteger(ev.count)) counts[ev.emoji] = ev.count;
+    else counts[ev.emoji] = Math.max(0, (counts[ev.emoji] || 0) + (ev.remove ? -1 : 1));
     if (!counts[ev.emoji]) delete counts[ev.emoji];
+    if (st.me && ev.user === st.me.id) {
+      if (ev.remove) mine.delete(ev.emoji);
+      else mine.add(ev.emoji);
+    }
     renderReactions(node);
+    mirrorParent(node);
   }
 
   // -- messages -------------------------------------------------------------------------------------------
@@ -604,9 +903,24 @@
     return Number.isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
+  function dayLabel(ts) {
+    const d = new Date(Number(ts) * 1000);
+    if (Number.isNaN(d.getTime())) return "";
+    const today = new Date();
+    const yesterday = new Date(Date.now() - 86400000);
+    if (d.toDateString() === today.toDateString()) return "Today";
+    if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return d.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric",
+      year: d.getFullYear() === today.getFullYear() ? undefined : "numeric" });
+  }
+
   function buildMessage(m) {
     const li = el("li", "message");
     li.dataset.testid = "message";
+    if (Number.isFinite(Number(m.ts))) li.dataset.ts = String(m.ts);
+    const avatar = el("div", "avatar", (m.author_name || "?").slice(0, 1).toUpperCase());
+    avatar.setAttribute("aria-hidden", "true");
+    const body = el("div", "body");
     const head = el("div", "head");
     const author = el("span", "author", m.author_name || "?");
     author.dataset.testid = "message-author";
@@ -624,7 +938,15 @@
     text.dataset.testid = "message-text";
     const reactions = el("div", "reactions");
     reactions.hidden = true;
-    li.append(head, text, reactions);
+    const replies = button("replies", "", "thread");
+    replies.dataset.testid = "replies";
+    replies.hidden = true;
+    const actions = el("div", "actions");
+    actions.append(button("act", "☺", "react", "Add reaction"), button("act", "↪", "thread", "Reply in thread"),
+      button("act own-only", "✎", "edit", "Edit"), button("act own-only", "✕", "delete", "Delete"));
+    body.append(head, text, reactions, replies);
+    li.append(avatar, body, actions);
+    li._text = m.text;
     return li;
   }
 
@@ -634,20 +956,41 @@
       st.byId.set(m.id, node);
     }
     if (m.author) node.dataset.author = m.author;
+    if (m.thread) node.dataset.thread = m.thread;
+    if (Number.isFinite(Number(m.ts))) node.dataset.ts = String(m.ts);
     if (st.me && m.author === st.me.id) node.classList.add("own");
-    node.querySelector(".author").textContent = m.author_name || "?";
-    if (!m.deleted) node.querySelector(".text").textContent = m.text;
+    node.querySelector(".author").textContent = m.author_name || st.names.get(m.author) || "?";
+    node.querySelector(".avatar").textContent = (m.author_name || "?").slice(0, 1).toUpperCase();
+    if (!m.deleted) {
+      node._text = m.text;
+      node.querySelector(".text").textContent = m.text;
+    }
     if (m.edited_ts) node.querySelector(".edited").hidden = false;
     if (m.deleted) markDeleted(node);
     if (m.reactions && typeof m.reactions === "object") {
-      node._reactions = { ...m.reactions };
+      node._reactions = {};
+      node._mine = new Set(Array.isArray(m.mine) ? m.mine : []);
+      for (const [emoji, v] of Object.entries(m.reactions)) {
+        if (Number.isInteger(v)) node._reactions[emoji] = v;
+      }
       renderReactions(node);
     }
   }
 
+  function containerFor(m) {
+    if (!m.thread) return ui.messages;
+    let ol = st.replies.get(m.thread);
+    if (!ol) {
+      ol = el("ol", "messages replies-list");
+      ol.dataset.parent = m.thread;
+      st.replies.set(m.thread, ol);
+    }
+    return ol;
+  }
+
   // Show a stored or live message once: known ids are updated in place, and my own pending message
   // (same cmid) becomes the confirmed one, whether its ack or its broadcast comes first.
-  function upsertMessage(m) {
+  function upsertMessage(m, batch) {
     if (!m || !m.id) return;
     let node = st.byId.get(m.id);
     if (!node && m.cmid && st.me && m.author === st.me.id) node = st.byCmid.get(m.cmid);
@@ -658,8 +1001,9 @@
       if (key) st.byAuthorCmid.set(key, node);
       node.dataset.delivered = "true"; // seen in the channel (history or broadcast), not only acked
       fillMessage(node, m);
-      placeByOffset(node, m.offset);
-      scrollToEnd(false);
+      placeByOffset(node, m.offset, containerFor(m));
+      if (m.thread) updateReplies(m.thread);
+      if (!batch) scrollToEnd(false);
       return;
     }
     node.dataset.delivered = "true";
@@ -667,15 +1011,15 @@
     if (node.classList.contains("pending") || node.classList.contains("failed")) {
       node.classList.remove("pending", "failed");
       setMessageState(node, "");
-      placeByOffset(node, m.offset);
+      placeByOffset(node, m.offset, node.parentNode || containerFor(m));
     } else if (m.offset && !node.dataset.offset) {
-      placeByOffset(node, m.offset);
+      placeByOffset(node, m.offset, node.parentNode || containerFor(m));
     }
   }
 
   // Keep confirmed messages ordered by channel offset; pending and failed ones stay at the bottom.
-  function placeByOffset(node, offset) {
-    const list = ui.messages;
+  function placeByOffset(node, offset, list) {
+    list = list || node.parentNode || ui.messages;
     if (!Number.isInteger(offset) || offset <= 0) {
       if (node.parentNode !== list) list.appendChild(node);
       return;
@@ -688,6 +1032,22 @@
     }
     if (after) after.after(node);
     else list.prepend(node);
+  }
+
+  // A date separator before the first message of each day (main list).
+  function renderDays() {
+    for (const sep of ui.messages.querySelectorAll(":scope > .day")) sep.remove();
+    let last = "";
+    for (const node of [...ui.messages.children]) {
+      const label = node.dataset.ts ? dayLabel(node.dataset.ts) : "";
+      if (label && label !== last) {
+        const sep = el("li", "day");
+        sep.dataset.testid = "day";
+        sep.appendChild(el("span", null, label));
+        node.before(sep);
+        last = label;
+      }
+    }
   }
 
   function markDeleted(node) {
@@ -718,32 +1078,80 @@
     const box = node.querySelector(".reactions");
     box.replaceChildren();
     for (const [emoji, n] of Object.entries(node._reactions || {})) {
-      if (n > 0) box.appendChild(el("span", "reaction", `${emoji} ${n}`));
+      if (n <= 0) continue;
+      const chip = button("reaction", `${emoji} ${n}`, "toggle-reaction", `react with ${emoji}`);
+      chip.dataset.testid = "reaction";
+      chip.dataset.emoji = emoji;
+      if (node._mine && node._mine.has(emoji)) chip.classList.add("mine");
+      box.appendChild(chip);
     }
     box.hidden = box.children.length === 0;
   }
 
-  function scrollToEnd(force) {
-    const list = ui.messages;
-    const near = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    if (force || near) list.scrollTop = list.scrollHeight;
+  function updateReplies(parentId) {
+    const parent = st.byId.get(parentId);
+    const ol = st.replies.get(parentId);
+    if (!parent || !ol) return;
+    const n = ol.querySelectorAll(":scope > .message").length;
+    const b = parent.querySelector(".replies");
+    b.hidden = n === 0;
+    b.textContent = n === 1 ? "1 reply" : `${n} replies`;
   }
 
+  function scrollToEnd(force) {
+    const box = ui.scroller;
+    const near = box.scrollHeight - box.scrollTop - box.clientHeight < 120;
+    if (force || near) box.scrollTop = box.scrollHeight;
+  }
+
+  // -- threads --------------------------------------------------------------------------------------------
+  function openThread(parentId) {
+    const parent = st.byId.get(parentId);
+    if (!parent) return;
+    st.threadOf = parentId;
+    const copy = parent.cloneNode(true);
+    copy.classList.add("parent");
+    copy.querySelector(".actions").remove();
+    copy.querySelector(".replies").hidden = true;
+    delete copy.dataset.testid;
+    copy.dataset.testid = "thread-parent";
+    const ol = containerFor({ thread: parentId });
+    ui.threadMessages.replaceChildren(copy, ol);
+    ui.thread.hidden = false;
+    document.body.dataset.thread = "open";
+    ui.threadInput.focus();
+  }
+
+  function mirrorParent(node) {
+    if (st.threadOf && node.dataset.messageId === st.threadOf) openThread(st.threadOf);
+  }
+
+  function closeThread() {
+    st.threadOf = null;
+    ui.thread.hidden = true;
+    ui.threadMessages.replaceChildren();
+    delete document.body.dataset.thread;
+  }
+
+  // -- sending --------------------------------------------------------------------------------------------
   function publish(cmid) {
     const item = st.outbox.get(cmid);
     if (!item) return;
     item.timer = null;
-    if (st.subscribed !== item.channel) { // offline: resent after the next `subscribed`
+    const c = st.channels.get(item.channel);
+    if (item.channel !== st.channel || !st.loaded || !c || !c.subscribed) { // resent after `subscribed`
       setMessageState(st.byCmid.get(cmid), "waiting for the connection…");
       return;
     }
     item.tries += 1;
     setMessageState(st.byCmid.get(cmid), item.tries > 1 ? "resending…" : "sending…");
-    request("publish", { channel: item.channel, cmid, text: item.text }, { channel: item.channel, cmid });
+    const fields = { channel: item.channel, cmid, text: item.text };
+    if (item.thread) fields.thread = item.thread;
+    request("publish", fields, { channel: item.channel, cmid });
   }
 
-  function sendMessage() {
-    const text = ui.input.value;
+  function sendMessage(input, thread) {
+    const text = input.value;
     if (!text.trim()) return;
     if (!st.wantOpen || !st.me || !st.channel) {
       showError("client", "not connected to a channel");
@@ -762,14 +1170,102 @@
     const node = buildMessage({ author_name: st.me.name, text, ts: Date.now() / 1000 });
     node.classList.add("own", "pending");
     node.dataset.cmid = cmid;
+    node.dataset.author = st.me.id;
+    if (thread) node.dataset.thread = thread;
     st.byCmid.set(cmid, node);
-    ui.messages.appendChild(node);
+    containerFor({ thread }).appendChild(node);
+    if (thread) updateReplies(thread);
+    else renderDays();
     scrollToEnd(true);
-    st.outbox.set(cmid, { channel: st.channel, text, tries: 0, timer: null });
+    st.outbox.set(cmid, { channel: st.channel, text, thread, tries: 0, timer: null });
     publish(cmid);
     if (!st.ws && st.retry && st.retry.at > Date.now()) showRetry(); // waiting: count the new unsent one
-    ui.input.value = "";
+    input.value = "";
+    autosize(input);
     st.lastTypingSent = 0;
+  }
+
+  function startEdit(node) {
+    if (node.querySelector(".edit-form") || !node.dataset.messageId) return;
+    const form = el("form", "edit-form");
+    const area = el("textarea");
+    area.value = node._text || "";
+    area.dataset.testid = "edit-input";
+    area.rows = 2;
+    const save = el("button", null, "Save");
+    save.type = "submit";
+    save.dataset.testid = "edit-save";
+    const cancel = button("secondary", "Cancel", null);
+    form.append(area, save, cancel);
+    node.querySelector(".text").hidden = true;
+    node.querySelector(".text").after(form);
+    area.focus();
+    const done = () => {
+      form.remove();
+      node.querySelector(".text").hidden = false;
+    };
+    cancel.addEventListener("click", done);
+    area.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") done();
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const text = area.value;
+      if (text.trim() && text !== node._text) {
+        request("edit", { channel: st.channel, message_id: node.dataset.messageId, text }, { channel: st.channel });
+      }
+      done();
+    });
+  }
+
+  function react(node, emoji) {
+    if (!node.dataset.messageId) return;
+    const remove = Boolean(node._mine && node._mine.has(emoji));
+    const fields = { channel: st.channel, message_id: node.dataset.messageId, emoji };
+    if (remove) fields.remove = true;
+    request("react", fields, { channel: st.channel });
+  }
+
+  function showPalette(node, anchor) {
+    const old = document.querySelector(".palette");
+    if (old) {
+      const same = old._node === node;
+      old.remove();
+      if (same) return;
+    }
+    const pal = el("div", "palette");
+    pal.dataset.testid = "emoji-palette";
+    pal._node = node;
+    for (const emoji of EMOJI) {
+      const b = button("emoji", emoji, "pick-emoji", `react with ${emoji}`);
+      b.dataset.emoji = emoji;
+      pal.appendChild(b);
+    }
+    anchor.closest(".actions").after(pal);
+  }
+
+  function onMessageClick(e) {
+    const target = e.target.closest("[data-action]");
+    if (!target) return;
+    const node = target.closest(".message");
+    if (!node || node.classList.contains("parent")) return;
+    const action = target.dataset.action;
+    if (action === "react") showPalette(node, target);
+    else if (action === "pick-emoji") {
+      react(node, target.dataset.emoji);
+      target.closest(".palette").remove();
+    } else if (action === "toggle-reaction") react(node, target.dataset.emoji);
+    else if (action === "thread" && node.dataset.messageId && !node.dataset.thread) openThread(node.dataset.messageId);
+    else if (action === "edit") startEdit(node);
+    else if (action === "delete" && node.dataset.messageId) {
+      if (window.confirm("Delete this message?")) {
+        request("delete", { channel: st.channel, message_id: node.dataset.messageId }, { channel: st.channel });
+      }
+    }
   }
 
   // -- presence and typing -----------------------------------------------------------------------------
@@ -784,7 +1280,7 @@
   }
 
   function removeOnline(id) {
-    if (st.me && id === st.me.id && st.subscribed) return; // we are still here
+    if (st.me && id === st.me.id && st.loaded) return; // we are still here
     st.online.delete(id);
     renderOnline();
   }
@@ -826,11 +1322,16 @@
     ui.typing.textContent = text;
   }
 
-  function maybeSendTyping() {
-    if (!st.subscribed || !ui.input.value.trim()) return;
+  function maybeSendTyping(input) {
+    if (!st.loaded || !input.value.trim()) return;
     const now = Date.now();
     if (now - st.lastTypingSent < TYPING_SEND_MS) return;
-    if (send({ op: "typing", channel: st.subscribed })) st.lastTypingSent = now;
+    if (send({ op: "typing", channel: st.channel })) st.lastTypingSent = now;
+  }
+
+  function autosize(area) {
+    area.style.height = "auto";
+    area.style.height = `${Math.min(area.scrollHeight, 160)}px`;
   }
 
   // -- wiring -------------------------------------------------------------------------------------------
@@ -839,28 +1340,49 @@
     if (st.wantOpen || st.ws) disconnect();
     else connect(false);
   });
-  ui.composer.addEventListener("submit", (e) => {
-    e.preventDefault();
-    sendMessage();
-  });
-  ui.input.addEventListener("input", maybeSendTyping);
-  for (const field of [ui.user, ui.workspace]) {
-    field.addEventListener("change", () => {
-      if (st.wantOpen || st.ws) disconnect();
-      st.channel = null; // another identity: start the view afresh
-      clearChannel();
-      ui.title.textContent = "no channel";
-      loadChannels();
+  for (const [form, input, thread] of [[ui.composer, ui.input, () => null],
+    [ui.threadComposer, ui.threadInput, () => st.threadOf]]) {
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      sendMessage(input, thread());
+    });
+    input.addEventListener("input", () => {
+      maybeSendTyping(input);
+      autosize(input);
+    });
+    input.addEventListener("keydown", (e) => { // Enter sends, Shift+Enter is a new line
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
     });
   }
-  ui.channel.addEventListener("change", () => {
-    if (st.ws && st.me && ui.channel.value) joinChannel(ui.channel.value);
+  ui.workspace.addEventListener("change", () => {
+    if (st.wantOpen || st.ws) disconnect();
+    fillUsers();
   });
+  ui.user.addEventListener("change", () => {
+    if (st.wantOpen || st.ws) disconnect();
+  });
+  for (const list of [ui.channelList, ui.dmList]) {
+    list.addEventListener("click", (e) => {
+      const b = e.target.closest("[data-channel]");
+      if (b) openChannel(b.dataset.channel);
+    });
+  }
+  ui.messages.addEventListener("click", onMessageClick);
+  ui.threadMessages.addEventListener("click", onMessageClick);
+  ui.older.addEventListener("click", loadOlder);
+  ui.threadClose.addEventListener("click", closeThread);
+  ui.menu.addEventListener("click", () => {
+    document.body.dataset.pane = document.body.dataset.pane === "sidebar" ? "main" : "sidebar";
+  });
+  ui.scrim.addEventListener("click", () => { document.body.dataset.pane = "main"; });
+  document.addEventListener("visibilitychange", markRead);
+  setInterval(() => { if (st.retry && !st.ws && st.wantOpen) showRetry(); }, 500);
 
   // ?user=bob&workspace=demo&channel=random[&connect=1] pre-fills the form
-  if (params.get("user")) ui.user.value = params.get("user");
-  if (params.get("workspace")) ui.workspace.value = params.get("workspace");
-  loadChannels(params.get("channel") || undefined).then(({ token }) => {
-    if (token && params.get("connect") === "1" && !st.wantOpen) connect(false);
+  loadDirectory().then(() => {
+    if (params.get("connect") === "1" && !st.wantOpen) connect(false);
   });
 })();

@@ -70,15 +70,17 @@ def test_both_pages_reconnect_after_sigkill_and_show_every_message_once_in_order
             pool.submit(asyncio.run, _wait_stored(server, "random", max(offsets))).result()
 
         server.kill()
-        for chat in chats:
+        for chat in chats:  # a calm state: a "reconnecting" banner, not an error
             expect(chat.page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+            expect(chat.page.locator("#banner")).to_contain_text("Reconnecting")
+            expect(chat.page.locator("#errors [data-testid=error]")).to_have_count(0)
             expect(chat.page.locator("#message-input")).to_be_enabled()  # writing goes on while offline
 
         alice.send("a3 while down")
         bob.send("b2 while down")
         expect(alice.messages("a3 while down")).to_have_class(re.compile(r"\bpending\b"))
         expect(bob.messages("b2 while down")).to_have_class(re.compile(r"\bpending\b"))
-        expect(alice.page.locator("#status")).to_contain_text("unsent")
+        expect(alice.page.locator("#banner")).to_contain_text("1 unsent")
 
         server.start()
         for chat in chats:
@@ -101,6 +103,15 @@ def test_both_pages_reconnect_after_sigkill_and_show_every_message_once_in_order
         for chat in chats:
             expect(chat.page.locator("#errors [data-testid=error]")).to_have_count(0)
             assert chat.page_errors == []
+
+        # a deliberate disconnect: offline, no banner, no error, and no reconnect
+        alice.page.click("#connect")
+        expect(alice.page.locator("#status")).to_have_attribute("data-state", "offline")
+        expect(alice.page.locator("#banner")).to_be_hidden()
+        alice.page.wait_for_timeout(2000)  # longer than the capped reconnect delay
+        expect(alice.page.locator("#status")).to_have_attribute("data-state", "offline")
+        assert len(alice.sockets) == 2  # the first socket and the one after the restart, no third
+        expect(alice.page.locator("#errors [data-testid=error]")).to_have_count(0)
     finally:
         for chat in chats:
             chat.close()
