@@ -207,18 +207,46 @@ class WebhookWorker:
                 log.exception("receive failed on subscription %s; retrying", SUBSCRIPTION)
                 await asyncio.sleep(NACK_DELAY_S)
                 continue
+            if not deliveries:
+                continue
+            try:
+                hooks = await self._webhooks_of(deliveries)
+            except Exception:  # the store or cache is down: hand the batch back
+                workspaces = ",".join(sorted({d.record.workspace for d in deliveries}))
+                log.exception("loading webhooks failed ws=%s; handing %d records back", workspaces, len(deliveries))
+                with contextlib.suppress(Exception):
+                    await self._sub.nack(deliveries, NACK_DELAY_S)
+                await asyncio.sleep(NACK_DELAY_S)
+                continue
             for d in deliveries:
                 await self._slots.acquire()  # backpressure: the broker keeps what we cannot take yet
-                task = asyncio.get_running_loop().create_task(self._process_guarded(d))
+                task = asyncio.get_running_loop().create_task(self._process_guarded(d, hooks[d.record.workspace]))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
 
-    async def _process_guarded(self, d: Delivery) -> None:
+    async def _webhooks_of(self, deliveries: Sequence[Delivery]) -> dict[str, list[Webhook] | None]:
+        """The webhooks of each workspace of the batch, one store read per workspace and batch (None: the
+        workspace was deleted).  No cache: a new or deleted webhook counts from the next batch on."""
+        found: dict[str, list[Webhook] | None] = {}
+        for slug in {d.record.workspace for d in deliveries}:
+            try:
+                workspace = await self._services.directory.workspace(slug)
+            except NotFound:
+                found[slug] = None
+                continue
+
+            async def load(uow: UnitOfWork, workspace_id: uuid.UUID = workspace.id) -> list[Webhook]:
+                return await uow.webhooks.list(workspace_id)
+
+            found[slug] = await self._services.store.run(load)
+        return found
+
+    async def _process_guarded(self, d: Delivery, hooks: list[Webhook] | None) -> None:
         try:
-            await self.process(d)
+            await self.process(d, hooks)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the store or cache is down: hand the record back
+        except Exception:  # e.g. the broker failed the ack: hand the record back
             r = d.record
             log.exception("record failed ws=%s channel=%s offset=%d; handing it back", r.workspace, r.channel,
                           r.offset)
@@ -228,8 +256,9 @@ class WebhookWorker:
         finally:
             self._slots.release()
 
-    async def process(self, d: Delivery) -> None:
-        """Deliver one record to every matching webhook, then acknowledge it."""
+    async def process(self, d: Delivery, hooks: list[Webhook] | None) -> None:
+        """Deliver one record to the matching ``hooks`` of its workspace (None: the workspace is gone),
+        then acknowledge it."""
         sub = self._sub
         assert sub is not None
         r = d.record
@@ -237,16 +266,9 @@ class WebhookWorker:
         if r.offset <= 0:  # ephemeral records are never put on work subscriptions; be safe anyway
             await sub.ack([d])
             return
-        try:
-            workspace = await self._services.directory.workspace(r.workspace)
-        except NotFound:
+        if hooks is None:
             await sub.ack([d])  # deleted workspace: its webhooks went with it
             return
-
-        async def load(uow: UnitOfWork) -> list[Webhook]:
-            return await uow.webhooks.list(workspace.id)
-
-        hooks = await self._services.store.run(load)
         try:
             handled = handle(d, hooks)
         except ValueError as exc:

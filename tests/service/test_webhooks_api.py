@@ -14,6 +14,7 @@ from consumers.webhooks import DeliveryFailed, WebhookWorker
 from storm.bootstrap import Services
 from storm.config import Config
 from storm.domain import Workspace
+from storm.errors import Unavailable
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
 from storm.webhooks import DeliveryStatus, RetryPolicy, Webhook, verify
@@ -270,3 +271,42 @@ async def test_worker_ignores_other_event_types_channels_and_dead_letters_poison
         await _until(lambda: worker.stats["records"] == 3)
     assert poster.calls == [] and worker.stats["poison"] == 1
     assert [reason for _, reason in services.broker.dead_letters("webhooks")] == ["unknown record type 'mystery'"]
+
+
+async def test_a_store_outage_hands_the_batch_back_and_it_is_delivered_later(
+        worker_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    services, ws, channel = worker_env
+    hook = Webhook(uuid.uuid4(), ws.id, "https://a.example/", "whsec_a", ("message.posted",))
+    await _add(services, hook)
+    real_run, failures = services.store.run, list[int]()
+
+    async def flaky_run(fn: Any, **kw: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise Unavailable("database down")
+        return await real_run(fn, **kw)
+
+    monkeypatch.setattr(services.store, "run", flaky_run)
+    poster = ScriptedPoster({})
+    async with WebhookWorker(services, poster=poster) as worker:
+        await _publish(services, channel)
+        await _until(lambda: worker.stats["delivered"] == 1)
+    assert failures == [1] and len(poster.calls) == 1
+
+
+async def test_records_of_a_deleted_workspace_are_dropped(worker_env: Any) -> None:
+    services, ws, channel = worker_env
+    hook = Webhook(uuid.uuid4(), ws.id, "https://a.example/", "whsec_a", ("message.posted",))
+    await _add(services, hook)
+
+    async def drop(uow: UnitOfWork) -> None:
+        await uow.workspaces.delete(ws.id)
+
+    await services.store.run(drop)
+    await services.cache.delete("demo", "ws")  # what the tenants service invalidates on deletion
+    poster = ScriptedPoster({})
+    async with WebhookWorker(services, poster=poster) as worker:
+        await _publish(services, channel)
+        await _until(lambda: worker.stats["records"] == 1)
+        await _until(lambda: services.broker.dead_letters("webhooks") == [] and worker.stats["events"] == 0)
+    assert poster.calls == [] and await services.broker.work_backlog("webhooks") == 0
