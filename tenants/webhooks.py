@@ -336,7 +336,7 @@ def _incoming_out(h: IncomingWebhook) -> IncomingOut:
 
 
 def incoming_path(prefix: str, slug: str, hook_id: uuid.UUID, token: str) -> str:
-    return f"{prefix}/hooks/{slug}/{hook_id}/{token}"
+    return f"{prefix}/incoming-webhooks/{slug}/{hook_id}/{token}"
 
 
 # -- routes -------------------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def blueprints(*, authenticate: Callable[[], Awaitable[None]], check_json: Calla
 
     posters: dict[int, IncomingPoster] = {}
 
-    @incoming.post("/hooks/<slug>/<hook_id>/<token>")
+    @incoming.post("/incoming-webhooks/<slug>/<hook_id>/<token>")
     @security_scheme([])
     @_errors(400, 403, 404, 429)
     @validate_request(IncomingPost)

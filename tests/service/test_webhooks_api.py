@@ -96,7 +96,7 @@ async def test_incoming_webhooks_are_admin_only_and_shown_once(tenants_api: Tena
     body = {"channel_id": general["id"], "name": "CI"}
     assert (await api.post("/v1/workspaces/acme/incoming-webhooks", as_="bob", json=body)).status == 403
     created = await api.post("/v1/workspaces/acme/incoming-webhooks", as_="alice", json=body)
-    assert created.status == 201 and created.body["url"].startswith(f"/v1/hooks/acme/{created.body['id']}/")
+    assert created.status == 201 and created.body["url"].startswith(f"/v1/incoming-webhooks/acme/{created.body['id']}/")
     listed = (await api.get("/v1/workspaces/acme/incoming-webhooks", as_="alice")).body["incoming_webhooks"]
     assert [h["id"] for h in listed] == [created.body["id"]] and "url" not in listed[0]
     missing = await api.post("/v1/workspaces/acme/incoming-webhooks", as_="alice",
@@ -131,7 +131,7 @@ async def test_webhook_routes_are_in_openapi(tenants_api: TenantsApi) -> None:
     assert {"post", "get"} <= set(paths["/v1/workspaces/{slug}/webhooks"])
     assert "get" in paths["/v1/workspaces/{slug}/webhooks/{webhook_id}/deliveries"]
     assert "204" in paths["/v1/workspaces/{slug}/webhooks/{webhook_id}"]["delete"]["responses"]
-    incoming = paths["/v1/hooks/{slug}/{hook_id}/{token}"]["post"]
+    incoming = paths["/v1/incoming-webhooks/{slug}/{hook_id}/{token}"]["post"]
     assert incoming.get("security") == [] and {"200", "400", "404", "429"} <= set(incoming["responses"])
 
 
