@@ -9,16 +9,20 @@ command line works too: ``STORM_DATABASE_URL=… alembic -c db/alembic.ini upgra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from db import multiregion
+
+if TYPE_CHECKING:  # Alembic is imported when first used, quietly (see _quiet): it logs while importing
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -27,6 +31,8 @@ def alembic_config(url: str | None = None) -> Config:
     """An Alembic config for our migrations; ``url`` is used when no connection is injected (offline SQL
     generation, or env.py opening its own engine)."""
     # No ini file: embedded upgrades must not reconfigure the application's logging.
+    with _quiet():
+        from alembic.config import Config
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
@@ -39,12 +45,34 @@ def upgrade(sync_connection: Connection, revision: str = "head") -> None:
     the connection's transaction; the caller commits."""
     config = alembic_config()
     config.attributes["connection"] = sync_connection
-    command.upgrade(config, revision)
+    with _quiet():
+        from alembic import command
+
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Alembic logs every step at INFO (and a line per plugin when imported), which at each start-up is noise:
+    let only its warnings and errors through (a failing migration raises anyway), unless the application
+    logs at DEBUG (``storm -v``)."""
+    log = logging.getLogger("alembic")
+    if log.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    previous = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 def downgrade(sync_connection: Connection, revision: str = "base") -> None:
     config = alembic_config()
     config.attributes["connection"] = sync_connection
+    from alembic import command
+
     command.downgrade(config, revision)
 
 

@@ -25,6 +25,10 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"{cfg.host}:{cfg.port}"]
     hc.accesslog = None
+    if cfg.access_log:  # STORM_ACCESS_LOG: through the root logger's handlers, like the error log below
+        access_log = logging.getLogger("hypercorn.access")
+        access_log.setLevel(logging.INFO)
+        hc.accesslog = access_log
     # Hypercorn's error log goes through the root logger's handlers (and their SecretRedactor,
     # storm/redact.py) rather than a stderr handler of its own that nothing filters.
     error_log = logging.getLogger("hypercorn.error")

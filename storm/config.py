@@ -196,6 +196,10 @@ class Config:
         "text", "STORM_LOG_FORMAT", "`text` (one readable line) or `json` (one JSON object per line, Datadog's "
         "log attributes: service, env, version, status, logger.name, session/request id; secrets redacted).",
     )
+    access_log: bool = _setting(
+        False, "STORM_ACCESS_LOG", "Log one line per HTTP request (logger `hypercorn.access`, through the same "
+        "handlers, format and redaction as every other log line).",
+    )
     metrics_interval_s: float = _setting(
         2.0, "STORM_METRICS_INTERVAL_S", "How often local counters and sampled latencies are flushed to DogStatsD.",
     )

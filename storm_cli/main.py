@@ -38,7 +38,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from storm.adapters.dev_identity import DevIdentity
     from storm.bootstrap import build_services
     from storm_cli.apps import dev_app
-    from storm_tools.seed import DEMO_WORKSPACE, channel_id
+    from storm_tools.seed import DEMO_USERS, DEMO_WORKSPACE, channel_id
 
     cfg = _config(args, seed_demo=not args.no_seed)
     services = build_services(cfg)
@@ -47,13 +47,24 @@ def cmd_dev(args: argparse.Namespace) -> int:
     async def announce(app: Any) -> None:
         issuer = DevIdentity(cfg.dev_secret, ttl_s=cfg.token_ttl_s)
         token = issuer.issue("dev|alice", DEMO_WORKSPACE, "Alice")
-        print(f"STORM dev is running: {url}  (healthz: {url}healthz, websocket: ws://{cfg.host}:{cfg.port}/ws)",
-              flush=True)
+        lines = [
+            "", "STORM dev is running", "",
+            f"  Chat page   {url}   (a second window as another user: {url}?user=bob&connect=1)",
+            f"  WebSocket   ws://{cfg.host}:{cfg.port}/ws   (docs/protocol.md)",
+            f"  REST API    {url}v1/   (OpenAPI: {url}openapi.json; docs/tenants-api.md)",
+            f"  Health      {url}healthz",
+        ]
         if cfg.seed_demo:
-            print(f"demo workspace '{DEMO_WORKSPACE}', channel #general = {channel_id(DEMO_WORKSPACE, 'general')}",
-                  flush=True)
-            print(f"dev token (alice): {token}", flush=True)
-        print("press Ctrl-C to stop", flush=True)
+            lines += [
+                "", f"  Demo workspace '{DEMO_WORKSPACE}': users {', '.join(DEMO_USERS)}; "
+                f"#general = {channel_id(DEMO_WORKSPACE, 'general')}",
+                f"  Dev token of alice (valid {cfg.token_ttl_s // 60} min; `storm token bob` mints another):",
+                f"    {token}",
+                "", "  Next: open the chat page, or try the API:",
+                f"    curl -H 'Authorization: Bearer <token>' {url}v1/workspaces/{DEMO_WORKSPACE}/channels",
+            ]
+        lines += ["", "press Ctrl-C to stop", ""]
+        print("\n".join(lines), flush=True)
         if args.open and (os.environ.get("DISPLAY") or sys.platform == "darwin"):
             webbrowser.open(url)
 
