@@ -69,8 +69,21 @@ def create_app(
                 log.exception("error stopping %s", type(worker).__name__)
         await services.stop()
 
+    from pydantic import BaseModel
+    from quart_schema import document_response
+
+    class Health(BaseModel):
+        """`status` is "ok" (200), or "unavailable" (503: a backing service failed, or the gateway drains)."""
+
+        status: str
+        checks: dict[str, str]
+        connections: int
+
     @app.get("/healthz")
+    @document_response(Health, 200)
+    @document_response(Health, 503)
     async def healthz() -> tuple[Response, int]:
+        """Liveness and the backing services' health (the load balancer's check)."""
         checks = await services.health_checks()
         ok = all(v == "ok" for v in checks.values()) and gateway.accepting
         body = {"status": "ok" if ok else "unavailable", "checks": checks, "connections": gateway.connections}
@@ -109,15 +122,48 @@ def _register_dev_token(app: Quart, services: Services) -> None:
     (the config refuses the dev identity in production), and only for `[a-z0-9_-]` handles."""
     import re
 
+    from pydantic import BaseModel, Field
     from quart import request
+    from quart_schema import document_querystring, document_response
 
     from storm.adapters.dev_identity import DevIdentity
+
+    class DevTokenQuery(BaseModel):  # documents the query string (/openapi.json); parsed by hand below
+        user: str | None = Field(default=None, description="Handle `[a-z0-9_-]{1,32}`: the subject is `dev|<user>`.")
+        workspace: str = Field(default="demo", description="Slug the token is bound to, or `*`.")
+        user_id: str | None = Field(default=None, description="Instead of `user`: any existing user, by id.")
+
+    class DevToken(BaseModel):
+        token: str
+        expires_in: int = Field(description="Seconds until the token expires.")
+
+    class DevDirectoryMember(BaseModel):
+        user_id: str
+        name: str
+        role: str
+        handle: str | None = Field(description="The `user` of /dev/token for a `dev|` subject, else null.")
+
+    class DevDirectoryWorkspace(BaseModel):
+        slug: str
+        name: str
+        members: list[DevDirectoryMember]
+
+    class DevDirectory(BaseModel):
+        workspaces: list[DevDirectoryWorkspace]
+
+    class DevTokenError(BaseModel):
+        error: dict[str, str] = Field(description="`{code, message, field}`: `bad_request` (400), `not_found` (404).")
 
     handle_re = re.compile(r"^[a-z0-9_-]{1,32}$")
     issuer = DevIdentity(services.config.dev_secret, ttl_s=services.config.token_ttl_s)
 
     @app.get("/dev/token")
+    @document_querystring(DevTokenQuery)
+    @document_response(DevToken, 200)
+    @document_response(DevTokenError, 400)
+    @document_response(DevTokenError, 404)
     async def dev_token() -> tuple[Response, int]:
+        """A dev token for the chat page (embedded dev mode only)."""
         user = request.args.get("user", "")
         workspace = request.args.get("workspace", "demo")
         for name, value in (("user", user), ("workspace", workspace)):
@@ -143,6 +189,7 @@ def _register_dev_token(app: Quart, services: Services) -> None:
         return jsonify({"token": token, "expires_in": services.config.token_ttl_s}), 200
 
     @app.get("/dev/directory")
+    @document_response(DevDirectory, 200)
     async def dev_directory() -> tuple[Response, int]:
         """Every workspace (the first 100 by slug) with its members: the page's workspace and user picker."""
         out = []

@@ -8,6 +8,7 @@ runs through :func:`_authenticate` before its body is looked at, so the order of
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from quart_schema import (
     validate_request,
     validate_response,
 )
+from quart_schema.openapi import OpenAPIProvider
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, QuerystringValidationError
 from werkzeug.exceptions import BadRequest as HTTPBadRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -60,7 +62,7 @@ def register(app: Quart, services: Services, *, prefix: str = "/v1") -> None:
     if existing is None:
         QuartSchema(app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
                     swagger_ui_path=None, info=Info(title="STORM tenants API", version="1"),
-                    security_schemes={BEARER: scheme})
+                    security_schemes={BEARER: scheme}, openapi_provider_class=_OpenAPI)
     else:  # another part of the app initialised quart-schema: just add our scheme
         existing.security_schemes = {**(existing.security_schemes or {}), BEARER: scheme}
     app.register_blueprint(bp, url_prefix=prefix)
@@ -72,6 +74,15 @@ def register(app: Quart, services: Services, *, prefix: str = "/v1") -> None:
 
 
 # -- request context ---------------------------------------------------------------------------------------
+class _OpenAPI(OpenAPIProvider):
+    """quart-schema's provider, except that a ``NoContent`` response (204) is documented without a body."""
+
+    def build_response_object(self, model: Any, headers_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        if getattr(model, "__name__", "") == "NoContent":
+            return {"description": inspect.getdoc(model) or "No content"}, {}
+        return super().build_response_object(model, headers_model)
+
+
 def _services() -> Services:
     services: Services = current_app.extensions["storm"]
     return services
@@ -191,6 +202,7 @@ async def get_workspace(slug: str) -> s.WorkspaceOut:
 
 @bp.delete("/workspaces/<slug>")
 @_errors(401, 403, 404)
+@document_response(s.NoContent, 204)
 async def delete_workspace(slug: str) -> tuple[str, int]:
     """Delete the workspace with all its members, channels and messages (owners only)."""
     await service.delete_workspace(_services(), _principal())
@@ -242,6 +254,7 @@ async def change_role(slug: str, user_id: str, data: s.MemberUpdate) -> s.Member
 
 @bp.delete("/workspaces/<slug>/members/<user_id>")
 @_errors(400, 401, 403, 404, 409)
+@document_response(s.NoContent, 204)
 async def remove_member(slug: str, user_id: str) -> tuple[str, int]:
     """Remove a member (admins), or leave (anyone); never the last owner."""
     await service.remove_member(_services(), _principal(), _uuid(user_id, "user_id"))
@@ -250,6 +263,7 @@ async def remove_member(slug: str, user_id: str) -> tuple[str, int]:
 
 @bp.post("/workspaces/<slug>/members/<user_id>/ban")
 @_errors(400, 401, 403, 404, 409)
+@document_response(s.NoContent, 204)
 async def ban_member(slug: str, user_id: str) -> tuple[str, int]:
     """Remove a member, close their sockets (4010) and refuse their tokens for `STORM_BAN_TTL_S` (admins)."""
     await service.ban_member(_services(), _principal(), _uuid(user_id, "user_id"))
@@ -258,6 +272,7 @@ async def ban_member(slug: str, user_id: str) -> tuple[str, int]:
 
 @bp.post("/workspaces/<slug>/logout")
 @_errors(401, 403, 404, 503)
+@document_response(s.NoContent, 204)
 async def logout(slug: str) -> tuple[str, int]:
     """Revoke the presented token and close the caller's sockets in the workspace (4010)."""
     await service.logout(_services(), _principal())
@@ -309,6 +324,7 @@ async def add_channel_member(slug: str, channel_id: str, data: s.ChannelMemberAd
 
 @bp.delete("/workspaces/<slug>/channels/<channel_id>/members/<user_id>")
 @_errors(400, 401, 403, 404)
+@document_response(s.NoContent, 204)
 async def remove_channel_member(slug: str, channel_id: str, user_id: str) -> tuple[str, int]:
     """Remove a member from a private channel (its members or admins)."""
     await service.remove_channel_member(_services(), _principal(), _uuid(channel_id, "channel_id"),

@@ -10,10 +10,11 @@ import logging
 from typing import Any
 
 from quart import Quart
-from quart_schema import security_scheme
+from quart_schema import document_response, security_scheme
 
 from storm.bootstrap import Services
 from tenants.api import register
+from tenants.schemas import Health
 
 log = logging.getLogger("storm.tenants")
 
@@ -24,6 +25,8 @@ def create_app(services: Services) -> Quart:
 
     @app.get("/healthz")
     @security_scheme([])
+    @document_response(Health, 200)
+    @document_response(Health, 503)
     async def healthz() -> tuple[dict[str, Any], int]:
         """Liveness and database reachability: 200 when the store answers, 503 otherwise."""
         try:

@@ -76,6 +76,16 @@ class HistoryQuery(_Request):
 
 
 # -- responses --------------------------------------------------------------------------------------------
+class Health(BaseModel):
+    """`status` is "ok" (200) or "unavailable" (503: the store does not answer)."""
+
+    status: str
+
+
+class NoContent(BaseModel):
+    """No content: the response has no body."""
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
