@@ -197,11 +197,13 @@ def _register_dev_token(app: Quart, services: Services) -> None:
             for ws in await uow.workspaces.list(limit=100):
                 members = await uow.memberships.list(ws.id)
                 users = {u.id: u for u in await uow.users.get_many([m.user_id for m in members])}
-                out.append({"slug": ws.slug, "name": ws.name, "members": sorted(
-                    ({"user_id": str(m.user_id), "name": users[m.user_id].name, "role": m.role.value,
-                      "handle": users[m.user_id].subject.removeprefix("dev|")
-                      if users[m.user_id].subject.startswith("dev|") else None}
-                     for m in members if m.user_id in users), key=lambda x: str(x["name"]).lower())})
+                rows: list[dict[str, str | None]] = [
+                    {"user_id": str(m.user_id), "name": users[m.user_id].name, "role": m.role.value,
+                     "handle": users[m.user_id].subject.removeprefix("dev|")
+                     if users[m.user_id].subject.startswith("dev|") else None}
+                    for m in members if m.user_id in users]
+                rows.sort(key=lambda x: (x["name"] or "").lower())
+                out.append({"slug": ws.slug, "name": ws.name, "members": rows})
         return jsonify({"workspaces": out}), 200
 
 
