@@ -58,7 +58,7 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("phase") == "driven":
         ws = Workspace.from_dict(state["workspace"])
-        verdict = _judge_method(ws, float(database_wait_s), gated, set(state.get("baseline_met", [])))
+        verdict = _judge_method(ws, float(database_wait_s), gated, set(state.get("baseline_missed", [])))
         state["phase"] = "judged"
         _delete_workspace(ws)
     else:
@@ -71,8 +71,8 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
 
 
 def _baseline(connections: int, slow_fraction: float, baseline_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Provision the run's workspace and judge a short load: nothing lost, duplicated or reordered.  Which SLOs
-    the baseline meets is recorded: only those can gate the method."""
+    """Provision the run's workspace and judge a short load: nothing lost, duplicated or reordered.  The SLOs
+    the baseline misses are recorded: those cannot gate the method."""
     c = ctx.context()
     api = next(ch for ch in ctx.children() if ch.role == "api")
     cfg = DriverConfig(connections=connections, slow_fraction=slow_fraction)
@@ -84,14 +84,14 @@ def _baseline(connections: int, slow_fraction: float, baseline_s: float) -> tupl
     result = score(records.as_dict())
     verdicts = [v.as_dict() for v in evaluate(result, records.metrics)]
     clean = not (result["lost"] or result["duplicates"] or result["inversions"] or result["unacked"])
-    met = [v["slo"] for v in verdicts if v["ok"]]
-    verdict = {"phase": "before", "ok": clean, "workspace": ws.slug, "integrity_ok": clean, "baseline_met": met,
-               "slos": verdicts, "figures": result}
-    return verdict, {"phase": "baseline", "workspace": ws.as_dict(), "baseline_met": met}
+    missed = [v["slo"] for v in verdicts if v["ok"] is False]
+    verdict = {"phase": "before", "ok": clean, "workspace": ws.slug, "integrity_ok": clean,
+               "baseline_missed": missed, "slos": verdicts, "figures": result}
+    return verdict, {"phase": "baseline", "workspace": ws.as_dict(), "baseline_missed": missed}
 
 
 def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
-                  baseline_met: set[str]) -> dict[str, Any]:
+                  baseline_missed: set[str]) -> dict[str, Any]:
     records = json.loads((ctx.run_dir() / "traffic.json").read_text())
     acked = {s["cmid"] for s in records["sent"] if s.get("message_id")}
     database_url = ctx.context()["database_url"]
@@ -106,7 +106,7 @@ def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
         row = v.as_dict()
         if gated is not None and v.slo not in gated:
             row["judged"] = "reported only (a degradation by design: see the experiment's description)"
-        elif v.slo not in baseline_met and v.slo != "acked_delivered":
+        elif v.slo in baseline_missed and v.slo != "acked_delivered":
             row["judged"] = "reported only (missed in the baseline, before any fault)"
         else:
             row["judged"] = "gates"
@@ -116,6 +116,15 @@ def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
     ok = clean and all(v["ok"] is not False for v in verdicts if v["judged"] == "gates")
     return {"phase": "after", "ok": ok, "workspace": ws.slug, "integrity_ok": clean, "gate": sorted(gated or [])
             or "all", "slos": verdicts, "figures": result}
+
+
+def delete_leftover(run_dir: Any) -> None:
+    """The workspace of a run that did not reach its verdict (interrupted, failed before the end)."""
+    path = run_dir / "state.json"
+    if path.exists():
+        state = json.loads(path.read_text())
+        if state.get("workspace") and state.get("phase") != "judged":
+            _delete_workspace(Workspace.from_dict(state["workspace"]))
 
 
 def _delete_workspace(ws: Workspace) -> None:

@@ -191,7 +191,11 @@ class Session:
 
     def close(self) -> None:
         from db.admin import drop_database
+        from storm_tools.chaos.probes import delete_leftover
 
+        for run_dir in sorted(p for p in self.report.iterdir() if p.is_dir()):
+            with contextlib.suppress(Exception):  # best effort: the API may be what failed
+                delete_leftover(run_dir)
         if self.cluster is not None and self.cluster.poll() is None:
             say(f"stopping storm cluster (pid {self.cluster.pid})")
             self.cluster.send_signal(signal.SIGTERM)

@@ -55,7 +55,9 @@ def test_gateway_sigkill_and_postgres_latency_hold_through_chaos_run(
         [sys.executable, "-m", "storm_cli", "chaos", "run", *EXPERIMENTS, "--no-services", "--connections", "40",
          "--duration", "30", "--report", str(report), "--experiment-timeout", "240"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
-    tail = f"stderr:\n{run.stderr[-4000:]}\nstdout:\n{run.stdout[-2000:]}"
+    cluster_log = report / "cluster.log"
+    tail = (f"stderr:\n{run.stderr[-4000:]}\nstdout:\n{run.stdout[-2000:]}\ncluster.log:\n"
+            + (cluster_log.read_text(errors="replace")[-6000:] if cluster_log.exists() else "(none)"))
 
     summary = json.loads((report / "summary.json").read_text())
     assert [row["experiment"] for row in summary["experiments"]] == list(EXPERIMENTS), tail

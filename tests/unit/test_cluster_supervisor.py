@@ -148,3 +148,31 @@ def test_quick_exits_back_off_and_a_long_run_resets_the_backoff(tmp_path: Path) 
     cluster.supervise_once(now=RESTART_RESET_S + 10)  # ran longer than the reset: back to 0.5 s
 
     assert gw1.restart_at == pytest.approx(RESTART_RESET_S + 10.5) and gw1.quick_exits == 1
+
+
+class RecordingBroker:
+    """A broker that only records the work filter it is given (storm.ports.broker.WorkScope)."""
+
+    def __init__(self) -> None:
+        self.work_filter: Any = None
+
+    def limit_work_to(self, workspace_filter: Any) -> None:
+        self.work_filter = workspace_filter
+
+
+@pytest.mark.parametrize(("prefix", "limited"), [("chaos-", True), ("", False)])
+def test_consumers_take_only_the_workspaces_of_their_prefix(prefix: str, limited: bool) -> None:
+    from storm.bootstrap import build_services
+    from storm.config import Config
+    from storm_cli.cluster import create_consumers_app
+
+    broker = RecordingBroker()
+    services = build_services(Config.from_env({"STORM_CONSUMER_WORKSPACE_PREFIX": prefix}))  # memory adapters
+    services.broker = broker  # type: ignore[assignment]
+
+    create_consumers_app(services)
+
+    if limited:
+        assert broker.work_filter("chaos-1a2b") and not broker.work_filter("rs-1a2b")
+    else:
+        assert broker.work_filter is None  # one deployment per Pulsar: every workspace
