@@ -1,4 +1,4 @@
-"""The SLOs of slo/slos.yaml, loaded and evaluated over locally collected metrics (docs/observability.md).
+"""The SLOs of storm_tools/slos.yaml, loaded and evaluated over locally collected metrics (docs/observability.md).
 
 The same file generates the Datadog SLOs (:mod:`storm_tools.datadog_tf`); here its SLIs are computed from
 the DogStatsD points a local run emitted, gathered by :class:`storm_tools.statsd.Collector` (``storm top``'s
@@ -27,13 +27,12 @@ from typing import Any
 
 from storm_tools.statsd import Collector, Point, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PATH = ROOT / "slo" / "slos.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parent / "slos.yaml"  # package data: found by an installed storm too
 _TERM = re.compile(r"^(?P<sign>[+-]?)(?P<metric>[a-z][a-z0-9_.]*)(?:\{(?P<tags>[^}]*)\})?$")
 
 
 class SloError(ValueError):
-    """slo/slos.yaml is malformed; the message says where."""
+    """storm_tools/slos.yaml is malformed; the message says where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +139,7 @@ def load(path: Path = DEFAULT_PATH) -> Definitions:
     try:
         import yaml
     except ModuleNotFoundError:  # pragma: no cover - pyyaml is a dev dependency
-        raise SloError("reading slo/slos.yaml needs PyYAML: pip install pyyaml") from None
+        raise SloError("reading storm_tools/slos.yaml needs PyYAML: pip install pyyaml") from None
     return parse(yaml.safe_load(path.read_text()))
 
 
