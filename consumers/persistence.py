@@ -35,6 +35,7 @@ from storm.lifecycle import Lifecycle
 from storm.ports.broker import Delivery, WorkSubscription
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
+from storm.webhooks import MEMBERS_LOG
 
 log = logging.getLogger("storm.consumers.persistence")
 
@@ -72,7 +73,7 @@ def handle(deliveries: Sequence[Delivery], workspace_ids: dict[str, uuid.UUID]) 
     for d in deliveries:
         r = d.record
         ws_id = workspace_ids.get(r.workspace)
-        if ws_id is None:
+        if ws_id is None or r.channel == MEMBERS_LOG:  # the membership log is for webhooks, not history
             continue
         try:
             ev = e.decode_record(r.payload)

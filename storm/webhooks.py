@@ -37,7 +37,13 @@ MESSAGE_EDITED = "message.edited"
 MESSAGE_DELETED = "message.deleted"
 REACTION_ADDED = "reaction.added"
 REACTION_REMOVED = "reaction.removed"
-EVENT_TYPES = (MESSAGE_POSTED, MESSAGE_EDITED, MESSAGE_DELETED, REACTION_ADDED, REACTION_REMOVED)
+MEMBER_JOINED = "member.joined"
+MEMBER_LEFT = "member.left"
+MEMBER_EVENTS = (MEMBER_JOINED, MEMBER_LEFT)
+EVENT_TYPES = (MESSAGE_POSTED, MESSAGE_EDITED, MESSAGE_DELETED, REACTION_ADDED, REACTION_REMOVED, *MEMBER_EVENTS)
+# Membership changes go on a log of their own in the workspace, beside the channel logs, so the webhook
+# worker reads them the same way.  No client can name it: channel ids are UUIDs.
+MEMBERS_LOG = "_members"
 
 # The header scheme (docs/security.md "Webhooks").
 HEADER_ID = "Storm-Webhook-Id"
@@ -131,6 +137,8 @@ def event_of(workspace: str, channel: str, offset: int, payload: bytes) -> Webho
     elif kind == "reaction":
         event_type = REACTION_REMOVED if raw.get("remove") else REACTION_ADDED
         raw.pop("remove", None)
+    elif kind in MEMBER_EVENTS:
+        event_type = kind
     elif kind in ("typing", "presence.join", "presence.leave"):
         return None
     else:
@@ -139,7 +147,8 @@ def event_of(workspace: str, channel: str, offset: int, payload: bytes) -> Webho
     raw.pop("channel", None)
     raw.pop("cmid", None)  # the author's client id: not the receiver's business
     event_id = str(uuid.uuid5(_EVENT_NS, f"{workspace}/{channel}/{offset}"))
-    return WebhookEvent(id=event_id, type=event_type, workspace=workspace, channel=channel, offset=offset,
+    shown = "" if channel == MEMBERS_LOG else channel  # membership events belong to no channel
+    return WebhookEvent(id=event_id, type=event_type, workspace=workspace, channel=shown, offset=offset,
                         ts=float(ts) if isinstance(ts, int | float) else 0.0, data=raw)
 
 
@@ -148,9 +157,23 @@ def encode_event(event: WebhookEvent) -> bytes:
 
 
 def matches(webhook: Webhook, event: WebhookEvent) -> bool:
+    """The event's type is one the webhook asked for, and its channel one of the webhook's channels (when
+    it names any; membership events belong to the workspace, so the channel filter does not apply)."""
     if event.type not in webhook.events:
         return False
-    return not webhook.channels or uuid.UUID(event.channel) in webhook.channels
+    return event.type in MEMBER_EVENTS or not webhook.channels or uuid.UUID(event.channel) in webhook.channels
+
+
+def member_record(kind: str, user_id: uuid.UUID, ts: float, *, name: str = "", role: str = "") -> bytes:
+    """The payload of a membership change on :data:`MEMBERS_LOG` (``member.joined`` carries name and role)."""
+    if kind not in MEMBER_EVENTS:
+        raise ValueError(f"not a membership event: {kind!r}")
+    record: dict[str, Any] = {"type": kind, "user": str(user_id), "ts": ts}
+    if name:
+        record["name"] = name
+    if role:
+        record["role"] = role
+    return _encoder.encode(record)
 
 
 # -- signatures -------------------------------------------------------------------------------------------------

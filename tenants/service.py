@@ -45,6 +45,8 @@ from storm.ports.store import UnitOfWork
 from storm.protocol import chat
 from storm.protocol.events import HistoryMessage
 from storm.protocol.quota import WORKSPACE_PRESENCE
+from storm.webhooks import MEMBER_JOINED, MEMBER_LEFT
+from tenants.webhooks import publish_member_events
 
 log = logging.getLogger("storm.tenants")
 
@@ -227,6 +229,7 @@ async def add_member(
         raise Conflict("already a member of this workspace", field="subject") from None
     await services.directory.forget_member(ws.slug, user.id)
     await _member_quota(services, ws, added=user.id)
+    await publish_member_events(services, ws, MEMBER_JOINED, [(user.id, user.name, new_role.value)])
     return MemberView(user.id, user.name, new_role)
 
 
@@ -243,9 +246,11 @@ async def add_members(
     if len({subject for subject, _, _ in entries}) != len(entries):
         raise BadRequest("each subject may be listed once", field="members")
     ws = p.workspace
+    joined: list[MemberView] = []  # for the member.joined webhook events, once committed
 
     async def tx(uow: UnitOfWork) -> list[MemberView]:
         views: list[MemberView] = []
+        joined.clear()  # store.run may run this again
         added = 0
         for (subject, name, _), role in zip(entries, roles, strict=True):
             user = await uow.users.get_by_subject(subject)
@@ -258,6 +263,7 @@ async def add_members(
             if current is None:
                 await uow.memberships.add(Membership(ws.id, user.id, role))
                 added += 1
+                joined.append(MemberView(user.id, user.name, role))
             views.append(MemberView(user.id, user.name, current.role if current else role))
         if added and await uow.memberships.count(ws.id) > ws.quotas.max_members:
             raise QuotaExceeded(f"the {ws.plan} plan allows {ws.quotas.max_members} members", field="members")
@@ -266,6 +272,7 @@ async def add_members(
     views = await services.store.run(tx)
     for view in views:
         await services.directory.forget_member(ws.slug, view.user_id)
+    await publish_member_events(services, ws, MEMBER_JOINED, [(v.user_id, v.name, v.role.value) for v in joined])
     return views
 
 
@@ -402,6 +409,7 @@ async def _remove(services: Services, p: Principal, user_id: uuid.UUID) -> str:
     await services.directory.forget_member(ws.slug, user_id)
     for channel_id in private_channels:
         await services.directory.forget_channel(ws.slug, channel_id, user_id)
+    await publish_member_events(services, ws, MEMBER_LEFT, [(user_id, "", "")])
     return subject
 
 

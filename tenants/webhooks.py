@@ -12,8 +12,9 @@ refused or accepted exactly as a ``publish`` of that text would be.
 from __future__ import annotations
 
 import hmac
+import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,7 @@ from quart_schema import (
 
 from storm.bootstrap import Services
 from storm.directory import Principal
-from storm.domain import Channel, Role, User
+from storm.domain import Channel, Role, User, Workspace
 from storm.errors import BadRequest, Forbidden, NotFound, QuotaExceeded, StormError
 from storm.ports.identity import Claims
 from storm.ports.store import UnitOfWork
@@ -42,17 +43,21 @@ from storm.protocol.context import CLAIM_IN_DOUBT_MARGIN_S
 from storm.ratelimit import SharedLimiter
 from storm.webhooks import (
     EVENT_TYPES,
+    MEMBERS_LOG,
     DeliveryAttempt,
     DeliveryStatus,
     IncomingWebhook,
     Webhook,
     check_url,
+    member_record,
     new_secret,
     new_token,
     private_targets_allowed,
     token_hash,
 )
 from tenants import schemas as s
+
+log = logging.getLogger("storm.tenants.webhooks")
 
 MAX_WEBHOOKS = 20  # outgoing webhooks per workspace
 MAX_INCOMING = 50  # incoming webhooks per workspace
@@ -167,6 +172,29 @@ async def delete_incoming(services: Services, p: Principal, hook_id: uuid.UUID) 
         raise NotFound("no such incoming webhook", field="hook_id")
 
 
+async def publish_member_events(services: Services, ws: Workspace, kind: str,
+                                members: Sequence[tuple[uuid.UUID, str, str]]) -> None:
+    """After a membership change committed: one record per ``(user_id, name, role)`` on the workspace's
+    membership log (``member.joined``/``member.left``), for the webhook worker.  Only when one of the
+    workspace's webhooks asks for ``kind`` (one store read otherwise), so provisioning costs nothing more
+    without such a webhook.  A failure is logged and the change stands: the events are lost
+    (docs/consumers.md "The webhook worker")."""
+    if not members:
+        return
+
+    async def load(uow: UnitOfWork) -> list[Webhook]:
+        return await uow.webhooks.list(ws.id)
+
+    try:
+        if not any(kind in hook.events for hook in await services.store.run(load)):
+            return
+        for user_id, name, role in members:
+            record = member_record(kind, user_id, services.clock.time(), name=name, role=role)
+            await services.broker.publish(ws.slug, MEMBERS_LOG, record)
+    except Exception as exc:  # the membership change committed; only its webhook events are lost
+        log.warning("could not publish %s events ws=%s: %r", kind, ws.slug, exc)
+
+
 @dataclass
 class IncomingPoster:
     """What an incoming post needs beyond the services: the chat rules and the shared rate limiter."""
@@ -231,7 +259,8 @@ class IncomingPoster:
 
 
 # -- models -------------------------------------------------------------------------------------------------
-EventType = Literal["message.posted", "message.edited", "message.deleted", "reaction.added", "reaction.removed"]
+EventType = Literal["message.posted", "message.edited", "message.deleted", "reaction.added", "reaction.removed",
+                    "member.joined", "member.left"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 
 

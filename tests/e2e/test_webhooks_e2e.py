@@ -261,3 +261,15 @@ async def test_incoming_webhook_posts_as_a_bot_validated_and_rate_limited(api: A
         assert sum(p.status_code == 200 for p in statuses) < 15
     finally:
         await bob.ws.close()
+
+
+async def test_member_joined_reaches_a_real_receiver(api: Api, receiver: Receiver) -> None:
+    r = await api.call("POST", "/webhooks", json={"url": receiver.url("/members"), "events": ["member.joined"]})
+    assert r.status_code == 201, r.text
+    receiver.secrets["/members"] = r.json()["secret"]
+    added = await api.call("POST", "/members", json={"subject": "dev|erin", "name": "Erin"})
+    assert added.status_code == 201, added.text
+    [got] = await receiver.wait("/members", 1)
+    body = json.loads(got.body)
+    assert got.valid and body["type"] == "member.joined" and body["workspace"] == "demo"
+    assert body["data"] == {"user": added.json()["user_id"], "name": "Erin", "role": "member"}

@@ -4,6 +4,7 @@ and store with a scripted HTTP seam.  The real receiver is in tests/e2e/test_web
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from consumers.webhooks import DeliveryFailed, WebhookWorker
+from storm.adapters.memory_broker import MemoryBroker
 from storm.bootstrap import Services
 from storm.config import Config
 from storm.domain import Workspace
@@ -310,3 +312,39 @@ async def test_records_of_a_deleted_workspace_are_dropped(worker_env: Any) -> No
         await _until(lambda: worker.stats["records"] == 1)
         await _until(lambda: services.broker.dead_letters("webhooks") == [] and worker.stats["events"] == 0)
     assert poster.calls == [] and await services.broker.work_backlog("webhooks") == 0
+
+
+async def test_membership_changes_reach_webhooks_and_stay_out_of_history(tenants_api: TenantsApi) -> None:
+    from consumers.persistence import PersistenceWorker
+
+    api = tenants_api
+    await api.workspace("acme")
+    hook = (await api.post("/v1/workspaces/acme/webhooks", as_="alice",
+                           json={"url": "https://hooks.example.com/m", "events": ["member.joined", "member.left"],
+                                 "channels": [(await api.channel("acme", "general"))["id"]]})).body
+    poster = ScriptedPoster({})
+    persistence = PersistenceWorker(api.services)
+    async with WebhookWorker(api.services, poster=poster) as worker, persistence:
+        bob = await api.member("acme", "bob")
+        r = await api.post("/v1/workspaces/acme/members/bulk", as_="alice",
+                           json={"members": [{"subject": "dev|carol"}, {"subject": "dev|bob"}]})
+        assert r.status == 200, r.body
+        assert (await api.delete(f"/v1/workspaces/acme/members/{bob}", as_="alice")).status == 204
+        await _until(lambda: worker.stats["delivered"] == 3)
+        await _until(lambda: persistence.stats["records"] == 3)
+    bodies = [json.loads(body) for _, _, body in poster.calls]
+    assert sorted((b["type"], b["data"].get("name")) for b in bodies) == [
+        ("member.joined", "Bob"), ("member.joined", "carol"), ("member.left", None)]  # bob was already there
+    assert all(b["channel"] == "" and b["workspace"] == "acme" for b in bodies)
+    broker = api.services.broker
+    assert isinstance(broker, MemoryBroker)
+    assert broker.dead_letters("persistence") == []  # the membership log is not poison to it
+    assert persistence.stats["dead_lettered"] == 0
+    assert hook["events"] == ["member.joined", "member.left"]
+
+
+async def test_no_membership_records_without_a_webhook_that_wants_them(tenants_api: TenantsApi) -> None:
+    api = tenants_api
+    await api.workspace("acme")
+    await api.member("acme", "bob")
+    assert await api.services.broker.head("acme", "_members") == 0

@@ -131,3 +131,20 @@ def test_production_refuses_plain_http_private_targets_and_credentials(url: str)
 
 def test_embedded_mode_allows_loopback_http() -> None:
     assert check_url("http://127.0.0.1:9999/hook", allow_private=True)
+
+
+def test_membership_events_belong_to_the_workspace_not_a_channel() -> None:
+    from storm.webhooks import MEMBERS_LOG, member_record
+
+    user = uuid.uuid4()
+    ev = event_of("acme", MEMBERS_LOG, 3, member_record("member.joined", user, 5.0, name="Bob", role="member"))
+    assert ev is not None and ev.type == "member.joined" and ev.channel == "" and ev.ts == 5.0
+    assert ev.data == {"user": str(user), "name": "Bob", "role": "member"}
+    left = event_of("acme", MEMBERS_LOG, 4, member_record("member.left", user, 6.0))
+    assert left is not None and left.data == {"user": str(user)}
+    only_a_channel = Webhook(uuid.uuid4(), uuid.uuid4(), "https://a.example", "s", ("member.joined",),
+                             channels=(uuid.uuid4(),))
+    d = Delivery(Record("acme", MEMBERS_LOG, 3, member_record("member.joined", user, 5.0)), 1, None)
+    assert handle(d, [only_a_channel]).webhooks == (only_a_channel,)  # the channel filter does not apply
+    with pytest.raises(ValueError):
+        member_record("member.exploded", user, 1.0)
