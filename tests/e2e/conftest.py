@@ -11,38 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import topology as topology_support
-from tests.support.dev_server import StormProcess
+from tests.support.dev_server import StormProcess, free_port, healthy
 from tests.support.topology import Topology, running_topology
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -62,7 +45,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def storm_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start `python -m storm_cli.main dev` on a free port with its own SQLite file; yield its base URL."""
     tmp = tmp_path_factory.mktemp("storm-dev")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/e2e.db", "PYTHONUNBUFFERED": "1"}
     stdout_path, stderr_path = tmp / "stdout.log", tmp / "stderr.log"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
@@ -73,7 +56,7 @@ def storm_dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(f"{base}/healthz"):
+        while not healthy(f"{base}/healthz"):
             if proc.poll() is not None:
                 pytest.fail(f"storm dev exited with {proc.returncode} before becoming healthy:\n"
                             f"{stderr_path.read_text(errors='replace')[-4000:]}")

@@ -16,15 +16,13 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import venv
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_sdk_docs_example import example_source
-from tests.support.dev_server import ROOT, free_port
+from tests.support.dev_server import ROOT, free_port, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sdk]
 
@@ -94,14 +92,6 @@ def test_the_sdk_installs_without_any_server_dependency(sdk_python: Path, tmp_pa
         assert "ModuleNotFoundError" in probe.stderr
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def test_the_docs_example_runs_with_only_the_sdk_against_a_plain_storm_dev(
         server_python: Path, sdk_python: Path, tmp_path: Path) -> None:
     port = free_port()
@@ -111,7 +101,7 @@ def test_the_docs_example_runs_with_only_the_sdk_against_a_plain_storm_dev(
                             stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not _healthy(f"http://127.0.0.1:{port}/healthz"):
+        while not healthy(f"http://127.0.0.1:{port}/healthz"):
             assert proc.poll() is None, (tmp_path / "storm-dev.log").read_text(errors="replace")[-4000:]
             assert time.monotonic() < deadline, "the plain install's storm dev did not become healthy"
             time.sleep(0.2)

@@ -15,8 +15,8 @@ import pytest
 import websockets
 
 from gateway.frames import OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT
-from tests.e2e.conftest import ROOT, _free_port, _healthy
 from tests.e2e.test_gateway_ws import GENERAL, Client, _token
+from tests.support.dev_server import ROOT, free_port, healthy
 from tests.unit.test_frames import client_frame
 
 pytestmark = pytest.mark.e2e
@@ -141,7 +141,7 @@ async def test_a_foreign_origin_is_refused_with_403_before_the_upgrade(storm_dev
 
 
 async def test_connections_per_address_over_the_limit_get_429(tmp_path: Any) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/l.db",
            "STORM_MAX_CONNECTIONS_PER_IP": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
@@ -149,7 +149,7 @@ async def test_connections_per_address_over_the_limit_get_429(tmp_path: Any) -> 
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
-            if _healthy(f"{base}/healthz"):
+            if healthy(f"{base}/healthz"):
                 break
             await asyncio.sleep(0.1)
         held = [await _upgraded(base), await _upgraded(base)]
@@ -243,7 +243,7 @@ async def test_a_deep_tmpdir_does_not_break_hypercorns_unix_socket(tmp_path: Any
     goes under /tmp instead, and HTTP still reaches Quart through the pipe."""
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/t.db", "TMPDIR": str(deep)}
     log = tmp_path / "stderr.log"
     with log.open("wb") as err:
@@ -251,10 +251,10 @@ async def test_a_deep_tmpdir_does_not_break_hypercorns_unix_socket(tmp_path: Any
                                 env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         for _ in range(300):
-            if _healthy(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None:
+            if healthy(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None:
                 break
             await asyncio.sleep(0.1)
-        assert _healthy(f"http://127.0.0.1:{port}/healthz"), log.read_text(errors="replace")[-2000:]
+        assert healthy(f"http://127.0.0.1:{port}/healthz"), log.read_text(errors="replace")[-2000:]
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -155,9 +155,9 @@ async def test_a_signal_drains_with_1012_and_a_retry_hint_and_exits_within_the_b
     import sys
     import time
 
-    from tests.e2e.conftest import ROOT, _free_port, _healthy
+    from tests.support.dev_server import ROOT, free_port, healthy
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
            "STORM_DRAIN_TIMEOUT_S": "4", "STORM_DRAIN_RECONNECT_SPREAD_S": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
@@ -165,7 +165,7 @@ async def test_a_signal_drains_with_1012_and_a_retry_hint_and_exits_within_the_b
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
-            if _healthy(f"{base}/healthz"):
+            if healthy(f"{base}/healthz"):
                 break
             await asyncio.sleep(0.1)
         clients = [await Client.connect(base, user) for user in ("alice", "bob", "dave")]
@@ -228,10 +228,10 @@ async def test_a_client_that_stops_reading_is_closed_4008_while_a_reader_gets_ev
     import subprocess
     import sys
 
-    from tests.e2e.conftest import ROOT, _free_port, _healthy
+    from tests.support.dev_server import ROOT, free_port, healthy
 
     total, body = 2500, "x" * 4000  # ≈ 10 MB: more than the kernel buffers of one loopback socket hold
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
            "STORM_OUTBOX_MAX_EVENTS": "200", "STORM_PUBLISH_RATE": "100000", "STORM_PUBLISH_BURST": "100000",
            "STORM_USER_PUBLISH_RATE": "100000", "STORM_USER_PUBLISH_BURST": "100000",
@@ -241,7 +241,7 @@ async def test_a_client_that_stops_reading_is_closed_4008_while_a_reader_gets_ev
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
-            if _healthy(f"{base}/healthz"):
+            if healthy(f"{base}/healthz"):
                 break
             await asyncio.sleep(0.1)
         url = base.replace("http", "ws") + "/ws"

@@ -30,7 +30,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """True when ``url`` answers 200 within 2 s."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return bool(resp.status == 200)
@@ -61,7 +62,7 @@ class StormProcess:
                 cwd=ROOT, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(f"{self.base}/healthz"):
+        while not healthy(f"{self.base}/healthz"):
             if self.proc.poll() is not None:
                 pytest.fail(f"storm dev exited with {self.proc.returncode}:\n"
                             f"{stderr.read_text(errors='replace')[-4000:]}")
