@@ -706,7 +706,16 @@
     refreshComposer();
   }
 
+  // edit, delete and react act on stored messages: on a message published a moment ago they get
+  // `not_found` until the persistence consumer has stored it, so they are retried a few times first.
+  function retryOnMessage(ev, req) {
+    if (!req || !req.fields || ev.code !== "not_found" || ev.field === "channel" || (req.tries || 0) >= 6) return false;
+    setTimeout(() => request(req.op, req.fields, { ...req, tries: (req.tries || 0) + 1 }), 150 * 2 ** (req.tries || 0));
+    return true;
+  }
+
   function onError(ev, req) {
+    if (retryOnMessage(ev, req)) return;
     const extra = [ev.field && `field ${ev.field}`, req && `${req.op}`].filter(Boolean).join(", ");
     if (!(req && ((req.op === "publish" && RETRY_PUBLISH.has(ev.code)) || req.op === "unread"))) {
       showError(ev.code || "error", ev.message || "", extra);
@@ -1216,7 +1225,8 @@
       e.preventDefault();
       const text = area.value;
       if (text.trim() && text !== node._text) {
-        request("edit", { channel: st.channel, message_id: node.dataset.messageId, text }, { channel: st.channel });
+        const fields = { channel: st.channel, message_id: node.dataset.messageId, text };
+        request("edit", fields, { channel: st.channel, fields });
       }
       done();
     });
@@ -1227,7 +1237,7 @@
     const remove = Boolean(node._mine && node._mine.has(emoji));
     const fields = { channel: st.channel, message_id: node.dataset.messageId, emoji };
     if (remove) fields.remove = true;
-    request("react", fields, { channel: st.channel });
+    request("react", fields, { channel: st.channel, fields });
   }
 
   function showPalette(node, anchor) {
@@ -1263,7 +1273,8 @@
     else if (action === "edit") startEdit(node);
     else if (action === "delete" && node.dataset.messageId) {
       if (window.confirm("Delete this message?")) {
-        request("delete", { channel: st.channel, message_id: node.dataset.messageId }, { channel: st.channel });
+        const fields = { channel: st.channel, message_id: node.dataset.messageId };
+        request("delete", fields, { channel: st.channel, fields });
       }
     }
   }
