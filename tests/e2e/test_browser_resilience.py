@@ -41,7 +41,7 @@ async def _wait_stored(server: StormProcess, channel_name: str, offset: int, tim
 
 def _shown(chat: Chat) -> list[tuple[str, str]]:
     """(offset, text) of every rendered message, top to bottom."""
-    return [tuple(x) for x in chat.page.eval_on_selector_all(  # type: ignore[misc]
+    return [tuple(x) for x in chat.page.eval_on_selector_all(
         "#messages [data-testid=message]",
         "els => els.map(e => [e.dataset.offset || '', e.querySelector('[data-testid=message-text]').textContent])")]
 
