@@ -42,8 +42,9 @@ MEMBER_LEFT = "member.left"
 MEMBER_EVENTS = (MEMBER_JOINED, MEMBER_LEFT)
 EVENT_TYPES = (MESSAGE_POSTED, MESSAGE_EDITED, MESSAGE_DELETED, REACTION_ADDED, REACTION_REMOVED, *MEMBER_EVENTS)
 # Membership changes go on a log of their own in the workspace, beside the channel logs, so the webhook
-# worker reads them the same way.  No client can name it: channel ids are UUIDs.
-MEMBERS_LOG = "_members"
+# worker reads them the same way.  No client can name it: channel ids are UUIDs (and "members" is not hex).
+# No leading "_": the Pulsar work subscription's pattern leaves such topics out (system topics).
+MEMBERS_LOG = "members"
 
 # The header scheme (docs/security.md "Webhooks").
 HEADER_ID = "Storm-Webhook-Id"

@@ -20,7 +20,7 @@ from storm.ports.broker import ChannelPreparer
 from storm.ports.clock import SystemClock
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
-from storm.webhooks import Webhook
+from storm.webhooks import MEMBERS_LOG, Webhook, member_record
 from tests.support.receiver import Receiver
 
 FAST = {"webhook_max_attempts": 3, "webhook_backoff_s": 0.05, "webhook_backoff_cap_s": 0.2,
@@ -110,3 +110,20 @@ async def test_worker_delivers_signed_events_and_retries_on_each_broker(services
     assert first.event_id == second.event_id == got.event_id
     assert worker.stats["delivered"] == 2 and worker.stats["failed_attempts"] == 1
     assert [r.path for r in receiver.received].count("/ok") == 1  # the other channel's message went nowhere
+
+
+async def test_membership_events_travel_their_own_log_on_each_broker(services: Services, receiver: Receiver) -> None:
+    ws = await _workspace(services)
+    hook = Webhook(uuid.uuid4(), ws.id, receiver.url("/members"), "whsec_m", ("member.joined",))
+
+    async def add(uow: UnitOfWork) -> None:
+        await uow.webhooks.add(hook)
+
+    await services.store.run(add)
+    receiver.secrets["/members"] = hook.secret
+    user = uuid.uuid4()
+    async with WebhookWorker(services):
+        await services.broker.publish(ws.slug, MEMBERS_LOG, member_record("member.joined", user, 1.0, name="Bob"))
+        [got] = await receiver.wait("/members", 1, timeout=30)
+    body = json.loads(got.body)
+    assert got.valid and body["type"] == "member.joined" and body["data"] == {"user": str(user), "name": "Bob"}

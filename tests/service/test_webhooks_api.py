@@ -19,7 +19,7 @@ from storm.domain import Workspace
 from storm.errors import Unavailable
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
-from storm.webhooks import DeliveryStatus, RetryPolicy, Webhook, verify
+from storm.webhooks import MEMBERS_LOG, DeliveryStatus, RetryPolicy, Webhook, verify
 from tests.service.conftest import TenantsApi
 from tests.support.services import demo_services
 
@@ -347,4 +347,4 @@ async def test_no_membership_records_without_a_webhook_that_wants_them(tenants_a
     api = tenants_api
     await api.workspace("acme")
     await api.member("acme", "bob")
-    assert await api.services.broker.head("acme", "_members") == 0
+    assert await api.services.broker.head("acme", MEMBERS_LOG) == 0
