@@ -10,6 +10,7 @@ Set STORM_E2E_SCREENSHOT=/dir to keep screenshots of the desktop and phone pages
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -52,7 +53,7 @@ class Chat:
     """One person's page, with the page errors it raised and the WebSockets it opened."""
 
     def __init__(self, browser: object, base: str, user: str, query: str = "",
-                 viewport: dict[str, int] | None = None) -> None:
+                 viewport: dict[str, int] | None = None, days_ahead: int = 0) -> None:
         self.context = browser.new_context(viewport=viewport or DESKTOP)  # type: ignore[attr-defined]
         self.page = self.context.new_page()
         self.page_errors: list[str] = []
@@ -60,6 +61,8 @@ class Chat:
         self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
         self.page.on("websocket", lambda ws: self.sockets.append(ws))
         self.page.on("dialog", lambda dialog: dialog.accept())  # "Delete this message?"
+        if days_ahead:  # the browser's clock only: the page reads today's messages as older ones
+            self.page.clock.set_fixed_time(datetime.datetime.now() + datetime.timedelta(days=days_ahead))
         self.page.goto(f"{base}/{query}")
         self.user = user
 
@@ -122,7 +125,7 @@ def chats(browser: object, storm_dev_server: str) -> Iterator[list[Chat]]:
 
 def _open(chats: list[Chat], browser: object, base: str, user: str, channel: str = "general", **kw: Any) -> Chat:
     query = kw.pop("query", "?poll_ms=300")
-    chat = Chat(browser, base, user, query, kw.pop("viewport", None))
+    chat = Chat(browser, base, user, query, kw.pop("viewport", None), kw.pop("days_ahead", 0))
     chats.append(chat)
     return chat.join(channel, **kw)
 
@@ -338,14 +341,19 @@ def test_load_older_scrollback(browser: object, storm_dev_server: str, chats: li
         alice.page.fill("#message-input", f"m{i:02d}")
         alice.page.locator("#message-input").press("Enter")
     expect(alice.messages("m59")).to_have_attribute("data-delivered", "true")
-    late = _open(chats, browser, storm_dev_server, "bob", name)
+    late = _open(chats, browser, storm_dev_server, "bob", name, days_ahead=1)  # read "tomorrow"
     expect(late.messages()).to_have_count(50)
+    expect(late.page.locator("#messages > [data-testid=day]")).to_have_text(["Yesterday"])
     expect(late.page.locator("[data-testid=load-older]")).to_be_visible()
     late.page.click("[data-testid=load-older]")
     expect(late.messages()).to_have_count(60)
     texts = late.messages().locator("[data-testid=message-text]").all_text_contents()
     assert texts == [f"m{i:02d}" for i in range(60)]  # oldest first, each once
     expect(late.page.locator("[data-testid=load-older]")).to_be_hidden()
+    expect(late.page.locator("#messages > [data-testid=day]")).to_have_text(["Yesterday"])  # one per day
+    later = _open(chats, browser, storm_dev_server, "carol", name, days_ahead=3)
+    weekday = datetime.datetime.now().strftime("%A")  # the messages were written today
+    expect(later.page.locator("#messages > [data-testid=day]")).to_have_text([re.compile(rf"^{weekday}, ")])
     late.no_errors()
 
 
