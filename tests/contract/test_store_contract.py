@@ -40,6 +40,7 @@ from storm.domain import (
 from storm.errors import Conflict, NotFound, Unavailable
 from storm.ports import store as store_port
 from storm.ports.store import Store, UnitOfWork
+from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -88,7 +89,7 @@ async def _add(store: Store, *objects: object) -> None:
 
 async def _tenant(store: Store) -> dict[str, object]:
     """A workspace with one row in every tenant table: member, public + private channel, channel member,
-    message, reaction, read marker."""
+    message, reaction, read marker, webhook, incoming webhook, webhook delivery."""
     ws, user = _ws(), _user()
     public = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="general", created_at=T0)
     private = Channel(id=uuid.uuid4(), workspace_id=ws.id, name="secret", kind=ChannelKind.PRIVATE,
@@ -97,11 +98,19 @@ async def _tenant(store: Store) -> dict[str, object]:
     await _add(store, ws, user, Membership(ws.id, user.id, Role.OWNER, T0), public, private, msg,
                Reaction(ws.id, msg.id, user.id, "👍"), ReadMarker(ws.id, public.id, user.id, 1))
 
+    hook = Webhook(uuid.uuid4(), ws.id, "https://hooks.example.com/x", "whsec_x", ("message.posted",),
+                   channels=(public.id,), created_at=T0)
+
     async def join(uow: UnitOfWork) -> None:
         await uow.channels.add_member(ws.id, private.id, user.id)
+        await uow.webhooks.add(hook)
+        await uow.webhooks.add_incoming(IncomingWebhook(uuid.uuid4(), ws.id, public.id, user.id, "Bot", "0" * 64,
+                                                        created_at=T0))
+        await uow.webhooks.log_delivery(DeliveryAttempt(uuid.uuid4(), ws.id, hook.id, "evt", "message.posted", 1,
+                                                        DeliveryStatus.DELIVERED, 200, "", 5, at=T0))
 
     await store.run(join)
-    return {"ws": ws, "user": user, "public": public, "private": private, "msg": msg}
+    return {"ws": ws, "user": user, "public": public, "private": private, "msg": msg, "hook": hook}
 
 
 @pytest.mark.parametrize(("port", "adapter"), [
@@ -124,6 +133,50 @@ def test_adapter_methods_have_the_port_signatures(port: type, adapter: type) -> 
         if callable(fn) and (not name.startswith("_") or name in ("__aenter__",)):
             assert shape(getattr(adapter, name)) == shape(fn), f"{adapter.__name__}.{name}"
     assert inspect.iscoroutinefunction(SqlStore.run)
+
+
+# ---- webhooks (storm/webhooks.py) ------------------------------------------------------------------------
+async def test_webhooks_round_trip_and_stay_in_their_workspace(store: Store) -> None:
+    mine, other = await _tenant(store), await _tenant(store)
+    ws, hook, public = mine["ws"], mine["hook"], mine["public"]
+    assert isinstance(ws, Workspace) and isinstance(hook, Webhook) and isinstance(public, Channel)
+    theirs = other["ws"]
+    assert isinstance(theirs, Workspace)
+    later = [DeliveryAttempt(uuid.uuid4(), ws.id, hook.id, "evt2", "message.posted", n, status, code, err, 7,
+                             at=T0 + timedelta(seconds=n))
+             for n, status, code, err in ((1, DeliveryStatus.FAILED, 503, "HTTP 503"),
+                                          (2, DeliveryStatus.DEAD_LETTERED, None, "timed out after 4s"))]
+
+    async def write(uow: UnitOfWork) -> None:
+        for attempt in later:
+            await uow.webhooks.log_delivery(attempt)
+
+    await store.run(write)
+    async with store.unit_of_work() as uow:
+        assert await uow.webhooks.get(ws.id, hook.id) == hook
+        assert await uow.webhooks.get(theirs.id, hook.id) is None  # another workspace's id finds nothing
+        assert await uow.webhooks.list(ws.id) == [hook]
+        [incoming] = await uow.webhooks.list_incoming(ws.id)
+        assert await uow.webhooks.get_incoming(ws.id, incoming.id) == incoming
+        assert await uow.webhooks.get_incoming(theirs.id, incoming.id) is None
+        log = await uow.webhooks.deliveries(ws.id, hook.id, limit=10)
+        assert [(d.event_id, d.attempt, d.status) for d in log] == [
+            ("evt2", 2, DeliveryStatus.DEAD_LETTERED), ("evt2", 1, DeliveryStatus.FAILED),
+            ("evt", 1, DeliveryStatus.DELIVERED)]  # newest first
+        assert log[0] == later[1] and log[1] == later[0]
+        dead = await uow.webhooks.deliveries(ws.id, hook.id, limit=10, status=DeliveryStatus.DEAD_LETTERED)
+        assert dead == [later[1]]
+        assert await uow.webhooks.deliveries(theirs.id, hook.id, limit=10) == []
+
+    async def remove(uow: UnitOfWork) -> tuple[bool, bool, bool]:
+        return (await uow.webhooks.remove(theirs.id, hook.id), await uow.webhooks.remove(ws.id, hook.id),
+                await uow.webhooks.remove_incoming(ws.id, incoming.id))
+
+    assert await store.run(remove) == (False, True, True)
+    async with store.unit_of_work() as uow:
+        assert await uow.webhooks.list(ws.id) == [] and await uow.webhooks.list_incoming(ws.id) == []
+        assert await uow.webhooks.deliveries(ws.id, hook.id, limit=10) == []  # the log went with it
+        assert len(await uow.webhooks.list(theirs.id)) == 1
 
 
 # ---- units of work --------------------------------------------------------------------------------------
