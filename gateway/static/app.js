@@ -54,6 +54,7 @@
     ws: null,
     token: null,
     workspace: null, // slug the page is connected to (or loading)
+    who: null, // "workspace user" the view belongs to
     directory: [], // [{slug, name, members: [{user_id, name, role, handle}]}] from /dev/directory
     names: new Map(), // user id -> display name (workspace members)
     me: null, // hello.user {id, name}
@@ -388,8 +389,12 @@
     const phase = retrying ? "reconnecting" : "connecting";
     setStatus(phase, `${phase}…${unsentNote()}`);
     const workspace = ui.workspace.value;
+    const who = `${workspace} ${ui.user.value}`;
     try {
-      if (st.workspace !== workspace) resetWorkspace(workspace);
+      if (st.who !== who) { // another workspace or user: start the view afresh
+        resetWorkspace(workspace);
+        st.who = who;
+      }
       st.token = await fetchToken();
       if (!st.wantOpen || gen !== st.connectSeq) return;
       const list = await fetchChannels();
@@ -419,6 +424,7 @@
     st.names = new Map();
     st.readSent = new Map();
     ui.title.textContent = "no channel";
+    ui.me.textContent = "";
     const w = st.directory.find((x) => x.slug === slug);
     ui.wsName.textContent = w ? w.name : slug;
     renderSidebar();

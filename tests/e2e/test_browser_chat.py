@@ -372,6 +372,23 @@ def test_any_user_of_any_workspace_in_dev_mode(browser: object, storm_dev_server
     expect(xena.page.locator("#ws-name")).to_have_text("Acme Corp")
     xena.send("hello from acme")
     expect(xena.messages("hello from acme")).to_have_attribute("data-delivered", "true")
+
+    # the same page, another user of the same workspace: the view is rebuilt for them (her message is not
+    # theirs to edit), then another workspace: nothing of Acme's left on it
+    xena.page.click("#connect")  # Disconnect
+    expect(xena.page.locator("#status")).to_have_attribute("data-state", "offline")
+    xena.join("ops", workspace=slug, name="Zed")
+    expect(xena.page.locator("#me")).to_have_text("Zed")
+    expect(xena.messages("hello from acme")).to_have_count(1)
+    expect(xena.messages("hello from acme")).not_to_have_class(re.compile(r"\bown\b"))
+    xena.page.click("#connect")
+    expect(xena.page.locator("#status")).to_have_attribute("data-state", "offline")
+    xena.user = "dave"
+    xena.join("general")
+    expect(xena.page.locator("#me")).to_have_text("Dave")
+    expect(xena.page.locator("#ws-name")).to_have_text("Demo workspace")
+    expect(xena.messages("hello from acme")).to_have_count(0)
+    expect(xena.item("# ops")).to_have_count(0)
     xena.no_errors()
 
 
