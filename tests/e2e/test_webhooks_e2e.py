@@ -218,7 +218,8 @@ async def test_a_slow_endpoint_does_not_slow_publish_acks(api: Api, receiver: Re
             await alice.wait_for("ack", id=100 + i)
             latencies.append(time.monotonic() - started)
         await receiver.wait("/slow", 20)  # the worker is stuck on the endpoint while we publish
-        assert max(latencies) < 0.5, latencies
+        # were delivery on the publish path, every ack would wait for at least one 1 s timeout
+        assert max(latencies) < 0.9, latencies
 
         async def timed_out() -> list[dict[str, Any]]:
             return [e for e in await api.log(slow) if "timed out" in e["error"]]
