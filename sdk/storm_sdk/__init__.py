@@ -14,6 +14,7 @@ from storm_sdk.errors import ClientClosed, ConnectionLost, OutboxFull, RequestTi
 from storm_sdk.events import (
     Ack,
     Acked,
+    ChannelUnread,
     ConnectionState,
     Delete,
     Edit,
@@ -36,16 +37,18 @@ from storm_sdk.events import (
     TokenExpiring,
     TokenRefreshed,
     Typing,
+    Unread,
     Unsubscribed,
     User,
 )
 from storm_sdk.outbox import Outbox, PendingMessage, SendState
 
 __all__ = [
-    "Ack", "Acked", "Backoff", "BackoffPolicy", "ClientClosed", "ClientOptions", "ConnectionLost",
+    "Ack", "Acked", "Backoff", "BackoffPolicy", "ChannelUnread", "ClientClosed", "ClientOptions", "ConnectionLost",
     "ConnectionState", "Delete", "Edit", "Event", "Hello", "History", "HistoryMessage", "HttpError", "Limits",
     "Message", "Outbox", "OutboxFull", "PendingMessage", "Presence", "PresenceJoin", "PresenceLeave",
     "Reaction", "RequestTimeout", "ResyncReason", "ResyncRequired", "SendFailed", "SendState", "ServerError",
     "StateChanged", "StormClient", "StormError", "StormSdkError", "Subscribed", "TokenExpiring", "TokenProvider",
-    "TokenRefreshed", "Typing", "Unsubscribed", "User", "dev_token_provider", "list_channels", "retry_hint_s", "ws_url",
+    "TokenRefreshed", "Typing", "Unread", "Unsubscribed", "User", "dev_token_provider", "list_channels",
+    "retry_hint_s", "ws_url",
 ]

@@ -256,17 +256,42 @@ class StormClient:
 
     async def reload(self, channel: str, *, limit: int = 50, timeout: float | None = None
                      ) -> list[ev.HistoryMessage]:
-        """After :class:`ResyncRequired`: the newest ``limit`` stored messages, **oldest first**."""
+        """After :class:`ResyncRequired`: the newest ``limit`` stored messages, **oldest first**.  A followed
+        channel then resumes from the offset the newest page reflects, so the events after it (and only
+        those) follow the messages returned."""
+        out, offset = await self._newest(channel, limit, timeout)
+        if channel in self._subs:
+            await self.subscribe(channel, since=offset, timeout=timeout)
+        return out
+
+    async def open_channel(self, channel: str, *, limit: int = 50, timeout: float | None = None
+                           ) -> list[ev.HistoryMessage]:
+        """Show a channel: its newest ``limit`` stored messages (**oldest first**), then follow it from the
+        offset that page reflects (``history.offset``), so each later event applies once on top of what
+        the page shows: nothing missed, nothing counted twice (reaction counts included)."""
+        out, offset = await self._newest(channel, limit, timeout)
+        await self.subscribe(channel, since=offset, timeout=timeout)
+        return out
+
+    async def _newest(self, channel: str, limit: int, timeout: float | None
+                      ) -> tuple[list[ev.HistoryMessage], int]:
         out: list[ev.HistoryMessage] = []
         before: int | None = None
+        offset: int | None = None
         while len(out) < limit:
             page = await self.history(channel, before=before, limit=min(100, limit - len(out)), timeout=timeout)
+            offset = page.offset if offset is None else offset  # the newest page's: what the client shows
             out.extend(page.messages)
             if page.next_before is None or not page.messages:
                 break
             before = page.next_before
         out.reverse()
-        return out
+        return out, offset or 0
+
+    async def unread(self, *, timeout: float | None = None) -> ev.Unread:
+        """The read marker and unread count of every channel the user can read (a sidebar's badges)."""
+        result: ev.Unread = await self._request("unread", {}, timeout=timeout)
+        return result
 
     async def presence(self, channel: str, *, timeout: float | None = None) -> ev.Presence:
         result: ev.Presence = await self._request("presence", {"channel": channel}, timeout=timeout)

@@ -84,6 +84,8 @@ class Subscribed(_Server, tag="subscribed", frozen=True):
     id: int | None = None
     recovered: bool = True
     replayed: int = 0
+    read: int = 0  # the user's read marker in the channel (last offset read)
+    unread: int = 0  # stored messages of others after ``read``
 
 
 class Unsubscribed(_Server, tag="unsubscribed", frozen=True):
@@ -118,14 +120,30 @@ class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True):
     edited_ts: float | None = None
     deleted: bool = False
     reactions: dict[str, int] = {}
+    mine: list[str] = []  # the emojis of ``reactions`` the user reacted with
 
 
 class History(_Server, tag="history", frozen=True):
-    """One page of stored messages, **newest first**; ``next_before`` pages further back."""
+    """One page of stored messages, **newest first**; ``next_before`` pages further back.  ``offset`` is the
+    channel offset the page reflects: follow on with ``subscribe(channel, since=offset)``."""
 
     channel: str
     messages: list[HistoryMessage] = []
+    offset: int = 0
     next_before: int | None = None
+    id: int | None = None
+
+
+class ChannelUnread(msgspec.Struct, frozen=True, kw_only=True):
+    channel: str
+    read: int = 0  # the user's read marker (last offset read)
+    unread: int = 0  # stored messages of others after ``read``
+
+
+class Unread(_Server, tag="unread", frozen=True):
+    """The read state of every channel the user can read (reply to :meth:`StormClient.unread`)."""
+
+    channels: list[ChannelUnread] = []
     id: int | None = None
 
 
@@ -165,7 +183,8 @@ class Reaction(_Server, tag="reaction", frozen=True):
     user: str
     emoji: str
     ts: float = 0.0
-    remove: bool = False
+    remove: bool = False  # True: ``user`` withdrew it; else ``user`` now reacts with ``emoji``
+    count: int | None = None  # users with ``emoji`` on the message after this change: show this number
 
 
 class Typing(_Server, tag="typing", frozen=True):
@@ -199,12 +218,12 @@ class TokenRefreshed(_Server, tag="token.refreshed", frozen=True):
 #: Events stored in a channel's log, with an offset: de-duplicated and ordered by the SDK.
 ChannelEvent = Message | Edit | Delete | Reaction
 ServerEvent = (
-    Hello | ServerError | Ack | Subscribed | Unsubscribed | Pong | Presence | History | Message | Edit | Delete
-    | Reaction | Typing | PresenceJoin | PresenceLeave | TokenExpiring | TokenRefreshed
+    Hello | ServerError | Ack | Subscribed | Unsubscribed | Pong | Presence | History | Unread | Message | Edit
+    | Delete | Reaction | Typing | PresenceJoin | PresenceLeave | TokenExpiring | TokenRefreshed
 )
 CHANNEL_EVENT_TYPES = (Message, Edit, Delete, Reaction)
 # Events that may answer a request of the client: their ``id`` is the request's (an int), not a message id.
-REPLY_TYPES = (ServerError, Ack, Subscribed, Unsubscribed, Pong, Presence, History)
+REPLY_TYPES = (ServerError, Ack, Subscribed, Unsubscribed, Pong, Presence, History, Unread)
 
 _decoder = msgspec.json.Decoder(ServerEvent)
 _probe = msgspec.json.Decoder(dict[str, Any])

@@ -12,6 +12,7 @@ from storm_sdk import (
     Acked,
     ClientOptions,
     Message,
+    Reaction,
     ResyncReason,
     ResyncRequired,
     SendFailed,
@@ -168,3 +169,51 @@ async def test_a_subscription_the_server_ended_is_not_followed_again(client: Sto
     client._write = sent.append  # type: ignore[method-assign]
     feed(client, HELLO)
     assert [f for f in sent if f.get("op") == "subscribe"] == []  # not resubscribed on the next connection
+
+
+def _wire(client: StormClient) -> asyncio.Queue[str]:
+    """Give the client a connection whose frames land in a queue (no socket)."""
+    from storm_sdk.client import _Conn
+
+    conn = _Conn(1, None)  # type: ignore[arg-type]
+    client._conn = conn
+    client._online.set()
+    return conn.queue
+
+
+async def _next_frame(queue: asyncio.Queue[str]) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(queue.get(), 1))
+    return frame
+
+
+async def test_open_channel_resumes_from_the_history_pages_offset_and_counts_do_not_double(
+        client: StormClient) -> None:
+    """The doubling (issue 13): the page's counts, then a subscription from the newest *message* replayed the
+    reactions after it on top.  ``open_channel`` subscribes from the page's ``offset``, and reaction
+    events carry their resulting ``count``, so a replayed one changes nothing."""
+    queue = _wire(client)
+    task = asyncio.create_task(client.open_channel(CH, limit=10))
+    history = await _next_frame(queue)
+    assert history["op"] == "history"
+    feed(client, {"type": "history", "id": history["id"], "channel": CH, "offset": 7, "messages": [
+        {"id": "m5", "offset": 5, "author": BOB, "text": "hi", "ts": 1.0, "reactions": {"👍": 2}, "mine": ["👍"]}]})
+    subscribe = await _next_frame(queue)
+    assert subscribe["op"] == "subscribe" and subscribe["since"] == 7  # the page's offset, not the message's 5
+    feed(client, {"type": "subscribed", "id": subscribe["id"], "channel": CH, "offset": 8, "replayed": 1},
+         {"offset": 8, "type": "reaction", "channel": CH, "message_id": "m5", "user": BOB, "emoji": "👍",
+          "ts": 2.0, "count": 3})
+    messages = await task
+    assert [m.id for m in messages] == ["m5"] and messages[0].mine == ["👍"]
+    (reaction,) = [e for e in await drain(client) if isinstance(e, Reaction)]
+    assert reaction.count == 3 and not reaction.remove
+
+
+async def test_unread_returns_every_channels_read_state(client: StormClient) -> None:
+    queue = _wire(client)
+    task = asyncio.create_task(client.unread(timeout=1))
+    frame = await _next_frame(queue)
+    assert frame == {"op": "unread", "id": frame["id"]}
+    feed(client, {"type": "unread", "id": frame["id"],
+                  "channels": [{"channel": CH, "read": 4, "unread": 2}, {"channel": BOB}]})
+    state = await task
+    assert [(c.channel, c.read, c.unread) for c in state.channels] == [(CH, 4, 2), (BOB, 0, 0)]
