@@ -24,6 +24,11 @@ What it does (docs/benchmarks.md, "End to end on the real services"):
    nothing moved for ``--settle-s``), then checks per (receiver, sender, seq) that every acked message was
    delivered, and deletes the workspace (Pulsar tenant, rows, cache) and its users.
 
+CPU: every role's CPU (gateways, Pulsar, Hazelcast, PostgreSQL, consumers, the clients) from the first counted
+publish to the end of the settle, divided by the messages acked: ``cpu_us_per_msg`` (docs/benchmarks.md).
+Limits: the workspace's bucket is its plan's quota (``BENCH_PLAN``), well above ``--rate`` unless
+``--workspace-rate`` says otherwise; ``limits`` in the output says which applied.
+
 Result: one JSON object (printed by storm_cli/main.py).  ``failed`` when an acked message is missing somewhere,
 a connection failed or no message was acked.
 """
@@ -40,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +71,8 @@ MARK = b'"text":"e2e:'
 _STAMP = re.compile(rb'"text":"e2e:(\d+):(\d+):(\d+)"')
 _ACK = re.compile(rb'"type":"ack","id":(\d+)')
 _ERROR_ID = re.compile(rb'"type":"error"[^\n]*?"id":(\d+)')
+BENCH_PLAN = "enterprise"  # the plan of the workspace the bench creates (storm.domain.PLANS)
+ROLES = ("gateways", "pulsar", "hazelcast", "consumers", "postgres", "clients")
 REQUIRED_KEYS = ("published", "acked", "delivered", "ack_p50_ms", "ack_p99_ms", "deliver_p50_ms", "deliver_p99_ms")
 
 
@@ -90,6 +98,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--log-dir", default=None, help="keep the STORM processes' logs here (default: a temp dir, "
                                                    "removed)")
     p.add_argument("--keep", action="store_true", help="keep the workspace afterwards")
+    p.add_argument("--workspace-rate", type=float, default=0.0,
+                   help="publishes per second the bench's workspace may make (STORM_WORKSPACE_PUBLISH_RATE); "
+                        f"default 0 = the {BENCH_PLAN!r} plan's quota, which must be above --rate")
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
 
 
@@ -100,6 +111,12 @@ def validate(args: argparse.Namespace) -> None:
         raise SystemExit("storm bench e2e: --rate, --duration and --gateways must be > 0, --warmup >= 0")
     if args.settle_s <= 0 or args.settle_timeout <= 0:
         raise SystemExit("storm bench e2e: --settle-s and --settle-timeout must be > 0")
+    if args.workspace_rate < 0:
+        raise SystemExit("storm bench e2e: --workspace-rate must be >= 0")
+    plan_rate = _plan_rate()
+    if not args.workspace_rate and args.rate * 2 > plan_rate:
+        raise SystemExit(f"storm bench e2e: --rate {args.rate:g} is not well below the {BENCH_PLAN!r} plan's "
+                         f"{plan_rate} messages/s; pass --workspace-rate to set the workspace's limit")
 
 
 def failed(result: dict[str, Any]) -> bool:
@@ -321,23 +338,26 @@ async def child_main() -> None:
 
 
 # ---- parent: setup -------------------------------------------------------------------------------------
-def _say(text: str) -> None:
-    sys.stderr.write(f"bench e2e: {text}\n")
+def _say(*parts: str) -> None:
+    """``_say(text)`` or ``_say(bench, text)``: one line on stderr."""
+    bench, text = parts if len(parts) == 2 else ("e2e", parts[0])
+    sys.stderr.write(f"bench {bench}: {text}\n")
     sys.stderr.flush()
 
 
 def storm_env(args: argparse.Namespace) -> dict[str, str]:
-    """The STORM processes' settings: the services', with limits out of the bench's way."""
+    """The STORM processes' settings: the services', with the per-connection and per-user buckets out of the
+    bench's way.  The workspace's own bucket is its plan's quota (``BENCH_PLAN``, set when the bench creates
+    the workspace through tenants/service.py, as any owner would), unless ``--workspace-rate`` overrides it."""
     from storm_tools.verify import _service_env
 
     env = _service_env()
-    per_conn = args.rate * max(1, args.client_procs or 2) / args.connections  # per connection, with slack
+    env.update(bench_limits_env(args.rate, args.connections, args.client_procs))
+    env.pop("STORM_WORKSPACE_PUBLISH_RATE", None)
+    if args.workspace_rate:
+        env["STORM_WORKSPACE_PUBLISH_RATE"] = str(args.workspace_rate)
     env.update({
         "STORM_BROKER": "pulsar", "STORM_CACHE": "hazelcast", "STORM_SEED_DEMO": "false", "PYTHONUNBUFFERED": "1",
-        "STORM_PUBLISH_RATE": str(max(20.0, per_conn * 4)), "STORM_PUBLISH_BURST": str(int(max(40, per_conn * 8))),
-        "STORM_USER_PUBLISH_RATE": str(max(30.0, per_conn * 4)),
-        "STORM_USER_PUBLISH_BURST": str(int(max(60, per_conn * 8))),
-        "STORM_WORKSPACE_PUBLISH_RATE": str(args.rate * 2),
         "STORM_MAX_CONNECTIONS_PER_IP": "100000",  # a client process holds thousands of sockets per address
         "STORM_IDLE_TIMEOUT_S": "900", "STORM_HEARTBEAT_S": "300", "STORM_AUTH_TIMEOUT_S": "120",
         "STORM_PRESENCE_TTL_S": "900",  # the bench's clients do not ping
@@ -345,15 +365,50 @@ def storm_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def bench_limits_env(rate: float, connections: int, client_procs: int) -> dict[str, str]:
+    """Per-connection and per-user buckets a few times above what the open-loop schedule asks of each."""
+    per_conn = rate * max(1, client_procs or 2) / connections  # per connection, with slack
+    return {
+        "STORM_PUBLISH_RATE": str(max(20.0, per_conn * 4)), "STORM_PUBLISH_BURST": str(int(max(40, per_conn * 8))),
+        "STORM_USER_PUBLISH_RATE": str(max(30.0, per_conn * 4)),
+        "STORM_USER_PUBLISH_BURST": str(int(max(60, per_conn * 8))),
+    }
+
+
+def _plan_rate() -> int:
+    from storm.domain import PLANS
+
+    return PLANS[BENCH_PLAN].messages_per_second
+
+
+def limits(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """The STORM limits the load meets, for the output: whether the bench's own buckets can refuse it."""
+    ws_rate = args.workspace_rate or _plan_rate()
+    per_conn = args.rate / args.connections
+    return {
+        "workspace_plan": BENCH_PLAN,
+        "workspace_publish_rate": ws_rate,
+        "workspace_source": "--workspace-rate" if args.workspace_rate else f"plan {BENCH_PLAN!r}",
+        "user_publish_rate": float(env["STORM_USER_PUBLISH_RATE"]),
+        "connection_publish_rate": float(env["STORM_PUBLISH_RATE"]),
+        "above_offered": ws_rate > args.rate and float(env["STORM_PUBLISH_RATE"]) > per_conn,
+    }
+
+
 class Workspace:
-    """The bench's workspace: slug, owner principal's subject, channels (ids) and users (subjects)."""
+    """The bench's workspace: slug, owner principal's subject, channels (ids), users (subjects) and the
+    channels every user is a member of (``shared``)."""
 
-    def __init__(self, slug: str, channels: list[str], subjects: list[str]) -> None:
+    def __init__(self, slug: str, channels: list[str], subjects: list[str], shared: list[str] | None = None) -> None:
         self.slug, self.channels, self.subjects = slug, channels, subjects
+        self.shared = shared or []
 
 
-async def provision(services: Services, connections: int, members: int, run: str) -> Workspace:
-    """The workspace through tenants/service.py (Pulsar tenant included), the rest in bulk."""
+async def provision(services: Services, connections: int, members: int, run: str, *, shared: int = 0,
+                    prefix: str = "e2e") -> Workspace:
+    """The workspace through tenants/service.py (Pulsar tenant included, plan ``BENCH_PLAN``), the rest in
+    bulk: ``connections`` users, private channels of ``members`` each, and ``shared`` private channels of
+    every user (``members`` 0: none of the former)."""
     from datetime import UTC, datetime
 
     from db import models as m
@@ -362,27 +417,37 @@ async def provision(services: Services, connections: int, members: int, run: str
     from storm_tools.bench import sql_transaction
     from tenants import service
 
-    slug = f"e2e-{run}"
-    subjects = [f"dev|e2e-{run}-{i}" for i in range(connections)]
+    slug = f"{prefix}-{run}"
+    subjects = [f"dev|{prefix}-{run}-{i}" for i in range(connections)]
     claims = Claims(subject=subjects[0], workspace="*", name="User 0", expires_at=time.time() + 3600,
                     scopes=frozenset({"chat", service.CREATE_SCOPE}), token_id=uuid.uuid4().hex)
-    view = await service.create_workspace(services, claims, slug=slug, name=f"e2e bench {run}", plan="enterprise")
+    view = await service.create_workspace(services, claims, slug=slug, name=f"e2e bench {run}", plan=BENCH_PLAN)
     ws_id = view.workspace.id
     owner = await services.directory.resolve_user(claims)
     now = datetime.now(UTC)
     user_ids = [owner.id] + [uuid.uuid4() for _ in range(connections - 1)]
-    channel_ids = [uuid.uuid4() for _ in range(connections // members)]
+    channel_ids = [uuid.uuid4() for _ in range(connections // members)] if members else []
+    shared_ids = [uuid.uuid4() for _ in range(shared)]
     async with sql_transaction(services.config.database_url) as conn:
         await conn.execute(m.users.insert(), [{"id": uid, "subject": subjects[i], "name": f"User {i}",
                                                "created_at": now} for i, uid in enumerate(user_ids) if i])
         await conn.execute(m.memberships.insert(), [{"workspace_id": ws_id, "user_id": uid, "role": "member",
                                                      "created_at": now} for uid in user_ids[1:]])
-        await conn.execute(m.channels.insert(), [{"id": cid, "workspace_id": ws_id, "name": f"c{c}",
-                                                  "kind": "private", "archived": False, "created_by": owner.id,
-                                                  "created_at": now} for c, cid in enumerate(channel_ids)])
-        await conn.execute(m.channel_members.insert(), [
-            {"workspace_id": ws_id, "channel_id": channel_ids[i // members], "user_id": uid}
-            for i, uid in enumerate(user_ids)])
+        if channel_ids:
+            await conn.execute(m.channels.insert(), [{"id": cid, "workspace_id": ws_id, "name": f"c{c}",
+                                                      "kind": "private", "archived": False, "created_by": owner.id,
+                                                      "created_at": now} for c, cid in enumerate(channel_ids)])
+            await conn.execute(m.channel_members.insert(), [
+                {"workspace_id": ws_id, "channel_id": channel_ids[i // members], "user_id": uid}
+                for i, uid in enumerate(user_ids)])
+        if shared_ids:
+            await conn.execute(m.channels.insert(), [{"id": cid, "workspace_id": ws_id, "name": f"shared{c}",
+                                                      "kind": "private", "archived": False, "created_by": owner.id,
+                                                      "created_at": now} for c, cid in enumerate(shared_ids)])
+            for start in range(0, len(user_ids), 5000):
+                await conn.execute(m.channel_members.insert(), [
+                    {"workspace_id": ws_id, "channel_id": cid, "user_id": uid}
+                    for cid in shared_ids for uid in user_ids[start:start + 5000]])
     broker = services.broker
     if isinstance(broker, ChannelPreparer):  # Pulsar: topics up front, not on the first subscribe
         sem = asyncio.Semaphore(16)
@@ -391,8 +456,8 @@ async def provision(services: Services, connections: int, members: int, run: str
             async with sem:
                 await broker.ensure_channel(slug, str(cid))
 
-        await asyncio.gather(*(one(c) for c in channel_ids))
-    return Workspace(slug, [str(c) for c in channel_ids], subjects)
+        await asyncio.gather(*(one(c) for c in channel_ids + shared_ids))
+    return Workspace(slug, [str(c) for c in channel_ids], subjects, [str(c) for c in shared_ids])
 
 
 async def unprovision(services: Services, ws: Workspace) -> None:
@@ -477,11 +542,24 @@ def score(results: list[dict[str, Any]], members: int) -> dict[str, int]:
             "delivered_unacked": unacked_delivered}
 
 
-def _service_pids() -> dict[str, int]:
-    """PIDs of the Java services and PostgreSQL, for their CPU share (read only)."""
+def service_pids() -> dict[str, int]:
+    """PIDs of Pulsar, Hazelcast and PostgreSQL (read only, for their CPU share): those scripts/services.sh
+    records (``.services/{pulsar,hazelcast}.pid``, PostgreSQL's ``postmaster.pid``), else found by command
+    line.  A service that is found nowhere (e.g. run elsewhere) is left out."""
     import psutil
 
+    from storm_tools.verify import ROOT
+
+    base = Path(os.environ.get("STORM_SERVICES_DIR", ROOT / ".services"))
     found: dict[str, int] = {}
+    for name, path in (("pulsar", base / "pulsar.pid"), ("hazelcast", base / "hazelcast.pid"),
+                       ("postgres", base / "pg" / "postmaster.pid")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(path.read_text().split()[0])
+            if psutil.pid_exists(pid):
+                found[name] = pid
+    if len(found) == 3:
+        return found
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(proc.info["cmdline"] or [])
@@ -493,6 +571,17 @@ def _service_pids() -> dict[str, int]:
                     proc.parent().name() != "postgres":
                 found.setdefault("postgres", proc.info["pid"])
     return found
+
+
+def cpu_per_message(cpu_s: dict[str, float], acked: int) -> dict[str, float | None]:
+    """Each role's CPU in the window / messages acked, in µs; ``server_total`` is every role but the
+    clients.  None where nothing was acked or a role was not measured."""
+    out: dict[str, float | None] = {}
+    for role in ROLES:
+        out[role] = round(cpu_s[role] * 1e6 / acked, 1) if acked and role in cpu_s else None
+    server = [cpu_s[r] for r in ROLES if r != "clients" and r in cpu_s]
+    out["server_total"] = round(sum(server) * 1e6 / acked, 1) if acked else None
+    return out
 
 
 class CpuMeter:
@@ -531,7 +620,7 @@ class CpuMeter:
                                                                    getattr(self._machine, "iowait", 0.0))
         total = sum(machine) - sum(self._machine)
         return {
-            "cpu_s": {name: round(end[name] - self._start.get(name, 0.0), 1) for name in end},
+            "cpu_s": {name: round(end[name] - self._start.get(name, 0.0), 3) for name in end},
             "machine_busy": round(1 - idle / total, 2) if total > 0 else None,
             "cores": psutil.cpu_count(),
             "window_s": round(wall, 1),
@@ -564,49 +653,113 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             lg.setLevel(level)
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
+class Topology:
+    """What :func:`real_topology` yields: the settings, the bench's services (set-up and clean-up only), the
+    workspace, the STORM processes, and what happened at the end (``outcome``: cleanup, workspace)."""
+
+    def __init__(self, env: dict[str, str], cfg: Any, services: Services, ws: Workspace, procs: list[Any],
+                 run_id: str, log_dir: Path) -> None:
+        self.env, self.cfg, self.services, self.ws, self.procs = env, cfg, services, ws, procs
+        self.run_id, self.log_dir = run_id, log_dir
+        self.outcome: dict[str, Any] = {}
+
+    @property
+    def gateways(self) -> list[Any]:
+        return [p for p in self.procs if p.role == "gateway"]
+
+    def tokens(self) -> list[str]:
+        """A dev token per user (HS256 with the deployment's dev secret; the benches do not use RS256/JWKS)."""
+        from storm.adapters.dev_identity import DevIdentity
+
+        issuer = DevIdentity(self.cfg.dev_secret, ttl_s=3600)
+        return [issuer.issue(subject, self.ws.slug, f"User {i}") for i, subject in enumerate(self.ws.subjects)]
+
+
+@contextlib.asynccontextmanager
+async def real_topology(env: dict[str, str], *, connections: int, members: int, shared: int = 0, gateways: int,
+                        consumers: bool, log_dir: str | None, start_timeout: float, keep: bool = False,
+                        prefix: str = "e2e") -> AsyncIterator[Topology]:
+    """The real topology of the benches (``storm bench e2e`` and ``storm bench connect --services real``):
+    the schema migrated, a workspace provisioned (:func:`provision`), ``gateways`` gateway processes and,
+    with ``consumers``, one consumers process on Pulsar + Hazelcast + PostgreSQL.  On exit the processes are
+    stopped and the workspace deleted (unless ``keep``); ``Topology.outcome`` says how that went."""
     from db.admin import ensure_database
     from db.migrate import upgrade_async
-    from storm.adapters.dev_identity import DevIdentity
     from storm.bootstrap import build_services
     from storm.config import Config
     from storm_tools.verify import StormProcess, free_ports
 
-    env = storm_env(args)
     cfg = Config.from_env(env)
     if cfg.database_url.startswith("postgresql"):
         await ensure_database(cfg.database_url)
     await upgrade_async(cfg.database_url)
     run_id = uuid.uuid4().hex[:10]
-    tmp = tempfile.TemporaryDirectory(prefix="storm-bench-e2e-")
-    log_dir = Path(args.log_dir) if args.log_dir else Path(tmp.name)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(prefix=f"storm-bench-{prefix}-")
+    logs = Path(log_dir) if log_dir else Path(tmp.name)
+    logs.mkdir(parents=True, exist_ok=True)
     services = build_services(cfg)
     await services.start()
     procs: list[StormProcess] = []
-    clients: list[ClientProcess] = []
     ws: Workspace | None = None
-    result: dict[str, Any] = {}
-    progress = Progress()
+    topo: Topology | None = None
     try:
         t = time.monotonic()
-        ws = await provision(services, args.connections, args.members, run_id)
-        _say(f"workspace {ws.slug}: {args.connections} users, {len(ws.channels)} private channels of "
-             f"{args.members} ({time.monotonic() - t:.1f} s); logs in {log_dir}")
-        ports = free_ports(args.gateways + 1)
+        ws = await provision(services, connections, members, run_id, shared=shared, prefix=prefix)
+        _say(prefix, f"workspace {ws.slug}: {connections} users, {len(ws.channels)} private channels of "
+             f"{members}" + (f", {shared} channels of everyone" if shared else "")
+             + f" ({time.monotonic() - t:.1f} s); logs in {logs}")
+        ports = free_ports(gateways + 1)
         for i, port in enumerate(ports[:-1], start=1):
             procs.append(StormProcess(f"gateway-{i}", "gateway", port,
-                                      {**env, "STORM_GATEWAY_ID": f"e2e-{run_id}-{i}"}, log_dir))
-        if not args.no_consumers:
-            procs.append(StormProcess("consumers", "consumers", ports[-1], env, log_dir))
+                                      {**env, "STORM_GATEWAY_ID": f"{prefix}-{run_id}-{i}"}, logs))
+        if consumers:
+            procs.append(StormProcess("consumers", "consumers", ports[-1], env, logs))
         for p in procs:
             p.start()
         for p in procs:
-            await asyncio.to_thread(p.wait_ready, args.start_timeout)
-        _say("ready: " + ", ".join(f"{p.name} pid {p.pid}" for p in procs))
-        issuer = DevIdentity(cfg.dev_secret, ttl_s=3600)
-        tokens = [issuer.issue(subject, ws.slug, f"User {i}") for i, subject in enumerate(ws.subjects)]
-        plan = _assign(args, ws, [p.port for p in procs if p.role == "gateway"], tokens)
+            await asyncio.to_thread(p.wait_ready, start_timeout)
+        _say(prefix, "ready: " + ", ".join(f"{p.name} pid {p.pid}" for p in procs))
+        topo = Topology(env, cfg, services, ws, procs, run_id, logs)
+        yield topo
+    finally:
+        outcome: dict[str, Any] = {}
+        for p in procs:
+            await asyncio.to_thread(p.stop, cfg.drain_timeout_s + 5)
+        if ws is not None and not keep:
+            try:
+                await unprovision(services, ws)
+                outcome["cleanup"] = "deleted"
+                _say(prefix, f"workspace {ws.slug} deleted")
+            except Exception as exc:  # reported; the next run uses another workspace anyway
+                outcome["cleanup"] = f"failed: {exc!r}"[:300]
+                _say(prefix, f"could not delete workspace {ws.slug}: {exc!r}")
+        if ws is not None:
+            outcome["workspace"] = ws.slug
+        if topo is not None:
+            topo.outcome = outcome
+        await services.stop()
+        if not log_dir:
+            tmp.cleanup()
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    env = storm_env(args)
+    result: dict[str, Any] = {}
+    async with real_topology(env, connections=args.connections, members=args.members, gateways=args.gateways,
+                             consumers=not args.no_consumers, log_dir=args.log_dir,
+                             start_timeout=args.start_timeout, keep=args.keep) as topo:
+        result = await _measure(args, topo)
+    result.update(topo.outcome)
+    return result
+
+
+async def _measure(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
+    procs, ws = topo.procs, topo.ws
+    clients: list[ClientProcess] = []
+    progress = Progress()
+    try:
+        tokens = topo.tokens()
+        plan = _assign(args, ws, [p.port for p in topo.gateways], tokens)
         for i, conns in enumerate(plan):
             cfg_child = {"conns": conns, "sources": [source_address(i)], "rate": args.rate / len(plan),
                          "warmup": args.warmup, "duration": args.duration, "rotate": i * 7919,
@@ -642,47 +795,33 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                                                    on_progress) for c in clients))
         _say(f"primed: {sum(r['answered'] for r in primed)}/{connected} first publishes answered "
              f"({time.monotonic() - t:.1f} s)")
-        gateway_pids = [p.pid for p in procs if p.role == "gateway"]
-        service_pids = _service_pids()
-        meter = CpuMeter({"gateways": gateway_pids, "consumers": [p.pid for p in procs if p.role == "consumers"],
+        meter = CpuMeter({"gateways": [p.pid for p in topo.gateways],
+                          "consumers": [p.pid for p in procs if p.role == "consumers"],
                           "clients": [c.proc.pid for c in clients if c.proc is not None],
-                          **{name: [pid] for name, pid in service_pids.items()}})
+                          **{name: [pid] for name, pid in service_pids().items()}})
         go_ns = time.monotonic_ns() + 300_000_000
         _say(f"publishing {args.rate:g}/s: {args.warmup:g} s warm-up, then {args.duration:g} s measured")
         for c in clients:
             c.send({"cmd": "go", "go_ns": go_ns})
-        await asyncio.sleep(0.3 + args.warmup)
+        # The CPU window: from the first counted publish (the end of the warm-up) to the end of the settle.
+        await asyncio.sleep(max(0.0, (go_ns - time.monotonic_ns()) / 1e9) + args.warmup)
         meter.start()
         load_before = os.getloadavg()
         await asyncio.gather(*(c.wait_for("published", args.duration + 120, on_progress) for c in clients))
-        cpu = meter.stop()
         settled = await _settle(clients, status, args, on_progress)
+        cpu = meter.stop()
         for c in clients:
             c.send({"cmd": "report"})
         results = await asyncio.gather(*(c.wait_for("result", 120, on_progress) for c in clients))
         progress.done()
         load_after = os.getloadavg()
         result = summarize(args, results, connected, failure, settled, cpu, load_before, load_after, procs)
+        result["limits"] = limits(args, topo.env)
         return result
     finally:
         progress.done()
         for c in clients:
             await c.stop()
-        for p in procs:
-            await asyncio.to_thread(p.stop, cfg.drain_timeout_s + 5)
-        if ws is not None and not args.keep:
-            try:
-                await unprovision(services, ws)
-                result["cleanup"] = "deleted"
-                _say(f"workspace {ws.slug} deleted")
-            except Exception as exc:  # reported; the next run uses another workspace anyway
-                result["cleanup"] = f"failed: {exc!r}"[:300]
-                _say(f"could not delete workspace {ws.slug}: {exc!r}")
-        if ws is not None:
-            result["workspace"] = ws.slug
-        await services.stop()
-        if not args.log_dir:
-            tmp.cleanup()
 
 
 async def _settle(clients: list[ClientProcess], status: dict[str, dict[str, Any]], args: argparse.Namespace,
@@ -741,7 +880,9 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
         "gateways": args.gateways,
         "client_procs": len(results),
         "consumers": not args.no_consumers,
+        "cpu_us_per_msg": cpu_per_message(cpu["cpu_s"], acked),
         "cpu_s": cpu["cpu_s"],
+        "cpu_window_s": cpu["window_s"],
         "machine_busy": cpu["machine_busy"],
         "cores": cpu["cores"],
         "load_avg_1m": [round(load_before[0], 2), round(load_after[0], 2)],

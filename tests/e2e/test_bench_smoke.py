@@ -47,3 +47,46 @@ def test_idle_measures_memory_per_connection() -> None:
     assert result["connections"] == 50
     assert result["gateway_connections"] == 50
     _positive(result, "rss_bytes_per_connection", "rss_before", "rss_after")
+
+
+def test_connect_opens_authenticates_subscribes_and_holds() -> None:
+    result = _bench("connect", "--connections", "120", "--subscribe", "1", "--client-procs", "2",
+                    "--hold", "2", "--ping-s", "0.5")
+    assert result["connected"] == 120
+    assert result["refused"] == {} and result["failed_by_reason"] == {}
+    _positive(result, "connects_per_s", "server_cpu_us_per_connect", "setup_p50_ms", "setup_p99_ms",
+              "setup_max_ms", "client_cpu_us_per_connect", "handshake_span_s")
+    assert result["setup_p50_ms"] <= result["setup_p99_ms"] <= result["setup_max_ms"]
+    assert result["server_cpu_us_per_connect"] == result["cpu_us_per_connect"]["gateways"]
+    assert result["client_procs"] == 2 and result["subscribe"] == 1
+    assert result["identity"].startswith("dev tokens")
+    # held with pings: nothing closed by the server, every connection answered
+    assert result["still_open"] == 120 and result["closed_by_server"] == {}
+    assert result["pongs"] >= 120
+    assert "gateways" in result["hold_cores"]
+
+
+def test_connect_classifies_setup_failures_by_reason() -> None:
+    from storm_tools.bench.connect import Refused, classify, failed
+    from storm_tools.bench.wsclient import WebSocketError
+
+    assert classify(Refused("unauthorized", "bad token")) == ("unauthorized", "bad token", True)
+    assert classify(WebSocketError("handshake refused: b'HTTP/1.1 429 Too Many Requests'"))[::2] == ("http_429", True)
+    assert classify(TimeoutError())[::2] == ("timeout", False)
+    assert classify(ConnectionRefusedError(111, "refused"))[::2] == ("connection_refused", False)
+    assert classify(ConnectionError("closed during setup (code 4002)"))[::2] == ("closed_4002", False)
+    assert classify(OSError(99, "Cannot assign requested address"))[::2] == ("eaddrnotavail", False)
+    ok = {"connected": 10, "refused": {}, "failed_by_reason": {}}
+    assert not failed(ok)
+    assert failed({**ok, "refused": {"http_503": 1}})
+    assert failed({**ok, "failed_by_reason": {"timeout": 1}})
+    assert failed({**ok, "closed_by_server": {"4002": 1}})
+
+
+def test_connect_refuses_bad_arguments_clearly() -> None:
+    proc = subprocess.run([sys.executable, "-m", "storm_cli", "bench", "connect", "--subscribe", "4"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--subscribe <= 3" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "storm_cli", "bench", "connect", "--identity", "rs256"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--identity dev" in proc.stderr
