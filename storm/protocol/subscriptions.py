@@ -125,7 +125,11 @@ class Subscriptions:
         if not fresh:
             last = max(last, sub.last)
         replay = [r for r in records if r.offset > last]
-        read, unread = (await read_state(ctx.store, p.workspace.id, p.user.id, [ch.id]))[ch.id]
+        try:  # the read state is a convenience: a store that does not answer must not stop the live path
+            read, unread = (await read_state(ctx.store, p.workspace.id, p.user.id, [ch.id]))[ch.id]
+        except StormError as exc:
+            log.warning("read state unavailable ws=%s channel=%s: %s", ws, channel, exc.message)
+            read, unread = 0, 0
         self._send(e.Subscribed(channel=channel, offset=head, id=cmd.id, recovered=recovered,
                                 replayed=len(replay), read=read, unread=unread))
         if cmd.since is not None:  # a resume: storm.gateway.resumes and resume_gap (docs/observability.md)

@@ -187,3 +187,17 @@ async def test_deleting_the_workspace_closes_its_sockets_with_4011(ctx, services
         await asyncio.sleep(0.02)
     assert ta.closed and ta.closed[0] == 4011 and tb.closed and tb.closed[0] == 4011
     assert tb.take("error")[0]["code"] == "gone"
+
+
+async def test_subscribe_works_without_the_read_state_when_the_store_fails(ctx, services, monkeypatch):
+    from storm.errors import Unavailable
+    from storm.protocol import subscriptions
+
+    async def down(*args: object, **kwargs: object) -> object:
+        raise Unavailable("store down")
+
+    monkeypatch.setattr(subscriptions, "read_state", down)
+    a, ta = await connect(ctx, services)
+    await send(a, op="subscribe", id=1, channel=GENERAL)
+    (sub,) = ta.take("subscribed")
+    assert sub["id"] == 1 and "read" not in sub and "unread" not in sub
