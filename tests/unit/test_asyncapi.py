@@ -757,3 +757,13 @@ def test_protocol_doc_example_session_is_valid() -> None:
             spec.validate_server_event(json.loads(line[2:]))
             received += 1
     assert sent >= 6 and received >= 10
+
+
+def test_protocol_doc_and_schema_never_promise_dense_offsets() -> None:
+    """Offsets increase but are not dense on Pulsar (ADR 0005, delivery.md): protocol.md once said
+    "1, 2, 3, … with no holes" and that a client detects a gap from the numbers (issue 13)."""
+    doc = " ".join(PROTOCOL_MD.read_text(encoding="utf-8").split())
+    schema = " ".join(spec.load_spec()["info"]["description"].split())
+    for text in (doc, schema):
+        assert "no holes" not in text and "offsets are dense" not in text and "(dense," not in text
+    assert "never subtract them" in doc and "not dense" in schema
