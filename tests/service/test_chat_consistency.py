@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 
 from consumers.persistence import PersistenceWorker
 from storm.bootstrap import Services
+from storm.domain import Message, Workspace
 from storm.protocol.session import Session, SessionContext, State
 from storm_tools.seed import DEMO_WORKSPACE, channel_id
 from tenants import service as tenants_service
@@ -96,9 +98,20 @@ async def test_thread_parent_must_be_a_stored_message_of_the_same_channel(ctx, s
         await send(a, op="publish", id=2, channel=RANDOM, cmid="t1", text="reply elsewhere", thread=mid)
         await send(a, op="publish", id=3, channel=GENERAL, cmid="t2", text="reply to nothing",
                    thread=str(uuid.uuid4()))
+        # a message of another workspace, in a channel with the same id: its id finds nothing here
+        other = Workspace(id=uuid.uuid4(), slug=f"other-{uuid.uuid4().hex[:8]}", name="Other")
+        foreign = Message(id=uuid.uuid4(), workspace_id=other.id, channel_id=uuid.UUID(GENERAL),
+                          author_id=uuid.uuid4(), body="elsewhere", offset=1, created_at=datetime.now(UTC))
+        async with services.store.unit_of_work() as uow:
+            await uow.workspaces.add(other)
+            await uow.messages.add_many([foreign])
+            await uow.commit()
+        services.clock.advance(1)  # type: ignore[attr-defined]  # refill the publish bucket
+        await send(a, op="publish", id=5, channel=GENERAL, cmid="t5", text="reply across", thread=str(foreign.id))
         errors = {x["id"]: x for x in ta.take("error")}
         assert errors[2]["code"] == "not_found" and errors[2]["field"] == "thread"
         assert errors[3]["code"] == "not_found" and errors[3]["field"] == "thread"
+        assert errors[5]["code"] == "not_found" and errors[5]["field"] == "thread"
         assert ta.take("ack") == []
         services.clock.advance(1)  # type: ignore[attr-defined]  # refill the publish bucket
         await send(a, op="publish", id=4, channel=GENERAL, cmid="t3", text="a real reply", thread=mid)
