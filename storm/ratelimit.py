@@ -84,7 +84,9 @@ class SharedLimiter:
             wait = await self._refill(k, rate, burst)
             if wait > 0:
                 return wait
-        return 1.0 / rate  # refilled three times and others took it all: this is contention, not an error
+        # Refilled three times and others took it all: that is contention (more takers in line than three
+        # leases hold), not an empty bucket.  Ask the shared bucket for this one token: refused only if it is empty.
+        return await self._cache.rate_take(workspace, key, rate, burst, 1)
 
     async def _refill(self, k: tuple[str, str], rate: float, burst: int) -> float:
         lease = self._leases.get(k)

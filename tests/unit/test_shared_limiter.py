@@ -47,6 +47,16 @@ async def test_a_thousand_concurrent_takers_share_one_cache_call_per_lease(env: 
     assert cache.calls == [1000]  # 10 000/s x 100 ms, taken once for all of them
 
 
+async def test_more_takers_in_line_than_three_leases_hold_are_not_refused_while_the_bucket_has_tokens(
+        env: Any) -> None:
+    """A gateway with thousands of publishes queued (a loaded bench) must not refuse them as ``rate_limited``
+    while the shared bucket still has tokens: waiters that saw three leases taken by others ask the bucket."""
+    _, cache, limiter = env
+    waits = await asyncio.gather(*(limiter.take("ws", "rate:workspace", 10_000, 20_000) for _ in range(5000)))
+    assert sum(w > 0 for w in waits) == 0  # 5 000 of a 20 000 burst: every one admitted
+    assert sum(cache.calls) <= 20_000  # and no more granted than the bucket holds
+
+
 async def test_admits_at_most_what_the_shared_bucket_grants_across_gateways(env: Any) -> None:
     clock, cache, _ = env
     gateways = [SharedLimiter(cache, clock), SharedLimiter(cache, clock)]  # two processes, one bucket
