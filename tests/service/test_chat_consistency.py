@@ -214,3 +214,30 @@ async def test_subscribe_works_without_the_read_state_when_the_store_fails(ctx, 
     await send(a, op="subscribe", id=1, channel=GENERAL)
     (sub,) = ta.take("subscribed")
     assert sub["id"] == 1 and "read" not in sub and "unread" not in sub
+
+
+async def test_a_reaction_that_could_not_be_published_is_taken_back(ctx, services, monkeypatch):
+    """The store changes before the event is published: when the broker refuses the event (nothing reached
+    the log), the change is undone, so the store never holds a reaction nobody was told of."""
+    from storm.errors import PublishNotSent
+
+    worker = PersistenceWorker(services)
+    await worker.start()
+    try:
+        mid, a, ta = await _stored_message(ctx, services)
+        real = services.broker.publish
+
+        async def refuse(workspace: str, channel: str, payload: bytes) -> int:
+            if b'"reaction"' in payload:
+                raise PublishNotSent("broker refused")
+            return await real(workspace, channel, payload)
+
+        monkeypatch.setattr(services.broker, "publish", refuse)
+        await send(a, op="react", id=2, channel=GENERAL, message_id=mid, emoji="👍")
+        assert ta.take("error")[0]["id"] == 2
+        async with services.store.unit_of_work() as uow:
+            ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
+            assert ws
+            assert await uow.reactions.counts(ws.id, [uuid.UUID(mid)]) == {}
+    finally:
+        await worker.stop()
