@@ -261,6 +261,9 @@ class Config:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
         if not 0 <= self.consumer_linger_s <= 1:
             raise ConfigError(f"STORM_CONSUMER_LINGER_S must be between 0 and 1, got {self.consumer_linger_s!r}")
+        if not 0 <= self.webhook_backoff_s <= self.webhook_backoff_cap_s:
+            raise ConfigError("STORM_WEBHOOK_BACKOFF_S must be between 0 and STORM_WEBHOOK_BACKOFF_CAP_S, got "
+                              f"{self.webhook_backoff_s!r} and {self.webhook_backoff_cap_s!r}")
         if self.drain_reconnect_spread_s < 0:
             raise ConfigError("STORM_DRAIN_RECONNECT_SPREAD_S must not be negative, "
                               f"got {self.drain_reconnect_spread_s!r}")

@@ -148,3 +148,24 @@ def test_membership_events_belong_to_the_workspace_not_a_channel() -> None:
     assert handle(d, [only_a_channel]).webhooks == (only_a_channel,)  # the channel filter does not apply
     with pytest.raises(ValueError):
         member_record("member.exploded", user, 1.0)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"STORM_WEBHOOK_BACKOFF_S": "10", "STORM_WEBHOOK_BACKOFF_CAP_S": "1"}, "STORM_WEBHOOK_BACKOFF_S"),
+    ({"STORM_WEBHOOK_BACKOFF_S": "-1"}, "STORM_WEBHOOK_BACKOFF_S"),
+    ({"STORM_WEBHOOK_MAX_ATTEMPTS": "0"}, "STORM_WEBHOOK_MAX_ATTEMPTS"),
+    ({"STORM_WEBHOOK_TIMEOUT_S": "0"}, "STORM_WEBHOOK_TIMEOUT_S"),
+])
+def test_bad_webhook_settings_name_the_variable(env: dict[str, str], needle: str) -> None:
+    from storm.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        Config.from_env(env)
+
+
+def test_the_policy_comes_from_the_settings() -> None:
+    from storm.config import Config
+
+    cfg = Config.from_env({"STORM_WEBHOOK_MAX_ATTEMPTS": "3", "STORM_WEBHOOK_BACKOFF_S": "0.1",
+                           "STORM_WEBHOOK_BACKOFF_CAP_S": "2", "STORM_WEBHOOK_TIMEOUT_S": "1.5"})
+    assert RetryPolicy.of(cfg) == RetryPolicy(max_attempts=3, base_s=0.1, cap_s=2.0, timeout_s=1.5)
