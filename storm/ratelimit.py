@@ -71,7 +71,7 @@ class SharedLimiter:
     async def take(self, workspace: str, key: str, rate: float, burst: int) -> float:
         """0.0 when one token was taken, else the seconds to wait (nothing taken)."""
         k = (workspace, key)
-        for _ in range(3):
+        while True:  # ends: a refill either fails (refused) or serves at least the taker that made it
             lease = self._leases.get(k)
             if lease is not None and lease.tokens > 0 and self._clock.monotonic() < lease.expires:
                 lease.tokens -= 1
@@ -84,9 +84,6 @@ class SharedLimiter:
             wait = await self._refill(k, rate, burst)
             if wait > 0:
                 return wait
-        # Refilled three times and others took it all: that is contention (more takers in line than three
-        # leases hold), not an empty bucket.  Ask the shared bucket for this one token: refused only if it is empty.
-        return await self._cache.rate_take(workspace, key, rate, burst, 1)
 
     async def _refill(self, k: tuple[str, str], rate: float, burst: int) -> float:
         lease = self._leases.get(k)

@@ -70,6 +70,7 @@ SLOW_NS = 250_000_000  # deliveries slower than this are also counted by the sec
 MARK = b'"text":"e2e:'
 _STAMP = re.compile(rb'"text":"e2e:(\d+):(\d+):(\d+)"')
 _ACK = re.compile(rb'"type":"ack","id":(\d+)')
+_ERROR_CODE = re.compile(rb'"type":"error","code":"([a-z_]+)"')
 _ERROR_ID = re.compile(rb'"type":"error"[^\n]*?"id":(\d+)')
 BENCH_PLAN = "enterprise"  # the plan of the workspace the bench creates (storm.domain.PLANS)
 ROLES = ("gateways", "pulsar", "hazelcast", "consumers", "postgres", "clients")
@@ -144,11 +145,15 @@ class Shared:
         self.first_error = ""
         self.closed = 0
         self.stopping = False
+        self.errors_by_code: dict[str, int] = {}
 
     def error(self, payload: bytes) -> None:
         self.errors += payload.count(b'"type":"error"')
+        for m in _ERROR_CODE.finditer(payload):
+            self.errors_by_code[m[1].decode()] = self.errors_by_code.get(m[1].decode(), 0) + 1
         if not self.first_error:
-            self.first_error = payload[:300].decode(errors="replace")
+            at = payload.find(b'{"type":"error"')  # the error event, not the events coalesced before it
+            self.first_error = payload[max(0, at):][:300].decode(errors="replace")
 
 
 class Member(SubscribingClient):
@@ -325,7 +330,8 @@ async def child_main() -> None:
         "result", connected=len(conns), failures=failures[:5], published=shared.published,
         acked=shared.acked, rejected=shared.rejected, deliveries=shared.deliveries, duplicates=shared.duplicates,
         misordered=shared.misordered, self_echoes=shared.self_echoes, errors=shared.errors,
-        first_error=shared.first_error, closed=shared.closed, client_cpu_s=time.process_time() - cpu0,
+        first_error=shared.first_error, errors_by_code=shared.errors_by_code, closed=shared.closed,
+        client_cpu_s=time.process_time() - cpu0,
         sent={c.index: c.seq for c in conns},
         acked_bits={c.index: format(c.acked, "x") for c in conns},
         received={c.index: {s: format(b, "x") for s, b in c.received.items()} for c in conns},
@@ -519,6 +525,14 @@ def _slow_by_second(results: list[dict[str, Any]]) -> dict[str, int]:
         return {}
     first = min(merged)
     return {str(second - first): merged[second] for second in sorted(merged)}
+
+
+def _sum_counts(tables: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tables:
+        for k, v in t.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def score(results: list[dict[str, Any]], members: int) -> dict[str, int]:
@@ -898,6 +912,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
         "misordered": sum(r["misordered"] for r in results),
         "errors": sum(r["errors"] for r in results),
         "first_error": next((r["first_error"] for r in results if r["first_error"]), ""),
+        "errors_by_code": _sum_counts([r.get("errors_by_code", {}) for r in results]),
         "closed": sum(r["closed"] for r in results),
     }
     out.update({k: v for k, v in extra.items() if v})
