@@ -896,7 +896,7 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
         "consumers": not args.no_consumers,
         "cpu_us_per_msg": cpu_per_message(cpu["cpu_s"], acked),
         "cpu_s": cpu["cpu_s"],
-        "cpu_window_s": cpu["window_s"],
+        "cpu_window_s": cpu.get("window_s"),
         "machine_busy": cpu["machine_busy"],
         "cores": cpu["cores"],
         "load_avg_1m": [round(load_before[0], 2), round(load_after[0], 2)],

@@ -156,3 +156,13 @@ def test_e2e_summary_reports_losses_rejections_and_server_errors() -> None:
                                     {"connect_failures": 1, "acked": 1}, {"acked": 0}])
 def test_e2e_run_fails_on_errors_losses_refused_connections_or_no_acks(result: dict[str, Any]) -> None:
     assert e2e.failed(result)
+
+
+def test_e2e_cpu_per_message_divides_each_role_by_the_acked_and_sums_the_server() -> None:
+    cpu_s = {"gateways": 2.0, "pulsar": 1.0, "hazelcast": 0.25, "consumers": 0.5, "postgres": 0.25, "clients": 0.5}
+    out = e2e.cpu_per_message(cpu_s, acked=1000)
+    assert out == {"gateways": 2000.0, "pulsar": 1000.0, "hazelcast": 250.0, "consumers": 500.0, "postgres": 250.0,
+                   "clients": 500.0, "server_total": 4000.0}  # the clients are not the server's
+    missing = e2e.cpu_per_message({"gateways": 1.0, "clients": 1.0}, acked=100)  # services not found
+    assert missing["pulsar"] is None and missing["server_total"] == 10000.0
+    assert e2e.cpu_per_message(cpu_s, acked=0)["server_total"] is None
