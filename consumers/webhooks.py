@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -313,17 +314,23 @@ class WebhookWorker:
             await self._log(DeliveryAttempt(id=uuid.uuid4(), workspace_id=webhook.workspace_id,
                                             webhook_id=webhook.id, event_id=event.id, event_type=event.type,
                                             attempt=attempt, status=outcome, http_status=status, error=error,
-                                            duration_ms=elapsed_ms), event.workspace)
+                                            duration_ms=elapsed_ms), event.workspace,
+                            prune=outcome is not DeliveryStatus.FAILED)
             if outcome is not DeliveryStatus.FAILED:
                 return outcome
             await self._sleep(policy.backoff(attempt, self._rand))
         raise AssertionError("unreachable: the last attempt is delivered or dead-lettered")
 
-    async def _log(self, attempt: DeliveryAttempt, slug: str) -> None:
-        """The delivery log is for admins; a store failure here must not cause a second POST."""
+    async def _log(self, attempt: DeliveryAttempt, slug: str, *, prune: bool) -> None:
+        """The delivery log is for admins; a store failure here must not cause a second POST.  With the last
+        attempt of an event, the webhook's entries older than ``STORM_WEBHOOK_LOG_RETENTION_S`` go (a range
+        of the log's index, in the same transaction)."""
+        cutoff = attempt.at - timedelta(seconds=self._services.config.webhook_log_retention_s)
 
         async def write(uow: UnitOfWork) -> None:
             await uow.webhooks.log_delivery(attempt)
+            if prune:
+                await uow.webhooks.prune_deliveries(attempt.workspace_id, attempt.webhook_id, cutoff)
 
         try:
             await self._services.store.run(write)

@@ -529,6 +529,11 @@ class SqlWebhookRepository(_Repository):
             status=attempt.status.value, http_status=attempt.http_status, error=attempt.error,
             duration_ms=attempt.duration_ms, at=to_db_time(attempt.at)))
 
+    async def prune_deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, before: datetime) -> int:
+        d = m.webhook_deliveries  # a range of the (workspace_id, webhook_id, at) index
+        return await self._rowcount(delete(d).where(d.c.workspace_id == workspace_id, d.c.webhook_id == webhook_id,
+                                                    d.c.at < to_db_time(before)))
+
     async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
                          status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:
         d = m.webhook_deliveries

@@ -118,6 +118,9 @@ class Config:
     webhook_backoff_cap_s: float = _setting(8.0, "STORM_WEBHOOK_BACKOFF_CAP_S", "Webhook retry backoff: the "
                                             "largest ceiling (each pause is uniform in [0, ceiling]).")
     webhook_timeout_s: float = _setting(4.0, "STORM_WEBHOOK_TIMEOUT_S", "Timeout of one webhook POST.")
+    webhook_log_retention_s: float = _setting(
+        7 * 24 * 3600.0, "STORM_WEBHOOK_LOG_RETENTION_S", "Age after which webhook delivery-log entries are dropped."
+    )
     webhook_allow_private: bool = _setting(
         False, "STORM_WEBHOOK_ALLOW_PRIVATE", "Allow http:// and loopback/private webhook targets outside "
         "embedded mode (never in a real deployment: SSRF)."
@@ -255,6 +258,7 @@ class Config:
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
             "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
             "metrics_interval_s", "dd_dogstatsd_port", "webhook_max_attempts", "webhook_timeout_s",
+            "webhook_log_retention_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:

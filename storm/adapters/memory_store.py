@@ -486,6 +486,18 @@ class MemoryWebhookRepository(_Repository):
 
         self._write(op)
 
+    async def prune_deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, before: datetime) -> int:
+        cutoff = _utc_required(before)
+
+        def op(t: _Tables) -> int:
+            kept = [d for d in t.deliveries
+                    if not (d.workspace_id == workspace_id and d.webhook_id == webhook_id and d.at < cutoff)]
+            dropped = len(t.deliveries) - len(kept)
+            t.deliveries = kept
+            return dropped
+
+        return self._write(op)
+
     async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
                          status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:
         rows = [d for d in reversed(self._t.deliveries)

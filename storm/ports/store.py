@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -187,6 +188,10 @@ class WebhookRepository(Protocol):
     async def remove_incoming(self, workspace_id: uuid.UUID, hook_id: uuid.UUID) -> bool: ...
 
     async def log_delivery(self, attempt: DeliveryAttempt) -> None: ...
+
+    async def prune_deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, before: datetime) -> int:
+        """Drop the webhook's delivery-log entries older than ``before``; returns how many."""
+        ...
 
     async def deliveries(self, workspace_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int,
                          status: DeliveryStatus | None = None) -> builtins.list[DeliveryAttempt]:

@@ -4,6 +4,7 @@ and store with a scripted HTTP seam.  The real receiver is in tests/e2e/test_web
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -348,3 +349,19 @@ async def test_no_membership_records_without_a_webhook_that_wants_them(tenants_a
     await api.workspace("acme")
     await api.member("acme", "bob")
     assert await api.services.broker.head("acme", MEMBERS_LOG) == 0
+
+
+async def test_the_last_attempt_prunes_the_log_past_its_retention(worker_env: Any) -> None:
+    services, ws, channel = worker_env
+    short = dataclasses.replace(services, config=dataclasses.replace(services.config, webhook_log_retention_s=0.001))
+    hook = Webhook(uuid.uuid4(), ws.id, "https://flaky.example/", "whsec_a", ("message.posted",))
+    await _add(services, hook)
+    poster = ScriptedPoster({hook.url: [503, 200]})
+
+    async def no_pause(seconds: float) -> None:
+        await asyncio.sleep(0.01)  # so the first attempt is older than the 1 ms retention
+
+    async with WebhookWorker(short, poster=poster, sleep=no_pause) as worker:
+        await _publish(services, channel)
+        await _until(lambda: worker.stats["delivered"] == 1)
+    assert [(a.attempt, a.status) for a in await _log(services, ws, hook)] == [(2, DeliveryStatus.DELIVERED)]
