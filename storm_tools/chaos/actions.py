@@ -5,7 +5,8 @@
 * processes of ``storm cluster``: :func:`kill_role`, :func:`stop_role` (graceful drain), :func:`rolling_restart`
   (the supervisor restarts what exits; these wait until it serves again);
 * services: :func:`stop_service`, :func:`start_service` (``scripts/services.sh down|up <service>``);
-* links, through Toxiproxy: :func:`add_toxic` (latency, timeout, bandwidth ...), :func:`cut_link`,
+* links, through Toxiproxy: :func:`add_toxic` (latency, timeout, bandwidth ...), :func:`cut_link` (a silent
+  partition),
   :func:`restore_links` (also every experiment's rollback);
 * clients: :func:`connect_spike` (a reconnect storm).
 
@@ -177,13 +178,17 @@ def add_toxic(service: str, kind: str = "latency", attributes: dict[str, Any] | 
 
 
 def cut_link(service: str, children: str | list[str] = "*") -> dict[str, Any]:
-    """Disable the proxies: connections to ``service`` from ``children`` are dropped and refused."""
+    """A partition: nothing passes any more on the links from ``children`` to ``service``, in either direction,
+    and the connections stay open (a ``timeout`` toxic of 0 ms on both streams: packets dropped, no reset).
+    Disabling the proxy instead would reset the connections, and the Hazelcast client reconnects at once to
+    the member address it learned (127.0.0.1:5701), around the proxy: no partition at all."""
     proxy = Toxiproxy(ctx.context()["toxiproxy_url"])
     proxies = _links(service, children)
     for name in proxies:
-        proxy.set_enabled(name, False)
+        for stream in ("upstream", "downstream"):
+            proxy.add_toxic(name, f"chaos-cut-{stream}", "timeout", {"timeout": 0}, stream=stream)
     ctx.record_fault(f"cut {service} ({children})")
-    return {"proxies": proxies, "enabled": False}
+    return {"proxies": proxies, "cut": "timeout toxic, 0 ms, both streams"}
 
 
 def restore_links() -> dict[str, Any]:

@@ -72,15 +72,16 @@ class Workspace:
         return cls(data["slug"], tuple(data["channels"]), tuple(data["users"]), data["secret"])
 
 
-async def provision(api_url: str, secret: str, cfg: DriverConfig, slow_users: int = 0) -> Workspace:
-    """A fresh workspace (``chaos-<hex>``, plan pro) with one user per connection and one public channel per
-    ``channel_size`` users, through the tenants API."""
+async def provision(api_url: str, secret: str, cfg: DriverConfig, slow_users: int = 0,
+                    prefix: str = "chaos-") -> Workspace:
+    """A fresh workspace (``<prefix><hex>``, plan pro) with one user per connection and one public channel per
+    ``channel_size`` users, through the tenants API.  The prefix is the run's: its consumers take only those."""
     import httpx
 
     from storm.adapters.dev_identity import DevIdentity
 
     issuer = DevIdentity(secret, ttl_s=3600)
-    slug = f"chaos-{uuid.uuid4().hex[:10]}"
+    slug = f"{prefix}{uuid.uuid4().hex[:10]}"
     users = tuple(f"u{i:04d}" for i in range(cfg.channels * cfg.channel_size + slow_users))
     async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
         async def call(method: str, path: str, token: str, body: Any) -> Any:
@@ -122,7 +123,9 @@ class _Stats:
 
 
 class _SlowReader(SubscribingClient):
-    """Subscribes, then stops reading its socket: the gateway's per-connection outbox fills up."""
+    """Subscribes, then stops reading its socket (its heartbeat still goes out, as an app whose reader is stuck
+    but whose timer is not: so the gateway's idle timeout, 4002, is not what closes it); the gateway's
+    per-connection outbox fills up once the socket buffers are full."""
 
     def __init__(self, host: str, port: int, token: str, channel: str, stats: _Stats) -> None:
         super().__init__(host, port, b'{"op":"auth","token":"%s"}' % token.encode(), stats)
@@ -138,6 +141,14 @@ class _SlowReader(SubscribingClient):
         if not self.closed.done():
             self.closed.set_result(code)
         super().on_close(code)
+
+
+async def _ping_forever(readers: list[_SlowReader], every_s: float = 15.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        for reader in readers:
+            if reader.transport is not None and not reader.transport.is_closing():
+                reader.send_text(b'{"op":"ping"}')
 
 
 @dataclass
@@ -194,6 +205,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
 
     stats = _Stats()
     slow: list[tuple[str, _SlowReader]] = []
+    pinger: asyncio.Task[None] | None = None
     waiters: set[asyncio.Task[None]] = set()
     try:
         for m in members:
@@ -212,6 +224,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                 await asyncio.wait_for(reader.ready, 30)
                 reader.transport.pause_reading()
                 slow.append((user, reader))
+        pinger = asyncio.create_task(_ping_forever([r for _, r in slow])) if slow else None
         say(f"{len(members)} clients online and subscribed in {len(ws.channels)} channels"
             + (f", {len(slow)} slow readers" if slow else ""))
 
@@ -274,6 +287,8 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
             rec.slow_readers[user] = reader.close_code
     finally:
         stats.stopping = True
+        if slow and pinger is not None:
+            pinger.cancel()
         for _, reader in slow:
             reader.close()
         for task in list(waiters):

@@ -49,7 +49,7 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
                      database_wait_s: Any = 90.0, gate: Any = "all") -> dict[str, Any]:
     """The steady state (module docstring): before the method a baseline, after it the method's verdict.
 
-    ``gate``: the SLO ids (slo/slos.yaml) whose miss fails the experiment, or ``"all"``; the others are
+    ``gate``: the SLO ids (storm_tools/slos.yaml) whose miss fails the experiment, or ``"all"``; the others are
     reported only (the experiment file says why: a degradation by design, with its bound).  An SLO the
     baseline already missed (this machine cannot meet it even without a fault) gates nothing either: it is
     reported as ``missed in the baseline``.  Integrity (lost, duplicates, inversions, stored once) always gates."""
@@ -60,7 +60,8 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
         ws = Workspace.from_dict(state["workspace"])
         verdict = _judge_method(ws, float(database_wait_s), gated, set(state.get("baseline_missed", [])))
         state["phase"] = "judged"
-        _delete_workspace(ws)
+        if verdict["integrity_ok"]:  # else kept, with its broker log and rows, for whoever investigates
+            _delete_workspace(ws)
     else:
         for name in ("faults.jsonl", "traffic.json", "verdict-after.json"):
             (ctx.run_dir() / name).unlink(missing_ok=True)
@@ -77,7 +78,7 @@ def _baseline(connections: int, slow_fraction: float, baseline_s: float) -> tupl
     api = next(ch for ch in ctx.children() if ch.role == "api")
     cfg = DriverConfig(connections=connections, slow_fraction=slow_fraction)
     slow_users = round(cfg.channel_size * slow_fraction) * cfg.channels
-    ws = asyncio.run(provision(api.http_url, c["secret"], cfg, slow_users))
+    ws = asyncio.run(provision(api.http_url, c["secret"], cfg, slow_users, c.get("workspace_prefix", "chaos-")))
     gateways = [ch.ws_url for ch in ctx.children() if ch.role == "gateway"]
     base = DriverConfig(connections=min(connections, 20), duration_s=baseline_s, settle_s=15, tag="b")
     records = asyncio.run(drive(ws, gateways, base, metrics_port=int(c.get("metrics_port", 0))))
@@ -111,8 +112,10 @@ def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
         else:
             row["judged"] = "gates"
         verdicts.append(row)
-    # slow readers: every one closed by the gateway with 4008 (docs/delivery.md, "Slow consumers")
-    clean = integrity_ok(result) and all(code == SLOW_CLOSE for code in result["slow_closed"].values())
+    # slow readers: closed by the gateway with 4008 once their outbox overflowed, or still open when it never
+    # did (the load was below what the socket buffers absorb); any other close is a failure
+    # (docs/delivery.md, "Slow consumers")
+    clean = integrity_ok(result) and all(code in (SLOW_CLOSE, None) for code in result["slow_closed"].values())
     ok = clean and all(v["ok"] is not False for v in verdicts if v["judged"] == "gates")
     return {"phase": "after", "ok": ok, "workspace": ws.slug, "integrity_ok": clean, "gate": sorted(gated or [])
             or "all", "slos": verdicts, "figures": result}

@@ -111,6 +111,7 @@ class Session:
         self.database_url = ""
         self.pg_url = ""
         self.context_path = report / "context.json"
+        self.workspace_prefix = f"chaos-{uuid.uuid4().hex[:6]}-"
 
     def open(self) -> None:
         from db.admin import create_database
@@ -145,8 +146,9 @@ class Session:
                "STORM_HAZELCAST_MEMBERS": services["STORM_TEST_HAZELCAST_MEMBERS"], "STORM_IDENTITY": "dev",
                "STORM_DRAIN_TIMEOUT_S": "5", "STORM_MAX_CONNECTIONS_PER_IP": "5000",
                "STORM_PUBLISH_RATE": "100", "STORM_PUBLISH_BURST": "200",
-               # the driver's workspaces are chaos-*; other deployments (tests) share this Pulsar
-               "STORM_CONSUMER_WORKSPACE_PREFIX": "chaos-",
+               # the driver's workspaces are chaos-<run>-*; other deployments (tests, another chaos run) share
+               # this Pulsar and its work subscription
+               "STORM_CONSUMER_WORKSPACE_PREFIX": self.workspace_prefix,
                # metrics to the driver's DogStatsD receiver, for the SLOs (storm_tools/chaos/slo_seam.py)
                "DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": str(metrics_port),
                "STORM_METRICS_INTERVAL_S": "1"}
@@ -163,7 +165,7 @@ class Session:
         self.context_path.write_text(json.dumps({
             "state_file": str(state_file), "toxiproxy_url": services["STORM_TEST_TOXIPROXY_URL"], "links": links,
             "database_url": self.database_url, "secret": Config.from_env(env).dev_secret,
-            "metrics_port": metrics_port,
+            "metrics_port": metrics_port, "workspace_prefix": self.workspace_prefix,
             "services_script": str(ctx.ROOT / "scripts" / "services.sh")}, indent=2))
         os.environ["STORM_CHAOS_CONTEXT"] = str(self.context_path)
         deadline = time.monotonic() + self.args.start_timeout

@@ -1,4 +1,4 @@
-"""The one place the chaos experiments judge a run against the SLOs: the shared definitions of slo/slos.yaml,
+"""The one place the chaos experiments judge a run against the SLOs: the shared definitions of storm_tools/slos.yaml,
 evaluated by :mod:`storm_tools.slo` (the same file Datadog's SLOs are generated from; docs/observability.md).
 
 During the baseline and the method the STORM processes send their metrics to a DogStatsD receiver on the
@@ -65,7 +65,7 @@ def points_from_json(rows: list[dict[str, Any]]) -> Collector:
 
 
 def evaluate(result: dict[str, Any], points: list[dict[str, Any]]) -> list[SloVerdict]:
-    """Every SLO of slo/slos.yaml over ``points``, with the driver's lost and unstored messages as bad
+    """Every SLO of storm_tools/slos.yaml over ``points``, with the driver's lost and unstored messages as bad
     ``acked_delivered`` events."""
     extra_bad = {"acked_delivered": float(result.get("lost_messages", 0) + result.get("not_stored", 0))}
     verdicts = []
