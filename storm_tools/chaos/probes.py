@@ -60,7 +60,7 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
         ws = Workspace.from_dict(state["workspace"])
         verdict = _judge_method(ws, float(database_wait_s), gated, set(state.get("baseline_missed", [])))
         state["phase"] = "judged"
-        if verdict["integrity_ok"]:  # else kept, with its broker log and rows, for whoever investigates
+        if verdict["integrity_ok"]:  # else its broker topics are kept for whoever investigates
             _delete_workspace(ws)
     else:
         for name in ("faults.jsonl", "traffic.json", "verdict-after.json"):

