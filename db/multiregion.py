@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 GLOBAL_TABLES = ("workspaces", "users")
-REGIONAL_BY_ROW_TABLES = ("memberships", "channels", "channel_members", "messages", "reactions", "read_markers")
+REGIONAL_BY_ROW_TABLES = ("memberships", "channels", "channel_members", "messages", "reactions", "read_markers",
+                          "webhooks", "incoming_webhooks", "webhook_deliveries")
 SURVIVAL_GOALS = ("zone", "region")
 
 # CockroachDB region names come from the nodes' --locality flags (e.g. "eu-west1", "aws-us-east-1").

@@ -10,7 +10,6 @@ docs/database.md.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,9 +21,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
 
 from db import models
-from db import repositories as repos
 from db.errors import SerializationFailure, is_serialization_failure
-from db.store import RetryPolicy, SqlStore, SqlUnitOfWork
+from db.store import RetryPolicy, SqlStore
 from storm.adapters.memory_store import MemoryStore
 from storm.domain import (
     Channel,
@@ -38,7 +36,6 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import Conflict, NotFound, Unavailable
-from storm.ports import store as store_port
 from storm.ports.store import Store, UnitOfWork
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
@@ -111,28 +108,6 @@ async def _tenant(store: Store) -> dict[str, object]:
 
     await store.run(join)
     return {"ws": ws, "user": user, "public": public, "private": private, "msg": msg, "hook": hook}
-
-
-@pytest.mark.parametrize(("port", "adapter"), [
-    (store_port.Store, SqlStore),
-    (store_port.UnitOfWork, SqlUnitOfWork),
-    (store_port.WorkspaceRepository, repos.SqlWorkspaceRepository),
-    (store_port.UserRepository, repos.SqlUserRepository),
-    (store_port.MembershipRepository, repos.SqlMembershipRepository),
-    (store_port.ChannelRepository, repos.SqlChannelRepository),
-    (store_port.MessageRepository, repos.SqlMessageRepository),
-    (store_port.ReactionRepository, repos.SqlReactionRepository),
-    (store_port.ReadMarkerRepository, repos.SqlReadMarkerRepository),
-], ids=lambda p: p.__name__)
-def test_adapter_methods_have_the_port_signatures(port: type, adapter: type) -> None:
-    """Same names, parameter kinds and defaults as the Protocol, so callers of the port can use keywords."""
-    def shape(fn: object) -> list[tuple[str, object, object]]:
-        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]  # type: ignore[arg-type]
-
-    for name, fn in vars(port).items():
-        if callable(fn) and (not name.startswith("_") or name in ("__aenter__",)):
-            assert shape(getattr(adapter, name)) == shape(fn), f"{adapter.__name__}.{name}"
-    assert inspect.iscoroutinefunction(SqlStore.run)
 
 
 # ---- webhooks (storm/webhooks.py) ------------------------------------------------------------------------

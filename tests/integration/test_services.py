@@ -77,9 +77,10 @@ def test_env_prints_what_the_tests_connect_to(pulsar_urls: tuple[str, str], haze
     lines = dict(line.split("=", 1) for line in _script("env", "all").stdout.splitlines())
 
     assert set(lines) == {"STORM_TEST_PG_URL", "STORM_TEST_PULSAR_URL", "STORM_TEST_PULSAR_ADMIN_URL",
-                          "STORM_TEST_HAZELCAST_MEMBERS"}
+                          "STORM_TEST_HAZELCAST_MEMBERS", "STORM_TEST_TOXIPROXY_URL"}
     assert (lines["STORM_TEST_PULSAR_URL"], lines["STORM_TEST_PULSAR_ADMIN_URL"]) == pulsar_urls
     assert lines["STORM_TEST_HAZELCAST_MEMBERS"] == hazelcast_members
+    assert lines["STORM_TEST_TOXIPROXY_URL"].startswith("http://127.0.0.1:")  # loopback only (chaos proxies)
 
 
 @pytest.mark.parametrize("service", ["pulsar", "hazelcast"])
