@@ -14,25 +14,9 @@ measures it.
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import Any
 
 DEFAULT_RATE = 50.0
-
-
-@asynccontextmanager
-async def sql_transaction(database_url: str) -> AsyncIterator[AsyncConnection]:
-    """A connection in a transaction on the SQL store's database, for the benches' bulk set-up and read-back.
-    A store of its own rather than the services' one: that is a ``Store`` (possibly wrapped, e.g. metered),
-    and only the SQL adapter has an engine."""
-    from db.store import SqlStore
-
-    async with SqlStore(database_url, create_schema=False) as store, store.engine.begin() as conn:
-        yield conn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

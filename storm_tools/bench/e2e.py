@@ -420,7 +420,7 @@ async def provision(services: Services, connections: int, members: int, run: str
     from db import models as m
     from storm.ports.broker import ChannelPreparer
     from storm.ports.identity import Claims
-    from storm_tools.bench import sql_transaction
+    from storm_tools.bench.database import sql_transaction
     from tenants import service
 
     slug = f"{prefix}-{run}"
@@ -472,7 +472,7 @@ async def unprovision(services: Services, ws: Workspace) -> None:
 
     from db import models as m
     from storm.ports.identity import Claims
-    from storm_tools.bench import sql_transaction
+    from storm_tools.bench.database import sql_transaction
     from tenants import service
 
     claims = Claims(subject=ws.subjects[0], workspace=ws.slug, name="User 0", expires_at=time.time() + 3600,

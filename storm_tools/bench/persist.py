@@ -333,7 +333,7 @@ async def _verify(database_url: str, workspace_id: uuid.UUID, ids: list[str]) ->
     from sqlalchemy import func, select
 
     from db import models as m
-    from storm_tools.bench import sql_transaction
+    from storm_tools.bench.database import sql_transaction
 
     msgs = m.messages
     async with sql_transaction(database_url) as conn:
