@@ -63,6 +63,10 @@ DIRECTORY_KEYS = ("member:", "channel:", "chmember:")  # plus the exact key "ws"
 NEAR_CACHE_TTL_S = 30.0  # = the directory's CACHE_TTL_S: bounds staleness if an invalidation is lost
 NEAR_CACHE_MAX_ENTRIES = 50_000
 CONNECT_TIMEOUT_S = 10.0  # start() gives up (Unavailable) when no member answers by then
+# After start, the client reconnects for ever (retry backoff up to 30 s): with a finite cluster_connect_timeout
+# the Hazelcast client shuts itself down for good after an outage longer than it, and every later call of the
+# process fails with "Client is not active" although the member is back (found by the hazelcast-loss chaos
+# experiment: the API refused every workspace creation after a 20 s member loss).
 INVOCATION_TIMEOUT_S = 5.0  # one operation gives up (Unavailable) after this, retries included
 RATE_CAS_RETRIES = 8
 RATE_BACKOFF_S = 0.002  # upper bound of the random pause after the n-th lost race, times n
@@ -120,6 +124,23 @@ def _operation(
     return wrapper
 
 
+def _reconnect_forever(client: Any) -> None:
+    """Make a started client retry its cluster connection for ever (backoff capped by the client at 30 s).
+
+    The client has one ``cluster_connect_timeout`` for its first connection and for every reconnection; we
+    want a bounded first connection (start() answers Unavailable) and an unbounded reconnection, and its
+    asyncio client offers no public way to say so (``async_start`` still blocks ``create_and_start``). So the
+    wait strategy's bound is lifted after start. Private to hazelcast-python-client 5.7 (pinned < 5.8);
+    tests/integration/test_hazelcast_outage.py fails if this stops working."""
+    strategy = getattr(getattr(client, "_connection_manager", None), "_wait_strategy", None)
+    if strategy is None or not hasattr(strategy, "_cluster_connect_timeout"):
+        log.warning("hazelcast client internals changed: after an outage over %.0f s it will not reconnect",
+                    CONNECT_TIMEOUT_S)
+        return
+    strategy._cluster_connect_timeout = math.inf
+    strategy._cluster_connect_timeout_text = "INFINITE"
+
+
 @dataclass(frozen=True, slots=True)
 class HazelcastSettings:
     """What the adapter takes from the configuration; :func:`storm.bootstrap.hazelcast_settings` builds it
@@ -150,7 +171,7 @@ class HazelcastCache:
         cfg = HzConfig()  # type: ignore[no-untyped-call]  # hazelcast's __init__ lacks its `-> None`
         cfg.cluster_name = self._cluster
         cfg.cluster_members = self._members
-        cfg.cluster_connect_timeout = CONNECT_TIMEOUT_S
+        cfg.cluster_connect_timeout = CONNECT_TIMEOUT_S  # the first connection; then for ever (_reconnect_forever)
         cfg.invocation_timeout = INVOCATION_TIMEOUT_S
         cfg.statistics_enabled = False
         near = NearCacheConfig()  # type: ignore[no-untyped-call]  # as above
@@ -166,6 +187,7 @@ class HazelcastCache:
         client = None
         try:
             client = await HazelcastClient.create_and_start(self._client_config())
+            _reconnect_forever(client)
             for name in (MAP_DIRECTORY, MAP_KV, MAP_PRESENCE, MAP_COUNTERS, MAP_RATE, MAP_REVOKED):
                 self._maps[name] = await client.get_map(name)
             presence = self._maps[MAP_PRESENCE]

@@ -1,0 +1,66 @@
+"""A Hazelcast outage longer than the first-connect bound does not leave the process without a cache.
+
+Found by the `hazelcast-loss` chaos experiment (chaos-experiments/hazelcast-loss.json): with the client's
+``cluster_connect_timeout`` at 10 s, a 20 s member loss made the Hazelcast client shut itself down for good,
+and every later call of the process failed with "Client is not active" although the member was back (the
+tenants API refused every workspace creation from then on). The adapter now reconnects for ever after its
+first connection (storm/adapters/hazelcast_cache.py, docs/cache.md).
+
+This test stops and starts the shared member with scripts/services.sh, as the chaos experiment does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from storm.adapters.hazelcast_cache import CONNECT_TIMEOUT_S, HazelcastCache, HazelcastSettings
+from storm.errors import Unavailable
+from storm.ports.clock import SystemClock
+from tests.support.ci import unavailable
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "services.sh"
+RECOVERY_S = 60.0  # the client's retry backoff is capped at 30 s
+
+
+def _services(action: str) -> None:
+    out = subprocess.run(["bash", str(SCRIPT), action, "hazelcast"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+async def test_the_cache_comes_back_after_an_outage_longer_than_the_connect_bound(hazelcast_members: str) -> None:
+    services_dir = Path(os.environ.get("STORM_SERVICES_DIR", ROOT / ".services"))
+    if not (services_dir / "hazelcast.pid").is_file():
+        unavailable("the Hazelcast member is not managed by scripts/services.sh here", needed_by="service")
+    workspace = f"t-{uuid.uuid4().hex[:12]}"
+    settings = HazelcastSettings(members=tuple(hazelcast_members.split(",")), cluster="storm")
+    async with HazelcastCache(settings, SystemClock()) as cache:
+        await cache.set(workspace, "k", b"before", 60)
+        assert await cache.get(workspace, "k") == b"before"
+        await asyncio.to_thread(_services, "down")
+        try:
+            await asyncio.sleep(CONNECT_TIMEOUT_S + 5)  # longer than the first-connect bound
+            with pytest.raises(Unavailable):
+                await cache.get(workspace, "k")  # the member is gone: a clear error, not a hang
+        finally:
+            await asyncio.to_thread(_services, "up")
+        deadline = time.monotonic() + RECOVERY_S
+        while True:
+            try:
+                await cache.set(workspace, "k", b"after", 60)
+                break
+            except Unavailable as exc:
+                assert "not active" not in str(exc), f"the client shut itself down: {exc}"
+                assert time.monotonic() < deadline, f"no recovery within {RECOVERY_S} s: {exc}"
+                await asyncio.sleep(1)
+        assert await cache.get(workspace, "k") == b"after"
