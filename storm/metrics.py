@@ -78,8 +78,10 @@ class Sample:
         return values
 
 
-class _Dropping:
-    """The sink of a :class:`Metrics` built without one (unit tests, the session core's default)."""
+class NullSink:
+    """A sink that drops everything: the default of a :class:`Metrics` built without one (unit tests, the
+    session core's default) and, as ``storm.adapters.null_metrics.NullMetrics``, the sink when no agent is
+    configured."""
 
     enabled = False
 
@@ -109,7 +111,7 @@ class Metrics:
     def __init__(self, sink: MetricsSink | None = None, *, interval_s: float = 2.0) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s!r}")
-        self.sink: MetricsSink = sink if sink is not None else _Dropping()
+        self.sink: MetricsSink = sink if sink is not None else NullSink()
         self.interval_s = interval_s
         self._counters: dict[tuple[str, tuple[str, ...]], Counter] = {}
         self._sent: dict[tuple[str, tuple[str, ...]], int] = {}

@@ -1,24 +1,10 @@
-"""The metrics sink when no DogStatsD agent is configured: it drops everything (storm/ports/metrics.py)."""
+"""The metrics sink when no DogStatsD agent is configured: it drops everything (storm/ports/metrics.py).
+
+The same class as the default sink of :class:`storm.metrics.Metrics` (the core cannot import an adapter, so
+the class lives there and this module names it for the bootstrap)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from storm.metrics import NullSink as NullMetrics
 
-
-class NullMetrics:
-    enabled = False
-
-    def count(self, name: str, value: int, tags: Sequence[str]) -> None:
-        pass
-
-    def gauge(self, name: str, value: float, tags: Sequence[str]) -> None:
-        pass
-
-    def distribution(self, name: str, value: float, tags: Sequence[str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+__all__ = ["NullMetrics"]
