@@ -77,6 +77,7 @@ class Session:
         self.busy = False  # a frame is being handled (the drain waits for its ack)
         self._result = "ok"  # of the command being handled: "ok" or the error code sent (storm.commands)
         self._gone = False  # counted in storm.gateway.disconnects
+        self._auth_at: float | None = None  # when the auth frame arrived (its verification may still run)
 
     # -- properties the hub, the route and the control router use ------------------------------------------
     @property
@@ -118,6 +119,7 @@ class Session:
             self._protocol_error(exc)
             return
         if self.state is State.AWAITING_AUTH:
+            self._auth_at = self.last_seen
             await self._authenticate(cmd)
             return
         self._bad_frames = 0
@@ -437,7 +439,14 @@ class Session:
     # -- deadlines (called by the hub's sweeper) ----------------------------------------------------------
     def check_deadlines(self, now: float) -> None:
         cfg = self.ctx.config
-        if self.state is State.AWAITING_AUTH and now - self.opened_at >= cfg.auth_timeout_s:
+        if self.state is State.AWAITING_AUTH and self._auth_at is not None:
+            # The auth frame came in time; verifying it is what is slow (an overloaded gateway, a slow
+            # directory).  Not the client's fault: a reconnectable close, so the client retries with backoff
+            # (4003 is final; an SDK client closed with it during a reconnect storm never came back).
+            if now - self._auth_at >= cfg.auth_timeout_s:
+                self._end(Disconnect(CloseCode.INTERNAL, ErrorCode.UNAVAILABLE,
+                                     "authentication took too long; reconnect", reason="authentication too slow"))
+        elif self.state is State.AWAITING_AUTH and now - self.opened_at >= cfg.auth_timeout_s:
             self._end(Disconnect(CloseCode.AUTH_TIMEOUT, ErrorCode.UNAUTHENTICATED, "no auth message in time",
                                  reason="authentication timeout"))
         elif self.state is State.OPEN:

@@ -125,6 +125,37 @@ async def test_auth_timeout_and_idle_timeout(ctx, services):
     assert t2.closed and t2.closed[0] == CloseCode.IDLE_TIMEOUT
 
 
+async def test_an_auth_that_came_in_time_but_verifies_slowly_is_closed_reconnectable_not_4003(ctx, services,
+                                                                                               monkeypatch):
+    """Under a reconnect storm the gateway may take longer than auth_timeout_s to verify a token that came at
+    once.  That is the server's overload, not the client's fault: 1011 (reconnect with backoff), never 4003,
+    which is final for clients (the chaos connect-spike lost an SDK client that way)."""
+    clock: ManualClock = services.clock  # type: ignore[assignment]
+    release = asyncio.Event()
+    verify = ctx.identity.verify
+
+    async def slow_verify(tok: str) -> Any:
+        await release.wait()
+        return await verify(tok)
+
+    monkeypatch.setattr(ctx.identity, "verify", slow_verify)
+    t = ListTransport()
+    s = Session(ctx, t)
+    clock.advance(services.config.auth_timeout_s - 1)
+    auth = asyncio.create_task(send(s, op="auth", token=token(services)))
+    await asyncio.sleep(0)
+    clock.advance(1.5)  # past the deadline counted from the upgrade: the auth frame came before it
+    s.check_deadlines(clock.monotonic())
+    assert t.closed is None
+    clock.advance(services.config.auth_timeout_s)  # the verification itself overran the budget
+    s.check_deadlines(clock.monotonic())
+    release.set()
+    await auth
+    assert t.closed and t.closed[0] == CloseCode.INTERNAL
+    assert t.take("error")[0]["code"] == "unavailable"
+    assert s.state is State.CLOSED and not t.take("hello")
+
+
 async def test_publish_is_acked_with_offset_and_delivered_once_to_every_subscriber(ctx, services):
     a, ta = await connect(ctx, services, "alice")
     b, tb = await connect(ctx, services, "bob")
