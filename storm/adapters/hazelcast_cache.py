@@ -28,7 +28,7 @@ import math
 import random
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -42,11 +42,20 @@ with warnings.catch_warnings():
     from hazelcast.config import IndexType, NearCacheConfig
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.errors import HazelcastError
-    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less
+    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less, not_equal
 
 from storm.errors import BadRequest, Unavailable
 from storm.lifecycle import Lifecycle
-from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
+from storm.ports.cache import (
+    PresenceEntry,
+    PresenceExpired,
+    PresenceKey,
+    PresenceWanted,
+    Unwatch,
+    check_bucket,
+    check_presence_batch,
+    check_ttl,
+)
 from storm.ports.clock import Clock
 
 log = logging.getLogger("storm.cache.hazelcast")
@@ -72,6 +81,7 @@ RATE_CAS_RETRIES = 8
 RATE_BACKOFF_S = 0.002  # upper bound of the random pause after the n-th lost race, times n
 COUNTER_PROXIES_MAX = 10_000  # PN counter proxies kept by the client; the rest are let go (LRU)
 DROP_CONCURRENCY = 32
+REFRESH_IN_FLIGHT = 256  # set_ttl invocations one presence_refresh_many keeps in flight (pipelined)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -356,19 +366,24 @@ class HazelcastCache:
 
     @_operation
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
     ) -> bool:
-        """Read the user's other entries, then write ours: of two racing first entries at least one sees
-        none (a join may be announced twice, never missed because of that race); docs/cache.md."""
+        """Count the user's other entries (one aggregation on the index, not a listing), then write ours: of
+        two racing first entries at least one sees none (a join may be announced twice, never missed
+        because of that race); docs/cache.md.  ``first=False``: the write alone."""
         ttl = _hz_ttl(ttl)
         presence, key = self._maps[MAP_PRESENCE], _presence_key(workspace, channel, conn_id)
         value = HazelcastJsonValue(json.dumps(
             {"ws": workspace, "ch": channel, "conn": conn_id, "uid": entry.user_id, "name": entry.name},
             separators=(",", ":"),
         ))
-        theirs = await presence.key_set(self._user_in_channel(workspace, channel, entry.user_id))
+        if not first:
+            await presence.set(key, value, ttl=ttl)
+            return False
+        others = await presence.aggregate(count(), and_(self._user_in_channel(workspace, channel, entry.user_id),
+                                                        not_equal("conn", conn_id)))
         await presence.set(key, value, ttl=ttl)
-        return all(k == key for k in theirs)
+        return not int(others)
 
     @_operation
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
@@ -389,6 +404,18 @@ class HazelcastCache:
         presence = self._maps[MAP_PRESENCE]
         # set_ttl does nothing for an entry that is gone (expired or removed): a dead entry stays dead.
         await asyncio.gather(*(presence.set_ttl(_presence_key(workspace, ch, conn_id), ttl) for ch in channels))
+
+    @_operation
+    async def presence_refresh_many(self, keys: Sequence[PresenceKey], ttl: float) -> None:
+        """One call for a gateway's entries: the ``set_ttl`` invocations are pipelined on the client's
+        connections, ``REFRESH_IN_FLIGHT`` at a time (Hazelcast has no batched TTL update without a
+        member-side entry processor)."""
+        hz_ttl = _hz_ttl(ttl)
+        check_presence_batch(keys)
+        presence = self._maps[MAP_PRESENCE]
+        names = [_presence_key(k.workspace, k.channel, k.conn_id) for k in keys]
+        for i in range(0, len(names), REFRESH_IN_FLIGHT):
+            await asyncio.gather(*(presence.set_ttl(n, hz_ttl) for n in names[i:i + REFRESH_IN_FLIGHT]))
 
     @_operation
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:

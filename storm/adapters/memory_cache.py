@@ -13,11 +13,21 @@ import asyncio
 import contextlib
 import heapq
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from storm.errors import QuotaExceeded
 from storm.lifecycle import Lifecycle
-from storm.ports.cache import PresenceEntry, PresenceExpired, PresenceWanted, Unwatch, check_bucket, check_ttl
+from storm.ports.cache import (
+    PresenceEntry,
+    PresenceExpired,
+    PresenceKey,
+    PresenceWanted,
+    Unwatch,
+    check_bucket,
+    check_presence_batch,
+    check_ttl,
+)
 from storm.ports.clock import Clock
 
 log = logging.getLogger("storm.cache.memory")
@@ -276,14 +286,14 @@ class MemoryCache:
             self._space(workspace).presence.pop(channel, None)
 
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
     ) -> bool:
         ttl = check_ttl(ttl)
         ch = self._channel(workspace, channel) or self._space(workspace).presence.setdefault(channel, _Channel())
         others = ch.by_user.get(entry.user_id, ())
-        already = any(cid != conn_id for cid in others)
+        already = len(others) > 1 or (len(others) == 1 and conn_id not in others)  # O(1), not a walk
         ch.put(conn_id, entry, self._clock.monotonic() + ttl)
-        return not already
+        return first and not already
 
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
         ch = self._channel(workspace, channel)
@@ -306,6 +316,21 @@ class MemoryCache:
             if current is not None:
                 ch.put(conn_id, current[0], expires)
             self._drop_if_empty(workspace, channel, ch)
+
+    async def presence_refresh_many(self, keys: Sequence[PresenceKey], ttl: float) -> None:
+        self._life.check()
+        ttl = check_ttl(ttl)
+        check_presence_batch(keys)
+        now = self._clock.monotonic()
+        expires = now + ttl
+        for key in keys:
+            space = self._spaces.get(key.workspace)
+            ch = space.presence.get(key.channel) if space is not None else None
+            if ch is None:
+                continue
+            current = ch.conns.get(key.conn_id)
+            if current is not None and current[1] > now:  # a dead entry stays dead
+                ch.put(key.conn_id, current[0], expires)
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
         ch = self._channel(workspace, channel)

@@ -12,7 +12,7 @@ consistent) in docs/cache.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +23,28 @@ from storm.errors import BadRequest
 class PresenceEntry:
     user_id: str
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceKey:
+    """One presence entry's address: the workspace first, as in every key."""
+
+    workspace: str
+    channel: str
+    conn_id: str
+
+
+PRESENCE_BATCH_MAX = 10_000  # keys one presence_refresh_many call takes (BadRequest beyond)
+
+
+def check_presence_batch(keys: Sequence[PresenceKey]) -> None:
+    """Every adapter's rule for ``presence_refresh_many``: at most ``PRESENCE_BATCH_MAX`` keys, each with a
+    non-empty workspace."""
+    if len(keys) > PRESENCE_BATCH_MAX:
+        raise BadRequest(f"at most {PRESENCE_BATCH_MAX} presence keys per call, not {len(keys)}", field="keys")
+    for key in keys:
+        if not key.workspace:
+            raise BadRequest("every presence key needs a workspace", field="workspace")
 
 
 PresenceWanted = Callable[[str, str], bool]  # (workspace, channel) -> does this process care?
@@ -89,9 +111,14 @@ class Cache(Protocol):
 
     # -- presence: one entry per (channel, connection), each with its own TTL --------------------------
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
     ) -> bool:
         """Record a connection's presence.  True when the user had no other live entry in the channel.
+
+        ``first=False``: the caller does not want to know (the ``_workspace`` entry of a connect, a channel
+        too large for join announcements); the adapter writes the entry without looking at the user's
+        others and returns False.  With ``first=True`` the look-up is one count, never a listing of the
+        user's entries.
 
         Within one process this is exact.  Across processes (Hazelcast) joins and leaves are announced at
         least once: two gateways adding a user's first two entries at the same moment may both return True
@@ -103,7 +130,14 @@ class Cache(Protocol):
         ...
 
     async def presence_refresh(self, workspace: str, channels: list[str], conn_id: str, ttl: float) -> None:
-        """Extend the TTL of the connection's entries (called on heartbeats)."""
+        """Extend the TTL of the connection's entries.  An entry that is gone (expired or removed) stays gone."""
+        ...
+
+    async def presence_refresh_many(self, keys: Sequence[PresenceKey], ttl: float) -> None:
+        """``presence_refresh`` for many entries of any workspaces in one call: what a gateway's presence
+        keeper does once per interval for all its connections (storm/protocol/presence.py).  At most
+        ``PRESENCE_BATCH_MAX`` keys (``BadRequest`` beyond); an entry that is gone stays gone; not atomic
+        (a failure may leave some refreshed)."""
         ...
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:

@@ -19,7 +19,7 @@ from storm.adapters.memory_cache import MemoryCache
 from storm.bootstrap import hazelcast_settings
 from storm.config import Config
 from storm.errors import BadRequest, Unavailable
-from storm.ports.cache import Cache, PresenceEntry
+from storm.ports.cache import PRESENCE_BATCH_MAX, Cache, PresenceEntry, PresenceKey
 
 if TYPE_CHECKING:
     from storm.adapters.hazelcast_cache import HazelcastSettings
@@ -288,6 +288,44 @@ async def test_presence_expires_without_refresh_and_survives_with_it(cache, work
     assert await cache.presence_list(workspace, channel) == [ALICE, BOB]
     await eventually(lambda: _equals(cache.presence_list(workspace, channel), [BOB]), gone_by)
     assert await cache.presence_list(workspace, channel) == [BOB]
+
+
+async def test_presence_refresh_many_extends_entries_of_several_workspaces_in_one_call(
+    cache, workspace, channel, short_ttl
+):
+    ttl, gone_by = short_ttl
+    other = workspace + "-other"
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, ttl)
+    await cache.presence_add(workspace, channel, "conn-2", BOB, ttl)  # not in the batch: expires
+    await cache.presence_add(other, "_workspace", "conn-9", BOB, ttl)
+    await cache.presence_refresh_many([PresenceKey(workspace, channel, "conn-1"),
+                                       PresenceKey(other, "_workspace", "conn-9"),
+                                       PresenceKey(workspace, channel, "conn-gone")], 10)  # a missing key: skipped
+    await eventually(lambda: _equals(cache.presence_list(workspace, channel), [ALICE]), gone_by)
+    assert await cache.presence_list(other, "_workspace") == [BOB]
+    await cache.presence_refresh_many([PresenceKey(workspace, channel, "conn-2")], 10)  # gone stays gone
+    assert await cache.presence_list(workspace, channel) == [ALICE]
+    await cache.presence_refresh_many([], 10)
+
+
+async def test_presence_refresh_many_refuses_a_batch_too_large_or_without_workspace(cache, workspace, channel):
+    with pytest.raises(BadRequest) as too_many:
+        await cache.presence_refresh_many([PresenceKey(workspace, channel, f"c{i}")
+                                           for i in range(PRESENCE_BATCH_MAX + 1)], 10)
+    assert too_many.value.field == "keys"
+    with pytest.raises(BadRequest) as no_ws:
+        await cache.presence_refresh_many([PresenceKey("", channel, "c")], 10)
+    assert no_ws.value.field == "workspace"
+    with pytest.raises(BadRequest):
+        await cache.presence_refresh_many([PresenceKey(workspace, channel, "c")], 0)
+
+
+async def test_presence_add_without_first_writes_the_entry_and_does_not_answer(cache, workspace, channel):
+    assert await cache.presence_add(workspace, channel, "conn-1", ALICE, 10, first=False) is False
+    assert await cache.presence_list(workspace, channel) == [ALICE]
+    assert await cache.presence_add(workspace, channel, "conn-2", ALICE, 10) is False  # she was there already
+    assert await cache.presence_add(workspace, channel, "conn-3", BOB, 10) is True
+    assert await cache.presence_count(workspace, channel) == 3
 
 
 async def test_presence_expired_tab_does_not_hide_the_last_leave(cache, workspace, channel, short_ttl):
