@@ -15,6 +15,7 @@ from storm.bootstrap import Services
 from storm.metrics import GatewayMeters
 from storm.ports.cache import Unwatch
 from storm.protocol.codes import CloseCode
+from storm.protocol.presence import PresenceKeeper
 from storm.protocol.session import SessionContext
 
 log = logging.getLogger("storm.gateway")
@@ -27,7 +28,8 @@ class Gateway:
         self.services = services
         self.config = services.config
         self.hub = Hub(services.broker, services.clock)
-        self.flusher = Flusher(services.config.write_delay_s)  # writes every connection's outbox, per tick
+        self.flusher = Flusher(services.config.write_delay_s,  # writes every connection's outbox (adaptive)
+                               max_delay_s=services.config.write_delay_max_s)
         self.session_context = SessionContext(
             config=services.config, clock=services.clock, broker=services.broker, cache=services.cache,
             store=services.store, identity=services.identity, directory=services.directory, hub=self.hub,
@@ -43,11 +45,15 @@ class Gateway:
         self.accepting = False
         self._draining: asyncio.Task[None] | None = None
         self._unwatch: Unwatch | None = None
+        # presence refreshed and access re-checked for every session at once, beside their frames
+        self.presence = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s,
+                                       lambda: self.hub.sessions)
 
     async def start(self) -> None:
         await self.hub.start()
         # presence.leave for users whose gateway died (their entries expire instead of being removed)
         self._unwatch = await self.services.cache.watch_presence_expiry(self.hub.wants, self.hub.presence_expired)
+        self.presence.start()
         self.accepting = True
 
     async def drain(self) -> None:
@@ -89,6 +95,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain()
+        await self.presence.stop()
         if self._unwatch is not None:
             unwatch, self._unwatch = self._unwatch, None
             with contextlib.suppress(Exception):

@@ -27,7 +27,7 @@ from typing import Any
 
 from storm import revocation
 from storm.directory import Principal
-from storm.domain import MAX_BODY_CHARS, Channel
+from storm.domain import MAX_BODY_CHARS, Channel, Role
 from storm.errors import Forbidden, NotFound, StormError, Unauthenticated
 from storm.protocol import commands as c
 from storm.protocol import events as e
@@ -67,7 +67,6 @@ class Session:
         self.subscriptions = Subscriptions(ctx, self)
         self._bad_frames = 0
         self._bucket = TokenBucket(ctx.config.publish_rate, ctx.config.publish_burst, now)
-        self._presence_refreshed = now
         self.close_code: int | None = None
         self._expires_at = float("inf")  # wall clock: the token's exp
         self._warned = False  # token.expiring sent for the current token
@@ -122,11 +121,7 @@ class Session:
             self._auth_at = self.last_seen
             await self._authenticate(cmd)
             return
-        self._bad_frames = 0
-        if self.last_seen - self._presence_refreshed >= self.ctx.config.presence_ttl_s / 3:
-            await self._refresh_presence()  # any frame keeps presence alive, not only pings
-            if self.state is State.CLOSED:  # closed meanwhile (a revocation from the control channel)
-                return
+        self._bad_frames = 0  # presence and access are kept beside the session (storm/protocol/presence.py)
         rid = getattr(cmd, "id", None)
         self._result = "ok"
         try:
@@ -199,7 +194,7 @@ class Session:
         ))
         self.ctx.meters.connected((self.ctx.clock.monotonic() - self.opened_at) * 1000.0)
         await self.ctx.cache.presence_add(principal.workspace.slug, WORKSPACE_PRESENCE, self.id,
-                                          presence_entry(principal), cfg.presence_ttl_s)
+                                          presence_entry(principal), cfg.presence_ttl_s, first=False)
 
     async def _admit(self, p: Principal) -> None:
         """After the token: the revocation list and the plan's connection quota.  Raises Disconnect when the
@@ -284,9 +279,8 @@ class Session:
                 await subs.unsubscribe(cmd)
             case c.Typing():
                 await subs.typing(self._p(), cmd)
-            case c.Ping():
+            case c.Ping():  # its pong and nothing else: no cache, no database (tests/service/test_heartbeat.py)
                 self._send(e.Pong(id=cmd.id, ts=self.ctx.clock.time()))
-                await self._refresh_presence()
             case c.Presence():
                 await subs.presence(self._p(), cmd)
             case c.History():
@@ -369,33 +363,19 @@ class Session:
         self._send(e.UnreadList(id=cmd.id, channels=[
             e.ChannelUnread(channel=str(ch.id), read=state[ch.id][0], unread=state[ch.id][1]) for ch in channels]))
 
-    # -- presence and access, refreshed while the client talks ---------------------------------------------
-    async def _refresh_presence(self) -> None:
-        now = self.ctx.clock.monotonic()
-        ttl = self.ctx.config.presence_ttl_s
-        if now - self._presence_refreshed < ttl / 3:
-            return
-        self._presence_refreshed = now
-        try:
-            await self.ctx.cache.presence_refresh(self.workspace, [WORKSPACE_PRESENCE, *self.subscriptions.channels],
-                                                  self.id, ttl)
-            await self._recheck_access()
-        except StormError as exc:  # the cache or the store is unavailable: the next refresh tries again
-            log.warning("presence refresh failed ws=%s session=%s: %s", self.workspace, self.id, exc.message)
+    # -- presence and access, kept by the gateway's PresenceKeeper (storm/protocol/presence.py) -----------
+    @property
+    def kept(self) -> Principal | None:
+        return self.principal if self.state is State.OPEN else None
 
-    async def _recheck_access(self) -> None:
-        """Every presence refresh (about every ``STORM_PRESENCE_TTL_S`` / 3 while the client talks), look at
-        the revocation list and the membership again: a removal or ban whose control event was lost (the
-        broker was down) still ends the session, and a role change reaches open sessions."""
-        p = self._p()
-        try:
-            await revocation.check(self.ctx.cache, p.workspace.slug, p.claims)
-        except Unauthenticated as exc:
-            raise revoked_access(exc.message) from exc
-        role = await self.ctx.directory.role(p.workspace, p.user.id)
-        if role is None:
-            raise revoked_access("removed")
-        if role is not p.role:
+    def presence_channels(self) -> list[str]:
+        return [WORKSPACE_PRESENCE, *self.subscriptions.channels]
+
+    def role_rechecked(self, role: Role) -> None:
+        """The keeper's look-up of the membership, about every ``STORM_PRESENCE_TTL_S`` / 3: a role change
+        whose control event was lost still reaches the session (a removal or a ban ends it: :meth:`revoked`)."""
+        p = self.principal
+        if p is not None and role is not p.role:
             self.principal = dataclasses.replace(p, role=role)
 
     # -- output -----------------------------------------------------------------------------------------

@@ -266,8 +266,9 @@ async def test_a_dead_gateways_connections_do_not_lock_the_workspace_out(sec_ctx
 
 async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_refresh(sec_ctx, sec_services):
     """Removal and ban normally close sockets through the control event; when it is lost (broker down),
-    the session finds out by itself when it next refreshes its presence (every presence TTL / 3)."""
+    the gateway's presence keeper finds out at its next pass (every presence TTL / 3)."""
     from storm.domain import Role
+    from storm.protocol.presence import PresenceKeeper
 
     async with sec_services.store.unit_of_work() as uow:
         ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
@@ -284,10 +285,11 @@ async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_
     await sec_services.directory.forget_member(DEMO_WORKSPACE, a.principal.user.id)
     await sec_services.cache.revoke(DEMO_WORKSPACE, "dev|carol", 600)  # a ban's list entry, event lost
     await b.receive(json.dumps({"op": "ping", "id": 1}))
-    assert tb.closed is None  # refreshed a moment ago: nothing is looked at yet
-    sec_services.clock.advance(sec_services.config.presence_ttl_s / 3)
-    for s in (a, b, c):
-        await s.receive(json.dumps({"op": "ping", "id": 2}))
+    assert tb.closed is None  # a frame looks at nothing: the gateway's presence keeper re-checks, beside it
+    keeper = PresenceKeeper(sec_services.cache, sec_services.directory, sec_services.config.presence_ttl_s,
+                            lambda: [a, b, c])
+    await keeper.run_once()  # its pass, every STORM_PRESENCE_TTL_S / 3
+    await b.receive(json.dumps({"op": "ping", "id": 2}))  # closed: ignored
     assert tb.closed and tb.closed[0] == CloseCode.REVOKED
     assert tc.closed and tc.closed[0] == CloseCode.REVOKED
     assert ta.closed is None and a.principal.role is Role.MEMBER  # alice stays, with her new role

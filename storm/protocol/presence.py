@@ -1,0 +1,162 @@
+"""Presence kept beside the sessions, never in front of their frames (docs/protocol.md, "Presence";
+ADR 0010).
+
+:class:`PresenceKeeper` — one per gateway process.  Once per ``STORM_PRESENCE_TTL_S`` / 3 it
+
+* refreshes the presence entries of every open session of the gateway in one cache call
+  (``Cache.presence_refresh_many``, chunks of ``PRESENCE_BATCH_MAX``), instead of one round trip per
+  session on its next frame;
+* re-checks access, the backstop for a revocation whose control event was lost (storm/revocation.py): the
+  revocation list once per token and the role once per (workspace, user), through the directory (which
+  reads the database on a cache miss), ``RECHECK_CONCURRENCY`` at a time so the sessions' own commands keep
+  the rest of the pool.  A session whose access is gone is closed 4010; a changed role reaches it.
+
+So a ``ping`` costs its ``pong`` and nothing else: a slow cache or database delays the keeper's pass,
+never a heartbeat (tests/service/test_heartbeat.py).  Before the keeper, a frame arriving a third of the TTL
+after the last refresh first awaited the refresh and the role look-up; under load the pong queued behind
+the database pool and healthy clients were closed 4002 (issue 11).
+
+:class:`PresenceAnnouncer` — one per gateway process too: the join and leave announcements of presence at
+scale.  A channel's joins and leaves are gathered for ``STORM_PRESENCE_COALESCE_S`` and published as one
+``presence.join`` and one ``presence.leave`` listing the users, and only while the channel has at most
+``STORM_PRESENCE_BROADCAST_MAX`` live presence entries; above it nothing is announced and clients page
+through the ``presence`` query instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from storm import revocation
+from storm.directory import Directory, Principal
+from storm.domain import Role
+from storm.errors import StormError, Unauthenticated
+from storm.ports.cache import PRESENCE_BATCH_MAX, Cache, PresenceKey
+
+log = logging.getLogger("storm.presence")
+
+RECHECK_CONCURRENCY = 4  # access look-ups in flight per gateway (the store pool serves commands first)
+SIZE_FRESH_S = 5.0  # how long a channel's presence count is trusted for the announcement threshold
+
+
+class Kept(Protocol):
+    """What the keeper needs of a session (storm/protocol/session.py implements it)."""
+
+    id: str
+
+    @property
+    def kept(self) -> Principal | None:
+        """The principal of an open session; None while authenticating or once closed."""
+        ...
+
+    def presence_channels(self) -> list[str]:
+        """The channels (``_workspace`` included) where the session has a presence entry."""
+        ...
+
+    def revoked(self, reason: str) -> None: ...
+
+    def role_rechecked(self, role: Role) -> None: ...
+
+
+class PresenceKeeper:
+    def __init__(self, cache: Cache, directory: Directory, ttl_s: float,
+                 sessions: Callable[[], Iterable[Kept]]) -> None:
+        self._cache = cache
+        self._directory = directory
+        self._ttl = ttl_s
+        self._sessions = sessions
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+        self.refreshed = 0  # entries handed to the cache, in all
+        self.rechecks = 0  # access look-ups (tokens + users), in all
+
+    @property
+    def interval_s(self) -> float:
+        return self._ttl / 3
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("PresenceKeeper.start() called twice")
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Idempotent."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.run_once()
+            except Exception:  # our bug: logged, the next pass tries again
+                log.exception("presence keeper pass failed")
+
+    async def run_once(self) -> None:
+        """One pass: refresh every open session's entries, then re-check access.  Never raises for the
+        cache or the store being unavailable (the next pass tries again)."""
+        kept = [(s, p) for s in list(self._sessions()) if (p := s.kept) is not None]
+        keys = [PresenceKey(p.workspace.slug, ch, s.id) for s, p in kept for ch in s.presence_channels()]
+        self.passes += 1
+        for i in range(0, len(keys), PRESENCE_BATCH_MAX):
+            chunk = keys[i:i + PRESENCE_BATCH_MAX]
+            try:
+                await self._cache.presence_refresh_many(chunk, self._ttl)
+                self.refreshed += len(chunk)
+            except StormError as exc:
+                log.warning("presence refresh failed for %d entries: %s", len(chunk), exc.message)
+        await self._recheck(kept)
+
+    async def _recheck(self, kept: list[tuple[Kept, Principal]]) -> None:
+        by_token: dict[tuple[str, str, str], list[Kept]] = {}
+        by_user: dict[tuple[str, str], list[Kept]] = {}
+        principals: dict[tuple[str, str], Principal] = {}
+        claims_of: dict[tuple[str, str, str], Principal] = {}
+        for s, p in kept:
+            tk = (p.workspace.slug, p.claims.subject, p.claims.token_id)
+            by_token.setdefault(tk, []).append(s)
+            claims_of.setdefault(tk, p)
+            uk = (p.workspace.slug, p.user.id.hex)
+            by_user.setdefault(uk, []).append(s)
+            principals.setdefault(uk, p)
+        gate = asyncio.Semaphore(RECHECK_CONCURRENCY)
+        revoked: set[str] = set()
+
+        async def check_token(tk: tuple[str, str, str]) -> None:
+            p = claims_of[tk]
+            async with gate:
+                try:
+                    await revocation.check(self._cache, p.workspace.slug, p.claims)
+                except Unauthenticated as exc:
+                    for s in by_token[tk]:
+                        revoked.add(s.id)
+                        s.revoked(exc.message)
+                except StormError as exc:
+                    log.warning("revocation re-check failed ws=%s: %s", p.workspace.slug, exc.message)
+
+        async def check_user(uk: tuple[str, str]) -> None:
+            p = principals[uk]
+            async with gate:
+                try:
+                    role = await self._directory.role(p.workspace, p.user.id)
+                except StormError as exc:
+                    log.warning("role re-check failed ws=%s: %s", p.workspace.slug, exc.message)
+                    return
+            for s in by_user[uk]:
+                if s.id in revoked:
+                    continue
+                if role is None:
+                    s.revoked("removed")
+                else:
+                    s.role_rechecked(role)
+
+        self.rechecks += len(by_token) + len(by_user)
+        await asyncio.gather(*(check_token(tk) for tk in by_token))
+        await asyncio.gather(*(check_user(uk) for uk in by_user))

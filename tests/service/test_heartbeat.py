@@ -1,0 +1,69 @@
+"""Nothing on the heartbeat path waits for the database (issue 11, item 3).
+
+A ping is answered at once, whatever the directory or the cache are doing: presence is refreshed and
+access re-checked beside the sessions, by the gateway's presence keeper (storm/protocol/presence.py),
+never in front of a frame.  Before the keeper, a frame that came a third of the presence TTL after the
+last refresh first awaited the refresh and the role look-up; with a slow database the pong queued behind
+the pool and healthy clients were closed 4002.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from storm.protocol.codes import CloseCode
+from tests.service.test_session import connect, send
+
+
+class _Stuck:
+    """Awaits that never end until released: a database whose pool is exhausted."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def wait(self) -> None:
+        self.calls += 1
+        await self.release.wait()
+
+
+async def test_a_ping_is_answered_while_the_directory_and_the_cache_are_stuck(ctx, services, monkeypatch):
+    s, t = await connect(ctx, services, "alice")
+    stuck = _Stuck()
+
+    async def slow_role(*_a, **_k):
+        await stuck.wait()
+
+    async def slow_refresh(*_a, **_k):
+        await stuck.wait()
+
+    monkeypatch.setattr(services.directory, "role", slow_role)
+    monkeypatch.setattr(services.cache, "presence_refresh", slow_refresh)
+    monkeypatch.setattr(services.cache, "presence_refresh_many", slow_refresh, raising=False)
+    for i in range(3):  # well past a third of the presence TTL each time: a refresh is due on every frame
+        services.clock.advance(services.config.presence_ttl_s / 2)
+        # shape, not timing: the frame completes without the stuck calls ever returning
+        await asyncio.wait_for(s.receive(json.dumps({"op": "ping", "id": i})), timeout=2.0)
+        (pong,) = t.take("pong")
+        assert pong["id"] == i
+    assert t.closed is None
+    s.check_deadlines(services.clock.monotonic())  # it talked just now: not idle
+    assert t.closed is None
+    stuck.release.set()
+    await s.closed()
+
+
+async def test_the_keeper_ends_a_session_whose_access_was_lost_without_its_control_event(ctx, services):
+    """The backstop the per-frame re-check used to be: a removal whose control event was lost."""
+    from storm.protocol.presence import PresenceKeeper
+
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    await services.cache.revoke(a.workspace, "dev|bob", 600)  # a ban's list entry, its event lost
+    keeper = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s, lambda: [a, b])
+    await keeper.run_once()
+    assert tb.closed and tb.closed[0] == CloseCode.REVOKED
+    assert ta.closed is None
+    await send(a, op="ping", id=1)
+    assert ta.take("pong")
