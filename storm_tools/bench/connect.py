@@ -23,7 +23,9 @@ What it does (docs/benchmarks.md, "Connect"):
    connections admitted; with ``real`` the CPU of Pulsar, Hazelcast and PostgreSQL over the same window is
    reported beside it (``cpu_us_per_connect``);
 5. with ``--hold S``: the connections are held S seconds, each sending a ``ping`` every ``--ping-s``; the
-   CPU of that window (``hold_cores``) and the connections the server closed are reported.
+   CPU of that window (``hold_cores`` by role, ``hold_server_cores`` in all), the server CPU per ping
+   answered (``server_cpu_us_per_ping``, all roles; ``cpu_us_per_ping`` by role) and the connections the
+   server closed are reported.
 
 Result: one JSON object on stdout (storm_cli/main.py prints it), progress on stderr.  ``failed`` when a
 connection was refused or failed, or the server closed one during the hold.
@@ -478,13 +480,21 @@ async def _measure(args: argparse.Namespace, *, ports: list[int], tokens: list[s
             for c in clients:
                 c.send({"cmd": "status"})
             statuses = await asyncio.gather(*(c.wait_for("status", 60) for c in clients))
+            pongs = sum(s["pongs"] for s in statuses)
+            server_s = sum(held["cpu_s"].values())  # every role is a server process (gateways, services)
             hold = {
                 "hold_s": args.hold,
                 "still_open": sum(s["open"] for s in statuses),
                 "closed_by_server": _merge([s["closed_by_server"] for s in statuses]),
-                "pongs": sum(s["pongs"] for s in statuses),
+                "pongs": pongs,
                 "hold_cores": {role: round(v / held["window_s"], 3) for role, v in held["cpu_s"].items()}
                 if held["window_s"] else {},
+                # holding cost, all roles: the cores of the window, and per ping answered (the presence
+                # keeper's passes included, since they run in the same window)
+                "hold_server_cores": round(server_s / held["window_s"], 3) if held["window_s"] else None,
+                "server_cpu_us_per_ping": round(server_s * 1e6 / pongs, 1) if pongs else None,
+                "cpu_us_per_ping": {role: round(v * 1e6 / pongs, 1) for role, v in held["cpu_s"].items()}
+                if pongs else {},
             }
         for c in clients:
             c.send({"cmd": "stop"})
