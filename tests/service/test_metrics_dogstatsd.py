@@ -4,10 +4,12 @@ with the process tags, and nothing of the client's own telemetry (docs/observabi
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 
 import pytest
 
-from storm.adapters.dogstatsd_metrics import DogStatsdMetrics, Target
+from storm.adapters.dogstatsd_metrics import DogStatsdMetrics, DroppedPacketLog, Target
 from storm.bootstrap import build_services
 from storm.config import Config, ConfigError
 from storm.metrics import Metrics
@@ -72,3 +74,43 @@ def test_metrics_are_off_without_an_agent_and_on_with_one() -> None:
         assert {"service:gateway", "instance:gw-7", "env:prod"} <= set(tags)
     finally:
         services.metrics.sink.close()
+
+
+def _unused_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_agent_that_does_not_listen_costs_one_warning_not_one_per_flush(caplog) -> None:
+    """Nobody on the port: every send is refused (ICMP port unreachable on loopback).  The client warns once
+    per failed send; the adapter lets one through (the chaos cluster's log had 524 of them in one run)."""
+    sink = DogStatsdMetrics(Target("127.0.0.1", _unused_udp_port()), ["service:gateway"])
+    metrics = Metrics(sink)
+    caplog.set_level(logging.WARNING, logger="datadog.dogstatsd")
+    try:
+        for i in range(20):
+            metrics.counter("storm.gateway.connects", result="ok").value += i + 1
+            metrics.flush()
+            await asyncio.sleep(0.02)
+    finally:
+        sink.close()
+    refused = [r for r in caplog.records if r.name == "datadog.dogstatsd" and "submitting packet" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+
+
+def test_the_dropped_packet_warning_comes_once_a_minute_with_the_count_held_back() -> None:
+    now = [0.0]
+    limiter = DroppedPacketLog(every_s=60, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("datadog.dogstatsd", logging.WARNING, __file__, 1, msg, None, None)
+
+    dropped = "Error submitting packet: %s, dropping the packet and closing the socket"
+    assert limiter.filter(record(dropped))
+    assert [limiter.filter(record(dropped)) for _ in range(5)] == [False] * 5
+    assert limiter.filter(record("something else"))  # other warnings of the client pass
+    now[0] = 61.0
+    late = record(dropped)
+    assert limiter.filter(late)
+    assert "5 more such packets dropped" in late.msg
