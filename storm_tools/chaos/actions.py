@@ -43,12 +43,13 @@ def _say(message: str) -> None:
 
 
 def drive_traffic(duration_s: Any = 60, connections: Any = 200, rate: Any = 1.0, slow_fraction: Any = 0.0,
-                  settle_s: Any = 45) -> dict[str, Any]:
+                  settle_s: Any = 45, body_chars: Any = 0) -> dict[str, Any]:
     """The live load of the method: the run's workspace (made by the steady-state probe), ``connections``
-    clients in channels of 10, 2 publishers a channel at ``rate``/s each, for ``duration_s``; the records go
-    to the run folder (traffic.json) for the steady-state probe after the method."""
+    clients in channels of 10, 2 publishers a channel at ``rate``/s each (texts padded to ``body_chars``), for
+    ``duration_s``; the records go to the run folder (traffic.json) for the steady-state probe after the
+    method."""
     cfg = DriverConfig(connections=int(_num(connections)), rate=_num(rate), duration_s=_num(duration_s),
-                       slow_fraction=_num(slow_fraction), settle_s=_num(settle_s))
+                       slow_fraction=_num(slow_fraction), settle_s=_num(settle_s), body_chars=int(_num(body_chars)))
     state = _run_state()
     if "workspace" not in state:
         raise ctx.ChaosContextError("no workspace for this run: the steady-state probe "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class DriverConfig:
     backoff_max_s: float = 2.0
     slow_fraction: float = 0.0
     tag: str = "m"  # cmid prefix: the baseline and the method of one run never share a cmid
+    body_chars: int = 0  # pad each message's text to this length (0: the short "<user> #<seq>")
 
     def __post_init__(self) -> None:
         if self.connections < 2 or self.channel_size < 2 or self.connections < self.channel_size:
@@ -46,6 +48,8 @@ class DriverConfig:
             raise ValueError("rate, duration_s, settle_s and backoff_max_s must be positive")
         if not 0 <= self.slow_fraction < 1:
             raise ValueError(f"slow_fraction must be within [0, 1), got {self.slow_fraction}")
+        if not 0 <= self.body_chars <= 4000:
+            raise ValueError(f"body_chars must be within 0..4000 (the protocol's text limit), got {self.body_chars}")
 
     @property
     def channels(self) -> int:
@@ -108,6 +112,7 @@ class _Member:
     client: Any = None
     task: asyncio.Task[None] | None = None
     onlines: int = 0
+    closed_for_good: str = ""  # the SDK gave up: the close code and reason of its last connection
 
 
 class _Stats:
@@ -122,10 +127,16 @@ class _Stats:
         self.first_error = self.first_error or payload[:200].decode(errors="replace")
 
 
+#: A slow reader's socket receive buffer (the kernel doubles it): small, so that what the reader misses lands in
+#: the gateway's outbox within the experiment instead of in megabytes of loopback socket buffers.
+SLOW_READER_RCVBUF = 4096
+
+
 class _SlowReader(SubscribingClient):
     """Subscribes, then stops reading its socket (its heartbeat still goes out, as an app whose reader is stuck
     but whose timer is not: so the gateway's idle timeout, 4002, is not what closes it); the gateway's
-    per-connection outbox fills up once the socket buffers are full."""
+    per-connection outbox fills up once the socket buffers are full (its receive buffer is clamped to
+    :data:`SLOW_READER_RCVBUF`)."""
 
     def __init__(self, host: str, port: int, token: str, channel: str, stats: _Stats) -> None:
         super().__init__(host, port, b'{"op":"auth","token":"%s"}' % token.encode(), stats)
@@ -162,12 +173,14 @@ class Records:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     slow_readers: dict[str, int | None] = field(default_factory=dict)
     reconnects: int = 0
+    closed_for_good: dict[str, str] = field(default_factory=dict)  # user -> last close (the SDK stopped trying)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the cluster's DogStatsD points meanwhile
 
     def as_dict(self) -> dict[str, Any]:
         return {"started_at": self.started_at, "ended_at": self.ended_at, "workspace": self.workspace,
                 "config": self.config, "members": self.members, "sent": self.sent, "deliveries": self.deliveries,
-                "slow_readers": self.slow_readers, "reconnects": self.reconnects, "metrics": self.metrics}
+                "slow_readers": self.slow_readers, "reconnects": self.reconnects,
+                "closed_for_good": self.closed_for_good, "metrics": self.metrics}
 
 
 async def drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any = print, metrics_port: int = 0,
@@ -202,6 +215,8 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                                        "cmid": event.cmid or "", "offset": event.offset, "at": time.time()})
             elif isinstance(event, StateChanged) and event.state == ConnectionState.ONLINE:
                 m.onlines += 1
+            elif isinstance(event, StateChanged) and event.state == ConnectionState.CLOSED:
+                m.closed_for_good = f"{event.code} {event.reason}".strip()
 
     stats = _Stats()
     slow: list[tuple[str, _SlowReader]] = []
@@ -222,6 +237,8 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                 reader = await connect(functools.partial(_SlowReader, host, int(port), ws.token(user), channel, stats),
                                        host, int(port))
                 await asyncio.wait_for(reader.ready, 30)
+                reader.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                                     SLOW_READER_RCVBUF)
                 reader.transport.pause_reading()
                 slow.append((user, reader))
         pinger = asyncio.create_task(_ping_forever([r for _, r in slow])) if slow else None
@@ -242,6 +259,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
 
         async def publish(m: _Member) -> None:
             interval = 1.0 / cfg.rate
+            pad = "x" * cfg.body_chars
             start = time.monotonic()
             seq = 0
             while time.monotonic() - start < cfg.duration_s:
@@ -250,7 +268,9 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                                          "sent_at": time.time()}
                 rec.sent.append(entry)
                 try:
-                    pending = m.client.publish(m.channel, f"{m.user} #{seq}", cmid=cmid)
+                    text = f"{m.user} #{seq}"
+                    pending = m.client.publish(m.channel, f"{text} {pad}"[:cfg.body_chars] if pad else text,
+                                               cmid=cmid)
                 except OutboxFull as exc:
                     entry["error"] = f"OutboxFull: {exc}"
                 else:
@@ -279,6 +299,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                 break
             await asyncio.sleep(0.5)
         rec.ended_at = time.time()
+        rec.closed_for_good = {m.user: m.closed_for_good for m in members if m.closed_for_good}
         for _user, reader in slow:
             reader.transport.resume_reading()  # read what is buffered up to the close frame, if one came
         for user, reader in slow:

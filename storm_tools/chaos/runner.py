@@ -34,6 +34,9 @@ from storm_tools.chaos.toxiproxy import Toxiproxy
 from storm_tools.verify import free_ports
 
 EXPERIMENTS_DIR = ctx.ROOT / "chaos-experiments"
+#: The chaos cluster's STORM_OUTBOX_MAX_BYTES: the rule (close 4008 past the bound) is the same as at the default
+#: 4 MiB; only the time a stopped reader takes to reach it changes (chaos-experiments/slow-consumers.json).
+CHAOS_OUTBOX_MAX_BYTES = 256 * 1024
 
 
 def say(message: str) -> None:
@@ -146,6 +149,8 @@ class Session:
                "STORM_HAZELCAST_MEMBERS": services["STORM_TEST_HAZELCAST_MEMBERS"], "STORM_IDENTITY": "dev",
                "STORM_DRAIN_TIMEOUT_S": "5", "STORM_MAX_CONNECTIONS_PER_IP": "5000",
                "STORM_PUBLISH_RATE": "100", "STORM_PUBLISH_BURST": "200",
+               # a slow reader's outbox overflows (4008) within the slow-consumers experiment: 256 KiB, not 4 MiB
+               "STORM_OUTBOX_MAX_BYTES": str(CHAOS_OUTBOX_MAX_BYTES),
                # the driver's workspaces are chaos-<run>-*; other deployments (tests, another chaos run) share
                # this Pulsar and its work subscription
                "STORM_CONSUMER_WORKSPACE_PREFIX": self.workspace_prefix,
@@ -169,7 +174,7 @@ class Session:
             "services_script": str(ctx.ROOT / "scripts" / "services.sh")}, indent=2))
         os.environ["STORM_CHAOS_CONTEXT"] = str(self.context_path)
         deadline = time.monotonic() + self.args.start_timeout
-        while not state_file.exists() or not _all_serving():
+        while not _ready(state_file) or not _all_serving():
             if self.cluster.poll() is not None:
                 raise ctx.ChaosContextError(f"storm cluster exited with {self.cluster.returncode}; see "
                                             f"{self.report / 'cluster.log'}")
@@ -180,14 +185,14 @@ class Session:
         say("cluster serving: " + ", ".join(f"{c.name} pid {c.pid} :{c.port}" for c in ctx.children()))
 
     def between(self) -> None:
-        """Put back what an experiment may have left broken."""
+        """Put back what an experiment may have left broken (a service it stopped is started again even with
+        --no-services: that only says they were running before)."""
         from storm_tools.chaos.actions import restore_links
 
         with contextlib.suppress(Exception):
             restore_links()
-        if not self.args.no_services:
-            subprocess.run(["bash", str(ctx.ROOT / "scripts" / "services.sh"), "up", "all"], check=False,  # noqa: S603,S607
-                           stdout=sys.stderr, timeout=900)
+        subprocess.run(["bash", str(ctx.ROOT / "scripts" / "services.sh"), "up", "all"], check=False,  # noqa: S603,S607
+                       stdout=sys.stderr, timeout=900)
         with contextlib.suppress(ctx.ChaosContextError):
             ctx.wait_serving(timeout_s=120)
 
@@ -223,6 +228,15 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ready(state_file: Path) -> bool:
+    """The supervisor saw every child answer /healthz: from then on a killed child is restarted, not a start
+    failure that stops the cluster (storm_cli/cluster.py, "ready" in the state file)."""
+    try:
+        return bool(json.loads(state_file.read_text()).get("ready"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _all_serving() -> bool:

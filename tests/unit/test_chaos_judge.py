@@ -166,3 +166,21 @@ def test_the_summary_table_puts_the_verdict_first() -> None:
 
     assert text.startswith("# STORM chaos matrix: 0 of 1 experiments held")
     assert "| gateway-sigkill | completed, deviated=True" in text and "publish_ack_p99 0.00 / 99.5 % (reported)" in text
+
+
+def test_slow_readers_must_all_be_closed_4008_when_the_experiment_overflows_their_outbox() -> None:
+    from storm_tools.chaos.probes import _flag, slow_readers_ok
+
+    assert slow_readers_ok({"u1": 4008, "u2": None}, must_close=False)
+    assert not slow_readers_ok({"u1": 4008, "u2": None}, must_close=True)  # one never overflowed
+    assert slow_readers_ok({"u1": 4008, "u2": 4008}, must_close=True)
+    assert not slow_readers_ok({"u1": 4002}, must_close=False)  # any other close fails
+    assert _flag(True) and _flag("true") and not _flag(False) and not _flag("0")
+
+
+def test_the_driver_pads_texts_within_the_protocol_limit() -> None:
+    from storm_tools.chaos.driver import DriverConfig
+
+    assert DriverConfig(body_chars=3000).body_chars == 3000
+    with pytest.raises(ValueError, match="body_chars"):
+        DriverConfig(body_chars=4001)
