@@ -81,6 +81,18 @@ class Config:
     presence_ttl_s: float = _setting(
         60.0, "STORM_PRESENCE_TTL_S", "Presence entries expire unless refreshed within this."
     )
+    presence_broadcast_max: int = _setting(
+        100, "STORM_PRESENCE_BROADCAST_MAX", "presence.join/leave are announced only in channels with at most "
+        "this many live presence entries (connections); larger channels are served by paged presence queries "
+        "(ADR 0010)."
+    )
+    presence_coalesce_s: float = _setting(
+        1.0, "STORM_PRESENCE_COALESCE_S", "A channel's joins and leaves within this window go out as one "
+        "presence.join and one presence.leave listing the users (0: the next loop turn; at most 10)."
+    )
+    presence_page_max: int = _setting(
+        200, "STORM_PRESENCE_PAGE_MAX", "Most users in one presence reply (the query's limit is capped at it)."
+    )
     dedup_ttl_s: float = _setting(
         600.0, "STORM_DEDUP_TTL_S", "How long a client message id is remembered for retries."
     )
@@ -258,7 +270,7 @@ class Config:
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
             "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
             "metrics_interval_s", "dd_dogstatsd_port", "webhook_max_attempts", "webhook_timeout_s",
-            "webhook_log_retention_s",
+            "webhook_log_retention_s", "presence_broadcast_max", "presence_page_max",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -271,6 +283,8 @@ class Config:
         if self.drain_reconnect_spread_s < 0:
             raise ConfigError("STORM_DRAIN_RECONNECT_SPREAD_S must not be negative, "
                               f"got {self.drain_reconnect_spread_s!r}")
+        if not 0 <= self.presence_coalesce_s <= 10:
+            raise ConfigError(f"STORM_PRESENCE_COALESCE_S must be between 0 and 10, got {self.presence_coalesce_s!r}")
         if not 0 <= self.write_delay_s <= 1:
             raise ConfigError(f"STORM_WRITE_DELAY_S must be between 0 and 1, got {self.write_delay_s!r}")
         if self.mode == "production" and not self.origins():
