@@ -53,6 +53,11 @@ class _CachedChannel(msgspec.Struct, array_like=True):
     archived: bool
 
 
+class _CachedUser(msgspec.Struct, array_like=True):
+    id: str  # hex
+    name: str
+
+
 class _CachedWorkspace(msgspec.Struct, array_like=True):
     id: str
     slug: str
@@ -102,17 +107,47 @@ class Directory:
         return value
 
     # -- users --------------------------------------------------------------------------------------------
-    async def resolve_user(self, claims: Claims) -> User:
-        """The user behind a token, created on first sight (identity provider is the source of truth)."""
+    async def resolve_user(self, claims: Claims, workspace: str | None = None) -> User:
+        """The user behind a token, created on first sight (identity provider is the source of truth).
 
-        async def get_or_create(uow: UnitOfWork) -> User:
-            user = await uow.users.get_by_subject(claims.subject)
-            if user is None:
-                user = User(id=uuid.uuid4(), subject=claims.subject, name=claims.name[:80] or claims.subject)
-                await uow.users.add(user)
+        With ``workspace``, read through the cache (``user:<subject>`` in that workspace): a user row is
+        never updated nor deleted, so the entry cannot go stale, and a connect does not query the store for
+        a user it has seen (it did on every connect, docs/benchmarks.md "Connect").  Access is not decided
+        here: the membership (``member:``) and the revocation list stay the gates."""
+        if workspace is None:
+            return await self._store.run(lambda uow: self._get_or_create_user(uow, claims))
+        key = f"user:{claims.subject}"
+        raw = await self._lookup(workspace, key)
+        if raw:
+            c = msgspec.msgpack.decode(raw, type=_CachedUser)
+            return User(id=uuid.UUID(c.id), subject=claims.subject, name=c.name)
+
+        async def load() -> User:
+            user = await self._store.run(lambda uow: self._get_or_create_user(uow, claims))
+            await self._remember(workspace, key, msgspec.msgpack.encode(_CachedUser(user.id.hex, user.name)))
             return user
 
-        return await self._store.run(get_or_create)
+        return await self._single_flight(workspace, key, load)
+
+    async def _load_member(self, ws: Workspace, claims: Claims) -> tuple[User, Role | None]:
+        async def tx(uow: UnitOfWork) -> tuple[User, Role | None]:
+            user = await self._get_or_create_user(uow, claims)
+            m = await uow.memberships.get(ws.id, user.id)
+            return user, m.role if m else None
+
+        user, role = await self._store.run(tx)
+        cached = msgspec.msgpack.encode(_CachedUser(user.id.hex, user.name))
+        await self._remember(ws.slug, f"user:{claims.subject}", cached)
+        await self._remember(ws.slug, f"member:{user.id.hex}", (role.value if role else "").encode())
+        return user, role
+
+    @staticmethod
+    async def _get_or_create_user(uow: UnitOfWork, claims: Claims) -> User:
+        user = await uow.users.get_by_subject(claims.subject)
+        if user is None:
+            user = User(id=uuid.uuid4(), subject=claims.subject, name=claims.name[:80] or claims.subject)
+            await uow.users.add(user)
+        return user
 
     # -- workspaces -----------------------------------------------------------------------------------
     async def workspace(self, slug: str) -> Workspace:
@@ -153,8 +188,14 @@ class Directory:
         if claims.workspace not in ("*", slug):
             raise Forbidden("token is not valid for this workspace", field="workspace")
         ws = await self.workspace(slug)
-        user = await self.resolve_user(claims)
-        role = await self.role(ws, user.id)
+        raw = await self._lookup(slug, f"user:{claims.subject}")
+        if raw:  # a user seen before: the role from its own entry (invalidated on membership changes)
+            c = msgspec.msgpack.decode(raw, type=_CachedUser)
+            user = User(id=uuid.UUID(c.id), subject=claims.subject, name=c.name)
+            role = await self.role(ws, user.id)
+        else:  # first sight: the user and the membership in one transaction, both cached
+            user, role = await self._single_flight(slug, f"user:{claims.subject}",
+                                                   lambda: self._load_member(ws, claims))
         if role is None:
             raise Forbidden("not a member of this workspace", field="workspace")
         return Principal(user=user, workspace=ws, role=role, claims=claims)

@@ -67,7 +67,7 @@ MAP_COUNTERS = "storm.counters"  # registry of PN counter names, per workspace (
 MAP_RATE = "storm.rate"
 MAP_REVOKED = "storm.revoked"
 COUNTER_PREFIX = "storm.counter."
-DIRECTORY_KEYS = ("member:", "channel:", "chmember:")  # plus the exact key "ws"; see storm/directory.py
+DIRECTORY_KEYS = ("member:", "user:", "channel:", "chmember:")  # plus the exact key "ws"; see storm/directory.py
 
 NEAR_CACHE_TTL_S = 30.0  # = the directory's CACHE_TTL_S: bounds staleness if an invalidation is lost
 NEAR_CACHE_MAX_ENTRIES = 50_000
