@@ -167,6 +167,25 @@ def frame_header(opcode: int, size: int, *, fin: bool = True, masked: bool = Fal
     return bytes((first, second | 127)) + size.to_bytes(8, "big")
 
 
+_last_payload: bytes | None = None  # text_frame's one-entry memo: the last payload and its frame
+_last_frame = b""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A server's text frame carrying ``payload``, header and payload in one ``bytes`` (one ``write``).
+
+    A broadcast hands the same payload object to every recipient it writes at once, one after the other,
+    so the last frame is kept: the header is built and the payload copied once per broadcast, not once per
+    delivery (a hit is an identity check; bytes are immutable)."""
+    global _last_payload, _last_frame  # a one-entry memo, see the docstring
+    if payload is _last_payload:
+        return _last_frame
+    size = len(payload)
+    frame = (bytes((0x81, size)) if size < 126 else frame_header(OP_TEXT, size)) + payload
+    _last_payload, _last_frame = payload, frame
+    return frame
+
+
 def client_frame(opcode: int, payload: bytes, *, fin: bool = True, key: bytes | None = None) -> bytes:
     """One client frame: masked with ``key``, a fresh random 4-byte key by default (RFC 6455 5.3)."""
     key = os.urandom(4) if key is None else key

@@ -258,7 +258,7 @@ class _Socket(asyncio.Protocol):
         ``send_frame``, which waits) or the WebSocket is closing."""
         if self._writing_paused or self.state != _WS:
             return False
-        self._transport.writelines((f.frame_header(f.OP_TEXT, len(frame)), frame))
+        self._transport.write(f.text_frame(frame))
         return True
 
     async def send_frame(self, frame: bytes) -> None:
@@ -268,7 +268,7 @@ class _Socket(asyncio.Protocol):
             await self._drained
         if self.state != _WS:
             raise ConnectionError("the WebSocket is closing")
-        self._transport.writelines((f.frame_header(f.OP_TEXT, len(frame)), frame))
+        self._transport.write(f.text_frame(frame))
 
     def close_socket(self, code: int, reason: str) -> None:
         """Our close frame; the peer then has ``CLOSE_WAIT_S`` to answer before the socket is cut."""

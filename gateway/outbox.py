@@ -1,4 +1,5 @@
-"""Per-connection outgoing queue: bounded, coalescing, written by the gateway's flusher (ADR 0002, 0006).
+"""Per-connection outgoing queue: bounded, coalescing, written at once or by the gateway's flusher (ADR 0002,
+0006).
 
 * Bounded: more than ``max_events`` events or ``max_bytes`` bytes waiting means the client cannot keep up;
   the queue is dropped and the connection closed with 4008 (SLOW_CONSUMER).  The client resumes with its
@@ -6,18 +7,27 @@
 * Coalescing: everything queued (up to ``coalesce_max_bytes``) leaves as one text frame, events separated
   by ``\\n``.  The faster events arrive relative to the socket draining, the more share one frame and the
   cheaper each delivery becomes.
-* No task per connection: :meth:`Outbox.push` only queues and marks the outbox dirty.  One
-  :class:`Flusher` per gateway writes every dirty outbox in one pass, ``write_delay_s`` after the first
-  event of a tick (centrifuge's write delay), so events of one tick share a frame.  A send is driven
-  synchronously (:func:`drive`); only a send that has to wait (socket buffer full) gets a task, and that
-  outbox is skipped by later passes until the send is done: a slow socket never holds up the others and
-  frames of one connection never overtake each other.
+* Adaptive write delay (``STORM_WRITE_DELAY_S`` = 0, the default; ADR 0006): while the loop has time, an
+  event pushed to an outbox with nothing queued is written to the socket at once, inside the push (the
+  floor's one write per delivery, no list, no pass).  The flusher times the loop turn that wrote: a turn
+  that took ``w`` seconds holds further writes for ``LOAD_FACTOR × w`` (at most ``STORM_WRITE_DELAY_MAX_S``);
+  events pushed during the hold are queued and leave in one pass at its end, one frame per connection.
+  That pass is timed the same way (its own time plus how late its timer fired), so the busier the loop,
+  the longer the hold and the more events share a frame; a pass with nothing to write ends the holds.
+* Fixed write delay (``STORM_WRITE_DELAY_S`` > 0): nothing is written at once; one pass ``write_delay_s``
+  after the first event of a tick (centrifuge's write delay), as before issue 11.
+* No task per connection: a queued push only marks the outbox dirty; one :class:`Flusher` per gateway
+  writes every dirty outbox in one pass.  A send is driven synchronously (:func:`drive`); only a send that
+  has to wait (socket buffer full) gets a task, and that outbox is skipped by later passes until the send
+  is done: a slow socket never holds up the others and frames of one connection never overtake each other
+  (a write at once happens only when nothing is queued and no send is waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -73,27 +83,75 @@ def drive(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     return asyncio.get_running_loop().create_task(_finish(coro, pending))
 
 
+LOAD_FACTOR = 2.0  # a loop turn (or pass) that wrote for w seconds holds writes for 2w: writing takes <= 1/3
+MIN_HOLD_S = 0.001  # a shorter hold is not worth a timer: keep writing at once
+
+
 class Flusher:
-    """Writes the dirty outboxes of one gateway, one pass per tick."""
+    """Writes the dirty outboxes of one gateway, and decides whether a push may write at once."""
 
-    __slots__ = ("_after", "_delay", "_dirty", "_handle", "overflows", "passes")
+    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_max", "_t0", "holds", "immediate",
+                 "overflows", "passes", "timing")
 
-    def __init__(self, write_delay_s: float = 0.0) -> None:
-        self._delay = write_delay_s
+    def __init__(self, write_delay_s: float = 0.0, *, max_delay_s: float = 0.025) -> None:
+        self._delay = write_delay_s  # > 0: the fixed write delay; 0: adaptive, holds of at most max_delay_s
+        self._max = max_delay_s
         self._dirty: list[Outbox] = []
-        self._handle: asyncio.Handle | None = None
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._due = 0.0  # loop time the scheduled pass is due at (its lag is load too)
+        self._t0 = 0.0
+        self.immediate = write_delay_s == 0  # a push to an empty outbox may write at once
+        self.timing = False  # the current loop turn wrote at once and is being timed
         self.passes = 0
+        self.holds = 0  # times the loop was found busy and writes were held (adaptive mode)
         self.overflows = 0  # outboxes that overflowed (storm.outbox.overflows)
         self._after: list[Callable[[], None]] = []  # run after the next pass (metrics: write latencies)
+
+    @property
+    def adaptive(self) -> bool:
+        return self._delay == 0
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._delay > 0:
+            self._due = loop.time() + self._delay
+            self._handle = loop.call_later(self._delay, self.run)
+        else:
+            self._due = loop.time()
+            self._handle = loop.call_soon(self.run)
 
     def mark(self, box: Outbox) -> None:
         self._dirty.append(box)
         if self._handle is None:
+            self._schedule()
+
+    def begin_turn(self) -> None:
+        """A push wrote at once: time this loop turn, up to the next one (once per turn, not per write)."""
+        self.timing = True
+        self._t0 = time.perf_counter()
+        asyncio.get_running_loop().call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self.timing = False
+        if self.immediate:
+            self._rest(time.perf_counter() - self._t0)
+
+    def _rest(self, work: float) -> None:
+        """After ``work`` seconds of writing: write at once again, or hold writes for a while (adaptive)."""
+        hold = min(self._max, work * LOAD_FACTOR)
+        if hold < MIN_HOLD_S:
+            self.immediate = True
+            return
+        self.immediate = False
+        self.holds += 1
+        if self._handle is None:  # else a pass is due on the next turn; it rests in turn
             loop = asyncio.get_running_loop()
-            self._handle = loop.call_later(self._delay, self.run) if self._delay > 0 else loop.call_soon(self.run)
+            self._due = loop.time() + hold
+            self._handle = loop.call_later(hold, self.run)
 
     def run(self) -> None:
         """Write every outbox marked since the last pass (also callable directly, e.g. by tests)."""
+        start = time.perf_counter()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -105,13 +163,22 @@ class Flusher:
             after, self._after = self._after, []
             for fn in after:
                 fn()
+        if self._delay == 0:
+            if dirty:  # the pass's own time, and how late its timer fired (the loop was busy)
+                lag = max(0.0, asyncio.get_running_loop().time() - self._due)
+                self._rest(time.perf_counter() - start + lag)
+            else:
+                self.immediate = True
 
     def after_pass(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` once the next pass has written what is queued now (a pass is scheduled if none is)."""
+        """Call ``fn`` once what is queued now has been written: at once when nothing is queued (a write at
+        once already happened), else after the next pass (one is scheduled if none is)."""
+        if not self._dirty:
+            fn()
+            return
         self._after.append(fn)
         if self._handle is None:
-            loop = asyncio.get_running_loop()
-            self._handle = loop.call_later(self._delay, self.run) if self._delay > 0 else loop.call_soon(self.run)
+            self._schedule()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -119,6 +186,7 @@ class Flusher:
             self._handle = None
         self._dirty.clear()
         self._after.clear()
+        self.immediate = self._delay == 0
 
 
 class Outbox:
@@ -154,22 +222,31 @@ class Outbox:
         return len(self._events)
 
     def push(self, data: bytes) -> bool:
-        """Queue one encoded event (the session's Transport.send).  Hot path: no task, no await."""
+        """Queue one encoded event (the session's Transport.send), or write it at once when nothing is queued
+        and the flusher says the loop has time.  Hot path: no task, no await, no allocation when written."""
         if self.closed:
             return False
+        events = self._events
         size = len(data)
-        if len(self._events) >= self._max_events or self._bytes + size > self._max_bytes:
+        if len(events) >= self._max_events or self._bytes + size > self._max_bytes:
             self.closed = True
-            self._events.clear()
+            events.clear()
             self._bytes = 0
             self._flusher.overflows += 1
             self._on_overflow()
             return False
-        self._events.append(data)
+        flusher = self._flusher
+        if not events and flusher.immediate and self._writer is None and self._direct is not None:
+            if not flusher.timing:
+                flusher.begin_turn()
+            if self._direct(data):
+                self.frames_sent += 1
+                return True
+        events.append(data)
         self._bytes += size
         if not self._marked and self._writer is None:
             self._marked = True
-            self._flusher.mark(self)
+            flusher.mark(self)
         return True
 
     def _take(self) -> bytes:

@@ -65,9 +65,14 @@ class Config:
         65536, "STORM_COALESCE_MAX_BYTES", "Upper bound of one coalesced server frame."
     )
     write_delay_s: float = _setting(
-        0.025, "STORM_WRITE_DELAY_S",
-        "Gateway write delay: events queued within it leave as one frame per connection (0: next loop "
-        "turn; at most 1). Adds up to this much latency (ADR 0006).",
+        0.0, "STORM_WRITE_DELAY_S",
+        "Gateway write delay. 0: adaptive, an event is written at once while the loop has time and held "
+        "(coalesced) only under load, for at most STORM_WRITE_DELAY_MAX_S. Above 0 (at most 1): a fixed "
+        "delay, events queued within it leave as one frame per connection and wait up to this long (ADR 0006).",
+    )
+    write_delay_max_s: float = _setting(
+        0.025, "STORM_WRITE_DELAY_MAX_S",
+        "Adaptive write delay: the longest writes are held when the gateway is busy (0: never hold; at most 1).",
     )
     publish_rate: float = _setting(20.0, "STORM_PUBLISH_RATE", "Publishes per second per connection.")
     publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")
@@ -287,6 +292,8 @@ class Config:
             raise ConfigError(f"STORM_PRESENCE_COALESCE_S must be between 0 and 10, got {self.presence_coalesce_s!r}")
         if not 0 <= self.write_delay_s <= 1:
             raise ConfigError(f"STORM_WRITE_DELAY_S must be between 0 and 1, got {self.write_delay_s!r}")
+        if not 0 <= self.write_delay_max_s <= 1:
+            raise ConfigError(f"STORM_WRITE_DELAY_MAX_S must be between 0 and 1, got {self.write_delay_max_s!r}")
         if self.mode == "production" and not self.origins():
             raise ConfigError("STORM_ALLOWED_ORIGINS must list the allowed origins in STORM_MODE=production")
         if self.identity == "auth0":
