@@ -37,7 +37,10 @@ class TokenBucket:
 
 
 LEASE_S = 0.1  # a lease is this much of a shared bucket's rate ...
-LEASE_TTL_S = 0.25  # ... and is dropped when not used up within this (so leases never pile up tokens)
+# ... and is dropped when not used up within this.  Long enough that a user publishing every few seconds
+# keeps their lease between publishes (at 0.25 s every publish of such a user cost a rate_take, i.e. two or
+# three Hazelcast round trips); what a lease holds is bounded by its size, not by its age (see SharedLimiter).
+LEASE_TTL_S = 10.0
 MAX_LEASES = 50_000  # keys remembered per process before expired leases are forgotten
 
 
@@ -57,10 +60,13 @@ class SharedLimiter:
     publish by every session of every gateway is a hot key, and racing takers lose and are refused (a
     5 000 msg/s bench was refused 95 % of its publishes).  Instead, a gateway takes ``LEASE_S`` worth of the
     bucket's rate in one ``rate_take`` (``cost`` = the lease) and serves its sessions from it; concurrent
-    takers of one key wait for the one refill in flight.  A lease unused after ``LEASE_TTL_S`` is dropped,
-    so what the gateways admit never exceeds what the shared bucket granted: over any window the limit
-    holds, at the price of tokens that expire unused.  Near the limit, when a whole lease is not available,
-    single tokens are taken.
+    takers of one key wait for the one refill in flight.  What the gateways admit never exceeds what the
+    shared bucket granted: over any window, at most the bucket's burst plus its rate over the window, plus
+    the unused part of one lease per gateway taken before the window (a lease is refilled only once used
+    up, so that is at most ``ceil(rate * LEASE_S)`` tokens per gateway).  A lease unused after
+    ``LEASE_TTL_S`` is dropped, so a gateway does not hold tokens it no longer uses for long (they are
+    lost, as in any lease scheme; the bucket refills regardless).  Near the limit, when a whole lease is not
+    available, single tokens are taken.
     """
 
     def __init__(self, cache: Cache, clock: Clock) -> None:

@@ -91,3 +91,28 @@ async def test_a_failing_cache_fails_every_taker_and_the_next_take_tries_again(e
     assert all(isinstance(r, Unavailable) for r in results), results
     cache.fail = False
     assert await limiter.take("ws", "k", 100, 1000) == 0.0
+
+
+async def test_a_user_publishing_every_two_seconds_keeps_the_lease_between_publishes(env: Any) -> None:
+    """The bench's users (and chat users) publish far below their bucket's rate: each publish used to find
+    its 0.25 s lease expired and pay a rate_take (two or three Hazelcast round trips)."""
+    clock, cache, limiter = env
+    for _ in range(6):
+        assert await limiter.take("ws", "rate:user:u", 30, 60) == 0.0
+        clock.advance(2.0)
+    assert cache.calls == [3, 3]  # one lease of 0.1 s x 30/s per three publishes
+
+
+async def test_held_leases_add_at_most_one_lease_per_gateway_to_any_window(env: Any) -> None:
+    """A lease outlives its grant by up to LEASE_TTL_S: the only slack over the bucket is the unused part of
+    one lease per gateway, whatever the window."""
+    clock, cache, _ = env
+    gateways = [SharedLimiter(cache, clock) for _ in range(3)]
+    for gw in gateways:  # each takes a lease of 3 and uses one token of it
+        assert await gw.take("ws", "rate:user:u", 30, 60) == 0.0
+    clock.advance(LEASE_TTL_S - 0.5)  # the bucket is full again; the leases still hold 2 tokens each
+    admitted = 0
+    for _ in range(100):  # a burst within one instant, spread over the gateways
+        for gw in gateways:
+            admitted += await gw.take("ws", "rate:user:u", 30, 60) == 0.0
+    assert admitted == 60 + 3 * 2  # the burst plus what the leases held, never more
