@@ -71,8 +71,9 @@ class Chat:
             await self._cmids.release(ref, outcome.key)  # nothing reached the log: let the client's retry through
             raise
         # any other failure (timeout, broker error, cancellation) leaves the claim pending: the outcome is
-        # unknown, and a retry settles it once it is in doubt (storm/protocol/claims.py)
-        await self._cmids.confirm(ref, outcome.key, message_id, offset)
+        # unknown, and a retry settles it once it is in doubt (storm/protocol/claims.py).  Success is
+        # remembered in this process only: a retry elsewhere finds the message in the store (claims.py)
+        self._cmids.published(outcome.key, message_id, offset)
         return Posted(message_id, offset)
 
     async def edit(self, p: Principal, ch: Channel, message_id: str, text: str) -> Posted:

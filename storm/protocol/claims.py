@@ -3,15 +3,21 @@
 The session claims a cmid in the cache before it publishes (docs/delivery.md, "Effectively once").  The
 claim, under ``cmid:<user>:<channel>:<cmid>`` in the workspace, moves through these states:
 
-    absent ──claim──▶ Pending(claimed_at, nonce) ──publish returned──▶ Done(message_id, offset)
+    absent ──claim──▶ Pending(claimed_at, nonce) ──publish returned──▶ Done(message_id, offset) *here*
                          │  publish refused, nothing sent (BadRequest, NotFound, PublishNotSent) ──▶ absent
                          │  outcome unknown (timeout, broker error, gateway crash, cancellation) ──▶ stays Pending
                          ▼
     Pending older than ``in_doubt_s`` ──settle──▶ Done (the message was found) | Pending(new nonce) (it was not)
 
-A retry that finds ``Done`` gets the original ack (``duplicate: true``).  A retry that finds a young
-``Pending`` waits for it (the first attempt may still succeed), which also keeps the client's later
-messages behind it; only past ``max_wait_s`` does it get ``conflict``.  A ``Pending`` older than
+A successful publish does not write ``Done`` to the cache (that second round trip per publish was a
+third of the cache's load): the claim stays ``Pending`` there, and ``Done`` is kept in this process only
+(:meth:`CmidClaims.published`, at most ``LOCAL_DONE_MAX`` entries).  A retry on the same process finds
+it there and gets the original ack (``duplicate: true``) without a cache call.  A retry elsewhere finds a
+``Pending`` and looks the cmid up in the store at once and then every ``STORE_POLL_S`` while it waits:
+a published message is stored by the persistence worker within moments, and the retry gets its ack from
+the store.  A cache ``Done`` (written by a settle, below) is answered as before.  A retry that finds a
+young ``Pending`` and no stored message waits (the first attempt may still succeed), which also keeps
+the client's later messages behind it; only past ``max_wait_s`` does it get ``conflict``.  A ``Pending`` older than
 ``in_doubt_s`` — longer than any publish can take, because the broker's send times out before —
 belongs to an attempt that can no longer finish, so one retry (chosen by a put-if-absent on a key naming
 the claim's nonce) *settles* it: it looks the cmid up in the store, then reads the channel log past the
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import msgspec
@@ -42,6 +49,8 @@ POLL_S = 0.2  # how often a retry waiting on an earlier attempt's claim looks at
 WAIT_MARGIN_S = 2.0  # a retry waits at most in_doubt_s + this for an earlier attempt before `conflict`
 READ_PAGE = 500
 SETTLE_SCAN_MAX = 20_000  # records read past the newest stored message before giving up (retry later)
+STORE_POLL_S = 1.0  # how often a waiting retry looks for the earlier attempt's message in the store
+LOCAL_DONE_MAX = 20_000  # publishes remembered in this process for same-process retries (then: the store)
 
 
 class Pending(msgspec.Struct, tag="p", array_like=True):
@@ -118,6 +127,7 @@ class CmidClaims:
         self._ttl = ttl_s
         self.in_doubt_s = in_doubt_s
         self.max_wait_s = in_doubt_s + WAIT_MARGIN_S
+        self._done: OrderedDict[str, tuple[float, Done]] = OrderedDict()  # key -> (expires, Done)
 
     @staticmethod
     def key(ref: MessageRef) -> str:
@@ -133,15 +143,27 @@ class CmidClaims:
         of overtaking it (a ``conflict`` let them through, and the settled message landed after them).
         After ``max_wait_s`` without an answer (another gateway still settling it, say): ``InFlight``."""
         key = self.key(ref)
+        local = self._local(key)
+        if local is not None:
+            return Duplicate(local.message_id, local.offset)
         prior = await self._cache.put_if_absent(ref.workspace, key, self._pending(), self._ttl)
         if prior is None:
             return Claimed(key)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.max_wait_s
+        next_store_look = loop.time()
         while True:
             state = _decode(prior)
             if isinstance(state, Done):
                 return Duplicate(state.message_id, state.offset)
+            local = self._local(key)  # published by this process while we waited
+            if local is not None:
+                return Duplicate(local.message_id, local.offset)
+            if loop.time() >= next_store_look:  # published elsewhere: stored within moments
+                next_store_look = loop.time() + STORE_POLL_S
+                stored = await self._stored(ref)
+                if stored is not None:
+                    return Duplicate(stored.message_id, stored.offset)
             age = self._clock.time() - state.claimed_at
             if age >= self.in_doubt_s:
                 outcome = await self._settle(ref, key, state)
@@ -156,10 +178,34 @@ class CmidClaims:
                 if prior is None:
                     return Claimed(key)
 
+    def published(self, key: str, message_id: str, offset: int) -> None:
+        """The claimed publish reached the log: remember ``Done`` in this process (no cache call; a retry
+        on another process finds the message in the store, see the module's docstring)."""
+        self._done[key] = (self._clock.monotonic() + self._ttl, Done(message_id, offset))
+        self._done.move_to_end(key)
+        while len(self._done) > LOCAL_DONE_MAX:
+            self._done.popitem(last=False)
+
+    def _local(self, key: str) -> Done | None:
+        entry = self._done.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock.monotonic():
+            del self._done[key]
+            return None
+        return entry[1]
+
+    async def _stored(self, ref: MessageRef) -> Done | None:
+        async with self._store.unit_of_work() as uow:
+            stored = await uow.messages.find_by_cmid(ref.workspace_id, ref.channel_id, ref.author_id, ref.cmid)
+        return None if stored is None else Done(str(stored.id), stored.offset)
+
     async def confirm(self, ref: MessageRef, key: str, message_id: str, offset: int) -> None:
+        """``Done`` in the cache, for every process: what a settle found."""
         await self._cache.set(ref.workspace, key, _encoder.encode(Done(message_id, offset)), self._ttl)
 
     async def release(self, ref: MessageRef, key: str) -> None:
+        self._done.pop(key, None)
         await self._cache.delete(ref.workspace, key)
 
     async def _settle(self, ref: MessageRef, key: str, state: Pending) -> Outcome:

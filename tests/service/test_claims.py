@@ -19,6 +19,7 @@ from storm.domain import Message
 from storm.errors import OffsetTruncated, PublishNotSent, Unavailable
 from storm.protocol import claims
 from storm.protocol.claims import MessageRef
+from storm.protocol.context import SessionContext
 from storm_tools.seed import DEMO_WORKSPACE, demo_id
 from tests.service.test_session import GENERAL, connect, send
 
@@ -36,6 +37,23 @@ async def _leave_pending(ctx: Any, services: Any, cmid: str) -> None:
     """What a gateway that died after claiming ``cmid`` leaves in the cache."""
     outcome = await ctx.cmids.claim(await _ref(services, "alice", cmid))
     assert isinstance(outcome, claims.Claimed)
+
+
+def _other_gateway(services: Any, hub: Any) -> SessionContext:
+    """A second gateway process on the same services: its own claims (nothing of the first's memory)."""
+    s = services
+    return SessionContext(config=s.config, clock=s.clock, broker=s.broker, cache=s.cache, store=s.store,
+                          identity=s.identity, directory=s.directory, hub=hub)
+
+
+async def _store(services: Any, ref: MessageRef, message_id: str, offset: int) -> None:
+    """What the persistence worker does with the record of a publish."""
+    row = Message(id=uuid.UUID(message_id), workspace_id=ref.workspace_id, channel_id=ref.channel_id,
+                  author_id=ref.author_id, body="hello", offset=offset, client_msg_id=ref.cmid,
+                  created_at=datetime.now(UTC))
+    async with services.store.unit_of_work() as uow:
+        await uow.messages.add_many([row])
+        await uow.commit()
 
 
 async def _messages_in_log(services: Any) -> list[bytes]:
@@ -108,15 +126,15 @@ async def test_an_attempt_that_died_before_the_log_is_published_once_by_the_retr
     assert len(await _messages_in_log(services)) == 1
 
 
-async def test_an_attempt_that_reached_the_log_but_not_the_ack_is_answered_from_the_log(ctx, services):
+async def test_an_attempt_that_reached_the_log_but_not_the_ack_is_answered_from_the_log(ctx, services, hub):
     a, ta = await connect(ctx, services)
     await send(a, op="publish", id=1, channel=GENERAL, cmid="c3", text="hello")
     (first,) = ta.take("ack")
     ref = await _ref(services, "alice", "c3")
     await services.cache.delete(DEMO_WORKSPACE, ctx.cmids.key(ref))  # the crash: the ack was never recorded
-    await _leave_pending(ctx, services, "c3")
+    await _leave_pending(_other_gateway(services, hub), services, "c3")  # (and ctx's memory is gone with it)
     services.clock.advance(IN_DOUBT + 1)
-    b, tb = await connect(ctx, services)  # the client reconnected (to another gateway, say) and resends
+    b, tb = await connect(_other_gateway(services, hub), services)  # the client reconnected elsewhere, resends
     await send(b, op="publish", id=1, channel=GENERAL, cmid="c3", text="hello")
     (ack,) = tb.take("ack")
     assert ack["duplicate"] is True
@@ -202,4 +220,33 @@ async def test_a_publish_refused_before_sending_releases_the_claim_at_once(ctx, 
     monkeypatch.setattr(services.broker, "publish", real_publish)
     await send(a, op="publish", id=2, channel=GENERAL, cmid="c8", text="x")
     assert ta.take("ack")[0]["id"] == 2
+    assert len(await _messages_in_log(services)) == 1
+
+
+async def test_a_successful_publish_costs_one_cache_write_and_leaves_the_claim_pending(ctx, services):
+    """The second round trip per publish (``Done`` into the cache) is gone: success is remembered in the
+    process, and a retry elsewhere reads the store (docs/delivery.md, "One message per cmid")."""
+    a, ta = await connect(ctx, services)
+    await send(a, op="publish", id=1, channel=GENERAL, cmid="c9", text="hello")
+    (ack,) = ta.take("ack")
+    raw = await services.cache.get(DEMO_WORKSPACE, ctx.cmids.key(await _ref(services, "alice", "c9")))
+    assert raw is not None and isinstance(claims._decode(raw), claims.Pending)
+    await send(a, op="publish", id=2, channel=GENERAL, cmid="c9", text="hello")  # same process: from memory
+    (again,) = ta.take("ack")
+    assert again["duplicate"] is True and (again["message_id"], again["offset"]) == (ack["message_id"], ack["offset"])
+    assert len(await _messages_in_log(services)) == 1
+
+
+async def test_a_retry_on_another_gateway_waits_for_the_message_to_be_stored_and_gets_its_ack(ctx, services, hub):
+    a, ta = await connect(ctx, services)
+    await send(a, op="publish", id=1, channel=GENERAL, cmid="c10", text="hello")
+    (ack,) = ta.take("ack")
+    b, tb = await connect(_other_gateway(services, hub), services)  # reconnected elsewhere, resends
+    retry = asyncio.ensure_future(send(b, op="publish", id=1, channel=GENERAL, cmid="c10", text="hello"))
+    await asyncio.sleep(0.3)
+    assert not retry.done() and tb.take() == []  # not stored yet: it waits (no Done in the cache)
+    await _store(services, await _ref(services, "alice", "c10"), ack["message_id"], ack["offset"])
+    await asyncio.wait_for(retry, 5)  # found at its next look into the store (claims.STORE_POLL_S)
+    (again,) = tb.take("ack")
+    assert again["duplicate"] is True and (again["message_id"], again["offset"]) == (ack["message_id"], ack["offset"])
     assert len(await _messages_in_log(services)) == 1
