@@ -90,7 +90,7 @@ MIN_HOLD_S = 0.001  # a shorter hold is not worth a timer: keep writing at once
 class Flusher:
     """Writes the dirty outboxes of one gateway, and decides whether a push may write at once."""
 
-    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_max", "_t0", "holds", "immediate",
+    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_max", "_t0", "clock", "holds", "immediate",
                  "overflows", "passes", "timing")
 
     def __init__(self, write_delay_s: float = 0.0, *, max_delay_s: float = 0.025) -> None:
@@ -100,6 +100,7 @@ class Flusher:
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._due = 0.0  # loop time the scheduled pass is due at (its lag is load too)
         self._t0 = 0.0
+        self.clock: Callable[[], float] = time.perf_counter  # times the work (tests set a manual one)
         self.immediate = write_delay_s == 0  # a push to an empty outbox may write at once
         self.timing = False  # the current loop turn wrote at once and is being timed
         self.passes = 0
@@ -128,13 +129,13 @@ class Flusher:
     def begin_turn(self) -> None:
         """A push wrote at once: time this loop turn, up to the next one (once per turn, not per write)."""
         self.timing = True
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
         asyncio.get_running_loop().call_soon(self._end_turn)
 
     def _end_turn(self) -> None:
         self.timing = False
         if self.immediate:
-            self._rest(time.perf_counter() - self._t0)
+            self._rest(self.clock() - self._t0)
 
     def _rest(self, work: float) -> None:
         """After ``work`` seconds of writing: write at once again, or hold writes for a while (adaptive)."""
@@ -151,7 +152,7 @@ class Flusher:
 
     def run(self) -> None:
         """Write every outbox marked since the last pass (also callable directly, e.g. by tests)."""
-        start = time.perf_counter()
+        start = self.clock()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -166,7 +167,7 @@ class Flusher:
         if self._delay == 0:
             if dirty:  # the pass's own time, and how late its timer fired (the loop was busy)
                 lag = max(0.0, asyncio.get_running_loop().time() - self._due)
-                self._rest(time.perf_counter() - start + lag)
+                self._rest(self.clock() - start + lag)
             else:
                 self.immediate = True
 

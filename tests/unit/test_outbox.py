@@ -210,3 +210,120 @@ async def test_drive_finishes_a_coroutine_that_had_to_wait():
         seen.append("sync")
 
     assert drive(one_step()) is None and seen[-1] == "sync"
+
+
+# -- the adaptive write delay (STORM_WRITE_DELAY_S=0): at once while the loop has time, held under load ------
+class DirectLog:
+    """A socket's ``write_frame``: records what was written at once (False when refused)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.accept = True
+
+    def __call__(self, frame: bytes) -> bool:
+        if self.accept:
+            self.frames.append(frame)
+        return self.accept
+
+
+class Ticks:
+    """A manual clock for the flusher's timing of its work."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_push_is_written_at_once_while_the_loop_has_time() -> None:
+    flusher = Flusher(0.0, max_delay_s=0.025)
+    flusher.clock = Ticks()  # the turn takes no time at all
+    sock, direct = SlowSocket(), DirectLog()
+    box = make(sock, [], flusher=flusher, direct=direct)
+    assert box.push(b"a")
+    assert direct.frames == [b"a"] and len(box) == 0 and not box._marked  # in the push: no pass, no list
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the turn is timed on the next one: it was short, so writes stay at once
+    assert flusher.immediate and flusher.holds == 0
+    assert box.push(b"b") and direct.frames == [b"a", b"b"] and flusher.passes == 0
+
+
+async def test_a_busy_loop_turn_holds_writes_which_then_leave_coalesced_in_order() -> None:
+    flusher = Flusher(0.0, max_delay_s=0.2)
+    flusher.clock = ticks = Ticks()
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    loop = asyncio.get_running_loop()
+    box.push(b"1")  # written at once; this turn is being timed
+    ticks.now += 0.03  # the rest of the turn is busy for 30 ms (a fan-out to many sockets, say)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not flusher.immediate and flusher.holds == 1  # held for about 2 x 30 ms
+    start = loop.time()
+    for data in (b"2", b"3", b"4"):
+        box.push(data)
+    assert direct.frames == [b"1"] and len(box) == 3  # queued, not written
+    while len(direct.frames) < 2 and loop.time() - start < 2:
+        await asyncio.sleep(0.005)
+    assert direct.frames == [b"1", b"2\n3\n4"]  # one frame for what the hold gathered, in order
+    while not flusher.immediate and loop.time() - start < 2:  # a pass with nothing to write ends the hold
+        await asyncio.sleep(0.005)
+    assert flusher.immediate
+    box.push(b"5")
+    assert direct.frames[-1] == b"5"
+
+
+async def test_the_hold_never_exceeds_the_cap() -> None:
+    flusher = Flusher(0.0, max_delay_s=0.05)
+    flusher.clock = ticks = Ticks()
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    loop = asyncio.get_running_loop()
+    box.push(b"1")
+    ticks.now += 0.2  # a turn of 200 ms would ask for a 400 ms hold
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not flusher.immediate
+    start = loop.time()
+    box.push(b"2")
+    while len(direct.frames) < 2 and loop.time() - start < 2:
+        await asyncio.sleep(0.005)
+    assert direct.frames == [b"1", b"2"] and loop.time() - start < 0.3  # not the 400 ms asked for
+
+
+async def test_nothing_is_written_at_once_past_queued_events_or_a_waiting_send() -> None:
+    flusher = Flusher(0.0)
+    sock, direct = GatedSocket(), DirectLog()
+    box = make(sock, [], flusher=flusher, direct=direct)  # type: ignore[arg-type]
+    direct.accept = False  # the transport's buffer is full: the frame waits in the server's send
+    box.push(b"a")
+    assert direct.frames == [] and len(box) == 1
+    flusher.run()
+    assert box._writer is not None
+    direct.accept = True
+    box.push(b"b")  # a send is waiting: queued behind it, not written at once
+    assert direct.frames == [] and len(box) == 1
+    sock.gate.set_result(None)
+    await box.flush(1.0)
+    assert sock.frames == [b"a"] and direct.frames == [b"b"]
+
+
+async def test_the_bound_holds_for_writes_at_once_too() -> None:
+    flusher = Flusher(0.0)
+    overflow: list[int] = []
+    direct = DirectLog()
+    box = make(SlowSocket(), overflow, flusher=flusher, direct=direct, max_bytes=10)
+    assert not box.push(b"x" * 11)  # larger than the whole bound: 4008, never written
+    assert overflow == [1] and box.closed and direct.frames == []
+
+
+async def test_a_fixed_write_delay_writes_nothing_at_once() -> None:
+    flusher = Flusher(0.05)
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    box.push(b"a")
+    box.push(b"b")
+    assert direct.frames == [] and not flusher.immediate
+    await asyncio.sleep(0.1)
+    assert direct.frames == [b"a\nb"]
