@@ -162,6 +162,21 @@ async def _ping_forever(readers: list[_SlowReader], every_s: float = 15.0) -> No
                 reader.send_text(b'{"op":"ping"}')
 
 
+async def _subscribe(client: Any, channel: str, within_s: float = 180.0) -> None:
+    """Subscribe, asking again after a request timeout: a fault may land while the clients are still setting
+    up (a gateway killed, a reconnect storm), and the driver must not give up on its load because of it."""
+    from storm_sdk.errors import RequestTimeout
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await client.subscribe(channel)
+            return
+        except RequestTimeout:
+            if time.monotonic() > deadline:
+                raise
+
+
 @dataclass
 class Records:
     started_at: float = 0.0
@@ -227,7 +242,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
             m.client = StormClient(m.url, functools.partial(ws.token, m.user), options)
             await m.client.start()
             m.task = asyncio.create_task(collect(m))
-        await asyncio.gather(*(m.client.subscribe(m.channel) for m in members))
+        await asyncio.gather(*(_subscribe(m.client, m.channel) for m in members))
         slow_per_channel = round(size * cfg.slow_fraction)
         for c, channel in enumerate(ws.channels):
             for k in range(slow_per_channel):

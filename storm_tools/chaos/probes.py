@@ -64,6 +64,13 @@ def slo_steady_state(connections: Any = 200, slow_fraction: Any = 0.0, baseline_
         state["phase"] = "judged"
         if verdict["integrity_ok"]:  # else its broker topics are kept for whoever investigates
             _delete_workspace(ws)
+    elif state.get("phase") == "baseline":
+        # after the method, but the traffic driver never finished (it failed: see the journal's run): the
+        # method was not judged, so the steady state is not met (it used to judge a fresh baseline instead)
+        verdict = {"phase": "after", "ok": False, "workspace": state["workspace"]["slug"], "integrity_ok": False,
+                   "error": "the traffic driver did not finish: no records of the method to judge",
+                   "slos": [], "figures": {}}
+        state["phase"] = "judged"
     else:
         for name in ("faults.jsonl", "traffic.json", "verdict-after.json"):
             (ctx.run_dir() / name).unlink(missing_ok=True)

@@ -184,3 +184,18 @@ def test_the_driver_pads_texts_within_the_protocol_limit() -> None:
     assert DriverConfig(body_chars=3000).body_chars == 3000
     with pytest.raises(ValueError, match="body_chars"):
         DriverConfig(body_chars=4001)
+
+
+def test_after_a_method_whose_driver_failed_the_steady_state_is_not_met(tmp_path, monkeypatch) -> None:
+    """The connect-spike run of 2026-12-06 19:00: the driver failed during the storm, and the probe after the
+    method judged a fresh baseline instead, so the experiment 'held' without its method being judged."""
+    import json
+
+    from storm_tools.chaos.probes import slo_steady_state
+
+    monkeypatch.setenv("STORM_CHAOS_RUN_DIR", str(tmp_path))
+    ws = {"slug": "chaos-x", "channels": ["c"], "users": ["u0000", "u0001"], "secret": "s"}
+    (tmp_path / "state.json").write_text(json.dumps({"phase": "baseline", "workspace": ws}))
+    verdict = slo_steady_state()
+    assert verdict["phase"] == "after" and verdict["ok"] is False and "driver did not finish" in verdict["error"]
+    assert json.loads((tmp_path / "state.json").read_text())["phase"] == "judged"
