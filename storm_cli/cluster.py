@@ -259,6 +259,7 @@ class Cluster:
         self.drain_timeout_s = drain_timeout_s
         self.out = out
         self.state_file = state_file
+        self.ready = False  # every child answered /healthz once (wait_healthy): from then on exits are restarted
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -296,7 +297,7 @@ class Cluster:
     def state(self) -> dict[str, Any]:
         """What the state file holds: the supervisor, and per child its role, PID, port and restarts."""
         return {
-            "supervisor_pid": os.getpid(), "host": self.host, "updated_at": time.time(),
+            "supervisor_pid": os.getpid(), "host": self.host, "updated_at": time.time(), "ready": self.ready,
             "children": [{"name": c.name, "role": c.role, "port": c.port,
                           "pid": c.pid if c.proc is not None and c.proc.poll() is None else 0,
                           "restarts": c.restarts, "last_exit": c.last_exit, "overrides": list(c.overrides)}
@@ -327,6 +328,12 @@ class Cluster:
                 raise ClusterError(f"{names} did not answer /healthz within {timeout_s:.0f} s")
             if pending:
                 time.sleep(0.25)
+        if not pending:
+            # Until now a child that exits is a start failure (the whole cluster stops); from here on it is
+            # restarted.  Whoever acts on the topology (chaos actions, tests) waits for "ready": a child killed
+            # before the supervisor saw it answer would otherwise stop the cluster.
+            self.ready = True
+            self.write_state()
 
     def watch(self, stop: threading.Event) -> int:
         """Supervise until ``stop`` is set (signal): a child that exits is started again after its backoff

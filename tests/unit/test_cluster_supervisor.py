@@ -176,3 +176,38 @@ def test_consumers_take_only_the_workspaces_of_their_prefix(prefix: str, limited
         assert broker.work_filter("chaos-1a2b") and not broker.work_filter("rs-1a2b")
     else:
         assert broker.work_filter is None  # one deployment per Pulsar: every workspace
+
+
+def test_the_state_file_says_ready_only_once_the_supervisor_saw_every_child_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chaos actions and tests wait for "ready": a child killed before it is true stops the whole cluster (a
+    start failure), which is what made a CI run kill gateway-1 'too early' and see gateway-2 stop."""
+    import threading
+
+    from storm_cli import cluster as cluster_module
+
+    cluster, _children, _ = _cluster(tmp_path)
+    answers = {9001: [False, True], 9002: [True]}
+    monkeypatch.setattr(cluster_module, "_healthy", lambda url: answers[int(url.split(":")[2].split("/")[0])].pop(0))
+    monkeypatch.setattr("storm_cli.cluster.time.sleep", lambda _s: None)
+    cluster.write_state()
+    assert json.loads((tmp_path / "state.json").read_text())["ready"] is False
+
+    cluster.wait_healthy(10, threading.Event())
+
+    assert json.loads((tmp_path / "state.json").read_text())["ready"] is True
+    assert answers == {9001: [], 9002: []}
+
+
+def test_a_child_that_exits_before_the_first_answer_is_a_start_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from storm_cli import cluster as cluster_module
+
+    cluster, (gw1, _gw2), _ = _cluster(tmp_path)
+    monkeypatch.setattr(cluster_module, "_healthy", lambda url: False)
+    gw1.proc.returncode = 2  # type: ignore[union-attr]
+    with pytest.raises(cluster_module.ClusterError, match=r"gateway-1 .* exited with 2 before answering"):
+        cluster.wait_healthy(10, threading.Event())
+    assert cluster.ready is False
