@@ -6,7 +6,7 @@ Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
   records go to non-persistent topics ``{ws}/ephemeral/{channel}`` (:mod:`storm.adapters.pulsar_admin`).
 * Offset = Pulsar position ``(ledger_id << 20) | entry_id`` (:mod:`storm.adapters.pulsar_names`): strictly
   increasing per channel, not dense.  ``publish`` returns it from the broker's send receipt, i.e. once the
-  entry is persisted.
+  entry is persisted; receipts reach the event loop in bursts, one wake-up each (``_SendCompletions``).
 * One producer per topic per process (LRU-bounded), batching off, named ``{gateway_id}-{channel}`` so that
   the broker's deduplication (enabled per namespace) drops a message the client resends after a reconnect.
 * Broadcast: one non-durable reader per followed channel (plus one on its ephemeral topic), created at the
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 import warnings
 from collections import OrderedDict
@@ -79,6 +80,47 @@ def _pulsar_error(action: str, exc: BaseException) -> StormError:
     if isinstance(exc, pulsar_async.PulsarException) and exc.error() == pulsar.Result.TopicNotFound:
         return NotFound(f"Pulsar {action}: the workspace has no broker side (not set up, or deleted): {exc}")
     return Unavailable(f"Pulsar {action} failed: {exc}")
+
+
+class _SendCompletions:
+    """Send receipts from the Pulsar client's threads to the event loop, one loop wake-up per burst.
+
+    ``pulsar.asyncio.Producer.send`` schedules one ``call_soon_threadsafe`` per receipt: a write to the
+    loop's self-pipe and a wake-up each.  Here a receipt is queued, and only the first receipt of a burst
+    schedules the drain, which completes every queued future in one loop callback (in receipt order).
+    The receipt's position is read on the client thread, so the loop builds no ``pulsar.MessageId``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._queue: list[tuple[asyncio.Future[tuple[int, int]], Any, int, int]] = []
+        self._scheduled = False
+
+    def callback(self, fut: asyncio.Future[tuple[int, int]]) -> Callable[[Any, Any], None]:
+        def done(result: Any, msg_id: Any) -> None:  # on a Pulsar client thread
+            ok = result == _pulsar.Result.Ok
+            item = (fut, result, msg_id.ledger_id() if ok else -1, msg_id.entry_id() if ok else -1)
+            with self._lock:
+                self._queue.append(item)
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._drain)
+
+        return done
+
+    def _drain(self) -> None:
+        with self._lock:
+            queue, self._queue, self._scheduled = self._queue, [], False
+        for fut, result, ledger_id, entry_id in queue:
+            if fut.done():  # the sender was cancelled
+                continue
+            if result == _pulsar.Result.Ok:
+                fut.set_result((ledger_id, entry_id))
+            else:
+                fut.set_exception(pulsar_async.PulsarException(result))
 
 
 class _Producers:
@@ -201,6 +243,7 @@ class PulsarBroker:
         self.admin = PulsarAdmin(settings.admin_url, settings.cluster)
         self._client: pulsar_async.Client | None = None
         self._producers: _Producers | None = None
+        self._completions: _SendCompletions | None = None
         self._broadcasts: set[PulsarBroadcastSubscription] = set()
         self._work: set[PulsarWorkSubscription] = set()
         self._readers = 0  # channels followed by all broadcast subscriptions of this process
@@ -230,6 +273,7 @@ class PulsarBroker:
             logger=pulsar.FileLogger(pulsar.LoggerLevel.Warn, PULSAR_CLIENT_LOG),
         )
         self._producers = _Producers(self._client, self._max_producers, self._send_timeout_ms)
+        self._completions = _SendCompletions(asyncio.get_running_loop())
         self._life.started()
 
     async def stop(self) -> None:
@@ -336,17 +380,24 @@ class PulsarBroker:
             if type(error) is Unavailable:
                 raise PublishNotSent(error.message) from exc
             raise error from exc
+        assert self._completions is not None
+        builder = _pulsar.MessageBuilder()
+        builder.content(payload)
+        builder.ordering_key(channel)
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         try:
-            msg_id = await producer.send(payload, ordering_key=channel)
+            # what producer.send does, minus one loop wake-up per receipt (_SendCompletions)
+            producer._producer.send_async(builder.build(), self._completions.callback(fut))
+            ledger_id, entry_id = await fut
         except pulsar_async.PulsarException as exc:  # outcome unknown: the entry may be persisted
             self._producers.drop(topic)
             raise _pulsar_error(f"publish ws={workspace} channel={channel}", exc) from exc
-        if msg_id.ledger_id() < 0:
+        if ledger_id < 0:
             raise PublishOutcomeUnknown(
                 f"ws={workspace} channel={channel}: the broker reports a duplicate send; the record is stored "
                 "but its offset is unknown"
             )
-        return encode_offset(msg_id.ledger_id(), msg_id.entry_id())
+        return encode_offset(ledger_id, entry_id)
 
     async def publish_ephemeral(self, workspace: str, channel: str, payload: bytes) -> None:
         self._running()
