@@ -6,7 +6,9 @@ Inputs (formats in terraform/README.md, "Sizing"):
 
 * capacities: ``storm_tools/capacities/measured.json`` by default (each figure with its source and whether it
   was measured on this machine), or ``--from`` a file of the same shape, or a ``storm day`` report.json that
-  holds one under the key ``capacities`` (issue 15);
+  holds one under the key ``capacities``, or a ``storm day`` run folder (its report.json's, else derived from
+  its files by :mod:`storm_tools.day.capacity`): the run's figures where it measured them, the defaults'
+  elsewhere, and the bill says which came from where (issue 15, docs/storm-day.md "The bill");
 * prices: ``storm_tools/prices/aws-eu-west-1.json`` (AWS on-demand, eu-west-1, each line with its source and
   date; written from knowledge, not read from the live price list: see its ``caveat``).
 
@@ -127,6 +129,8 @@ class Bill:
     survives_zone_loss: bool
     capacities_source: str
     assumptions: list[str] = field(default_factory=list)
+    capacities_from_run: list[str] = field(default_factory=list)  # figures a storm day run measured
+    run_figures: dict[str, Any] = field(default_factory=dict)  # the run's headline capacities (report.json)
 
 
 def _figure(doc: dict[str, Any], key: str) -> float:
@@ -148,13 +152,34 @@ def load_json(path: Path) -> Any:
         raise CostError(f"{path}: not JSON ({exc})") from None
 
 
-def load_capacities(path: Path = DEFAULT_CAPACITIES) -> tuple[dict[str, float], list[str]]:
-    """Capacities from a capacities file or a `storm day` report holding one under ``capacities``."""
+def capacity_document(path: Path = DEFAULT_CAPACITIES) -> dict[str, Any]:
+    """The ``storm-capacities/1`` document of a capacities file, a `storm day` report.json holding one under
+    ``capacities``, or a `storm day` run folder (its report.json's, else derived from the folder's files)."""
+    if path.is_dir():
+        report = path / "report.json"
+        if report.exists():
+            return capacity_document(report)
+        from storm_tools.day.capacity import derive
+        from storm_tools.day.rundata import RunFolderError, load
+
+        try:
+            return derive(load(path), load_json(DEFAULT_CAPACITIES))
+        except RunFolderError as exc:
+            raise CostError(f"{path}: not a storm day run folder: {exc}") from None
     doc = load_json(path)
-    if isinstance(doc, dict) and "format" not in doc and isinstance(doc.get("capacities"), dict):
+    if isinstance(doc, dict) and doc.get("format") != CAPACITIES_FORMAT and isinstance(doc.get("capacities"), dict):
         doc = doc["capacities"]  # a storm day report.json: {..., "capacities": {"format": ..., "capacities": {...}}}
     if not isinstance(doc, dict) or doc.get("format") != CAPACITIES_FORMAT:
         raise CostError(f"{path}: not a {CAPACITIES_FORMAT} document (nor a report with 'capacities')")
+    return doc
+
+
+def load_capacities(path: Path = DEFAULT_CAPACITIES) -> tuple[dict[str, float], list[str]]:
+    """The figures of :func:`capacity_document` and the assumed (not measured) ones with their sources."""
+    return _figures(capacity_document(path), path)
+
+
+def _figures(doc: dict[str, Any], path: Path) -> tuple[dict[str, float], list[str]]:
     figures = doc.get("capacities")
     if not isinstance(figures, dict):
         raise CostError(f"{path}: 'capacities' must be an object")
@@ -319,6 +344,17 @@ def render_table(b: Bill) -> str:
               f"if the peak lasted all {b.targets['hours']:g} h: {b.event_eur_if_peak_all_event:.2f} EUR",
               f"survives the loss of a zone: {'yes' if b.survives_zone_loss else 'NO'}",
               f"capacities: {b.capacities_source}"]
+    if b.run_figures:
+        run = b.run_figures
+        defaults = [k for k in REQUIRED_CAPACITIES if k not in b.capacities_from_run]
+        lines += [f"from the run ({run.get('window_s', 0)} s of steady window): "
+                  + (", ".join(b.capacities_from_run) or "none"),
+                  f"from the defaults ({DEFAULT_CAPACITIES.name}): " + (", ".join(defaults) or "none"),
+                  "the run's capacities: " + ", ".join(
+                      f"{k.replace('_', ' ')} {v:,.1f}" for k, v in run.items()
+                      if k.startswith(("connections_per", "deliveries_per", "publishes_per", "writes_per"))
+                      and isinstance(v, int | float))]
+        lines += [f"  note: {n}" for n in run.get("notes", [])]
     if b.assumptions:
         lines += ["assumed, not measured:"] + [f"  - {a}" for a in b.assumptions]
     return "\n".join(lines)
@@ -326,13 +362,18 @@ def render_table(b: Bill) -> str:
 
 def compute(args: argparse.Namespace) -> Bill:
     source = Path(args.source) if args.source else DEFAULT_CAPACITIES
-    cap, assumed = load_capacities(source)
+    doc = capacity_document(source)
+    cap, assumed = _figures(doc, source)
     prices = load_prices(Path(args.prices) if args.prices else DEFAULT_PRICES)
     targets = Targets(connections=args.connections, deliveries_per_s=args.deliveries, fanout=args.fanout,
                       hours=args.hours, peak_hours=args.peak_hours, budget_eur=args.budget)
     resolved = source.resolve()  # named from the repository root, whatever the working directory
     shown = str(resolved.relative_to(HERE.parent)) if resolved.is_relative_to(HERE.parent) else str(source)
-    return bill(cap, targets, prices, assumed, shown)
+    b = bill(cap, targets, prices, assumed, shown)
+    b.capacities_from_run = sorted(k for k in REQUIRED_CAPACITIES if doc["capacities"][k].get("origin") == "run")
+    if isinstance(doc.get("run"), dict):
+        b.run_figures = {k: v for k, v in doc["run"].items() if k not in ("window_spans", "from_run", "from_defaults")}
+    return b
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -351,7 +392,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def add_arguments(sub: Any) -> None:
     cost = sub.add_parser("cost", help="the AWS fleet and bill for launch day, from measured capacities")
     cost.add_argument("--from", dest="source", default=None,
-                      help=f"capacities JSON or a storm day report.json (default {DEFAULT_CAPACITIES.name})")
+                      help="capacities JSON, a storm day report.json or a storm day run folder "
+                           f"(default {DEFAULT_CAPACITIES.name})")
     cost.add_argument("--prices", default=None, help="price table (default storm_tools/prices/aws-eu-west-1.json)")
     cost.add_argument("--connections", type=int, default=Targets.connections)
     cost.add_argument("--deliveries", type=float, default=Targets.deliveries_per_s, help="delivered messages/s")
