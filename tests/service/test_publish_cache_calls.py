@@ -38,7 +38,7 @@ async def test_a_steady_publish_makes_one_cache_write_and_a_third_of_a_rate_take
         await send(a, op="publish", id=i, channel=GENERAL, cmid=f"c{i}", text="x")
     assert len(ta.take("ack")) == PUBLISHES
     assert calls["put_if_absent"] == PUBLISHES  # the cmid claim, one per publish
-    assert calls["set"] == 0  # no confirmation write (12 before issue 12): done is remembered in the process (claims.py)
+    assert calls["set"] == 0  # no confirmation write (12 before issue 12): done is kept in the process
     # the user's lease of 3 tokens (0.1 s x 30/s) serves three publishes 2 s apart (LEASE_TTL_S = 10 s);
     # and the workspace lease (0.1 s of the demo plan's rate) a few: 6 rate_takes here, 24 before issue 12
     assert calls["rate_take"] <= PUBLISHES // 2, calls
