@@ -11,6 +11,11 @@ the event loop.  :class:`JwksCache` fetches in a worker thread with a timeout, k
 fetch), and refetches on an unknown ``kid`` at most once per ``STORM_AUTH0_JWKS_MIN_REFETCH_S`` so a flood
 of tokens with made-up ``kid``s cannot turn into a flood of requests to Auth0.  When a refetch fails the
 keys already known stay in use.  Tokens are never logged.
+
+Cost (issue 11): the header is read once to pick the key and the token is decoded once to check it (it
+was decoded three times), and a token verified before is answered from
+:class:`~storm.adapters.verified_tokens.VerifiedTokens` (its ``exp`` checked again) while the key set is
+the one it was verified under: any change of the key set forgets every earlier verification.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import jwt
 from auth0.authentication.token_verifier import AsymmetricSignatureVerifier
 
+from storm.adapters.verified_tokens import VerifiedTokens
 from storm.errors import Unauthenticated
 from storm.ports.identity import Claims
 
@@ -88,6 +94,11 @@ class JwksCache:
         self._tried_at: float | None = None  # last attempt, successful or not
         self._inflight: asyncio.Future[None] | None = None
         self.fetches = 0  # attempts, successful or not
+        self.generation = 0  # one more each time a fetch changes the key set
+
+    def current(self) -> bool:
+        """The keys were fetched and are not due for a refetch (a cached verification may then stand)."""
+        return self._fetched_at is not None and self._now() - self._fetched_at < self._ttl
 
     async def key(self, kid: str) -> Any:
         now = self._now()
@@ -118,6 +129,8 @@ class JwksCache:
                 if not self._keys:
                     raise Unauthenticated("signing keys unavailable") from None
                 return
+            if keys.keys() != self._keys.keys() or any(keys[k] != self._keys[k] for k in keys):
+                self.generation += 1
             self._keys = keys
             self._fetched_at = self._tried_at
         finally:
@@ -135,11 +148,9 @@ class _KeyedVerifier(AsymmetricSignatureVerifier):
         return self._key
 
     def check(self, token: str, key: Any) -> dict[str, Any]:
-        self._key = key
-        try:
-            return self.verify_signature(token)
-        finally:
-            self._key = None
+        """The signature checked with ``key`` by auth0-python's decode (``alg`` pinned to RS256 there too);
+        the header was already read by the caller, so it is not read twice more (``verify_signature``)."""
+        return self._decode_jwt(token, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +170,7 @@ class Auth0Settings:
 
 class Auth0Identity:
     def __init__(self, settings: Auth0Settings, *, wall: Callable[[], float] = time.time,
-                 jwks: JwksCache | None = None) -> None:
+                 jwks: JwksCache | None = None, verified: VerifiedTokens | None = None) -> None:
         self._issuer = settings.issuer
         self._audience = settings.audience
         self._leeway = settings.leeway_s
@@ -169,8 +180,17 @@ class Auth0Identity:
         self.jwks = jwks or JwksCache(settings.jwks_url, ttl_s=settings.jwks_cache_s,
                                       min_refetch_s=settings.jwks_min_refetch_s)
         self._verifier = _KeyedVerifier()
+        self.verified = VerifiedTokens() if verified is None else verified
 
     async def verify(self, token: str) -> Claims:
+        jwks = self.jwks
+        digest = self.verified.digest(token)
+        if jwks.current():
+            known = self.verified.get(digest, jwks.generation)
+            if known is not None:
+                if self._now() > known.expires_at + self._leeway:
+                    raise Unauthenticated("token expired")
+                return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -185,7 +205,9 @@ class Auth0Identity:
             data = self._verifier.check(token, key)
         except Exception as exc:  # TokenValidationError, jwt errors: all mean "not a token of ours"
             raise Unauthenticated(f"invalid token: {type(exc).__name__}") from None
-        return self._claims(data)
+        claims = self._claims(data)
+        self.verified.put(digest, claims, jwks.generation)
+        return claims
 
     def _claims(self, data: dict[str, Any]) -> Claims:
         now = self._now()

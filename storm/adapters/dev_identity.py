@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import jwt
 
+from storm.adapters.verified_tokens import VerifiedTokens
 from storm.errors import Unauthenticated
 from storm.ports.identity import Claims
 
@@ -22,10 +23,12 @@ DEFAULT_SCOPES = ("chat", "workspaces:create")
 
 
 class DevIdentity:
-    def __init__(self, secret: str, *, ttl_s: int = 3600, leeway_s: float = 5.0) -> None:
+    def __init__(self, secret: str, *, ttl_s: int = 3600, leeway_s: float = 5.0,
+                 verified: VerifiedTokens | None = None) -> None:
         self._secret = secret
         self._ttl = ttl_s
         self._leeway = leeway_s
+        self.verified = VerifiedTokens() if verified is None else verified  # the secret never changes
 
     def issue(
         self,
@@ -53,6 +56,12 @@ class DevIdentity:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     async def verify(self, token: str) -> Claims:
+        digest = self.verified.digest(token)
+        known = self.verified.get(digest)
+        if known is not None:  # verified before: only its expiry can have changed (PyJWT's rule, leeway)
+            if time.time() >= known.expires_at + self._leeway:
+                raise Unauthenticated("token expired")
+            return known
         try:
             data = jwt.decode(
                 token,
@@ -70,7 +79,7 @@ class DevIdentity:
         ws = data.get("ws")
         if not isinstance(ws, str) or not ws:
             raise Unauthenticated("token has no workspace claim")
-        return Claims(
+        claims = Claims(
             subject=str(data["sub"]),
             workspace=ws,
             name=str(data.get("name") or data["sub"]),
@@ -78,6 +87,8 @@ class DevIdentity:
             scopes=frozenset(str(data.get("scope", "")).split()),
             token_id=str(data.get("jti", "")),
         )
+        self.verified.put(digest, claims)
+        return claims
 
 
 if TYPE_CHECKING:  # the type checker proves the port is satisfied (centrifuge's `var _ Broker = ...`)

@@ -206,3 +206,22 @@ def test_bootstrap_builds_the_auth0_verifier(jwks, tmp_path):
 
     services = build_services(auth0_config(jwks, database_url=f"sqlite+aiosqlite:///{tmp_path}/b.db"))
     assert isinstance(services.identity, Auth0Identity)
+
+
+async def test_a_token_is_verified_once_while_the_key_set_stands(identity, jwks):
+    """Issue 11: a reconnect with the same token skips the RS256 check; a changed key set forgets it."""
+    token = jwks.token()
+    first = await identity.verify(token)
+    assert await identity.verify(token) is first and identity.verified.hits == 1
+    identity.jwks._fetched_at = None  # due for a refetch: the cached answer does not stand
+    assert await identity.verify(token) == first and identity.verified.hits == 1
+    jwks.publish(new_key("key-9"))  # key-1 withdrawn (compromised, rotated out)
+    identity.jwks._fetched_at = None
+    await refused(identity, token, "unknown signing key")
+
+
+async def test_a_cached_token_still_expires(identity, jwks):
+    token = jwks.token(exp=int(time.time()) + 5)
+    claims = await identity.verify(token)
+    identity._now = lambda: claims.expires_at + 31  # past the 30 s leeway
+    await refused(identity, token, "expired")
