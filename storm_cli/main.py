@@ -9,6 +9,7 @@
     storm verify delivery --json   gateway-kill scenario on the running services (storm_tools/verify.py)
     storm chaos run --all          the chaos matrix on a cluster it starts (storm_tools/chaos/, make chaos)
     storm top                      live per-process figures from DogStatsD (storm_tools/top.py)
+    storm day [--profile ci]       the launch day: ramp, traffic, incidents, checks, report (storm_tools/day/)
     storm cost [--json]            the AWS fleet and bill for launch day from measured capacities (storm_tools/cost.py)
 """
 
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from storm_tools.top import add_arguments as top_arguments
 
     top_arguments(sub)  # `storm top`: live figures from DogStatsD (storm_tools/top.py, docs/observability.md)
+    from storm_tools.day.runner import add_arguments as day_arguments
+
+    day_arguments(sub)  # `storm day [--profile FILE|NAME] [--users N] [--minutes M] [--report DIR] [--json]`
     from storm_tools.cost import add_arguments as cost_arguments
 
     cost_arguments(sub)  # `storm cost [--from REPORT] [--json] [--tfvars PATH]` (storm_tools/cost.py)
@@ -198,6 +202,7 @@ _SDK = "./sdk   (the storm-chat-sdk distribution, from a checkout of this reposi
 EXTRAS = {
     "hypothesis": "'storm-chat[dev]'",
     "yaml": "'storm-chat[dev]'",
+    "rich": "'storm-chat[dev]'",
     "storm_sdk": _SDK,
     "websockets": _SDK,
     "pulsar": "'storm-chat[pulsar]'",
