@@ -228,6 +228,15 @@ class Outbox:
         if self.closed:
             return False
         events = self._events
+        if not events:  # nothing queued (so no bytes either): the bound is only the event's own size
+            flusher = self._flusher
+            if flusher.immediate and self._writer is None and self._direct is not None \
+                    and len(data) <= self._max_bytes:
+                if not flusher.timing:
+                    flusher.begin_turn()
+                if self._direct(data):
+                    self.frames_sent += 1
+                    return True
         size = len(data)
         if len(events) >= self._max_events or self._bytes + size > self._max_bytes:
             self.closed = True
@@ -236,18 +245,11 @@ class Outbox:
             self._flusher.overflows += 1
             self._on_overflow()
             return False
-        flusher = self._flusher
-        if not events and flusher.immediate and self._writer is None and self._direct is not None:
-            if not flusher.timing:
-                flusher.begin_turn()
-            if self._direct(data):
-                self.frames_sent += 1
-                return True
         events.append(data)
         self._bytes += size
         if not self._marked and self._writer is None:
             self._marked = True
-            flusher.mark(self)
+            self._flusher.mark(self)
         return True
 
     def _take(self) -> bytes:

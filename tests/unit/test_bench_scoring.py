@@ -69,6 +69,13 @@ def test_fanout_summary_without_the_floor_has_no_ratio_and_reports_losses() -> N
     assert fanout.failed({"floor_missing": 3}) and not fanout.failed({"missing": 0})
 
 
+def test_fanout_summary_states_the_write_delay_storm_ran_with() -> None:
+    rule = {"write_delay_s": 0.0, "write_delay_max_s": 0.025}
+    out = fanout.summarize(ARGS, {"storm": _run(write_delay=rule), "floor": _run()})
+    assert out["write_delay"] == rule
+    assert "write_delay" not in fanout.summarize(ARGS, {"floor": _run()})
+
+
 # ---- e2e: histogram percentiles, the delivery accounting, the summary ----------------------------------
 
 
