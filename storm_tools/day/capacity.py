@@ -10,8 +10,9 @@ clients did there (timeline.jsonl):
 * the gateways' CPU is one total for two terms of the model (per publish, per delivery) that a run with one
   fan-out cannot separate: it is attributed to the term that dominates by the default figures, the other
   keeping its default (the source text says which); idle connections' heartbeats are in it (conservative);
-* ``gateway_bytes_per_connection``: the gateways' RSS at the peak of connections less their RSS at their
-  first sample, per connection (connections per GiB = 2^30 / the figure).
+* ``gateway_bytes_per_connection``: the gateways' RSS at the sample with the most connections less their RSS
+  at their first sample, per connection added, both taken before any gateway restarted and with at least
+  :data:`MIN_CONNECTIONS` added (connections per GiB = 2^30 / the figure).
 
 A figure the run cannot give (no such process sampled, fewer than :data:`MIN_MESSAGES` messages or
 :data:`MIN_WINDOW_S` seconds in the window) keeps the default of storm_tools/capacities/measured.json, and the
@@ -30,7 +31,7 @@ from storm_tools.day.rundata import RunData, Sample
 FORMAT = "storm-capacities/1"
 MIN_MESSAGES = 200
 MIN_WINDOW_S = 10.0
-MIN_CONNECTIONS = 100
+MIN_CONNECTIONS = 500  # added between the two RSS samples
 INCIDENT_TAIL_S = 30.0
 PER_PUBLISH = {  # capacity -> the process role whose CPU it divides
     "pulsar_us_per_publish": "pulsar",
@@ -76,35 +77,40 @@ def role_cores(samples: Sequence[Sample], window: Window) -> tuple[dict[str, flo
     return {r: cpu[r] / seconds[r] for r in cpu if seconds.get(r)}, seconds
 
 
-def _rss_per_connection(data: RunData) -> tuple[float, str] | None:
-    """Bytes per connection: the gateways' RSS at the sample with the most connections less their first."""
+def _rss_per_connection(data: RunData) -> tuple[float, str] | str:
+    """Bytes per connection: the gateways' RSS at the sample with the most connections less their first, both
+    before any gateway restarted (a new process starts small); else why not."""
     gw = [s for s in data.processes if s.role == "gateway"]
-    if not gw or not data.timeline:
-        return None
-    by_t: dict[float, dict[str, int]] = {}
+    if not gw:
+        return "no gateway sampled"
+    first_pid: dict[str, int] = {}
+    by_t: dict[float, dict[str, Sample]] = {}
     for s in gw:
-        by_t.setdefault(s.t, {})[s.name] = s.rss_bytes
-    names = {s.name for s in gw}
-    complete = sorted(t for t, rows in by_t.items() if set(rows) == names)
-    if not complete:
-        return None
+        first_pid.setdefault(s.name, s.pid)
+        by_t.setdefault(s.t, {})[s.name] = s
+    names = set(first_pid)
+    usable = sorted(t for t, rows in by_t.items()
+                    if set(rows) == names and all(r.pid == first_pid[n] for n, r in rows.items()))
+    if not usable:
+        return "no sample of every gateway before a restart"
     seconds = {s.t: s.connections for s in data.timeline}
 
     def connections(t: float) -> int:
         return seconds.get(float(int(t)), 0)
 
-    peak_t = max(complete, key=lambda t: (connections(t), -t))
-    peak = connections(peak_t)
-    if peak < MIN_CONNECTIONS:
-        return None
-    at_peak, base = sum(by_t[peak_t].values()), sum(by_t[complete[0]].values())
-    base_connections = connections(complete[0])
-    if at_peak > base and peak > base_connections:
-        return (at_peak - base) / (peak - base_connections), (
-            f"gateways' RSS {at_peak / 2**20:,.0f} MiB at t={peak_t:g} s with {peak:,} connections less "
-            f"{base / 2**20:,.0f} MiB at t={complete[0]:g} s with {base_connections:,}")
-    return at_peak / peak, (f"gateways' whole RSS {at_peak / 2**20:,.0f} MiB with {peak:,} connections (no lower "
-                            "baseline sampled: conservative)")
+    base_t = usable[0]
+    peak_t = max(usable, key=lambda t: (connections(t), -t))
+    added = connections(peak_t) - connections(base_t)
+    if added < MIN_CONNECTIONS:
+        return (f"{added:,} connections added before any gateway restarted ({MIN_CONNECTIONS:,} needed: the "
+                "processes' own heap growth would dominate)")
+    at_peak = sum(r.rss_bytes for r in by_t[peak_t].values())
+    base = sum(r.rss_bytes for r in by_t[base_t].values())
+    if at_peak <= base:
+        return "the gateways' RSS did not grow with the connections"
+    return (at_peak - base) / added, (
+        f"gateways' RSS {at_peak / 2**20:,.0f} MiB at t={peak_t:g} s with {connections(peak_t):,} connections "
+        f"less {base / 2**20:,.0f} MiB at t={base_t:g} s with {connections(base_t):,}")
 
 
 def derive(data: RunData, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +158,9 @@ def derive(data: RunData, defaults: dict[str, Any]) -> dict[str, Any]:
                         "source": f"{where}: gateways {cores['gateway']:.2f} cores (fan-out {fanout:.1f}, "
                                   f"{connections:,.0f} connections' heartbeats included) {how}"}
     rss = _rss_per_connection(data)
-    if rss is not None:
+    if isinstance(rss, str):
+        notes.append(f"gateway_bytes_per_connection keeps its default: {rss}")
+    else:
         figures["gateway_bytes_per_connection"] = {"value": round(rss[0]), "measured": True, "origin": "run",
                                                    "source": f"{where}: {rss[1]}"}
 

@@ -12,6 +12,7 @@ orange from the end to the recovery.  Import :func:`write_all` only where matplo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,9 @@ def messages(data: RunData, recoveries: dict[str, float | None], path: Path) -> 
 
 
 def _series(data: RunData, pick: Callable[[Any], dict[str, float | None]], q: str) -> tuple[list[float], list[float]]:
-    pts = [(_x(data, s.t), v) for s in data.timeline if (v := pick(s).get(q)) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+    """x and y of a percentile, NaN where a second had no sample (the line breaks there)."""
+    values = [pick(s).get(q) for s in data.timeline]
+    return [_x(data, s.t) for s in data.timeline], [math.nan if v is None else v for v in values]
 
 
 def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict[str, float], path: Path) -> Path:
@@ -146,7 +148,7 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
             ax.plot(xs, ys, color=color, lw=lw, label=f"{title} {q}")
         if limit:
             ax.axhline(limit, color="#555555", ls="--", lw=1, label=f"SLO p99 ≤ {limit:,.0f} ms")
-        positive = [v for v in values if v > 0]
+        positive = [v for v in values if v > 0]  # NaN compares False: left out
         if positive and max(positive) / max(min(positive), 0.1) > 50:
             ax.set_yscale("log")
         else:

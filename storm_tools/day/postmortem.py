@@ -4,12 +4,15 @@ For each incident of incidents.json, :func:`analyse` finds in timeline.jsonl (no
 
 * **detection**: the first second at or after the injection where an SLO indicator is bad — ack or delivery
   p99 over the SLO threshold (storm_tools/slos.yaml), a server-side error, publishes with no ack, a failed
-  connect the server is accountable for, an abnormal disconnect, or connections under 99 % of the level
-  before the incident;
+  connect the server is accountable for, an abnormal disconnect, or connections under 99 % of their
+  expected level (:class:`Level`: the level before the incident, following the profile's curve when the
+  timeline carries its ``target``; not judged in the decline without it);
 * **mitigation**: the end of the injected fault (``end_t``: the process restarted, the toxic removed);
-* **recovery**: the first second at or after the mitigation (and the detection) from which, for
-  :data:`STEADY_S` seconds in a row, connections are back to >= 99 % of the pre-incident level and the p99s are
-  within the SLO (no detection: recovered at once);
+* **recovery**: the first second at or after the mitigation (and after the detection) from which, for
+  :data:`STEADY_S` seconds in a row, connections are back to >= 99 % of that level and the p99s are within
+  the SLO (no detection: recovered at once).  Seconds after the load ended (``settle``) are not judged.  When
+  most of the seconds before the injection were bad already, the draft says so: detection and recovery are
+  then not the incident's alone;
 * **impact**: users disconnected (the deepest drop under the pre-incident level) and reconnects, messages
   published and not acked, acks in seconds whose p99 broke the SLO, errors and failed connects, from the
   injection to the recovery (or the end of the run);
@@ -80,8 +83,8 @@ def over(ms: dict[str, float | None], threshold: float) -> float | None:
     return p99 if p99 is not None and p99 > threshold else None
 
 
-def problems(s: Second, th: Thresholds, baseline: float | None) -> list[str]:
-    """Why second ``s`` is bad (empty: it is good)."""
+def problems(s: Second, th: Thresholds, level: float | None) -> list[str]:
+    """Why second ``s`` is bad (empty: it is good); ``level``: the connections expected (None: not judged)."""
     out = []
     if (ack := over(s.ack_ms, th.ack_p99_ms)) is not None:
         out.append(f"ack p99 {ack:.0f} ms > {th.ack_p99_ms:.0f} ms")
@@ -95,14 +98,14 @@ def problems(s: Second, th: Thresholds, baseline: float | None) -> list[str]:
         out.append(f"{server_failed_connects(s)} connects failed")
     if abnormal_disconnects(s):
         out.append(f"{abnormal_disconnects(s)} abnormal disconnects")
-    if baseline and s.connections < CONNECTIONS_SHARE * baseline:
-        out.append(f"connections {s.connections:,} < 99 % of {baseline:,.0f}")
+    if level and s.connections < CONNECTIONS_SHARE * level:
+        out.append(f"connections {s.connections:,} < 99 % of {level:,.0f}")
     return out
 
 
-def steady(s: Second, th: Thresholds, baseline: float | None) -> bool:
+def steady(s: Second, th: Thresholds, level: float | None) -> bool:
     ack, dlv = s.ack_ms.get("p99"), s.deliver_ms.get("p99")
-    return ((not baseline or s.connections >= CONNECTIONS_SHARE * baseline)
+    return ((not level or s.connections >= CONNECTIONS_SHARE * level)
             and (ack is None or ack <= th.ack_p99_ms) and (dlv is None or dlv <= th.deliver_p99_ms)
             and not (s.publishes > 0 and s.acks == 0))
 
@@ -145,9 +148,26 @@ class Analysis:
         return asdict(self)
 
 
-def _baseline(timeline: Sequence[Second], start_t: float) -> float | None:
-    before = sorted(s.connections for s in timeline if start_t - BASELINE_S <= s.t < start_t)
-    return float(before[len(before) // 2]) if before else None
+class Level:
+    """The connections expected at each second after an incident's injection.
+
+    Before the injection the run held ``baseline`` connections (the median of the :data:`BASELINE_S` seconds
+    before).  When the timeline carries the profile's ``target`` (users the curve wants connected), the
+    level follows it at the share of the target connected before; without it the level is the baseline,
+    except in the decline, where users leave by design and the level is not judged (the incident shows
+    there as abnormal disconnects and failed connects)."""
+
+    def __init__(self, timeline: Sequence[Second], start_t: float) -> None:
+        before = [s for s in timeline if start_t - BASELINE_S <= s.t < start_t]
+        counts = sorted(s.connections for s in before)
+        self.baseline: float | None = float(counts[len(counts) // 2]) if counts else None
+        shares = sorted(s.connections / s.target for s in before if s.target)
+        self.share: float | None = min(1.0, shares[len(shares) // 2]) if shares else None
+
+    def at(self, s: Second) -> float | None:
+        if self.share is not None and s.target is not None:
+            return self.share * s.target
+        return None if s.phase == "decline" else self.baseline
 
 
 def _sum_codes(seconds: Sequence[Second], attr: str) -> dict[str, int]:
@@ -158,45 +178,55 @@ def _sum_codes(seconds: Sequence[Second], attr: str) -> dict[str, int]:
     return out
 
 
+def _recovery(after: Sequence[Second], th: Thresholds, level: Level, from_t: float) -> float | None:
+    """The first second at or after ``from_t`` that starts :data:`STEADY_S` steady seconds in a row."""
+    run_start: float | None = None
+    for s in after:
+        if s.t < from_t:
+            continue
+        if steady(s, th, level.at(s)):
+            run_start = s.t if run_start is None else run_start
+            if s.t - run_start + 1 >= STEADY_S:
+                return run_start
+        else:
+            run_start = None
+    return None
+
+
 def analyse(incident: Incident, timeline: Sequence[Second], th: Thresholds, checks: Checks | None,
             run_totals: dict[str, float]) -> Analysis:
     """The facts of one incident (module docstring).  ``run_totals`` holds the run's SLO event counts
-    (``connects``, ``acks``, ``seconds_ack``, ``seconds_deliver``, ``duration_s``) the budgets are shares of."""
-    baseline = _baseline(timeline, incident.start_t)
-    after = [s for s in timeline if s.t >= incident.start_t]
-    detection = next(((s.t, p) for s in after if (p := problems(s, th, baseline))), None)
-    recovery_t: float | None = None
+    (``connects``, ``acks``, ``seconds_ack``, ``seconds_deliver``, ``duration_s``) the budgets are shares of.
+    Seconds after the load ended (phase ``settle``) are not judged: a quiet system is not a recovered one."""
+    level = Level(timeline, incident.start_t)
+    baseline = level.baseline
+    after = [s for s in timeline if s.t >= incident.start_t and s.phase != "settle"]
+    before = [s for s in timeline if incident.start_t - BASELINE_S <= s.t < incident.start_t]
+    bad_before = sum(1 for s in before if problems(s, th, level.at(s)))
+    detection = next(((s.t, p) for s in after if (p := problems(s, th, level.at(s)))), None)
     if detection is None:
-        recovery_t = incident.start_t
-    else:
-        run_start: float | None = None
-        for s in after:
-            if s.t < max(incident.end_t, detection[0]):
-                continue
-            if steady(s, th, baseline):
-                run_start = s.t if run_start is None else run_start
-                if s.t - run_start + 1 >= STEADY_S:
-                    recovery_t = run_start
-                    break
-            else:
-                run_start = None
-    if detection is None:
+        recovery_t: float | None = incident.start_t
         span_end = incident.end_t  # nothing went bad: the impact is what the fault's own span shows
-    elif recovery_t is not None:
-        span_end = max(recovery_t, incident.end_t)
     else:
-        span_end = float("inf")  # never recovered: to the end of the run
+        recovery_t = _recovery(after, th, level, max(incident.end_t, detection[0] + 1))  # after the bad second
+        span_end = max(recovery_t, incident.end_t) if recovery_t is not None else float("inf")
     span = [s for s in after if s.t < span_end] or list(after[:1])
-    bad = [s for s in span if problems(s, th, baseline)]
+    bad = [s for s in span if problems(s, th, level.at(s))]
     lowest = min((s.connections for s in span), default=0)
+    missing = [(lv - s.connections, lv) for s in span if (lv := level.at(s)) is not None]
+    worst_missing = max(missing, default=(0.0, 0.0))
+    abnormal = sum(abnormal_disconnects(s) for s in span)
     published, acked = sum(s.publishes for s in span), sum(s.acks for s in span)
     slow_ack = [s for s in span if over(s.ack_ms, th.ack_p99_ms) is not None]
     slow_dlv = [s for s in span if over(s.deliver_ms, th.deliver_p99_ms) is not None]
     failed_connects = sum(server_failed_connects(s) for s in span)
     impact = {
         "span_s": [span[0].t if span else incident.start_t, span[-1].t + 1 if span else incident.end_t],
-        "users_disconnected": max(0, round((baseline or 0) - lowest)),
-        "users_disconnected_share": round(((baseline or 0) - lowest) / baseline, 4) if baseline else None,
+        # the deeper of the drop under the expected level and the sessions the server ended abnormally
+        "users_disconnected": max(0, round(worst_missing[0]), abnormal),
+        "users_disconnected_share": round(max(0.0, worst_missing[0], abnormal) / worst_missing[1], 4)
+        if worst_missing[1] else None,
+        "level_drop": max(0, round(worst_missing[0])), "abnormal_disconnects": abnormal,
         "reconnects": sum(s.reconnects for s in span),
         "lowest_connections": lowest,
         "published": published, "acked": acked, "not_acked": max(0, published - acked),
@@ -207,11 +237,15 @@ def analyse(incident: Incident, timeline: Sequence[Second], th: Thresholds, chec
         "server_failed_connects": failed_connects, "disconnects": _sum_codes(span, "disconnects"),
         "worst_ack_p99_ms": max((v for s in span if (v := s.ack_ms.get("p99")) is not None), default=None),
         "worst_deliver_p99_ms": max((v for s in span if (v := s.deliver_ms.get("p99")) is not None), default=None),
+        "bad_seconds_before": bad_before, "seconds_before": len(before),
     }
     budget = _budgets(th, run_totals, failed_connects, len(slow_ack), len(slow_dlv), checks,
                       recovery_t, incident.start_t)
     time_to_recover = None if recovery_t is None else max(0.0, recovery_t - incident.start_t)
-    held, failed = _verdicts(impact, th, baseline, slow_ack, slow_dlv, failed_connects, time_to_recover, checks)
+    held, failed = _verdicts(impact, th, slow_ack, slow_dlv, failed_connects, time_to_recover, checks)
+    if before and bad_before * 2 > len(before):
+        failed.insert(0, f"already bad before the injection ({bad_before} of the {len(before)} seconds before): "
+                         "detection and recovery are not this incident's alone")
     return Analysis(
         name=incident.name, experiment=incident.experiment, description=incident.description,
         phase=next((s.phase for s in after[:1]), ""), start_t=incident.start_t, end_t=incident.end_t,
@@ -242,7 +276,7 @@ def _budgets(th: Thresholds, totals: dict[str, float], failed_connects: int, slo
         lost, note = 0.0, "no acked message lost in the run"
     else:
         lost, note = None, f"the run lost {checks.lost} acked messages; not attributable to one incident"
-    steady_bad = None if recovery_t is None else float(recovery_t - start_t > th.recover_s)
+    steady_bad = 1.0 if recovery_t is None else float(recovery_t - start_t > th.recover_s)
     return [
         _budget("connect_success", th, "events", float(failed_connects), totals.get("connects", 0.0), duration,
                 "failed connects the server is accountable for"),
@@ -257,7 +291,7 @@ def _budgets(th: Thresholds, totals: dict[str, float], failed_connects: int, slo
     ]
 
 
-def _verdicts(impact: dict[str, Any], th: Thresholds, baseline: float | None, slow_ack: list[Second],
+def _verdicts(impact: dict[str, Any], th: Thresholds, slow_ack: list[Second],
               slow_dlv: list[Second], failed_connects: int, ttr: float | None,
               checks: Checks | None) -> tuple[list[str], list[str]]:
     held: list[str] = []
@@ -272,10 +306,11 @@ def _verdicts(impact: dict[str, Any], th: Thresholds, baseline: float | None, sl
     judge(not slow_dlv, f"delivery p99 stayed within {th.deliver_p99_ms:.0f} ms",
           f"delivery p99 over {th.deliver_p99_ms:.0f} ms for {len(slow_dlv)} s "
           f"(worst {impact['worst_deliver_p99_ms']:.0f} ms)" if slow_dlv else "")
-    judge(not baseline or impact["lowest_connections"] >= CONNECTIONS_SHARE * baseline,
+    share = impact["users_disconnected_share"]
+    judge(share <= 1 - CONNECTIONS_SHARE if share is not None else not impact["abnormal_disconnects"],
           "connections stayed at 99 % of their level or more",
-          f"{impact['users_disconnected']:,} users lost their connection "
-          f"({(impact['users_disconnected_share'] or 0):.1%})")
+          f"{impact['users_disconnected']:,} users lost their connection"
+          + (f" ({share:.1%})" if share is not None else ""))
     judge(failed_connects == 0, "every connect the server is accountable for succeeded",
           f"{failed_connects:,} connects failed on the server's side")
     judge(impact["not_acked"] == 0, "every publish was acked",
@@ -334,8 +369,10 @@ def render(a: Analysis, number: int) -> str:
               f"injection, {_t(a.recovery_after_mitigation_s)} after the mitigation; {a.bad_seconds} bad seconds.",
               "", "**Impact** (from the injection to the recovery)", "",
               f"- users: {imp['users_disconnected']:,} disconnected at the worst"
-              f"{f' ({share:.1%} of those connected)' if share is not None else ''}, {imp['reconnects']:,} "
-              f"reconnects, {imp['server_failed_connects']:,} connects failed on the server's side",
+              f"{f' ({share:.1%} of those connected)' if share is not None else ''} ({imp['level_drop']:,} under "
+              f"the expected level, {imp['abnormal_disconnects']:,} sessions ended abnormally), "
+              f"{imp['reconnects']:,} reconnects, {imp['server_failed_connects']:,} connects failed on the "
+              "server's side",
               f"- messages: {imp['published']:,} published, {imp['acked']:,} acked, {imp['not_acked']:,} not acked; "
               f"{imp['acked_in_slow_seconds']:,} acked in seconds whose ack p99 broke the SLO; "
               f"{imp['deliveries']:,} deliveries",
@@ -363,4 +400,6 @@ def _num(v: float | None) -> str:
 def pct(v: float | None) -> str:
     if v is None:
         return "n/a"
+    if v >= 10:
+        return f"{v:,.0f}×"  # a short run allows few bad events: an incident burns many times its budget
     return f"{v:.1%}" if v == 0 or v >= 0.01 else f"{100 * v:.2g}%"  # small shares keep two digits

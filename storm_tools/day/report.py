@@ -89,9 +89,12 @@ def evaluate_slos(data: RunData, defs: slo.Definitions) -> list[dict[str, Any]]:
         r = results[source][s.id]
         if r.met is None and source == "server" and results["clients"][s.id].met is not None:
             source, r = "clients", results["clients"][s.id]
+        other = results["clients" if source == "server" else "server"][s.id]
         rows.append({**r.as_dict(), "source": source, "kind": s.kind,
                      "threshold_ms": s.threshold_ms if s.kind == "threshold" else None,
-                     "slice_s": s.slice_s if s.kind == "threshold" else None})
+                     "slice_s": s.slice_s if s.kind == "threshold" else None,
+                     "other_view": {"source": "clients" if source == "server" else "server", "value": other.value,
+                                    "met": other.met, "good": other.good, "total": other.total}})
     return rows
 
 
@@ -230,7 +233,8 @@ def render(doc: dict[str, Any], drafts: list[str]) -> str:
         lines.append(f"| {a['check']} | {_fmt(a['value'])} | {a['target']} | {_mark(a['ok'])} "
                      f"| {a.get('detail', '')} |")
     lines += ["", "## SLOs (storm_tools/slos.yaml, evaluated by storm_tools/slo.py)", "",
-              "| SLO | target | value | verdict | judged from | detail |", "|---|---:|---:|---|---|---|"]
+              "| SLO | target | value | verdict | judged from | detail | the other view |",
+              "|---|---:|---:|---|---|---|---|"]
     for r in doc["slos"]:
         if not r["total"]:
             detail = "no samples" + (" (the clients' time to steady state per incident is in the incidents table)"
@@ -241,10 +245,16 @@ def render(doc: dict[str, Any], drafts: list[str]) -> str:
         else:
             detail = f"{_fmt(r['good'])} good of {_fmt(r['total'])}"
         value = "—" if r["value"] is None else f"{r['value']:.3f} %"
-        lines.append(f"| {r['id']} | {r['target']:g} % | {value} | {_mark(r['met'])} | {r['source']} | {detail} |")
+        o = r["other_view"]
+        other = "no data" if o["value"] is None else (f"{o['source']}: {o['value']:.3f} % ({_fmt(o['good'])} of "
+                                                      f"{_fmt(o['total'])}), {_mark(o['met'])}")
+        lines.append(f"| {r['id']} | {r['target']:g} % | {value} | {_mark(r['met'])} | {r['source']} | {detail} "
+                     f"| {other} |")
     lines += ["", "*judged from* `server`: the processes' DogStatsD points (metrics.jsonl); `clients`: the load "
-              "fleet's timeline (each second's p99 standing in for the samples: conservative). A run shorter than a "
-              "slice has one slice.", ""]
+              "fleet's timeline (each second's p99 standing in for the samples: conservative). The verdict is the "
+              "servers' when the run has their metrics, as Datadog would judge; the other view is shown beside it "
+              "(a client sees the connects that never reached a server, a killed gateway's among them). A run "
+              "shorter than a slice has one slice.", ""]
     lines += ["## Incidents", "", "| # | incident | injected | detected | mitigated | recovered | time to recover "
               "| users disconnected | publishes not acked | bad seconds |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -70,6 +70,7 @@ class Second:
     errors: dict[str, int]
     reconnects: int
     disconnects: dict[str, int]
+    target: float | None = None  # users the profile's curve wants connected (optional)
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,8 @@ def read_timeline(folder: Path) -> tuple[Second, ...]:
             connect_ms=o.percentiles("connect_ms"), publishes=o.whole("publishes", required=False),
             acks=o.whole("acks", required=False), deliveries=o.whole("deliveries", required=False),
             ack_ms=o.percentiles("ack_ms"), deliver_ms=o.percentiles("deliver_ms"), errors=o.counts("errors"),
-            reconnects=o.whole("reconnects", required=False), disconnects=o.counts("disconnects")))
+            reconnects=o.whole("reconnects", required=False), disconnects=o.counts("disconnects"),
+            target=o.num("target") if o.get("target", required=False) is not None else None))
     if not seconds:
         raise RunFolderError("timeline.jsonl", "holds no second")
     seconds.sort(key=lambda s: s.t)

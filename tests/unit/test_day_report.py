@@ -114,6 +114,47 @@ def test_recovery_needs_five_steady_seconds_in_a_row(tmp_path: Path) -> None:
     assert _analyse(tmp_path, lines).recovery_t == 69.0
 
 
+def test_the_expected_level_follows_the_profiles_target_when_the_timeline_has_it(tmp_path: Path) -> None:
+    """Mid-ramp, half the wanted users connected: a fall to 45 % of the target is a drop, a climb back to 50 %
+    is a recovery, whatever the absolute numbers do."""
+    lines = []
+    for t in range(0, 60):
+        target = 20.0 * t + 100
+        share = 0.45 if 30 <= t < 36 else 0.5
+        lines.append(dict(fx.second(t), phase="ramp", target=target, connections=round(share * target)))
+    a = _analyse(tmp_path, lines, start=30.0, end=31.0)
+    assert a.detection_t == 30.0 and any("connections" in p for p in a.detected_by)
+    assert a.recovery_t == 36.0
+    assert a.impact["level_drop"] == 40  # at t=35: 400 of the 800 wanted expected, 360 connected
+
+
+def test_in_the_decline_without_a_target_only_abnormal_disconnects_count(tmp_path: Path) -> None:
+    lines = [fx.second(t) for t in range(90, 120)]  # connections fall by design from t=100
+    a = _analyse(tmp_path, lines, start=101.0, end=102.0)
+    assert a.detection_t is None  # users leaving on the profile's curve are no incident
+    lines[12]["disconnects"] = {"1006": 40}  # t=102: the server dropped 40 sessions
+    b = _analyse(tmp_path / "b", lines, start=101.0, end=102.0)
+    assert b.detection_t == 102.0 and b.impact["users_disconnected"] == 40 and b.recovery_t == 103.0
+
+
+def test_seconds_after_the_load_are_not_a_recovery(tmp_path: Path) -> None:
+    lines = [fx.second(t) for t in range(50, 80)]
+    for line in lines:
+        if 61 <= line["t"] < 70:
+            line["ack_ms"] = {"p50": 300.0, "p95": 900.0, "p99": 2000.0}
+        if line["t"] >= 70:  # the load ended: no publish, no latency, nothing bad to see
+            line.update(phase="settle", publishes=0, acks=0, deliveries=0, ack_ms={}, deliver_ms={})
+    a = _analyse(tmp_path, lines)
+    assert a.detection_t == 61.0 and a.recovery_t is None
+
+
+def test_an_incident_injected_into_a_bad_run_says_so(tmp_path: Path) -> None:
+    lines = [dict(fx.second(t), ack_ms={"p50": 300.0, "p95": 900.0, "p99": 2000.0}) for t in range(30, 100)]
+    a = _analyse(tmp_path, lines)
+    assert a.detection_t == 60.0 and a.impact["bad_seconds_before"] == 10
+    assert a.failed[0].startswith("already bad before the injection (10 of the 10 seconds before)")
+
+
 def test_slo_adapter_maps_client_codes_to_the_server_results_the_slo_counts(tmp_path: Path) -> None:
     lines = [dict(fx.second(t), connects_ok=0, connects_failed={}) for t in range(30, 40)]
     lines[0].update(connects_ok=999, connects_failed={"refused": 1, "401": 5, "4003": 2})
@@ -189,6 +230,23 @@ def test_a_short_window_keeps_the_defaults_and_says_why(tmp_path: Path) -> None:
     cap = derive(load(folder), load_json(DEFAULT_CAPACITIES))
     assert cap["capacities"]["pulsar_us_per_publish"]["origin"] == "default"
     assert any("keep their defaults" in n for n in cap["run"]["notes"])
+
+
+def test_memory_per_connection_is_not_read_across_a_gateway_restart(tmp_path: Path) -> None:
+    """gateway-1 restarted at t=10 (a new pid starts small): only the samples before it count, and 300
+    connections added by then are too few to weigh the heap's own growth."""
+    folder = fx.write_run(tmp_path / "restart")
+    rows = [dict(r, pid=r["pid"] + 1, rss_bytes=40 * 2**20) if r["name"] == "gateway-1" and r["t"] >= 10 else r
+            for r in fx.processes()]
+    fx.write_jsonl(folder / "processes.jsonl", rows)
+    from storm_tools.cost import DEFAULT_CAPACITIES, load_json
+    from storm_tools.day.capacity import derive
+
+    cap = derive(load(folder), load_json(DEFAULT_CAPACITIES))
+    assert cap["capacities"]["gateway_bytes_per_connection"]["origin"] == "default"
+    assert any(n.startswith("gateway_bytes_per_connection keeps its default: 267 connections added")
+               for n in cap["run"]["notes"]), cap["run"]["notes"]
+    assert cap["capacities"]["pulsar_us_per_publish"]["origin"] == "run"  # the CPU figures are unaffected
 
 
 @pytest.mark.parametrize(("edit", "file", "needle"), [
