@@ -112,6 +112,7 @@ def create_app(
     # upgrades the guard refuses never reach a session: storm.gateway.connects counts them from here
     services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["origin"], result="origin")
     services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["per_ip"], result="per_ip")
+    services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["overload"], result="overload")
     for extend in extensions:
         extend(app, services)
     return app

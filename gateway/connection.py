@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.outbox import Outbox
 from storm.protocol.codes import CloseCode
-from storm.protocol.session import Session
+from storm.protocol.session import Session, State
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -57,14 +57,15 @@ class Socket(Protocol):
 class Connection:
     """A session, its outbox and its inbox over one socket; the session's ``Transport``."""
 
-    __slots__ = ("_ended", "_gateway", "_inbox", "_paused", "_socket", "_worker", "outbox", "receiving", "send",
-                 "session")
+    __slots__ = ("_ended", "_gateway", "_inbox", "_on_open", "_paused", "_socket", "_worker", "outbox", "receiving",
+                 "send", "session")
 
-    def __init__(self, gateway: Gateway, socket: Socket) -> None:
+    def __init__(self, gateway: Gateway, socket: Socket, on_open: Callable[[], None] | None = None) -> None:
         """Use :meth:`open`, which admits the socket first."""
         cfg = gateway.config
         self._gateway = gateway
         self._socket = socket
+        self._on_open = on_open  # called once, when the session has answered auth (the handshake is over)
         self._inbox: collections.deque[str | bytes] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
@@ -78,14 +79,16 @@ class Connection:
         gateway.hub.register(self.session)
 
     @classmethod
-    def open(cls, gateway: Gateway, socket: Socket) -> Connection | None:
+    def open(cls, gateway: Gateway, socket: Socket, *, on_open: Callable[[], None] | None = None) -> Connection | None:
         """The open point: a connection for an upgraded socket, or None when the gateway refuses it (it is
-        draining: the socket is closed with 1012 at once and holds no session)."""
+        draining: the socket is closed with 1012 at once and holds no session).  ``on_open`` is called once
+        the session has answered ``auth`` (``hello``, or a close): the driver's admission control counts
+        handshakes in progress until then."""
         refusal = gateway.admit()
         if refusal is not None:
             socket.close_socket(*refusal)
             return None
-        return cls(gateway, socket)
+        return cls(gateway, socket, on_open)
 
     # -- messages from the peer -------------------------------------------------------------------------
     def receive(self, data: str | bytes) -> None:
@@ -106,6 +109,9 @@ class Connection:
         try:
             while inbox and self.receiving:
                 await session.receive(inbox.popleft())
+                if self._on_open is not None and session.state is not State.AWAITING_AUTH:
+                    on_open, self._on_open = self._on_open, None
+                    on_open()
                 if self._paused and len(inbox) <= INBOX_HIGH // 4:
                     self._paused = False
                     self._socket.resume_reading()

@@ -40,6 +40,7 @@ CLOSE_WAIT_S = 2.0  # after our close frame, how long the peer has to answer bef
 UPSTREAM_RETRY_S = 5.0  # at start-up Hypercorn's socket may not listen yet: keep trying this long
 
 _HEAD, _WS, _CLOSING, _PIPE, _DONE = range(5)
+_REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 class FrontDoor:
@@ -88,8 +89,8 @@ class _Socket(asyncio.Protocol):
     """One TCP connection: its request head, then a WebSocket (the :class:`~gateway.connection.Socket` of a
     :class:`~gateway.connection.Connection`) or a pipe to Hypercorn."""
 
-    __slots__ = ("_admitted", "_buf", "_door", "_drained", "_ip", "_reader", "_timer", "_transport", "_upstream",
-                 "_writing_paused", "conn", "state")
+    __slots__ = ("_admitted", "_buf", "_door", "_drained", "_handshaking", "_ip", "_reader", "_timer", "_transport",
+                 "_upstream", "_writing_paused", "conn", "state")
 
     def __init__(self, door: FrontDoor) -> None:
         self._door = door
@@ -99,6 +100,7 @@ class _Socket(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._ip = ""
         self._admitted = False  # counted by the guard: released when the socket ends
+        self._handshaking = False  # counted by the guard as a handshake in progress until the session opens
         self._reader: f.FrameReader | None = None
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -153,6 +155,7 @@ class _Socket(asyncio.Protocol):
             self._drained.set_result(None)
         if previous == _PIPE and self._upstream is not None:
             self._upstream.close()
+        self.handshake_over()
         if self._admitted:
             self._admitted = False
             self._door.guard.release(self._ip)
@@ -201,19 +204,25 @@ class _Socket(asyncio.Protocol):
         self._ip = str(peer[0]) if peer else "-"
         refusal = door.guard.admit(request.headers, self._ip)
         if refusal is not None:
-            self._respond(refusal.status, "Forbidden" if refusal.status == 403 else "Too Many Requests",
-                          refusal.body, refusal.headers)
+            self._respond(refusal.status, _REASONS.get(refusal.status, "Too Many Requests"), refusal.body,
+                          refusal.headers)
             return
-        self._admitted = True
+        self._admitted = self._handshaking = True
         self._cancel_timer()
         assert self._buf is not None
         rest, self._buf = bytes(self._buf[request.head_size:]), None
         self._transport.write(f.switching_protocols(request))
         self.state = _WS
         self._reader = f.FrameReader(door.max_message)
-        self.conn = Connection.open(door.gateway, self)
+        self.conn = Connection.open(door.gateway, self, on_open=self.handshake_over)
         if rest:
             self._frames(rest)
+
+    def handshake_over(self) -> None:
+        """The session answered ``auth`` (or the socket ended first): one handshake in progress less."""
+        if self._handshaking:
+            self._handshaking = False
+            self._door.guard.handshake_over()
 
     def _frames(self, data: bytes) -> None:
         if self._reader is None:

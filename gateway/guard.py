@@ -9,8 +9,15 @@ socket costs no session, no task and no outbox:
   only; production refuses to start without a list) the gateway allows the same origin as the request's
   ``Host`` and the local forms of its own address.  Requests without ``Origin`` (non-browser clients:
   SDKs, bots, the benchmarks) pass: they cannot be driven by a foreign web page.
+* **Handshakes in progress** (``STORM_MAX_HANDSHAKES``, admission control, issue 11): upgraded sockets whose
+  session has not yet answered ``auth`` (``hello`` or a close), counted from the upgrade until then; over
+  the bound, HTTP **503** with ``Retry-After: STORM_HANDSHAKE_RETRY_AFTER_S`` at once, so that a reconnect
+  storm is told to come back later instead of queueing handshakes until they time out.  The clients
+  (storm_sdk, the chat page) wait that long plus a random share of it.
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
-  from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.
+  from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.  Many mobile
+  users share one address behind carrier-grade NAT: set it from the largest NAT pool you serve
+  (docs/security.md, "Abuse limits"), or limit per user at the load balancer.
 
 Refusals are HTTP responses sent instead of the ``101``.  The client IP is the socket's peer: behind a
 load balancer, configure it to limit per client IP itself (the gateway sees the balancer's address).
@@ -35,23 +42,35 @@ class HandshakeGuard:
         self._own = frozenset(f"{scheme}://{host}:{config.port}" for scheme in ("http", "https")
                               for host in (*LOCAL_HOSTS, config.host))
         self._max_per_ip = config.max_connections_per_ip
+        self._max_handshakes = config.max_handshakes
+        self._overloaded = Refusal(503, "too many handshakes in progress; retry later",
+                                   config.handshake_retry_after_s)
         self.per_ip: dict[str, int] = {}
-        self.refused = {"origin": 0, "per_ip": 0}
+        self.handshakes = 0  # in progress: admitted, their session not past auth yet
+        self.refused = {"origin": 0, "per_ip": 0, "overload": 0}
 
     def admit(self, headers: dict[str, str], ip: str) -> Refusal | None:
-        """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip``,
-        and the caller must ``release(ip)`` when the socket ends."""
+        """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip`` and
+        as a handshake in progress: the caller must ``handshake_over()`` once (the session answered ``auth``,
+        or the socket ended before) and ``release(ip)`` when the socket ends."""
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, headers.get("host", "")):
             self.refused["origin"] += 1
             log.info("refused a WebSocket from origin %.100r", origin)
             return ORIGIN_REFUSED
+        if self.handshakes >= self._max_handshakes:
+            self.refused["overload"] += 1
+            return self._overloaded
         held = self.per_ip.get(ip, 0)
         if held >= self._max_per_ip:
             self.refused["per_ip"] += 1
             return PER_IP_REFUSED
         self.per_ip[ip] = held + 1
+        self.handshakes += 1
         return None
+
+    def handshake_over(self) -> None:
+        self.handshakes -= 1
 
     def release(self, ip: str) -> None:
         left = self.per_ip.get(ip, 0) - 1
@@ -82,7 +101,7 @@ class Refusal:
 
     @property
     def body(self) -> bytes:
-        code = "forbidden" if self.status == 403 else "rate_limited"
+        code = "forbidden" if self.status == 403 else "unavailable" if self.status == 503 else "rate_limited"
         return ('{"error":{"code":"%s","message":"%s"}}' % (code, self.reason)).encode()  # noqa: UP031 - ASCII
 
     @property

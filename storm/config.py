@@ -176,6 +176,13 @@ class Config:
     max_connections_per_ip: int = _setting(
         200, "STORM_MAX_CONNECTIONS_PER_IP", "Concurrent WebSockets per client IP on one gateway (HTTP 429).",
     )
+    max_handshakes: int = _setting(
+        1024, "STORM_MAX_HANDSHAKES", "WebSocket handshakes in progress on one gateway (upgraded, `hello` not yet "
+        "sent); beyond it an upgrade is answered HTTP 503 with `Retry-After` (admission control).",
+    )
+    handshake_retry_after_s: int = _setting(
+        2, "STORM_HANDSHAKE_RETRY_AFTER_S", "The `Retry-After` (seconds) of that 503; clients add jitter.",
+    )
     user_publish_rate: float = _setting(
         30.0, "STORM_USER_PUBLISH_RATE", "Publishes per second per user, over all their connections (cache bucket).",
     )
@@ -302,7 +309,8 @@ class Config:
                                   "with STORM_IDENTITY=auth0")
             if not self.auth0_audience:
                 raise ConfigError("STORM_AUTH0_AUDIENCE is required with STORM_IDENTITY=auth0")
-        for name in ("max_connections_per_ip", "user_publish_rate", "user_publish_burst"):
+        for name in ("max_connections_per_ip", "max_handshakes", "handshake_retry_after_s", "user_publish_rate",
+                     "user_publish_burst"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
         if self.workspace_publish_rate < 0 or self.token_expiry_warning_s < 0 or self.auth0_leeway_s < 0:
