@@ -5,9 +5,9 @@
 What it does (docs/benchmarks.md, "Reconnect storm"; issue 11 item 5):
 
 1. the real topology of the benches (storm_tools/bench/e2e.py :func:`~storm_tools.bench.e2e.real_topology`,
-   as ``storm bench connect --services real``): ``--gateways`` gateway processes and one consumers process
-   on Pulsar + Hazelcast + PostgreSQL, a throwaway workspace of ``--connections`` users in private channels
-   of ``--members`` (dev tokens, HS256);
+   as ``storm bench connect --services real``): ``--gateways`` gateway processes on Pulsar + Hazelcast +
+   PostgreSQL (no consumers process: the loss check is on deliveries), a throwaway workspace of
+   ``--connections`` users in private channels of ``--members`` (dev tokens, HS256);
 2. client child processes (``python -m storm_tools.bench.reconnect --child``), each on its own source
    address, open the connections round-robin over the gateways: auth, hello, subscribe to the user's
    channel; every message event's offset is remembered;
@@ -356,13 +356,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "STORM_BROKER": "pulsar", "STORM_CACHE": "hazelcast", "STORM_SEED_DEMO": "false", "PYTHONUNBUFFERED": "1",
         "STORM_MAX_CONNECTIONS_PER_IP": str(max(200_000, args.connections)),
     })
+    # no consumers role: nothing here needs the messages stored, and a consumers process without the
+    # deployment's STORM_CONSUMER_WORKSPACE_PREFIX takes its share of every workspace on a shared Pulsar
     async with real_topology(env, connections=args.connections, members=args.members, gateways=args.gateways,
-                             consumers=True, log_dir=args.log_dir, start_timeout=args.start_timeout,
+                             consumers=False, log_dir=args.log_dir, start_timeout=args.start_timeout,
                              prefix="reconnect") as topo:
         tokens = await asyncio.to_thread(topo.tokens)
         result = await _storm(args, topo, tokens)
     result.update(topo.outcome)  # set when the topology is stopped: cleanup, workspace
-    result["server"] = f"{args.gateways} gateway processes + consumers on Pulsar + Hazelcast + PostgreSQL"
+    result["server"] = f"{args.gateways} gateway processes on Pulsar + Hazelcast + PostgreSQL"
     return result
 
 
