@@ -6,8 +6,8 @@
 * ``processes.png``: CPU (cores) and RSS per process (the load processes summed).
 
 Every time plot shades the phases (grey, named at the top) and the incidents: red from injection to end,
-orange from the end to the recovery.  Import :func:`write_all` only where matplotlib is installed (the
-``day`` extra).
+orange from the end to the recovery (to the end of the run when it never came).  Import this module only
+where matplotlib is installed (the ``day`` extra).
 """
 
 from __future__ import annotations
@@ -60,13 +60,14 @@ def _decorate(ax: Axes, data: RunData, recoveries: dict[str, float | None], *, l
     for inc in data.incidents:
         end = max(inc.end_t, inc.start_t + 1)
         ax.axvspan(_x(data, inc.start_t), _x(data, end), color="#d62728", alpha=0.22, zorder=1, lw=0)
-        rec = recoveries.get(inc.name)
-        if rec is not None and rec > end:
+        rec = recoveries.get(inc.name, end)
+        if rec is None:  # never steady again: the recovery runs to the end of the run
+            rec = data.timeline[-1].t + 1
+        if rec > end:
             ax.axvspan(_x(data, end), _x(data, rec), color="#ff7f0e", alpha=0.12, zorder=1, lw=0)
         if labels:
             ax.text(_x(data, inc.start_t), 0.97, inc.name, transform=ax.get_xaxis_transform(), rotation=90,
-                    ha="right", va="top", fontsize=7, color="#a01010", zorder=5,
-                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
+                    ha="right", va="top", fontsize=7, color="#a01010", zorder=5)
     ax.grid(True, alpha=0.3)
     ax.set_xlim(_x(data, data.timeline[0].t), _x(data, data.timeline[-1].t + 1))
 
@@ -145,7 +146,7 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
         for q, color, lw in (("p50", "#2ca02c", 1.0), ("p99", "#d62728", 1.3)):
             xs, ys = _series(data, pick, q)
             values += ys
-            ax.plot(xs, ys, color=color, lw=lw, label=f"{title} {q}")
+            ax.plot(xs, ys, color=color, lw=lw, marker=".", markersize=3, label=f"{title} {q}")  # a lone second shows
         if limit:
             ax.axhline(limit, color="#555555", ls="--", lw=1, label=f"SLO p99 ≤ {limit:,.0f} ms")
         positive = [v for v in values if v > 0]  # NaN compares False: left out
