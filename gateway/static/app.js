@@ -42,7 +42,11 @@
   const POLL_MS = Math.max(200, Number(params.get("poll_ms")) || 5000);
   const RETRY_PUBLISH = new Set(["unavailable", "conflict", "rate_limited"]); // resend with the same cmid
   // close codes after which reconnecting makes sense (storm/protocol/codes.py RECONNECTABLE, plus 1006)
-  const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 4002, 4008, 4009, 4029]);
+  const RECONNECT_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4002, 4008, 4009, 4029]);
+  // A refused upgrade (HTTP 503 overload, 429 per address: docs/protocol.md#handshake) reaches a page as a
+  // close 1006 of a socket that never opened, and a browser cannot read its Retry-After: such a close waits
+  // at least the server's default Retry-After (STORM_HANDSHAKE_RETRY_AFTER_S, 2 s) plus up to as much again.
+  const REFUSED_FLOOR_MS = 2000;
   const CLOSE_NAMES = {
     1000: "normal", 1001: "going away", 1006: "connection lost", 1008: "policy", 1009: "frame too big",
     1011: "server error", 1012: "service restart", 4001: "unauthenticated", 4002: "idle timeout",
@@ -432,17 +436,21 @@
 
   // Capped exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)].  A 1012
   // (gateway draining) may carry `retry_ms=<n>` in its reason: wait n ms plus up to 1 s of jitter.
-  // 4029 (too many connections) waits at least 5 s more.
-  function reconnectDelay(code, reason) {
-    const hint = code === 1012 && /retry_ms=(\d{1,9})/.exec(reason || "");
+  // 4029 (too many connections) waits at least 5 s more.  An overload answer (a close 1013 with `retry_ms`,
+  // or an upgrade refused before the socket opened) waits its hint plus up to as much again (at least 1 s).
+  function reconnectDelay(code, reason, refused) {
+    const hint = (code === 1012 || code === 1013) && /retry_ms=(\d{1,9})/.exec(reason || "");
     const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(st.attempt, 30));
     st.attempt += 1;
+    const spread = (ms) => ms + Math.random() * Math.max(ms, 1000);
+    if (hint && code === 1013) return spread(Math.min(Number(hint[1]), BACKOFF_MAX_MS));
     if (hint) return Math.min(Number(hint[1]), BACKOFF_MAX_MS) + Math.random() * 1000;
-    return Math.random() * ceiling + (code === 4029 ? 5000 : 0);
+    const backoff = Math.random() * ceiling + (code === 4029 ? 5000 : 0);
+    return refused ? Math.max(backoff, Math.min(BACKOFF_MAX_MS, spread(REFUSED_FLOOR_MS))) : backoff;
   }
 
-  function scheduleReconnect(text, code, reason) {
-    const delay = reconnectDelay(code, reason);
+  function scheduleReconnect(text, code, reason, refused) {
+    const delay = reconnectDelay(code, reason, refused);
     st.retry = { at: Date.now() + delay, text, code };
     showRetry();
     clearTimeout(st.reconnectTimer);
@@ -468,8 +476,10 @@
       return;
     }
     st.ws = ws;
+    let opened = false;
     ws.onopen = () => {
       if (st.ws !== ws) return;
+      opened = true;
       ws.send(JSON.stringify({ op: "auth", token }));
     };
     ws.onmessage = (msg) => {
@@ -498,7 +508,7 @@
       const why = [name, ev.reason].filter(Boolean).join(": ");
       const text = `closed (${ev.code}${why ? ` ${why}` : ""})`;
       if (st.wantOpen && RECONNECT_CODES.has(ev.code)) {
-        scheduleReconnect(text, ev.code, ev.reason);
+        scheduleReconnect(text, ev.code, ev.reason, !opened);
       } else {
         setStatus("offline", text, ev.code);
         giveUp("not sent: connection closed");

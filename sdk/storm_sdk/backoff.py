@@ -3,6 +3,10 @@
 Attempt ``n`` (0-based) waits a uniformly random time in ``[0, min(max_s, initial_s * multiplier**n)]``
 ("full jitter"), so that clients dropped together by one gateway restart do not come back together.
 A close 1012 whose reason carries ``retry_ms=<n>`` waits about ``n`` ms plus up to ``hint_jitter_s``.
+An overloaded gateway's answer — HTTP 503 or 429 with ``Retry-After: <s>`` before the upgrade, or a close 1013
+with ``retry_ms=<n>`` — waits that long plus a random share of up to as much again (at least
+``hint_jitter_s``): a storm of clients told "2 s" comes back spread over 2 to 4 s, not all at 2 s
+(docs/protocol.md#handshake).
 No I/O and no clock: the caller sleeps, and tests pass a seeded :class:`random.Random`.
 """
 
@@ -56,11 +60,18 @@ class Backoff:
                 return p.max_s
         return min(ceiling, p.max_s)
 
-    def next_delay(self, *, close_code: int | None = None, reason: str | None = None) -> float:
-        """The delay before the next attempt, and count the attempt."""
+    def next_delay(self, *, close_code: int | None = None, reason: str | None = None,
+                   retry_after_s: float | None = None) -> float:
+        """The delay before the next attempt, and count the attempt.  ``retry_after_s``: the server's
+        ``Retry-After`` when it refused the upgrade (503 overload, 429 per address)."""
         p = self.policy
+        overload = retry_after_s if retry_after_s is not None else (
+            retry_hint_s(reason) if close_code == 1013 else None)
         hint = retry_hint_s(reason) if close_code == 1012 else None
-        if hint is not None:
+        if overload is not None:
+            wait = min(max(overload, 0.0), p.max_s)
+            delay = wait + self.rng.uniform(0, max(wait, p.hint_jitter_s))
+        elif hint is not None:
             delay = min(hint, p.max_s) + self.rng.uniform(0, p.hint_jitter_s)
         else:
             delay = self.rng.uniform(0, self.ceiling(self.attempt))

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from storm_sdk import events as ev
 from storm_sdk.backoff import Backoff, BackoffPolicy
@@ -43,7 +43,7 @@ log = logging.getLogger("storm_sdk")
 TokenProvider = Callable[[], Awaitable[str] | str]
 
 #: Close codes after which the client reconnects (storm.protocol.codes.RECONNECTABLE, plus 1006 = dropped).
-RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 4002, 4008, 4009, 4029})
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4002, 4008, 4009, 4029})
 #: Publish errors retried with the same cmid (docs/protocol.md#error-codes).
 RETRY_PUBLISH = frozenset({"unavailable", "conflict", "rate_limited"})
 _END = object()
@@ -115,6 +115,7 @@ class StormClient:
         self._token_provider = token_provider
         self._rng = self.options.rng or random.Random()  # jitter, not security
         self._backoff = Backoff(self.options.backoff, self._rng)
+        self._retry_after: float | None = None  # Retry-After of the last refused upgrade (503, 429)
         self._state = ev.ConnectionState.IDLE
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._outbox = Outbox(self.options.outbox_max)
@@ -323,7 +324,7 @@ class StormClient:
                     self._finish(ClientClosed(f"gave up after {failures} failed attempts ({reason})",
                                               close_code=code, reason=reason), code=code, reason=reason)
                     return
-                delay = self._backoff.next_delay(close_code=code, reason=reason)
+                delay = self._backoff.next_delay(close_code=code, reason=reason, retry_after_s=self._retry_after)
                 self._set_state(ev.ConnectionState.RECONNECTING, code=code, reason=reason, retry_in=delay)
                 log.info("storm_sdk: reconnecting in %.2f s (%s %s)", delay, code, reason)
                 await asyncio.sleep(delay)
@@ -335,6 +336,7 @@ class StormClient:
 
     async def _connect_once(self) -> tuple[int | None, str, bool]:
         """One connection, until it ends: (close code or None if never connected, reason, got hello)."""
+        self._retry_after = None
         try:
             token = await self._get_token()
         except Exception as exc:
@@ -344,6 +346,9 @@ class StormClient:
             ws = await connect(self.url, open_timeout=self.options.connect_timeout_s, ping_interval=20,
                                ping_timeout=20, close_timeout=2, max_size=self.options.max_frame_bytes,
                                proxy=None, user_agent_header="storm-sdk")
+        except InvalidStatus as exc:  # refused before the upgrade: 503 overload or 429 per address
+            self._retry_after = _retry_after(exc)
+            return None, f"connect refused: HTTP {exc.response.status_code}", False
         except (OSError, TimeoutError, WebSocketException) as exc:
             return None, f"connect failed: {exc}", False
         conn = self._conn = _Conn(next(self._gens), ws)
@@ -658,6 +663,18 @@ class StormClient:
             sub.confirmed.set()
         self._online.set()  # wake waiters: they see _finished and raise
         self._emit(_END)
+
+
+def _retry_after(exc: InvalidStatus) -> float | None:
+    """The ``Retry-After`` (seconds) of a refused upgrade, or None (then the usual backoff applies)."""
+    if exc.response.status_code not in (429, 503):
+        return None
+    value = exc.response.headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 1.0  # an overload answer without a usable hint: still wait a little (HTTP dates not sent)
+    return seconds if 0 <= seconds < 3600 else 1.0
 
 
 class _EventStream:

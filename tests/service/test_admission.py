@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import pytest
@@ -78,3 +79,43 @@ async def test_the_overload_body_names_the_code() -> None:
     refusal = Refusal(503, "too many handshakes in progress; retry later", 2)
     assert json.loads(refusal.body)["error"]["code"] == "unavailable"
     assert refusal.headers == (("Retry-After", "2"),)
+
+
+def test_the_sdk_waits_retry_after_plus_jitter_on_overload() -> None:
+    from storm_sdk import Backoff, BackoffPolicy
+
+    backoff = Backoff(BackoffPolicy(initial_s=0.5, max_s=30.0, hint_jitter_s=1.0), random.Random(7))
+    delays = [backoff.next_delay(retry_after_s=2.0) for _ in range(400)]
+    assert all(2.0 <= d <= 4.0 for d in delays)
+    assert min(delays) < 2.2 and max(delays) > 3.8  # spread over the whole window, not bunched at 2 s
+    short = [backoff.next_delay(close_code=1013, reason="overloaded retry_ms=200") for _ in range(200)]
+    assert all(0.2 <= d <= 1.2 for d in short)  # at least hint_jitter_s of spread for a short hint
+
+
+async def test_the_sdk_comes_back_after_a_503() -> None:
+    from storm_sdk import BackoffPolicy, ClientOptions, StormClient
+    from storm_sdk import events as ev
+
+    cfg = Config.from_env({}, store="memory", max_handshakes=1, handshake_retry_after_s=1)
+    app = dev_app(build_services(cfg), page=False, consumers=False)
+    identity = DevIdentity(cfg.dev_secret)
+    async with app.test_app() as test_app, front_door(app) as door:
+        answer = await test_app.test_client().post(
+            "/v1/workspaces", json={"slug": SLUG, "name": "Admit"},
+            headers={"Authorization": f"Bearer {identity.issue('dev|ann', '*')}"})
+        assert answer.status_code == 201
+        blocker = WsClient(door)
+        await blocker.__aenter__()  # the one handshake slot, held
+        client = StormClient(f"ws://127.0.0.1:{door.port}/ws", lambda: identity.issue("dev|ann", SLUG),
+                             ClientOptions(backoff=BackoffPolicy(initial_s=0.05, max_s=5.0)))
+        async with client:
+            events = client.events()
+            while True:
+                event = await asyncio.wait_for(anext(events), 10)
+                if isinstance(event, ev.StateChanged) and event.state is ev.ConnectionState.RECONNECTING:
+                    break
+            assert event.retry_in is not None and 1.0 <= event.retry_in <= 2.0  # Retry-After 1 + jitter
+            assert "503" in (event.reason or "")
+            await blocker.__aexit__(None, None, None)
+            hello = await client.wait_online(timeout=10)
+            assert hello.workspace == SLUG
