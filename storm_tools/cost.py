@@ -350,10 +350,10 @@ def render_table(b: Bill) -> str:
         lines += [f"from the run ({run.get('window_s', 0)} s of steady window): "
                   + (", ".join(b.capacities_from_run) or "none"),
                   f"from the defaults ({DEFAULT_CAPACITIES.name}): " + (", ".join(defaults) or "none"),
-                  "the run's capacities: " + ", ".join(
-                      f"{k.replace('_', ' ')} {v:,.1f}" for k, v in run.items()
-                      if k.startswith(("connections_per", "deliveries_per", "publishes_per", "writes_per"))
-                      and isinstance(v, int | float))]
+                  "the run's capacities: " + (", ".join(
+                      f"{k.replace('_', ' ')} {v:,.0f}" if v >= 100 else f"{k.replace('_', ' ')} {v:,.1f}"
+                      for k, v in run.items()
+                      if k.endswith(("_per_gib", "_core")) and isinstance(v, int | float)) or "none")]
         lines += [f"  note: {n}" for n in run.get("notes", [])]
     if b.assumptions:
         lines += ["assumed, not measured:"] + [f"  - {a}" for a in b.assumptions]

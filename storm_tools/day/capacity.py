@@ -173,7 +173,8 @@ def derive(data: RunData, defaults: dict[str, Any]) -> dict[str, Any]:
         "acked_publishes_per_s": round(pub_rate, 1), "deliveries_per_s": round(dlv_rate, 1),
         "mean_connections": round(connections), "cores": {r: round(c, 3) for r, c in sorted(cores.items())},
         "sampled_s": {r: round(v, 1) for r, v in sorted(sampled.items())},
-        "connections_per_gib": round(2**30 / gw_bytes),
+        "connections_per_gib": round(2**30 / gw_bytes)
+        if figures["gateway_bytes_per_connection"]["origin"] == "run" else None,
         "connections_per_gateway_core": per_core(connections, "gateway"),
         "deliveries_per_s_per_gateway_core": per_core(dlv_rate, "gateway"),
         "publishes_per_s_per_pulsar_core": per_core(pub_rate, "pulsar"),

@@ -62,7 +62,7 @@ def test_the_table_says_which_figures_came_from_the_run(tmp_path: Path, capsys: 
     assert "EUR per hour at the peak" in out and "the 700 EUR budget" in out
     assert "from the run (38 s of steady window): " + ", ".join(FROM_RUN) in out
     assert "from the defaults (measured.json): " in out and "pulsar_broker_share" in out.split("from the defaults")[1]
-    assert "publishes per s per pulsar core 250.0" in out
+    assert "publishes per s per pulsar core 250, " in out
 
 
 def test_the_default_bill_names_no_run(capsys: pytest.CaptureFixture[str]) -> None:
