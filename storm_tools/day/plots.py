@@ -93,7 +93,7 @@ def connections(data: RunData, recoveries: dict[str, float | None], path: Path) 
     top.set_ylabel("connections")
     top.set_ylim(bottom=0)
     _thousands(top)
-    top.legend(loc="lower right", fontsize=8)
+    top.legend(loc="best", fontsize=8, framealpha=0.85)
     bottom.plot(xs, [s.connects_ok for s in data.timeline], color="#2ca02c", lw=1, label="connects ok /s")
     bottom.plot(xs, [server_failed_connects(s) for s in data.timeline], color="#d62728", lw=1.2,
                 label="connects failed (server's) /s")
@@ -101,7 +101,7 @@ def connections(data: RunData, recoveries: dict[str, float | None], path: Path) 
     bottom.set_ylabel("per second")
     bottom.set_ylim(bottom=0)
     _thousands(bottom)
-    bottom.legend(loc="upper right", fontsize=8)
+    bottom.legend(loc="best", fontsize=8, framealpha=0.85)
     bottom.set_xlabel(_xlabel(data))
     _decorate(top, data, recoveries, labels=True)
     _decorate(bottom, data, recoveries, labels=False)
@@ -119,12 +119,12 @@ def messages(data: RunData, recoveries: dict[str, float | None], path: Path) -> 
     top.set_ylabel("in, per second")
     top.set_ylim(bottom=0)
     _thousands(top)
-    top.legend(loc="upper right", fontsize=8)
+    top.legend(loc="best", fontsize=8, framealpha=0.85)
     bottom.plot(xs, [s.deliveries for s in data.timeline], color="#ff7f0e", lw=1.2, label="deliveries /s")
     bottom.set_ylabel("out, per second")
     bottom.set_ylim(bottom=0)
     _thousands(bottom)
-    bottom.legend(loc="upper right", fontsize=8)
+    bottom.legend(loc="best", fontsize=8, framealpha=0.85)
     bottom.set_xlabel(_xlabel(data))
     _decorate(top, data, recoveries, labels=True)
     _decorate(bottom, data, recoveries, labels=False)
@@ -146,7 +146,8 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
         for q, color, lw in (("p50", "#2ca02c", 1.0), ("p99", "#d62728", 1.3)):
             xs, ys = _series(data, pick, q)
             values += ys
-            ax.plot(xs, ys, color=color, lw=lw, marker=".", markersize=3, label=f"{title} {q}")  # a lone second shows
+            marker = "." if len(xs) <= 400 else None  # a lone second shows in a short run
+            ax.plot(xs, ys, color=color, lw=lw, label=f"{title} {q}", marker=marker, markersize=3)
         if limit:
             ax.axhline(limit, color="#555555", ls="--", lw=1, label=f"SLO p99 ≤ {limit:,.0f} ms")
         positive = [v for v in values if v > 0]  # NaN compares False: left out
@@ -155,7 +156,7 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
         else:
             ax.set_ylim(bottom=0)
         ax.set_ylabel("ms")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
     axes[-1].set_xlabel(_xlabel(data))
     for i, ax in enumerate(axes):
         _decorate(ax, data, recoveries, labels=i == 0)
@@ -183,22 +184,36 @@ def _per_process(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float
     return lines
 
 
+def _smooth(values: list[float], width: int) -> list[float]:
+    """Trailing moving average over ``width`` samples (a long run's CPU per 2-s sample is noise)."""
+    if width <= 1:
+        return values
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v - (values[i - width] if i >= width else 0.0)
+        out.append(acc / min(i + 1, width))
+    return out
+
+
 def processes(data: RunData, recoveries: dict[str, float | None], path: Path) -> Path:
     fig, (top, bottom) = _figure(2, "CPU and memory per process")
     lines = _per_process(data.processes)
+    samples = max((len(v) for v in lines.values()), default=0)
+    width = max(1, samples // 150)  # about 150 points across the plot
     cmap = plt.get_cmap("tab10")
     styles = ("-", "--", ":", "-.")
     rss_values: list[float] = []
     for i, (name, pts) in enumerate(sorted(lines.items())):
         xs = [_x(data, p[0]) for p in pts]
         color, ls = cmap(i % 10), styles[(i // 10) % len(styles)]
-        top.plot(xs, [p[1] for p in pts], label=name, color=color, ls=ls, lw=1.1)
+        top.plot(xs, _smooth([p[1] for p in pts], width), label=name, color=color, ls=ls, lw=1.1)
         bottom.plot(xs, [p[2] for p in pts], label=name, color=color, ls=ls, lw=1.1)
         rss_values += [p[2] for p in pts if p[2] > 0]
     cores = data.run.machine.get("cores")
     if isinstance(cores, int | float):
         top.axhline(cores, color="#555555", ls="--", lw=1, label=f"machine: {cores:g} cores")
-    top.set_ylabel("CPU (cores)")
+    span = data.duration_s * width / samples if samples else 0
+    top.set_ylabel(f"CPU (cores, mean over {span:.0f} s)" if width > 1 else "CPU (cores)")
     top.set_ylim(bottom=0)
     bottom.set_ylabel("RSS (MiB)")
     if rss_values and max(rss_values) / min(rss_values) > 20:  # JVMs of GiBs beside gateways of MiBs

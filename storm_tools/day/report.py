@@ -176,11 +176,11 @@ def acceptance(data: RunData, summ: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_totals(data: RunData, slos: list[dict[str, Any]]) -> dict[str, float]:
-    by_id = {r["id"]: r for r in slos}
+def run_totals(data: RunData) -> dict[str, float]:
+    """The run's events the incidents' budgets are shares of, from the clients' timeline like the incidents'
+    bad events (the servers' counts, when the SLO table uses them, are not the same population)."""
     tl = data.timeline
-    connects = by_id.get("connect_success", {}).get("total") or float(
-        sum(s.connects_ok for s in tl) + sum(postmortem.server_failed_connects(s) for s in tl))
+    connects = sum(s.connects_ok for s in tl) + sum(postmortem.server_failed_connects(s) for s in tl)
     return {"connects": float(connects), "acks": float(sum(s.acks for s in tl)),
             "seconds_ack": float(sum(1 for s in tl if s.ack_ms.get("p99") is not None)),
             "seconds_deliver": float(sum(1 for s in tl if s.deliver_ms.get("p99") is not None)),
@@ -346,7 +346,7 @@ def write_report(folder: Path, *, plots: bool = True, progress: Callable[[str], 
     defs = slo.load()
     th = thresholds(defs)
     slos = evaluate_slos(data, defs)
-    totals = run_totals(data, slos)
+    totals = run_totals(data)
     say(f"analysing {len(data.incidents)} incidents")
     analyses = [postmortem.analyse(i, data.timeline, th, data.checks, totals) for i in data.incidents]
     from storm_tools.cost import DEFAULT_CAPACITIES, load_json
