@@ -37,6 +37,7 @@ from storm.ports.store import Store, UnitOfWork
 CACHE_TTL_S = 30.0
 TTL_JITTER = 0.2  # each entry lives ttl x uniform(0.8, 1.2)
 TOMBSTONE = b"\xff"  # what an invalidation writes: no cached value is a single 0xff byte
+DECODED_MAX = 10_000  # decoded entries kept per process (cleared when full)
 TOMBSTONE_TTL_S = 2.0  # while it lives, lookups read the store and loads cannot cache what they read
 
 T = TypeVar("T")
@@ -81,6 +82,9 @@ class Directory:
         self._cache = cache
         self._ttl = ttl
         self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        # cached bytes -> the immutable object they decode to: a connect reads the same workspace and user
+        # entries again and again; keyed by the bytes themselves, so a changed entry is a new key
+        self._decoded: dict[tuple[str, bytes], Any] = {}
 
     def _entry_ttl(self) -> float:
         return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
@@ -153,8 +157,11 @@ class Directory:
     async def workspace(self, slug: str) -> Workspace:
         raw = await self._lookup(slug, "ws")
         if raw is not None:
-            c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
-            return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
+            ws: Workspace | None = self._decoded.get(("ws", raw))
+            if ws is None:
+                c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
+                ws = self._memo(("ws", raw), Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan))
+            return ws
         return await self._single_flight(slug, "ws", lambda: self._load_workspace(slug))
 
     async def _load_workspace(self, slug: str) -> Workspace:
@@ -190,8 +197,12 @@ class Directory:
         ws = await self.workspace(slug)
         raw = await self._lookup(slug, f"user:{claims.subject}")
         if raw:  # a user seen before: the role from its own entry (invalidated on membership changes)
-            c = msgspec.msgpack.decode(raw, type=_CachedUser)
-            user = User(id=uuid.UUID(c.id), subject=claims.subject, name=c.name)
+            known: User | None = self._decoded.get((claims.subject, raw))
+            if known is None:
+                c = msgspec.msgpack.decode(raw, type=_CachedUser)
+                known = self._memo((claims.subject, raw), User(id=uuid.UUID(c.id), subject=claims.subject,
+                                                               name=c.name))
+            user = known
             role = await self.role(ws, user.id)
         else:  # first sight: the user and the membership in one transaction, both cached
             user, role = await self._single_flight(slug, f"user:{claims.subject}",
@@ -260,6 +271,12 @@ class Directory:
             await self._forget(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
 
     # -- the cache ----------------------------------------------------------------------------------------
+    def _memo(self, key: tuple[str, bytes], value: T) -> T:
+        if len(self._decoded) >= DECODED_MAX:
+            self._decoded.clear()
+        self._decoded[key] = value
+        return value
+
     async def _lookup(self, workspace: str, key: str) -> bytes | None:
         """The cached value, or None on a miss or a tombstone (then the caller loads from the store)."""
         raw = await self._cache.get(workspace, key)
