@@ -13,9 +13,9 @@ For each incident of incidents.json, :func:`analyse` finds in timeline.jsonl (no
   the SLO (no detection: recovered at once).  Seconds after the load ended (``settle``) are not judged.  When
   most of the seconds before the injection were bad already, the draft says so: detection and recovery are
   then not the incident's alone;
-* **impact**: users disconnected (the deepest drop under the pre-incident level) and reconnects, messages
-  published and not acked, acks in seconds whose p99 broke the SLO, errors and failed connects, from the
-  injection to the recovery (or the end of the run);
+* **impact**: users disconnected (the deeper of the drop under the expected level and the sessions the
+  server ended abnormally) and reconnects, messages published and not acked, acks in seconds whose p99
+  broke the SLO, errors and failed connects, from the injection to the recovery (or the end of the run);
 * **error budget burned**: per SLO, the bad events (or bad seconds for a latency SLO, at one-second
   resolution) of that span, as a share of the budget the whole run allowed (``(1 - target) x events``) and of
   the SLO's 30-day window at the run's rate.
