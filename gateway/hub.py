@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from storm.ports.broker import BroadcastSubscription, Broker, Record
 from storm.ports.cache import PresenceEntry
 from storm.ports.clock import Clock
-from storm.protocol.events import PresenceLeave, encode, with_offset
+from storm.protocol.events import PresenceLeave, UserRef, encode, with_offset
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,6 +44,10 @@ class Hub:
         self.deliveries = 0
         self.on_delivered: Callable[[float], None] | None = None  # sampled broker times (storm.delivery.latency)
         self._sample_after = 1.0  # the next record appended after this (epoch s) is sampled: at most 20 a second
+        self.presence_broadcast_max = 100  # STORM_PRESENCE_BROADCAST_MAX, set by the gateway (runtime.py)
+        self.presence_coalesce_s = 1.0  # STORM_PRESENCE_COALESCE_S, likewise
+        self._expired: dict[tuple[str, str], dict[str, PresenceEntry]] = {}
+        self._expiry_flush: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         if self._sub is not None:
@@ -52,6 +56,9 @@ class Hub:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
+        if self._expiry_flush is not None:
+            self._expiry_flush.cancel()
+            self._expiry_flush = None
         if self._sweeper is not None:
             sweeper, self._sweeper = self._sweeper, None
             sweeper.cancel()
@@ -124,13 +131,30 @@ class Hub:
 
     def presence_expired(self, workspace: str, channel: str, entry: PresenceEntry) -> None:
         """A user's last presence entry in the channel expired (their gateway died, say): tell the local
-        subscribers with ``presence.leave``.  Each gateway tells its own; nothing goes through the broker."""
+        subscribers with ``presence.leave``.  Each gateway tells its own; nothing goes through the broker.
+        Coalesced like the announced leaves (a dead gateway's users expire together: one event per channel
+        per ``presence_coalesce_s``), and only where the channel is small enough for announcements
+        (``presence_broadcast_max``; more local subscribers than that means a larger channel)."""
         group = self._groups.get((workspace, channel))
-        if not group:
+        if not group or len(group) > self.presence_broadcast_max:
             return
-        data = encode(PresenceLeave(channel=channel, user=entry.user_id, name=entry.name))
-        for session in list(group):
-            session.on_channel_event(channel, 0, data)
+        gone = self._expired.setdefault((workspace, channel), {})
+        gone[entry.user_id] = entry
+        if self._expiry_flush is None:
+            self._expiry_flush = asyncio.get_running_loop().call_later(self.presence_coalesce_s,
+                                                                       self._flush_expired)
+
+    def _flush_expired(self) -> None:
+        self._expiry_flush = None
+        pending, self._expired = self._expired, {}
+        for (workspace, channel), gone in pending.items():
+            group = self._groups.get((workspace, channel))
+            if not group:
+                continue
+            data = encode(PresenceLeave(channel=channel, users=[UserRef(id=u.user_id, name=u.name)
+                                                                for u in gone.values()]))
+            for session in list(group):
+                session.on_channel_event(channel, 0, data)
 
     # -- deadlines --------------------------------------------------------------------------------------
     async def _sweep(self) -> None:

@@ -28,6 +28,8 @@ class Gateway:
         self.services = services
         self.config = services.config
         self.hub = Hub(services.broker, services.clock)
+        self.hub.presence_broadcast_max = services.config.presence_broadcast_max
+        self.hub.presence_coalesce_s = services.config.presence_coalesce_s
         self.flusher = Flusher(services.config.write_delay_s,  # writes every connection's outbox (adaptive)
                                max_delay_s=services.config.write_delay_max_s)
         self.session_context = SessionContext(
@@ -96,6 +98,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.drain()
         await self.presence.stop()
+        await self.session_context.presence.aclose()  # the pending joins and leaves go out now
         if self._unwatch is not None:
             unwatch, self._unwatch = self._unwatch, None
             with contextlib.suppress(Exception):

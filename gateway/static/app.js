@@ -30,6 +30,8 @@
   const TYPING_SEND_MS = 2000; // the server drops typing signals sent more often than this
   const TYPING_SHOW_MS = 3000;
   const HISTORY_LIMIT = 50;
+  const PRESENCE_PAGES_MAX = 5; // pages of the online list the sidebar loads (each up to the server's page size)
+  const PRESENCE_POLL_MS = 30000; // large channels announce no joins/leaves: the list is asked for again
   const MAX_ERRORS = 20;
   const PUBLISH_TRIES = 8; // per connection, for unavailable/conflict/rate_limited; reconnects resend anyway
   const OUTBOX_MAX = 200; // unacknowledged messages kept; beyond, sending is refused with outbox_full
@@ -79,6 +81,9 @@
     threadOf: null, // parent message id whose thread is open
     outbox: new Map(), // cmid -> {channel, text, thread, tries, timer}: sent, not acknowledged yet
     online: new Map(), // user id -> name
+    onlineTotal: 0, // users present in the open channel, as the last presence reply counted them
+    presenceBroadcast: true, // false: a large channel, joins and leaves are not announced (ADR 0010)
+    presencePoll: null,
     typers: new Map(), // user id -> {name, timer}
     lastTypingSent: 0,
     readSent: new Map(), // channel id -> offset of the last `read` sent
@@ -639,9 +644,9 @@
       case "error": return onError(ev, req);
       case "history": if (open) onHistory(ev, req || {}); return;
       case "subscribed": return onSubscribed(ev, req || {});
-      case "presence": if (open) setOnline(ev.users || []); return;
-      case "presence.join": if (open) addOnline(ev.user, ev.name); return;
-      case "presence.leave": if (open) removeOnline(ev.user); return;
+      case "presence": if (open) onPresence(ev, req || {}); return;
+      case "presence.join": if (open) for (const u of ev.users || []) addOnline(u.id, u.name); return;
+      case "presence.leave": if (open) for (const u of ev.users || []) removeOnline(u.id); return;
       case "typing": if (open) onTyping(ev); return;
       case "message":
         if (!open) return countUnread(ev);
@@ -1298,7 +1303,30 @@
   // -- presence and typing -----------------------------------------------------------------------------
   function setOnline(users) {
     st.online = new Map((users || []).map((u) => [u.id, u.name]));
+    st.onlineTotal = st.online.size;
+    st.presenceBroadcast = true;
     renderOnline();
+  }
+
+  // One page of a channel's users: the first replaces the list, the next ones (asked for with the
+  // reply's next_cursor, at most PRESENCE_PAGES_MAX) add to it. In a large channel (broadcast: false)
+  // the server announces no joins or leaves, so the list is asked for again every PRESENCE_POLL_MS.
+  function onPresence(ev, req) {
+    const page = req.page || 0;
+    if (page === 0) st.online = new Map();
+    for (const u of ev.users || []) st.online.set(u.id, u.name);
+    st.onlineTotal = Number.isInteger(ev.count) ? ev.count : st.online.size;
+    st.presenceBroadcast = ev.broadcast !== false;
+    renderOnline();
+    if (ev.next_cursor && page + 1 < PRESENCE_PAGES_MAX) {
+      request("presence", { channel: ev.channel, cursor: ev.next_cursor }, { channel: ev.channel, page: page + 1 });
+    } else if (!st.presenceBroadcast) {
+      const channel = ev.channel;
+      clearTimeout(st.presencePoll);
+      st.presencePoll = setTimeout(() => {
+        if (st.channel === channel) request("presence", { channel }, { channel });
+      }, PRESENCE_POLL_MS);
+    }
   }
 
   function addOnline(id, name) {
@@ -1325,7 +1353,8 @@
       }
       ui.online.appendChild(li);
     }
-    ui.onlineCount.textContent = String(users.length);
+    const total = st.presenceBroadcast ? users.length : Math.max(st.onlineTotal, users.length);
+    ui.onlineCount.textContent = String(total);
   }
 
   function onTyping(ev) {

@@ -294,8 +294,16 @@ class StormClient:
         result: ev.Unread = await self._request("unread", {}, timeout=timeout)
         return result
 
-    async def presence(self, channel: str, *, timeout: float | None = None) -> ev.Presence:
-        result: ev.Presence = await self._request("presence", {"channel": channel}, timeout=timeout)
+    async def presence(self, channel: str, *, cursor: str | None = None, limit: int | None = None,
+                       timeout: float | None = None) -> ev.Presence:
+        """One page of the channel's users; pass the reply's ``next_cursor`` as ``cursor`` for the next.
+        ``limit`` is capped by the server (STORM_PRESENCE_PAGE_MAX)."""
+        args: dict[str, Any] = {"channel": channel}
+        if cursor is not None:
+            args["cursor"] = cursor
+        if limit is not None:
+            args["limit"] = limit
+        result: ev.Presence = await self._request("presence", args, timeout=timeout)
         return result
 
     async def read(self, channel: str, offset: int, *, timeout: float | None = None) -> ev.Ack:

@@ -103,8 +103,13 @@ class Pong(_Server, tag="pong", frozen=True):
 
 
 class Presence(_Server, tag="presence", frozen=True):
+    """One page of a channel's users (user id order); ``next_cursor`` asks for the next one."""
+
     channel: str
     users: list[User] = []
+    count: int = 0  # users present in all
+    broadcast: bool = True  # False: joins and leaves are not announced here (a large channel); page instead
+    next_cursor: str | None = None
     id: int | None = None
 
 
@@ -194,15 +199,17 @@ class Typing(_Server, tag="typing", frozen=True):
 
 
 class PresenceJoin(_Server, tag="presence.join", frozen=True):
+    """Users who joined the channel within the server's coalescing window (small channels only)."""
+
     channel: str
-    user: str
-    name: str = ""
+    users: list[User] = []
 
 
 class PresenceLeave(_Server, tag="presence.leave", frozen=True):
+    """Users who left the channel within the window (small channels only)."""
+
     channel: str
-    user: str
-    name: str = ""
+    users: list[User] = []
 
 
 class TokenExpiring(_Server, tag="token.expiring", frozen=True):

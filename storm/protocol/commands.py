@@ -92,6 +92,8 @@ class Typing(_Command, tag="typing", frozen=True):
 class Presence(_Command, tag="presence", frozen=True):
     channel: ChannelId
     id: RequestId | None = None
+    cursor: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None  # a reply's next_cursor
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None  # capped at STORM_PRESENCE_PAGE_MAX
 
 
 class History(_Command, tag="history", frozen=True):

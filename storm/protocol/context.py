@@ -17,6 +17,7 @@ from storm.ports.identity import IdentityVerifier
 from storm.ports.store import Store
 from storm.protocol.chat import Chat
 from storm.protocol.claims import CmidClaims
+from storm.protocol.presence import PresenceAnnouncer
 from storm.protocol.quota import ConnectionQuota
 from storm.ratelimit import SharedLimiter
 from storm.revocation import ControlRouter
@@ -58,6 +59,7 @@ class SessionContext:
     chat: Chat = field(init=False)  # the chat rules (storm/protocol/chat.py)
     limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)
     connections: ConnectionQuota = field(init=False)  # the plan's connection quota (storm/protocol/quota.py)
+    presence: PresenceAnnouncer = field(init=False)  # joins/leaves, coalesced, small channels only (presence.py)
 
     def __post_init__(self) -> None:
         self.cmids = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,
@@ -65,3 +67,6 @@ class SessionContext:
         self.chat = Chat(self.store, self.broker, self.clock, self.cmids)
         self.limiter = SharedLimiter(self.cache, self.clock)
         self.connections = ConnectionQuota(self.cache, self.clock)
+        self.presence = PresenceAnnouncer(self.cache, self.broker, self.clock,
+                                          max_size=self.config.presence_broadcast_max,
+                                          coalesce_s=self.config.presence_coalesce_s)

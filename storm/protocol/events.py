@@ -83,8 +83,13 @@ class Pong(_Event, tag="pong"):
 
 
 class PresenceList(_Event, tag="presence"):
+    """One page of the users present in a channel, in user id order (docs/protocol.md, "Presence")."""
+
     channel: str
     users: list[UserRef]
+    count: int  # users present in all (the page is at most `limit` of them)
+    broadcast: bool  # whether presence.join/leave are sent for this channel (else: query pages)
+    next_cursor: str | None = None  # pass as `cursor` for the next page; absent on the last page
     id: int | None = None
 
 
@@ -167,15 +172,17 @@ class TypingEvent(_Event, tag="typing"):
 
 
 class PresenceJoin(_Event, tag="presence.join"):
+    """Users whose first connection joined the channel, coalesced over STORM_PRESENCE_COALESCE_S."""
+
     channel: str
-    user: str
-    name: str
+    users: list[UserRef]
 
 
 class PresenceLeave(_Event, tag="presence.leave"):
+    """Users whose last connection left the channel (or whose entry expired), coalesced likewise."""
+
     channel: str
-    user: str
-    name: str
+    users: list[UserRef]
 
 
 class TokenExpiring(_Event, tag="token.expiring"):

@@ -35,7 +35,10 @@ from storm import revocation
 from storm.directory import Directory, Principal
 from storm.domain import Role
 from storm.errors import StormError, Unauthenticated
-from storm.ports.cache import PRESENCE_BATCH_MAX, Cache, PresenceKey
+from storm.ports.broker import Broker
+from storm.ports.cache import PRESENCE_BATCH_MAX, Cache, PresenceEntry, PresenceKey
+from storm.ports.clock import Clock
+from storm.protocol import events as e
 
 log = logging.getLogger("storm.presence")
 
@@ -160,3 +163,107 @@ class PresenceKeeper:
         self.rechecks += len(by_token) + len(by_user)
         await asyncio.gather(*(check_token(tk) for tk in by_token))
         await asyncio.gather(*(check_user(uk) for uk in by_user))
+
+
+class _Batch:
+    __slots__ = ("joined", "left")
+
+    def __init__(self) -> None:
+        self.joined: dict[str, PresenceEntry] = {}
+        self.left: dict[str, PresenceEntry] = {}
+
+
+class PresenceAnnouncer:
+    """Joins and leaves of one gateway's sessions, coalesced per channel and announced only in channels of
+    at most ``max_size`` live presence entries (connections).  Ephemeral: best effort like typing."""
+
+    def __init__(self, cache: Cache, broker: Broker, clock: Clock, *, max_size: int, coalesce_s: float) -> None:
+        self._cache = cache
+        self._broker = broker
+        self._clock = clock
+        self.max_size = max_size
+        self.coalesce_s = coalesce_s
+        self._pending: dict[tuple[str, str], _Batch] = {}
+        self._sizes: dict[tuple[str, str], tuple[int, float]] = {}  # (ws, ch) -> (entries, when counted)
+        self._flushing: asyncio.Task[None] | None = None
+        self.announced = 0  # presence.join/leave events published (each listing one or more users)
+        self.suppressed = 0  # user joins/leaves not announced: the channel was above max_size
+
+    def broadcasts(self, workspace: str, channel: str) -> bool:
+        """Whether the channel is small enough for announcements, as last counted (unknown: yes).  The
+        subscribe path uses it to skip the first-entry look-up in large channels."""
+        known = self._sizes.get((workspace, channel))
+        return known is None or known[0] <= self.max_size
+
+    def joined(self, workspace: str, channel: str, entry: PresenceEntry) -> None:
+        batch = self._batch(workspace, channel)
+        if batch.left.pop(entry.user_id, None) is None:  # left and came back within the window: no news
+            batch.joined[entry.user_id] = entry
+
+    def left(self, workspace: str, channel: str, entry: PresenceEntry) -> None:
+        batch = self._batch(workspace, channel)
+        if batch.joined.pop(entry.user_id, None) is None:
+            batch.left[entry.user_id] = entry
+
+    def _batch(self, workspace: str, channel: str) -> _Batch:
+        key = (workspace, channel)
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch()
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_later())
+        return batch
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(self.coalesce_s)
+        finally:
+            self._flushing = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Announce what is pending: per channel, one presence.join and one presence.leave listing users."""
+        pending, self._pending = self._pending, {}
+        for (ws, channel), batch in pending.items():
+            if not batch.joined and not batch.left:
+                continue
+            if not await self._small(ws, channel):
+                self.suppressed += len(batch.joined) + len(batch.left)
+                continue
+            for users, kind in ((batch.joined, e.PresenceJoin), (batch.left, e.PresenceLeave)):
+                if not users:
+                    continue
+                event = kind(channel=channel, users=[e.UserRef(id=u.user_id, name=u.name) for u in users.values()])
+                try:
+                    await self._broker.publish_ephemeral(ws, channel, e.encode(event))
+                    self.announced += 1
+                except StormError:  # ephemeral: best effort by contract
+                    log.warning("presence announcement failed ws=%s channel=%s", ws, channel)
+
+    async def announces(self, workspace: str, channel: str) -> bool:
+        """Whether joins and leaves are announced in the channel now (its count, at most SIZE_FRESH_S old)."""
+        return await self._small(workspace, channel)
+
+    async def _small(self, ws: str, channel: str) -> bool:
+        key = (ws, channel)
+        now = self._clock.monotonic()
+        known = self._sizes.get(key)
+        if known is None or now - known[1] >= SIZE_FRESH_S:
+            try:
+                size = await self._cache.presence_count(ws, channel)
+            except StormError as exc:
+                log.warning("presence count failed ws=%s channel=%s: %s", ws, channel, exc.message)
+                return known is not None and known[0] <= self.max_size
+            if len(self._sizes) > 10_000:  # bounded: counts of channels nobody joined lately go
+                self._sizes.clear()
+            known = self._sizes[key] = (size, now)
+        return known[0] <= self.max_size
+
+    async def aclose(self) -> None:
+        """Announce what is pending now (a drain), then stop.  Idempotent."""
+        if self._flushing is not None:
+            task, self._flushing = self._flushing, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()

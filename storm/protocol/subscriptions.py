@@ -10,6 +10,7 @@ ends the subscription at once and leaves the hub and presence in the background.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import uuid
 from typing import Protocol
@@ -56,7 +57,7 @@ def presence_entry(p: Principal) -> PresenceEntry:
     return PresenceEntry(user_id=str(p.user.id), name=p.user.name)
 
 
-async def announce(broker: Broker, workspace: str, event: e.PresenceJoin | e.PresenceLeave | e.TypingEvent) -> None:
+async def announce(broker: Broker, workspace: str, event: e.TypingEvent) -> None:
     try:
         await broker.publish_ephemeral(workspace, event.channel, e.encode(event))
     except StormError:  # ephemeral: best effort by contract
@@ -141,9 +142,12 @@ class Subscriptions:
         pending, sub.buffer, sub.replaying = sub.buffer, [], False
         for offset, data in pending:
             self.deliver(channel, offset, data)
-        if fresh and await ctx.cache.presence_add(ws, channel, self._owner.id, presence_entry(p),
-                                                  ctx.config.presence_ttl_s):
-            await announce(ctx.broker, ws, e.PresenceJoin(channel=channel, user=str(p.user.id), name=p.user.name))
+        if fresh:  # joins are announced coalesced, and only in small channels (storm/protocol/presence.py)
+            small = ctx.presence.broadcasts(ws, channel)
+            entry = presence_entry(p)
+            if await ctx.cache.presence_add(ws, channel, self._owner.id, entry, ctx.config.presence_ttl_s,
+                                            first=small):
+                ctx.presence.joined(ws, channel, entry)
 
     async def _missed(self, ws: str, channel: str, since: int | None, head: int) -> tuple[list[Record], bool]:
         """Records after ``since`` up to ``head``, and whether the gap could be filled.
@@ -211,7 +215,7 @@ class Subscriptions:
         await self._ctx.hub.leave(owner, ws, channel)
         gone = await self._ctx.cache.presence_remove(ws, channel, owner.id)
         if gone is not None:
-            await announce(self._ctx.broker, ws, e.PresenceLeave(channel=channel, user=gone.user_id, name=gone.name))
+            self._ctx.presence.left(ws, channel, gone)
 
     async def leave_all(self) -> None:
         """The session ended: leave every channel (after the withdrawals still running).  Never raises."""
@@ -227,10 +231,21 @@ class Subscriptions:
 
     # -- what others see: presence and typing ---------------------------------------------------------------
     async def presence(self, p: Principal, cmd: c.Presence) -> None:
-        ch = await self._ctx.directory.check_channel_access(p, cmd.channel)
-        users = await self._ctx.cache.presence_list(p.workspace.slug, str(ch.id))
-        self._send(e.PresenceList(channel=str(ch.id), id=cmd.id,
-                                  users=[e.UserRef(id=u.user_id, name=u.name) for u in users]))
+        """One page of the channel's users, in user id order: at most ``limit`` (capped at
+        ``STORM_PRESENCE_PAGE_MAX``) after ``cursor`` (the last id of the previous page), with the total
+        and whether joins and leaves are announced in this channel (docs/protocol.md, "Presence")."""
+        ctx = self._ctx
+        ch = await ctx.directory.check_channel_access(p, cmd.channel)
+        channel, ws = str(ch.id), p.workspace.slug
+        limit = min(cmd.limit or ctx.config.presence_page_max, ctx.config.presence_page_max)
+        users = sorted(await ctx.cache.presence_list(ws, channel), key=lambda u: u.user_id)
+        start = bisect.bisect_right([u.user_id for u in users], cmd.cursor) if cmd.cursor else 0
+        page = users[start:start + limit]
+        more = start + limit < len(users)
+        broadcast = await ctx.presence.announces(ws, channel)
+        self._send(e.PresenceList(channel=channel, id=cmd.id, count=len(users), broadcast=broadcast,
+                                  next_cursor=page[-1].user_id if more and page else None,
+                                  users=[e.UserRef(id=u.user_id, name=u.name) for u in page]))
 
     async def typing(self, p: Principal, cmd: c.Typing) -> None:
         ctx = self._ctx

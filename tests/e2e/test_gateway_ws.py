@@ -43,6 +43,14 @@ class Client:
     async def send(self, **frame: Any) -> None:
         await self.ws.send(json.dumps(frame))
 
+    async def wait_for_user(self, type_: str, name: str, timeout: float = 5.0) -> dict[str, Any]:
+        """A presence.join/leave listing ``name`` (they are coalesced: one event may list several users)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = await self.wait_for(type_, max(0.01, deadline - time.monotonic()))
+            if name in {u["name"] for u in ev["users"]}:
+                return ev
+
     async def wait_for(self, type_: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -67,7 +75,7 @@ async def test_two_clients_see_messages_presence_and_typing(storm_dev_server):
         await alice.wait_for("subscribed", id=1)
         await bob.send(op="subscribe", id=1, channel=GENERAL)
         await bob.wait_for("subscribed", id=1)
-        await alice.wait_for("presence.join", name="Bob")
+        await alice.wait_for_user("presence.join", "Bob")
 
         await bob.send(op="typing", channel=GENERAL)
         await alice.wait_for("typing", name="Bob")
@@ -95,7 +103,7 @@ async def test_two_clients_see_messages_presence_and_typing(storm_dev_server):
             raise AssertionError("messages never reached history")
     finally:
         await bob.ws.close()
-    await alice.wait_for("presence.leave", name="Bob")
+    await alice.wait_for_user("presence.leave", "Bob")
     await alice.ws.close()
 
 

@@ -86,7 +86,8 @@ async def test_subscribers_are_told_when_a_dead_gateways_user_expires(services: 
             assert time.monotonic() - started < DEADLINE_S, transport.events
             await asyncio.sleep(0.1)
         leaves = [e for e in transport.events if e["type"] == "presence.leave"]
-        assert leaves == [{"type": "presence.leave", "channel": GENERAL, "user": ghost.user_id, "name": "Bob"}]
+        bob = {"id": ghost.user_id, "name": "Bob"}
+        assert leaves == [{"type": "presence.leave", "channel": GENERAL, "users": [bob]}]
         assert [e.name for e in await services.cache.presence_list(DEMO_WORKSPACE, GENERAL)] == ["Alice"]
         await alice.closed()
     finally:

@@ -176,7 +176,8 @@ async def tenants_api(
 async def services() -> AsyncIterator[Services]:
     clock = ManualClock()
     cfg = Config.from_env({}, store="memory", publish_rate=5.0,
-                          publish_burst=3, max_subscriptions=3, retention_messages=20)
+                          publish_burst=3, max_subscriptions=3, retention_messages=20,
+                          presence_coalesce_s=0.02)  # joins and leaves announced within a test's patience
     svc = await demo_services(cfg, clock)
     try:
         yield svc

@@ -156,7 +156,7 @@ async def test_removal_from_a_private_channel_ends_the_open_subscription_only(en
         ended = (await _events_until(bob, "unsubscribed"))[-1]
         assert ended == {"type": "unsubscribed", "channel": cid, "reason": "removed"}
         left = (await _events_until(carol, "presence.leave"))[-1]
-        assert left["user"] == bob_id and left["channel"] == cid
+        assert [u["id"] for u in left["users"]] == [bob_id] and left["channel"] == cid
         await carol.send({"op": "publish", "id": 2, "channel": cid, "cmid": "c-1", "text": "after bob left"})
         carol_saw = await _events_until(carol, "message")
         assert carol_saw[-1]["text"] == "after bob left"  # the channel goes on for its members

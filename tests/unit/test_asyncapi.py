@@ -92,7 +92,8 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
     "unsubscribed": lambda: ev.Unsubscribed(channel=CH, id=9, reason="removed"),
     "pong": lambda: ev.Pong(id=13, ts=TS),
     "presence": lambda: ev.PresenceList(
-        channel=CH, users=[ev.UserRef(id=ALICE, name="Alice"), ev.UserRef(id=BOB, name="Bob")], id=8
+        channel=CH, users=[ev.UserRef(id=ALICE, name="Alice"), ev.UserRef(id=BOB, name="Bob")], id=8, count=3,
+        broadcast=False, next_cursor=BOB,
     ),
     "history": lambda: ev.HistoryPage(
         channel=CH, messages=[_history_message_full(), _history_message_minimal()], offset=44, next_before=40,
@@ -111,8 +112,8 @@ FULL: dict[str, Callable[[], msgspec.Struct]] = {
         channel=CH, message_id=MSG, user=BOB, emoji=THUMBS, ts=TS, remove=True, count=1
     ),
     "typing": lambda: ev.TypingEvent(channel=CH, user=BOB, name="Bob"),
-    "presence.join": lambda: ev.PresenceJoin(channel=CH, user=BOB, name="Bob"),
-    "presence.leave": lambda: ev.PresenceLeave(channel=CH, user=BOB, name="Bob"),
+    "presence.join": lambda: ev.PresenceJoin(channel=CH, users=[ev.UserRef(id=BOB, name="Bob")]),
+    "presence.leave": lambda: ev.PresenceLeave(channel=CH, users=[ev.UserRef(id=BOB, name="Bob")]),
     "token.expiring": lambda: ev.TokenExpiring(expires_at=TS + 3600),
     "token.refreshed": lambda: ev.TokenRefreshed(expires_at=TS + 7200),
 }
@@ -124,7 +125,7 @@ MINIMAL: dict[str, Callable[[], msgspec.Struct]] = {
     "subscribed": lambda: ev.Subscribed(channel=CH, offset=0),
     "unsubscribed": lambda: ev.Unsubscribed(channel=CH),
     "pong": lambda: ev.Pong(),
-    "presence": lambda: ev.PresenceList(channel=CH, users=[]),
+    "presence": lambda: ev.PresenceList(channel=CH, users=[], count=0, broadcast=True),
     "history": lambda: ev.HistoryPage(channel=CH, messages=[]),
     "unread": lambda: ev.UnreadList(channels=[]),
     "message": lambda: ev.MessageEvent(
@@ -134,8 +135,8 @@ MINIMAL: dict[str, Callable[[], msgspec.Struct]] = {
     "delete": lambda: ev.DeleteEvent(channel=CH, id=MSG, author=ALICE, ts=TS),
     "reaction": lambda: ev.ReactionEvent(channel=CH, message_id=MSG, user=BOB, emoji=THUMBS, ts=TS),
     "typing": lambda: ev.TypingEvent(channel=CH, user=BOB, name="Bob"),
-    "presence.join": lambda: ev.PresenceJoin(channel=CH, user=BOB, name="Bob"),
-    "presence.leave": lambda: ev.PresenceLeave(channel=CH, user=BOB, name="Bob"),
+    "presence.join": lambda: ev.PresenceJoin(channel=CH, users=[ev.UserRef(id=BOB, name="Bob")]),
+    "presence.leave": lambda: ev.PresenceLeave(channel=CH, users=[ev.UserRef(id=BOB, name="Bob")]),
     "token.expiring": lambda: ev.TokenExpiring(expires_at=TS),
     "token.refreshed": lambda: ev.TokenRefreshed(expires_at=TS),
 }
@@ -151,7 +152,7 @@ COMMANDS_FULL: dict[str, dict[str, Any]] = {
     "delete": {"op": "delete", "channel": CH, "message_id": MSG, "id": 5},
     "react": {"op": "react", "channel": CH, "message_id": MSG, "emoji": THUMBS, "remove": True, "id": 6},
     "typing": {"op": "typing", "channel": CH, "id": 11},
-    "presence": {"op": "presence", "channel": CH, "id": 7},
+    "presence": {"op": "presence", "channel": CH, "id": 7, "cursor": BOB, "limit": 50},
     "history": {"op": "history", "channel": CH, "id": 8, "before": 22, "limit": 20},
     "read": {"op": "read", "channel": CH, "offset": 42, "id": 9},
     "unread": {"op": "unread", "id": 12},
