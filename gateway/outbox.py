@@ -12,8 +12,9 @@
   floor's one write per delivery, no list, no pass).  The flusher times the loop turn that wrote: a turn
   that took ``w`` seconds holds further writes for ``LOAD_FACTOR × w`` (at most ``STORM_WRITE_DELAY_MAX_S``);
   events pushed during the hold are queued and leave in one pass at its end, one frame per connection.
-  That pass is timed the same way (its own time plus how late its timer fired), so the busier the loop,
-  the longer the hold and the more events share a frame; a pass with nothing to write ends the holds.
+  That pass is timed the same way (its own time plus how late its timer fired; a hold shrinks by at most
+  half per pass), so the busier the loop, the longer the hold and the more events share a frame; a pass
+  with nothing to write ends the holds.
 * Fixed write delay (``STORM_WRITE_DELAY_S`` > 0): nothing is written at once; one pass ``write_delay_s``
   after the first event of a tick (centrifuge's write delay), as before issue 11.
 * No task per connection: a queued push only marks the outbox dirty; one :class:`Flusher` per gateway
@@ -83,15 +84,15 @@ def drive(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     return asyncio.get_running_loop().create_task(_finish(coro, pending))
 
 
-LOAD_FACTOR = 2.0  # a loop turn (or pass) that wrote for w seconds holds writes for 2w: writing takes <= 1/3
+LOAD_FACTOR = 3.0  # a loop turn (or pass) that wrote for w seconds holds writes for 3w: writing takes <= 1/4
 MIN_HOLD_S = 0.001  # a shorter hold is not worth a timer: keep writing at once
 
 
 class Flusher:
     """Writes the dirty outboxes of one gateway, and decides whether a push may write at once."""
 
-    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_max", "_t0", "clock", "holds", "immediate",
-                 "overflows", "passes", "timing")
+    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_hold", "_max", "_t0", "clock", "holds",
+                 "immediate", "overflows", "passes", "timing")
 
     def __init__(self, write_delay_s: float = 0.0, *, max_delay_s: float = 0.025) -> None:
         self._delay = write_delay_s  # > 0: the fixed write delay; 0: adaptive, holds of at most max_delay_s
@@ -100,6 +101,7 @@ class Flusher:
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._due = 0.0  # loop time the scheduled pass is due at (its lag is load too)
         self._t0 = 0.0
+        self._hold = 0.0  # the current hold (0 while writing at once)
         self.clock: Callable[[], float] = time.perf_counter  # times the work (tests set a manual one)
         self.immediate = write_delay_s == 0  # a push to an empty outbox may write at once
         self.timing = False  # the current loop turn wrote at once and is being timed
@@ -138,11 +140,15 @@ class Flusher:
             self._rest(self.clock() - self._t0)
 
     def _rest(self, work: float) -> None:
-        """After ``work`` seconds of writing: write at once again, or hold writes for a while (adaptive)."""
-        hold = min(self._max, work * LOAD_FACTOR)
+        """After ``work`` seconds of writing: write at once again, or hold writes for a while (adaptive).  A
+        hold shrinks to at most half of the last one per pass, so a loop under steady load keeps batching;
+        only a pass with nothing to write (:meth:`run`) goes back to writing at once."""
+        hold = min(self._max, max(work * LOAD_FACTOR, self._hold / 2))
         if hold < MIN_HOLD_S:
+            self._hold = 0.0
             self.immediate = True
             return
+        self._hold = hold
         self.immediate = False
         self.holds += 1
         if self._handle is None:  # else a pass is due on the next turn; it rests in turn
@@ -169,6 +175,7 @@ class Flusher:
                 lag = max(0.0, asyncio.get_running_loop().time() - self._due)
                 self._rest(self.clock() - start + lag)
             else:
+                self._hold = 0.0
                 self.immediate = True
 
     def after_pass(self, fn: Callable[[], None]) -> None:
@@ -187,6 +194,7 @@ class Flusher:
             self._handle = None
         self._dirty.clear()
         self._after.clear()
+        self._hold = 0.0
         self.immediate = self._delay == 0
 
 

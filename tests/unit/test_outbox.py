@@ -327,3 +327,29 @@ async def test_a_fixed_write_delay_writes_nothing_at_once() -> None:
     assert direct.frames == [] and not flusher.immediate
     await asyncio.sleep(0.1)
     assert direct.frames == [b"a\nb"]
+
+
+async def test_under_steady_load_a_hold_shrinks_by_half_per_pass_and_ends_only_on_an_empty_pass() -> None:
+    flusher = Flusher(0.0, max_delay_s=0.2)
+    flusher.clock = ticks = Ticks()
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    loop = asyncio.get_running_loop()
+    box.push(b"1")
+    ticks.now += 0.02  # a busy turn: a hold of 60 ms
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not flusher.immediate
+    box.push(b"2")
+    start = loop.time()
+    while len(direct.frames) < 2 and loop.time() - start < 2:
+        await asyncio.sleep(0.002)
+    # the pass took no time, yet the loop just was busy: the next hold is half the last, not nothing
+    assert direct.frames == [b"1", b"2"] and not flusher.immediate and flusher.holds == 2
+    box.push(b"3")
+    assert direct.frames == [b"1", b"2"] and len(box) == 1  # still held
+    while not flusher.immediate and loop.time() - start < 2:
+        await asyncio.sleep(0.002)
+    assert direct.frames == [b"1", b"2", b"3"]  # and the empty pass after it went back to writing at once
+    box.push(b"4")
+    assert direct.frames[-1] == b"4"
