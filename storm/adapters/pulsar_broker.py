@@ -9,9 +9,11 @@ Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
   entry is persisted; receipts reach the event loop in bursts, one wake-up each (``_SendCompletions``).
 * One producer per topic per process (LRU-bounded), batching off, named ``{gateway_id}-{channel}`` so that
   the broker's deduplication (enabled per namespace) drops a message the client resends after a reconnect.
-* Broadcast: one non-durable reader per followed channel (plus one on its ephemeral topic), created at the
-  latest position; the client's listener threads hand messages to the event loop with
-  ``call_soon_threadsafe``.  At most ``max_channel_readers`` channels per process.
+* Broadcast: one non-durable reader per followed channel, created at the latest position, plus one reader
+  per followed *workspace* on its ephemeral feed ``non-persistent://{ws}/ephemeral/workspace.feed`` (every
+  ephemeral record of the workspace, keyed by channel, filtered here); the client's listener threads hand
+  messages to the event loop with ``call_soon_threadsafe``.  At most ``max_channel_readers`` channels per
+  process.  Why not fewer readers still: docs/adr/0013-following-channels.md.
 * Work sharing: :mod:`storm.adapters.pulsar_work`.
 
 Nothing connects in ``__init__``; ``start`` connects (and refuses a second call); ``stop`` is idempotent and
@@ -39,9 +41,9 @@ from storm.adapters.pulsar_admin import PulsarAdmin
 from storm.adapters.pulsar_names import (
     FIRST_REAL_OFFSET,
     channel_topic,
+    check_channel,
     decode_offset,
     encode_offset,
-    ephemeral_topic,
 )
 from storm.adapters.pulsar_work import PulsarWorkSubscription, WorkOptions, WorkspaceDirectory
 from storm.domain import Plan
@@ -61,6 +63,14 @@ if TYPE_CHECKING:
     )
 
 log = logging.getLogger("storm.broker.pulsar")
+
+
+FEED_TOPIC = "workspace.feed"  # the '.' keeps it apart from every channel id (CHANNEL_RE)
+
+
+def ephemeral_feed_topic(workspace: str) -> str:
+    """The workspace's one ephemeral topic: typing and presence of all its channels, keyed by channel."""
+    return f"non-persistent://{workspace}/ephemeral/{FEED_TOPIC}"
 
 
 class ChannelReadersExhausted(Unavailable):
@@ -401,11 +411,12 @@ class PulsarBroker:
 
     async def publish_ephemeral(self, workspace: str, channel: str, payload: bytes) -> None:
         self._running()
-        topic = ephemeral_topic(workspace, channel)
+        check_channel(channel)
+        topic = ephemeral_feed_topic(workspace)  # one per workspace, keyed by channel (ADR 0013)
         assert self._producers is not None
         try:
             producer = await self._producers.get(topic, None)
-            await producer.send(payload)
+            await producer.send(payload, partition_key=channel)
         except pulsar_async.PulsarException as exc:  # best effort: typing and presence may be lost
             self._producers.drop(topic)
             log.warning("ephemeral publish failed ws=%s channel=%s: %s", workspace, channel, exc)
@@ -534,48 +545,103 @@ def _record(workspace: str, channel: str, msg: Any, *, ephemeral: bool = False) 
 
 
 class PulsarBroadcastSubscription:
-    """One gateway's live feed: a reader per followed channel on its log topic and one on its ephemeral
-    topic, both at the latest position, so it receives every record published after ``add`` returned."""
+    """One gateway's live feed: a reader per followed channel on its log topic, at the latest position, so it
+    receives every record published after ``add`` returned; and one reader per workspace with a followed
+    channel on the workspace's ephemeral feed, whose records are kept only for followed channels (a reader
+    per channel's ephemeral topic doubled the readers: docs/adr/0013-following-channels.md)."""
 
     def __init__(self, broker: PulsarBroker, handler: BroadcastHandler) -> None:
         self._broker = broker
         self._handler = handler
         self._loop = asyncio.get_running_loop()
-        self._readers: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._readers: dict[tuple[str, str], Any] = {}
         self._adding: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._feeds: dict[str, Any] = {}  # workspace -> its ephemeral feed reader
+        self._feed_refs: dict[str, int] = {}  # workspace -> followed (or being added) channels
+        self._feed_opening: dict[str, asyncio.Future[None]] = {}
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._readers)
 
-    def _deliver(self, key: tuple[str, str], ephemeral: bool, msg: Any) -> None:
+    @property
+    def feeds(self) -> int:
+        """Ephemeral feed readers open: one per workspace with a followed channel."""
+        return len(self._feeds)
+
+    def _deliver(self, key: tuple[str, str], msg: Any) -> None:
         if key not in self._readers:  # removed while the message was on its way
             return
         try:
-            record = _record(key[0], key[1], msg, ephemeral=ephemeral)
-            self._handler(record)
+            self._handler(_record(key[0], key[1], msg))
         except Exception:  # a gateway bug must not stop the feed
             log.exception("broadcast handler failed ws=%s channel=%s", *key)
 
-    def _listener(self, key: tuple[str, str], ephemeral: bool) -> Callable[[Any, Any], None]:
+    def _deliver_feed(self, workspace: str, msg: Any) -> None:
+        channel = msg.partition_key()
+        if (workspace, channel) not in self._readers:  # a channel this gateway does not follow
+            return
+        try:
+            self._handler(_record(workspace, channel, msg, ephemeral=True))
+        except Exception:
+            log.exception("broadcast handler failed ws=%s channel=%s", workspace, channel)
+
+    def _listener(self, deliver: Callable[[Any], None]) -> Callable[[Any, Any], None]:
         loop = self._loop
 
         def on_message(_reader: Any, msg: Any) -> None:  # runs on a Pulsar client thread
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-                loop.call_soon_threadsafe(self._deliver, key, ephemeral, msg)
+                loop.call_soon_threadsafe(deliver, msg)
 
         return on_message
 
-    async def _reader(self, topic: str, key: tuple[str, str], ephemeral: bool) -> Any:
+    async def _reader(self, topic: str, deliver: Callable[[Any], None]) -> Any:
         client = self._broker._running()
         conf = _pulsar.ReaderConfiguration()
-        conf.reader_listener(self._listener(key, ephemeral))
+        conf.reader_listener(self._listener(deliver))
         conf.receiver_queue_size(100)
         conf.schema(pulsar.schema.BytesSchema().schema_info())
         fut: asyncio.Future[Any] = self._loop.create_future()
         client._client.create_reader_async_v2(topic, pulsar.MessageId.latest, conf,
                                               lambda value: _complete(fut, value))
         return await fut
+
+    async def _acquire_feed(self, workspace: str) -> None:
+        """Count one more followed channel of ``workspace``; open its feed reader if none is open."""
+        self._feed_refs[workspace] = self._feed_refs.get(workspace, 0) + 1
+        try:
+            if workspace in self._feeds:
+                return
+            pending = self._feed_opening.get(workspace)
+            if pending is not None:
+                await asyncio.shield(pending)
+                return
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._feed_opening[workspace] = fut
+            try:
+                self._feeds[workspace] = await self._reader(
+                    ephemeral_feed_topic(workspace), lambda msg: self._deliver_feed(workspace, msg))
+                fut.set_result(None)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()
+                raise
+            finally:
+                del self._feed_opening[workspace]
+        except BaseException:
+            await self._release_feed(workspace)
+            raise
+
+    async def _release_feed(self, workspace: str) -> None:
+        """One followed channel of ``workspace`` fewer; the last one closes the feed reader."""
+        left = self._feed_refs.get(workspace, 0) - 1
+        if left > 0:
+            self._feed_refs[workspace] = left
+            return
+        self._feed_refs.pop(workspace, None)
+        reader = self._feeds.pop(workspace, None)
+        if reader is not None:
+            await _close_reader(reader)
 
     async def add(self, workspace: str, channel: str) -> None:
         key = (workspace, channel)
@@ -587,20 +653,24 @@ class PulsarBroadcastSubscription:
         if pending is not None:
             await asyncio.shield(pending)
             return
-        log_topic, eph_topic = channel_topic(workspace, channel), ephemeral_topic(workspace, channel)
+        log_topic = channel_topic(workspace, channel)
         self._broker._take_reader()
         fut: asyncio.Future[None] = self._loop.create_future()
         self._adding[key] = fut
-        readers: list[Any] = []
+        reader: Any = None
+        fed = False
         try:
-            readers.append(await self._reader(log_topic, key, False))
-            readers.append(await self._reader(eph_topic, key, True))
-            self._readers[key] = (readers[0], readers[1])
+            reader = await self._reader(log_topic, lambda msg: self._deliver(key, msg))
+            await self._acquire_feed(workspace)
+            fed = True
+            self._readers[key] = reader
             fut.set_result(None)
         except BaseException as exc:
             self._broker._give_reader()
-            for r in readers:
-                await _close_reader(r)
+            if reader is not None:
+                await _close_reader(reader)
+            if fed:
+                await self._release_feed(workspace)
             err = _pulsar_error(f"follow ws={workspace} channel={channel}", exc) if isinstance(
                 exc, pulsar_async.PulsarException) else exc
             fut.set_exception(err)
@@ -616,12 +686,12 @@ class PulsarBroadcastSubscription:
         if pending is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
-        readers = self._readers.pop((workspace, channel), None)
-        if readers is None:
+        reader = self._readers.pop((workspace, channel), None)
+        if reader is None:
             return
         self._broker._give_reader()
-        for r in readers:
-            await _close_reader(r)
+        await _close_reader(reader)
+        await self._release_feed(workspace)
 
     async def drop_workspace(self, workspace: str) -> None:
         for ws, ch in [k for k in self._readers if k[0] == workspace]:

@@ -6,6 +6,7 @@
     storm bench e2e --connections 2000 --rate 5000 --duration 30 [--json]        (storm_tools/bench/e2e.py)
     storm bench connect --connections 5000 [--subscribe K] [--services real] [--json] (storm_tools/bench/connect.py)
     storm bench reconnect --connections 17000 --gateways 3 [--json]                (storm_tools/bench/reconnect.py)
+    storm bench follow --channels 20000 [--json]                                    (storm_tools/bench/follow.py)
 
 Results are one JSON object on stdout (printed by storm_cli/main.py); progress goes to stderr.  Servers and
 clients run as child processes (storm_tools/bench/procs.py), so the server measured is never the process that
@@ -21,7 +22,8 @@ DEFAULT_RATE = 50.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="{fanout,idle,persist,e2e,connect,reconnect}")
+    sub = parser.add_subparsers(dest="bench", required=True,
+                                metavar="{fanout,idle,persist,e2e,connect,reconnect,follow}")
 
     fan = sub.add_parser("fanout", help="CPU per delivery and latency of a channel broadcast, STORM vs floor")
     fan.add_argument("--subscribers", type=int, default=1000, help="subscribed connections (default 1000)")
@@ -64,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from storm_tools.bench import reconnect
 
     reconnect.add_parser(sub)
+    from storm_tools.bench import follow
+
+    follow.add_parser(sub)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -83,6 +88,10 @@ def _validate(args: argparse.Namespace) -> None:
         from storm_tools.bench import reconnect
 
         reconnect.validate(args)
+    elif args.bench == "follow":
+        from storm_tools.bench import follow
+
+        follow.validate(args)
     elif args.bench == "fanout":
         if args.subscribers < 1 or args.messages < 1 or args.rate <= 0 or args.sample_every < 1 or args.warmup < 0:
             raise SystemExit("storm bench fanout: --subscribers, --messages, --rate and --sample-every "
@@ -106,6 +115,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         from storm_tools.bench import connect as bench  # type: ignore[no-redef]
     elif args.bench == "reconnect":
         from storm_tools.bench import reconnect as bench  # type: ignore[no-redef]
+    elif args.bench == "follow":
+        from storm_tools.bench import follow as bench  # type: ignore[no-redef]
     else:
         from storm_tools.bench import idle as bench  # type: ignore[no-redef]
     result: dict[str, Any] = uvloop.run(bench.run(args))

@@ -245,6 +245,33 @@ async def test_ephemeral_records_reach_subscribers_without_offset_and_are_not_st
     await sub.close()
 
 
+async def test_ephemeral_records_arrive_only_for_followed_channels_of_a_workspace(broker, workspace, channel):
+    """Pulsar carries a workspace's ephemeral records on one feed (ADR 0013): a gateway following one channel
+    of the workspace must not get another channel's typing, and two followed channels share the feed."""
+    await ready(broker, workspace)
+    other, third = channel + "o", channel + "t"
+    if not is_memory(broker):
+        await channels_exist(broker, workspace, other, third)
+    got: list[Record] = []
+    sub = await broker.subscribe_broadcast(got.append)
+    await sub.add(workspace, channel)
+    await sub.add(workspace, other)
+    await broker.publish_ephemeral(workspace, third, b'{"type":"typing","n":0}')  # not followed
+    await broker.publish_ephemeral(workspace, channel, b'{"type":"typing","n":1}')
+    await broker.publish_ephemeral(workspace, other, b'{"type":"typing","n":2}')
+    await until(lambda: len(got) >= 2)
+    await asyncio.sleep(settle_s(broker))
+    assert sorted((r.channel, r.payload) for r in got) == [(channel, b'{"type":"typing","n":1}'),
+                                                           (other, b'{"type":"typing","n":2}')]
+    await sub.remove(workspace, channel)
+    await broker.publish_ephemeral(workspace, channel, b'{"type":"typing","n":3}')  # no longer followed
+    await broker.publish_ephemeral(workspace, other, b'{"type":"typing","n":4}')
+    await until(lambda: len(got) >= 3)
+    await asyncio.sleep(settle_s(broker))
+    assert [r.payload for r in got[2:]] == [b'{"type":"typing","n":4}']
+    await sub.close()
+
+
 async def test_work_subscription_shares_records_and_acks(broker, workspace, channel):
     await ready(broker, workspace)
     sub = await broker.subscribe_work("persist-test")
@@ -454,6 +481,24 @@ async def test_pulsar_reader_bound_refuses_one_channel_too_many(pulsar_factory, 
     assert info.value.code == "unavailable" and "STORM_MAX_CHANNEL_READERS" in info.value.message
     await sub.remove(workspace, chans[0])
     await sub.add(workspace, chans[2])
+    await sub.close()
+
+
+@pytest.mark.integration
+async def test_pulsar_follows_a_channel_with_one_reader_and_a_workspace_with_one_feed(pulsar_factory, workspace):
+    """ADR 0013: N channels of one workspace cost N log readers and one ephemeral feed reader, which the
+    last removed channel closes (a reader per channel's ephemeral topic doubled the readers)."""
+    b = await pulsar_factory()
+    await b.ensure_workspace(workspace, PLANS["free"])
+    sub = await b.subscribe_broadcast(lambda r: None)
+    chans = [str(uuid.uuid4()) for _ in range(3)]
+    await asyncio.gather(*(sub.add(workspace, c) for c in chans))
+    assert (len(sub), sub.feeds) == (3, 1)
+    await sub.remove(workspace, chans[0])
+    await sub.remove(workspace, chans[1])
+    assert (len(sub), sub.feeds) == (1, 1)
+    await sub.remove(workspace, chans[2])
+    assert (len(sub), sub.feeds) == (0, 0)
     await sub.close()
 
 
