@@ -5,8 +5,11 @@ the client frame once (splicing the offset into the stored payload) and hands th
 to every local session subscribed to it.  The broker subscription for a channel is added when its first
 local subscriber joins and removed when the last one leaves.
 
-A sweeper checks session deadlines (authentication and idle timeouts) for all connections in one pass
-instead of one timer per connection.
+A sweeper checks session deadlines (authentication and idle timeouts, token expiry) in one task instead
+of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` (those that
+may still miss the authentication deadline), and a slice of all the others, so that each is looked at once
+every ``OPEN_SWEEP_S``.  Visiting all of them every tick cost O(connections) twice a second whether or not
+anything was due: ≈ 18 µs of gateway CPU per heartbeat ping at 2 000 connections (py-spy, issue 11).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storm.gateway.hub")
 
+OPEN_SWEEP_S = 2.0  # an open session's idle timeout and token expiry are seen at most this late
+
 
 class Hub:
     def __init__(self, broker: Broker, clock: Clock, *, sweep_interval_s: float = 0.5) -> None:
@@ -38,6 +45,8 @@ class Hub:
         self._groups: dict[tuple[str, str], set[Session]] = {}
         self._locks = KeyedLocks()  # serialises the broker's add/remove of one channel
         self._sessions: set[Session] = set()
+        self._young: deque[Session] = deque()  # registered within young_s: checked every tick
+        self.young_s = 6.0  # > STORM_AUTH_TIMEOUT_S (set by the gateway, runtime.py)
         self._sub: BroadcastSubscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.records = 0
@@ -72,6 +81,7 @@ class Hub:
     # -- sessions ---------------------------------------------------------------------------------------
     def register(self, session: Session) -> None:
         self._sessions.add(session)
+        self._young.append(session)
 
     def unregister(self, session: Session) -> None:
         self._sessions.discard(session)
@@ -158,10 +168,20 @@ class Hub:
 
     # -- deadlines --------------------------------------------------------------------------------------
     async def _sweep(self) -> None:
+        ring: list[Session] = []
+        pos = 0
         while True:
             await asyncio.sleep(self._sweep_interval)
             now = self._clock.monotonic()
-            for session in list(self._sessions):
+            young = self._young
+            while young and now - young[0].opened_at > self.young_s:
+                young.popleft()
+            if pos >= len(ring):  # a new round over every session registered now
+                ring, pos = list(self._sessions), 0
+            step = max(1, math.ceil(len(ring) * self._sweep_interval / OPEN_SWEEP_S))
+            due = ring[pos:pos + step]
+            pos += step
+            for session in (*young, *due):
                 try:
                     session.check_deadlines(now)
                 except Exception:

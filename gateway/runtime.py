@@ -30,6 +30,7 @@ class Gateway:
         self.hub = Hub(services.broker, services.clock)
         self.hub.presence_broadcast_max = services.config.presence_broadcast_max
         self.hub.presence_coalesce_s = services.config.presence_coalesce_s
+        self.hub.young_s = services.config.auth_timeout_s + 1.0  # swept every tick until authenticated
         self.flusher = Flusher(services.config.write_delay_s,  # writes every connection's outbox (adaptive)
                                max_delay_s=services.config.write_delay_max_s)
         self.session_context = SessionContext(
