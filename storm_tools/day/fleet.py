@@ -84,6 +84,14 @@ class Timeline:
             "unacked": c.get("unacked", 0), "rejected": c.get("rejected", 0), "replayed": c.get("replayed", 0),
         }
 
+    def totals(self) -> dict[str, int]:
+        """Every counter summed over the run (what the processes' results say, when one never reported)."""
+        out: dict[str, int] = {}
+        for row in self.seconds.values():
+            for key, value in row["c"].items():
+                out[key] = out.get(key, 0) + value
+        return out
+
     def ready_lines(self, now_sec: int, lag: int = 3) -> list[dict[str, Any]]:
         """Lines of the seconds every process has had time to report (``lag`` seconds behind ``now_sec``)."""
         out = []
@@ -145,7 +153,7 @@ class Fleet:
             with contextlib.suppress(Exception):
                 proc.send({"cmd": "storm", "share": share, "pause_max_s": pause_max_s})
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
+    async def stop(self, timeout_s: float = 120.0) -> None:
         for proc in self.procs:
             with contextlib.suppress(Exception):
                 proc.send({"cmd": "stop"})

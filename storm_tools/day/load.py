@@ -130,7 +130,8 @@ class DayClient(WSClient):
         super().__init__(host, port)
         self.user, self.load = user, load
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure is not an error
+        for future in (self.opened, self.ready):  # a failure after we stopped waiting is counted, not an error
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.next_id = 1
         self.subscribing = 0
         self.replay_upto: dict[str, int] = {}  # channel -> the offset of `subscribed`: events up to it are replays
@@ -458,13 +459,14 @@ async def child_main() -> None:
                 dropped = load.drop(float(cmd.get("share", 0.5)), float(cmd.get("pause_max_s", 1.0)))
                 chan.emit("stormed", dropped=dropped)
     finally:
+        # the figures first (a starved machine may not leave time for closing thousands of sockets)
+        load.stopping = True
+        load.flush(everything=True)
+        chan.emit("result", totals=load.stats.totals, users=len(load.users), cpu_s=time.process_time())
         load.close()
         for task in [*tasks, traffic, reporter]:
             task.cancel()
         await asyncio.gather(*tasks, traffic, reporter, return_exceptions=True)
-        await asyncio.sleep(0.2)
-        load.flush(everything=True)
-        chan.emit("result", totals=load.stats.totals, users=len(load.users), cpu_s=time.process_time())
 
 
 def main() -> None:

@@ -354,6 +354,10 @@ class Run:
         for result in fleet.results.values():
             for key, value in (result.get("totals") or {}).items():
                 totals[key] = totals.get(key, 0) + int(value)
+        if len(fleet.results) < len(fleet.procs):  # a process never reported: its ticks hold its counts
+            self.view.say(f"{len(fleet.procs) - len(fleet.results)} load process(es) sent no result: the counts "
+                          "come from the timeline")
+            totals = fleet.timeline.totals()
         wanted = {a[0] for a in acked}
         deadline = time.monotonic() + self.profile.settle_s
         self.view.say(f"checking {len(wanted)} acked messages against the database (up to "

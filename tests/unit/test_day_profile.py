@@ -163,6 +163,7 @@ def test_the_timeline_merges_processes_by_second() -> None:
     assert line["connects_failed"] == {"503": 3, "timeout": 1}
     assert line["ack_ms"] == {"p50": 2.0, "p95": 3.0, "p99": 3.0} and line["deliver_ms"]["p99"] is None
     assert timeline.line(1)["connections"] == 13  # process 1 had no tick that second: its last gauge
+    assert timeline.totals() == {"connects_ok": 12, "acks": 3}  # the fallback when a process sent no result
     assert [x["t"] for x in timeline.ready_lines(4)] == [0.0, 1.0] and timeline.ready_lines(4) == []
 
 
