@@ -116,7 +116,8 @@ class Member(WSClient):
         self.on_drop = on_drop
         self.stopping = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure is not an error
+        for future in (self.ready, self.opened):  # failures are counted where they are awaited, or not at all
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on_open(self) -> None:
         self.send_text(self._auth)
@@ -145,7 +146,9 @@ class Member(WSClient):
 
     def on_close(self, code: int | None) -> None:
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
+            refused = self.opened.exception() if self.opened.done() and not self.opened.cancelled() else None
+            # the upgrade's answer (e.g. "handshake refused: b'HTTP/1.1 503 ...'") when there was one
+            self.ready.set_exception(refused or ConnectionError(f"closed during setup (code {code})"))
         elif not self.stopping:
             self.on_drop(self, code)
 
