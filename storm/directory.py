@@ -139,7 +139,13 @@ class Directory:
             m = await uow.memberships.get(ws.id, user.id)
             return user, m.role if m else None
 
-        user, role = await self._store.run(tx)
+        async with self._store.unit_of_work() as uow:  # a read first: no commit (a round trip) for a known user
+            known = await uow.users.get_by_subject(claims.subject)
+            member = await uow.memberships.get(ws.id, known.id) if known is not None else None
+        if known is not None:
+            user, role = known, member.role if member else None
+        else:  # first sight of this subject anywhere: created, committed
+            user, role = await self._store.run(tx)
         cached = msgspec.msgpack.encode(_CachedUser(user.id.hex, user.name))
         await self._remember(ws.slug, f"user:{claims.subject}", cached)
         await self._remember(ws.slug, f"member:{user.id.hex}", (role.value if role else "").encode())
