@@ -1,0 +1,124 @@
+"""What one `storm day` load client counts (storm_tools/day/load.py), fed decoded server events without a socket,
+and the live view drawn both ways (storm_tools/day/live.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from storm_tools.day.live import LiveView
+from storm_tools.day.load import DayClient, Load, failure_code, poisson
+
+
+@pytest.fixture
+def load(tmp_path: Path) -> Iterator[Load]:
+    cfg = {"index": 0, "t0": time.time(), "run_s": 60, "seed": 1, "sources": ["127.0.0.2"], "gateways": [1],
+           "secret": "s", "connect": {}, "connect_rate_per_s": 10, "acked_path": str(tmp_path / "acked.jsonl"),
+           "traffic": {"history_on_connect": 20},
+           "users": [[0, "ws", "d1u0", 0.0, None, ["a", "b"], True, None]]}
+    load = Load(cfg, io.StringIO())
+    yield load
+    load.close()
+
+
+def _message(channel: str, mid: str, offset: int, text: str = "x") -> dict[str, Any]:
+    return {"type": "message", "channel": channel, "id": mid, "offset": offset, "text": text}
+
+
+async def test_a_client_subscribes_everything_then_is_ready_and_fetches_history(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = load.users[0]
+    user.last_offset["b"] = 7  # seen before a reconnect: resume from there
+    client = DayClient("127.0.0.1", 1, user, load)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(client, "send_op", sent.append)
+    client.event({"type": "hello"})
+    assert [(f["op"], f["channel"], f.get("since")) for f in sent] == [("subscribe", "a", None), ("subscribe", "b", 7)]
+    client.event({"type": "subscribed", "id": sent[0]["id"], "channel": "a", "offset": 3})
+    assert not client.ready.done()
+    client.event({"type": "subscribed", "id": sent[1]["id"], "channel": "b", "offset": 9, "replayed": 2})
+    assert client.ready.done() and sent[-1] == {"op": "history", "id": sent[-1]["id"], "channel": "a", "limit": 20}
+    assert client.replay_upto == {"b": 9}
+
+
+async def test_a_receiver_counts_duplicates_inversions_and_replays_apart(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = DayClient("127.0.0.1", 1, load.users[0], load)
+    client.replay_upto["b"] = 5
+    stamp = f"day:{time.monotonic_ns()} d1u1"
+    for event in (_message("a", "m1", 1, stamp), _message("a", "m2", 2, stamp), _message("a", "m1", 1),
+                  _message("a", "m0", 0), _message("b", "r1", 4, stamp), _message("b", "n1", 6, stamp)):
+        client.event(event)
+    totals = load.stats.totals
+    assert totals["deliveries"] == 5 and totals["delivery_duplicates"] == 1  # m1 twice
+    assert totals["delivery_inversions"] == 1  # offset 0 after 2
+    assert totals["replayed"] == 1 and load.stats.cur.seen["deliver_ms"] == 3  # r1's latency is the outage's
+    assert load.users[0].last_offset == {"a": 2, "b": 6} and load.users[0].last_message["b"] == "n1"
+
+
+async def test_an_ack_is_recorded_for_the_checks_and_an_error_is_counted_by_code(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = DayClient("127.0.0.1", 1, load.users[0], load)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(client, "send_op", sent.append)
+    client.ready.set_result(None)
+    client.publish("a")
+    client.publish("a")
+    first, second = sent
+    assert first["cmid"] == "d1u0-000000" and second["cmid"] == "d1u0-000001"
+    client.event({"type": "ack", "id": first["id"], "message_id": "m9", "offset": 12})
+    client.event({"type": "error", "id": second["id"], "code": "rate_limited"})
+    load.acked_file.flush()
+    assert load.stats.totals == {"publishes": 2, "acks": 1, "rejected": 1}
+    assert load.stats.cur.codes["errors"] == {"rate_limited": 1}
+    records = [json.loads(line) for line in (tmp_path / "acked.jsonl").read_text().splitlines()]
+    assert records == [["d1u0-000000", "m9", "a", 12, "ws"]]
+
+
+async def test_an_error_during_the_setup_fails_the_connect_with_its_code(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = DayClient("127.0.0.1", 1, load.users[0], load)
+    client.event({"type": "error", "code": "quota_exceeded"})
+    with pytest.raises(RuntimeError) as caught:
+        await client.ready
+    assert failure_code(caught.value) == "quota_exceeded"
+    assert failure_code(RuntimeError("handshake refused: b'HTTP/1.1 429 Too Many Requests'")) == "429"
+    assert failure_code(ConnectionError("closed:4001")) == "4001"
+    assert failure_code(TimeoutError()) == "timeout" and failure_code(ConnectionRefusedError()) == "refused"
+
+
+def test_poisson_has_the_mean_it_is_asked_for() -> None:
+    import random
+
+    rng = random.Random(3)
+    for lam in (0.2, 5.0, 80.0):
+        draws = [poisson(rng, lam) for _ in range(4000)]
+        assert sum(draws) / len(draws) == pytest.approx(lam, rel=0.1)
+    assert poisson(rng, 0) == 0
+
+
+SNAPSHOT = {"t": 12.0, "duration": 60.0, "phase": "ramp", "target": 150.0, "connections": 140, "connects_ok": 9,
+            "connects_failed": 1, "publishes": 5, "acks": 5, "deliveries": 40, "ack_p50": 4.0, "ack_p99": 12.0,
+            "deliver_p50": None, "deliver_p99": None, "errors": {}, "incidents": "gateway-sigkill"}
+
+
+def test_the_live_view_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveView("storm day: ci", fancy=False) as view:
+        view.say("incident gateway-sigkill begins")
+        view.update(SNAPSHOT)
+    err = capsys.readouterr().err
+    assert "storm day: incident gateway-sigkill begins" in err
+    assert "t=12/60s ramp conns 140/150" in err and "ack p99 12 ms deliv p99 - ms" in err
+
+
+def test_the_live_view_draws_a_table_on_a_terminal() -> None:
+    from rich.console import Console
+
+    view = LiveView("storm day: ci", fancy=True)
+    view.say("incident gateway-sigkill begins")
+    console = Console(file=io.StringIO(), width=120)
+    console.print(view._table(SNAPSHOT))
+    drawn = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "ramp 12/60 s" in drawn and "140 (curve 150)" in drawn and "gateway-sigkill" in drawn
