@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +31,8 @@ def _message(channel: str, mid: str, offset: int, text: str = "x") -> dict[str, 
     return {"type": "message", "channel": channel, "id": mid, "offset": offset, "text": text}
 
 
-async def test_a_client_subscribes_everything_then_is_ready_and_fetches_history(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_client_subscribes_everything_then_is_ready_and_fetches_history(
+        load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     user = load.users[0]
     user.last_offset["b"] = 7  # seen before a reconnect: resume from there
     client = DayClient("127.0.0.1", 1, user, load)
@@ -46,7 +47,8 @@ async def test_a_client_subscribes_everything_then_is_ready_and_fetches_history(
     assert client.replay_upto == {"b": 9}
 
 
-async def test_a_receiver_counts_duplicates_inversions_and_replays_apart(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_receiver_counts_duplicates_inversions_and_replays_apart(
+        load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = DayClient("127.0.0.1", 1, load.users[0], load)
     client.replay_upto["b"] = 5
     stamp = f"day:{time.monotonic_ns()} d1u1"
@@ -60,7 +62,8 @@ async def test_a_receiver_counts_duplicates_inversions_and_replays_apart(load: L
     assert load.users[0].last_offset == {"a": 2, "b": 6} and load.users[0].last_message["b"] == "n1"
 
 
-async def test_an_ack_is_recorded_for_the_checks_and_an_error_is_counted_by_code(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_ack_is_recorded_for_the_checks_and_an_error_is_counted_by_code(
+        load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = DayClient("127.0.0.1", 1, load.users[0], load)
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(client, "send_op", sent.append)
@@ -78,7 +81,8 @@ async def test_an_ack_is_recorded_for_the_checks_and_an_error_is_counted_by_code
     assert records == [["d1u0-000000", "m9", "a", 12, "ws"]]
 
 
-async def test_an_error_during_the_setup_fails_the_connect_with_its_code(load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_error_during_the_setup_fails_the_connect_with_its_code(
+        load: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = DayClient("127.0.0.1", 1, load.users[0], load)
     client.event({"type": "error", "code": "quota_exceeded"})
     with pytest.raises(RuntimeError) as caught:
