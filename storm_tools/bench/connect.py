@@ -22,7 +22,9 @@ What it does (docs/benchmarks.md, "Connect"):
    clients start and again when the last setup is done: ``server_cpu_us_per_connect`` = that CPU / the
    connections admitted; with ``real`` the CPU of Pulsar, Hazelcast and PostgreSQL over the same window is
    reported beside it (``cpu_us_per_connect``);
-5. with ``--hold S``: the connections are held S seconds, each sending a ``ping`` every ``--ping-s``; the
+5. with ``--hold S``: the connections are held S seconds, each sending a ``ping`` every ``--ping-s`` (from
+   its ``hello`` on, as a client does: a slow ramp must not leave the first ones silent past the idle
+   timeout); the
    CPU of that window (``hold_cores`` by role, ``hold_server_cores`` in all), the server CPU per ping
    answered (``server_cpu_us_per_ping``, all roles; ``cpu_us_per_ping`` by role) and the connections the
    server closed are reported.
@@ -164,6 +166,19 @@ class Connector(WSClient):
     def on_open(self) -> None:
         self.send_text(self._auth)
 
+    def keepalive(self, every: float) -> None:
+        """Ping every ``every`` seconds from now on (the first after a random part of it, so the connections
+        spread over the period), until the connection closes."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            if self.transport is None or self.transport.is_closing():
+                return
+            self.send_text(b'{"op":"ping"}')
+            loop.call_later(every, tick)
+
+        loop.call_later(random.random() * every, tick)
+
     def on_message(self, payload: bytes, binary: bool) -> None:
         if self.ready.done():
             if b'"type":"pong"' in payload:
@@ -250,6 +265,8 @@ async def _open_all(cfg: dict[str, Any], outcome: Outcome, chan: Any) -> tuple[l
             last_ns = max(last_ns, now)
             outcome.setup_us.append((now - t0) // 1000)
             conns.append(proto)
+            if cfg.get("ping_s"):  # held: it pings from its hello on, as a client does (not silent until the hold)
+                proto.keepalive(float(cfg["ping_s"]))
 
     async def report() -> None:
         while True:
@@ -300,7 +317,9 @@ async def child_main() -> None:
     pinger: asyncio.Task[None] | None = None
     while (cmd := await chan.command()) is not None:
         if cmd.get("cmd") == "hold":
-            pinger = asyncio.get_running_loop().create_task(_ping(conns, float(cmd["ping_s"])))
+            outcome.pongs = 0  # the hold window's pongs only (the connections have pinged since their hello)
+            if not cfg.get("ping_s"):
+                pinger = asyncio.get_running_loop().create_task(_ping(conns, float(cmd["ping_s"])))
         elif cmd.get("cmd") == "status":
             chan.emit("status", open=sum(1 for c in conns if not c.closed.done()),
                       closed_by_server=outcome.closed_by_server, pongs=outcome.pongs)
@@ -451,7 +470,8 @@ async def _measure(args: argparse.Namespace, *, ports: list[int], tokens: list[s
             own = tokens[start:start + size] if len(tokens) >= n else tokens
             cfg = {"ports": ports[start % len(ports):] + ports[:start % len(ports)], "tokens": own,
                    "channels": channels, "connections": size, "source": source_address(i),
-                   "connect_timeout": args.connect_timeout, "concurrency": args.concurrency}
+                   "connect_timeout": args.connect_timeout, "concurrency": args.concurrency,
+                   "ping_s": args.ping_s if args.hold > 0 else 0.0}
             start += size
             client = ClientProcess(f"connect-{i}", "storm_tools.bench.connect", cfg)
             clients.append(client)
