@@ -70,8 +70,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--per-process", type=int, default=6000, help="connections per client process (default 6000)")
     p.add_argument("--connect-timeout", type=float, default=10.0,
                    help="seconds one setup may take, as the SDK's connect_timeout_s (default 10)")
-    p.add_argument("--initial-timeout", type=float, default=60.0,
-                   help="seconds one setup may take while the connections are first opened (default 60)")
+    p.add_argument("--initial-timeout", type=float, default=300.0,
+                   help="seconds a connection may take to open at first, overload answers retried with the "
+                        "SDK's backoff meanwhile (default 300)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds for a server to get ready")
     p.add_argument("--log-dir", default=None, help="keep the servers' logs here (default: discarded)")
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
@@ -264,20 +265,34 @@ async def child_main() -> None:
         return
     gate = asyncio.Semaphore(cfg["concurrency"])
     initial_failed: dict[str, int] = {}
+    initial_retried: dict[str, int] = {}
 
     async def first(u: int) -> None:
-        async with gate:
-            try:
-                await child.open(u, cfg["initial_ports"][u], None, cfg["initial_timeout"])
-            except Exception as exc:
-                reason, _, _ = classify(exc)
+        """Open one connection; an overload answer (503 past STORM_MAX_HANDSHAKES, 1011, 4029) is retried
+        after the SDK's backoff, as a client does, until ``initial_timeout``; other failures count."""
+        from storm_sdk.backoff import Backoff
+
+        backoff = Backoff()
+        deadline = time.monotonic() + cfg["initial_timeout"]
+        while True:
+            async with gate:
+                try:
+                    await child.open(u, cfg["initial_ports"][u], None, min(60.0, cfg["initial_timeout"]))
+                    return
+                except Exception as exc:
+                    reason, _, _ = classify(exc)
+            if reason not in OVERLOAD or time.monotonic() > deadline:
                 initial_failed[reason] = initial_failed.get(reason, 0) + 1
+                return
+            initial_retried[reason] = initial_retried.get(reason, 0) + 1
+            await asyncio.sleep(backoff.next_delay())
 
     await asyncio.gather(*(first(u) for u in range(len(cfg["users"]))))
     by_port: dict[str, int] = {}
     for m in child.members.values():
         by_port[str(m.gateway_port)] = by_port.get(str(m.gateway_port), 0) + 1
-    chan.emit("ready", connected=len(child.members), by_port=by_port, initial_failed=initial_failed)
+    chan.emit("ready", connected=len(child.members), by_port=by_port, initial_failed=initial_failed,
+              initial_retried=initial_retried)
     pinger = asyncio.get_running_loop().create_task(_heartbeat(child, cfg["ping_s"]))
     while (cmd := await chan.command()) is not None:
         if cmd.get("cmd") == "dead":
@@ -410,7 +425,8 @@ async def _storm(args: argparse.Namespace, topo: Any, tokens: list[str]) -> dict
                 by_port[int(port)] = by_port.get(int(port), 0) + k
         connected = sum(r["connected"] for r in ready)
         result["connected"] = connected
-        result["initial_failed"] = {k: v for r in ready for k, v in r["initial_failed"].items()}
+        result["initial_failed"] = _merge([r["initial_failed"] for r in ready])
+        result["initial_refused_then_retried"] = _merge([r["initial_retried"] for r in ready])
         result["initial_connect_s"] = round(time.monotonic() - t0, 1)
         _say(f"{connected}/{users} connected in {result['initial_connect_s']} s; by gateway "
              + ", ".join(f"{g.name} {by_port.get(g.port, 0)}" for g in topo.gateways))
@@ -464,6 +480,14 @@ async def _storm(args: argparse.Namespace, topo: Any, tokens: list[str]) -> dict
         for c in clients:
             await c.stop()
     return result
+
+
+def _merge(tables: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for table in tables:
+        for k, v in table.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _by_code(drops: list[dict[str, Any]]) -> dict[str, int]:
