@@ -106,7 +106,10 @@ class Directory:
             future.exception()  # retrieved: waiters get it, and an unwaited future does not warn
             raise
         finally:
-            del self._loading[(workspace, key)]
+            # Only our own entry: when a loader is cancelled, each of its waiters loads for itself and the last
+            # one registered owns the slot; deleting it unconditionally raised KeyError in the others ("internal")
+            if self._loading.get((workspace, key)) is future:
+                del self._loading[(workspace, key)]
         future.set_result(value)
         return value
 

@@ -90,6 +90,21 @@ async def test_waiters_of_a_cancelled_load_load_it_themselves(setup: Any) -> Non
     assert store.reads == 2
 
 
+async def test_several_waiters_of_a_cancelled_load_all_get_the_answer(setup: Any) -> None:
+    """Each waiter of a cancelled load loads for itself; the first to finish used to delete the slot of the
+    last one registered, which then raised KeyError (a subscribe answered `internal` in a storm day run)."""
+    ws, channel, store, _, directory = setup
+    store.delay = 0.2
+    loader = asyncio.ensure_future(directory.channel(ws, str(channel.id)))
+    await asyncio.sleep(0.01)
+    waiters = [asyncio.ensure_future(directory.channel(ws, str(channel.id))) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    loader.cancel()
+    got = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [getattr(c, "id", c) for c in got] == [channel.id] * 3
+    assert directory._loading == {}
+
+
 def test_entry_ttls_are_spread_so_entries_cached_together_do_not_expire_together(setup: Any) -> None:
     *_, directory = setup
     ttls = [directory._entry_ttl() for _ in range(2000)]
