@@ -56,13 +56,15 @@ async def test_a_ping_is_answered_while_the_directory_and_the_cache_are_stuck(ct
 
 async def test_the_keeper_ends_a_session_whose_access_was_lost_without_its_control_event(ctx, services):
     """The backstop the per-frame re-check used to be: a removal whose control event was lost."""
-    from storm.protocol.presence import PresenceKeeper
+    from storm.protocol.presence import RECHECK_SLICES, PresenceKeeper
 
     a, ta = await connect(ctx, services, "alice")
     b, tb = await connect(ctx, services, "bob")
     await services.cache.revoke(a.workspace, "dev|bob", 600)  # a ban's list entry, its event lost
     keeper = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s, lambda: [a, b])
-    await keeper.run_once()
+    for _ in range(RECHECK_SLICES):  # each pass re-checks one slice of the users: all of them within a TTL
+        await keeper.run_once()
+    assert keeper.rechecks == 4  # alice and bob once each: one token and one role look-up apiece
     assert tb.closed and tb.closed[0] == CloseCode.REVOKED
     assert ta.closed is None
     await send(a, op="ping", id=1)

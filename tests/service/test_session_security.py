@@ -268,7 +268,7 @@ async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_
     """Removal and ban normally close sockets through the control event; when it is lost (broker down),
     the gateway's presence keeper finds out at its next pass (every presence TTL / 3)."""
     from storm.domain import Role
-    from storm.protocol.presence import PresenceKeeper
+    from storm.protocol.presence import RECHECK_SLICES, PresenceKeeper
 
     async with sec_services.store.unit_of_work() as uow:
         ws = await uow.workspaces.get_by_slug(DEMO_WORKSPACE)
@@ -288,7 +288,8 @@ async def test_a_lost_control_event_still_ends_the_session_at_the_next_presence_
     assert tb.closed is None  # a frame looks at nothing: the gateway's presence keeper re-checks, beside it
     keeper = PresenceKeeper(sec_services.cache, sec_services.directory, sec_services.config.presence_ttl_s,
                             lambda: [a, b, c])
-    await keeper.run_once()  # its pass, every STORM_PRESENCE_TTL_S / 3
+    for _ in range(RECHECK_SLICES):  # its passes, every STORM_PRESENCE_TTL_S / 3, a slice of the users each
+        await keeper.run_once()
     await b.receive(json.dumps({"op": "ping", "id": 2}))  # closed: ignored
     assert tb.closed and tb.closed[0] == CloseCode.REVOKED
     assert tc.closed and tc.closed[0] == CloseCode.REVOKED
