@@ -418,7 +418,8 @@ async def _storm(args: argparse.Namespace, topo: Any, tokens: list[str]) -> dict
         t0 = time.monotonic()
         for c in clients:
             c.send({"cmd": "go"})
-        ready = await asyncio.gather(*(c.wait_for("ready", args.start_timeout + users / 20) for c in clients))
+        # every connection gives up by --initial-timeout (+ its last attempt's 60 s)
+        ready = await asyncio.gather(*(c.wait_for("ready", args.initial_timeout + 120) for c in clients))
         by_port: dict[int, int] = {}
         for r in ready:
             for port, k in r["by_port"].items():
