@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Executable, Result, Table, case, delete, func, select, update
+from sqlalchemy import CursorResult, Executable, Result, Table, case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -302,6 +302,20 @@ def _message_values(msg: Message) -> Mapping[str, Any]:
             "deleted_at": to_db_time(msg.deleted_at)}
 
 
+# PostgreSQL: a whole batch as one row of arrays, unnested by the server (one parameter per column, whatever
+# the batch's size).  The executemany path below spent ≈ 10 µs of Python per row binding parameters one by
+# one (SQLAlchemy's insertmanyvalues); asyncpg encodes each array in one go.  Same ON CONFLICT DO NOTHING.
+_UNNEST_ROWS = 5000
+_INSERT_MESSAGES_UNNEST = text(
+    'INSERT INTO messages (id, workspace_id, channel_id, author_id, body, "offset", client_msg_id, thread_id, '
+    "created_at, edited_at, deleted_at) "
+    "SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:workspace_id AS uuid[]), CAST(:channel_id AS uuid[]), "
+    "CAST(:author_id AS uuid[]), CAST(:body AS text[]), CAST(:offset AS bigint[]), "
+    "CAST(:client_msg_id AS varchar[]), CAST(:thread_id AS uuid[]), CAST(:created_at AS timestamptz[]), "
+    "CAST(:edited_at AS timestamptz[]), CAST(:deleted_at AS timestamptz[])) "
+    "ON CONFLICT DO NOTHING RETURNING id")
+
+
 class SqlMessageRepository(_Repository):
     def _key(self, workspace_id: uuid.UUID, message_id: uuid.UUID) -> Any:
         return (m.messages.c.workspace_id == workspace_id) & (m.messages.c.id == message_id)
@@ -312,9 +326,12 @@ class SqlMessageRepository(_Repository):
         the same batch cannot both insert it.  The rows go as an executemany list to one statement that
         SQLAlchemy compiles once and caches; its "insertmanyvalues" sends them as multi-row INSERTs of up
         to 1 000 rows.  (``.values([...])`` compiled a new statement per batch: half the persistence
-        worker's CPU, see docs/database.md "Idempotency".)"""
+        worker's CPU, see docs/database.md "Idempotency".)  On PostgreSQL the batch goes as one row of
+        arrays instead (:meth:`_add_many_unnest`)."""
         if not messages:
             return 0
+        if self._dialect == "postgresql":
+            return await self._add_many_unnest(messages)
         rows = [_message_values(msg) for msg in messages]
         statement = insert_or_skip(self._dialect, m.messages).returning(m.messages.c.id)  # cached: db/dml.py
         per_chunk = max(1, self._max_params // len(m.messages.c))
@@ -322,6 +339,23 @@ class SqlMessageRepository(_Repository):
         for chunk in _chunks(rows, per_chunk):
             with translated():
                 result = await self._session.execute(statement, list(chunk))
+            inserted += len(result.all())
+        return inserted
+
+    async def _add_many_unnest(self, messages: Sequence[Message]) -> int:
+        inserted = 0
+        for chunk in _chunks(messages, _UNNEST_ROWS):
+            params = {
+                "id": [msg.id for msg in chunk], "workspace_id": [msg.workspace_id for msg in chunk],
+                "channel_id": [msg.channel_id for msg in chunk], "author_id": [msg.author_id for msg in chunk],
+                "body": [msg.body for msg in chunk], "offset": [msg.offset for msg in chunk],
+                "client_msg_id": [msg.client_msg_id for msg in chunk], "thread_id": [msg.thread_id for msg in chunk],
+                "created_at": [to_db_time(msg.created_at) for msg in chunk],
+                "edited_at": [to_db_time(msg.edited_at) for msg in chunk],
+                "deleted_at": [to_db_time(msg.deleted_at) for msg in chunk],
+            }
+            with translated():
+                result = await self._session.execute(_INSERT_MESSAGES_UNNEST, params)
             inserted += len(result.all())
         return inserted
 
