@@ -91,7 +91,7 @@ class Stats:
         t = self.second().codes[table]
         t[code] = t.get(code, 0) + 1
 
-    def sample(self, key: str, ms: float) -> None:
+    def latency(self, key: str, ms: float) -> None:
         s = self.second()
         s.seen[key] += 1
         lst = s.samples[key]
@@ -167,7 +167,7 @@ class DayClient(WSClient):
             entry = self.pending.pop(int(ev.get("id", 0)), None)
             if entry is not None and entry[0] == "publish":
                 st.add("acks")
-                st.sample("ack_ms", (time.monotonic_ns() - entry[1]) / 1e6)
+                st.latency("ack_ms", (time.monotonic_ns() - entry[1]) / 1e6)
                 self.load.record(entry[2], str(ev.get("message_id")), entry[3], ev.get("offset"), self.user.slug)
         elif kind == "error":
             code = str(ev.get("code", "error"))
@@ -222,7 +222,7 @@ class DayClient(WSClient):
             st.add("replayed")  # resumed after a reconnect: its latency is the outage's, not the fan-out's
         elif text.startswith("day:"):
             with contextlib.suppress(ValueError):
-                st.sample("deliver_ms", (time.monotonic_ns() - int(text[4:].split(" ", 1)[0])) / 1e6)
+                st.latency("deliver_ms", (time.monotonic_ns() - int(text[4:].split(" ", 1)[0])) / 1e6)
 
     def on_close(self, code: int | None) -> None:
         if not self.ready.done():
@@ -320,7 +320,7 @@ class Load:
                 continue
             attempt = 0
             self.stats.add("connects_ok")
-            self.stats.sample("connect_ms", (time.monotonic() - began) * 1000)
+            self.stats.latency("connect_ms", (time.monotonic() - began) * 1000)
             if user.connected_once:
                 self.stats.add("reconnects")
             user.connected_once = True
