@@ -52,6 +52,7 @@ log = logging.getLogger("storm.broker.pulsar.work")
 
 NACK_FLOOR_S = 0.1  # the consumers' fixed negative-ack redelivery delay
 ATTACH_CONCURRENCY = 16  # workspaces subscribed to at once when a work subscription starts
+TOPIC_KEYS_MAX = 100_000  # parsed topic names kept (one per channel seen); past it the cache starts over
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class PulsarWorkSubscription:
         self._dlq: dict[str, pulsar_async.Producer] = {}
         self._event = asyncio.Event()
         self._inbox: deque[tuple[_WsConsumer, Any]] = deque()  # appended by the client's listener thread
+        self._topic_keys: dict[str, tuple[str, str]] = {}  # topic name -> (workspace, channel), parsed once
         self._wake_pending = False
         self._waiting = False  # a receive() is waiting for records: the listener must wake the loop
         self._paused = False
@@ -301,14 +303,20 @@ class PulsarWorkSubscription:
     # -- local ordering -------------------------------------------------------------------------------------
     def _arrived(self, c: _WsConsumer, msg: Any) -> None:
         try:
-            workspace, channel = split_topic(msg.topic_name())
+            topic = msg.topic_name()
+            key = self._topic_keys.get(topic)
+            if key is None:
+                if len(self._topic_keys) >= TOPIC_KEYS_MAX:
+                    self._topic_keys.clear()
+                key = self._topic_keys[topic] = split_topic(topic)
+            workspace, channel = key
             mid = msg.message_id()
             offset = encode_offset(mid.ledger_id(), mid.entry_id())
         except Exception:
             log.exception("subscription=%s: unreadable message on %s; dead-lettering", self._name, c.workspace)
             return
         record = Record(workspace, channel, offset, msg.data(), msg.publish_timestamp() / 1000.0)
-        token = _Token(c, msg, (workspace, channel), offset)
+        token = _Token(c, msg, key, offset)
         delivery = Delivery(record, msg.redelivery_count() + 1, token)
         awaited = self._awaited.get(token.key)
         if awaited is not None:
