@@ -245,7 +245,8 @@ async def test_ephemeral_records_reach_subscribers_without_offset_and_are_not_st
     await sub.close()
 
 
-async def test_ephemeral_records_arrive_only_for_followed_channels_of_a_workspace(broker, workspace, channel):
+async def test_ephemeral_records_arrive_only_for_followed_channels_of_a_workspace(broker: Any, workspace: str,
+                                                                              channel: str) -> None:
     """Pulsar carries a workspace's ephemeral records on one feed (ADR 0013): a gateway following one channel
     of the workspace must not get another channel's typing, and two followed channels share the feed."""
     await ready(broker, workspace)
@@ -485,7 +486,8 @@ async def test_pulsar_reader_bound_refuses_one_channel_too_many(pulsar_factory, 
 
 
 @pytest.mark.integration
-async def test_pulsar_follows_a_channel_with_one_reader_and_a_workspace_with_one_feed(pulsar_factory, workspace):
+async def test_pulsar_follows_a_channel_with_one_reader_and_a_workspace_with_one_feed(pulsar_factory: Any,
+                                                                                     workspace: str) -> None:
     """ADR 0013: N channels of one workspace cost N log readers and one ephemeral feed reader, which the
     last removed channel closes (a reader per channel's ephemeral topic doubled the readers)."""
     b = await pulsar_factory()
