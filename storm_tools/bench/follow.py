@@ -3,7 +3,7 @@
     storm bench follow --channels 20000 [--publish-channels 1000] [--messages 20000] [--rate 2000]
                        [--concurrency 64] [--idle-s 10] [--json]
 
-What it does (docs/benchmarks.md, "storm bench follow"; the design in docs/adr/0010-following-channels.md):
+What it does (docs/benchmarks.md, "storm bench follow"; the design in docs/adr/0013-following-channels.md):
 
 1. on the Pulsar of ``STORM_PULSAR_URL``/``STORM_PULSAR_ADMIN_URL``, creates a throwaway workspace
    ``bench-follow-<hex>`` (with ``--topics precreate`` also its ``--channels`` channel topics, unmeasured;
