@@ -169,7 +169,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             spent = idle_broker["cpu_s"] - after["cpu_s"]
             result["broker_idle_cpu_pct"] = round(100 * spent / max(args.idle_s, 1e-9), 1)
         result["rss_idle_mb"] = round(idle["rss"] / 2**20, 1)
-        published = await _publish(broker, workspace, hot, args.messages, args.rate)
+        # A broker of its own for the producers, stopped before the cleanup: a producer still open when its
+        # topic is force-deleted reconnects and (auto-creation) brings the topic back, and the namespace
+        # then refuses to go (409).
+        publisher = PulsarBroker(pulsar_settings(cfg), SystemClock())
+        await publisher.start()
+        try:
+            published = await _publish(publisher, workspace, hot, args.messages, args.rate)
+        finally:
+            await publisher.stop()
         result["publish_s"] = published.pop("_s", [0.0])[0]
         result["published"] = sum(len(v) for v in published.values())
         await _send(child, {"cmd": "report", "expect": result["published"], "timeout": args.timeout})

@@ -30,6 +30,7 @@ def test_bench_follow_follows_every_channel_and_delivers_in_order(
     assert (result["lost"], result["duplicates"], result["inversions"]) == (0, 0, 0)
     assert result["rss_mb"] > 0 and result["cpu_us_per_delivery"] > 0
     assert "error" not in result and "failed" not in result
+    assert "cleanup_error" not in result  # the workspace and its topics are gone again
 
 
 def test_bench_follow_refuses_bad_arguments() -> None:
