@@ -380,7 +380,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              consumers=False, log_dir=args.log_dir, start_timeout=args.start_timeout,
                              prefix="reconnect") as topo:
         tokens = await asyncio.to_thread(topo.tokens)
-        result = await _storm(args, topo, tokens)
+        try:
+            result = await _storm(args, topo, tokens)
+        except (TimeoutError, RuntimeError) as exc:  # a child that never reported: say so in the JSON
+            result = {"connections": args.connections, "gateways": args.gateways,
+                      "error": f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__}
     result.update(topo.outcome)  # set when the topology is stopped: cleanup, workspace
     result["server"] = f"{args.gateways} gateway processes on Pulsar + Hazelcast + PostgreSQL"
     return result
