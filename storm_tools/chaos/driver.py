@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from storm_tools.bench.wsclient import SubscribingClient, connect
+from storm_tools.bench.wsclient import SubscribingClient
 from storm_tools.chaos.slo_seam import collect, points_to_json
 
 
@@ -154,6 +154,23 @@ class _SlowReader(SubscribingClient):
         super().on_close(code)
 
 
+async def _connect_small_window(factory: Any, host: str, port: int) -> Any:
+    """Connect with the receive buffer clamped *before* the handshake: set later, the kernel keeps the window
+    it already advertised (a minute of 3 000-character texts then fitted in loopback buffers)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READER_RCVBUF)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 10)
+        _, proto = await loop.create_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    await asyncio.wait_for(asyncio.shield(proto.opened), 10)
+    return proto
+
+
 async def _ping_forever(readers: list[_SlowReader], every_s: float = 15.0) -> None:
     while True:
         await asyncio.sleep(every_s)
@@ -249,11 +266,9 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
                 user = ws.users[regular + c * slow_per_channel + k]
                 url = gateways[(c + k) % len(gateways)]
                 host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
-                reader = await connect(functools.partial(_SlowReader, host, int(port), ws.token(user), channel, stats),
-                                       host, int(port))
+                reader = await _connect_small_window(
+                    functools.partial(_SlowReader, host, int(port), ws.token(user), channel, stats), host, int(port))
                 await asyncio.wait_for(reader.ready, 30)
-                reader.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                                                     SLOW_READER_RCVBUF)
                 reader.transport.pause_reading()
                 slow.append((user, reader))
         pinger = asyncio.create_task(_ping_forever([r for _, r in slow])) if slow else None
