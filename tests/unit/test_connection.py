@@ -95,6 +95,7 @@ async def test_overflow_closes_4008_and_drops_what_was_queued(gateway: Gateway) 
     sock = FakeSocket()
     conn = Connection.open(gateway, sock)
     assert conn is not None
+    sock.full = True  # the client stopped reading: nothing can be written at once, the outbox fills
     for i in range(3):
         assert conn.send(b'{"n":%d}' % i)
     assert not conn.send(b'{"n":3}')  # the fourth passes STORM_OUTBOX_MAX_EVENTS=3
@@ -147,8 +148,11 @@ async def test_after_the_peers_close_nothing_more_is_handled_or_sent(gateway: Ga
     conn = Connection.open(gateway, sock)
     assert conn is not None
     conn.session = recorder = Recorder()  # type: ignore[assignment]
+    sock.full = True  # queued, not yet written, when the peer's close frame is read
     conn.send(b'{"n":1}')
     conn.halt()  # the driver read the peer's close frame
+    sock.full = False
+    conn.send(b'{"n":2}')
     conn.receive("after the close")
     await _settle(gateway)
     assert recorder.got == [] and sock.frames == []
