@@ -263,6 +263,9 @@ async def child_main() -> None:
     cmd = await chan.command()
     if cmd is None or cmd.get("cmd") != "go":
         return
+    # the heartbeat runs from the start: a connection opened early would otherwise be closed idle (4002)
+    # while the others are still opening
+    pinger = asyncio.get_running_loop().create_task(_heartbeat(child, cfg["ping_s"]))
     gate = asyncio.Semaphore(cfg["concurrency"])
     initial_failed: dict[str, int] = {}
     initial_retried: dict[str, int] = {}
@@ -293,7 +296,6 @@ async def child_main() -> None:
         by_port[str(m.gateway_port)] = by_port.get(str(m.gateway_port), 0) + 1
     chan.emit("ready", connected=len(child.members), by_port=by_port, initial_failed=initial_failed,
               initial_retried=initial_retried)
-    pinger = asyncio.get_running_loop().create_task(_heartbeat(child, cfg["ping_s"]))
     while (cmd := await chan.command()) is not None:
         if cmd.get("cmd") == "dead":
             child.dead.add(int(cmd["port"]))
