@@ -102,14 +102,23 @@ async def broker_metrics(admin_url: str) -> dict[str, float]:
 
 # -- parent -----------------------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    quieted = {name: logging.getLogger(name).level for name in ("storm", "httpx")}
+    logging.getLogger("storm").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per admin call: 20 000 topics
+    try:
+        return await _run(args)
+    finally:  # the caller's logging as it was (a test process goes on after the bench)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
     from storm.adapters.pulsar_broker import PulsarBroker
     from storm.bootstrap import pulsar_settings
     from storm.config import Config
     from storm.domain import PLANS
     from storm.ports.clock import SystemClock
 
-    logging.getLogger("storm").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per admin call: 20 000 topics
     cfg = Config.from_env(broker="pulsar")
     broker = PulsarBroker(pulsar_settings(cfg), SystemClock())
     await broker.start()

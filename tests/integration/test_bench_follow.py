@@ -5,6 +5,7 @@ order.  See docs/benchmarks.md ("storm bench follow") and docs/adr/0013-followin
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_bench_follow_follows_every_channel_and_delivers_in_order(
     assert result["rss_mb"] > 0 and result["cpu_us_per_delivery"] > 0
     assert "error" not in result and "failed" not in result
     assert "cleanup_error" not in result  # the workspace and its topics are gone again
+    # the bench quiets STORM's and httpx's INFO lines while it runs, and gives the caller its logging back
+    # (left at WARNING, it silenced every later test's DEBUG capture in the same process)
+    assert logging.getLogger("storm").level == logging.NOTSET and logging.getLogger("httpx").level == logging.NOTSET
 
 
 def test_bench_follow_refuses_bad_arguments() -> None:
