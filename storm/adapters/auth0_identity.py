@@ -32,7 +32,7 @@ import jwt
 from auth0.authentication.token_verifier import AsymmetricSignatureVerifier
 
 from storm.adapters.verified_tokens import VerifiedTokens
-from storm.errors import Unauthenticated
+from storm.errors import Unauthenticated, Unavailable
 from storm.ports.identity import Claims
 
 log = logging.getLogger("storm.identity.auth0")
@@ -126,8 +126,8 @@ class JwksCache:
                 keys = parse_jwks(document)
             except Exception as exc:  # network, HTTP status, JSON: keep what we had
                 log.warning("JWKS fetch from %s failed: %s", self._url, type(exc).__name__)
-                if not self._keys:
-                    raise Unauthenticated("signing keys unavailable") from None
+                if not self._keys:  # not the token's fault: the session answers 1011 `unavailable`, retried
+                    raise Unavailable("signing keys unavailable") from None
                 return
             if keys.keys() != self._keys.keys() or any(keys[k] != self._keys[k] for k in keys):
                 self.generation += 1

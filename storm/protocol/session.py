@@ -28,7 +28,7 @@ from typing import Any
 from storm import revocation
 from storm.directory import Principal
 from storm.domain import MAX_BODY_CHARS, Channel, Role
-from storm.errors import Forbidden, NotFound, StormError, Unauthenticated
+from storm.errors import Forbidden, NotFound, StormError, Unauthenticated, Unavailable
 from storm.protocol import commands as c
 from storm.protocol import events as e
 from storm.protocol.chat import Posted, history_page, read_state
@@ -155,6 +155,8 @@ class Session:
                              reason="expected an auth message")
         try:
             claims = await self.ctx.identity.verify(cmd.token)
+        except Unavailable as exc:  # the key set could not be fetched: not the token's fault
+            raise _outage(exc) from exc
         except StormError as exc:
             raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, exc.message,
                              reason="authentication failed") from exc
@@ -168,6 +170,8 @@ class Session:
         except (NotFound, Forbidden) as exc:  # one answer for both: no probing for which workspaces exist
             raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, NO_SUCH_WORKSPACE,
                              reason="authentication failed") from exc
+        except Unavailable as exc:  # the cache or the store is down (a Hazelcast loss): retry, not refused
+            raise _outage(exc) from exc
         except StormError as exc:
             raise Disconnect(CloseCode.UNAUTHENTICATED, ErrorCode.UNAUTHENTICATED, exc.message,
                              reason="authentication failed") from exc
@@ -456,6 +460,14 @@ class Session:
             await self.ctx.cache.presence_remove(self.workspace, WORKSPACE_PRESENCE, self.id)
         except StormError:
             log.warning("presence cleanup failed ws=%s session=%s", self.workspace, self.id)
+
+
+def _outage(exc: Unavailable) -> Disconnect:
+    """A handshake that failed on a dependency (cache, store, key set), not on the token: 1011 + ``unavailable``,
+    which clients retry with backoff.  It was answered 4001 ``unauthenticated``, final for a client, and a
+    Hazelcast loss in `storm day` refused thousands of valid tokens so (docs/security.md, "Identity")."""
+    return Disconnect(CloseCode.INTERNAL, ErrorCode.UNAVAILABLE, f"{exc.message}; reconnect",
+                      reason="a service is unavailable")
 
 
 def _channel_of(cmd: c.Command) -> str | None:

@@ -16,7 +16,7 @@ import pytest
 from storm.adapters.auth0_identity import Auth0Identity, JwksCache
 from storm.bootstrap import auth0_settings
 from storm.config import Config, ConfigError
-from storm.errors import Unauthenticated
+from storm.errors import Unauthenticated, Unavailable
 from tests.support.jwks import AUDIENCE, WS_CLAIM, Jwks, auth0_config, new_key
 
 pytestmark = pytest.mark.security
@@ -161,8 +161,13 @@ async def test_jwks_fetch_runs_off_the_event_loop_and_once_for_concurrent_verifi
 
 
 async def test_unreachable_jwks_refuses_without_crashing(jwks):
+    """No key set yet and none reachable: Unavailable (the session answers 1011, retried), not Unauthenticated
+    (4001, final for a client: a valid token is not at fault)."""
     cfg = auth0_config(jwks, auth0_jwks_url="http://127.0.0.1:9/.well-known/jwks.json")
-    await refused(Auth0Identity(auth0_settings(cfg)), jwks.token(), "signing keys unavailable")
+    token = jwks.token()
+    with pytest.raises(Unavailable) as info:
+        await Auth0Identity(auth0_settings(cfg)).verify(token)
+    assert "signing keys unavailable" in info.value.message and token not in info.value.message
 
 
 def test_config_requires_auth0_settings_and_refuses_dev_identity_in_production():
