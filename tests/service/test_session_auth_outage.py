@@ -61,13 +61,13 @@ async def test_a_cache_outage_during_auth_is_unavailable_and_reconnectable(servi
 
 
 async def test_a_key_set_outage_during_auth_is_unavailable(services, hub):
-    session, t = await _auth(_ctx(services, hub, identity=DownIdentity()), services)
+    _, t = await _auth(_ctx(services, hub, identity=DownIdentity()), services)
     assert t.closed is not None and t.closed[0] == CloseCode.INTERNAL
     assert [e["code"] for e in t.take("error")] == ["unavailable"]
 
 
 async def test_not_a_member_is_still_unauthenticated(services, hub):
     ctx = _ctx(services, hub, directory=DownDirectory(services.directory, NotFound("workspace not found")))
-    session, t = await _auth(ctx, services)
+    _, t = await _auth(ctx, services)
     assert t.closed is not None and t.closed[0] == CloseCode.UNAUTHENTICATED
     assert [e["code"] for e in t.take("error")] == ["unauthenticated"]
