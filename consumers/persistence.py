@@ -13,6 +13,10 @@ acknowledges only after the commit.  docs/consumers.md states the failure policy
   record is negatively acknowledged (redelivered after ``nack_delay_s``) and dead-lettered once it has been
   delivered ``max_redeliveries`` times.
 * Records of a deleted workspace are acknowledged and dropped.
+* The store or cache being down (``Unavailable``) is nobody's record's fault: the whole batch is handed
+  back, the worker backs off (``nack_delay_s`` doubled per failed batch in a row, up to
+  ``OUTAGE_BACKOFF_CAP_S``) and no record is dead-lettered for it, however long the outage.  Counting
+  those failures dead-lettered every record of a 30 s PostgreSQL outage (chaos ``postgres-restart``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import msgspec
 
 from storm.bootstrap import Services
 from storm.domain import Message, Reaction
-from storm.errors import NotFound
+from storm.errors import NotFound, Unavailable
 from storm.lifecycle import Lifecycle
 from storm.ports.broker import Delivery, WorkSubscription
 from storm.ports.store import UnitOfWork
@@ -40,6 +44,7 @@ from storm.webhooks import MEMBERS_LOG
 log = logging.getLogger("storm.consumers.persistence")
 
 SUBSCRIPTION = "persistence"
+OUTAGE_BACKOFF_CAP_S = 5.0  # longest pause between two attempts at a batch while the store is down
 
 
 @dataclass
@@ -196,6 +201,7 @@ class PersistenceWorker:
 
     async def _run(self) -> None:
         assert self._sub is not None
+        failures = 0  # batches failed in a row: the backoff while the store or cache is down
         while not self._stopping:
             try:
                 deliveries = await self._sub.receive(self._batch, min(self._max_wait, 0.25))
@@ -211,13 +217,20 @@ class PersistenceWorker:
             try:
                 await self.process(deliveries)
                 self._batch_latency.add_since(started)
-            except Exception:  # e.g. the store or cache is down: the worker must outlive it
-                workspaces = sorted({d.record.workspace for d in deliveries})
-                log.exception("batch of %d failed ws=%s; handing it back for redelivery", len(deliveries),
-                              ",".join(workspaces))
+                failures = 0
+            except Exception as exc:  # e.g. the store or cache is down: the worker must outlive it
+                failures += 1
+                pause = min(self._nack_delay * 2 ** min(failures - 1, 16), max(OUTAGE_BACKOFF_CAP_S, self._nack_delay))
+                workspaces = ",".join(sorted({d.record.workspace for d in deliveries}))
+                if isinstance(exc, Unavailable):  # an outage: one line per batch, no traceback
+                    log.warning("batch of %d failed ws=%s (%s); handing it back, next attempt in %.1f s",
+                                len(deliveries), workspaces, exc, pause)
+                else:
+                    log.exception("batch of %d failed ws=%s; handing it back for redelivery", len(deliveries),
+                                  workspaces)
                 with contextlib.suppress(Exception):
-                    await self._sub.nack(deliveries, self._nack_delay)
-                await asyncio.sleep(self._nack_delay)
+                    await self._sub.nack(deliveries, pause)
+                await asyncio.sleep(pause)
 
     async def _gather_more(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Linger (Kafka's linger.ms): after the first record, take what arrives within
@@ -264,6 +277,8 @@ class PersistenceWorker:
         good = [d for d in deliveries if id(d) not in poisoned]
         try:
             self.stats["inserted"] += await self._write(handled.plans, ids)
+        except Unavailable:
+            raise  # the store is down, not a bad record: the run loop hands the batch back and backs off
         except Exception as exc:
             if len(good) == 1:
                 await self._retry_or_dead_letter(good[0], exc)
@@ -310,7 +325,7 @@ class PersistenceWorker:
     async def _retry_or_dead_letter(self, d: Delivery, exc: BaseException) -> None:
         assert self._sub is not None
         r = d.record
-        if d.delivery_count >= self._max_redeliveries:
+        if d.delivery_count >= self._max_redeliveries and not isinstance(exc, Unavailable):
             await self._dead_letter(d, f"failed {d.delivery_count} times: {exc!r}"[:200])
             return
         log.warning("write failed ws=%s channel=%s offset=%d attempt=%d: %r; will retry",

@@ -217,7 +217,7 @@ class PulsarSettings:
     gateway_id: str  # STORM_GATEWAY_ID: prefix of producer names (broker deduplication); random when empty
     max_channel_readers: int  # STORM_MAX_CHANNEL_READERS
     ack_timeout_s: float  # STORM_ACK_TIMEOUT_S
-    max_redeliveries: int  # STORM_CONSUMER_MAX_REDELIVERIES: Pulsar's dead-letter policy
+    max_redeliveries: int  # STORM_CONSUMER_MAX_REDELIVERIES: the worker's bound; not given to Pulsar (pulsar_work.py)
     send_timeout_s: float  # STORM_PUBLISH_TIMEOUT_S
 
 
@@ -245,7 +245,6 @@ class PulsarBroker:
         self._read_timeout_s = read_timeout_s
         self._work_options = WorkOptions(
             ack_timeout_s=settings.ack_timeout_s,
-            max_redeliveries=settings.max_redeliveries,
             discovery_period_s=discovery_period_s,
             pattern_discovery_s=pattern_discovery_s,
         )

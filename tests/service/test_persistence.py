@@ -88,7 +88,10 @@ async def test_poison_record_is_dead_lettered_and_the_rest_stored(persist_servic
     assert [r.offset for r, _ in dead] == [1] and "undecodable" in dead[0][1]
 
 
-async def test_store_outage_is_retried_then_dead_lettered_without_killing_the_worker(persist_services, monkeypatch):
+async def test_a_store_outage_longer_than_max_redeliveries_is_waited_out_not_dead_lettered(persist_services,
+                                                                                           monkeypatch):
+    """chaos postgres-restart: the worker used to count the outage's failed attempts as the record's and
+    dead-lettered it after max_redeliveries (3 here): acked, never stored."""
     real_run = persist_services.store.run
     failures = {"n": 0}
 
@@ -100,14 +103,34 @@ async def test_store_outage_is_retried_then_dead_lettered_without_killing_the_wo
     worker = PersistenceWorker(persist_services)
     await worker.start()
     try:
-        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("lost?"))
-        await eventually(lambda: _true(worker.stats["dead_lettered"] == 1))
-        assert failures["n"] == 3  # delivered max_redeliveries times, then dead-lettered
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
+        await eventually(lambda: _true(failures["n"] >= 3 * 2), timeout=10.0)  # twice max_redeliveries
+        assert worker.stats["dead_lettered"] == 0
         monkeypatch.setattr(persist_services.store, "run", real_run)  # the database is back
         await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("after"))
-        await eventually(lambda: _has(persist_services, ["after"]))
+        await eventually(lambda: _has(persist_services, ["kept", "after"]), timeout=10.0)
     finally:
         await worker.stop()
+    assert persist_services.broker.dead_letters(SUBSCRIPTION) == []  # type: ignore[attr-defined]
+
+
+async def test_the_worker_backs_off_while_the_store_is_down(persist_services, monkeypatch):
+    attempts: list[float] = []
+
+    async def broken(fn, **kw):
+        attempts.append(asyncio.get_running_loop().time())
+        raise Unavailable("database down")
+
+    monkeypatch.setattr(persist_services.store, "run", broken)
+    worker = PersistenceWorker(persist_services)  # nack_delay_s = 0.05: pauses 0.05, 0.1, 0.2, 0.4 ...
+    await worker.start()
+    try:
+        await persist_services.broker.publish(DEMO_WORKSPACE, GENERAL, message("kept"))
+        await eventually(lambda: _true(len(attempts) >= 5), timeout=10.0)
+    finally:
+        await worker.stop()
+    # growing pauses (at least 0.05 + 0.1 + 0.2 + 0.4 s before the 5th attempt), not a fixed 50 ms loop (0.2 s)
+    assert attempts[4] - attempts[0] >= 0.7
 
 
 async def _true(value: bool) -> bool:
@@ -230,7 +253,7 @@ async def test_failed_batch_falls_back_record_by_record_keeping_channel_order(pe
         bodies = [msg.body for plan in plans.values() for msg in plan.messages]
         if "a2" in bodies and failures["n"] < 2:
             failures["n"] += 1
-            raise Unavailable("flaky write")
+            raise RuntimeError("flaky write")  # this record's fault; an outage (Unavailable) is waited out whole
         inserted = await real_apply_all(uow, plans, ids)
         committed.extend(bodies)  # still inside the transaction: recorded only if it did not raise
         return inserted
