@@ -9,12 +9,15 @@
   cheaper each delivery becomes.
 * Adaptive write delay (``STORM_WRITE_DELAY_S`` = 0, the default; ADR 0006): while the loop has time, an
   event pushed to an outbox with nothing queued is written to the socket at once, inside the push (the
-  floor's one write per delivery, no list, no pass).  The flusher times the loop turn that wrote: a turn
-  that took ``w`` seconds holds further writes for ``LOAD_FACTOR × w`` (at most ``STORM_WRITE_DELAY_MAX_S``);
-  events pushed during the hold are queued and leave in one pass at its end, one frame per connection.
-  That pass is timed the same way (its own time plus how late its timer fired; a hold shrinks by at most
-  half per pass), so the busier the loop, the longer the hold and the more events share a frame; a pass
-  with nothing to write ends the holds.
+  floor's one write per delivery, no list, no pass).  "Has time" is the writing duty: the flusher times the
+  loop turn that wrote (``w``) and the time since the last one started (``T``), and keeps a moving average
+  of ``w / T``.  Only when writing at once takes more than ``ENTER_DUTY`` of the loop does it hold writes:
+  for ``LOAD_FACTOR × w`` (at most ``STORM_WRITE_DELAY_MAX_S``); events pushed during the hold are queued
+  and leave in one pass at its end, one frame per connection.  A long turn alone is no load: one broadcast
+  to many sockets, 20 ms before the next one, is written at once every time.  During holds each pass is
+  timed the same way (its own time plus how late its timer fired; a hold shrinks by at most half per pass,
+  so a loop under steady load keeps batching), and its duty counted as if its events had been written one
+  by one; writing at once resumes when that falls below ``EXIT_DUTY``, or on a pass with nothing to write.
 * Fixed write delay (``STORM_WRITE_DELAY_S`` > 0): nothing is written at once; one pass ``write_delay_s``
   after the first event of a tick (centrifuge's write delay), as before issue 11.
 * No task per connection: a queued push only marks the outbox dirty; one :class:`Flusher` per gateway
@@ -86,13 +89,16 @@ def drive(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
 
 LOAD_FACTOR = 3.0  # a loop turn (or pass) that wrote for w seconds holds writes for 3w: writing takes <= 1/4
 MIN_HOLD_S = 0.001  # a shorter hold is not worth a timer: keep writing at once
+ENTER_DUTY = 0.6  # writing at once takes more than this share of the loop (moving average): hold writes
+EXIT_DUTY = 0.4  # during holds, writing the passes' events at once would take less than this share: resume
+DUTY_WEIGHT = 0.3  # weight of the newest turn or pass in the moving average (one bunched turn is not load)
 
 
 class Flusher:
     """Writes the dirty outboxes of one gateway, and decides whether a push may write at once."""
 
-    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_hold", "_max", "_t0", "clock", "holds",
-                 "immediate", "overflows", "passes", "timing")
+    __slots__ = ("_after", "_delay", "_dirty", "_due", "_handle", "_hold", "_last", "_max", "_t0", "clock", "duty",
+                 "events", "frames", "holds", "immediate", "overflows", "passes", "timing")
 
     def __init__(self, write_delay_s: float = 0.0, *, max_delay_s: float = 0.025) -> None:
         self._delay = write_delay_s  # > 0: the fixed write delay; 0: adaptive, holds of at most max_delay_s
@@ -102,6 +108,10 @@ class Flusher:
         self._due = 0.0  # loop time the scheduled pass is due at (its lag is load too)
         self._t0 = 0.0
         self._hold = 0.0  # the current hold (0 while writing at once)
+        self._last: float | None = None  # clock time the last timed turn or pass started
+        self.duty = 0.0  # moving average of the share of the loop that writing at once takes (adaptive)
+        self.events = 0  # events and frames written by the current pass (its events per frame)
+        self.frames = 0
         self.clock: Callable[[], float] = time.perf_counter  # times the work (tests set a manual one)
         self.immediate = write_delay_s == 0  # a push to an empty outbox may write at once
         self.timing = False  # the current loop turn wrote at once and is being timed
@@ -137,12 +147,27 @@ class Flusher:
     def _end_turn(self) -> None:
         self.timing = False
         if self.immediate:
-            self._rest(self.clock() - self._t0)
+            work = self.clock() - self._t0
+            if self._load(self._t0, work, 1.0) > ENTER_DUTY:
+                self._rest(work)
+
+    def _load(self, start: float, work: float, per_frame: float) -> float:
+        """The moving average of the writing duty, updated with a turn or pass that started at ``start``
+        and wrote for ``work`` seconds, ``per_frame`` events per frame (what writing them at once costs)."""
+        last, self._last = self._last, start
+        cycle = start - last if last is not None else 0.0
+        if work <= 0 or last is None:
+            sample = 0.0
+        else:
+            sample = min(1.0, work * per_frame / cycle) if cycle > 0 else 1.0
+        self.duty += DUTY_WEIGHT * (sample - self.duty)
+        return self.duty
 
     def _rest(self, work: float) -> None:
         """After ``work`` seconds of writing: write at once again, or hold writes for a while (adaptive).  A
         hold shrinks to at most half of the last one per pass, so a loop under steady load keeps batching;
-        only a pass with nothing to write (:meth:`run`) goes back to writing at once."""
+        a pass whose duty fell below ``EXIT_DUTY``, or with nothing to write (:meth:`run`), goes back to
+        writing at once."""
         hold = min(self._max, max(work * LOAD_FACTOR, self._hold / 2))
         if hold < MIN_HOLD_S:
             self._hold = 0.0
@@ -164,6 +189,7 @@ class Flusher:
             self._handle = None
         dirty, self._dirty = self._dirty, []
         self.passes += 1
+        self.events = self.frames = 0
         for box in dirty:
             box.write()
         if self._after:
@@ -172,8 +198,16 @@ class Flusher:
                 fn()
         if self._delay == 0:
             if dirty:  # the pass's own time, and how late its timer fired (the loop was busy)
+                work = self.clock() - start
                 lag = max(0.0, asyncio.get_running_loop().time() - self._due)
-                self._rest(self.clock() - start + lag)
+                duty = self._load(start, work, self.events / self.frames if self.frames else 1.0)
+                if self.immediate and duty <= ENTER_DUTY:
+                    return  # a pass while writing at once (a send had waited, say): the loop still has time
+                if not self.immediate and duty < EXIT_DUTY:
+                    self._hold = 0.0  # the load is gone: write at once again
+                    self.immediate = True
+                    return
+                self._rest(work + lag)
             else:
                 self._hold = 0.0
                 self.immediate = True
@@ -195,6 +229,8 @@ class Flusher:
         self._dirty.clear()
         self._after.clear()
         self._hold = 0.0
+        self._last = None
+        self.duty = 0.0
         self.immediate = self._delay == 0
 
 
@@ -268,6 +304,9 @@ class Outbox:
         while count < len(events) and size + 1 + len(events[count]) <= limit:
             size += 1 + len(events[count])
             count += 1
+        flusher = self._flusher
+        flusher.events += count
+        flusher.frames += 1
         if count == len(events):  # the usual case: everything queued leaves, no slice allocated
             frame = events[0] if count == 1 else b"\n".join(events)
             events.clear()

@@ -249,24 +249,53 @@ async def test_a_push_is_written_at_once_while_the_loop_has_time() -> None:
     assert box.push(b"b") and direct.frames == [b"a", b"b"] and flusher.passes == 0
 
 
-async def test_a_busy_loop_turn_holds_writes_which_then_leave_coalesced_in_order() -> None:
+async def busy_turns(box: Outbox, flusher: Flusher, ticks: Ticks, work: float, *, limit: int = 10) -> list[bytes]:
+    """Loop turns back to back, each writing one event at once and busy for ``work`` seconds, until the
+    flusher holds writes (the loop has no time left); returns what was pushed."""
+    pushed: list[bytes] = []
+    while flusher.immediate and len(pushed) < limit:
+        data = b"t%d" % len(pushed)
+        box.push(data)
+        pushed.append(data)
+        ticks.now += work
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the turn is timed on the next one
+    return pushed
+
+
+async def test_a_long_turn_alone_is_no_load_writes_stay_at_once() -> None:
+    # one broadcast to many sockets takes 7 ms, the next comes 20 ms later (1 000 subscribers at 50 msg/s):
+    # the loop has time, so every event is written at once (a hold would only add latency)
+    flusher = Flusher(0.0, max_delay_s=0.025)
+    flusher.clock = ticks = Ticks()
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    for i in range(20):
+        box.push(b"%d" % i)
+        ticks.now += 0.007  # the turn that wrote
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        ticks.now += 0.013  # idle until the next
+    assert direct.frames == [b"%d" % i for i in range(20)]
+    assert flusher.immediate and flusher.holds == 0 and flusher.passes == 0
+    assert 0.3 < flusher.duty < 0.4
+
+
+async def test_a_busy_loop_holds_writes_which_then_leave_coalesced_in_order() -> None:
     flusher = Flusher(0.0, max_delay_s=0.2)
     flusher.clock = ticks = Ticks()
     direct = DirectLog()
     box = make(SlowSocket(), [], flusher=flusher, direct=direct)
     loop = asyncio.get_running_loop()
-    box.push(b"1")  # written at once; this turn is being timed
-    ticks.now += 0.03  # the rest of the turn is busy for 30 ms (a fan-out to many sockets, say)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert not flusher.immediate and flusher.holds == 1  # held for about 2 x 30 ms
+    pushed = await busy_turns(box, flusher, ticks, 0.03)  # turns of 30 ms back to back: no time left
+    assert not flusher.immediate and flusher.holds == 1 and 2 < len(pushed) < 10  # held for about 3 x 30 ms
     start = loop.time()
     for data in (b"2", b"3", b"4"):
         box.push(data)
-    assert direct.frames == [b"1"] and len(box) == 3  # queued, not written
-    while len(direct.frames) < 2 and loop.time() - start < 2:
+    assert direct.frames == pushed and len(box) == 3  # queued, not written
+    while len(direct.frames) == len(pushed) and loop.time() - start < 2:
         await asyncio.sleep(0.005)
-    assert direct.frames == [b"1", b"2\n3\n4"]  # one frame for what the hold gathered, in order
+    assert direct.frames == [*pushed, b"2\n3\n4"]  # one frame for what the hold gathered, in order
     while not flusher.immediate and loop.time() - start < 2:  # a pass with nothing to write ends the hold
         await asyncio.sleep(0.005)
     assert flusher.immediate
@@ -280,16 +309,13 @@ async def test_the_hold_never_exceeds_the_cap() -> None:
     direct = DirectLog()
     box = make(SlowSocket(), [], flusher=flusher, direct=direct)
     loop = asyncio.get_running_loop()
-    box.push(b"1")
-    ticks.now += 0.2  # a turn of 200 ms would ask for a 400 ms hold
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    pushed = await busy_turns(box, flusher, ticks, 0.2)  # turns of 200 ms would ask for a 600 ms hold
     assert not flusher.immediate
     start = loop.time()
     box.push(b"2")
-    while len(direct.frames) < 2 and loop.time() - start < 2:
+    while len(direct.frames) == len(pushed) and loop.time() - start < 2:
         await asyncio.sleep(0.005)
-    assert direct.frames == [b"1", b"2"] and loop.time() - start < 0.3  # not the 400 ms asked for
+    assert direct.frames == [*pushed, b"2"] and loop.time() - start < 0.3  # not the 600 ms asked for
 
 
 async def test_nothing_is_written_at_once_past_queued_events_or_a_waiting_send() -> None:
@@ -329,27 +355,48 @@ async def test_a_fixed_write_delay_writes_nothing_at_once() -> None:
     assert direct.frames == [b"a\nb"]
 
 
-async def test_under_steady_load_a_hold_shrinks_by_half_per_pass_and_ends_only_on_an_empty_pass() -> None:
+async def test_under_steady_load_a_hold_shrinks_by_half_per_pass_and_ends_on_an_empty_pass() -> None:
     flusher = Flusher(0.0, max_delay_s=0.2)
     flusher.clock = ticks = Ticks()
     direct = DirectLog()
     box = make(SlowSocket(), [], flusher=flusher, direct=direct)
     loop = asyncio.get_running_loop()
-    box.push(b"1")
-    ticks.now += 0.02  # a busy turn: a hold of 60 ms
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    pushed = await busy_turns(box, flusher, ticks, 0.02)  # busy turns: a hold of 60 ms
     assert not flusher.immediate
     box.push(b"2")
     start = loop.time()
-    while len(direct.frames) < 2 and loop.time() - start < 2:
+    while len(direct.frames) == len(pushed) and loop.time() - start < 2:
         await asyncio.sleep(0.002)
     # the pass took no time, yet the loop just was busy: the next hold is half the last, not nothing
-    assert direct.frames == [b"1", b"2"] and not flusher.immediate and flusher.holds == 2
+    assert direct.frames == [*pushed, b"2"] and not flusher.immediate and flusher.holds == 2
     box.push(b"3")
-    assert direct.frames == [b"1", b"2"] and len(box) == 1  # still held
+    assert direct.frames == [*pushed, b"2"] and len(box) == 1  # still held
     while not flusher.immediate and loop.time() - start < 2:
         await asyncio.sleep(0.002)
-    assert direct.frames == [b"1", b"2", b"3"]  # and the empty pass after it went back to writing at once
+    assert direct.frames == [*pushed, b"2", b"3"]  # and the empty pass after it went back to writing at once
     box.push(b"4")
     assert direct.frames[-1] == b"4"
+
+
+async def test_holds_end_when_the_load_is_gone_even_if_every_pass_has_something_to_write() -> None:
+    # after a busy spell, events keep coming at 50/s and each pass writes one per connection quickly: the
+    # duty falls, so writing at once resumes (before the fix, only an empty pass ended the holds, and at
+    # 50 msg/s with holds near 20 ms no pass was ever empty: every event waited for one)
+    flusher = Flusher(0.0, max_delay_s=0.025)
+    flusher.clock = ticks = Ticks()
+    direct = DirectLog()
+    box = make(SlowSocket(), [], flusher=flusher, direct=direct)
+    loop = asyncio.get_running_loop()
+    pushed = await busy_turns(box, flusher, ticks, 0.01)
+    assert not flusher.immediate
+    start = loop.time()
+    for i in range(10):
+        if flusher.immediate:
+            break
+        box.push(b"p%d" % i)
+        ticks.now += 0.02  # 20 ms between events; the pass itself takes no time
+        while len(box) and loop.time() - start < 2:
+            await asyncio.sleep(0.001)
+    assert flusher.immediate and flusher.duty < 0.4 and i <= 4
+    box.push(b"now")
+    assert direct.frames[-1] == b"now" and direct.frames[:len(pushed)] == pushed
