@@ -8,7 +8,8 @@ Two guards against a thundering herd on the store (docs/cache.md, "Directory"): 
 from ``ttl`` ± ``TTL_JITTER`` (entries cached together, e.g. when 2 000 clients subscribe at start, used to
 expire together, and every publish of the following second queried PostgreSQL: multi-second stalls on
 both gateways every 30 s in ``storm bench e2e``); and concurrent misses of one key in one process share one
-store read (single flight).
+store read (single flight).  First sights of users (a connect's user and membership, not cached yet) are read
+in batches per workspace, one unit of work for those that arrive while the previous batch is read.
 
 An invalidation (``forget_*``, after the tenants API commits a change) does not delete the entry: it writes
 a short-lived **tombstone**, and loads cache what they read with ``put_if_absent``.  A load that read the
@@ -29,7 +30,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from storm.domain import Channel, ChannelKind, Role, User, Workspace
-from storm.errors import Forbidden, NotFound
+from storm.errors import Forbidden, NotFound, Unavailable
 from storm.ports.cache import Cache
 from storm.ports.identity import Claims
 from storm.ports.store import Store, UnitOfWork
@@ -39,6 +40,7 @@ TTL_JITTER = 0.2  # each entry lives ttl x uniform(0.8, 1.2)
 TOMBSTONE = b"\xff"  # what an invalidation writes: no cached value is a single 0xff byte
 DECODED_MAX = 10_000  # decoded entries kept per process (cleared when full)
 TOMBSTONE_TTL_S = 2.0  # while it lives, lookups read the store and loads cannot cache what they read
+FIRST_SIGHT_BATCH = 100  # first sights of one workspace read in one unit of work (Directory._first_sight)
 
 T = TypeVar("T")
 
@@ -85,6 +87,10 @@ class Directory:
         # cached bytes -> the immutable object they decode to: a connect reads the same workspace and user
         # entries again and again; keyed by the bytes themselves, so a changed entry is a new key
         self._decoded: dict[tuple[str, bytes], Any] = {}
+        # first sights waiting for the next batch, per workspace; the workspaces whose batch reader runs
+        self._first_sights: dict[str, list[tuple[Claims, asyncio.Future[tuple[User, Role | None]]]]] = {}
+        self._reading: set[str] = set()
+        self._readers: set[asyncio.Task[None]] = set()
 
     def _entry_ttl(self) -> float:
         return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
@@ -136,23 +142,78 @@ class Directory:
 
         return await self._single_flight(workspace, key, load)
 
-    async def _load_member(self, ws: Workspace, claims: Claims) -> tuple[User, Role | None]:
-        async def tx(uow: UnitOfWork) -> tuple[User, Role | None]:
-            user = await self._get_or_create_user(uow, claims)
-            m = await uow.memberships.get(ws.id, user.id)
-            return user, m.role if m else None
+    async def _first_sight(self, ws: Workspace, claims: Claims) -> tuple[User, Role | None]:
+        """The user and its membership of ``ws``, read from the store and cached, in a **batch**: the
+        first sights of one workspace that arrive while a batch is being read are read together by the next
+        one, in one unit of work (one pool checkout, its pre-ping, one begin and rollback: most of a first
+        sight's cost on PostgreSQL, docs/benchmarks.md "Connect").  No added wait: a lone first sight is read
+        at once; under a ramp or a reconnect storm the batches grow by themselves (at most
+        ``FIRST_SIGHT_BATCH`` subjects each)."""
+        future: asyncio.Future[tuple[User, Role | None]] = asyncio.get_running_loop().create_future()
+        self._first_sights.setdefault(ws.slug, []).append((claims, future))
+        if ws.slug not in self._reading:
+            self._reading.add(ws.slug)
+            task = asyncio.ensure_future(self._read_first_sights(ws))  # its own task: no caller's cancel stops it
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+        return await future
 
-        async with self._store.unit_of_work() as uow:  # a read first: no commit (a round trip) for a known user
-            known = await uow.users.get_by_subject(claims.subject)
-            member = await uow.memberships.get(ws.id, known.id) if known is not None else None
-        if known is not None:
-            user, role = known, member.role if member else None
-        else:  # first sight of this subject anywhere: created, committed
-            user, role = await self._store.run(tx)
-        cached = msgspec.msgpack.encode(_CachedUser(user.id.hex, user.name))
-        await self._remember(ws.slug, f"user:{claims.subject}", cached)
-        await self._remember(ws.slug, f"member:{user.id.hex}", (role.value if role else "").encode())
-        return user, role
+    async def _read_first_sights(self, ws: Workspace) -> None:
+        try:
+            while pending := self._first_sights.get(ws.slug):
+                batch, rest = pending[:FIRST_SIGHT_BATCH], pending[FIRST_SIGHT_BATCH:]
+                if rest:
+                    self._first_sights[ws.slug] = rest
+                else:
+                    del self._first_sights[ws.slug]
+                try:
+                    found = await self._load_members(ws, [c for c, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(Unavailable("the directory's read was cancelled (shutting down)")
+                                                 if isinstance(exc, asyncio.CancelledError) else exc)
+                            future.exception()  # retrieved: a waiter that left does not warn
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for c, future in batch:
+                    if not future.done():
+                        future.set_result(found[c.subject])
+        finally:
+            self._reading.discard(ws.slug)
+            for _, future in self._first_sights.pop(ws.slug, []):  # only when cancelled: nobody reads them
+                if not future.done():
+                    future.set_exception(Unavailable("the directory's read was cancelled (shutting down)"))
+                    future.exception()
+
+    async def _load_members(self, ws: Workspace, batch: list[Claims]) -> dict[str, tuple[User, Role | None]]:
+        found: dict[str, tuple[User, Role | None]] = {}
+        async with self._store.unit_of_work() as uow:  # a read first: no commit (a round trip) for known users
+            for claims in batch:
+                known = await uow.users.get_by_subject(claims.subject)
+                if known is not None:
+                    member = await uow.memberships.get(ws.id, known.id)
+                    found[claims.subject] = known, member.role if member else None
+        unknown = [c for c in batch if c.subject not in found]
+        if unknown:  # first sight of these subjects anywhere: created, committed together
+
+            async def tx(uow: UnitOfWork) -> dict[str, tuple[User, Role | None]]:
+                made: dict[str, tuple[User, Role | None]] = {}
+                for claims in unknown:
+                    user = await self._get_or_create_user(uow, claims)
+                    m = await uow.memberships.get(ws.id, user.id)
+                    made[claims.subject] = user, m.role if m else None
+                return made
+
+            found.update(await self._store.run(tx))
+        await asyncio.gather(*(self._remember_member(ws.slug, subject, user, role)
+                               for subject, (user, role) in found.items()))
+        return found
+
+    async def _remember_member(self, slug: str, subject: str, user: User, role: Role | None) -> None:
+        await self._remember(slug, f"user:{subject}", msgspec.msgpack.encode(_CachedUser(user.id.hex, user.name)))
+        await self._remember(slug, f"member:{user.id.hex}", (role.value if role else "").encode())
 
     @staticmethod
     async def _get_or_create_user(uow: UnitOfWork, claims: Claims) -> User:
@@ -215,7 +276,7 @@ class Directory:
             role = await self.role(ws, user.id)
         else:  # first sight: the user and the membership in one transaction, both cached
             user, role = await self._single_flight(slug, f"user:{claims.subject}",
-                                                   lambda: self._load_member(ws, claims))
+                                                   lambda: self._first_sight(ws, claims))
         if role is None:
             raise Forbidden("not a member of this workspace", field="workspace")
         return Principal(user=user, workspace=ws, role=role, claims=claims)

@@ -3,6 +3,7 @@ no store transaction per connect, and the membership stays the gate (removals an
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,9 +12,9 @@ import pytest
 
 from storm.adapters.memory_cache import MemoryCache
 from storm.adapters.memory_store import MemoryStore
-from storm.directory import TOMBSTONE_TTL_S, Directory
+from storm.directory import TOMBSTONE_TTL_S, Directory, Principal
 from storm.domain import Membership, Role, Workspace
-from storm.errors import Forbidden
+from storm.errors import Forbidden, Unavailable
 from storm.ports.clock import ManualClock
 from storm.ports.identity import Claims
 
@@ -103,3 +104,106 @@ async def test_a_removal_still_refuses_a_cached_user(env: Any) -> None:
     await directory.forget_member(WS.slug, user.id)
     with pytest.raises(Forbidden):
         await directory.principal(claims("dev|cy"))
+
+
+class SlowStore(CountingStore):
+    """A store whose units of work take a moment (a PostgreSQL round trip), and can be made to fail once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next: Exception | None = None
+
+    def unit_of_work(self) -> Any:
+        uow = super().unit_of_work()
+        store = self
+
+        class Slow:
+            async def __aenter__(self) -> Any:
+                await asyncio.sleep(0.01)
+                if store.fail_next is not None:
+                    exc, store.fail_next = store.fail_next, None
+                    raise exc
+                return await uow.__aenter__()
+
+            async def __aexit__(self, *exc: object) -> Any:
+                return await uow.__aexit__(*exc)
+
+        return Slow()
+
+
+@pytest.fixture
+async def slow() -> AsyncIterator[tuple[SlowStore, Directory]]:
+    store = SlowStore()
+    cache = MemoryCache(ManualClock())
+    await store.start()
+    await cache.start()
+    async with store.unit_of_work() as uow:
+        await uow.workspaces.add(WS)
+        await uow.commit()
+    try:
+        yield store, Directory(store, cache)
+    finally:
+        await cache.stop()
+        await store.stop()
+
+
+async def _members(store: MemoryStore, directory: Directory, n: int, prefix: str) -> list[uuid.UUID]:
+    ids = []
+    for i in range(n):
+        user = await directory.resolve_user(claims(f"dev|{prefix}{i}"))
+        await _join(store, user.id, Role.MEMBER)
+        ids.append(user.id)
+    return ids
+
+
+async def test_concurrent_first_sights_of_a_workspace_are_read_in_batches(slow: Any) -> None:
+    store, directory = slow
+    ids = await _members(store, directory, 60, "u")
+    await directory.workspace(WS.slug)
+    before = store.units
+    first = asyncio.ensure_future(directory.principal(claims("dev|u0")))
+    await asyncio.sleep(0.005)  # its read is under way
+    got = [await first, *await asyncio.gather(*(directory.principal(claims(f"dev|u{i}")) for i in range(1, 60)))]
+    assert [p.user.id for p in got] == ids and all(p.role is Role.MEMBER for p in got)
+    # the first read alone, the 59 that arrived meanwhile together: 2 units of work, not 60
+    assert store.units - before == 2
+    assert (await directory.principal(claims("dev|u7"))).user.id == ids[7]
+    assert store.units - before == 2  # cached by the batch
+
+
+async def test_a_batch_mixes_known_users_new_users_and_non_members(slow: Any) -> None:
+    store, directory = slow
+    (member,) = await _members(store, directory, 1, "m")
+    await directory.resolve_user(claims("dev|outsider"))  # known, not a member
+    await directory.workspace(WS.slug)
+    results = await asyncio.gather(directory.principal(claims("dev|m0")), directory.principal(claims("dev|new")),
+                                   directory.principal(claims("dev|outsider")), return_exceptions=True)
+    assert isinstance(results[0], Principal) and results[0].user.id == member
+    assert isinstance(results[1], Forbidden) and isinstance(results[2], Forbidden)
+    assert (await directory.resolve_user(claims("dev|new"))).subject == "dev|new"  # created once
+
+
+async def test_a_failed_batch_fails_its_callers_and_the_next_batch_reads_again(slow: Any) -> None:
+    store, directory = slow
+    await _members(store, directory, 3, "f")
+    await directory.workspace(WS.slug)
+    store.fail_next = Unavailable("database unreachable")
+    first = asyncio.ensure_future(directory.principal(claims("dev|f0")))
+    await asyncio.sleep(0.005)  # its read is under way (and fails)
+    results = await asyncio.gather(first, *(directory.principal(claims(f"dev|f{i}")) for i in range(1, 3)),
+                                   return_exceptions=True)
+    assert isinstance(results[0], Unavailable)  # the first batch (f0) failed
+    assert all(isinstance(r, Principal) for r in results[1:])  # the next batch read the store again
+    assert (await directory.principal(claims("dev|f0"))).role is Role.MEMBER
+
+
+async def test_a_cancelled_caller_does_not_strand_the_others(slow: Any) -> None:
+    store, directory = slow
+    await _members(store, directory, 4, "c")
+    await directory.workspace(WS.slug)
+    tasks = [asyncio.ensure_future(directory.principal(claims(f"dev|c{i}"))) for i in range(4)]
+    await asyncio.sleep(0)
+    tasks[0].cancel()  # the caller whose arrival started the reader
+    done = await asyncio.gather(*tasks[1:])
+    assert [p.role for p in done] == [Role.MEMBER] * 3
+    assert tasks[0].cancelled()
