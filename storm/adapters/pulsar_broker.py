@@ -6,14 +6,15 @@ Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
   records go to non-persistent topics ``{ws}/ephemeral/{channel}`` (:mod:`storm.adapters.pulsar_admin`).
 * Offset = Pulsar position ``(ledger_id << 20) | entry_id`` (:mod:`storm.adapters.pulsar_names`): strictly
   increasing per channel, not dense.  ``publish`` returns it from the broker's send receipt, i.e. once the
-  entry is persisted; receipts reach the event loop in bursts, one wake-up each (``_SendCompletions``).
+  entry is persisted; receipts reach the event loop in bursts, one wake-up each (``_LoopHandoff``).
 * One producer per topic per process (LRU-bounded), batching off, named ``{gateway_id}-{channel}`` so that
   the broker's deduplication (enabled per namespace) drops a message the client resends after a reconnect.
 * Broadcast: one non-durable reader per followed channel, created at the latest position, plus one reader
   per followed *workspace* on its ephemeral feed ``non-persistent://{ws}/ephemeral/workspace.feed`` (every
   ephemeral record of the workspace, keyed by channel, filtered here); the client's listener threads hand
-  messages to the event loop with ``call_soon_threadsafe``.  At most ``max_channel_readers`` channels per
-  process.  Why not fewer readers still: docs/adr/0013-following-channels.md.
+  messages to the event loop in bursts, with the send receipts (``_LoopHandoff``).  At most
+  ``max_channel_readers`` channels per process.  Why not fewer readers still:
+  docs/adr/0013-following-channels.md.
 * Work sharing: :mod:`storm.adapters.pulsar_work`.
 
 Nothing connects in ``__init__``; ``start`` connects (and refuses a second call); ``stop`` is idempotent and
@@ -92,45 +93,71 @@ def _pulsar_error(action: str, exc: BaseException) -> StormError:
     return Unavailable(f"Pulsar {action} failed: {exc}")
 
 
-class _SendCompletions:
-    """Send receipts from the Pulsar client's threads to the event loop, one loop wake-up per burst.
+class _LoopHandoff:
+    """Calls from the Pulsar client's threads to the event loop, one loop wake-up per burst.
 
-    ``pulsar.asyncio.Producer.send`` schedules one ``call_soon_threadsafe`` per receipt: a write to the
-    loop's self-pipe and a wake-up each.  Here a receipt is queued, and only the first receipt of a burst
-    schedules the drain, which completes every queued future in one loop callback (in receipt order).
-    The receipt's position is read on the client thread, so the loop builds no ``pulsar.MessageId``.
+    ``loop.call_soon_threadsafe`` per send receipt or per received message is a write to the loop's
+    self-pipe and a wake-up each (and, at 1 000 messages/s, a gateway's loop woken twice per message).
+    Here a call is queued, and only the first call of a burst schedules the drain, which runs every queued
+    call in one loop callback, in arrival order: a reader's messages, handed over one after another by its
+    listener, keep their order.  One per broker and loop: receipts and broadcast messages share the burst.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
-        self._queue: list[tuple[asyncio.Future[tuple[int, int]], Any, int, int]] = []
+        self._queue: list[tuple[Callable[[Any], None], Any]] = []
         self._scheduled = False
 
-    def callback(self, fut: asyncio.Future[tuple[int, int]]) -> Callable[[Any, Any], None]:
-        def done(result: Any, msg_id: Any) -> None:  # on a Pulsar client thread
-            ok = result == _pulsar.Result.Ok
-            item = (fut, result, msg_id.ledger_id() if ok else -1, msg_id.entry_id() if ok else -1)
-            with self._lock:
-                self._queue.append(item)
-                if self._scheduled:
-                    return
-                self._scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                self._loop.call_soon_threadsafe(self._drain)
-
-        return done
+    def put(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(arg)`` on the loop, after every call put before it.  Safe from any thread."""
+        with self._lock:
+            self._queue.append((fn, arg))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits or listens any more
+            self.loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
             queue, self._queue, self._scheduled = self._queue, [], False
-        for fut, result, ledger_id, entry_id in queue:
-            if fut.done():  # the sender was cancelled
-                continue
-            if result == _pulsar.Result.Ok:
-                fut.set_result((ledger_id, entry_id))
-            else:
-                fut.set_exception(pulsar_async.PulsarException(result))
+        for fn, arg in queue:
+            try:
+                fn(arg)
+            except Exception:  # one failing call must not drop the rest of the burst
+                log.exception("a Pulsar callback failed on the loop")
+
+
+class _SendCompletions:
+    """Send receipts from the Pulsar client's threads to the event loop through a :class:`_LoopHandoff`.
+
+    ``pulsar.asyncio.Producer.send`` schedules one ``call_soon_threadsafe`` per receipt; here the receipts
+    of a burst complete their futures in one loop callback (in receipt order).  The receipt's position is
+    read on the client thread, so the loop builds no ``pulsar.MessageId``.
+    """
+
+    def __init__(self, handoff: _LoopHandoff) -> None:
+        self._handoff = handoff
+
+    def callback(self, fut: asyncio.Future[tuple[int, int]]) -> Callable[[Any, Any], None]:
+        put = self._handoff.put
+
+        def done(result: Any, msg_id: Any) -> None:  # on a Pulsar client thread
+            ok = result == _pulsar.Result.Ok
+            put(_settle_send, (fut, result, msg_id.ledger_id() if ok else -1, msg_id.entry_id() if ok else -1))
+
+        return done
+
+
+def _settle_send(item: tuple[asyncio.Future[tuple[int, int]], Any, int, int]) -> None:
+    fut, result, ledger_id, entry_id = item
+    if fut.done():  # the sender was cancelled
+        return
+    if result == _pulsar.Result.Ok:
+        fut.set_result((ledger_id, entry_id))
+    else:
+        fut.set_exception(pulsar_async.PulsarException(result))
 
 
 class _Producers:
@@ -252,6 +279,7 @@ class PulsarBroker:
         self.admin = PulsarAdmin(settings.admin_url, settings.cluster)
         self._client: pulsar_async.Client | None = None
         self._producers: _Producers | None = None
+        self._handoff: _LoopHandoff | None = None
         self._completions: _SendCompletions | None = None
         self._broadcasts: set[PulsarBroadcastSubscription] = set()
         self._work: set[PulsarWorkSubscription] = set()
@@ -282,7 +310,8 @@ class PulsarBroker:
             logger=pulsar.FileLogger(pulsar.LoggerLevel.Warn, PULSAR_CLIENT_LOG),
         )
         self._producers = _Producers(self._client, self._max_producers, self._send_timeout_ms)
-        self._completions = _SendCompletions(asyncio.get_running_loop())
+        self._handoff = _LoopHandoff(asyncio.get_running_loop())
+        self._completions = _SendCompletions(self._handoff)
         self._life.started()
 
     async def stop(self) -> None:
@@ -315,6 +344,12 @@ class PulsarBroker:
         if self._life.running:
             warnings.warn(f"PulsarBroker {self._gateway_id} was started and never stopped", ResourceWarning,
                           source=self, stacklevel=1)
+
+    def _handoff_for(self, loop: asyncio.AbstractEventLoop) -> _LoopHandoff:
+        """The broker's hand-off to ``loop`` (the one it started on), else a new one for that loop."""
+        if self._handoff is not None and self._handoff.loop is loop:
+            return self._handoff
+        return _LoopHandoff(loop)
 
     def _running(self) -> pulsar_async.Client:
         self._life.check()
@@ -586,11 +621,10 @@ class PulsarBroadcastSubscription:
             log.exception("broadcast handler failed ws=%s channel=%s", workspace, channel)
 
     def _listener(self, deliver: Callable[[Any], None]) -> Callable[[Any, Any], None]:
-        loop = self._loop
+        put = self._broker._handoff_for(self._loop).put  # one loop wake-up per burst, not per message
 
         def on_message(_reader: Any, msg: Any) -> None:  # runs on a Pulsar client thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-                loop.call_soon_threadsafe(deliver, msg)
+            put(deliver, msg)
 
         return on_message
 
