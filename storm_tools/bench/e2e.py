@@ -598,11 +598,35 @@ def cpu_per_message(cpu_s: dict[str, float], acked: int) -> dict[str, float | No
     return out
 
 
-class CpuMeter:
-    """CPU seconds of named processes (and their children) and of the whole machine over one window."""
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's JIT compiler threads (comm: 15 chars)
 
-    def __init__(self, pids: dict[str, list[int]]) -> None:
+
+def jit_seconds(pid: int, task_dir: Path = Path("/proc")) -> float:
+    """CPU seconds of a JVM's JIT compiler threads (``C1``/``C2 CompilerThread<n>``).  A JVM started minutes
+    before the bench spends a large share of its CPU compiling its hot paths (measured: about half of
+    Pulsar's CPU in the window of a broker started 5 minutes earlier, 13 % in the next run); a warm one
+    no longer does.  Reported apart so a run on fresh services can be read as one on warm services."""
+    total = 0
+    for task in (task_dir / str(pid) / "task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if (task / "comm").read_text().strip().startswith(JIT_THREADS):
+                total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def without_jit(cpu_s: dict[str, float], jit_s: dict[str, float]) -> dict[str, float]:
+    """``cpu_s`` minus each JVM role's JIT compiler time."""
+    return {role: max(0.0, seconds - jit_s.get(role, 0.0)) for role, seconds in cpu_s.items()}
+
+
+class CpuMeter:
+    """CPU seconds of named processes (and their children) and of the whole machine over one window;
+    ``jvms`` (role -> pid) also get their JIT compiler threads' share (:func:`jit_seconds`)."""
+
+    def __init__(self, pids: dict[str, list[int]], jvms: dict[str, int] | None = None) -> None:
         self.pids = pids
+        self.jvms = jvms or {}
+        self._jit: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self._machine: Any = None
         self._wall = 0.0
@@ -621,6 +645,7 @@ class CpuMeter:
         import psutil
 
         self._start = self._read()
+        self._jit = self._read_jit()
         self._machine = psutil.cpu_times()
         self._wall = time.monotonic()
 
@@ -628,6 +653,7 @@ class CpuMeter:
         import psutil
 
         end = self._read()
+        jit = self._read_jit()
         machine = psutil.cpu_times()
         wall = time.monotonic() - self._wall
         idle = (machine.idle + getattr(machine, "iowait", 0.0)) - (self._machine.idle +
@@ -635,10 +661,18 @@ class CpuMeter:
         total = sum(machine) - sum(self._machine)
         return {
             "cpu_s": {name: round(end[name] - self._start.get(name, 0.0), 3) for name in end},
+            "jit_cpu_s": {name: round(jit[name] - self._jit[name], 3) for name in jit if name in self._jit},
             "machine_busy": round(1 - idle / total, 2) if total > 0 else None,
             "cores": psutil.cpu_count(),
             "window_s": round(wall, 1),
         }
+
+    def _read_jit(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self.jvms.items():
+            with contextlib.suppress(OSError):
+                out[name] = jit_seconds(pid)
+        return out
 
 
 def _assign(args: argparse.Namespace, ws: Workspace, ports: list[int], tokens: list[str]
@@ -809,10 +843,12 @@ async def _measure(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
                                                    on_progress) for c in clients))
         _say(f"primed: {sum(r['answered'] for r in primed)}/{connected} first publishes answered "
              f"({time.monotonic() - t:.1f} s)")
+        services = service_pids()
         meter = CpuMeter({"gateways": [p.pid for p in topo.gateways],
                           "consumers": [p.pid for p in procs if p.role == "consumers"],
                           "clients": [c.proc.pid for c in clients if c.proc is not None],
-                          **{name: [pid] for name, pid in service_pids().items()}})
+                          **{name: [pid] for name, pid in services.items()}},
+                         jvms={name: pid for name, pid in services.items() if name in ("pulsar", "hazelcast")})
         go_ns = time.monotonic_ns() + 300_000_000
         _say(f"publishing {args.rate:g}/s: {args.warmup:g} s warm-up, then {args.duration:g} s measured")
         for c in clients:
@@ -896,6 +932,9 @@ def summarize(args: argparse.Namespace, results: list[dict[str, Any]], connected
         "consumers": not args.no_consumers,
         "cpu_us_per_msg": cpu_per_message(cpu["cpu_s"], acked),
         "cpu_s": cpu["cpu_s"],
+        # the JVMs' JIT compiler threads in the window (part of cpu_s), and the per-message CPU without them
+        "jit_cpu_s": cpu.get("jit_cpu_s", {}),
+        "cpu_us_per_msg_without_jit": cpu_per_message(without_jit(cpu["cpu_s"], cpu.get("jit_cpu_s", {})), acked),
         "cpu_window_s": cpu.get("window_s"),
         "machine_busy": cpu["machine_busy"],
         "cores": cpu["cores"],
