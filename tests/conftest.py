@@ -9,7 +9,9 @@ workspaces with unique slugs and ids rather than expecting empty tables.
 
 Pulsar and Hazelcast ones: ``pulsar_urls`` (service URL, admin URL) and ``hazelcast_members``, from
 ``STORM_TEST_PULSAR_URL`` / ``STORM_TEST_PULSAR_ADMIN_URL`` / ``STORM_TEST_HAZELCAST_MEMBERS`` (printed by
-``scripts/services.sh env``; defaults: the ports ``scripts/services.sh up`` uses), with the same rule: skipped
+``scripts/services.sh env``; defaults: the ports ``scripts/services.sh up`` uses), ``toxiproxy_url``
+(``STORM_TEST_TOXIPROXY_URL``), ``storm_services_env`` and ``all_services_env`` (the environment of a child
+``storm`` command pointed at them), with the same rule: skipped
 locally when the service does not answer, failed under ``CI=true``.  See docs/operations.md.
 """
 
@@ -148,3 +150,36 @@ def hazelcast_members() -> str:
     if not _tcp_answers(*_host_port(first, 5701)):
         unavailable(f"{hint} (nothing answers at {first})", needed_by="Hazelcast")
     return members
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_url() -> str:
+    """The HTTP API of a running Toxiproxy (the chaos experiments' proxy), from ``STORM_TEST_TOXIPROXY_URL``."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("STORM_TEST_TOXIPROXY_URL", "http://127.0.0.1:8474")
+    try:
+        with urllib.request.urlopen(f"{url}/version", timeout=5):  # nosec B310 - loopback test service
+            return url
+    except (urllib.error.URLError, OSError) as exc:
+        unavailable(f"Toxiproxy not available at {url} ({exc}): run scripts/services.sh up toxiproxy",
+                    needed_by="Toxiproxy")
+
+
+@pytest.fixture
+def storm_services_env(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> dict[str, str]:
+    """This process's environment plus the ``STORM_*`` settings that point a ``storm`` command run as a child
+    (``storm bench e2e|connect|reconnect``) at the real services."""
+    return {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": pulsar_urls[0],
+            "STORM_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_HAZELCAST_MEMBERS": hazelcast_members}
+
+
+@pytest.fixture
+def all_services_env(pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str,
+                     toxiproxy_url: str) -> dict[str, str]:
+    """This process's environment plus every real service's address, for a ``storm`` command run as a child
+    (``storm chaos run --no-services``, ``storm day --no-services``)."""
+    return {**os.environ, "STORM_TEST_PG_URL": pg_url, "STORM_TEST_PULSAR_URL": pulsar_urls[0],
+            "STORM_TEST_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_TEST_HAZELCAST_MEMBERS": hazelcast_members,
+            "STORM_TEST_TOXIPROXY_URL": toxiproxy_url}

@@ -4,7 +4,6 @@ checked for shape and for completeness (every acked message reached every other 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -18,15 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CONNECTIONS, MEMBERS, RATE, DURATION = 40, 10, 100, 3
 
 
-def test_e2e_bench_delivers_every_acked_message_and_cleans_up(pg_url: str, pulsar_urls: tuple[str, str],
-                                                                hazelcast_members: str) -> None:
-    service_url, admin_url = pulsar_urls
-    env = {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": service_url,
-           "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
+def test_e2e_bench_delivers_every_acked_message_and_cleans_up(storm_services_env: dict[str, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "storm_cli", "bench", "e2e", "--connections", str(CONNECTIONS), "--members",
          str(MEMBERS), "--rate", str(RATE), "--duration", str(DURATION), "--warmup", "1", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=storm_services_env, capture_output=True, text=True, timeout=300)
 
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-4000:]}"
     lines = proc.stdout.strip().splitlines()
@@ -58,20 +53,17 @@ def test_e2e_bench_delivers_every_acked_message_and_cleans_up(pg_url: str, pulsa
     assert result.get("rejected", 0) == 0
     # The workspace is gone from Pulsar once the bench is over.
     assert result["cleanup"] == "deleted", result["cleanup"]
+    admin_url = storm_services_env["STORM_PULSAR_ADMIN_URL"]
     with urllib.request.urlopen(f"{admin_url}/admin/v2/tenants", timeout=10) as response:
         tenants = json.loads(response.read())
     assert result["workspace"] not in tenants
 
 
-def test_connect_bench_on_the_real_services_with_rs256_tokens(pg_url: str, pulsar_urls: tuple[str, str],
-                                                              hazelcast_members: str) -> None:
-    service_url, admin_url = pulsar_urls
-    env = {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": service_url,
-           "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
+def test_connect_bench_on_the_real_services_with_rs256_tokens(storm_services_env: dict[str, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "storm_cli", "bench", "connect", "--services", "real", "--connections", "60",
          "--subscribe", "1", "--client-procs", "2", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=storm_services_env, capture_output=True, text=True, timeout=300)
 
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr[-4000:]}"
     lines = proc.stdout.strip().splitlines()

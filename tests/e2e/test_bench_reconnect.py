@@ -5,7 +5,6 @@ survivor, no acked message lost), never for speed (the 10 s target is the bench'
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_reconnect_bench_kills_the_busiest_gateway_and_every_dropped_client_resumes(
-        pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str) -> None:
-    service_url, admin_url = pulsar_urls
-    env = {**os.environ, "STORM_DATABASE_URL": pg_url, "STORM_PULSAR_URL": service_url,
-           "STORM_PULSAR_ADMIN_URL": admin_url, "STORM_HAZELCAST_MEMBERS": hazelcast_members}
+        storm_services_env: dict[str, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "storm_cli", "bench", "reconnect", "--connections", "60", "--gateways", "2",
          "--sample-channels", "2", "--settle-timeout", "90", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+        cwd=ROOT, env=storm_services_env, capture_output=True, text=True, timeout=420)
 
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must be one JSON line; exit {proc.returncode}\n{proc.stderr[-4000:]}"

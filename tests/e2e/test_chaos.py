@@ -11,18 +11,13 @@ one is missing, failed under CI=true.  About three minutes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.support.ci import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -31,32 +26,17 @@ EXPERIMENTS = ("gateway-sigkill", "latency-postgres")
 BUDGET_S = 420
 
 
-@pytest.fixture
-def toxiproxy_url() -> str:
-    url = os.environ.get("STORM_TEST_TOXIPROXY_URL", "http://127.0.0.1:8474")
-    try:
-        with urllib.request.urlopen(f"{url}/version", timeout=5):
-            return url
-    except (urllib.error.URLError, OSError) as exc:
-        unavailable(f"Toxiproxy not available at {url} ({exc}): run scripts/services.sh up toxiproxy",
-                    needed_by="Toxiproxy")
-
-
 def _journal(report: Path, name: str) -> dict[str, Any]:
     return dict(json.loads((report / name / "journal.json").read_text()))
 
 
-def test_gateway_sigkill_and_postgres_latency_hold_through_chaos_run(
-        pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str, toxiproxy_url: str) -> None:
+def test_gateway_sigkill_and_postgres_latency_hold_through_chaos_run(all_services_env: dict[str, str]) -> None:
     # in reports/ (not pytest's basetemp, which other runs rotate away): the journals are the evidence
     report = ROOT / "reports" / "chaos" / f"test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "STORM_TEST_PG_URL": pg_url, "STORM_TEST_PULSAR_URL": pulsar_urls[0],
-           "STORM_TEST_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_TEST_HAZELCAST_MEMBERS": hazelcast_members,
-           "STORM_TEST_TOXIPROXY_URL": toxiproxy_url}
     run = subprocess.run(
         [sys.executable, "-m", "storm_cli", "chaos", "run", *EXPERIMENTS, "--no-services", "--connections", "40",
          "--duration", "30", "--report", str(report), "--experiment-timeout", "240"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
+        cwd=ROOT, env=all_services_env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
     cluster_log = report / "cluster.log"
     tail = (f"stderr:\n{run.stderr[-4000:]}\nstdout:\n{run.stdout[-2000:]}\ncluster.log:\n"
             + (cluster_log.read_text(errors="replace")[-6000:] if cluster_log.exists() else "(none)"))

@@ -12,18 +12,13 @@ Toxiproxy (`scripts/services.sh up all`): skipped locally when one is missing, f
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.support.ci import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -33,31 +28,16 @@ TIMELINE_KEYS = {"t", "phase", "connections", "connects_ok", "connects_failed", 
                  "deliveries", "ack_ms", "deliver_ms", "errors", "reconnects", "disconnects"}
 
 
-@pytest.fixture
-def toxiproxy_url() -> str:
-    url = os.environ.get("STORM_TEST_TOXIPROXY_URL", "http://127.0.0.1:8474")
-    try:
-        with urllib.request.urlopen(f"{url}/version", timeout=5):
-            return url
-    except (urllib.error.URLError, OSError) as exc:
-        unavailable(f"Toxiproxy not available at {url} ({exc}): run scripts/services.sh up toxiproxy",
-                    needed_by="Toxiproxy")
-
-
 def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_storm_day_ci_runs_the_day_and_loses_duplicates_and_reorders_nothing(
-        pg_url: str, pulsar_urls: tuple[str, str], hazelcast_members: str, toxiproxy_url: str) -> None:
+def test_storm_day_ci_runs_the_day_and_loses_duplicates_and_reorders_nothing(all_services_env: dict[str, str]) -> None:
     # in reports/ (not pytest's basetemp, which other runs rotate away): the run folder is the evidence
     report = ROOT / "reports" / "day" / f"test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "STORM_TEST_PG_URL": pg_url, "STORM_TEST_PULSAR_URL": pulsar_urls[0],
-           "STORM_TEST_PULSAR_ADMIN_URL": pulsar_urls[1], "STORM_TEST_HAZELCAST_MEMBERS": hazelcast_members,
-           "STORM_TEST_TOXIPROXY_URL": toxiproxy_url}
     run = subprocess.run([sys.executable, "-m", "storm_cli", "day", "--profile", "ci", "--no-services", "--json",
                           "--report", str(report)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
+                         cwd=ROOT, env=all_services_env, capture_output=True, text=True, timeout=BUDGET_S, check=False)
     cluster_log = report / "cluster.log"
     tail = (f"report {report}\nstderr:\n{run.stderr[-5000:]}\nstdout:\n{run.stdout[-2000:]}\ncluster.log:\n"
             + (cluster_log.read_text(errors="replace")[-4000:] if cluster_log.exists() else "(none)"))
