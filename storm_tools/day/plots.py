@@ -85,27 +85,35 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _per_second_axis(ax: Axes, ylabel: str) -> None:
+    """A panel of counts: from zero, thousands separated, its legend."""
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    _thousands(ax)
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+
+
+def _finish(fig: Figure, axes: Sequence[Axes], data: RunData, recoveries: dict[str, float | None],
+            path: Path) -> Path:
+    """The shared x axis labelled, phases and incidents shaded on every panel (named on the top one), saved."""
+    axes[-1].set_xlabel(_xlabel(data))
+    for i, ax in enumerate(axes):
+        _decorate(ax, data, recoveries, labels=i == 0)
+    return _save(fig, path)
+
+
 def connections(data: RunData, recoveries: dict[str, float | None], path: Path) -> Path:
     fig, (top, bottom) = _figure(2, f"Connections — {data.run.profile}, {data.run.users:,} users")
     xs = [_x(data, s.t) for s in data.timeline]
     top.plot(xs, [s.connections for s in data.timeline], color="#1f77b4", lw=1.6, label="connected users")
     top.axhline(data.run.users, color="#999999", ls="--", lw=1, label=f"profile's users ({data.run.users:,})")
-    top.set_ylabel("connections")
-    top.set_ylim(bottom=0)
-    _thousands(top)
-    top.legend(loc="best", fontsize=8, framealpha=0.85)
+    _per_second_axis(top, "connections")
     bottom.plot(xs, [s.connects_ok for s in data.timeline], color="#2ca02c", lw=1, label="connects ok /s")
     bottom.plot(xs, [server_failed_connects(s) for s in data.timeline], color="#d62728", lw=1.2,
                 label="connects failed (server's) /s")
     bottom.plot(xs, [s.reconnects for s in data.timeline], color="#9467bd", lw=1, alpha=0.8, label="reconnects /s")
-    bottom.set_ylabel("per second")
-    bottom.set_ylim(bottom=0)
-    _thousands(bottom)
-    bottom.legend(loc="best", fontsize=8, framealpha=0.85)
-    bottom.set_xlabel(_xlabel(data))
-    _decorate(top, data, recoveries, labels=True)
-    _decorate(bottom, data, recoveries, labels=False)
-    return _save(fig, path)
+    _per_second_axis(bottom, "per second")
+    return _finish(fig, (top, bottom), data, recoveries, path)
 
 
 def messages(data: RunData, recoveries: dict[str, float | None], path: Path) -> Path:
@@ -116,19 +124,10 @@ def messages(data: RunData, recoveries: dict[str, float | None], path: Path) -> 
     offered = data.run.offered.get("msgs_per_s")
     if isinstance(offered, int | float) and offered > 0:
         top.axhline(offered, color="#999999", ls=":", lw=1, label=f"offered {offered:,.0f}/s")
-    top.set_ylabel("in, per second")
-    top.set_ylim(bottom=0)
-    _thousands(top)
-    top.legend(loc="best", fontsize=8, framealpha=0.85)
+    _per_second_axis(top, "in, per second")
     bottom.plot(xs, [s.deliveries for s in data.timeline], color="#ff7f0e", lw=1.2, label="deliveries /s")
-    bottom.set_ylabel("out, per second")
-    bottom.set_ylim(bottom=0)
-    _thousands(bottom)
-    bottom.legend(loc="best", fontsize=8, framealpha=0.85)
-    bottom.set_xlabel(_xlabel(data))
-    _decorate(top, data, recoveries, labels=True)
-    _decorate(bottom, data, recoveries, labels=False)
-    return _save(fig, path)
+    _per_second_axis(bottom, "out, per second")
+    return _finish(fig, (top, bottom), data, recoveries, path)
 
 
 def _series(data: RunData, pick: Callable[[Any], dict[str, float | None]], q: str) -> tuple[list[float], list[float]]:
@@ -157,10 +156,7 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
             ax.set_ylim(bottom=0)
         ax.set_ylabel("ms")
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    axes[-1].set_xlabel(_xlabel(data))
-    for i, ax in enumerate(axes):
-        _decorate(ax, data, recoveries, labels=i == 0)
-    return _save(fig, path)
+    return _finish(fig, axes, data, recoveries, path)
 
 
 def _per_process(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float, float]]]:
@@ -226,10 +222,7 @@ def processes(data: RunData, recoveries: dict[str, float | None], path: Path) ->
         top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0)
     else:
         top.text(0.5, 0.5, "processes.jsonl: no sample", transform=top.transAxes, ha="center")
-    bottom.set_xlabel(_xlabel(data))
-    _decorate(top, data, recoveries, labels=True)
-    _decorate(bottom, data, recoveries, labels=False)
-    return _save(fig, path)
+    return _finish(fig, (top, bottom), data, recoveries, path)
 
 
 def write_all(data: RunData, recoveries: dict[str, float | None], thresholds: dict[str, float],
