@@ -163,6 +163,12 @@ class SqlUserRepository(_Repository):
                 found[row.id] = _user(row)
         return [found[i] for i in wanted if i in found]
 
+    async def get_many_by_subject(self, subjects: Sequence[str]) -> list[User]:
+        found: list[User] = []
+        for chunk in _chunks(list(dict.fromkeys(subjects)), 500):
+            found.extend(_user(row) for row in await self._execute(select(m.users).where(m.users.c.subject.in_(chunk))))
+        return found
+
 
 # ---- memberships ----------------------------------------------------------------------------------------
 def _membership(row: Any) -> Membership:
@@ -182,6 +188,14 @@ class SqlMembershipRepository(_Repository):
     async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
         row = (await self._execute(select(m.memberships).where(self._key(workspace_id, user_id)))).first()
         return None if row is None else _membership(row)
+
+    async def get_many(self, workspace_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> builtins.list[Membership]:
+        found: builtins.list[Membership] = []
+        for chunk in _chunks(list(dict.fromkeys(user_ids)), 500):
+            query = select(m.memberships).where((m.memberships.c.workspace_id == workspace_id)
+                                                & m.memberships.c.user_id.in_(chunk))
+            found.extend(_membership(row) for row in await self._execute(query))
+        return found
 
     async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]:
         """Oldest member first."""

@@ -189,12 +189,12 @@ class Directory:
 
     async def _load_members(self, ws: Workspace, batch: list[Claims]) -> dict[str, tuple[User, Role | None]]:
         found: dict[str, tuple[User, Role | None]] = {}
-        async with self._store.unit_of_work() as uow:  # a read first: no commit (a round trip) for known users
-            for claims in batch:
-                known = await uow.users.get_by_subject(claims.subject)
-                if known is not None:
-                    member = await uow.memberships.get(ws.id, known.id)
-                    found[claims.subject] = known, member.role if member else None
+        async with self._store.unit_of_work() as uow:  # reads first: no commit (a round trip) for known users
+            known = await uow.users.get_many_by_subject([c.subject for c in batch])
+            roles = {m.user_id: m.role for m in await uow.memberships.get_many(ws.id, [u.id for u in known])
+                     } if known else {}
+        for user in known:
+            found[user.subject] = user, roles.get(user.id)
         unknown = [c for c in batch if c.subject not in found]
         if unknown:  # first sight of these subjects anywhere: created, committed together
 

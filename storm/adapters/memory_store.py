@@ -173,6 +173,10 @@ class MemoryUserRepository(_Repository):
         users = self._t.users
         return [users[i] for i in dict.fromkeys(user_ids) if i in users]
 
+    async def get_many_by_subject(self, subjects: Sequence[str]) -> list[User]:
+        wanted = set(subjects)
+        return [u for u in self._t.users.values() if u.subject in wanted]
+
 
 class MemoryMembershipRepository(_Repository):
     async def add(self, membership: Membership) -> None:
@@ -189,6 +193,10 @@ class MemoryMembershipRepository(_Repository):
 
     async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
         return self._t.memberships.get((workspace_id, user_id))
+
+    async def get_many(self, workspace_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> builtins.list[Membership]:
+        rows = self._t.memberships
+        return [rows[(workspace_id, u)] for u in dict.fromkeys(user_ids) if (workspace_id, u) in rows]
 
     async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]:
         """Oldest member first."""

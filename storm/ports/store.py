@@ -54,11 +54,19 @@ class UserRepository(Protocol):
 
     async def get_many(self, user_ids: Sequence[uuid.UUID]) -> list[User]: ...
 
+    async def get_many_by_subject(self, subjects: Sequence[str]) -> list[User]:
+        """The users of those subjects, in no particular order; unknown subjects are left out."""
+        ...
+
 
 class MembershipRepository(Protocol):
     async def add(self, membership: Membership) -> None: ...
 
     async def get(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None: ...
+
+    async def get_many(self, workspace_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> builtins.list[Membership]:
+        """The memberships of those users in the workspace, in no particular order; non-members left out."""
+        ...
 
     async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]: ...
 

@@ -287,6 +287,21 @@ async def test_users_get_many_in_asked_order(store: Store) -> None:
     assert got == [u3, u1]
 
 
+async def test_users_by_subjects_and_their_memberships_in_one_read_each(store: Store) -> None:
+    """What the directory's batched first sights read (storm/directory.py, Directory._load_members)."""
+    a, b = _ws("a"), _ws("b")
+    u1, u2, u3 = _user(), _user(), _user()
+    await _add(store, a, b, u1, u2, u3, Membership(a.id, u1.id, Role.ADMIN), Membership(b.id, u2.id, Role.MEMBER),
+               Membership(a.id, u3.id, Role.MEMBER))
+    async with store.unit_of_work() as uow:
+        users = await uow.users.get_many_by_subject([u2.subject, "nobody", u1.subject, u2.subject])
+        assert sorted(users, key=lambda u: u.subject) == sorted([u1, u2], key=lambda u: u.subject)
+        assert await uow.users.get_many_by_subject([]) == []
+        members = await uow.memberships.get_many(a.id, [u1.id, u2.id, u3.id, uuid.uuid4(), u1.id])
+        assert sorted((m.user_id, m.role) for m in members) == sorted([(u1.id, Role.ADMIN), (u3.id, Role.MEMBER)])
+        assert await uow.memberships.get_many(b.id, []) == []
+
+
 async def test_memberships_roles_count_and_removal(store: Store) -> None:
     t = await _tenant(store)
     ws, owner, private = t["ws"], t["user"], t["private"]
