@@ -9,7 +9,8 @@ Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
   entry is persisted; receipts reach the event loop in bursts, one wake-up each (``_LoopHandoff``).
 * One producer per topic per process (LRU-bounded), batching off, named ``{gateway_id}-{channel}`` so that
   the broker's deduplication (enabled per namespace) drops a message the client resends after a reconnect.
-* Broadcast: one non-durable reader per followed channel, created at the latest position, plus one reader
+* Broadcast: one non-durable reader per followed channel, created just after the channel's last entry (an
+  explicit position, not *latest*: a reconnect after a broker restart resumes there), plus one reader
   per followed *workspace* on its ephemeral feed ``non-persistent://{ws}/ephemeral/workspace.feed`` (every
   ephemeral record of the workspace, keyed by channel, filtered here); the client's listener threads hand
   messages to the event loop in bursts, with the send receipts (``_LoopHandoff``).  At most
@@ -579,8 +580,9 @@ def _record(workspace: str, channel: str, msg: Any, *, ephemeral: bool = False) 
 
 
 class PulsarBroadcastSubscription:
-    """One gateway's live feed: a reader per followed channel on its log topic, at the latest position, so it
-    receives every record published after ``add`` returned; and one reader per workspace with a followed
+    """One gateway's live feed: a reader per followed channel on its log topic, from just after its last entry
+    when ``add`` began (``_log_start``), so it receives every record published after ``add`` returned, also
+    across a broker restart; and one reader per workspace with a followed
     channel on the workspace's ephemeral feed, whose records are kept only for followed channels (a reader
     per channel's ephemeral topic doubled the readers: docs/adr/0013-following-channels.md)."""
 
@@ -628,16 +630,28 @@ class PulsarBroadcastSubscription:
 
         return on_message
 
-    async def _reader(self, topic: str, deliver: Callable[[Any], None]) -> Any:
+    async def _reader(self, topic: str, deliver: Callable[[Any], None], start: Any = None) -> Any:
         client = self._broker._running()
         conf = _pulsar.ReaderConfiguration()
         conf.reader_listener(self._listener(deliver))
         conf.receiver_queue_size(100)
         conf.schema(pulsar.schema.BytesSchema().schema_info())
         fut: asyncio.Future[Any] = self._loop.create_future()
-        client._client.create_reader_async_v2(topic, pulsar.MessageId.latest, conf,
+        client._client.create_reader_async_v2(topic, pulsar.MessageId.latest if start is None else start, conf,
                                               lambda value: _complete(fut, value))
         return await fut
+
+    async def _log_start(self, workspace: str, channel: str) -> Any:
+        """Where a channel log's reader starts: just after the last entry written when it is added, an
+        explicit position rather than ``MessageId.latest``.  The client resubscribes a reader that has
+        received nothing yet at its start position when it reconnects: with *latest*, a reader added before
+        a broker restart skipped what was published between the broker's return and its reconnect (chaos
+        ``pulsar-restart``: the channels' first messages after the restart never reached their members;
+        tests/integration/test_pulsar_restart_readers.py).  One admin call per followed channel."""
+        pos = await self._broker.admin.last_position(workspace, channel)
+        if pos is None or pos.ledger_id < 0:  # no topic or no entry yet: everything in it is new
+            return pulsar.MessageId.earliest
+        return _pulsar.MessageId(-1, pos.ledger_id, pos.entry_id, -1)  # exclusive: the next entry on
 
     async def _acquire_feed(self, workspace: str) -> None:
         """Count one more followed channel of ``workspace``; open its feed reader if none is open."""
@@ -693,7 +707,8 @@ class PulsarBroadcastSubscription:
         reader: Any = None
         fed = False
         try:
-            reader = await self._reader(log_topic, lambda msg: self._deliver(key, msg))
+            reader = await self._reader(log_topic, lambda msg: self._deliver(key, msg),
+                                        await self._log_start(workspace, channel))
             await self._acquire_feed(workspace)
             fed = True
             self._readers[key] = reader
