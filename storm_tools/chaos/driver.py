@@ -19,6 +19,7 @@ import functools
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,8 @@ class DriverConfig:
     publishers_per_channel: int = 2
     rate: float = 1.0  # per publisher, messages per second
     duration_s: float = 60.0
-    settle_s: float = 45.0  # after the last publish: acks, then deliveries
+    settle_s: float = 45.0  # after the last publish: acks, then deliveries, each while it makes progress
+    settle_max_s: float = 150.0  # the longest the two together wait while they make progress (_wait_while_moving)
     backoff_max_s: float = 2.0
     slow_fraction: float = 0.0
     tag: str = "m"  # cmid prefix: the baseline and the method of one run never share a cmid
@@ -46,6 +48,8 @@ class DriverConfig:
             raise ValueError(f"publishers_per_channel must be within 1..{self.channel_size}")
         if not (self.rate > 0 and self.duration_s > 0 and self.settle_s > 0 and self.backoff_max_s > 0):
             raise ValueError("rate, duration_s, settle_s and backoff_max_s must be positive")
+        if self.settle_max_s < self.settle_s:
+            raise ValueError(f"settle_max_s must be at least settle_s ({self.settle_s}), got {self.settle_max_s}")
         if not 0 <= self.slow_fraction < 1:
             raise ValueError(f"slow_fraction must be within [0, 1), got {self.slow_fraction}")
         if not 0 <= self.body_chars <= 4000:
@@ -194,6 +198,26 @@ async def _subscribe(client: Any, channel: str, within_s: float = 180.0) -> None
                 raise
 
 
+async def _wait_while_moving(done: Callable[[], bool], progress: Callable[[], int], quiet_s: float,
+                             max_s: float, step_s: float = 0.5) -> bool:
+    """Wait until ``done()``; give up once ``progress()`` has not changed for ``quiet_s`` or after ``max_s``.
+    Returns ``done()``.  The settle used to be a fixed ``settle_s``: after a Hazelcast loss or a Pulsar
+    restart that outlasted the load (63 s and 230 s to come back on the loaded machine of the 19:18 run),
+    acks and deliveries still arriving were cut off and counted as never acked or lost."""
+    loop = asyncio.get_running_loop()
+    start = last_move = loop.time()
+    seen = progress()
+    while not done():
+        now = loop.time()
+        if now - last_move >= quiet_s or now - start >= max_s:
+            break
+        await asyncio.sleep(step_s)
+        current = progress()
+        if current != seen:
+            seen, last_move = current, loop.time()
+    return done()
+
+
 @dataclass
 class Records:
     started_at: float = 0.0
@@ -285,7 +309,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
             except Exception as exc:  # refused for good: the SDK's error carries the server's code
                 entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
 
-        ack_deadline = time.monotonic() + cfg.duration_s + cfg.settle_s
+        ack_deadline = time.monotonic() + cfg.duration_s + cfg.settle_max_s
 
         async def publish(m: _Member) -> None:
             interval = 1.0 / cfg.rate
@@ -314,20 +338,24 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
         publishers = [m for i, m in enumerate(members) if i % size < cfg.publishers_per_channel]
         await asyncio.gather(*(publish(m) for m in publishers))
         say(f"published {len(rec.sent)} messages in {time.time() - rec.started_at:.1f} s; settling")
-        if waiters:
-            await asyncio.wait(list(waiters))
+        settle_until = time.monotonic() + cfg.settle_max_s
+        await _wait_while_moving(lambda: not waiters, lambda: len(waiters), cfg.settle_s, cfg.settle_max_s)
         wanted: dict[str, set[str]] = {}
         for s in rec.sent:
             if s.get("message_id"):
                 wanted.setdefault(s["channel"], set()).add(s["message_id"])
-        deliver_deadline = time.monotonic() + cfg.settle_s
-        while time.monotonic() < deliver_deadline:
-            have: dict[str, set[str]] = {}
-            for d in rec.deliveries:
+        have: dict[str, set[str]] = {}
+        counted = 0
+
+        def all_delivered() -> bool:
+            nonlocal counted
+            for d in rec.deliveries[counted:]:
                 have.setdefault(d["receiver"], set()).add(d["message_id"])
-            if all(wanted.get(m.channel, set()) <= have.get(m.user, set()) for m in members):
-                break
-            await asyncio.sleep(0.5)
+            counted = len(rec.deliveries)
+            return all(wanted.get(m.channel, set()) <= have.get(m.user, set()) for m in members)
+
+        await _wait_while_moving(all_delivered, lambda: len(rec.deliveries), cfg.settle_s,
+                                 max(cfg.settle_s, settle_until - time.monotonic()))
         rec.ended_at = time.time()
         rec.closed_for_good = {m.user: m.closed_for_good for m in members if m.closed_for_good}
         for _user, reader in slow:

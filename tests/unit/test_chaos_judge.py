@@ -199,3 +199,28 @@ def test_after_a_method_whose_driver_failed_the_steady_state_is_not_met(tmp_path
     verdict = slo_steady_state()
     assert verdict["phase"] == "after" and verdict["ok"] is False and "driver did not finish" in verdict["error"]
     assert json.loads((tmp_path / "state.json").read_text())["phase"] == "judged"
+
+
+async def test_the_driver_settles_while_acks_still_arrive_and_gives_up_once_they_stop() -> None:
+    """The 19:18 hazelcast-loss and pulsar-restart runs: the service came back after the load had ended, and a
+    fixed settle cut off the acks and deliveries still arriving (counted never acked, or lost)."""
+    import asyncio
+
+    from storm_tools.chaos.driver import DriverConfig, _wait_while_moving
+
+    arrived = {"n": 0}
+
+    async def trickle() -> None:  # one more every 20 ms: 30 of them take 0.6 s, longer than the quiet window
+        for _ in range(30):
+            await asyncio.sleep(0.02)
+            arrived["n"] += 1
+
+    task = asyncio.create_task(trickle())
+    assert await _wait_while_moving(lambda: arrived["n"] == 30, lambda: arrived["n"], quiet_s=0.2, max_s=30,
+                                    step_s=0.01)
+    await task
+    assert not await _wait_while_moving(lambda: False, lambda: 0, quiet_s=0.05, max_s=30, step_s=0.01)
+    assert not await _wait_while_moving(lambda: False, lambda: arrived.__setitem__("n", arrived["n"] + 1) or
+                                        arrived["n"], quiet_s=30, max_s=0.1, step_s=0.01)  # moving, but capped
+    with pytest.raises(ValueError):
+        DriverConfig(settle_s=45, settle_max_s=10)
