@@ -14,6 +14,7 @@ exists updates its policies, deleting what is gone succeeds.  Transport failures
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,11 @@ class PulsarAdmin:
         if self._http is None:
             raise Unavailable("Pulsar admin client is not started")
         try:
-            resp = await self._http.request(method, path, json=json, params=params)
+            # In a task of its own: the gateway runs a frame's handling eagerly, outside any task, up to its first
+            # wait (gateway/outbox.py, ``drive``), and httpcore's cancellation shield needs the current task
+            # when it closes a dead pooled connection; without one, a subscribe during a Pulsar restart failed
+            # with TypeError / RuntimeError ("session bug", answered `internal`: chaos pulsar-restart).
+            resp = await asyncio.ensure_future(self._http.request(method, path, json=json, params=params))
         except httpx.HTTPError as exc:
             raise AdminError(f"Pulsar admin {method} {path}: {exc!r}") from exc
         if resp.is_success or resp.status_code in ok:

@@ -1,0 +1,52 @@
+"""The Pulsar admin client works when a frame's handling runs eagerly, outside any task.
+
+Found by the `pulsar-restart` chaos experiment (22:11 UTC run): the gateway handles a frame in the caller's
+stack up to its first wait (gateway/outbox.py, ``drive``), and a subscribe reads the channel's head through the
+admin API.  When Pulsar went down, httpcore had to close the dead pooled connection first, and its cancellation
+shield needs the current task: the subscribe failed with a TypeError or RuntimeError ("session bug", answered
+`internal`, a final error for the SDK).  The admin client now makes each call in a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.outbox import drive
+from storm.adapters.pulsar_admin import Position, PulsarAdmin
+
+
+async def _closing_server() -> asyncio.Server:
+    """Answers one request per connection, then closes it (as a broker going down drops kept-alive ones)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"ledgerId": 5, "entryId": 7}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_an_admin_call_driven_eagerly_survives_a_dropped_pooled_connection() -> None:
+    server = await _closing_server()
+    port = server.sockets[0].getsockname()[1]
+    admin = PulsarAdmin(f"http://127.0.0.1:{port}", "standalone")
+    await admin.start()
+    try:
+        assert await admin.last_position("t", "c") == Position(5, 7)
+        await asyncio.sleep(0.2)  # the server has closed the kept-alive connection by now
+        got: list[Position | None] = []
+
+        async def subscribe_like() -> None:  # as a session's subscribe reads the head
+            got.append(await admin.last_position("t", "c"))
+
+        task = drive(subscribe_like())
+        if task is not None:
+            await task
+        assert got == [Position(5, 7)]
+    finally:
+        await admin.close()
+        server.close()
+        await server.wait_closed()
