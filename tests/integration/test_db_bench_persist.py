@@ -17,7 +17,7 @@ def _bench(capsys: pytest.CaptureFixture[str], url: str, *extra: str) -> dict[st
                      "--batch", "50", "--database-url", url, "--json", *extra])
     out = capsys.readouterr()
     assert "stored 300/300" in out.err  # progress went to stderr, the JSON alone to stdout
-    result = json.loads(out.out)
+    result: dict[str, object] = json.loads(out.out)
     assert code == 0, result
     return result
 
@@ -37,3 +37,27 @@ def test_bench_persist_stores_every_message_once(db: str, request: pytest.Fixtur
 def test_bench_persist_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="must be > 0"):
         cli.main(["bench", "persist", "--messages", "0", "--database-url", "sqlite+aiosqlite://"])
+
+
+def test_bench_persist_refuses_a_child_publisher_on_the_memory_broker() -> None:
+    with pytest.raises(SystemExit, match="--publisher process needs a broker"):
+        cli.main(["bench", "persist", "--broker", "memory", "--publisher", "process",
+                  "--database-url", "sqlite+aiosqlite://"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backlog", [False, True], ids=["overlap", "backlog"])
+def test_bench_persist_on_pulsar_publishes_from_a_child_process(
+        backlog: bool, pg_url: str, pulsar_urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The default on Pulsar: the publishers run in a child process (as gateways do), the figure covers the
+    consumers; every message is still stored exactly once and the child's CPU is reported apart."""
+    monkeypatch.setenv("STORM_PULSAR_URL", pulsar_urls[0])
+    monkeypatch.setenv("STORM_PULSAR_ADMIN_URL", pulsar_urls[1])
+    result = _bench(capsys, pg_url, "--broker", "pulsar", *(["--backlog"] if backlog else []))
+    assert (result["messages"], result["stored"], result["duplicates"], result["missing"]) == (300, 300, 0, 0)
+    assert result["publisher"] == "process" and result["broker"] == "pulsar"
+    assert isinstance(result["publisher_cpu_s"], float) and result["publisher_cpu_s"] > 0
+    busy, machine_us = result["machine_busy"], result["machine_cpu_us_per_msg"]
+    assert isinstance(busy, float) and 0 < busy <= 1
+    assert isinstance(machine_us, float) and machine_us > 0
