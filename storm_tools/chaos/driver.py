@@ -184,18 +184,23 @@ async def _ping_forever(readers: list[_SlowReader], every_s: float = 15.0) -> No
 
 
 async def _subscribe(client: Any, channel: str, within_s: float = 180.0) -> None:
-    """Subscribe, asking again after a request timeout: a fault may land while the clients are still setting
-    up (a gateway killed, a reconnect storm), and the driver must not give up on its load because of it."""
-    from storm_sdk.errors import RequestTimeout
+    """Subscribe, asking again after a request timeout or a retriable refusal (``unavailable``, ``internal``:
+    docs/sdk.md): a fault may land while the clients are still setting up (a gateway killed, a reconnect storm,
+    Pulsar going down: the 22:11 pulsar-restart run's driver gave up on one ``internal``), and the driver must
+    not give up on its load because of it."""
+    from storm_sdk.errors import StormSdkError
 
     deadline = time.monotonic() + within_s
+    pause = 0.5
     while True:
         try:
             await client.subscribe(channel)
             return
-        except RequestTimeout:
-            if time.monotonic() > deadline:
+        except StormSdkError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
                 raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 async def _wait_while_moving(done: Callable[[], bool], progress: Callable[[], int], quiet_s: float,

@@ -224,3 +224,28 @@ async def test_the_driver_settles_while_acks_still_arrive_and_gives_up_once_they
                                         arrived["n"], quiet_s=30, max_s=0.1, step_s=0.01)  # moving, but capped
     with pytest.raises(ValueError):
         DriverConfig(settle_s=45, settle_max_s=10)
+
+
+async def test_the_driver_asks_again_when_a_subscribe_is_refused_retriably() -> None:
+    """The 22:11 pulsar-restart run: one subscribe answered `internal` while Pulsar went down, and the driver
+    gave up its whole load."""
+    from storm_sdk.errors import StormError
+
+    from storm_tools.chaos.driver import _subscribe
+
+    class Client:
+        def __init__(self, errors: list[StormError]) -> None:
+            self.errors, self.calls = errors, 0
+
+        async def subscribe(self, channel: str) -> None:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    flaky = Client([StormError("internal"), StormError("unavailable")])
+    await _subscribe(flaky, "c")
+    assert flaky.calls == 3
+    refused = Client([StormError("forbidden")])
+    with pytest.raises(StormError):
+        await _subscribe(refused, "c")
+    assert refused.calls == 1
