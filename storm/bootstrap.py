@@ -215,7 +215,7 @@ def pulsar_settings(config: Config) -> PulsarSettings:
         service_url=config.pulsar_url, admin_url=config.pulsar_admin_url, cluster=config.pulsar_cluster,
         gateway_id=config.gateway_id, max_channel_readers=config.max_channel_readers,
         ack_timeout_s=config.ack_timeout_s, max_redeliveries=config.consumer_max_redeliveries,
-        send_timeout_s=config.publish_timeout_s,
+        send_timeout_s=config.publish_timeout_s, broadcast=config.broadcast,
     )
 
 

@@ -162,6 +162,11 @@ class Config:
         5000, "STORM_MAX_CHANNEL_READERS",
         "Pulsar: distinct channels one gateway follows at once (one reader each); beyond it subscribes are refused.",
     )
+    broadcast: str = _setting(
+        "readers", "STORM_BROADCAST",
+        "Pulsar: how a gateway follows channels: `readers` (one reader per followed channel) or `relay` (one "
+        "reader per followed workspace on a broadcast topic the consumers' relay worker fills; ADR 0013).",
+    )
     hazelcast_members: str = _setting(
         "127.0.0.1:5701", "STORM_HAZELCAST_MEMBERS", "Comma-separated `host:port` of Hazelcast members."
     )
@@ -263,6 +268,7 @@ class Config:
         choices = {
             "mode": ("embedded", "production"),
             "broker": ("memory", "pulsar"),
+            "broadcast": ("readers", "relay"),
             "cache": ("memory", "hazelcast"),
             "store": ("sql", "memory"),
             "identity": ("dev", "auth0"),

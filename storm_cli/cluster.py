@@ -78,11 +78,14 @@ def create_consumers_app(services: Services) -> Quart:
     from quart import Quart
 
     from consumers.persistence import PersistenceWorker
+    from consumers.relay import RelayWorker
     from consumers.webhooks import WebhookWorker
 
     app = Quart("storm.consumers")
     worker = PersistenceWorker(services)
     webhooks = WebhookWorker(services)
+    # STORM_BROADCAST=relay: the gateways hear channels through one broadcast log per workspace (ADR 0013)
+    relay = RelayWorker(services.broker, services.config) if services.config.broadcast == "relay" else None
     app.extensions["storm"] = services
 
     from storm.ports.broker import WorkScope
@@ -97,10 +100,14 @@ def create_consumers_app(services: Services) -> Quart:
         await services.start()
         await worker.start()
         await webhooks.start()
+        if relay is not None:
+            await relay.start()
 
     @app.after_serving
     async def _stop() -> None:
         try:
+            if relay is not None:
+                await relay.stop()  # waits for the batch in flight; the rest goes to another relay
             await webhooks.stop()  # waits for the records in flight (up to STORM_DRAIN_TIMEOUT_S)
             await worker.stop()  # waits for the batch in flight (up to STORM_DRAIN_TIMEOUT_S)
         finally:
@@ -111,7 +118,7 @@ def create_consumers_app(services: Services) -> Quart:
         checks = await services.health_checks()
         ok = all(value == "ok" for value in checks.values())
         return {"status": "ok" if ok else "unavailable", "checks": checks, "stats": dict(worker.stats),
-                "webhooks": dict(webhooks.stats)}, (
+                "webhooks": dict(webhooks.stats), **({"relay": dict(relay.stats)} if relay else {})}, (
             200 if ok else 503)
 
     return app

@@ -15,7 +15,8 @@ Decisions and their limits are in docs/adr/0005-pulsar-broker.md; in short:
   ephemeral record of the workspace, keyed by channel, filtered here); the client's listener threads hand
   messages to the event loop in bursts, with the send receipts (``_LoopHandoff``).  At most
   ``max_channel_readers`` channels per process.  Why not fewer readers still:
-  docs/adr/0013-following-channels.md.
+  docs/adr/0013-following-channels.md.  With ``STORM_BROADCAST=relay`` a gateway instead reads one
+  relay-fed broadcast topic per followed workspace (:mod:`storm.adapters.pulsar_relay`, ADR 0013 amendment).
 * Work sharing: :mod:`storm.adapters.pulsar_work`.
 
 Nothing connects in ``__init__``; ``start`` connects (and refuses a second call); ``stop`` is idempotent and
@@ -31,7 +32,7 @@ import threading
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +248,7 @@ class PulsarSettings:
     ack_timeout_s: float  # STORM_ACK_TIMEOUT_S
     max_redeliveries: int  # STORM_CONSUMER_MAX_REDELIVERIES: the worker's bound; not given to Pulsar (pulsar_work.py)
     send_timeout_s: float  # STORM_PUBLISH_TIMEOUT_S
+    broadcast: str = "readers"  # STORM_BROADCAST: readers (a reader per followed channel) or relay (pulsar_relay.py)
 
 
 class PulsarBroker:
@@ -285,6 +287,7 @@ class PulsarBroker:
         self._broadcasts: set[PulsarBroadcastSubscription] = set()
         self._work: set[PulsarWorkSubscription] = set()
         self._readers = 0  # channels followed by all broadcast subscriptions of this process
+        self._relay: Any = None  # storm.adapters.pulsar_relay.PulsarRelay, made by the first relay() call
         self._life = Lifecycle("broker")
 
     @property
@@ -326,6 +329,8 @@ class PulsarBroker:
                 await work.close()
         if self._producers is not None:
             await self._producers.close_all()
+        if self._relay is not None:
+            await self._relay.close()
         if self._client is not None:
             client, self._client = self._client, None
             try:
@@ -391,6 +396,8 @@ class PulsarBroker:
         assert self._producers is not None
         for topic in [t for t in list(self._producers._open) if t.split("://", 1)[1].startswith(f"{workspace}/")]:
             self._producers.drop(topic)
+        if self._relay is not None:
+            await self._relay.drop(workspace)
         try:
             await self.admin.delete_tenant(workspace)
         except StormError as exc:
@@ -533,7 +540,12 @@ class PulsarBroker:
     # -- subscriptions ------------------------------------------------------------------------------------
     async def subscribe_broadcast(self, handler: BroadcastHandler) -> PulsarBroadcastSubscription:
         self._running()
-        sub = PulsarBroadcastSubscription(self, handler)
+        if self._settings.broadcast == "relay":  # one reader per followed workspace, fed by the relay (ADR 0013)
+            from storm.adapters.pulsar_relay import RelayBroadcastSubscription
+
+            sub: PulsarBroadcastSubscription = RelayBroadcastSubscription(self, handler)
+        else:
+            sub = PulsarBroadcastSubscription(self, handler)
         self._broadcasts.add(sub)
         return sub
 
@@ -547,6 +559,17 @@ class PulsarBroker:
             self._work.discard(work)
             raise
         return work
+
+    async def relay(self, records: Sequence[Record]) -> None:
+        """Republish channel-log records to their workspaces' broadcast topics (the relay worker,
+        consumers/relay.py; :mod:`storm.adapters.pulsar_relay`); returns once all are persisted."""
+        client = self._running()
+        if self._relay is None:
+            from storm.adapters.pulsar_relay import PulsarRelay
+
+            assert self._completions is not None
+            self._relay = PulsarRelay(client, self._completions, self._send_timeout_ms)
+        await self._relay.send(records)
 
     def _on_work_closed(self, work: PulsarWorkSubscription) -> None:
         self._work.discard(work)

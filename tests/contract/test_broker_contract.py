@@ -60,8 +60,20 @@ async def _cleanup_pulsar(b: Any, workspace: str) -> None:
         await b.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("pulsar", marks=pytest.mark.integration)])
+async def _relay_worker(pulsar_urls: tuple[str, str], b: Any) -> Any:
+    """A relay worker (consumers/relay.py) on the test's broker: what ``STORM_BROADCAST=relay`` gateways hear."""
+    from consumers.relay import RelayWorker
+
+    worker = RelayWorker(b, _pulsar_config(pulsar_urls, broadcast="relay", drain_timeout_s=1.0))
+    await worker.start()
+    return worker
+
+
+@pytest.fixture(params=["memory", pytest.param("pulsar", marks=pytest.mark.integration),
+                        pytest.param("pulsar-relay", marks=pytest.mark.integration)])
 async def broker(request: pytest.FixtureRequest, workspace: str) -> AsyncIterator[Any]:
+    """``pulsar-relay``: gateways follow channels through one broadcast topic per workspace, filled by a relay
+    worker running beside them (ADR 0013, "Amendment: the relay"); everything else is the Pulsar adapter."""
     if request.param == "memory":
         b: Any = MemoryBroker(SystemClock(), retention_messages=50, ack_timeout_s=ACK_TIMEOUT_S)
         await b.start()
@@ -70,10 +82,15 @@ async def broker(request: pytest.FixtureRequest, workspace: str) -> AsyncIterato
         finally:
             await b.stop()
         return
-    b = await _pulsar_broker(request.getfixturevalue("pulsar_urls"), workspace)
+    urls = request.getfixturevalue("pulsar_urls")
+    relay = request.param == "pulsar-relay"
+    b = await _pulsar_broker(urls, workspace, broadcast="relay" if relay else "readers")
+    worker = await _relay_worker(urls, b) if relay else None
     try:
         yield b
     finally:
+        if worker is not None:
+            await worker.stop()
         await _cleanup_pulsar(b, workspace)
 
 

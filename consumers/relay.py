@@ -1,0 +1,157 @@
+"""Relay worker: every channel log's records onto their workspace's broadcast log (``STORM_BROADCAST=relay``).
+
+Gateways that follow channels through one broadcast log per workspace (docs/adr/0013-following-channels.md,
+"Amendment: the relay"; the Pulsar side is storm/adapters/pulsar_relay.py) hear a channel's records only
+once this worker has copied them there.  It runs in the consumers role beside the persistence worker, on
+its own Key_Shared work subscription ``relay`` (so a channel's records reach one relay at a time, in
+offset order, also across redeliveries), any number of instances side by side.
+
+Failure policy, as the persistence worker's (consumers/persistence.py), minus the store:
+
+* A batch is acknowledged only once every record of it is durable on its broadcast log.  A relay that dies
+  in between sends it again: the gateways drop records whose offset is not above the last one they
+  delivered for the channel (duplicates), so a resend is harmless and the order is kept.
+* Batches go one after another: the next is sent only when the previous one is written (or handed back).
+  Within a batch each workspace's records go on one producer, in order; a failed send fails those queued
+  after it, so a channel's records never reach the broadcast log past a hole.
+* A workspace's records that cannot be written (``Unavailable``) are handed back, with a pause that doubles
+  per failed batch in a row (up to ``OUTAGE_BACKOFF_CAP_S``); nothing is dead-lettered (the records are
+  stored in their channel log already; only their live copy waits).  Records of a deleted workspace
+  (``NotFound``) are acknowledged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from storm.config import Config, ConfigError
+from storm.errors import NotFound
+from storm.lifecycle import Lifecycle
+from storm.ports.broker import Broker, Delivery, WorkSubscription
+from storm.ports.relay import BroadcastRelay
+
+log = logging.getLogger("storm.consumers.relay")
+
+SUBSCRIPTION = "relay"
+OUTAGE_BACKOFF_CAP_S = 5.0
+RECEIVE_WAIT_S = 0.05  # the longest a relay waits for a first record: latency, not throughput, is its point
+
+
+class RelayWorker:
+    def __init__(self, broker: Broker, config: Config, *, name: str = SUBSCRIPTION) -> None:
+        """Only the broker and the settings: the relay touches no store, cache or directory."""
+        if not isinstance(broker, BroadcastRelay):
+            raise ConfigError("STORM_BROADCAST=relay needs a broker with broadcast logs (STORM_BROKER=pulsar)")
+        cfg = config
+        self._broker = broker
+        self._relay: BroadcastRelay = broker
+        self._drain_timeout_s = cfg.drain_timeout_s
+        self._name = name
+        self._batch = cfg.consumer_batch
+        self._nack_delay = cfg.nack_delay_s
+        self._sub: WorkSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._life = Lifecycle("relay worker")
+        self.stats = {"batches": 0, "records": 0, "relayed": 0, "handed_back": 0, "dropped_deleted": 0,
+                      "redelivered": 0}
+
+    async def start(self) -> None:
+        self._life.begin_start()
+        try:
+            sub = await self._broker.subscribe_work(self._name)
+        except BaseException:
+            self._life.start_failed()
+            raise
+        if not self._life.started():
+            with contextlib.suppress(Exception):
+                await sub.close()
+            return
+        self._sub = sub
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Idempotent: waits for the batch in flight (up to ``STORM_DRAIN_TIMEOUT_S``), then closes the
+        subscription (what is not acknowledged goes to another relay)."""
+        self._life.begin_stop()
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.close()
+
+    async def __aenter__(self) -> RelayWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        failures = 0
+        while not self._stopping:
+            try:
+                deliveries = await self._sub.receive(self._batch, RECEIVE_WAIT_S)
+            except Exception:
+                log.exception("receive failed on subscription %s; retrying", self._name)
+                await asyncio.sleep(self._nack_delay)
+                continue
+            if not deliveries:
+                continue
+            handed_back = await self.process(deliveries, self._pause(failures + 1))
+            if handed_back:
+                failures += 1
+                await asyncio.sleep(self._pause(failures))
+            else:
+                failures = 0
+
+    def _pause(self, failures: int) -> float:
+        return float(min(self._nack_delay * 2 ** min(failures - 1, 16), max(OUTAGE_BACKOFF_CAP_S, self._nack_delay)))
+
+    async def process(self, deliveries: Sequence[Delivery], pause: float) -> int:
+        """Relay a batch, each workspace's records on their own (concurrently); acknowledge what was written
+        or belongs to a deleted workspace, hand back the rest after ``pause``.  Returns how many were handed
+        back."""
+        sub = self._sub
+        assert sub is not None
+        self.stats["batches"] += 1
+        self.stats["records"] += len(deliveries)
+        self.stats["redelivered"] += sum(1 for d in deliveries if d.delivery_count > 1)
+        groups: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            groups.setdefault(d.record.workspace, []).append(d)
+        results = await asyncio.gather(*(self._relay.relay([d.record for d in g]) for g in groups.values()),
+                                       return_exceptions=True)
+        done: list[Delivery] = []
+        back: list[Delivery] = []
+        for (ws, group), res in zip(groups.items(), results, strict=True):
+            if res is None:
+                done += group
+                self.stats["relayed"] += len(group)
+            elif isinstance(res, NotFound):
+                log.info("dropping %d records of deleted workspace ws=%s", len(group), ws)
+                done += group
+                self.stats["dropped_deleted"] += len(group)
+            else:
+                log.warning("relay of %d records failed ws=%s (%s); handing them back, again in %.1f s",
+                            len(group), ws, res, pause)
+                back += group
+        if done:
+            await sub.ack(done)
+        if back:
+            self.stats["handed_back"] += len(back)
+            with contextlib.suppress(Exception):
+                await sub.nack(back, pause)
+        return len(back)

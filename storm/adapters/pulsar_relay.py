@@ -1,0 +1,287 @@
+"""Relay-fed broadcast on Pulsar (``STORM_BROADCAST=relay``): one broadcast topic per workspace.
+
+docs/adr/0013-following-channels.md, "Amendment: the relay" states why and what it costs; in short:
+
+* A relay worker (consumers/relay.py) takes every channel log's records from a Key_Shared work subscription
+  (``relay``, keyed by channel, so a channel's records reach one relay at a time, in offset order, also
+  across redeliveries) and republishes each to ``persistent://{ws}/channels/workspace.broadcast``
+  (:func:`broadcast_topic`; the ``.`` keeps it out of the channel pattern, so no work subscription reads it)
+  through :class:`PulsarRelay`: one **batching** producer per workspace, the channel and the offset as
+  properties, the original publish time too.  A relay acknowledges a batch only once every record of it is
+  persisted on the broadcast topic; a relay that dies in between sends the batch again (duplicates).
+* A gateway's :class:`RelayBroadcastSubscription` opens **one reader per followed workspace** on that topic
+  (plus the workspace's ephemeral feed reader, unchanged) instead of one reader per followed channel, keeps
+  the records of the channels it follows and drops, per channel, every record whose offset is not above the
+  last one it delivered: duplicates (a relay resending) and records older than the channel's head when it
+  was added.
+
+Why the port's guarantee holds (``add`` racing the relay): ``add`` reads the channel's head ``H`` and
+positions the workspace's reader (an explicit position: the broadcast topic's last entry, read before the
+reader is created) before it returns.  A record committed after ``add`` returned has an offset above ``H``,
+and the relay republishes it only after it was committed, so after the reader's start position: it is read,
+and the channel is followed by then.  Per channel, the broadcast topic holds the records in offset order
+with at most repeats of earlier ones: every relay sends what it received in order on one producer per
+workspace (a failed send fails the sends queued after it), it sends a batch only after the previous one
+succeeded, and the work subscription never hands out a later record of a channel before a handed-back
+earlier one.  So dropping "offset not above the last delivered" drops duplicates only.
+Resume (``Broker.read``) still reads the channel log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import _pulsar
+import pulsar
+import pulsar.asyncio as pulsar_async
+
+from storm.adapters.pulsar_admin import CHANNELS_NS
+from storm.adapters.pulsar_broker import (
+    PulsarBroadcastSubscription,
+    _close_reader,
+    _pulsar_error,
+    _SendCompletions,
+)
+from storm.errors import Unavailable
+from storm.ports.broker import BroadcastHandler, Record
+
+if TYPE_CHECKING:
+    from storm.adapters.pulsar_broker import PulsarBroker
+
+log = logging.getLogger("storm.broker.pulsar.relay")
+
+BROADCAST_TOPIC = "workspace.broadcast"  # in {ws}/channels; the '.' keeps it apart from every channel id
+CHANNEL_PROP = "ch"
+OFFSET_PROP = "off"
+PUBLISH_TIME_PROP = "pt"  # the channel log's publish time, epoch milliseconds
+BATCH_DELAY_MS = 5  # the relay's producers wait at most this long to fill a batch
+MAX_PRODUCERS = 4096  # workspaces with an open relay producer per process (LRU)
+
+
+def broadcast_topic(workspace: str) -> str:
+    return f"persistent://{workspace}/{CHANNELS_NS}/{BROADCAST_TOPIC}"
+
+
+class PulsarRelay:
+    """The relay's sending side: records of channel logs onto their workspaces' broadcast topics."""
+
+    def __init__(self, client: pulsar_async.Client, completions: _SendCompletions, send_timeout_ms: int) -> None:
+        self._client = client
+        self._completions = completions
+        self._send_timeout_ms = send_timeout_ms
+        self._producers: dict[str, Any] = {}  # workspace -> pulsar_async.Producer (insertion = LRU order)
+        self._creating: dict[str, asyncio.Future[Any]] = {}
+
+    async def _producer(self, workspace: str) -> Any:
+        producer = self._producers.pop(workspace, None)
+        if producer is not None:
+            self._producers[workspace] = producer  # most recently used last
+            return producer
+        pending = self._creating.get(workspace)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._creating[workspace] = fut
+        try:
+            producer = await self._client.create_producer(
+                broadcast_topic(workspace), batching_enabled=True, batching_max_publish_delay_ms=BATCH_DELAY_MS,
+                batching_max_messages=1000, block_if_queue_full=True, max_pending_messages=10_000,
+                send_timeout_millis=self._send_timeout_ms,
+            )
+            self._producers[workspace] = producer
+            fut.set_result(producer)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        finally:
+            del self._creating[workspace]
+        while len(self._producers) > MAX_PRODUCERS:
+            old = next(iter(self._producers))
+            await self.drop(old)
+        return producer
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Republish ``records`` (several channels and workspaces, each channel's in offset order) and
+        return once every one is persisted.  Raises :class:`~storm.errors.Unavailable` when any send failed:
+        the caller hands the whole batch back (the gateways drop what arrives twice)."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[tuple[int, int]]] = []
+        failed: set[str] = set()
+        try:
+            for r in records:
+                producer = await self._producer(r.workspace)
+                builder = _pulsar.MessageBuilder()
+                builder.content(r.payload)
+                builder.partition_key(r.channel)
+                builder.property(CHANNEL_PROP, r.channel)
+                builder.property(OFFSET_PROP, str(r.offset))
+                builder.property(PUBLISH_TIME_PROP, str(int(r.publish_time * 1000)))
+                fut: asyncio.Future[tuple[int, int]] = loop.create_future()
+                producer._producer.send_async(builder.build(), self._completions.callback(fut))
+                futs.append(fut)
+        except pulsar_async.PulsarException as exc:
+            await asyncio.gather(*futs, return_exceptions=True)
+            raise _pulsar_error("relay (producer)", exc) from exc
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for r, res in zip(records, results, strict=False):
+            if isinstance(res, BaseException):
+                failed.add(r.workspace)
+        if failed:
+            for ws in failed:  # a fresh producer next time: the failed one's queue is in an unknown state
+                await self.drop(ws)
+            raise Unavailable(f"relay: {sum(isinstance(x, BaseException) for x in results)} of {len(records)} "
+                              f"sends failed (workspaces {sorted(failed)[:5]})")
+
+    async def drop(self, workspace: str) -> None:
+        producer = self._producers.pop(workspace, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.close()
+
+    async def close(self) -> None:
+        for ws in list(self._producers):
+            await self.drop(ws)
+
+
+class RelayBroadcastSubscription(PulsarBroadcastSubscription):
+    """One gateway's live feed from the relay: a reader per followed workspace on its broadcast topic,
+    filtered by followed channel, deduplicated by per-channel offset (module docstring).  ``self._readers``
+    maps each followed channel to the last offset delivered (its head when added, at first); the inherited
+    ephemeral feed (one reader per followed workspace) keeps working on it unchanged."""
+
+    def __init__(self, broker: PulsarBroker, handler: BroadcastHandler) -> None:
+        super().__init__(broker, handler)
+        self._last: dict[tuple[str, str], int] = self._readers  # key -> last delivered offset
+        self._topics: dict[str, Any] = {}  # workspace -> its broadcast topic reader
+        self._topic_refs: dict[str, int] = {}
+        self._topic_opening: dict[str, asyncio.Future[None]] = {}
+        self.dropped = 0  # records read and dropped as duplicates or older than the follow
+
+    @property
+    def workspace_readers(self) -> int:
+        return len(self._topics)
+
+    def _deliver_relayed(self, workspace: str, msg: Any) -> None:
+        props = msg.properties()
+        channel = props.get(CHANNEL_PROP)
+        key = (workspace, channel)
+        last = self._last.get(key)
+        if last is None:  # a channel this gateway does not follow
+            return
+        offset = int(props[OFFSET_PROP])
+        if offset <= last:  # sent twice by a relay, or committed before the channel was added
+            self.dropped += 1
+            return
+        self._last[key] = offset
+        try:
+            self._handler(Record(workspace, channel, offset, msg.data(), int(props.get(PUBLISH_TIME_PROP, 0)) / 1000))
+        except Exception:  # a gateway bug must not stop the feed
+            log.exception("broadcast handler failed ws=%s channel=%s", workspace, channel)
+
+    async def _topic_start(self, workspace: str) -> Any:
+        """Just after the broadcast topic's last entry when the reader is opened (an explicit position, not
+        *latest*: see ``PulsarBroadcastSubscription._log_start``)."""
+        pos = await self._broker.admin.last_position(workspace, BROADCAST_TOPIC)
+        if pos is None or pos.ledger_id < 0:
+            return pulsar.MessageId.earliest
+        return _pulsar.MessageId(-1, pos.ledger_id, pos.entry_id, -1)
+
+    async def _acquire_topic(self, workspace: str) -> None:
+        self._topic_refs[workspace] = self._topic_refs.get(workspace, 0) + 1
+        try:
+            if workspace in self._topics:
+                return
+            pending = self._topic_opening.get(workspace)
+            if pending is not None:
+                await asyncio.shield(pending)
+                return
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._topic_opening[workspace] = fut
+            try:
+                start = await self._topic_start(workspace)
+                self._topics[workspace] = await self._reader(
+                    broadcast_topic(workspace), lambda msg: self._deliver_relayed(workspace, msg), start)
+                fut.set_result(None)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()
+                raise
+            finally:
+                del self._topic_opening[workspace]
+        except BaseException:
+            await self._release_topic(workspace)
+            raise
+
+    async def _release_topic(self, workspace: str) -> None:
+        left = self._topic_refs.get(workspace, 0) - 1
+        if left > 0:
+            self._topic_refs[workspace] = left
+            return
+        self._topic_refs.pop(workspace, None)
+        reader = self._topics.pop(workspace, None)
+        if reader is not None:
+            await _close_reader(reader)
+
+    async def add(self, workspace: str, channel: str) -> None:
+        key = (workspace, channel)
+        if self._closed:
+            raise Unavailable("broadcast subscription is closed")
+        if key in self._last:
+            return
+        pending = self._adding.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        self._broker._take_reader()  # STORM_MAX_CHANNEL_READERS still bounds the channels followed
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._adding[key] = fut
+        topic = fed = False
+        try:
+            head = await self._broker.head(workspace, channel)
+            await self._acquire_topic(workspace)
+            topic = True
+            await self._acquire_feed(workspace)
+            fed = True
+            self._last[key] = head
+            fut.set_result(None)
+        except BaseException as exc:
+            self._broker._give_reader()
+            if fed:
+                await self._release_feed(workspace)
+            if topic:
+                await self._release_topic(workspace)
+            err = _pulsar_error(f"follow ws={workspace} channel={channel}", exc) if isinstance(
+                exc, pulsar_async.PulsarException) else exc
+            fut.set_exception(err)
+            fut.exception()
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            del self._adding[key]
+
+    async def remove(self, workspace: str, channel: str) -> None:
+        pending = self._adding.get((workspace, channel))
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        if self._last.pop((workspace, channel), None) is None:
+            return
+        self._broker._give_reader()
+        await self._release_feed(workspace)
+        await self._release_topic(workspace)
+
+
+if TYPE_CHECKING:  # the type checker proves the capability is there
+
+    from storm.ports.broker import BroadcastSubscription
+    from storm.ports.relay import BroadcastRelay
+
+    def _conforms(broker: PulsarBroker, sub: RelayBroadcastSubscription) -> None:
+        _relay: BroadcastRelay = broker
+        _broadcast: BroadcastSubscription = sub
