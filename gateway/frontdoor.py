@@ -155,7 +155,7 @@ class _Socket(asyncio.Protocol):
             self._drained.set_result(None)
         if previous == _PIPE and self._upstream is not None:
             self._upstream.close()
-        self.handshake_over()
+        self.handshake_over(answered=False)
         if self._admitted:
             self._admitted = False
             self._door.guard.release(self._ip)
@@ -218,11 +218,11 @@ class _Socket(asyncio.Protocol):
         if rest:
             self._frames(rest)
 
-    def handshake_over(self) -> None:
+    def handshake_over(self, *, answered: bool = True) -> None:
         """The session answered ``auth`` (or the socket ended first): one handshake in progress less."""
         if self._handshaking:
             self._handshaking = False
-            self._door.guard.handshake_over()
+            self._door.guard.handshake_over(answered=answered)
 
     def _frames(self, data: bytes) -> None:
         if self._reader is None:

@@ -14,6 +14,13 @@ socket costs no session, no task and no outbox:
   the bound, HTTP **503** with ``Retry-After: STORM_HANDSHAKE_RETRY_AFTER_S`` at once, so that a reconnect
   storm is told to come back later instead of queueing handshakes until they time out.  The clients
   (storm_sdk, the chat page) wait that long plus a random share of it.
+  The bound also follows the gateway's **pace**: beyond ``QUEUE_FLOOR`` handshakes in progress, an upgrade
+  is refused when those in progress would take more than ``QUEUE_TARGET_S`` to answer at the rate handshakes
+  were answered over the last ``PACE_WINDOW_S`` (Little's law), with a ``Retry-After`` of that wait (at most
+  ``RETRY_AFTER_MAX_S``); with nothing answered in that window (a cold start, a lull) only the fixed bound
+  holds.  A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
+  a minute of work: the clients timed out after 30 s and retried, and the gateways spent their time on
+  handshakes nobody was waiting for any more (docs/storm-day.md).
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
   from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.  Many mobile
   users share one address behind carrier-grade NAT: set it from the largest NAT pool you serve
@@ -26,6 +33,10 @@ load balancer, configure it to limit per client IP itself (the gateway sees the 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from storm.config import Config
@@ -33,10 +44,15 @@ from storm.config import Config
 log = logging.getLogger("storm.gateway.guard")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+QUEUE_TARGET_S = 3.0  # an admitted handshake should be answered within this, at the recent pace
+QUEUE_FLOOR = 64  # handshakes always allowed in progress, whatever the pace (a cold start, after a lull)
+PACE_WINDOW_S = 5.0  # the pace: handshakes answered over this many past seconds
+PACE_SLOT_S = 0.25  # counted in slots of this length
+RETRY_AFTER_MAX_S = 30
 
 
 class HandshakeGuard:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._allowed = config.origins()
         self._embedded = config.mode == "embedded"
         self._own = frozenset(f"{scheme}://{host}:{config.port}" for scheme in ("http", "https")
@@ -48,6 +64,9 @@ class HandshakeGuard:
         self.per_ip: dict[str, int] = {}
         self.handshakes = 0  # in progress: admitted, their session not past auth yet
         self.refused = {"origin": 0, "per_ip": 0, "overload": 0}
+        self._clock = clock
+        self._retry_after = config.handshake_retry_after_s
+        self._answered: deque[list[float]] = deque()  # [slot start, handshakes answered in it], oldest first
 
     def admit(self, headers: dict[str, str], ip: str) -> Refusal | None:
         """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip`` and
@@ -61,6 +80,12 @@ class HandshakeGuard:
         if self.handshakes >= self._max_handshakes:
             self.refused["overload"] += 1
             return self._overloaded
+        if self.handshakes >= QUEUE_FLOOR and (pace := self.pace()) > 0:  # no pace yet (cold, a lull): the bound
+            wait = self.handshakes / pace
+            if wait > QUEUE_TARGET_S:
+                self.refused["overload"] += 1
+                retry = min(RETRY_AFTER_MAX_S, max(self._retry_after, math.ceil(wait)))
+                return Refusal(503, self._overloaded.reason, retry)
         held = self.per_ip.get(ip, 0)
         if held >= self._max_per_ip:
             self.refused["per_ip"] += 1
@@ -69,8 +94,30 @@ class HandshakeGuard:
         self.handshakes += 1
         return None
 
-    def handshake_over(self) -> None:
+    def handshake_over(self, *, answered: bool = True) -> None:
+        """One handshake in progress less: ``answered`` when its session answered ``auth`` (``hello`` or a
+        refusal), which counts in the pace; not when the peer went away first."""
         self.handshakes -= 1
+        if answered:
+            now = self._clock()
+            slots = self._answered
+            if slots and now - slots[-1][0] < PACE_SLOT_S:
+                slots[-1][1] += 1
+            else:
+                slots.append([now, 1.0])
+                while slots and now - slots[0][0] > PACE_WINDOW_S:
+                    slots.popleft()
+
+    def pace(self) -> float:
+        """Handshakes answered per second over the last ``PACE_WINDOW_S``."""
+        now = self._clock()
+        slots = self._answered
+        while slots and now - slots[0][0] > PACE_WINDOW_S:
+            slots.popleft()
+        if not slots:
+            return 0.0
+        span = max(2 * PACE_SLOT_S, min(PACE_WINDOW_S, now - slots[0][0] + PACE_SLOT_S))  # a storm's first second
+        return sum(n for _, n in slots) / span
 
     def release(self, ip: str) -> None:
         left = self.per_ip.get(ip, 0) - 1
