@@ -33,6 +33,8 @@ MAX_RESPONSE_HEAD = 16 * 1024
 class WebSocketError(Exception):
     """The peer broke the protocol (bad handshake, masked server frame, bad opcode...)."""
 
+    retry_after: float | None = None  # a refused upgrade's Retry-After (seconds), when it had one
+
 
 class WSClient(asyncio.Protocol):
     """One client connection.  ``opened`` resolves after the handshake, ``closed`` when the socket is gone."""
@@ -141,7 +143,10 @@ class WSClient(asyncio.Protocol):
         response = f.parse_response_head(buffered[:end])
         if not response.upgraded(self._key):
             first_line = buffered[:min(end, 100)].split(b"\r\n")[0]
-            self._fail(WebSocketError(f"handshake refused: {first_line!r}"))
+            refused = WebSocketError(f"handshake refused: {first_line!r}")
+            retry = response.headers.get("retry-after", "")
+            refused.retry_after = float(retry) if retry.isdigit() else None
+            self._fail(refused)
             return b""
         self._head = None
         self.opened.set_result(None)

@@ -316,7 +316,11 @@ class Load:
                 attempt += 1
                 turn += 1
                 cap = min(float(self.connect["backoff_max_s"]), float(self.connect["backoff_base_s"]) * 2 ** attempt)
-                await asyncio.sleep(self.rng.uniform(0, cap))
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after:  # an overload answer (503): its Retry-After plus a random share, as the SDK does
+                    await asyncio.sleep(retry_after + self.rng.uniform(0, retry_after))
+                else:
+                    await asyncio.sleep(self.rng.uniform(0, cap))
                 continue
             attempt = 0
             self.stats.add("connects_ok")

@@ -126,3 +126,25 @@ def test_the_live_view_draws_a_table_on_a_terminal() -> None:
     console.print(view._table(SNAPSHOT))
     drawn = console.file.getvalue()  # type: ignore[attr-defined]
     assert "ramp 12/60 s" in drawn and "140 (curve 150)" in drawn and "gateway-sigkill" in drawn
+
+
+async def test_a_refused_upgrade_carries_its_retry_after_for_the_day_clients_backoff() -> None:
+    """storm day's clients wait a 503's Retry-After (plus a random share), as the SDK does."""
+    from storm_tools.bench.wsclient import WebSocketError, WSClient
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+        def abort(self) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+    for head, expected in ((b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 4\r\n\r\n", 4.0),
+                           (b"HTTP/1.1 403 Forbidden\r\n\r\n", None)):
+        client = WSClient("127.0.0.1", 1)
+        client.connection_made(Sink())  # type: ignore[arg-type]
+        client.data_received(head)
+        with pytest.raises(WebSocketError) as info:
+            await client.opened
+        assert info.value.retry_after == expected
