@@ -7,9 +7,8 @@ the socket and the session core happens here, once, each in one place:
 
 * **open** (:meth:`Connection.open`): the gateway admits the socket (a draining gateway closes it at once
   with 1012), then the outbox, the session and the hub registration;
-* **messages** (:meth:`Connection.receive`): handled one at a time, in order, at once in the driver's
-  callback up to the first real wait (a ping's pong is written there); only a message that has to wait
-  gets a task, which handles what arrives meanwhile; too many waiting pauses reading the socket;
+* **messages** (:meth:`Connection.receive`): handled one at a time, in order, by a task that exists only
+  while there is something to handle; too many waiting pauses reading the socket;
 * **overflow** (:meth:`Connection._overflow`): the outbox passed its bound, the session closes with 4008;
 * **close** (:meth:`Connection.close`, the session's ``Transport.close``): what is queued leaves first
   (except for 4008), then the close frame;
@@ -21,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.outbox import Outbox, drive
+from gateway.outbox import Outbox
 from storm.protocol.codes import CloseCode
 from storm.protocol.session import Session, State
 
@@ -33,19 +31,6 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 INBOX_HIGH = 64  # messages read but not yet handled before the socket stops being read
-log = logging.getLogger("storm.gateway.connection")
-
-
-class _Running:
-    """The handler while it runs in the caller's stack (:func:`gateway.outbox.drive`): no task to cancel."""
-
-    __slots__ = ()
-
-    def cancel(self) -> bool:
-        return False
-
-
-_RUNNING = _Running()
 
 
 class Socket(Protocol):
@@ -82,7 +67,7 @@ class Connection:
         self._socket = socket
         self._on_open = on_open  # called once, when the session has answered auth (the handshake is over)
         self._inbox: collections.deque[str | bytes] | None = None
-        self._worker: asyncio.Task[Any] | _Running | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._ended = False
         self.receiving = True  # False once the WebSocket is closing: messages still arriving are dropped
@@ -114,14 +99,7 @@ class Connection:
             inbox = self._inbox = collections.deque()
         inbox.append(data)
         if self._worker is None:
-            # run now, up to the first real wait: a frame handled without one (a ping, most publishes on
-            # the embedded services) costs no task, no loop turn; only one that waits gets the task
-            self._worker = _RUNNING
-            try:
-                self._worker = drive(self._handle_inbox(inbox))
-            except Exception:  # a session bug: logged, as the task would have
-                self._worker = None
-                log.exception("handling a frame failed session=%s", self.session.id)
+            self._worker = asyncio.get_running_loop().create_task(self._handle_inbox(inbox))
         if len(inbox) >= INBOX_HIGH and not self._paused:
             self._paused = True
             self._socket.pause_reading()
@@ -138,8 +116,7 @@ class Connection:
                     self._paused = False
                     self._socket.resume_reading()
         finally:
-            if self._worker is not _RUNNING:  # driven now, the caller resets it
-                self._worker = None
+            self._worker = None
 
     # -- Transport (storm.protocol.session): ``send`` is the outbox's push, bound in __init__ ---------------
     def close(self, code: int, reason: str) -> None:

@@ -156,35 +156,3 @@ async def test_after_the_peers_close_nothing_more_is_handled_or_sent(gateway: Ga
     conn.receive("after the close")
     await _settle(gateway)
     assert recorder.got == [] and sock.frames == []
-
-
-class Instant:
-    """Stands in for the session: handles a message without waiting for anything (a ping), or, for "wait",
-    waits a few loop turns."""
-
-    def __init__(self) -> None:
-        self.got: list[str | bytes] = []
-
-    async def receive(self, data: str | bytes) -> None:
-        if data == "wait":
-            for _ in range(3):
-                await asyncio.sleep(0)
-        self.got.append(data)
-
-
-async def test_a_message_that_waits_for_nothing_is_handled_in_the_drivers_call_without_a_task(
-        gateway: Gateway) -> None:
-    sock = FakeSocket()
-    conn = Connection.open(gateway, sock)
-    assert conn is not None
-    conn.session = session = Instant()  # type: ignore[assignment]
-    tasks = len(asyncio.all_tasks())
-    conn.receive("ping")
-    assert session.got == ["ping"] and conn._worker is None and len(asyncio.all_tasks()) == tasks
-    conn.receive("wait")  # this one waits: it gets the task, and what arrives meanwhile queues behind it
-    conn.receive("after")
-    assert session.got == ["ping"] and isinstance(conn._worker, asyncio.Task)
-    await asyncio.wait_for(asyncio.shield(conn._worker), 1)
-    assert session.got == ["ping", "wait", "after"] and conn._worker is None
-    conn.receive("ping")
-    assert session.got[-1] == "ping" and conn._worker is None
