@@ -10,6 +10,15 @@ fixed delay (e.g. 0.001, below the interval) sends each event through the flushe
     python -m storm_tools.bench.writepath --outboxes 1000 --broadcasts 100 [--write-delay 0.001]
 
 prints one JSON object (``us_per_delivery``, ``frames``, ``passes``, ``holds``).
+
+``--write-cost-us W`` makes each stubbed write busy for W µs (the kernel's loopback ``send``: ≈ 4 µs, the
+floor's cost per delivery) and broadcasts then start on a fixed schedule (``--interval`` apart, whatever
+the loop did meanwhile), so the flusher sees a loop as busy as the gateway's.  It also prints what the
+write rule costs in latency: ``delay_ms`` p50/p99/max from a broadcast's start to each recipient's write
+(one fan-out's own length included) and ``events_per_frame``.  E.g. 1 000 subscribers at 50 and 200 msg/s:
+
+    python -m storm_tools.bench.writepath --write-cost-us 4 --broadcasts 200 --interval 0.02
+    python -m storm_tools.bench.writepath --write-cost-us 4 --broadcasts 800 --interval 0.005
 """
 
 from __future__ import annotations
@@ -17,21 +26,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import re
 import time
 from typing import Any
 
 from gateway import frames as f
 from gateway.outbox import Flusher, Outbox
 
+_OFFSET = re.compile(rb'"offset":(\d+)')
+
 
 class _Transport:
-    __slots__ = ("writes",)
+    __slots__ = ("delays", "started", "writes")
 
-    def __init__(self) -> None:
+    cost_s = 0.0  # --write-cost-us: each write spins this long
+
+    def __init__(self, started: list[float] | None = None) -> None:
         self.writes = 0
+        self.started = started  # broadcast i's start (perf_counter): the delays are measured from it
+        self.delays: list[float] = []
 
     def write(self, data: bytes) -> None:
         self.writes += 1
+        if self.started is not None:
+            now = time.perf_counter()
+            self.delays.extend(now - self.started[int(m[1])] for m in _OFFSET.finditer(data))
+            end = now + self.cost_s
+            while time.perf_counter() < end:
+                pass
 
 
 class _Socket:
@@ -39,8 +62,8 @@ class _Socket:
 
     __slots__ = ("_transport", "_writing_paused", "open")
 
-    def __init__(self) -> None:
-        self._transport = _Transport()
+    def __init__(self, started: list[float] | None = None) -> None:
+        self._transport = _Transport(started)
         self._writing_paused = False
         self.open = True
 
@@ -54,7 +77,10 @@ class _Socket:
         self._transport.write(f.text_frame(frame))
 
 
-async def measure(outboxes: int, broadcasts: int, interval: float, write_delay: float) -> dict[str, Any]:
+async def measure(outboxes: int, broadcasts: int, interval: float, write_delay: float,
+                  write_cost_us: float = 0.0) -> dict[str, Any]:
+    if write_cost_us > 0:
+        return await _measure_loaded(outboxes, broadcasts, interval, write_delay, write_cost_us)
     flusher = Flusher(write_delay, max_delay_s=0.025)
     sockets = [_Socket() for _ in range(outboxes)]
     pushes = [Outbox(s.send_frame, lambda: None, max_events=10_000, max_bytes=1 << 26, coalesce_max_bytes=65_536,
@@ -78,6 +104,56 @@ async def measure(outboxes: int, broadcasts: int, interval: float, write_delay: 
             "frames": sum(s._transport.writes for s in sockets), "passes": flusher.passes, "holds": flusher.holds}
 
 
+def _pct(values: list[float], q: float) -> float:
+    k = max(0, min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1))
+    return values[k]
+
+
+async def _measure_loaded(outboxes: int, broadcasts: int, interval: float, write_delay: float,
+                          write_cost_us: float) -> dict[str, Any]:
+    """Broadcasts on a fixed schedule over writes that cost ``write_cost_us`` each: the rule's latency."""
+    _Transport.cost_s = write_cost_us / 1e6
+    try:
+        return await _run_loaded(outboxes, broadcasts, interval, write_delay, write_cost_us)
+    finally:
+        _Transport.cost_s = 0.0
+
+
+async def _run_loaded(outboxes: int, broadcasts: int, interval: float, write_delay: float,
+                      write_cost_us: float) -> dict[str, Any]:
+    flusher = Flusher(write_delay, max_delay_s=0.025)
+    started: list[float] = []
+    sockets = [_Socket(started) for _ in range(outboxes)]
+    pushes = [Outbox(s.send_frame, lambda: None, max_events=10_000, max_bytes=1 << 26, coalesce_max_bytes=65_536,
+                     flusher=flusher, direct=s.write_frame).push for s in sockets]
+    loop = asyncio.get_running_loop()
+    cpu0, t0 = time.process_time(), loop.time()
+    for i in range(broadcasts):
+        wait = t0 + i * interval - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        started.append(time.perf_counter())
+        data = b'{"type":"message","channel":"c","offset":%d,"text":"%s"}' % (i, b"x" * 280)
+        for push in pushes:
+            push(data)
+        await asyncio.sleep(0)
+    for _ in range(200):  # what is still held leaves at the end of its hold
+        if sum(len(s._transport.delays) for s in sockets) >= outboxes * broadcasts:
+            break
+        await asyncio.sleep(0.005)
+    cpu = time.process_time() - cpu0
+    flusher.close()
+    delays = sorted(d for s in sockets for d in s._transport.delays)
+    frames = sum(s._transport.writes for s in sockets)
+    return {"outboxes": outboxes, "broadcasts": broadcasts, "interval_s": interval, "write_delay_s": write_delay,
+            "write_cost_us": write_cost_us, "deliveries": len(delays),
+            "us_per_delivery": round(cpu * 1e6 / len(delays), 3) if delays else None,
+            "events_per_frame": round(len(delays) / frames, 2) if frames else None,
+            "delay_ms": {"p50": round(_pct(delays, 50) * 1e3, 2), "p99": round(_pct(delays, 99) * 1e3, 2),
+                         "max": round(delays[-1] * 1e3, 2)} if delays else None,
+            "frames": frames, "passes": flusher.passes, "holds": flusher.holds}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m storm_tools.bench.writepath", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,10 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between broadcasts (default 0.02)")
     parser.add_argument("--write-delay", type=float, default=0.0,
                         help="STORM_WRITE_DELAY_S: 0 adaptive (default), > 0 fixed (the pass path)")
+    parser.add_argument("--write-cost-us", type=float, default=0.0,
+                        help="each write is busy this long; broadcasts on a fixed schedule; prints delay_ms")
     args = parser.parse_args(argv)
     import uvloop
 
-    print(json.dumps(uvloop.run(measure(args.outboxes, args.broadcasts, args.interval, args.write_delay))))
+    print(json.dumps(uvloop.run(measure(args.outboxes, args.broadcasts, args.interval, args.write_delay,
+                                        args.write_cost_us))))
 
 
 if __name__ == "__main__":

@@ -15,3 +15,10 @@ async def test_adaptive_writes_every_event_at_once_one_frame_each() -> None:
 async def test_a_fixed_delay_goes_through_the_pass() -> None:
     out = await measure(outboxes=20, broadcasts=3, interval=0.005, write_delay=0.001)
     assert out["frames"] == 60 and out["passes"] >= 3 and out["holds"] == 0
+
+
+async def test_with_a_write_cost_it_reports_the_rules_delay_and_every_delivery() -> None:
+    out = await measure(outboxes=20, broadcasts=5, interval=0.01, write_delay=0.0, write_cost_us=1.0)
+    assert out["deliveries"] == 100 and out["frames"] >= 20 and out["events_per_frame"] >= 1
+    assert set(out["delay_ms"]) == {"p50", "p99", "max"}
+    assert 0 <= out["delay_ms"]["p50"] <= out["delay_ms"]["p99"] <= out["delay_ms"]["max"]
