@@ -25,8 +25,8 @@ What it does (docs/benchmarks.md, "storm bench persist"; figures in docs/consume
 message is committed: publishing and persisting overlap, as they do in production.  With ``--backlog`` the
 messages are published first with the consumers stopped, and ``wall_s`` runs from the consumers' start to
 the last commit: the consumers' own throughput, broker → consumer → SQL.  With ``--publisher inline`` on
-Pulsar the publisher shares this process's event loop and CPU with the consumers (≈ 60–90 µs of client CPU
-per send, more than the consumers' own cost), which no deployment does: that is why the publisher runs in
+Pulsar the publisher shares this process's event loop and CPU with the consumers (≈ 50–75 µs of client CPU
+per send, about the consumers' own cost), which no deployment does: that is why the publisher runs in
 a child process by default there.  ``machine_busy`` and ``machine_cpu_us_per_msg`` (every process of the
 host: broker, database, publisher, consumers, and whatever else runs) say how much of the machine the run
 took, so a figure from a shared machine can be read for what it is.
