@@ -249,3 +249,12 @@ async def test_the_driver_asks_again_when_a_subscribe_is_refused_retriably() -> 
     with pytest.raises(StormError):
         await _subscribe(refused, "c")
     assert refused.calls == 1
+
+
+async def test_the_send_buffer_probe_reports_what_a_stopped_reader_absorbs() -> None:
+    from storm_tools.chaos.sndbuf import CHUNK, measure
+
+    result = await measure(limit_s=10.0)
+    assert result["blocked"] is True  # a reader that never reads blocks the writer at some point
+    assert result["bytes_accepted_before_drain_blocked"] >= len(CHUNK)
+    assert result["sender_so_sndbuf"] > 0 and result["reader_so_rcvbuf"] > 0
