@@ -29,7 +29,8 @@ Pulsar the publisher shares this process's event loop and CPU with the consumers
 per send, about the consumers' own cost), which no deployment does: that is why the publisher runs in
 a child process by default there.  ``machine_busy`` and ``machine_cpu_us_per_msg`` (every process of the
 host: broker, database, publisher, consumers, and whatever else runs) say how much of the machine the run
-took, so a figure from a shared machine can be read for what it is.
+took, so a figure from a shared machine can be read for what it is; ``cpu_us_per_msg_by_role`` splits the
+measured window's CPU per message between the consumers, the child publisher, Pulsar and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
                 workers.append(worker)
             base = 0
         progress = Progress()
+        meter = _service_meter(cfg.broker, make_url(url).get_backend_name())
+        meter.start()
         t0, cpu0, machine0 = time.perf_counter(), time.process_time(), _machine_cpu()
         if args.backlog:
             for worker in workers:
@@ -207,6 +210,7 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
         if not error:
             error = await _wait_inserted(workers, args.messages, base, args.timeout, publishing, progress, marks)
         t1, cpu1, machine1 = time.perf_counter(), time.process_time(), _machine_cpu()
+        services_cpu = meter.stop()["cpu_s"]
         published_at = marks.get("published")
         progress.done(f"stored {sum(w.stats['inserted'] for w in workers) - base}/{args.messages} "
                       f"in {t1 - t0:.2f}s")
@@ -240,6 +244,7 @@ async def _run(args: argparse.Namespace, cfg: Any, url: str) -> dict[str, Any]:
             # every process of the host over wall_s (broker, database, publisher, consumers, other jobs)
             "machine_busy": round((machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9), 3),
             "machine_cpu_us_per_msg": round((machine1[0] - machine0[0]) * 1e6 / args.messages, 1),
+            "cpu_us_per_msg_by_role": _by_role(cpu1 - cpu0, publisher, services_cpu, args),
             "batch": args.batch,
             "inflight": inflight,
             "workers": args.workers,
@@ -359,6 +364,36 @@ async def _publish(broker: Any, workspace: str, per_channel: dict[str, list[byte
                 await asyncio.sleep(0)  # an in-process broker never yields by itself: let the workers run
 
     await asyncio.gather(*(one(c, p) for c, p in per_channel.items()))
+
+
+def _service_meter(broker: str, database: str) -> Any:
+    """CPU of the services over the measured window: the Pulsar JVM and the PostgreSQL server that
+    scripts/services.sh started (``STORM_SERVICES_DIR``), found as ``storm bench e2e`` finds them."""
+    from storm_tools.bench.e2e import CpuMeter, service_pids
+
+    pids = service_pids()
+    roles = [role for role, used in (("pulsar", broker == "pulsar"), ("postgres", database == "postgresql")) if used]
+    found = {role: pids[role] for role in roles if role in pids}
+    return CpuMeter({role: [pid] for role, pid in found.items()},
+                    jvms={"pulsar": found["pulsar"]} if "pulsar" in found else None)
+
+
+def _by_role(consumers_cpu_s: float, publisher: Any, services_cpu: dict[str, float],
+             args: argparse.Namespace) -> dict[str, float | None]:
+    """µs of CPU per message of each role over ``wall_s``: ``consumers`` (this process: workers, broker
+    client, and the publishers when inline), ``publisher`` (the child; None inline, where it is in
+    ``consumers``, and with ``--backlog``, where it published before the clock), ``pulsar``, ``postgres``
+    (None where not found), ``total`` (the roles measured)."""
+    n = args.messages
+    child = publisher.cpu_s.get("main") if isinstance(publisher, ChildPublisher) and not args.backlog else None
+    out: dict[str, float | None] = {
+        "consumers": round(consumers_cpu_s * 1e6 / n, 1),
+        "publisher": round(child * 1e6 / n, 1) if child is not None else None,
+        "pulsar": round(services_cpu["pulsar"] * 1e6 / n, 1) if "pulsar" in services_cpu else None,
+        "postgres": round(services_cpu["postgres"] * 1e6 / n, 1) if "postgres" in services_cpu else None,
+    }
+    out["total"] = round(sum(v for v in out.values() if v is not None), 1)
+    return out
 
 
 def _machine_cpu() -> tuple[float, float]:

@@ -61,3 +61,7 @@ def test_bench_persist_on_pulsar_publishes_from_a_child_process(
     busy, machine_us = result["machine_busy"], result["machine_cpu_us_per_msg"]
     assert isinstance(busy, float) and 0 < busy <= 1
     assert isinstance(machine_us, float) and machine_us > 0
+    by_role = result["cpu_us_per_msg_by_role"]
+    assert isinstance(by_role, dict) and set(by_role) == {"consumers", "publisher", "pulsar", "postgres", "total"}
+    assert by_role["consumers"] == result["cpu_us_per_msg"]
+    assert (by_role["publisher"] is None) == backlog  # with --backlog it published before the clock
