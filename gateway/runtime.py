@@ -50,7 +50,7 @@ class Gateway:
         self._unwatch: Unwatch | None = None
         # presence refreshed and access re-checked for every session at once, beside their frames
         self.presence = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s,
-                                       lambda: self.hub.sessions)
+                                       lambda: self.hub.sessions, store=services.store)
 
     async def start(self) -> None:
         await self.hub.start()

@@ -7,12 +7,14 @@ ADR 0010).
   (``Cache.presence_refresh_many``, chunks of ``PRESENCE_BATCH_MAX``), instead of one round trip per
   session on its next frame;
 * re-checks access, the backstop for a revocation whose control event was lost (storm/revocation.py): the
-  revocation list once per token and the role once per (workspace, user), through the directory (which
-  reads the database on a cache miss), ``RECHECK_CONCURRENCY`` at a time so the sessions' own commands keep
-  the rest of the pool; one slice of the users per pass (``RECHECK_SLICES``), so each user once per presence
-  TTL, spread evenly (the look-ups were two thirds of a held connection's cost on the real services:
-  5 000 users, 2 gateways, 0.196 gateway cores).  A session whose access is gone is closed 4010; a changed
-  role reaches it.
+  revocation list once per token, ``RECHECK_CONCURRENCY`` at a time, and the role once per (workspace,
+  user); one slice of the users per pass (``RECHECK_SLICES``), so each user once per presence TTL, spread
+  evenly.  With the store given (the gateway gives it), the roles of a slice are read straight from the
+  store, one ``memberships.get_many`` per workspace and ``ROLE_BATCH`` users: the directory's role entries
+  live 30 s, so a re-check once a minute always missed the cache and cost one SQL transaction per user,
+  ≈ 70 % of a held connection's gateway CPU on the real services (py-spy, 5 000 users, 2 gateways, issue
+  11).  Without it, one directory look-up per user.  A session whose access is gone is closed 4010; a
+  changed role reaches it.
 
 So a ``ping`` costs its ``pong`` and nothing else: a slow cache or database delays the keeper's pass,
 never a heartbeat (tests/service/test_heartbeat.py).  Before the keeper, a frame arriving a third of the TTL
@@ -41,12 +43,14 @@ from storm.errors import StormError, Unauthenticated
 from storm.ports.broker import Broker
 from storm.ports.cache import PRESENCE_BATCH_MAX, Cache, PresenceEntry, PresenceKey
 from storm.ports.clock import Clock
+from storm.ports.store import Store
 from storm.protocol import events as e
 
 log = logging.getLogger("storm.presence")
 
 RECHECK_CONCURRENCY = 4  # access look-ups in flight per gateway (the store pool serves commands first)
 RECHECK_SLICES = 3  # each pass re-checks a third of the users: each user once per presence TTL (60 s)
+ROLE_BATCH = 500  # users whose roles one store read re-checks
 SIZE_FRESH_S = 5.0  # how long a channel's presence count is trusted for the announcement threshold
 
 
@@ -71,9 +75,11 @@ class Kept(Protocol):
 
 class PresenceKeeper:
     def __init__(self, cache: Cache, directory: Directory, ttl_s: float,
-                 sessions: Callable[[], Iterable[Kept]]) -> None:
+                 sessions: Callable[[], Iterable[Kept]], *, store: Store | None = None) -> None:
         self._cache = cache
         self._directory = directory
+        self._store = store  # roles re-checked in batches straight from it (else one directory look-up each)
+        self.role_reads = 0  # store reads (batched) or directory look-ups made for roles, in all
         self._ttl = ttl_s
         self._sessions = sessions
         self._task: asyncio.Task[None] | None = None
@@ -157,6 +163,9 @@ class PresenceKeeper:
                 except StormError as exc:
                     log.warning("role re-check failed ws=%s: %s", p.workspace.slug, exc.message)
                     return
+            apply(uk, role)
+
+        def apply(uk: tuple[str, str], role: Role | None) -> None:
             for s in by_user[uk]:
                 if s.id in revoked:
                     continue
@@ -165,9 +174,32 @@ class PresenceKeeper:
                 else:
                     s.role_rechecked(role)
 
+        async def check_batch(ws: str, keys: list[tuple[str, str]]) -> None:
+            assert self._store is not None
+            workspace = principals[keys[0]].workspace
+            try:
+                async with self._store.unit_of_work() as uow:
+                    members = await uow.memberships.get_many(workspace.id, [principals[k].user.id for k in keys])
+            except StormError as exc:
+                log.warning("role re-check failed ws=%s: %s", ws, exc.message)
+                return
+            roles = {m.user_id.hex: m.role for m in members}
+            for uk in keys:
+                apply(uk, roles.get(uk[1]))
+
         self.rechecks += len(by_token) + len(by_user)
         await asyncio.gather(*(check_token(tk) for tk in by_token))
-        await asyncio.gather(*(check_user(uk) for uk in by_user))
+        if self._store is None:
+            self.role_reads += len(by_user)
+            await asyncio.gather(*(check_user(uk) for uk in by_user))
+            return
+        by_workspace: dict[str, list[tuple[str, str]]] = {}
+        for uk in by_user:
+            by_workspace.setdefault(uk[0], []).append(uk)
+        for ws, keys in by_workspace.items():  # one read at a time: the sessions' commands keep the pool
+            for i in range(0, len(keys), ROLE_BATCH):
+                self.role_reads += 1
+                await check_batch(ws, keys[i:i + ROLE_BATCH])
 
 
 class _Batch:

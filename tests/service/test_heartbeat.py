@@ -69,3 +69,32 @@ async def test_the_keeper_ends_a_session_whose_access_was_lost_without_its_contr
     assert ta.closed is None
     await send(a, op="ping", id=1)
     assert ta.take("pong")
+
+
+async def test_the_keeper_reads_the_roles_of_a_slice_in_one_store_read_per_workspace(ctx, services, monkeypatch):
+    """With the store (the gateway's keeper), roles are re-checked in batches straight from it, not one
+    directory look-up (a cache miss and a SQL transaction) per user; a removal is still found."""
+    from storm.protocol.presence import RECHECK_SLICES, PresenceKeeper
+
+    a, ta = await connect(ctx, services, "alice")
+    b, tb = await connect(ctx, services, "bob")
+    c, tc = await connect(ctx, services, "carol")
+    async with services.store.unit_of_work() as uow:  # bob removed; the control event and the
+        await uow.memberships.remove(b.principal.workspace.id, b.principal.user.id)  # cache forget lost
+        await uow.commit()
+    looked_up: list[object] = []
+    role = services.directory.role
+
+    async def counted_role(*args: object) -> object:
+        looked_up.append(args)
+        return await role(*args)
+
+    monkeypatch.setattr(services.directory, "role", counted_role)
+    keeper = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s,
+                            lambda: [a, b, c], store=services.store)
+    for _ in range(RECHECK_SLICES):
+        await keeper.run_once()
+    slices = {s.principal.user.id.int % RECHECK_SLICES for s in (a, b, c)}
+    assert keeper.role_reads == len(slices) and looked_up == []  # one read per pass that had users
+    assert tb.closed and tb.closed[0] == CloseCode.REVOKED
+    assert ta.closed is None and tc.closed is None
