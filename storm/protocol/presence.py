@@ -12,7 +12,7 @@ ADR 0010).
   evenly.  With the store given (the gateway gives it), the roles of a slice are read straight from the
   store, one ``memberships.get_many`` per workspace and ``ROLE_BATCH`` users: the directory's role entries
   live 30 s, so a re-check once a minute always missed the cache and cost one SQL transaction per user,
-  ≈ 70 % of a held connection's gateway CPU on the real services (py-spy, 5 000 users, 2 gateways, issue
+  more than half of a held connection's gateway CPU on the real services (py-spy, 5 000 users, 2 gateways, issue
   11).  Without it, one directory look-up per user.  A session whose access is gone is closed 4010; a
   changed role reaches it.
 
