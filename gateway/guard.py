@@ -44,11 +44,11 @@ from storm.config import Config
 log = logging.getLogger("storm.gateway.guard")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-QUEUE_TARGET_S = 3.0  # an admitted handshake should be answered within this, at the recent pace
-QUEUE_FLOOR = 64  # handshakes always allowed in progress, whatever the pace (a cold start, after a lull)
+QUEUE_TARGET_S = 5.0  # an admitted handshake should be answered within this, at the recent pace
+QUEUE_FLOOR = 128  # handshakes always allowed in progress, whatever the pace (a cold start, after a lull)
 PACE_WINDOW_S = 5.0  # the pace: handshakes answered over this many past seconds
 PACE_SLOT_S = 0.25  # counted in slots of this length
-RETRY_AFTER_MAX_S = 30
+RETRY_AFTER_MAX_S = 10
 
 
 class HandshakeGuard:

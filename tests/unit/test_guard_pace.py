@@ -40,12 +40,12 @@ def test_a_slow_gateway_refuses_beyond_what_it_answers_in_the_target_time() -> N
         assert _admit(guard, 10) == [0] * 10
     pace = guard.pace()
     assert 38 <= pace <= 42
-    room = int(pace * QUEUE_TARGET_S) + 1 - guard.handshakes  # up to the 3 s the gateway answers at this pace
+    room = int(pace * QUEUE_TARGET_S) + 1 - guard.handshakes  # up to what the gateway answers in QUEUE_TARGET_S
     statuses = _admit(guard, 200)
     assert room > 0 and statuses == [0] * room + [503] * (200 - room)
     refusal = guard.admit({}, "127.0.0.2")
     assert refusal is not None and refusal.status == 503
-    assert refusal.retry_after >= 3  # the wait at this pace, not the configured 1 s
+    assert refusal.retry_after >= 5  # the wait at this pace, not the configured 1 s
     for _ in range(guard.handshakes):  # answered: room again
         guard.handshake_over()
     assert _admit(guard, 10) == [0] * 10
@@ -65,7 +65,7 @@ def test_a_fast_gateway_is_bounded_by_max_handshakes_only() -> None:
 def test_sockets_that_go_away_do_not_count_in_the_pace() -> None:
     clock = Clock()
     guard = _guard(clock, max_connections_per_ip=100_000)
-    assert _admit(guard, 500) == [0] * 500  # nothing answered yet: no pace, the fixed bound (1 024) only
+    assert _admit(guard, 1000) == [0] * 1000  # nothing answered yet: no pace, the fixed bound (1 024) only
     for _ in range(20):
         guard.handshake_over()  # answered
     for _ in range(400):
@@ -73,5 +73,5 @@ def test_sockets_that_go_away_do_not_count_in_the_pace() -> None:
     clock.t += 0.75
     assert guard.pace() == 20.0  # 20 in the first second
     room = int(20 * QUEUE_TARGET_S) + 1 - guard.handshakes
-    assert guard.handshakes == 80 and room < 0
+    assert guard.handshakes == 580 and room < 0
     assert _admit(guard, 1) == [503]
