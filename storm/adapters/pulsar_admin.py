@@ -105,10 +105,10 @@ class PulsarAdmin:
         if self._http is None:
             raise Unavailable("Pulsar admin client is not started")
         try:
-            # In a task of its own: the gateway runs a frame's handling eagerly, outside any task, up to its first
-            # wait (gateway/outbox.py, ``drive``), and httpcore's cancellation shield needs the current task
-            # when it closes a dead pooled connection; without one, a subscribe during a Pulsar restart failed
-            # with TypeError / RuntimeError ("session bug", answered `internal`: chaos pulsar-restart).
+            # In a task of its own, whoever drives the caller: httpcore's cancellation shield needs the current
+            # task when it closes a dead pooled connection.  While the gateway handled frames outside any task
+            # (6c0aa76, reverted in 0a211ba), a subscribe during a Pulsar restart failed with TypeError /
+            # RuntimeError ("session bug", answered `internal`: chaos pulsar-restart, 22:11 UTC).
             resp = await asyncio.ensure_future(self._http.request(method, path, json=json, params=params))
         except httpx.HTTPError as exc:
             raise AdminError(f"Pulsar admin {method} {path}: {exc!r}") from exc

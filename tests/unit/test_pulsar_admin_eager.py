@@ -1,10 +1,11 @@
 """The Pulsar admin client works when a frame's handling runs eagerly, outside any task.
 
-Found by the `pulsar-restart` chaos experiment (22:11 UTC run): the gateway handles a frame in the caller's
-stack up to its first wait (gateway/outbox.py, ``drive``), and a subscribe reads the channel's head through the
-admin API.  When Pulsar went down, httpcore had to close the dead pooled connection first, and its cancellation
-shield needs the current task: the subscribe failed with a TypeError or RuntimeError ("session bug", answered
-`internal`, a final error for the SDK).  The admin client now makes each call in a task of its own.
+Found by the `pulsar-restart` chaos experiment (22:11 UTC run): the gateway then handled a frame in the
+caller's stack up to its first wait (gateway/outbox.py, ``drive``; 6c0aa76, since reverted in 0a211ba for a
+like failure of SQLAlchemy's pool), and a subscribe reads the channel's head through the admin API.  When
+Pulsar went down, httpcore had to close the dead pooled connection first, and its cancellation shield needs
+the current task: the subscribe failed with a TypeError or RuntimeError ("session bug", answered
+`internal`).  The admin client now makes each call in a task of its own, whoever drives its caller.
 """
 
 from __future__ import annotations
