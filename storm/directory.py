@@ -91,6 +91,8 @@ class Directory:
         self._first_sights: dict[str, list[tuple[Claims, asyncio.Future[tuple[User, Role | None]]]]] = {}
         self._reading: set[str] = set()
         self._readers: set[asyncio.Task[None]] = set()
+        self._reads: dict[str, list[tuple[Callable[[UnitOfWork], Awaitable[Any]], asyncio.Future[Any]]]] = {}
+        self._reads_running: set[str] = set()
 
     def _entry_ttl(self) -> float:
         return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
@@ -141,6 +143,51 @@ class Directory:
             return user
 
         return await self._single_flight(workspace, key, load)
+
+    async def _read(self, workspace: str, fn: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """One store read (``fn`` in a unit of work), batched with the reads of ``workspace`` that arrive while
+        a batch is being read: one unit of work for all of them (``FIRST_SIGHT_BATCH`` at most), as for first
+        sights.  A read that fails fails its whole batch (a failed statement ends the transaction)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._reads.setdefault(workspace, []).append((fn, future))
+        if workspace not in self._reads_running:
+            self._reads_running.add(workspace)
+            task = asyncio.ensure_future(self._run_reads(workspace))
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+        return cast(T, await future)
+
+    async def _run_reads(self, workspace: str) -> None:
+        try:
+            while pending := self._reads.get(workspace):
+                batch, rest = pending[:FIRST_SIGHT_BATCH], pending[FIRST_SIGHT_BATCH:]
+                if rest:
+                    self._reads[workspace] = rest
+                else:
+                    del self._reads[workspace]
+                results: list[Any] = []
+                try:
+                    async with self._store.unit_of_work() as uow:
+                        for fn, _ in batch:
+                            results.append(await fn(uow))
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(Unavailable("the directory's read was cancelled (shutting down)")
+                                                 if isinstance(exc, asyncio.CancelledError) else exc)
+                            future.exception()
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), value in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(value)
+        finally:
+            self._reads_running.discard(workspace)
+            for _, future in self._reads.pop(workspace, []):
+                if not future.done():
+                    future.set_exception(Unavailable("the directory's read was cancelled (shutting down)"))
+                    future.exception()
 
     async def _first_sight(self, ws: Workspace, claims: Claims) -> tuple[User, Role | None]:
         """The user and its membership of ``ws``, read from the store and cached, in a **batch**: the
@@ -250,8 +297,7 @@ class Directory:
             return Role(raw.decode()) if raw else None
 
         async def load() -> Role | None:
-            async with self._store.unit_of_work() as uow:
-                m = await uow.memberships.get(workspace.id, user_id)
+            m = await self._read(workspace.slug, lambda uow: uow.memberships.get(workspace.id, user_id))
             role = m.role if m else None
             await self._remember(workspace.slug, key, (role.value if role else "").encode())
             return role
@@ -300,8 +346,7 @@ class Directory:
                            archived=c.archived)
 
         async def load() -> Channel | None:
-            async with self._store.unit_of_work() as uow:
-                ch = await uow.channels.get(workspace.id, cid)
+            ch = await self._read(workspace.slug, lambda uow: uow.channels.get(workspace.id, cid))
             value = b"" if ch is None else msgspec.msgpack.encode(
                 _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
             await self._remember(workspace.slug, key, value)
@@ -328,8 +373,8 @@ class Directory:
             return raw == b"1"
 
         async def load() -> bool:
-            async with self._store.unit_of_work() as uow:
-                member = await uow.channels.is_member(p.workspace.id, ch.id, p.user.id)
+            member = await self._read(p.workspace.slug, lambda uow: uow.channels.is_member(p.workspace.id, ch.id,
+                                                                                          p.user.id))
             await self._remember(p.workspace.slug, key, b"1" if member else b"0")
             return member
 

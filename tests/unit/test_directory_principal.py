@@ -13,8 +13,8 @@ import pytest
 from storm.adapters.memory_cache import MemoryCache
 from storm.adapters.memory_store import MemoryStore
 from storm.directory import TOMBSTONE_TTL_S, Directory, Principal
-from storm.domain import Membership, Role, Workspace
-from storm.errors import Forbidden, Unavailable
+from storm.domain import Channel, ChannelKind, Membership, Role, Workspace
+from storm.errors import Forbidden, NotFound, Unavailable
 from storm.ports.clock import ManualClock
 from storm.ports.identity import Claims
 
@@ -207,3 +207,26 @@ async def test_a_cancelled_caller_does_not_strand_the_others(slow: Any) -> None:
     done = await asyncio.gather(*tasks[1:])
     assert [p.role for p in done] == [Role.MEMBER] * 3
     assert tasks[0].cancelled()
+
+
+async def test_concurrent_channel_checks_of_a_workspace_share_a_unit_of_work(slow: Any) -> None:
+    """The reconnect storm's subscribes: each (private channel, member) check missing the cache is a store
+    read; those of a workspace that arrive together are read in one unit of work, not one each."""
+    store, directory = slow
+    ids = await _members(store, directory, 40, "p")
+    ch = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="room", kind=ChannelKind.PRIVATE)
+    async with store.unit_of_work() as uow:
+        await uow.channels.add(ch)
+        for uid in ids[:30]:  # the last 10 are not members of the channel
+            await uow.channels.add_member(WS.id, ch.id, uid)
+        await uow.commit()
+    principals = [await directory.principal(claims(f"dev|p{i}")) for i in range(40)]
+    await directory.channel(WS, str(ch.id))
+    before = store.units
+    first = asyncio.ensure_future(directory.check_channel_access(principals[0], str(ch.id)))
+    await asyncio.sleep(0.005)  # its read is under way
+    rest = await asyncio.gather(*(directory.check_channel_access(p, str(ch.id)) for p in principals[1:]),
+                                return_exceptions=True)
+    assert (await first).id == ch.id
+    assert all(isinstance(r, Channel) for r in rest[:29]) and all(isinstance(r, NotFound) for r in rest[29:])
+    assert store.units - before == 2  # not 40
