@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from storm.config import Config, ConfigError
@@ -57,7 +58,8 @@ class RelayWorker:
         self._stopping = False
         self._life = Lifecycle("relay worker")
         self.stats = {"batches": 0, "records": 0, "relayed": 0, "handed_back": 0, "dropped_deleted": 0,
-                      "redelivered": 0}
+                      "redelivered": 0, "send_ms": 0,
+                      "age_ms": 0}  # send_ms: time spent waiting for the writes; age_ms: sum of records' ages
 
     async def start(self) -> None:
         self._life.begin_start()
@@ -132,8 +134,13 @@ class RelayWorker:
         groups: dict[str, list[Delivery]] = {}
         for d in deliveries:
             groups.setdefault(d.record.workspace, []).append(d)
+        started = time.monotonic()
+        now = time.time()  # how long the records took to reach the relay (the work subscription's share)
+        ages = sum(now - d.record.publish_time for d in deliveries if d.record.publish_time)
+        self.stats["age_ms"] += int(ages * 1000)
         results = await asyncio.gather(*(self._relay.relay([d.record for d in g]) for g in groups.values()),
                                        return_exceptions=True)
+        self.stats["send_ms"] += int((time.monotonic() - started) * 1000)
         done: list[Delivery] = []
         back: list[Delivery] = []
         for (ws, group), res in zip(groups.items(), results, strict=True):

@@ -568,7 +568,7 @@ class PulsarBroker:
             from storm.adapters.pulsar_relay import PulsarRelay
 
             assert self._completions is not None
-            self._relay = PulsarRelay(client, self._completions, self._send_timeout_ms)
+            self._relay = PulsarRelay(client, self.admin, self._completions, self._send_timeout_ms)
         await self._relay.send(records)
 
     def _on_work_closed(self, work: PulsarWorkSubscription) -> None:

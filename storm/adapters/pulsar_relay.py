@@ -39,10 +39,11 @@ import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_async
 
-from storm.adapters.pulsar_admin import CHANNELS_NS
+from storm.adapters.pulsar_admin import CHANNELS_NS, PulsarAdmin
 from storm.adapters.pulsar_broker import (
     PulsarBroadcastSubscription,
     _close_reader,
+    _complete,
     _pulsar_error,
     _SendCompletions,
 )
@@ -60,6 +61,7 @@ OFFSET_PROP = "off"
 PUBLISH_TIME_PROP = "pt"  # the channel log's publish time, epoch milliseconds
 BATCH_DELAY_MS = 5  # the relay's producers wait at most this long to fill a batch
 MAX_PRODUCERS = 4096  # workspaces with an open relay producer per process (LRU)
+READER_QUEUE = 2000  # a gateway's receiver queue per followed workspace
 
 
 def broadcast_topic(workspace: str) -> str:
@@ -69,8 +71,10 @@ def broadcast_topic(workspace: str) -> str:
 class PulsarRelay:
     """The relay's sending side: records of channel logs onto their workspaces' broadcast topics."""
 
-    def __init__(self, client: pulsar_async.Client, completions: _SendCompletions, send_timeout_ms: int) -> None:
+    def __init__(self, client: pulsar_async.Client, admin: PulsarAdmin, completions: _SendCompletions,
+                 send_timeout_ms: int) -> None:
         self._client = client
+        self._admin = admin
         self._completions = completions
         self._send_timeout_ms = send_timeout_ms
         self._producers: dict[str, Any] = {}  # workspace -> pulsar_async.Producer (insertion = LRU order)
@@ -92,6 +96,7 @@ class PulsarRelay:
                 batching_max_messages=1000, block_if_queue_full=True, max_pending_messages=10_000,
                 send_timeout_millis=self._send_timeout_ms,
             )
+            await self._unthrottle(workspace)
             self._producers[workspace] = producer
             fut.set_result(producer)
         except BaseException as exc:
@@ -104,6 +109,18 @@ class PulsarRelay:
             old = next(iter(self._producers))
             await self.drop(old)
         return producer
+
+    async def _unthrottle(self, workspace: str) -> None:
+        """No publish rate on the broadcast topic (a topic policy over the namespace's per-topic rate, the
+        plan's messages per second): it carries the whole workspace, whose records were admitted already
+        (each channel topic is still throttled).  Throttled at the plan's 1 000/s, a relay at 1 000 msg/s
+        waited ~0.4 s per batch and fell seconds behind.  Best effort: a refusal is logged, not raised."""
+        path = f"/admin/v2/persistent/{workspace}/{CHANNELS_NS}/{BROADCAST_TOPIC}/publishRate"
+        try:
+            await self._admin._call("POST", path, json={"publishThrottlingRateInMsg": -1,
+                                                        "publishThrottlingRateInByte": -1})
+        except Exception as exc:
+            log.warning("ws=%s: could not lift the broadcast topic's publish rate: %s", workspace, exc)
 
     async def send(self, records: Sequence[Record]) -> None:
         """Republish ``records`` (several channels and workspaces, each channel's in offset order) and
@@ -182,6 +199,20 @@ class RelayBroadcastSubscription(PulsarBroadcastSubscription):
             self._handler(Record(workspace, channel, offset, msg.data(), int(props.get(PUBLISH_TIME_PROP, 0)) / 1000))
         except Exception:  # a gateway bug must not stop the feed
             log.exception("broadcast handler failed ws=%s channel=%s", workspace, channel)
+
+    async def _reader(self, topic: str, deliver: Any, start: Any = None) -> Any:
+        """A reader as the base class's, with a receiver queue of ``READER_QUEUE``: one topic carries the
+        whole workspace, and 100 messages (the per-channel readers' queue) is a flow-control round trip
+        per 50 messages."""
+        client = self._broker._running()
+        conf = _pulsar.ReaderConfiguration()
+        conf.reader_listener(self._listener(deliver))
+        conf.receiver_queue_size(READER_QUEUE)
+        conf.schema(pulsar.schema.BytesSchema().schema_info())
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        client._client.create_reader_async_v2(topic, pulsar.MessageId.latest if start is None else start, conf,
+                                              lambda value: _complete(fut, value))
+        return await fut
 
     async def _topic_start(self, workspace: str) -> Any:
         """Just after the broadcast topic's last entry when the reader is opened (an explicit position, not

@@ -1,7 +1,7 @@
 """`storm bench follow`: one gateway's broadcast subscription following many channels (issue 12, item 4).
 
     storm bench follow --channels 20000 [--publish-channels 1000] [--messages 20000] [--rate 2000]
-                       [--concurrency 64] [--idle-s 10] [--json]
+                       [--concurrency 64] [--idle-s 10] [--broadcast readers|relay] [--json]
 
 What it does (docs/benchmarks.md, "storm bench follow"; the design in docs/adr/0013-following-channels.md):
 
@@ -17,6 +17,12 @@ What it does (docs/benchmarks.md, "storm bench follow"; the design in docs/adr/0
    channel's publishes one after another, all channels at once, at most ``--rate`` per second) and checks
    in the child that every record arrived once and in offset order per channel;
 5. deletes the workspace and prints one JSON object.
+
+With ``--broadcast relay`` the follower reads one relay-fed topic per workspace (ADR 0013, "Amendment: the
+relay") and a **relay child** (``--relay-child``: the consumers role's :class:`~consumers.relay.RelayWorker`
+alone, on this workspace only) copies the channel logs there; the hot channels' topics are created before
+it starts.  ``relay_cpu_us_per_msg`` is its CPU over the publish phase per record relayed,
+``relay_idle_cpu_pct`` its CPU while idle; the delivery latency then includes the relay's hop.
 
 ``rss_per_channel_kb`` and ``broker_heap_per_channel_kb`` are (after − before) / channels; the broker's
 heap is sampled after a ``System.gc()``-free pause, so it carries the JVM's garbage: read it as an order of
@@ -57,6 +63,12 @@ def add_parser(sub: Any) -> None:
                    help="auto (default): following a channel creates its topic (Pulsar's auto-creation), so "
                         "follow_s and the broker's figures include creating the topics; precreate: create them "
                         "through the admin API first (about 30 per second on this machine: 11 min for 20 000)")
+    p.add_argument("--broadcast", choices=("readers", "relay"), default="readers",
+                   help="readers (default): a reader per followed channel; relay: one reader per followed "
+                        "workspace on its broadcast topic, filled by a relay worker the bench runs in a child of "
+                        "its own (STORM_BROADCAST, ADR 0013 amendment); the relay's CPU per message is reported")
+    p.add_argument("--plan", choices=("free", "pro", "enterprise"), default="pro",
+                   help="the bench workspace's plan (default pro: Pulsar throttles each topic of it at 1 000 msg/s)")
     p.add_argument("--keep", action="store_true", help="keep the bench workspace and its topics")
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
 
@@ -127,9 +139,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     hot = channels[:min(args.publish_channels, args.channels)]
     result: dict[str, Any] = {"channels": args.channels, "broker": "pulsar", "workspace": workspace}
     child: asyncio.subprocess.Process | None = None
+    relay: asyncio.subprocess.Process | None = None
     try:
         _say(f"bench follow: {args.channels} channels on {cfg.pulsar_url}, workspace {workspace}")
-        await broker.ensure_workspace(workspace, PLANS["pro"])
+        await broker.ensure_workspace(workspace, PLANS[args.plan])
         t0 = time.perf_counter()
         gate = asyncio.Semaphore(64)
 
@@ -139,14 +152,25 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.topics == "precreate":
             await asyncio.gather(*(create(c) for c in channels))
+        elif args.broadcast == "relay":  # following creates no topic here: the hot ones exist before the relay
+            await asyncio.gather(*(create(c) for c in hot))  # starts, so it reads them from their first record
         result["topics"] = args.topics
         result["setup_topics_s"] = round(time.perf_counter() - t0, 1)
         if args.topics == "precreate":
             _say(f"bench follow: {args.channels} topics created in {result['setup_topics_s']} s")
+        result["broadcast"] = args.broadcast
+        if args.broadcast == "relay":
+            relay = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "storm_tools.bench.follow", "--relay-child",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26,
+                env={**os.environ, "STORM_BROADCAST": "relay"})
+            await _send(relay, {"pulsar_url": cfg.pulsar_url, "admin_url": cfg.pulsar_admin_url,
+                                "workspace": workspace})
+            await _expect(relay, "started")
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "storm_tools.bench.follow", "--child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26,
-            env={**os.environ, "STORM_MAX_CHANNEL_READERS": str(args.channels)})
+            env={**os.environ, "STORM_MAX_CHANNEL_READERS": str(args.channels), "STORM_BROADCAST": args.broadcast})
         assert child.stdin is not None and child.stdout is not None
         await _send(child, {"pulsar_url": cfg.pulsar_url, "admin_url": cfg.pulsar_admin_url,
                             "workspace": workspace, "channels": channels, "concurrency": args.concurrency})
@@ -168,6 +192,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             result["broker_follow_cpu_s"] = round(after["cpu_s"] - before["cpu_s"], 2)
         _say(f"bench follow: {followed['followed']} followed in {followed['follow_s']} s, "
              f"child RSS {result['rss_mb']} MB; idle for {args.idle_s:g} s")
+        relay_idle = await _sample(relay) if relay is not None else {}
         await asyncio.sleep(args.idle_s)
         await _send(child, {"cmd": "sample"})
         idle = await _expect(child, "sample")
@@ -178,6 +203,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             spent = idle_broker["cpu_s"] - after["cpu_s"]
             result["broker_idle_cpu_pct"] = round(100 * spent / max(args.idle_s, 1e-9), 1)
         result["rss_idle_mb"] = round(idle["rss"] / 2**20, 1)
+        relay_busy = await _sample(relay) if relay is not None else {}
+        if relay_idle and relay_busy:
+            result["relay_idle_cpu_pct"] = round(
+                100 * (relay_busy["cpu_s"] - relay_idle["cpu_s"]) / max(args.idle_s, 1e-9), 2) if args.idle_s else 0.0
         # A broker of its own for the producers, stopped before the cleanup: a producer still open when its
         # topic is force-deleted reconnects and (auto-creation) brings the topic back, and the namespace
         # then refuses to go (409).
@@ -197,6 +226,24 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         result["delivery_cpu_s"] = round(cpu, 3)
         result["cpu_us_per_delivery"] = round(cpu * 1e6 / max(1, result["delivered"]), 1)
         result["deliver_p99_ms"] = report["p99_ms"]
+        result["deliver_p50_ms"] = report["p50_ms"]
+        if relay is not None:
+            relay_done = await _sample(relay)
+            relayed = relay_done["stats"]["relayed"] - relay_busy["stats"]["relayed"]
+            relay_cpu = relay_done["cpu_s"] - relay_busy["cpu_s"]
+            batches = relay_done["stats"]["batches"] - relay_busy["stats"]["batches"]
+            result.update({"relayed": relayed, "relay_handed_back": relay_done["stats"]["handed_back"],
+                           "relay_receive_age_ms_mean": round(
+                               (relay_done["stats"]["age_ms"] - relay_busy["stats"]["age_ms"]) / max(1, relayed), 1),
+                           "relay_batches": batches, "relay_batch_mean": round(relayed / max(1, batches), 1),
+                           "relay_send_ms_mean": round((relay_done["stats"]["send_ms"] - relay_busy["stats"]["send_ms"])
+                                                       / max(1, batches), 1),
+                           "relay_cpu_s": round(relay_cpu, 3),
+                           "relay_cpu_us_per_msg": round(relay_cpu * 1e6 / max(1, relayed), 1),
+                           "relay_rss_mb": round(relay_done["rss"] / 2**20, 1),
+                           "dropped_by_gateway": report.get("dropped", 0)})
+            await _send(relay, {"cmd": "stop"})
+            await _expect(relay, "stopped")
         await _send(child, {"cmd": "stop"})
         await _expect(child, "stopped")
     except Exception as exc:
@@ -204,10 +251,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         for key in REQUIRED_KEYS:
             result.setdefault(key, 0)
     finally:
-        if child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
+        for proc in (child, relay):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if not args.keep:
             t0 = time.perf_counter()
             try:
@@ -257,6 +305,11 @@ async def _publish(broker: Any, workspace: str, channels: list[str], messages: i
     await asyncio.gather(*(one(c) for c in channels if per[c]))
     out["_s"] = [round(loop.time() - start, 2)]  # type: ignore[list-item]
     return out
+
+
+async def _sample(child: asyncio.subprocess.Process) -> dict[str, Any]:
+    await _send(child, {"cmd": "sample"})
+    return await _expect(child, "sample")
 
 
 async def _send(child: asyncio.subprocess.Process, msg: dict[str, Any]) -> None:
@@ -345,9 +398,42 @@ async def _child() -> None:
                 await asyncio.sleep(0.5)  # anything arriving late (a duplicate) is counted too
                 lat = sorted(latencies)
                 p99 = round(lat[int(0.99 * (len(lat) - 1))] * 1000, 1) if lat else 0.0
-                ChildChannel.emit("report", offsets=offsets, p99_ms=p99, rss=rss_bytes(pid), cpu_s=cpu_seconds(pid))
+                p50 = round(lat[int(0.50 * (len(lat) - 1))] * 1000, 1) if lat else 0.0
+                ChildChannel.emit("report", offsets=offsets, p99_ms=p99, p50_ms=p50, rss=rss_bytes(pid),
+                                  cpu_s=cpu_seconds(pid), dropped=getattr(sub, "dropped", 0))
             elif cmd["cmd"] == "stop":
                 await sub.close()
+                ChildChannel.emit("stopped")
+                return
+    finally:
+        await broker.stop()
+
+
+# -- relay child: the consumers role's relay worker alone (STORM_BROADCAST=relay) ------------------------------
+async def _relay_child() -> None:
+    from consumers.relay import RelayWorker
+    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.bootstrap import pulsar_settings
+    from storm.config import Config
+    from storm.ports.clock import SystemClock
+    from storm_tools.bench.procs import ChildChannel, child_channel, cpu_seconds, rss_bytes
+
+    chan, conf = await child_channel()
+    pid = os.getpid()
+    workspace = conf["workspace"]
+    cfg = Config.from_env(broker="pulsar", broadcast="relay", pulsar_url=conf["pulsar_url"],
+                          pulsar_admin_url=conf["admin_url"])
+    broker = PulsarBroker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda tenant: tenant == workspace)
+    await broker.start()
+    try:
+        worker = RelayWorker(broker, cfg)
+        await worker.start()
+        ChildChannel.emit("started", rss=rss_bytes(pid), cpu_s=cpu_seconds(pid))
+        while (cmd := await chan.command()) is not None:
+            if cmd["cmd"] == "sample":
+                ChildChannel.emit("sample", rss=rss_bytes(pid), cpu_s=cpu_seconds(pid), stats=dict(worker.stats))
+            elif cmd["cmd"] == "stop":
+                await worker.stop()
                 ChildChannel.emit("stopped")
                 return
     finally:
@@ -358,3 +444,7 @@ if __name__ == "__main__" and "--child" in sys.argv:
     import uvloop
 
     uvloop.run(_child())
+elif __name__ == "__main__" and "--relay-child" in sys.argv:
+    import uvloop
+
+    uvloop.run(_relay_child())

@@ -128,3 +128,22 @@ async def test_a_channel_added_while_the_relay_is_behind_gets_every_record_commi
     assert [r.offset for r in got] == after
     assert got[0].payload == b'{"n":5}'
     await sub.close()
+
+
+def test_bench_follow_with_the_relay_reports_the_relays_cost_and_delivers_in_order(
+        pulsar_urls: tuple[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`storm bench follow --broadcast relay` (shape and exactness, not speed: docs/benchmarks.md)."""
+    import json
+
+    from storm_cli import main as cli
+
+    monkeypatch.setenv("STORM_PULSAR_URL", pulsar_urls[0])
+    monkeypatch.setenv("STORM_PULSAR_ADMIN_URL", pulsar_urls[1])
+    code = cli.main(["bench", "follow", "--channels", "30", "--publish-channels", "5", "--messages", "50",
+                     "--rate", "200", "--idle-s", "0.5", "--timeout", "30", "--broadcast", "relay", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    assert (result["broadcast"], result["followed"], result["published"], result["delivered"]) == ("relay", 30, 50, 50)
+    assert (result["lost"], result["duplicates"], result["inversions"]) == (0, 0, 0)
+    assert result["relayed"] == 50 and result["relay_cpu_us_per_msg"] > 0
+    assert "error" not in result and "cleanup_error" not in result
