@@ -98,6 +98,7 @@ class Connection:
         if inbox is None:
             inbox = self._inbox = collections.deque()
         inbox.append(data)
+        self.session.arrived()  # deadlines count from here, not from when a busy loop gets to the frame
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._handle_inbox(inbox))
         if len(inbox) >= INBOX_HIGH and not self._paused:

@@ -110,6 +110,15 @@ class Session:
         finally:
             self.busy = False
 
+    def arrived(self) -> None:
+        """A frame came off the socket (the I/O layer calls this before queueing it for :meth:`receive`).
+        The idle and auth deadlines count from here: a gateway busy re-admitting a reconnect storm may get to
+        the frame seconds later, and judged on that it closed healthy clients 4002 (idle) and 4003 (no auth
+        in time) although their pings and auth frames had come in time (docs/benchmarks.md, reconnect)."""
+        self.last_seen = now = self.ctx.clock.monotonic()
+        if self.state is State.AWAITING_AUTH and self._auth_at is None:
+            self._auth_at = now
+
     async def _receive(self, data: bytes | str) -> None:
         self.last_seen = self.ctx.clock.monotonic()
         try:
@@ -118,7 +127,8 @@ class Session:
             self._protocol_error(exc)
             return
         if self.state is State.AWAITING_AUTH:
-            self._auth_at = self.last_seen
+            if self._auth_at is None:  # not stamped on arrival (a caller without an I/O layer)
+                self._auth_at = self.last_seen
             await self._authenticate(cmd)
             return
         self._bad_frames = 0  # presence and access are kept beside the session (storm/protocol/presence.py)

@@ -120,6 +120,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.got: list[str | bytes] = []
+        self.arrivals = 0
+
+    def arrived(self) -> None:  # the connection stamps each frame's arrival (deadlines count from it)
+        self.arrivals += 1
 
     async def receive(self, data: str | bytes) -> None:
         for _ in range(3):
