@@ -10,8 +10,9 @@
 * Adaptive write delay (``STORM_WRITE_DELAY_S`` = 0, the default; ADR 0006): while the loop has time, an
   event pushed to an outbox with nothing queued is written to the socket at once, inside the push (the
   floor's one write per delivery, no list, no pass).  "Has time" is the writing duty: the flusher times the
-  loop turn that wrote (``w``) and the time since the last one started (``T``), and keeps a moving average
-  of ``w / T``.  Only when writing at once takes more than ``ENTER_DUTY`` of the loop does it hold writes:
+  loop turn that wrote (``w``) and keeps the share of the last ``DUTY_WINDOW_S`` spent in such turns (an
+  exponentially decaying sum of ``w``; several turns of one burst count as their total, not each as a full
+  loop).  Only when writing at once takes more than ``ENTER_DUTY`` of the loop does it hold writes:
   for ``LOAD_FACTOR × w`` (at most ``STORM_WRITE_DELAY_MAX_S``); events pushed during the hold are queued
   and leave in one pass at its end, one frame per connection.  A long turn alone is no load: one broadcast
   to many sockets, 20 ms before the next one, is written at once every time.  During holds each pass is
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -89,9 +91,9 @@ def drive(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
 
 LOAD_FACTOR = 3.0  # a loop turn (or pass) that wrote for w seconds holds writes for 3w: writing takes <= 1/4
 MIN_HOLD_S = 0.001  # a shorter hold is not worth a timer: keep writing at once
-ENTER_DUTY = 0.6  # writing at once takes more than this share of the loop (moving average): hold writes
+ENTER_DUTY = 0.6  # writing at once took more than this share of the loop lately: hold writes
 EXIT_DUTY = 0.4  # during holds, writing the passes' events at once would take less than this share: resume
-DUTY_WEIGHT = 0.3  # weight of the newest turn or pass in the moving average (one bunched turn is not load)
+DUTY_WINDOW_S = 0.05  # "lately": busy time decays with this time constant (several broadcasts at 50/s)
 
 
 class Flusher:
@@ -109,7 +111,7 @@ class Flusher:
         self._t0 = 0.0
         self._hold = 0.0  # the current hold (0 while writing at once)
         self._last: float | None = None  # clock time the last timed turn or pass started
-        self.duty = 0.0  # moving average of the share of the loop that writing at once takes (adaptive)
+        self.duty = 0.0  # share of the last DUTY_WINDOW_S that writing (at once) took: decaying busy time
         self.events = 0  # events and frames written by the current pass (its events per frame)
         self.frames = 0
         self.clock: Callable[[], float] = time.perf_counter  # times the work (tests set a manual one)
@@ -152,15 +154,13 @@ class Flusher:
                 self._rest(work)
 
     def _load(self, start: float, work: float, per_frame: float) -> float:
-        """The moving average of the writing duty, updated with a turn or pass that started at ``start``
-        and wrote for ``work`` seconds, ``per_frame`` events per frame (what writing them at once costs)."""
+        """The writing duty, updated with a turn or pass that started at ``start`` and wrote for ``work``
+        seconds, ``per_frame`` events per frame (what writing them at once costs): the busy time so far,
+        decayed over the time since the last one, plus this one's, over ``DUTY_WINDOW_S``."""
         last, self._last = self._last, start
-        cycle = start - last if last is not None else 0.0
-        if work <= 0 or last is None:
-            sample = 0.0
-        else:
-            sample = min(1.0, work * per_frame / cycle) if cycle > 0 else 1.0
-        self.duty += DUTY_WEIGHT * (sample - self.duty)
+        if last is not None:  # what was busy before fades with the time since (a window of DUTY_WINDOW_S)
+            self.duty *= math.exp(-max(0.0, start - last) / DUTY_WINDOW_S)
+        self.duty += max(0.0, work) * per_frame / DUTY_WINDOW_S
         return self.duty
 
     def _rest(self, work: float) -> None:
