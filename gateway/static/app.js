@@ -79,7 +79,7 @@
     byAuthorCmid: new Map(), // "author cmid" -> element: a message re-published by a retry is shown once
     replies: new Map(), // parent message id -> <ol> of its replies (shown in the thread pane when open)
     threadOf: null, // parent message id whose thread is open
-    outbox: new Map(), // cmid -> {channel, text, thread, tries, timer}: sent, not acknowledged yet
+    outbox: new Map(), // cmid -> {channel, text, thread, tries, timer, inFlight}: not acknowledged yet
     online: new Map(), // user id -> name
     onlineTotal: 0, // users present in the open channel, as the last presence reply counted them
     presenceBroadcast: true, // false: a large channel, joins and leaves are not announced (ADR 0010)
@@ -538,6 +538,7 @@
       clearTimeout(item.timer);
       item.timer = null;
       item.tries = 0;
+      item.inFlight = false;
       setMessageState(st.byCmid.get(cmid), "waiting for the connection…");
     }
   }
@@ -550,7 +551,7 @@
     clearInterval(st.poller);
     st.poller = null;
     ui.connect.textContent = "Connect";
-    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, why);
+    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, why, false);
     refreshComposer();
   }
 
@@ -598,7 +599,7 @@
   }
 
   function clearChannel() {
-    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: left the channel");
+    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: left the channel", false);
     ui.messages.replaceChildren();
     st.byId.clear();
     st.byCmid.clear();
@@ -752,6 +753,7 @@
       if (RETRY_PUBLISH.has(ev.code) && item.tries < PUBLISH_TRIES) {
         const delay = 250 * 2 ** item.tries + Math.random() * 250;
         setMessageState(st.byCmid.get(req.cmid), `retrying (${ev.code})…`);
+        item.inFlight = false;
         item.timer = setTimeout(() => publish(req.cmid), delay);
       } else {
         if (RETRY_PUBLISH.has(ev.code)) showError(ev.code, ev.message || "", extra);
@@ -809,7 +811,7 @@
     if (c) c.subscribed = false;
     if (ev.channel !== st.channel) return;
     st.loaded = false;
-    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: removed from the channel");
+    for (const cmid of [...st.outbox.keys()]) failPublish(cmid, "not sent: removed from the channel", false);
     setOnline(null);
     showNotice(`You are no longer in this channel (${ev.reason}).`);
   }
@@ -875,6 +877,7 @@
     if (item) {
       clearTimeout(item.timer);
       st.outbox.delete(req.cmid);
+      publishNext(item.channel);
     }
     const node = st.byCmid.get(req.cmid);
     if (!node || !ev.message_id) return;
@@ -1093,10 +1096,11 @@
     s.title = title || "";
   }
 
-  function failPublish(cmid, why) {
+  function failPublish(cmid, why, next = true) { // next: the channel's following message may go now
     const item = st.outbox.get(cmid);
     if (item) clearTimeout(item.timer);
     st.outbox.delete(cmid);
+    if (item && next) publishNext(item.channel);
     const node = st.byCmid.get(cmid);
     if (!node || !node.classList.contains("pending")) return;
     node.classList.remove("pending");
@@ -1173,11 +1177,32 @@
       setMessageState(st.byCmid.get(cmid), "waiting for the connection…");
       return;
     }
+    if (item.inFlight) return; // sent, waiting for its answer
+    // One message in flight per channel: a later one waits until the earlier is acked or refused for good,
+    // so a retried message is never overtaken by one written after it (docs/chat-page.md).
+    for (const [other, it] of st.outbox) {
+      if (it.channel !== item.channel) continue;
+      if (other !== cmid) {
+        setMessageState(st.byCmid.get(cmid), "sending…");
+        return;
+      }
+      break;
+    }
     item.tries += 1;
+    item.inFlight = true;
     setMessageState(st.byCmid.get(cmid), item.tries > 1 ? "resending…" : "sending…");
     const fields = { channel: item.channel, cmid, text: item.text };
     if (item.thread) fields.thread = item.thread;
     request("publish", fields, { channel: item.channel, cmid });
+  }
+
+  // The earlier message of `channel` has its answer: the next one of that channel may go.
+  function publishNext(channel) {
+    for (const [cmid, it] of st.outbox) {
+      if (it.channel !== channel) continue;
+      if (!it.timer) publish(cmid);
+      return;
+    }
   }
 
   function sendMessage(input, thread) {
@@ -1207,7 +1232,7 @@
     if (thread) updateReplies(thread);
     else renderDays();
     scrollToEnd(true);
-    st.outbox.set(cmid, { channel: st.channel, text, thread, tries: 0, timer: null });
+    st.outbox.set(cmid, { channel: st.channel, text, thread, tries: 0, timer: null, inFlight: false });
     publish(cmid);
     if (!st.ws && st.retry && st.retry.at > Date.now()) showRetry(); // waiting: count the new unsent one
     input.value = "";

@@ -601,6 +601,7 @@ class StormClient:
             self._wake.set()
             return
         self._outbox.pop(cmid)
+        self._wake.set()  # the next message of its channel may go
         msg._fail(error.code, error.message, exc)
         self._emit(ev.SendFailed(msg, error.code, error.message))
 
@@ -643,6 +644,7 @@ class StormClient:
         if msg is None or cmid is None:
             return
         self._outbox.pop(cmid)
+        self._wake.set()  # the next message of its channel may go
         msg._resolve(message_id, offset, duplicate)
         self._emit(ev.Acked(msg))
 

@@ -104,11 +104,17 @@ class Outbox:
         return self._items.pop(cmid, None)
 
     def next_to_send(self, gen: int) -> PendingMessage | None:
-        """The oldest message not sent on connection ``gen``.  Head-of-line: a message waiting for its
-        retry time is returned anyway (the caller waits), so our messages keep their order."""
+        """The oldest message not sent on connection ``gen`` whose channel has no older message still waiting
+        for its ack: one message in flight per channel, so a refused or lost publish is retried before anything
+        the same sender wrote after it reaches the channel (a pipelined later message could be stored first).
+        Head-of-line: a message waiting for its retry time is returned anyway (the caller waits)."""
+        in_flight: set[str] = set()
         for msg in self._items.values():
+            if msg.channel in in_flight:
+                continue
             if msg.sent_gen != gen:
                 return msg
+            in_flight.add(msg.channel)
         return None
 
     def requeue_all(self) -> None:

@@ -217,3 +217,34 @@ async def test_unread_returns_every_channels_read_state(client: StormClient) -> 
                   "channels": [{"channel": CH, "read": 4, "unread": 2}, {"channel": BOB}]})
     state = await task
     assert [(c.channel, c.read, c.unread) for c in state.channels] == [(CH, 4, 2), (BOB, 0, 0)]
+
+
+async def test_one_publish_in_flight_per_channel_so_a_retried_one_is_never_overtaken(client: StormClient) -> None:
+    """A sender's order: publishes pipelined on one channel, the first refused `unavailable` and retried, would
+    have the second stored first (the chaos matrix counted such inversions across service restarts)."""
+    from storm_sdk.client import _Conn
+
+    other = "4544c2a5-e534-6a78-b9e1-0fb363e09a06"
+    written: list[dict[str, Any]] = []
+    client._write = lambda frame: written.append(frame) or True  # type: ignore[method-assign]
+    client._conn = conn = _Conn(7, None)  # type: ignore[arg-type]
+    sender = asyncio.create_task(client._sender(conn))
+    try:
+        first, second, elsewhere = client.publish(CH, "one"), client.publish(CH, "two"), client.publish(other, "x")
+        await asyncio.sleep(0.05)
+        # the first of each channel goes; the second waits for the first's answer
+        assert [(f["channel"], f["cmid"]) for f in written] == [(CH, first.cmid), (other, elsewhere.cmid)]
+        feed(client, {"type": "error", "id": written[0]["id"], "code": "unavailable", "message": "broker down"})
+        await asyncio.sleep(0.05)
+        assert [f["cmid"] for f in written] == [first.cmid, elsewhere.cmid]  # `two` still waits behind `one`
+        first.retry_at = 0.0  # skip the backoff: `one` is sent again, still before `two`
+        client._wake.set()
+        await asyncio.sleep(0.05)
+        assert [f["cmid"] for f in written] == [first.cmid, elsewhere.cmid, first.cmid]
+        feed(client, {"type": "ack", "channel": CH, "cmid": first.cmid, "message_id": "m1", "offset": 1})
+        await asyncio.sleep(0.05)
+        assert [f["cmid"] for f in written] == [first.cmid, elsewhere.cmid, first.cmid, second.cmid]
+        assert [m.text for m in client.pending] == ["two", "x"]  # publish order, both waiting for an ack
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
