@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.outbox import ENTER_DUTY, Flusher, Outbox, drive
+from gateway.outbox import ENTER_DUTY, EXIT_DUTY, Flusher, Outbox, drive
 
 
 class SlowSocket:
@@ -278,7 +278,7 @@ async def test_a_long_turn_alone_is_no_load_writes_stay_at_once() -> None:
         ticks.now += 0.013  # idle until the next
     assert direct.frames == [b"%d" % i for i in range(20)]
     assert flusher.immediate and flusher.holds == 0 and flusher.passes == 0
-    assert 0.2 < flusher.duty < 0.6
+    assert 0.2 < flusher.duty < ENTER_DUTY
 
 
 async def test_a_burst_split_over_turns_counts_as_its_total_not_as_a_full_loop() -> None:
@@ -414,6 +414,6 @@ async def test_holds_end_when_the_load_is_gone_even_if_every_pass_has_something_
         ticks.now += 0.02  # 20 ms between events; the pass itself takes no time
         while len(box) and loop.time() - start < 2:
             await asyncio.sleep(0.001)
-    assert flusher.immediate and flusher.duty < 0.4 and i <= 4
+    assert flusher.immediate and flusher.duty < EXIT_DUTY and i <= 4
     box.push(b"now")
     assert direct.frames[-1] == b"now" and direct.frames[:len(pushed)] == pushed
