@@ -16,12 +16,24 @@ a short-lived **tombstone**, and loads cache what they read with ``put_if_absent
 store just before the commit and writes just after the invalidation would otherwise cache the old answer
 for a whole TTL (a removed member still admitted for 30 s); with the tombstone its write is refused, and
 lookups during those seconds read the store.
+
+**Stale if the store is down.** When a lookup misses the cache and the store cannot be read (``Unavailable``:
+PostgreSQL restarting, a zone lost), the answer this process last saw for that key — in the cache or from the
+store — is used, if it is at most ``STALE_IF_ERROR_S`` old; otherwise the ``Unavailable`` stands.  Without it,
+a 30 s database outage expired the cached roles and channels of a gateway one by one and every publish that
+missed them was refused ``unavailable`` until the database came back (chaos ``postgres-restart``: client-side
+ack p99 15 s), though nothing a publish needs had changed: a membership or channel change is committed to the
+store first, so none can happen while it is down.  A tombstone seen for a key drops its last answer.  Bound
+(docs/security.md): a change committed less than a tombstone's life (2 s) before the outage, whose
+invalidation this process never saw, can be ignored for the outage, at most ``STALE_IF_ERROR_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +53,10 @@ TOMBSTONE = b"\xff"  # what an invalidation writes: no cached value is a single 
 DECODED_MAX = 10_000  # decoded entries kept per process (cleared when full)
 TOMBSTONE_TTL_S = 2.0  # while it lives, lookups read the store and loads cannot cache what they read
 FIRST_SIGHT_BATCH = 100  # first sights of one workspace read in one unit of work (Directory._first_sight)
+STALE_IF_ERROR_S = 300.0  # how old a last-seen answer may be to stand in for an unreadable store
+LAST_KNOWN_MAX = 100_000  # last-seen answers kept per process (the oldest dropped first)
+
+log = logging.getLogger("storm.directory")
 
 T = TypeVar("T")
 
@@ -93,6 +109,10 @@ class Directory:
         self._readers: set[asyncio.Task[None]] = set()
         self._reads: dict[str, list[tuple[Callable[[UnitOfWork], Awaitable[Any]], asyncio.Future[Any]]]] = {}
         self._reads_running: set[str] = set()
+        # (workspace, key) -> (the last answer this process saw, when): served while the store is down
+        self._last_known: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._now: Callable[[], float] = time.monotonic
+        self.stale_served = 0  # lookups answered from _last_known because the store was unavailable
 
     def _entry_ttl(self) -> float:
         return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
@@ -120,6 +140,28 @@ class Directory:
                 del self._loading[(workspace, key)]
         future.set_result(value)
         return value
+
+    async def _load_or_stale(self, workspace: str, key: str, load: Callable[[], Awaitable[T]],
+                             decode: Callable[[bytes], T]) -> T:
+        """``load`` (single flight); if the store is unavailable, the last answer seen for the key, decoded, when
+        it is recent enough (module docstring, "Stale if the store is down")."""
+        try:
+            return await self._single_flight(workspace, key, load)
+        except Unavailable as exc:
+            known = self._last_known.get((workspace, key))
+            if known is None or self._now() - known[1] > STALE_IF_ERROR_S:
+                raise
+            if self.stale_served % 1000 == 0:
+                log.warning("store unavailable (%s): answering ws=%s %s from its last known value (%d so far)",
+                            exc, workspace, key.split(":", 1)[0], self.stale_served + 1)
+            self.stale_served += 1
+            return decode(known[0])
+
+    def _seen(self, workspace: str, key: str, raw: bytes) -> None:
+        k = (workspace, key)
+        if k not in self._last_known and len(self._last_known) >= LAST_KNOWN_MAX:
+            del self._last_known[next(iter(self._last_known))]
+        self._last_known[k] = (raw, self._now())
 
     # -- users --------------------------------------------------------------------------------------------
     async def resolve_user(self, claims: Claims, workspace: str | None = None) -> User:
@@ -279,7 +321,11 @@ class Directory:
                 c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
                 ws = self._memo(("ws", raw), Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan))
             return ws
-        return await self._single_flight(slug, "ws", lambda: self._load_workspace(slug))
+        return await self._load_or_stale(slug, "ws", lambda: self._load_workspace(slug), self._decode_workspace)
+
+    def _decode_workspace(self, raw: bytes) -> Workspace:
+        c = msgspec.msgpack.decode(raw, type=_CachedWorkspace)
+        return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
 
     async def _load_workspace(self, slug: str) -> Workspace:
         async with self._store.unit_of_work() as uow:
@@ -302,7 +348,7 @@ class Directory:
             await self._remember(workspace.slug, key, (role.value if role else "").encode())
             return role
 
-        return await self._single_flight(workspace.slug, key, load)
+        return await self._load_or_stale(workspace.slug, key, load, lambda raw: Role(raw.decode()) if raw else None)
 
     async def principal(self, claims: Claims, workspace_slug: str | None = None) -> Principal:
         """Authorise ``claims`` for a workspace: the token must be bound to it (or to ``*``) and the user
@@ -321,8 +367,18 @@ class Directory:
             user = known
             role = await self.role(ws, user.id)
         else:  # first sight: the user and the membership in one transaction, both cached
-            user, role = await self._single_flight(slug, f"user:{claims.subject}",
-                                                   lambda: self._first_sight(ws, claims))
+            key = f"user:{claims.subject}"
+            try:
+                user, role = await self._single_flight(slug, key, lambda: self._first_sight(ws, claims))
+            except Unavailable:
+                known_raw = self._last_known.get((slug, key))
+                if known_raw is None or self._now() - known_raw[1] > STALE_IF_ERROR_S:
+                    raise
+                # seen before its entry expired, the store down: the user as last seen, the role as role() finds
+                c = msgspec.msgpack.decode(known_raw[0], type=_CachedUser)
+                user = User(id=uuid.UUID(c.id), subject=claims.subject, name=c.name)
+                self.stale_served += 1
+                role = await self.role(ws, user.id)
         if role is None:
             raise Forbidden("not a member of this workspace", field="workspace")
         return Principal(user=user, workspace=ws, role=role, claims=claims)
@@ -352,7 +408,14 @@ class Directory:
             await self._remember(workspace.slug, key, value)
             return ch
 
-        ch = await self._single_flight(workspace.slug, key, load)
+        def decode(raw: bytes) -> Channel | None:
+            if not raw:
+                return None
+            c = msgspec.msgpack.decode(raw, type=_CachedChannel)
+            return Channel(id=cid, workspace_id=workspace.id, name=c.name, kind=ChannelKind(c.kind),
+                           archived=c.archived)
+
+        ch = await self._load_or_stale(workspace.slug, key, load, decode)
         if ch is None:
             raise NotFound("no such channel", field="channel")
         return ch
@@ -378,7 +441,7 @@ class Directory:
             await self._remember(p.workspace.slug, key, b"1" if member else b"0")
             return member
 
-        return await self._single_flight(p.workspace.slug, key, load)
+        return await self._load_or_stale(p.workspace.slug, key, load, lambda raw: raw == b"1")
 
     async def forget_channel(self, workspace: str, channel_id: uuid.UUID, user_id: uuid.UUID | None = None) -> None:
         await self._forget(workspace, f"channel:{channel_id.hex}")
@@ -395,10 +458,16 @@ class Directory:
     async def _lookup(self, workspace: str, key: str) -> bytes | None:
         """The cached value, or None on a miss or a tombstone (then the caller loads from the store)."""
         raw = await self._cache.get(workspace, key)
-        return None if raw == TOMBSTONE else raw
+        if raw == TOMBSTONE:
+            self._last_known.pop((workspace, key), None)  # changed: the old answer must not stand in
+            return None
+        if raw is not None:
+            self._seen(workspace, key, raw)
+        return raw
 
     async def _remember(self, workspace: str, key: str, value: bytes) -> None:
         """Cache what a load read, unless anything is there: another load's answer, or a tombstone."""
+        self._seen(workspace, key, value)
         await self._cache.put_if_absent(workspace, key, value, self._entry_ttl())
 
     async def _forget(self, workspace: str, key: str) -> None:

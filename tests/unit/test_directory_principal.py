@@ -230,3 +230,64 @@ async def test_concurrent_channel_checks_of_a_workspace_share_a_unit_of_work(slo
     assert (await first).id == ch.id
     assert all(isinstance(r, Channel) for r in rest[:29]) and all(isinstance(r, NotFound) for r in rest[29:])
     assert store.units - before == 2  # not 40
+
+
+class DownStore(CountingStore):
+    """The memory store, whose units of work fail `Unavailable` while `down` (PostgreSQL restarting)."""
+
+    down = False
+
+    def unit_of_work(self) -> Any:
+        if self.down:
+            raise Unavailable("database unreachable: connection refused")
+        return super().unit_of_work()
+
+
+async def test_while_the_store_is_down_expired_entries_answer_from_their_last_known_value() -> None:
+    from storm.directory import CACHE_TTL_S, STALE_IF_ERROR_S
+
+    store, clock = DownStore(), ManualClock()
+    cache = MemoryCache(clock)
+    await store.start()
+    await cache.start()
+    try:
+        channel = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="general", kind=ChannelKind.PUBLIC)
+        async with store.unit_of_work() as uow:
+            await uow.workspaces.add(WS)
+            await uow.channels.add(channel)
+            await uow.commit()
+        directory = Directory(store, cache)
+        now = [0.0]
+        directory._now = lambda: now[0]
+        user = await directory.resolve_user(claims("dev|bo"))
+        await _join(store, user.id, Role.MEMBER)
+        p = await directory.principal(claims("dev|bo"))
+        await directory.check_channel_access(p, str(channel.id), write=True)
+
+        store.down = True
+        clock.advance(CACHE_TTL_S * 1.3)  # every cached entry expired during the outage
+        now[0] += CACHE_TTL_S * 1.3
+        # a publish's checks and a reconnect's principal still answer, from what this process saw last
+        p = await directory.principal(claims("dev|bo"))
+        assert p.role is Role.MEMBER and p.workspace.id == WS.id
+        assert (await directory.check_channel_access(p, str(channel.id), write=True)).id == channel.id
+        assert directory.stale_served >= 3  # the workspace, the role, the channel
+        # what this process never saw is still refused unavailable, not guessed
+        with pytest.raises(Unavailable):
+            await directory.principal(claims("dev|stranger"))
+        # an invalidation seen for a key drops its last answer: the removal is not overridden
+        await directory.forget_member(WS.slug, user.id)
+        with pytest.raises(Unavailable):
+            await directory.principal(claims("dev|bo"))
+        # and a last answer older than the bound is not used
+        clock.advance(TOMBSTONE_TTL_S + 0.1)
+        now[0] += STALE_IF_ERROR_S + 1
+        with pytest.raises(Unavailable):
+            await directory.check_channel_access(p, str(channel.id), write=True)
+
+        store.down = False  # back: read and cached again
+        p = await directory.principal(claims("dev|bo"))
+        assert p.role is Role.MEMBER
+    finally:
+        await cache.stop()
+        await store.stop()
