@@ -192,9 +192,9 @@ def _build_broker(config: Config, clock: Clock, store: Store) -> Broker:
 
         return MemoryBroker(clock, retention_messages=config.retention_messages, retention_s=config.retention_s,
                             ack_timeout_s=config.ack_timeout_s, initial_offset=_last_stored_offset(store))
-    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.adapters.pulsar_relay import pulsar_broker  # PulsarBroker, or its relay-fed variant (ADR 0013)
 
-    return PulsarBroker(pulsar_settings(config), clock)
+    return pulsar_broker(pulsar_settings(config), clock)
 
 
 def _build_identity(config: Config) -> IdentityVerifier:

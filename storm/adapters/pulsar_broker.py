@@ -251,6 +251,11 @@ class PulsarSettings:
     broadcast: str = "readers"  # STORM_BROADCAST: readers (a reader per followed channel) or relay (pulsar_relay.py)
 
 
+def _relay_needs_its_class() -> ValueError:
+    return ValueError("STORM_BROADCAST=relay needs storm.adapters.pulsar_relay.RelayPulsarBroker "
+                       "(storm.adapters.pulsar_relay.pulsar_broker picks the class from the settings)")
+
+
 class PulsarBroker:
     def __init__(
         self,
@@ -540,14 +545,18 @@ class PulsarBroker:
     # -- subscriptions ------------------------------------------------------------------------------------
     async def subscribe_broadcast(self, handler: BroadcastHandler) -> PulsarBroadcastSubscription:
         self._running()
-        if self._settings.broadcast == "relay":  # one reader per followed workspace, fed by the relay (ADR 0013)
-            from storm.adapters.pulsar_relay import RelayBroadcastSubscription
-
-            sub: PulsarBroadcastSubscription = RelayBroadcastSubscription(self, handler)
-        else:
-            sub = PulsarBroadcastSubscription(self, handler)
+        sub = self._new_broadcast(handler)
         self._broadcasts.add(sub)
         return sub
+
+    def _new_broadcast(self, handler: BroadcastHandler) -> PulsarBroadcastSubscription:
+        """A reader per followed channel; ``RelayPulsarBroker`` (pulsar_relay.py) overrides it."""
+        if self._settings.broadcast == "relay":
+            raise _relay_needs_its_class()
+        return PulsarBroadcastSubscription(self, handler)
+
+    def _new_relay(self) -> Any:
+        raise _relay_needs_its_class()
 
     async def subscribe_work(self, name: str) -> PulsarWorkSubscription:
         client = self._running()
@@ -565,10 +574,8 @@ class PulsarBroker:
         consumers/relay.py; :mod:`storm.adapters.pulsar_relay`); returns once all are persisted."""
         client = self._running()
         if self._relay is None:
-            from storm.adapters.pulsar_relay import PulsarRelay
-
-            assert self._completions is not None
-            self._relay = PulsarRelay(client, self.admin, self._completions, self._send_timeout_ms)
+            assert self._completions is not None and client is not None
+            self._relay = self._new_relay()
         await self._relay.send(records)
 
     def _on_work_closed(self, work: PulsarWorkSubscription) -> None:

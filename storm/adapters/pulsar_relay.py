@@ -42,6 +42,8 @@ import pulsar.asyncio as pulsar_async
 from storm.adapters.pulsar_admin import CHANNELS_NS, PulsarAdmin
 from storm.adapters.pulsar_broker import (
     PulsarBroadcastSubscription,
+    PulsarBroker,
+    PulsarSettings,
     _close_reader,
     _complete,
     _pulsar_error,
@@ -49,9 +51,7 @@ from storm.adapters.pulsar_broker import (
 )
 from storm.errors import Unavailable
 from storm.ports.broker import BroadcastHandler, Record
-
-if TYPE_CHECKING:
-    from storm.adapters.pulsar_broker import PulsarBroker
+from storm.ports.clock import Clock
 
 log = logging.getLogger("storm.broker.pulsar.relay")
 
@@ -316,3 +316,22 @@ if TYPE_CHECKING:  # the type checker proves the capability is there
     def _conforms(broker: PulsarBroker, sub: RelayBroadcastSubscription) -> None:
         _relay: BroadcastRelay = broker
         _broadcast: BroadcastSubscription = sub
+
+
+class RelayPulsarBroker(PulsarBroker):
+    """The Pulsar broker of ``STORM_BROADCAST=relay``: broadcast subscriptions read one relay-fed topic per followed
+    workspace, and :meth:`relay` (the relay worker's side) republishes channel records onto those topics.  A
+    subclass, so that pulsar_broker.py needs nothing from this module (no import cycle)."""
+
+    def _new_broadcast(self, handler: BroadcastHandler) -> PulsarBroadcastSubscription:
+        return RelayBroadcastSubscription(self, handler)
+
+    def _new_relay(self) -> PulsarRelay:
+        assert self._client is not None and self._completions is not None
+        return PulsarRelay(self._client, self.admin, self._completions, self._send_timeout_ms)
+
+
+def pulsar_broker(settings: PulsarSettings, clock: Clock, **options: Any) -> PulsarBroker:
+    """The broker class the settings ask for (``broadcast``: readers or relay), built with ``options``."""
+    cls = RelayPulsarBroker if settings.broadcast == "relay" else PulsarBroker
+    return cls(settings, clock, **options)

@@ -335,7 +335,7 @@ async def _expect(child: asyncio.subprocess.Process, event: str) -> dict[str, An
 
 # -- child: the gateway's side ------------------------------------------------------------------------------
 async def _child() -> None:
-    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.adapters.pulsar_relay import pulsar_broker
     from storm.bootstrap import pulsar_settings
     from storm.config import Config
     from storm.ports.broker import Record
@@ -353,7 +353,7 @@ async def _child() -> None:
             latencies.append(time.time() - json.loads(record.payload)["t"])
 
     cfg = Config.from_env(broker="pulsar", pulsar_url=conf["pulsar_url"], pulsar_admin_url=conf["admin_url"])
-    broker = PulsarBroker(pulsar_settings(cfg), SystemClock())
+    broker = pulsar_broker(pulsar_settings(cfg), SystemClock())
     await broker.start()
     try:
         sub = await broker.subscribe_broadcast(on_record)
@@ -412,7 +412,7 @@ async def _child() -> None:
 # -- relay child: the consumers role's relay worker alone (STORM_BROADCAST=relay) ------------------------------
 async def _relay_child() -> None:
     from consumers.relay import RelayWorker
-    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.adapters.pulsar_relay import pulsar_broker
     from storm.bootstrap import pulsar_settings
     from storm.config import Config
     from storm.ports.clock import SystemClock
@@ -423,7 +423,7 @@ async def _relay_child() -> None:
     workspace = conf["workspace"]
     cfg = Config.from_env(broker="pulsar", broadcast="relay", pulsar_url=conf["pulsar_url"],
                           pulsar_admin_url=conf["admin_url"])
-    broker = PulsarBroker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda tenant: tenant == workspace)
+    broker = pulsar_broker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda tenant: tenant == workspace)
     await broker.start()
     try:
         worker = RelayWorker(broker, cfg)

@@ -43,11 +43,11 @@ def _pulsar_config(pulsar_urls: tuple[str, str], **overrides: Any) -> Config:
 
 
 async def _pulsar_broker(pulsar_urls: tuple[str, str], workspace: str, **overrides: Any) -> Any:
-    from storm.adapters.pulsar_broker import PulsarBroker
+    from storm.adapters.pulsar_relay import pulsar_broker
 
-    b = PulsarBroker(pulsar_settings(_pulsar_config(pulsar_urls, **overrides)), SystemClock(),
-                     workspace_filter=lambda tenant: tenant.startswith(workspace),
-                     discovery_period_s=0.5, pattern_discovery_s=1, read_timeout_s=3.0)
+    b = pulsar_broker(pulsar_settings(_pulsar_config(pulsar_urls, **overrides)), SystemClock(),
+                      workspace_filter=lambda tenant: tenant.startswith(workspace),
+                      discovery_period_s=0.5, pattern_discovery_s=1, read_timeout_s=3.0)
     await b.start()
     return b
 

@@ -20,6 +20,7 @@ import pytest
 
 from consumers.relay import RelayWorker
 from storm.adapters.pulsar_broker import PulsarBroker
+from storm.adapters.pulsar_relay import pulsar_broker
 from storm.bootstrap import pulsar_settings
 from storm.config import Config
 from storm.domain import PLANS
@@ -37,8 +38,9 @@ def _config(pulsar_urls: tuple[str, str]) -> Config:
 @pytest.fixture
 async def broker(pulsar_urls: tuple[str, str]) -> AsyncIterator[tuple[PulsarBroker, str]]:
     workspace = f"t-{uuid.uuid4().hex[:12]}"
-    b = PulsarBroker(pulsar_settings(_config(pulsar_urls)), SystemClock(),
-                     workspace_filter=lambda tenant: tenant == workspace, discovery_period_s=0.5, pattern_discovery_s=1)
+    b = pulsar_broker(pulsar_settings(_config(pulsar_urls)), SystemClock(),
+                      workspace_filter=lambda tenant: tenant == workspace, discovery_period_s=0.5,
+                      pattern_discovery_s=1)
     await b.start()
     try:
         await b.ensure_workspace(workspace, PLANS["pro"])
