@@ -4,6 +4,7 @@ no store transaction per connect, and the membership stays the gate (removals an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,21 +39,29 @@ def claims(subject: str) -> Claims:
     return Claims(subject=subject, workspace=WS.slug, name=subject.split("|")[-1], expires_at=2e9)
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[tuple[CountingStore, ManualClock, Directory]]:
-    store = CountingStore()
-    clock = ManualClock()
+@contextlib.asynccontextmanager
+async def started(store: MemoryStore, clock: ManualClock, *rows: Channel) -> AsyncIterator[MemoryCache]:
+    """The store (with WS and ``rows``) and a memory cache started, then stopped."""
     cache = MemoryCache(clock)
     await store.start()
     await cache.start()
     async with store.unit_of_work() as uow:
         await uow.workspaces.add(WS)
+        for channel in rows:
+            await uow.channels.add(channel)
         await uow.commit()
     try:
-        yield store, clock, Directory(store, cache)
+        yield cache
     finally:
         await cache.stop()
         await store.stop()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[CountingStore, ManualClock, Directory]]:
+    store, clock = CountingStore(), ManualClock()
+    async with started(store, clock) as cache:
+        yield store, clock, Directory(store, cache)
 
 
 async def _join(store: MemoryStore, user_id: uuid.UUID, role: Role) -> None:
@@ -134,17 +143,8 @@ class SlowStore(CountingStore):
 @pytest.fixture
 async def slow() -> AsyncIterator[tuple[SlowStore, Directory]]:
     store = SlowStore()
-    cache = MemoryCache(ManualClock())
-    await store.start()
-    await cache.start()
-    async with store.unit_of_work() as uow:
-        await uow.workspaces.add(WS)
-        await uow.commit()
-    try:
+    async with started(store, ManualClock()) as cache:
         yield store, Directory(store, cache)
-    finally:
-        await cache.stop()
-        await store.stop()
 
 
 async def _members(store: MemoryStore, directory: Directory, n: int, prefix: str) -> list[uuid.UUID]:
@@ -247,15 +247,8 @@ async def test_while_the_store_is_down_expired_entries_answer_from_their_last_kn
     from storm.directory import CACHE_TTL_S, STALE_IF_ERROR_S
 
     store, clock = DownStore(), ManualClock()
-    cache = MemoryCache(clock)
-    await store.start()
-    await cache.start()
-    try:
-        channel = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="general", kind=ChannelKind.PUBLIC)
-        async with store.unit_of_work() as uow:
-            await uow.workspaces.add(WS)
-            await uow.channels.add(channel)
-            await uow.commit()
+    channel = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="general", kind=ChannelKind.PUBLIC)
+    async with started(store, clock, channel) as cache:
         directory = Directory(store, cache)
         now = [0.0]
         directory._now = lambda: now[0]
@@ -288,6 +281,3 @@ async def test_while_the_store_is_down_expired_entries_answer_from_their_last_kn
         store.down = False  # back: read and cached again
         p = await directory.principal(claims("dev|bo"))
         assert p.role is Role.MEMBER
-    finally:
-        await cache.stop()
-        await store.stop()
