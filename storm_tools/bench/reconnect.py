@@ -116,6 +116,7 @@ class Member(WSClient):
         self.last: int | None = since
         self.on_drop = on_drop
         self.stopping = False
+        self.registered = False  # Child.open returned it: only then is a close a drop to resume from
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for future in (self.ready, self.opened):  # failures are counted where they are awaited, or not at all
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -150,8 +151,10 @@ class Member(WSClient):
             refused = self.opened.exception() if self.opened.done() and not self.opened.cancelled() else None
             # the upgrade's answer (e.g. "handshake refused: b'HTTP/1.1 503 ...'") when there was one
             self.ready.set_exception(refused or ConnectionError(f"closed during setup (code {code})"))
-        elif not self.stopping:
+        elif not self.stopping and self.registered:
             self.on_drop(self, code)
+        # else: an attempt its opener gave up on (its timeout hit as it became ready) and aborted; the opener
+        # retries from the same offset, so what this attempt received is neither counted nor resumed from
 
 
 class Child:
@@ -193,6 +196,7 @@ class Child:
                 proto.transport.abort()
             raise
         self.members[u] = proto
+        proto.registered = True
         return proto
 
     def on_drop(self, member: Member, code: int | None) -> None:
