@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from gateway import frames as f
@@ -57,6 +58,7 @@ class FrontDoor:
         self.host = cfg.host if host is None else host
         self.port = cfg.port if port is None else port
         self.handshake_timeout_s = cfg.handshake_timeout_s
+        self.send_buffer = cfg.socket_send_buffer  # SO_SNDBUF per client socket; 0: the kernel's autotuning
         self.max_message = 2 * cfg.max_frame_bytes  # what Hypercorn enforced (1009), for the same behaviour
         self.sockets: set[_Socket] = set()
         self._server: asyncio.Server | None = None
@@ -111,6 +113,10 @@ class _Socket(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         self._door.sockets.add(self)
+        if self._door.send_buffer:  # a fixed buffer: a stopped reader fills the outbox, not 4 MiB of kernel
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._door.send_buffer)
         self._timer = asyncio.get_running_loop().call_later(self._door.handshake_timeout_s, self._too_slow)
 
     def data_received(self, data: bytes) -> None:

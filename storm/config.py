@@ -64,6 +64,12 @@ class Config:
     coalesce_max_bytes: int = _setting(
         65536, "STORM_COALESCE_MAX_BYTES", "Upper bound of one coalesced server frame."
     )
+    socket_send_buffer: int = _setting(
+        131072, "STORM_SOCKET_SEND_BUFFER",
+        "SO_SNDBUF of each client socket, bytes (the kernel doubles it); 0 leaves the kernel's autotuning "
+        "(up to net.ipv4.tcp_wmem's maximum, 4 MiB). Bounds what a client that stops reading holds in the "
+        "kernel beside its outbox, so the outbox bound (4008) is reached.",
+    )
     write_delay_s: float = _setting(
         0.0, "STORM_WRITE_DELAY_S",
         "Gateway write delay. 0: adaptive, an event is written at once while the loop has time and held "
@@ -293,6 +299,9 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.socket_send_buffer < 0:
+            raise ConfigError(f"STORM_SOCKET_SEND_BUFFER must be 0 (the kernel's autotuning) or positive, "
+                              f"got {self.socket_send_buffer!r}")
         if not 0 <= self.consumer_linger_s <= 1:
             raise ConfigError(f"STORM_CONSUMER_LINGER_S must be between 0 and 1, got {self.consumer_linger_s!r}")
         if not 0 <= self.webhook_backoff_s <= self.webhook_backoff_cap_s:
