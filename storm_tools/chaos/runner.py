@@ -37,6 +37,9 @@ EXPERIMENTS_DIR = ctx.ROOT / "chaos-experiments"
 #: The chaos cluster's STORM_OUTBOX_MAX_BYTES: the rule (close 4008 past the bound) is the same as at the default
 #: 4 MiB; only the time a stopped reader takes to reach it changes (chaos-experiments/slow-consumers.json).
 CHAOS_OUTBOX_MAX_BYTES = 256 * 1024
+#: and its STORM_SOCKET_SEND_BUFFER (default 128 KiB): what a stopped reader holds in the kernel before its outbox
+#: fills, scaled down the same way (python -m storm_tools.chaos.sndbuf measures what a socket takes)
+CHAOS_SOCKET_SEND_BUFFER = 32 * 1024
 
 
 def say(message: str) -> None:
@@ -151,6 +154,7 @@ class Session:
                "STORM_PUBLISH_RATE": "100", "STORM_PUBLISH_BURST": "200",
                # a slow reader's outbox overflows (4008) within the slow-consumers experiment: 256 KiB, not 4 MiB
                "STORM_OUTBOX_MAX_BYTES": str(CHAOS_OUTBOX_MAX_BYTES),
+               "STORM_SOCKET_SEND_BUFFER": str(CHAOS_SOCKET_SEND_BUFFER),
                # the driver's workspaces are chaos-<run>-*; other deployments (tests, another chaos run) share
                # this Pulsar and its work subscription
                "STORM_CONSUMER_WORKSPACE_PREFIX": self.workspace_prefix,
