@@ -146,6 +146,12 @@ class _SlowReader(SubscribingClient):
         super().__init__(host, port, b'{"op":"auth","token":"%s"}' % token.encode(), stats)
         self._subscribe = b'{"op":"subscribe","id":1,"channel":"%s"}' % channel.encode()
         self.close_code: int | None = None
+        #: How the connection ended, as the judge reads it: the close code the gateway sent when its frame got
+        #: through; ``"reset"`` when the socket was cut first (the gateway's close frame sits behind everything
+        #: a stopped reader did not read, and after ``CLOSE_WAIT_S`` the gateway cuts the socket: such a reader
+        #: learns of the end from its next ping or read, never from the frame; the gateways' own count of 4008
+        #: closes says why); ``"open"`` while it lasts.
+        self.ended: int | str = "open"
         self.closed = asyncio.get_running_loop().create_future()
 
     def subscribe_frame(self) -> bytes:
@@ -153,6 +159,7 @@ class _SlowReader(SubscribingClient):
 
     def on_close(self, code: int | None) -> None:
         self.close_code = code
+        self.ended = code if code is not None else "reset"
         if not self.closed.done():
             self.closed.set_result(code)
         super().on_close(code)
@@ -232,7 +239,7 @@ class Records:
     members: dict[str, str] = field(default_factory=dict)
     sent: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
-    slow_readers: dict[str, int | None] = field(default_factory=dict)
+    slow_readers: dict[str, int | str] = field(default_factory=dict)  # user -> _SlowReader.ended
     reconnects: int = 0
     closed_for_good: dict[str, str] = field(default_factory=dict)  # user -> last close (the SDK stopped trying)
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the cluster's DogStatsD points meanwhile
@@ -368,7 +375,7 @@ async def _drive(ws: Workspace, gateways: list[str], cfg: DriverConfig, say: Any
         for user, reader in slow:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader.closed), 5)
-            rec.slow_readers[user] = reader.close_code
+            rec.slow_readers[user] = reader.ended
     finally:
         stats.stopping = True
         if slow and pinger is not None:

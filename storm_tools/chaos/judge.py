@@ -4,7 +4,8 @@
 delivery: to whom, at which offset, when) plus what the database holds for the run's workspace, and counts:
 
 * ``lost``: (member, acked message) pairs never delivered to a member of the channel that stayed connected
-  (slow readers that the gateway closed with 4008 are judged apart: ``slow_closed``);
+  (slow readers that the gateway closed with 4008 are judged apart: ``slow_closed``, how each one's socket
+  ended, and ``closed_4008_by_gateways``, the gateways' own count of 4008 closes);
 * ``duplicates``: a message id delivered twice to one member, plus an acked cmid stored under two ids;
 * ``inversions``: a delivery whose offset is not above the member's previous one in that channel, or whose
   sender's sequence number (in the cmid) is below that sender's previous one;
@@ -124,6 +125,7 @@ def score(records: dict[str, Any], stored: dict[str, list[str]] | None = None,
         "deliver_p99_ms": round(percentile(delivery_ms, 0.99), 1),
         "in_flight_at_fault": len(at_fault), "ack_p99_ms_at_fault": round(percentile(at_fault, 0.99), 1),
         "slow_readers": len(slow), "slow_closed": dict(records.get("slow_readers", {})),
+        "closed_4008_by_gateways": server_closes(records.get("metrics", []), 4008),
         "reconnects": int(records.get("reconnects", 0)),
         "closed_for_good": dict(records.get("closed_for_good", {})),
         "time_to_recover_s": time_to_recover(sent, first_fault),
@@ -131,6 +133,15 @@ def score(records: dict[str, Any], stored: dict[str, list[str]] | None = None,
         "examples": {"not_stored": sorted(missing)[:10], "inverted": sorted(set(inverted))[:10]},
     }
     return result
+
+
+def server_closes(metrics: list[dict[str, Any]], code: int) -> int:
+    """How many connections the gateways closed with ``code`` meanwhile: their ``storm.gateway.disconnects``
+    counts (docs/observability.md).  A reader that stopped reading never sees the close frame (it sits behind
+    what it did not read, and the gateway cuts the socket ``CLOSE_WAIT_S`` later), so this is how the
+    experiment knows *why* its slow readers' sockets were cut."""
+    tag = f"code:{code}"
+    return int(sum(p["value"] for p in metrics if p["name"] == "storm.gateway.disconnects" and tag in p["tags"]))
 
 
 def time_to_recover(sent: list[dict[str, Any]], fault_at: float | None) -> float | None:

@@ -105,10 +105,23 @@ def _flag(value: Any) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
 
-def slow_readers_ok(closes: dict[str, int | None], must_close: bool) -> bool:
-    """Every slow reader was closed with 4008 by the gateway, or (unless ``must_close``) is still open."""
-    allowed = (SLOW_CLOSE,) if must_close else (SLOW_CLOSE, None)
-    return all(code in allowed for code in closes.values())
+def slow_readers_ok(closes: dict[str, int | str | None], must_close: bool, closed_4008: int | None = None) -> bool:
+    """Every slow reader was closed with 4008 by the gateway, or (unless ``must_close``) is still open.
+
+    ``closes`` maps each slow reader to how its socket ended (driver ``_SlowReader.ended``): 4008 when the close
+    frame got through, ``"reset"`` when the gateway cut the socket before the reader read its frame (a reader
+    that stopped reading never gets it: it sits behind what the reader did not read), ``"open"`` (or None, from
+    older records).  A reset counts as a 4008 close only when the gateways' own count of 4008 closes
+    (``closed_4008``) equals the number of slow readers that ended: then every cut was a 4008, and no reading
+    client was closed with 4008 either (nobody else was treated as slow)."""
+    ended = [code for code in closes.values() if code not in ("open", None)]
+    if any(code not in (SLOW_CLOSE, "reset") for code in ended):
+        return False  # any other close code fails
+    if must_close and len(ended) != len(closes):
+        return False  # one never overflowed
+    if "reset" in ended and closed_4008 != len(ended):
+        return False  # a cut the gateways do not account for as 4008
+    return True
 
 
 def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
@@ -135,7 +148,8 @@ def _judge_method(ws: Workspace, database_wait_s: float, gated: set[str] | None,
     # slow readers: closed by the gateway with 4008 once their outbox overflowed, or (unless slow_must_close)
     # still open when it never did (the load was below what the socket buffers absorb); any other close is a
     # failure (docs/delivery.md, "Slow consumers")
-    clean = integrity_ok(result) and slow_readers_ok(result["slow_closed"], slow_must_close)
+    clean = integrity_ok(result) and slow_readers_ok(result["slow_closed"], slow_must_close,
+                                                     result["closed_4008_by_gateways"])
     ok = clean and all(v["ok"] is not False for v in verdicts if v["judged"] == "gates")
     return {"phase": "after", "ok": ok, "workspace": ws.slug, "integrity_ok": clean, "gate": sorted(gated or [])
             or "all", "slos": verdicts, "figures": result}

@@ -178,6 +178,34 @@ def test_slow_readers_must_all_be_closed_4008_when_the_experiment_overflows_thei
     assert _flag(True) and _flag("true") and not _flag(False) and not _flag("0")
 
 
+def test_a_stopped_reader_cut_by_the_gateway_counts_only_when_the_gateways_counted_as_many_4008s() -> None:
+    """A reader that stopped reading never sees the 4008 frame (it is behind what the reader did not read): its
+    socket is cut.  The cut is a 4008 close only when the gateways' own count of 4008 closes matches."""
+    from storm_tools.chaos.judge import score, server_closes
+    from storm_tools.chaos.probes import slow_readers_ok
+
+    def point(code: str, value: float, instance: str = "gateway-1") -> dict[str, object]:
+        return {"name": "storm.gateway.disconnects", "kind": "count", "value": value,
+                "tags": [f"code:{code}", "service:gateway", f"instance:{instance}"], "at": 0.0}
+
+    metrics = [point("4008", 1, "gateway-1"), point("4008", 1, "gateway-2"), point("client", 7),
+               point("4008", 0), {"name": "storm.outbox.overflows", "kind": "count", "value": 2, "tags": [], "at": 0}]
+    assert server_closes(metrics, 4008) == 2 and server_closes(metrics, 4002) == 0
+
+    assert slow_readers_ok({"u1": "reset", "u2": 4008}, must_close=True, closed_4008=2)
+    assert not slow_readers_ok({"u1": "reset", "u2": "reset"}, must_close=True, closed_4008=1)  # one cut unexplained
+    assert not slow_readers_ok({"u1": "reset"}, must_close=True, closed_4008=2)  # a reading client was closed 4008
+    assert not slow_readers_ok({"u1": "reset"}, must_close=True, closed_4008=None)  # no metrics: no proof
+    assert not slow_readers_ok({"u1": "reset", "u2": "open"}, must_close=True, closed_4008=1)  # one never overflowed
+    assert slow_readers_ok({"u1": "reset", "u2": "open"}, must_close=False, closed_4008=1)
+
+    records = {"sent": [], "deliveries": [], "members": {}, "slow_readers": {"u1": "reset", "u2": "reset"},
+               "metrics": metrics}
+    result = score(records)
+    assert result["closed_4008_by_gateways"] == 2 and result["slow_closed"] == {"u1": "reset", "u2": "reset"}
+    assert slow_readers_ok(result["slow_closed"], True, result["closed_4008_by_gateways"])
+
+
 def test_the_driver_pads_texts_within_the_protocol_limit() -> None:
     from storm_tools.chaos.driver import DriverConfig
 
