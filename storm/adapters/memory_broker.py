@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from storm.adapters.flight import single_flight
 from storm.domain import Plan
 from storm.errors import OffsetTruncated
 from storm.lifecycle import Lifecycle
@@ -113,22 +114,12 @@ class MemoryBroker:
         existing = self._logs.get(key)
         if existing is not None:
             return existing
-        pending = self._creating.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[_Log] = asyncio.get_running_loop().create_future()
-        self._creating[key] = fut
-        try:
+
+        async def create() -> _Log:
             start = await self._initial_offset(workspace, channel)
-            created = self._logs.setdefault(key, _Log(start + 1))
-            fut.set_result(created)
-            return created
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._creating[key]
+            return self._logs.setdefault(key, _Log(start + 1))
+
+        return await single_flight(self._creating, key, create)
 
     async def publish(self, workspace: str, channel: str, payload: bytes) -> int:
         self._check()

@@ -32,7 +32,7 @@ import threading
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_async
 
+from storm.adapters.flight import Shared, single_flight
 from storm.adapters.pulsar_admin import PulsarAdmin
 from storm.adapters.pulsar_names import (
     FIRST_REAL_OFFSET,
@@ -186,27 +187,19 @@ class _Producers:
         if producer is not None:
             self._open.move_to_end(topic)
             return producer
-        pending = self._creating.get(topic)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[pulsar_async.Producer] = asyncio.get_running_loop().create_future()
-        self._creating[topic] = fut
-        try:
+
+        async def create() -> pulsar_async.Producer:
             closing = self._closing.get(topic)
             if closing is not None:
                 await asyncio.shield(closing)
-            producer = await self._client.create_producer(
+            created = await self._client.create_producer(
                 topic, producer_name=name, batching_enabled=False, block_if_queue_full=True,
                 send_timeout_millis=self._send_timeout_ms,
             )
-            self._open[topic] = producer
-            fut.set_result(producer)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._creating[topic]
+            self._open[topic] = created
+            return created
+
+        producer = await single_flight(self._creating, topic, create)
         while len(self._open) > self._max:
             old_topic, old = self._open.popitem(last=False)
             self._closing[old_topic] = asyncio.get_running_loop().create_task(self._close(old_topic, old))
@@ -602,6 +595,14 @@ class _Directory(WorkspaceDirectory):
         return await self._broker.workspaces()
 
 
+def _after(pos: Any) -> Any:
+    """A reader's start just after ``pos`` (a topic's last entry, from the admin API), exclusive; the topic's
+    beginning when it has no entry yet (everything in it is new)."""
+    if pos is None or pos.ledger_id < 0:
+        return pulsar.MessageId.earliest
+    return _pulsar.MessageId(-1, pos.ledger_id, pos.entry_id, -1)
+
+
 def _record(workspace: str, channel: str, msg: Any, *, ephemeral: bool = False) -> Record:
     """A Record from a pulsar.Message or a _pulsar.Message (listener threads hand us the latter)."""
     mid = msg.message_id()
@@ -616,15 +617,16 @@ class PulsarBroadcastSubscription:
     channel on the workspace's ephemeral feed, whose records are kept only for followed channels (a reader
     per channel's ephemeral topic doubled the readers: docs/adr/0013-following-channels.md)."""
 
+    reader_queue = 100  # each reader's receiver queue (messages)
+
     def __init__(self, broker: PulsarBroker, handler: BroadcastHandler) -> None:
         self._broker = broker
         self._handler = handler
         self._loop = asyncio.get_running_loop()
         self._readers: dict[tuple[str, str], Any] = {}
         self._adding: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._feeds: dict[str, Any] = {}  # workspace -> its ephemeral feed reader
-        self._feed_refs: dict[str, int] = {}  # workspace -> followed (or being added) channels
-        self._feed_opening: dict[str, asyncio.Future[None]] = {}
+        # workspace -> its ephemeral feed reader, opened by its first followed (or being added) channel
+        self._feeds: Shared[str, Any] = Shared(self._open_feed, _close_reader)
         self._closed = False
 
     def __len__(self) -> int:
@@ -664,7 +666,7 @@ class PulsarBroadcastSubscription:
         client = self._broker._running()
         conf = _pulsar.ReaderConfiguration()
         conf.reader_listener(self._listener(deliver))
-        conf.receiver_queue_size(100)
+        conf.receiver_queue_size(self.reader_queue)
         conf.schema(pulsar.schema.BytesSchema().schema_info())
         fut: asyncio.Future[Any] = self._loop.create_future()
         client._client.create_reader_async_v2(topic, pulsar.MessageId.latest if start is None else start, conf,
@@ -678,47 +680,10 @@ class PulsarBroadcastSubscription:
         a broker restart skipped what was published between the broker's return and its reconnect (chaos
         ``pulsar-restart``: the channels' first messages after the restart never reached their members;
         tests/integration/test_pulsar_restart_readers.py).  One admin call per followed channel."""
-        pos = await self._broker.admin.last_position(workspace, channel)
-        if pos is None or pos.ledger_id < 0:  # no topic or no entry yet: everything in it is new
-            return pulsar.MessageId.earliest
-        return _pulsar.MessageId(-1, pos.ledger_id, pos.entry_id, -1)  # exclusive: the next entry on
+        return _after(await self._broker.admin.last_position(workspace, channel))
 
-    async def _acquire_feed(self, workspace: str) -> None:
-        """Count one more followed channel of ``workspace``; open its feed reader if none is open."""
-        self._feed_refs[workspace] = self._feed_refs.get(workspace, 0) + 1
-        try:
-            if workspace in self._feeds:
-                return
-            pending = self._feed_opening.get(workspace)
-            if pending is not None:
-                await asyncio.shield(pending)
-                return
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._feed_opening[workspace] = fut
-            try:
-                self._feeds[workspace] = await self._reader(
-                    ephemeral_feed_topic(workspace), lambda msg: self._deliver_feed(workspace, msg))
-                fut.set_result(None)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()
-                raise
-            finally:
-                del self._feed_opening[workspace]
-        except BaseException:
-            await self._release_feed(workspace)
-            raise
-
-    async def _release_feed(self, workspace: str) -> None:
-        """One followed channel of ``workspace`` fewer; the last one closes the feed reader."""
-        left = self._feed_refs.get(workspace, 0) - 1
-        if left > 0:
-            self._feed_refs[workspace] = left
-            return
-        self._feed_refs.pop(workspace, None)
-        reader = self._feeds.pop(workspace, None)
-        if reader is not None:
-            await _close_reader(reader)
+    def _open_feed(self, workspace: str) -> Awaitable[Any]:
+        return self._reader(ephemeral_feed_topic(workspace), lambda msg: self._deliver_feed(workspace, msg))
 
     async def add(self, workspace: str, channel: str) -> None:
         key = (workspace, channel)
@@ -739,7 +704,7 @@ class PulsarBroadcastSubscription:
         try:
             reader = await self._reader(log_topic, lambda msg: self._deliver(key, msg),
                                         await self._log_start(workspace, channel))
-            await self._acquire_feed(workspace)
+            await self._feeds.acquire(workspace)
             fed = True
             self._readers[key] = reader
             fut.set_result(None)
@@ -748,7 +713,7 @@ class PulsarBroadcastSubscription:
             if reader is not None:
                 await _close_reader(reader)
             if fed:
-                await self._release_feed(workspace)
+                await self._feeds.release(workspace)
             err = _pulsar_error(f"follow ws={workspace} channel={channel}", exc) if isinstance(
                 exc, pulsar_async.PulsarException) else exc
             fut.set_exception(err)
@@ -769,7 +734,7 @@ class PulsarBroadcastSubscription:
             return
         self._broker._give_reader()
         await _close_reader(reader)
-        await self._release_feed(workspace)
+        await self._feeds.release(workspace)
 
     async def drop_workspace(self, workspace: str) -> None:
         for ws, ch in [k for k in self._readers if k[0] == workspace]:

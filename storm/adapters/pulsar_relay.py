@@ -36,16 +36,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import _pulsar
-import pulsar
 import pulsar.asyncio as pulsar_async
 
+from storm.adapters.flight import Shared, single_flight
 from storm.adapters.pulsar_admin import CHANNELS_NS, PulsarAdmin
 from storm.adapters.pulsar_broker import (
     PulsarBroadcastSubscription,
     PulsarBroker,
     PulsarSettings,
+    _after,
     _close_reader,
-    _complete,
     _pulsar_error,
     _SendCompletions,
 )
@@ -85,26 +85,18 @@ class PulsarRelay:
         if producer is not None:
             self._producers[workspace] = producer  # most recently used last
             return producer
-        pending = self._creating.get(workspace)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._creating[workspace] = fut
-        try:
-            producer = await self._client.create_producer(
+
+        async def create() -> Any:
+            created = await self._client.create_producer(
                 broadcast_topic(workspace), batching_enabled=True, batching_max_publish_delay_ms=BATCH_DELAY_MS,
                 batching_max_messages=1000, block_if_queue_full=True, max_pending_messages=10_000,
                 send_timeout_millis=self._send_timeout_ms,
             )
             await self._unthrottle(workspace)
-            self._producers[workspace] = producer
-            fut.set_result(producer)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        finally:
-            del self._creating[workspace]
+            self._producers[workspace] = created
+            return created
+
+        producer = await single_flight(self._creating, workspace, create)
         while len(self._producers) > MAX_PRODUCERS:
             old = next(iter(self._producers))
             await self.drop(old)
@@ -171,12 +163,15 @@ class RelayBroadcastSubscription(PulsarBroadcastSubscription):
     maps each followed channel to the last offset delivered (its head when added, at first); the inherited
     ephemeral feed (one reader per followed workspace) keeps working on it unchanged."""
 
+    #: one topic carries the whole workspace, and 100 messages (the per-channel readers' queue) is a
+    #: flow-control round trip per 50 messages
+    reader_queue = READER_QUEUE
+
     def __init__(self, broker: PulsarBroker, handler: BroadcastHandler) -> None:
         super().__init__(broker, handler)
         self._last: dict[tuple[str, str], int] = self._readers  # key -> last delivered offset
-        self._topics: dict[str, Any] = {}  # workspace -> its broadcast topic reader
-        self._topic_refs: dict[str, int] = {}
-        self._topic_opening: dict[str, asyncio.Future[None]] = {}
+        # workspace -> its broadcast topic reader, opened by its first followed channel, closed by its last
+        self._topics: Shared[str, Any] = Shared(self._open_topic, _close_reader)
         self.dropped = 0  # records read and dropped as duplicates or older than the follow
 
     @property
@@ -200,63 +195,11 @@ class RelayBroadcastSubscription(PulsarBroadcastSubscription):
         except Exception:  # a gateway bug must not stop the feed
             log.exception("broadcast handler failed ws=%s channel=%s", workspace, channel)
 
-    async def _reader(self, topic: str, deliver: Any, start: Any = None) -> Any:
-        """A reader as the base class's, with a receiver queue of ``READER_QUEUE``: one topic carries the
-        whole workspace, and 100 messages (the per-channel readers' queue) is a flow-control round trip
-        per 50 messages."""
-        client = self._broker._running()
-        conf = _pulsar.ReaderConfiguration()
-        conf.reader_listener(self._listener(deliver))
-        conf.receiver_queue_size(READER_QUEUE)
-        conf.schema(pulsar.schema.BytesSchema().schema_info())
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        client._client.create_reader_async_v2(topic, pulsar.MessageId.latest if start is None else start, conf,
-                                              lambda value: _complete(fut, value))
-        return await fut
-
-    async def _topic_start(self, workspace: str) -> Any:
-        """Just after the broadcast topic's last entry when the reader is opened (an explicit position, not
-        *latest*: see ``PulsarBroadcastSubscription._log_start``)."""
-        pos = await self._broker.admin.last_position(workspace, BROADCAST_TOPIC)
-        if pos is None or pos.ledger_id < 0:
-            return pulsar.MessageId.earliest
-        return _pulsar.MessageId(-1, pos.ledger_id, pos.entry_id, -1)
-
-    async def _acquire_topic(self, workspace: str) -> None:
-        self._topic_refs[workspace] = self._topic_refs.get(workspace, 0) + 1
-        try:
-            if workspace in self._topics:
-                return
-            pending = self._topic_opening.get(workspace)
-            if pending is not None:
-                await asyncio.shield(pending)
-                return
-            fut: asyncio.Future[None] = self._loop.create_future()
-            self._topic_opening[workspace] = fut
-            try:
-                start = await self._topic_start(workspace)
-                self._topics[workspace] = await self._reader(
-                    broadcast_topic(workspace), lambda msg: self._deliver_relayed(workspace, msg), start)
-                fut.set_result(None)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()
-                raise
-            finally:
-                del self._topic_opening[workspace]
-        except BaseException:
-            await self._release_topic(workspace)
-            raise
-
-    async def _release_topic(self, workspace: str) -> None:
-        left = self._topic_refs.get(workspace, 0) - 1
-        if left > 0:
-            self._topic_refs[workspace] = left
-            return
-        self._topic_refs.pop(workspace, None)
-        reader = self._topics.pop(workspace, None)
-        if reader is not None:
-            await _close_reader(reader)
+    async def _open_topic(self, workspace: str) -> Any:
+        """The broadcast topic's reader, from just after its last entry when it is opened (an explicit
+        position, not *latest*: see ``PulsarBroadcastSubscription._log_start``)."""
+        start = _after(await self._broker.admin.last_position(workspace, BROADCAST_TOPIC))
+        return await self._reader(broadcast_topic(workspace), lambda msg: self._deliver_relayed(workspace, msg), start)
 
     async def add(self, workspace: str, channel: str) -> None:
         key = (workspace, channel)
@@ -274,18 +217,18 @@ class RelayBroadcastSubscription(PulsarBroadcastSubscription):
         topic = fed = False
         try:
             head = await self._broker.head(workspace, channel)
-            await self._acquire_topic(workspace)
+            await self._topics.acquire(workspace)
             topic = True
-            await self._acquire_feed(workspace)
+            await self._feeds.acquire(workspace)
             fed = True
             self._last[key] = head
             fut.set_result(None)
         except BaseException as exc:
             self._broker._give_reader()
             if fed:
-                await self._release_feed(workspace)
+                await self._feeds.release(workspace)
             if topic:
-                await self._release_topic(workspace)
+                await self._topics.release(workspace)
             err = _pulsar_error(f"follow ws={workspace} channel={channel}", exc) if isinstance(
                 exc, pulsar_async.PulsarException) else exc
             fut.set_exception(err)
@@ -304,8 +247,8 @@ class RelayBroadcastSubscription(PulsarBroadcastSubscription):
         if self._last.pop((workspace, channel), None) is None:
             return
         self._broker._give_reader()
-        await self._release_feed(workspace)
-        await self._release_topic(workspace)
+        await self._feeds.release(workspace)
+        await self._topics.release(workspace)
 
 
 if TYPE_CHECKING:  # the type checker proves the capability is there
