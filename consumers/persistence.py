@@ -15,7 +15,7 @@ acknowledges only after the commit.  docs/consumers.md states the failure policy
 * Records of a deleted workspace are acknowledged and dropped.
 * The store or cache being down (``Unavailable``) is nobody's record's fault: the whole batch is handed
   back, the worker backs off (``nack_delay_s`` doubled per failed batch in a row, up to
-  ``OUTAGE_BACKOFF_CAP_S``) and no record is dead-lettered for it, however long the outage.  Counting
+  ``consumers.work.OUTAGE_BACKOFF_CAP_S``) and no record is dead-lettered for it, however long the outage.  Counting
   those failures dead-lettered every record of a 30 s PostgreSQL outage (chaos ``postgres-restart``).
 """
 
@@ -32,11 +32,11 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from consumers.work import WorkWorker, outage_pause
 from storm.bootstrap import Services
 from storm.domain import Message, Reaction
 from storm.errors import NotFound, Unavailable
-from storm.lifecycle import Lifecycle
-from storm.ports.broker import Delivery, WorkSubscription
+from storm.ports.broker import Delivery
 from storm.ports.store import UnitOfWork
 from storm.protocol import events as e
 from storm.webhooks import MEMBERS_LOG
@@ -44,7 +44,6 @@ from storm.webhooks import MEMBERS_LOG
 log = logging.getLogger("storm.consumers.persistence")
 
 SUBSCRIPTION = "persistence"
-OUTAGE_BACKOFF_CAP_S = 5.0  # longest pause between two attempts at a batch while the store is down
 
 
 @dataclass
@@ -168,20 +167,17 @@ async def apply_all(uow: UnitOfWork, plans: dict[str, Plan], workspace_ids: dict
     return inserted
 
 
-class PersistenceWorker:
+class PersistenceWorker(WorkWorker):
     def __init__(self, services: Services, *, name: str = SUBSCRIPTION) -> None:
         cfg = services.config
+        super().__init__("persistence worker", lambda n: services.broker.subscribe_work(n), name,
+                         loop_wait_s=cfg.drain_timeout_s, retry_s=cfg.nack_delay_s)
         self._services = services
-        self._name = name
         self._batch = cfg.consumer_batch
         self._max_wait = cfg.consumer_max_wait_s
         self._linger = cfg.consumer_linger_s
         self._max_redeliveries = cfg.consumer_max_redeliveries
         self._nack_delay = cfg.nack_delay_s
-        self._sub: WorkSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._life = Lifecycle("persistence worker")
         self.stats = {"batches": 0, "records": 0, "inserted": 0, "retried": 0, "dead_lettered": 0}
         self.stats["redelivered"] = 0  # records received with delivery_count > 1
         metrics = services.metrics  # docs/observability.md: counted here, flushed by the metrics timer
@@ -191,55 +187,11 @@ class PersistenceWorker:
         metrics.count_of("storm.consumer.dead_lettered", lambda: self.stats["dead_lettered"])
         metrics.gauge_polled("storm.consumer.backlog", services.work_backlog(name))
 
-    async def start(self) -> None:
-        self._life.begin_start()
-        try:
-            sub = await self._services.broker.subscribe_work(self._name)
-        except BaseException:
-            self._life.start_failed()
-            raise
-        if not self._life.started():  # stop() ran while we were subscribing
-            with contextlib.suppress(Exception):
-                await sub.close()
-            return
-        self._sub = sub
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Idempotent: waits for the batch in flight (up to ``STORM_DRAIN_TIMEOUT_S``), then closes the
-        subscription."""
-        self._life.begin_stop()
-        self._stopping = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self._services.config.drain_timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(Exception):
-                await sub.close()
-
-    async def __aenter__(self) -> PersistenceWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def _run(self) -> None:
         assert self._sub is not None
         failures = 0  # batches failed in a row: the backoff while the store or cache is down
         while not self._stopping:
-            try:
-                deliveries = await self._sub.receive(self._batch, min(self._max_wait, 0.25))
-            except Exception:
-                log.exception("receive failed on subscription %s; retrying", self._name)
-                await asyncio.sleep(self._nack_delay)
-                continue
+            deliveries = await self.receive(self._batch, min(self._max_wait, 0.25))
             if not deliveries:
                 continue
             if len(deliveries) < self._batch and self._linger > 0:
@@ -251,7 +203,7 @@ class PersistenceWorker:
                 failures = 0
             except Exception as exc:  # e.g. the store or cache is down: the worker must outlive it
                 failures += 1
-                pause = min(self._nack_delay * 2 ** min(failures - 1, 16), max(OUTAGE_BACKOFF_CAP_S, self._nack_delay))
+                pause = outage_pause(self._nack_delay, failures)
                 workspaces = ",".join(sorted({d.record.workspace for d in deliveries}))
                 if isinstance(exc, Unavailable):  # an outage: one line per batch, no traceback
                     log.warning("batch of %d failed ws=%s (%s); handing it back, next attempt in %.1f s",

@@ -15,7 +15,7 @@ Failure policy, as the persistence worker's (consumers/persistence.py), minus th
   Within a batch each workspace's records go on one producer, in order; a failed send fails those queued
   after it, so a channel's records never reach the broadcast log past a hole.
 * A workspace's records that cannot be written (``Unavailable``) are handed back, with a pause that doubles
-  per failed batch in a row (up to ``OUTAGE_BACKOFF_CAP_S``); nothing is dead-lettered (the records are
+  per failed batch in a row (up to ``consumers.work.OUTAGE_BACKOFF_CAP_S``); nothing is dead-lettered (the records are
   stored in their channel log already; only their live copy waits).  Records of a deleted workspace
   (``NotFound``) are acknowledged and dropped.
 """
@@ -28,88 +28,38 @@ import logging
 import time
 from collections.abc import Sequence
 
+from consumers.work import WorkWorker, outage_pause
 from storm.config import Config, ConfigError
 from storm.errors import NotFound
-from storm.lifecycle import Lifecycle
-from storm.ports.broker import Broker, Delivery, WorkSubscription
+from storm.ports.broker import Broker, Delivery
 from storm.ports.relay import BroadcastRelay
 
 log = logging.getLogger("storm.consumers.relay")
 
 SUBSCRIPTION = "relay"
-OUTAGE_BACKOFF_CAP_S = 5.0
 RECEIVE_WAIT_S = 0.05  # the longest a relay waits for a first record: latency, not throughput, is its point
 
 
-class RelayWorker:
+class RelayWorker(WorkWorker):
     def __init__(self, broker: Broker, config: Config, *, name: str = SUBSCRIPTION) -> None:
         """Only the broker and the settings: the relay touches no store, cache or directory."""
         if not isinstance(broker, BroadcastRelay):
             raise ConfigError("STORM_BROADCAST=relay needs a broker with broadcast logs (STORM_BROKER=pulsar)")
         cfg = config
-        self._broker = broker
+        super().__init__("relay worker", broker.subscribe_work, name, loop_wait_s=cfg.drain_timeout_s,
+                         retry_s=cfg.nack_delay_s)
         self._relay: BroadcastRelay = broker
-        self._drain_timeout_s = cfg.drain_timeout_s
-        self._name = name
         self._batch = cfg.consumer_batch
         self._nack_delay = cfg.nack_delay_s
-        self._sub: WorkSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._life = Lifecycle("relay worker")
         self.stats = {"batches": 0, "records": 0, "relayed": 0, "handed_back": 0, "dropped_deleted": 0,
                       "redelivered": 0, "send_ms": 0,
                       "age_ms": 0}  # send_ms: time spent waiting for the writes; age_ms: sum of records' ages
-
-    async def start(self) -> None:
-        self._life.begin_start()
-        try:
-            sub = await self._broker.subscribe_work(self._name)
-        except BaseException:
-            self._life.start_failed()
-            raise
-        if not self._life.started():
-            with contextlib.suppress(Exception):
-                await sub.close()
-            return
-        self._sub = sub
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        """Idempotent: waits for the batch in flight (up to ``STORM_DRAIN_TIMEOUT_S``), then closes the
-        subscription (what is not acknowledged goes to another relay)."""
-        self._life.begin_stop()
-        self._stopping = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self._drain_timeout_s)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(Exception):
-                await sub.close()
-
-    async def __aenter__(self) -> RelayWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         assert self._sub is not None
         failures = 0
         while not self._stopping:
-            try:
-                deliveries = await self._sub.receive(self._batch, RECEIVE_WAIT_S)
-            except Exception:
-                log.exception("receive failed on subscription %s; retrying", self._name)
-                await asyncio.sleep(self._nack_delay)
-                continue
+            deliveries = await self.receive(self._batch, RECEIVE_WAIT_S)
             if not deliveries:
                 continue
             handed_back = await self.process(deliveries, self._pause(failures + 1))
@@ -120,7 +70,7 @@ class RelayWorker:
                 failures = 0
 
     def _pause(self, failures: int) -> float:
-        return float(min(self._nack_delay * 2 ** min(failures - 1, 16), max(OUTAGE_BACKOFF_CAP_S, self._nack_delay)))
+        return outage_pause(self._nack_delay, failures)
 
     async def process(self, deliveries: Sequence[Delivery], pause: float) -> int:
         """Relay a batch, each workspace's records on their own (concurrently); acknowledge what was written

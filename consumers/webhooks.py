@@ -29,10 +29,10 @@ from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from consumers.work import WorkWorker
 from storm.bootstrap import Services
 from storm.errors import NotFound
-from storm.lifecycle import Lifecycle
-from storm.ports.broker import Delivery, WorkSubscription
+from storm.ports.broker import Delivery
 from storm.ports.store import UnitOfWork
 from storm.webhooks import (
     DeliveryAttempt,
@@ -123,91 +123,55 @@ def handle(delivery: Delivery, webhooks: Sequence[Webhook]) -> Handled:
     return Handled(event, tuple(w for w in webhooks if matches(w, event)))
 
 
-class WebhookWorker:
+class WebhookWorker(WorkWorker):
     """A component of ``create_app`` (and of the consumers role): start/stop like the persistence worker."""
 
     def __init__(self, services: Services, *, policy: RetryPolicy | None = None, poster: Poster | None = None,
                  rand: Callable[[], float] = random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        super().__init__("webhook worker", lambda n: services.broker.subscribe_work(n), SUBSCRIPTION,
+                         loop_wait_s=1.0, retry_s=NACK_DELAY_S)  # the loop sees the flag within 0.25 s
         self._services = services
         self._policy = policy or RetryPolicy.of(services.config)
         self._poster = poster
         self._rand = rand
         self._sleep = sleep
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._life = Lifecycle("webhook worker")
-        self._sub: WorkSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self._stopping = False
         self.stats = {"records": 0, "events": 0, "delivered": 0, "failed_attempts": 0, "dead_lettered": 0,
                       "poison": 0}
 
     async def start(self) -> None:
-        self._life.begin_start()
         if self._poster is None:
             try:
                 self._poster = HttpxPoster(allow_private=private_targets_allowed(self._services.config))
             except ImportError:
                 log.warning("webhook delivery is off: httpx is not installed (pip install 'storm[pulsar]')")
+                self._life.begin_start()
                 self._life.started()
                 return
-        try:
-            sub = await self._services.broker.subscribe_work(SUBSCRIPTION)
-        except BaseException:
-            self._life.start_failed()
-            raise
-        if not self._life.started():
-            with contextlib.suppress(Exception):
-                await sub.close()
-            return
-        self._sub = sub
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        await super().start()
 
-    async def stop(self) -> None:
-        """Idempotent: stops taking records, waits up to ``STORM_DRAIN_TIMEOUT_S`` for the records in flight
-        (then cancels them: unacknowledged, the broker delivers them again), closes the subscription."""
-        self._life.begin_stop()
-        self._stopping = True
-        if self._task is not None:
-            task, self._task = self._task, None
-            try:  # the loop looks at the flag after each receive (at most 0.25 s) ...
-                await asyncio.wait_for(asyncio.shield(task), 1.0)
-            except TimeoutError:  # ... unless it waits for a free slot: what it holds goes back on close
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def _drain(self) -> None:
+        """On stop: wait up to ``STORM_DRAIN_TIMEOUT_S`` for the records in flight, then cancel them
+        (unacknowledged, the broker delivers them again)."""
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=self._services.config.drain_timeout_s)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(Exception):
-                await sub.close()
+
+    async def _closed(self) -> None:
         if self._poster is not None:
             poster, self._poster = self._poster, None
             with contextlib.suppress(Exception):
                 await poster.close()
 
-    async def __aenter__(self) -> WebhookWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def _run(self) -> None:
         assert self._sub is not None
         while not self._stopping:
-            try:
-                deliveries = await self._sub.receive(BATCH, 0.25)
-            except Exception:
-                log.exception("receive failed on subscription %s; retrying", SUBSCRIPTION)
-                await asyncio.sleep(NACK_DELAY_S)
-                continue
+            deliveries = await self.receive(BATCH, 0.25)
             if not deliveries:
                 continue
             try:
