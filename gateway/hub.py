@@ -5,6 +5,12 @@ the client frame once (splicing the offset into the stored payload) and hands th
 to every local session subscribed to it.  The broker subscription for a channel is added when its first
 local subscriber joins and removed when the last one leaves.
 
+Heads: the hub knows the head of every channel it follows without asking the broker, once it has seen one
+(the last record its feed delivered, or a head the broker answered since the follow).  The feed is in
+offset order and a subscriber joins the group before it reads the head, so every record above that head
+reaches it live: a subscribe (or a resume whose ``since`` is already the head, most of a reconnect storm)
+then costs no broker round trip; on Pulsar each was an admin REST call.
+
 A sweeper checks session deadlines (authentication and idle timeouts, token expiry) in one task instead
 of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` (those that
 may still miss the authentication deadline), and a slice of all the others, so that each is looked at once
@@ -43,6 +49,9 @@ class Hub:
         self._clock = clock
         self._sweep_interval = sweep_interval_s
         self._groups: dict[tuple[str, str], set[Session]] = {}
+        # followed channel -> the highest offset this gateway knows is written: the last record its feed
+        # delivered, or a head the broker answered since the follow (module docstring, "Heads")
+        self._heads: dict[tuple[str, str], int] = {}
         self._locks = KeyedLocks()  # serialises the broker's add/remove of one channel
         self._sessions: set[Session] = set()
         self._young: deque[Session] = deque()  # registered within young_s: checked every tick
@@ -116,12 +125,30 @@ class Hub:
             group = self._groups.get(key)
             if group is not None and not group:
                 del self._groups[key]
+                self._heads.pop(key, None)
                 if self._sub is not None:
                     await self._sub.remove(workspace, channel)
 
+    # -- heads ------------------------------------------------------------------------------------------
+    def head(self, workspace: str, channel: str) -> int | None:
+        """The head of a channel this gateway follows, known without asking the broker; None when unknown
+        (not followed, or nothing written or looked up since the follow)."""
+        return self._heads.get((workspace, channel))
+
+    def saw_head(self, workspace: str, channel: str, head: int) -> None:
+        """A head the broker answered for a followed channel (kept if above what the feed delivered)."""
+        key = (workspace, channel)
+        if key in self._groups and head > self._heads.get(key, 0):
+            self._heads[key] = head
+
     # -- fan-out ----------------------------------------------------------------------------------------
     def _on_record(self, record: Record) -> None:
-        group = self._groups.get((record.workspace, record.channel))
+        key = (record.workspace, record.channel)
+        group = self._groups.get(key)
+        if group is None:
+            return
+        if record.offset > self._heads.get(key, 0):  # ephemeral records (offset 0) leave it as it is
+            self._heads[key] = record.offset
         if not group:
             return
         data = with_offset(record.payload, record.offset)  # encoded once for every recipient

@@ -186,10 +186,12 @@ class Directory:
 
         return await self._single_flight(workspace, key, load)
 
-    async def _read(self, workspace: str, fn: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def batched_read(self, workspace: str, fn: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """One store read (``fn`` in a unit of work), batched with the reads of ``workspace`` that arrive while
         a batch is being read: one unit of work for all of them (``FIRST_SIGHT_BATCH`` at most), as for first
-        sights.  A read that fails fails its whole batch (a failed statement ends the transaction)."""
+        sights.  A read that fails fails its whole batch (a failed statement ends the transaction).  The
+        directory's own misses use it, and so does a subscribe's read state (storm/protocol/subscriptions.py):
+        a transaction per subscribe was 15 % of a day connect's gateway CPU (docs/storm-day.md)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._reads.setdefault(workspace, []).append((fn, future))
         if workspace not in self._reads_running:
@@ -343,7 +345,7 @@ class Directory:
             return Role(raw.decode()) if raw else None
 
         async def load() -> Role | None:
-            m = await self._read(workspace.slug, lambda uow: uow.memberships.get(workspace.id, user_id))
+            m = await self.batched_read(workspace.slug, lambda uow: uow.memberships.get(workspace.id, user_id))
             role = m.role if m else None
             await self._remember(workspace.slug, key, (role.value if role else "").encode())
             return role
@@ -402,7 +404,7 @@ class Directory:
                            archived=c.archived)
 
         async def load() -> Channel | None:
-            ch = await self._read(workspace.slug, lambda uow: uow.channels.get(workspace.id, cid))
+            ch = await self.batched_read(workspace.slug, lambda uow: uow.channels.get(workspace.id, cid))
             value = b"" if ch is None else msgspec.msgpack.encode(
                 _CachedChannel(str(cid), ch.name, ch.kind.value, ch.archived))
             await self._remember(workspace.slug, key, value)
@@ -436,7 +438,7 @@ class Directory:
             return raw == b"1"
 
         async def load() -> bool:
-            member = await self._read(p.workspace.slug, lambda uow: uow.channels.is_member(p.workspace.id, ch.id,
+            member = await self.batched_read(p.workspace.slug, lambda uow: uow.channels.is_member(p.workspace.id, ch.id,
                                                                                           p.user.id))
             await self._remember(p.workspace.slug, key, b"1" if member else b"0")
             return member

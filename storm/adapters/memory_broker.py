@@ -152,7 +152,8 @@ class MemoryBroker:
         while entries and entries[0].publish_time < horizon:
             entries.popleft()
 
-    async def read(self, workspace: str, channel: str, from_offset: int, limit: int) -> list[Record]:
+    async def read(self, workspace: str, channel: str, from_offset: int, limit: int, *,
+                   head: int | None = None) -> list[Record]:
         self._check()
         lg = await self._log(workspace, channel)
         self._trim(lg)

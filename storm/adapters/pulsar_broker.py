@@ -490,10 +490,12 @@ class PulsarBroker:
                 return encode_offset(lg.ledger_id, 0)
         return None
 
-    async def read(self, workspace: str, channel: str, from_offset: int, limit: int) -> list[Record]:
+    async def read(self, workspace: str, channel: str, from_offset: int, limit: int, *,
+                   head: int | None = None) -> list[Record]:
         client = self._running()
         topic = channel_topic(workspace, channel)
-        head = await self.head(workspace, channel)
+        if head is None:
+            head = await self.head(workspace, channel)
         if limit <= 0 or head == 0 or from_offset > head:
             return []
         ledger, entry = decode_offset(max(from_offset, 0))

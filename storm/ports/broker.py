@@ -107,8 +107,10 @@ class Broker(Protocol):
         """Broadcast a record that is never stored (typing, presence).  Best effort, no offset."""
         ...
 
-    async def read(self, workspace: str, channel: str, from_offset: int, limit: int) -> list[Record]:
-        """Records with ``offset >= from_offset`` in order, at most ``limit``."""
+    async def read(self, workspace: str, channel: str, from_offset: int, limit: int, *,
+                   head: int | None = None) -> list[Record]:
+        """Records with ``offset >= from_offset`` in order, at most ``limit``.  ``head``: the caller's
+        :meth:`head`, when it has one (records above it may or may not be returned; it saves a lookup)."""
         ...
 
     async def head(self, workspace: str, channel: str) -> int:

@@ -42,6 +42,14 @@ class Hub(Protocol):
 
     async def leave(self, session: Any, workspace: str, channel: str) -> None: ...
 
+    def head(self, workspace: str, channel: str) -> int | None:
+        """The head of a followed channel as this gateway knows it (None: ask the broker)."""
+        ...
+
+    def saw_head(self, workspace: str, channel: str, head: int) -> None:
+        """The broker's answer for a followed channel's head."""
+        ...
+
 
 @dataclass
 class SessionContext:

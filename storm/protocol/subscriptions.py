@@ -21,7 +21,6 @@ from storm.ports.broker import Broker, Record
 from storm.ports.cache import PresenceEntry
 from storm.protocol import commands as c
 from storm.protocol import events as e
-from storm.protocol.chat import read_state
 from storm.protocol.codes import ErrorCode
 from storm.protocol.context import SessionContext, Transport
 from storm.protocol.failures import Refused
@@ -115,7 +114,10 @@ class Subscriptions:
         else:
             sub.replaying = True
         try:
-            head = await ctx.broker.head(ws, channel)
+            head = ctx.hub.head(ws, channel)  # joined first: every record above it comes live
+            if head is None:
+                head = await ctx.broker.head(ws, channel)
+                ctx.hub.saw_head(ws, channel, head)
             records, recovered = await self._missed(ws, channel, cmd.since, head)
         except BaseException:
             if fresh:
@@ -127,7 +129,8 @@ class Subscriptions:
             last = max(last, sub.last)
         replay = [r for r in records if r.offset > last]
         try:  # the read state is a convenience: a store that does not answer must not stop the live path
-            read, unread = (await read_state(ctx.store, p.workspace.id, p.user.id, [ch.id]))[ch.id]
+            read, unread = (await ctx.directory.batched_read(  # one transaction for the subscribes meanwhile
+                ws, lambda uow: uow.read_markers.unread(p.workspace.id, p.user.id, [ch.id])))[ch.id]
         except StormError as exc:
             log.warning("read state unavailable ws=%s channel=%s: %s", ws, channel, exc.message)
             read, unread = 0, 0
@@ -162,12 +165,12 @@ class Subscriptions:
         broker = self._ctx.broker
         recovered = True
         try:
-            records = await broker.read(ws, channel, since + 1, REPLAY_MAX + 1)
+            records = await broker.read(ws, channel, since + 1, REPLAY_MAX + 1, head=head)
         except OffsetTruncated as exc:
             if exc.earliest > head:
                 return [], False
             recovered = False  # what came before `earliest` is gone; the rest is still contiguous
-            records = await broker.read(ws, channel, exc.earliest, REPLAY_MAX + 1)
+            records = await broker.read(ws, channel, exc.earliest, REPLAY_MAX + 1, head=head)
         records = [r for r in records if r.offset <= head]
         if len(records) > REPLAY_MAX:
             return [], False

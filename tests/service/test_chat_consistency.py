@@ -203,13 +203,13 @@ async def test_deleting_the_workspace_closes_its_sockets_with_4011(ctx, services
 
 
 async def test_subscribe_works_without_the_read_state_when_the_store_fails(ctx, services, monkeypatch):
+    from storm.adapters.memory_store import MemoryReadMarkerRepository
     from storm.errors import Unavailable
-    from storm.protocol import subscriptions
 
     async def down(*args: object, **kwargs: object) -> object:
         raise Unavailable("store down")
 
-    monkeypatch.setattr(subscriptions, "read_state", down)
+    monkeypatch.setattr(MemoryReadMarkerRepository, "unread", down)
     a, ta = await connect(ctx, services)
     await send(a, op="subscribe", id=1, channel=GENERAL)
     (sub,) = ta.take("subscribed")
@@ -241,3 +241,37 @@ async def test_a_reaction_that_could_not_be_published_is_taken_back(ctx, service
             assert await uow.reactions.counts(ws.id, [uuid.UUID(mid)]) == {}
     finally:
         await worker.stop()
+
+
+async def test_subscribes_that_arrive_together_read_their_read_states_in_one_unit_of_work(ctx, services):
+    """A transaction per subscribe was 15 % of a day connect's gateway CPU (docs/storm-day.md): the read states
+    of subscribes that arrive together are read in one unit of work (Directory.batched_read), each with its
+    own user's marker."""
+    from storm.domain import ReadMarker
+    from storm_tools.seed import DEMO_USERS
+
+    users = [*DEMO_USERS, *DEMO_USERS, *DEMO_USERS]  # 12 sessions of 4 users
+    sessions = [await connect(ctx, services, u) for u in users]
+    for i, (s, _) in enumerate(sessions[:len(DEMO_USERS)]):
+        p = s.principal
+        assert p is not None
+        marker = ReadMarker(p.workspace.id, uuid.UUID(GENERAL), p.user.id, 100 + i)
+        await services.store.run(lambda uow, m=marker: uow.read_markers.advance(m))
+    await send(sessions[0][0], op="subscribe", id=1, channel=GENERAL)  # the channel's access, cached
+    units = 0
+    real = services.store.unit_of_work
+
+    def counted() -> object:
+        nonlocal units
+        units += 1
+        return real()
+
+    services.store.unit_of_work = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(send(s, op="subscribe", id=1, channel=GENERAL) for s, _ in sessions[1:]))
+    finally:
+        services.store.unit_of_work = real  # type: ignore[method-assign]
+    assert units <= 2  # 11 subscribes: one batch, or two when the first starts before the others arrive
+    for i, (_, t) in enumerate(sessions):
+        (sub,) = t.take("subscribed")
+        assert sub["read"] == 100 + i % len(DEMO_USERS)  # nobody got another's marker

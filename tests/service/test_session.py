@@ -535,3 +535,52 @@ async def test_an_error_names_the_channel_in_canonical_form(ctx, services):
     await send(a, op="unsubscribe", id=2, channel=GENERAL.replace("-", "").upper())
     (error,) = ta.take("error")
     assert (error["code"], error["channel"]) == ("not_subscribed", GENERAL)
+
+
+async def test_subscribes_to_a_channel_the_gateway_follows_ask_the_broker_nothing(ctx, services):
+    """gateway/hub.py, "Heads": once the hub has seen a followed channel's head, a subscribe, and a resume whose
+    ``since`` is the head (most of a reconnect storm), cost no broker call; a resume with a gap reads the gap
+    and nothing else.  On Pulsar each head was an admin REST call per subscribe."""
+    calls: list[str] = []
+    real_head, real_read = services.broker.head, services.broker.read
+
+    async def head(ws: str, ch: str) -> int:
+        calls.append("head")
+        return await real_head(ws, ch)
+
+    async def read(ws: str, ch: str, from_offset: int, limit: int, **kw: Any) -> Any:
+        calls.append(f"read from {from_offset} head {kw.get('head')}")
+        return await real_read(ws, ch, from_offset, limit, **kw)
+
+    services.broker.head, services.broker.read = head, read  # type: ignore[method-assign]
+    try:
+        a, ta = await connect(ctx, services, "alice")
+        await send(a, op="subscribe", id=1, channel=GENERAL)  # the first follow asks once
+        assert calls == ["head"]
+        for i in range(3):
+            await send(a, op="publish", id=10 + i, channel=GENERAL, cmid=f"h{i}", text=f"t{i}")
+        assert [m["offset"] for m in ta.take("message")] == [1, 2, 3]
+        calls.clear()
+
+        b, tb = await connect(ctx, services, "bob")
+        await send(b, op="subscribe", id=1, channel=GENERAL)
+        c, tc = await connect(ctx, services, "carol")
+        await send(c, op="subscribe", id=1, channel=GENERAL, since=3)  # resumed at the head: nothing missed
+        d, td = await connect(ctx, services, "dave")
+        await send(d, op="subscribe", id=1, channel=GENERAL, since=1)  # missed two
+        assert calls == ["read from 2 head 3"]
+        assert tb.take("subscribed")[0]["offset"] == 3 and tc.take("subscribed")[0].get("replayed", 0) == 0
+        assert td.take("subscribed")[0]["replayed"] == 2 and [m["offset"] for m in td.take("message")] == [2, 3]
+
+        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"live",'
+                                      b'"author":"a","author_name":"A","text":"t","ts":1.0}' % GENERAL.encode())
+        await asyncio.sleep(0.01)
+        assert [[m["offset"] for m in t.take("message")] for t in (ta, tb, tc, td)] == [[4]] * 4
+        # unfollowed when its last subscriber leaves: a later follow asks the broker again
+        for s in (a, b, c, d):
+            await send(s, op="unsubscribe", id=30, channel=GENERAL)
+        calls.clear()
+        await send(a, op="subscribe", id=31, channel=GENERAL, since=4)
+        assert calls == ["head"] and ta.take("subscribed")[-1]["offset"] == 4
+    finally:
+        services.broker.head, services.broker.read = real_head, real_read  # type: ignore[method-assign]

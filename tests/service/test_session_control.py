@@ -34,6 +34,12 @@ class FirstControlJoinFails:
     async def leave(self, session: Any, workspace: str, channel: str) -> None:
         await self._hub.leave(session, workspace, channel)
 
+    def head(self, workspace: str, channel: str) -> int | None:
+        return self._hub.head(workspace, channel)  # type: ignore[no-any-return]
+
+    def saw_head(self, workspace: str, channel: str, head: int) -> None:
+        self._hub.saw_head(workspace, channel, head)
+
 
 async def test_after_a_failed_control_join_the_next_session_still_gets_revocations_at_once(services, hub):
     s = services
