@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    if not args.verbose:  # httpx logs every request at INFO: a line per Pulsar admin call and webhook post
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     from storm.redact import install as install_redaction
 
     install_redaction()  # no token or secret in any log line (docs/security.md)
