@@ -138,7 +138,7 @@ class Hub:
     def saw_head(self, workspace: str, channel: str, head: int) -> None:
         """A head the broker answered for a followed channel (kept if above what the feed delivered)."""
         key = (workspace, channel)
-        if key in self._groups and head > self._heads.get(key, 0):
+        if key in self._groups and head > self._heads.get(key, -1):  # 0 too: an empty channel is known empty
             self._heads[key] = head
 
     # -- fan-out ----------------------------------------------------------------------------------------

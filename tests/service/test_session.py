@@ -576,6 +576,14 @@ async def test_subscribes_to_a_channel_the_gateway_follows_ask_the_broker_nothin
                                       b'"author":"a","author_name":"A","text":"t","ts":1.0}' % GENERAL.encode())
         await asyncio.sleep(0.01)
         assert [[m["offset"] for m in t.take("message")] for t in (ta, tb, tc, td)] == [[4]] * 4
+        calls.clear()  # an empty channel's head (0) is known too once asked
+        await send(a, op="subscribe", id=40, channel=RANDOM)
+        await send(b, op="subscribe", id=40, channel=RANDOM)
+        await send(c, op="subscribe", id=40, channel=RANDOM, since=0)
+        assert calls == ["head"]
+        assert [t.take("subscribed")[-1]["offset"] for t in (ta, tb, tc)] == [0, 0, 0]
+        for s in (a, b, c):
+            await send(s, op="unsubscribe", id=41, channel=RANDOM)
         # unfollowed when its last subscriber leaves: a later follow asks the broker again
         for s in (a, b, c, d):
             await send(s, op="unsubscribe", id=30, channel=GENERAL)
