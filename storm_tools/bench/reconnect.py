@@ -69,7 +69,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--concurrency", type=int, default=64, help="initial setups in flight per client process")
     p.add_argument("--per-process", type=int, default=6000, help="connections per client process (default 6000)")
     p.add_argument("--connect-timeout", type=float, default=10.0,
-                   help="seconds one setup may take, as the SDK's connect_timeout_s (default 10)")
+                   help="seconds for the TCP connect and WebSocket upgrade, then again for auth -> hello, as the "
+                        "SDK's connect_timeout_s (default 10)")
+    p.add_argument("--request-timeout", type=float, default=10.0,
+                   help="seconds for subscribe -> subscribed, as the SDK's request_timeout_s (default 10)")
     p.add_argument("--initial-timeout", type=float, default=300.0,
                    help="seconds a connection may take to open at first, overload answers retried with the "
                         "SDK's backoff meanwhile (default 300)")
@@ -85,9 +88,11 @@ def validate(args: argparse.Namespace) -> None:
         raise SystemExit("storm bench reconnect: need --connections >= --members >= 2")
     if not 1 <= args.sample_channels <= args.connections // args.members:
         raise SystemExit("storm bench reconnect: --sample-channels in 1..connections/members")
-    if args.rate <= 0 or args.settle_timeout <= 0 or args.connect_timeout <= 0 or args.concurrency < 1 \
+    if args.rate <= 0 or args.settle_timeout <= 0 or args.connect_timeout <= 0 or args.request_timeout <= 0 \
+            or args.concurrency < 1 \
             or args.initial_timeout <= 0:
-        raise SystemExit("storm bench reconnect: --rate, --settle-timeout, --connect-timeout, --concurrency > 0")
+        raise SystemExit("storm bench reconnect: --rate, --settle-timeout, --connect-timeout, --request-timeout, "
+                         "--initial-timeout and --concurrency must be > 0")
     if not 1 <= args.per_process <= PER_PROCESS_MAX or math.ceil(args.connections / args.per_process) > 250:
         raise SystemExit(f"storm bench reconnect: --per-process in 1..{PER_PROCESS_MAX}, at most 250 processes")
 
@@ -117,8 +122,9 @@ class Member(WSClient):
         self.on_drop = on_drop
         self.stopping = False
         self.registered = False  # Child.open returned it: only then is a close a drop to resume from
+        self.hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for future in (self.ready, self.opened):  # failures are counted where they are awaited, or not at all
+        for future in (self.hello, self.ready, self.opened):  # failures are counted where awaited, or not at all
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def on_open(self) -> None:
@@ -137,8 +143,12 @@ class Member(WSClient):
                 continue
             elif b'"type":"error"' in part:
                 m = _CODE.search(part)
-                self.ready.set_exception(Refused(m[1].decode() if m else "error", part[:300].decode(errors="replace")))
+                refused = Refused(m[1].decode() if m else "error", part[:300].decode(errors="replace"))
+                self.ready.set_exception(refused)
+                if not self.hello.done():
+                    self.hello.set_exception(refused)
             elif b'"type":"hello"' in part:
+                self.hello.set_result(None)
                 self.send_text(self._subscribe)
             elif b'"type":"subscribed"' in part:
                 m = _OFFSET.search(part)
@@ -151,6 +161,8 @@ class Member(WSClient):
             refused = self.opened.exception() if self.opened.done() and not self.opened.cancelled() else None
             # the upgrade's answer (e.g. "handshake refused: b'HTTP/1.1 503 ...'") when there was one
             self.ready.set_exception(refused or ConnectionError(f"closed during setup (code {code})"))
+            if not self.hello.done():
+                self.hello.set_exception(self.ready.exception() or ConnectionError("closed"))
         elif not self.stopping and self.registered:
             self.on_drop(self, code)
         # else: an attempt its opener gave up on (its timeout hit as it became ready) and aborted; the opener
@@ -185,11 +197,19 @@ class Child:
         auth = b'{"op":"auth","token":"%s"}' % cfg["tokens"][u].encode()
         loop = asyncio.get_running_loop()
         proto: Member | None = None
+        phase = timeout or cfg["connect_timeout"]
         try:
-            async with asyncio.timeout(timeout or cfg["connect_timeout"]):
+            # the SDK's timeouts (sdk/storm_sdk/client.py), each phase its own: TCP and the WebSocket upgrade
+            # within connect_timeout_s, auth -> hello within connect_timeout_s again, subscribe within
+            # request_timeout_s (both 10 s by default); ``timeout`` (the initial connects) bounds each phase
+            async with asyncio.timeout(phase):
                 _, proto = await loop.create_connection(
                     lambda: Member(u, port, auth, cfg["channels"][u], since, u in cfg["sampled"], self.on_drop),
                     HOST, port, local_addr=(cfg["source"], 0))
+                await proto.opened
+            async with asyncio.timeout(phase):
+                await proto.hello
+            async with asyncio.timeout(timeout or cfg["request_timeout"]):
                 await proto.ready
         except BaseException:
             if proto is not None and proto.transport is not None:
@@ -418,7 +438,8 @@ async def _storm(args: argparse.Namespace, topo: Any, tokens: list[str]) -> dict
             cfg = {"ports": ports, "initial_ports": [ports[u % len(ports)] for u in own],
                    "users": own, "tokens": [tokens[u] for u in own], "channels": [channel_of[u] for u in own],
                    "sampled": [k for k, u in enumerate(own) if u in sampled_users], "source": source_address(i),
-                   "connect_timeout": args.connect_timeout, "initial_timeout": args.initial_timeout,
+                   "connect_timeout": args.connect_timeout, "request_timeout": args.request_timeout,
+                   "initial_timeout": args.initial_timeout,
                    "concurrency": args.concurrency, "ping_s": 20.0}
             start += size
             client = ClientProcess(f"reconnect-{i}", "storm_tools.bench.reconnect", cfg)
