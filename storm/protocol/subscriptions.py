@@ -115,7 +115,10 @@ class Subscriptions:
             sub.replaying = True
         try:
             head = ctx.hub.head(ws, channel)  # joined first: every record above it comes live
-            if head is None:
+            if head is None or (cmd.since is not None and cmd.since > head):
+                # unknown, or this gateway's feed is behind what the client saw elsewhere (another gateway,
+                # before a kill): the log's own head, else the feed's late records up to `since` would reach
+                # the client a second time, and out of order (storm day 100 000, 2026-12-07)
                 head = await ctx.broker.head(ws, channel)
                 ctx.hub.saw_head(ws, channel, head)
             records, recovered = await self._missed(ws, channel, cmd.since, head)

@@ -592,3 +592,32 @@ async def test_subscribes_to_a_channel_the_gateway_follows_ask_the_broker_nothin
         assert calls == ["head"] and ta.take("subscribed")[-1]["offset"] == 4
     finally:
         services.broker.head, services.broker.read = real_head, real_read  # type: ignore[method-assign]
+
+
+async def test_a_resume_past_a_lagging_feed_gets_no_record_twice(ctx, services, hub):
+    """The storm day run of 2026-12-07 (100 000 users, a Pulsar restart and gateway kills): 209 duplicate
+    deliveries and 252 inversions, none stored twice.  A client resumed on a gateway whose feed was behind
+    what it had seen elsewhere; the hub's head was below its ``since``, so the feed's late records up to
+    ``since`` reached it again.  The subscribe now asks the broker when ``since`` is above the hub's head."""
+    a, ta = await connect(ctx, services, "alice")
+    await send(a, op="subscribe", id=1, channel=GENERAL)  # the gateway follows the channel
+    feed = next(iter(services.broker._logs[(DEMO_WORKSPACE, GENERAL)].subscribers))
+    held: list[Any] = []
+    real_deliver = feed.deliver
+    feed.deliver = held.append  # the feed lags: records reach the log, not yet this gateway
+    try:
+        for i in range(3):
+            await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"l%d",'
+                                          b'"author":"a","author_name":"A","text":"t","ts":1.0}'
+                                          % (GENERAL.encode(), i))
+        assert hub.head(DEMO_WORKSPACE, GENERAL) == 0 and len(held) == 3
+        b, tb = await connect(ctx, services, "bob")
+        await send(b, op="subscribe", id=1, channel=GENERAL, since=3)  # bob saw 1..3 on another gateway
+    finally:
+        feed.deliver = real_deliver
+    for record in held:  # the feed catches up
+        real_deliver(record)
+    (sub,) = tb.take("subscribed")
+    assert sub["offset"] == 3 and sub.get("replayed", 0) == 0
+    assert tb.take("message") == []  # nothing bob had already
+    assert [m["offset"] for m in ta.take("message")] == [1, 2, 3]  # alice, live, gets them once
