@@ -9,7 +9,9 @@ Heads: the hub knows the head of every channel it follows without asking the bro
 (the last record its feed delivered, or a head the broker answered since the follow).  The feed is in
 offset order and a subscriber joins the group before it reads the head, so every record above that head
 reaches it live: a subscribe (or a resume whose ``since`` is already the head, most of a reconnect storm)
-then costs no broker round trip; on Pulsar each was an admin REST call.
+then costs no broker round trip; on Pulsar each was an admin REST call.  A resume whose ``since`` is above
+the hub's head (the client saw more on another gateway than this one's feed has delivered yet) asks the
+broker, so the feed's late records are not sent to it a second time (storm/protocol/subscriptions.py).
 
 A sweeper checks session deadlines (authentication and idle timeouts, token expiry) in one task instead
 of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` (those that
