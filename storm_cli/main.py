@@ -232,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    httpx_log = logging.getLogger("httpx")
+    httpx_level = httpx_log.level  # given back on return: main() also runs inside other programs (the tests)
     if not args.verbose:  # httpx logs every request at INFO: a line per Pulsar admin call and webhook post
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        httpx_log.setLevel(logging.WARNING)
     from storm.redact import install as install_redaction
 
     install_redaction()  # no token or secret in any log line (docs/security.md)
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(message, file=sys.stderr)
         return 2
+    finally:
+        httpx_log.setLevel(httpx_level)
 
 
 if __name__ == "__main__":  # pragma: no cover
