@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -25,7 +22,7 @@ from storm_tools.chaos.judge import server_closes
 from storm_tools.chaos.probes import slow_readers_ok
 from storm_tools.chaos.slo_seam import collect, points_to_json
 from storm_tools.seed import channel_id
-from tests.support.dev_server import ROOT, free_port, healthy
+from tests.support.dev_server import StormProcess
 
 pytestmark = pytest.mark.e2e
 GENERAL = channel_id("demo", "general")
@@ -43,20 +40,15 @@ def _token(base: str, user: str) -> str:
 
 
 async def test_a_stopped_reader_is_cut_and_the_gateways_count_the_cut_as_4008(tmp_path) -> None:
-    port, statsd_port = free_port(), _free_udp_port()
-    env = {**os.environ, "STORM_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/d.db",
-           "STORM_OUTBOX_MAX_BYTES": "65536", "STORM_SOCKET_SEND_BUFFER": "16384",
-           "STORM_PUBLISH_RATE": "100000", "STORM_PUBLISH_BURST": "100000", "STORM_USER_PUBLISH_RATE": "100000",
-           "STORM_USER_PUBLISH_BURST": "100000", "STORM_WORKSPACE_PUBLISH_RATE": "100000",
-           "DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": str(statsd_port), "STORM_METRICS_INTERVAL_S": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "storm_cli", "dev", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    statsd_port = _free_udp_port()
+    server = StormProcess(tmp_path, {
+        "STORM_OUTBOX_MAX_BYTES": "65536", "STORM_SOCKET_SEND_BUFFER": "16384",
+        "STORM_PUBLISH_RATE": "100000", "STORM_PUBLISH_BURST": "100000", "STORM_USER_PUBLISH_RATE": "100000",
+        "STORM_USER_PUBLISH_BURST": "100000", "STORM_WORKSPACE_PUBLISH_RATE": "100000",
+        "DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": str(statsd_port), "STORM_METRICS_INTERVAL_S": "0.5"})
+    server.start()
+    port, base = server.port, server.base
     try:
-        for _ in range(300):
-            if healthy(f"{base}/healthz"):
-                break
-            await asyncio.sleep(0.1)
         async with collect(statsd_port) as collector:
             stats = _Stats()
             reader = await _connect_small_window(
@@ -88,9 +80,4 @@ async def test_a_stopped_reader_is_cut_and_the_gateways_count_the_cut_as_4008(tm
         assert closed_4008 == 1
         assert slow_readers_ok({"carol": reader.ended}, must_close=True, closed_4008=closed_4008)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
