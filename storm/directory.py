@@ -450,6 +450,25 @@ class Directory:
         if user_id is not None:
             await self._forget(workspace, f"chmember:{channel_id.hex}:{user_id.hex}")
 
+    # -- webhooks ---------------------------------------------------------------------------------------
+    async def has_webhooks(self, workspace: Workspace) -> bool:
+        """Whether the workspace has any outgoing webhook: the webhook worker reads the webhooks themselves
+        only then (most workspaces have none; their secrets never go to the cache)."""
+        raw = await self._lookup(workspace.slug, "webhooks")
+        if raw is not None:
+            return raw == b"1"
+
+        async def load() -> bool:
+            hooks = await self.batched_read(workspace.slug, lambda uow: uow.webhooks.list(workspace.id))
+            await self._remember(workspace.slug, "webhooks", b"1" if hooks else b"0")
+            return bool(hooks)
+
+        return await self._load_or_stale(workspace.slug, "webhooks", load, lambda raw: raw == b"1")
+
+    async def forget_webhooks(self, workspace: str) -> None:
+        """After a webhook was created or deleted (committed)."""
+        await self._forget(workspace, "webhooks")
+
     # -- the cache ----------------------------------------------------------------------------------------
     def _memo(self, key: tuple[str, bytes], value: T) -> T:
         if len(self._decoded) >= DECODED_MAX:

@@ -94,6 +94,7 @@ async def create_webhook(services: Services, p: Principal, *, url: str, events: 
         await uow.webhooks.add(hook)
 
     await services.store.run(tx)
+    await services.directory.forget_webhooks(p.workspace.slug)  # the webhook worker reads them from now on
     return hook
 
 
@@ -114,6 +115,7 @@ async def delete_webhook(services: Services, p: Principal, webhook_id: uuid.UUID
 
     if not await services.store.run(tx):
         raise NotFound("no such webhook", field="webhook_id")
+    await services.directory.forget_webhooks(p.workspace.slug)
 
 
 async def deliveries(services: Services, p: Principal, webhook_id: uuid.UUID, *, limit: int,
@@ -186,6 +188,8 @@ async def publish_member_events(services: Services, ws: Workspace, kind: str,
         return await uow.webhooks.list(ws.id)
 
     try:
+        if not await services.directory.has_webhooks(ws):  # most workspaces: no store read at all
+            return
         if not any(kind in hook.events for hook in await services.store.run(load)):
             return
         for user_id, name, role in members:

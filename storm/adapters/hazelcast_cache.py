@@ -67,7 +67,8 @@ MAP_COUNTERS = "storm.counters"  # registry of PN counter names, per workspace (
 MAP_RATE = "storm.rate"
 MAP_REVOKED = "storm.revoked"
 COUNTER_PREFIX = "storm.counter."
-DIRECTORY_KEYS = ("member:", "user:", "channel:", "chmember:")  # plus the exact key "ws"; see storm/directory.py
+DIRECTORY_KEYS = ("member:", "user:", "channel:", "chmember:")  # see storm/directory.py
+DIRECTORY_EXACT = frozenset({"ws", "webhooks"})  # the directory's keys without an id
 
 NEAR_CACHE_TTL_S = 30.0  # = the directory's CACHE_TTL_S: bounds staleness if an invalidation is lost
 NEAR_CACHE_MAX_ENTRIES = 50_000
@@ -245,7 +246,7 @@ class HazelcastCache:
     def _kv_map(self, key: str) -> Any:
         if not isinstance(key, str):
             raise BadRequest("key must be a string", field="key")
-        return self._maps[MAP_DIRECTORY if key == "ws" or key.startswith(DIRECTORY_KEYS) else MAP_KV]
+        return self._maps[MAP_DIRECTORY if key in DIRECTORY_EXACT or key.startswith(DIRECTORY_KEYS) else MAP_KV]
 
     # -- key/value --------------------------------------------------------------------------------------
     @_operation

@@ -365,3 +365,47 @@ async def test_the_last_attempt_prunes_the_log_past_its_retention(worker_env: An
         await _publish(services, channel)
         await _until(lambda: worker.stats["delivered"] == 1)
     assert [(a.attempt, a.status) for a in await _log(services, ws, hook)] == [(2, DeliveryStatus.DELIVERED)]
+
+
+
+async def test_a_workspace_without_webhooks_costs_no_store_read_per_batch_and_a_new_webhook_counts_at_once(
+        tenants_api: TenantsApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1 000 records/s the per-batch webhook read was the consumers' largest cost (docs/benchmarks.md).
+    Whether a workspace has webhooks is cached in the directory and invalidated by the API: records of a
+    workspace without any are acknowledged without a store read, and a webhook created (or deleted) through
+    the API counts for the very next record."""
+    api = tenants_api
+    services = api.services
+    await api.workspace("acme")
+    general = (await api.channel("acme", "general"))["id"]
+    reads: list[int] = []
+    real_run = services.store.run
+
+    async def counting_run(fn: Any, **kw: Any) -> Any:
+        reads.append(1)
+        return await real_run(fn, **kw)
+
+    async def publish(text: str) -> None:
+        event = e.MessageEvent(channel=general, id=str(uuid.uuid4()), author=str(uuid.uuid4()), author_name="A",
+                               text=text, ts=1.0)
+        await services.broker.publish("acme", general, e.encode(event))
+
+    poster = ScriptedPoster({})
+    async with WebhookWorker(services, poster=poster) as worker:
+        await publish("first")
+        await _until(lambda: worker.stats["records"] == 1)  # the directory learnt "no webhooks"
+        monkeypatch.setattr(services.store, "run", counting_run)
+        for n in range(3):  # three more batches
+            await publish(f"quiet {n}")
+            await _until(lambda n=n: worker.stats["records"] == n + 2)
+        assert reads == [] and await services.broker.work_backlog("webhooks") == 0
+        monkeypatch.setattr(services.store, "run", real_run)
+        created = await api.post("/v1/workspaces/acme/webhooks", as_="alice",
+                                 json={"url": "https://hooks.example.com/x", "events": ["message.posted"]})
+        assert created.status == 201, created.body
+        await publish("after the webhook")
+        await _until(lambda: worker.stats["delivered"] == 1)
+        assert (await api.delete(f"/v1/workspaces/acme/webhooks/{created.body['id']}", as_="alice")).status == 204
+        await publish("after the delete")
+        await _until(lambda: worker.stats["records"] == 6)
+    assert [json.loads(body)["data"]["text"] for _, _, body in poster.calls] == ["after the webhook"]
