@@ -8,9 +8,10 @@ Design and guarantees: docs/cache.md.  In short:
 * A fixed set of IMaps, shared by all workspaces; every key starts with ``<len>:<workspace>/`` (the length
   makes the prefix unambiguous whatever the slug holds), and ``drop_workspace`` removes one workspace's
   entries from each map with a key-range predicate.  A fixed set keeps one near cache and one
-  invalidation listener per client, however many workspaces there are.
-* Directory entries (``ws``, ``member:``, ``channel:``, ``chmember:``, written by storm/directory.py) live
-  in ``storm.directory``, which has a client-side near cache invalidated by the members on change.
+  entry listener per client, however many workspaces there are.
+* Directory entries (``ws``, ``webhooks``, ``member:``, ``channel:``, ``chmember:``, written by storm/directory.py) live
+  in ``storm.directory``, read through this process's :class:`NearCache`, invalidated by the map's entry
+  events (one listener per client) and by our own writes.
 * Presence: one ``storm.presence`` entry per (workspace, channel, connection) with a per-entry TTL; the
   value is JSON so queries by (workspace, channel[, user]) use hash indexes.
 * Counters are PN counters (CRDT), one per key, listed in ``storm.counters`` so they can be destroyed.
@@ -26,6 +27,7 @@ import json
 import logging
 import math
 import random
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
@@ -39,7 +41,7 @@ with warnings.catch_warnings():
     from hazelcast.aggregator import count
     from hazelcast.asyncio import HazelcastClient
     from hazelcast.config import Config as HzConfig
-    from hazelcast.config import IndexType, NearCacheConfig
+    from hazelcast.config import IndexType
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.errors import HazelcastError
     from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less, not_equal
@@ -72,6 +74,7 @@ DIRECTORY_EXACT = frozenset({"ws", "webhooks"})  # the directory's keys without 
 
 NEAR_CACHE_TTL_S = 30.0  # = the directory's CACHE_TTL_S: bounds staleness if an invalidation is lost
 NEAR_CACHE_MAX_ENTRIES = 50_000
+NEVER_EXPIRES_MS = 2**62  # an entry view's expiration time for an entry without TTL is Long.MAX_VALUE
 CONNECT_TIMEOUT_S = 10.0  # start() gives up (Unavailable) when no member answers by then
 # After start, the client reconnects for ever (retry backoff up to 30 s): with a finite cluster_connect_timeout
 # the Hazelcast client shuts itself down for good after an outage longer than it, and every later call of the
@@ -98,6 +101,99 @@ def _in_workspace(workspace: str) -> Predicate:
     """Keys that start with the workspace prefix: the range [prefix, prefix with '/' bumped to '0')."""
     prefix = _ns(workspace)
     return and_(greater_or_equal("__key", prefix), less("__key", prefix[:-1] + "0"))
+
+
+def _is_directory_key(key: str) -> bool:
+    return key in DIRECTORY_EXACT or key.startswith(DIRECTORY_KEYS)
+
+
+class NearCache:
+    """The directory's near cache: answers this process read from ``storm.directory``, by key, kept until an
+    entry event of the map says the key changed (set, removed, evicted, expired — from any client), at most
+    ``ttl`` seconds, at most ``max_entries`` (the oldest dropped first).
+
+    Why not the client's own near cache: a hit there cost 20–27 µs of pure Python (the key serialised and
+    murmur-hashed, the value deserialised, a future), and a publish makes about three directory lookups
+    (docs/benchmarks.md, issue 12); a hit here is a dict lookup.  The members send the same one event per
+    change to each client either way.
+
+    Races: an answer read while its key was invalidated is not kept (``begin_read``/``end_read``); our own writes
+    invalidate the key at once; after a reconnection everything is dropped, since events may have been lost
+    while disconnected (hits answer during an outage, as before).  Staleness is otherwise the event's delay
+    (milliseconds on a LAN), and the TTL bounds it if an event is lost."""
+
+    def __init__(self, ttl: float, max_entries: int, now: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._now = now
+        self._entries: dict[str, tuple[bytes, float]] = {}
+        self._reading: dict[str, list[int]] = {}  # key -> [reads in flight, invalidated meanwhile (0/1)]
+        self.hits = 0
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self._now():
+            self._entries.pop(key, None)
+            return None
+        self.hits += 1
+        return entry[0]
+
+    def begin_read(self, key: str) -> None:
+        """A read of ``key`` from the cluster starts; pair with :meth:`end_read`."""
+        state = self._reading.get(key)
+        if state is None:
+            self._reading[key] = [1, 0]
+        else:
+            state[0] += 1
+
+    def end_read(self, key: str, value: bytes | None, lives_s: float) -> None:
+        """Keep ``value`` (for at most ``lives_s``, the entry's remaining life in the cluster) unless ``key`` was
+        invalidated while any read of it was in flight: the answer could be the old one."""
+        state = self._reading.get(key)
+        if state is None:  # cleared meanwhile
+            return
+        state[0] -= 1
+        if state[0] <= 0:
+            del self._reading[key]
+        if state[1] or value is None or lives_s <= 0:
+            return
+        entries = self._entries
+        if len(entries) >= self._max:
+            del entries[next(iter(entries))]
+        entries[key] = (value, self._now() + min(self._ttl, lives_s))
+
+    def invalidate(self, key: str) -> None:
+        self._entries.pop(key, None)
+        state = self._reading.get(key)
+        if state is not None:
+            state[1] = 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        for state in self._reading.values():
+            state[1] = 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # Hazelcast listeners (called on the client's event loop, which is ours)
+    def on_event(self, event: Any) -> None:
+        key = getattr(event, "key", None)
+        if isinstance(key, str):
+            self.invalidate(key)
+        else:
+            self.clear()
+
+    def on_clear(self, _event: Any) -> None:
+        self.clear()
+
+    def on_state(self, state: str) -> None:
+        """While disconnected, hits still answer (as the client's own near cache did: a Hazelcast outage does
+        not stop authorisation); after a (re)connection, events may have been missed: start afresh."""
+        if state == "CONNECTED":
+            self.clear()
 
 
 def _presence_key(workspace: str, channel: str, conn_id: str) -> str:
@@ -177,6 +273,7 @@ class HazelcastCache:
         self._counter_proxies_max = counter_proxies_max
         self._life = Lifecycle("cache")
         self._expiry_checks: set[asyncio.Task[None]] = set()
+        self._near = NearCache(NEAR_CACHE_TTL_S, NEAR_CACHE_MAX_ENTRIES)
 
     def _client_config(self) -> HzConfig:
         cfg = HzConfig()  # type: ignore[no-untyped-call]  # hazelcast's __init__ lacks its `-> None`
@@ -185,11 +282,6 @@ class HazelcastCache:
         cfg.cluster_connect_timeout = CONNECT_TIMEOUT_S  # the first connection; then for ever (_reconnect_forever)
         cfg.invocation_timeout = INVOCATION_TIMEOUT_S
         cfg.statistics_enabled = False
-        near = NearCacheConfig()  # type: ignore[no-untyped-call]  # as above
-        near.invalidate_on_change = True
-        near.time_to_live = NEAR_CACHE_TTL_S
-        near.eviction_max_size = NEAR_CACHE_MAX_ENTRIES
-        cfg.near_caches = {MAP_DIRECTORY: near}
         return cfg
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -201,6 +293,12 @@ class HazelcastCache:
             _reconnect_forever(client)
             for name in (MAP_DIRECTORY, MAP_KV, MAP_PRESENCE, MAP_COUNTERS, MAP_RATE, MAP_REVOKED):
                 self._maps[name] = await client.get_map(name)
+            near = self._near
+            client.lifecycle_service.add_listener(near.on_state)
+            await self._maps[MAP_DIRECTORY].add_entry_listener(
+                include_value=False, added_func=near.on_event, removed_func=near.on_event,
+                updated_func=near.on_event, evicted_func=near.on_event, expired_func=near.on_event,
+                merged_func=near.on_event, evict_all_func=near.on_clear, clear_all_func=near.on_clear)
             presence = self._maps[MAP_PRESENCE]
             # Hash indexes for the two presence queries; adding an existing index is a no-op cluster-side.
             await presence.add_index(attributes=["ws", "ch", "uid"], index_type=IndexType.HASH)
@@ -229,6 +327,7 @@ class HazelcastCache:
         client, self._client = self._client, None
         self._maps.clear()
         self._counter_names.clear()
+        self._near.clear()
         if client is not None:
             await client.shutdown()
 
@@ -246,25 +345,59 @@ class HazelcastCache:
     def _kv_map(self, key: str) -> Any:
         if not isinstance(key, str):
             raise BadRequest("key must be a string", field="key")
-        return self._maps[MAP_DIRECTORY if key in DIRECTORY_EXACT or key.startswith(DIRECTORY_KEYS) else MAP_KV]
+        return self._maps[MAP_DIRECTORY if _is_directory_key(key) else MAP_KV]
 
     # -- key/value --------------------------------------------------------------------------------------
-    @_operation
     async def get(self, workspace: str, key: str) -> bytes | None:
-        value = await self._kv_map(key).get(_ns(workspace) + key)
-        return None if value is None else bytes(value)  # stored as bytearray: Hazelcast's byte[]
+        if isinstance(key, str) and _is_directory_key(key) and self._life.running:
+            hit = self._near.get(_ns(workspace) + key)
+            if hit is not None:
+                return hit
+        return await self._get(workspace, key)
+
+    @_operation
+    async def _get(self, workspace: str, key: str) -> bytes | None:
+        m = self._kv_map(key)
+        full = _ns(workspace) + key
+        if m is not self._maps[MAP_DIRECTORY]:
+            value = await m.get(full)
+            return None if value is None else bytes(value)  # stored as bytearray: Hazelcast's byte[]
+        near = self._near
+        near.begin_read(full)
+        found, lives_s = None, 0.0
+        try:
+            view = await m.get_entry_view(full)  # the value and when it expires, in one round trip
+            if view is not None:
+                found = bytes(view.value)
+                expires = view.expiration_time  # ms since the epoch; Long.MAX_VALUE when it never expires
+                lives_s = math.inf if expires >= NEVER_EXPIRES_MS else expires / 1000.0 - time.time()
+        finally:
+            near.end_read(full, found, lives_s)  # kept unless it changed while we read
+        return found
 
     @_operation
     async def set(self, workspace: str, key: str, value: bytes, ttl: float) -> None:
-        await self._kv_map(key).set(_ns(workspace) + key, bytearray(value), ttl=_hz_ttl(ttl))
+        full = _ns(workspace) + key
+        try:
+            await self._kv_map(key).set(full, bytearray(value), ttl=_hz_ttl(ttl))
+        finally:
+            self._near.invalidate(full)
 
     @_operation
     async def delete(self, workspace: str, key: str) -> None:
-        await self._kv_map(key).delete(_ns(workspace) + key)
+        full = _ns(workspace) + key
+        try:
+            await self._kv_map(key).delete(full)
+        finally:
+            self._near.invalidate(full)
 
     @_operation
     async def put_if_absent(self, workspace: str, key: str, value: bytes, ttl: float) -> bytes | None:
-        existing = await self._kv_map(key).put_if_absent(_ns(workspace) + key, bytearray(value), ttl=_hz_ttl(ttl))
+        full = _ns(workspace) + key
+        try:
+            existing = await self._kv_map(key).put_if_absent(full, bytearray(value), ttl=_hz_ttl(ttl))
+        finally:
+            self._near.invalidate(full)
         return None if existing is None else bytes(existing)
 
     @_operation
