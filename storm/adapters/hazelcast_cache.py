@@ -43,7 +43,7 @@ with warnings.catch_warnings():
     from hazelcast.config import Config as HzConfig
     from hazelcast.config import IndexType
     from hazelcast.core import HazelcastJsonValue
-    from hazelcast.errors import HazelcastError
+    from hazelcast.errors import ConsistencyLostError, HazelcastError
     from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less, not_equal
 
 from storm.errors import BadRequest, Unavailable
@@ -408,8 +408,26 @@ class HazelcastCache:
         counter = await self._counter(COUNTER_PREFIX + registry_key)
         # Listed before (or while) it is first used, so drop_workspace finds it.  No TTL: counters live as
         # long as the workspace.
-        _, value = await asyncio.gather(self._maps[MAP_COUNTERS].set(registry_key, ""), counter.add_and_get(delta))
+        _, value = await asyncio.gather(self._maps[MAP_COUNTERS].set(registry_key, ""),
+                                        self._add_and_get(counter, delta))
         return int(value)
+
+    @staticmethod
+    async def _add_and_get(counter: Any, delta: int) -> int:
+        """``counter.add_and_get``, starting a new session when the replicas lost the old one.
+
+        A member that restarts loses its PN counters (Hazelcast keeps no CRDT state across a restart), and the
+        proxy's session guarantees with them: every later call fails ``ConsistencyLostError`` until the proxy
+        is reset (storm day, a Hazelcast restart: 25 525 connects refused ``unavailable`` by the workspace
+        connection quota).  The failed call changed nothing, so it is retried once after the reset; the count
+        starts again from what the cluster holds (docs/cache.md, "Counters")."""
+        try:
+            return int(await counter.add_and_get(delta))
+        except ConsistencyLostError:
+            log.warning("hazelcast counter %s lost its replica state (member restart?); starting a new session",
+                        counter.name)
+            counter.reset()
+            return int(await counter.add_and_get(delta))
 
     async def _counter(self, name: str) -> Any:
         """The PN counter proxy, keeping at most ``counter_proxies_max`` proxies in the client.
