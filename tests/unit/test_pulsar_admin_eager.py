@@ -51,3 +51,27 @@ async def test_an_admin_call_driven_eagerly_survives_a_dropped_pooled_connection
         await admin.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_transport_that_fails_inside_anyio_is_the_broker_unavailable_not_a_crash() -> None:
+    """storm day (100 000 users, a Pulsar restart) answered 3 subscribes `internal`: a connection dropped as it
+    opened left anyio without a socket, and httpcore raised AttributeError ('getpeername') out of httpx."""
+    import httpx
+    import pytest
+
+    from storm.adapters.pulsar_admin import AdminError
+    from storm.errors import Unavailable
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+
+    admin = PulsarAdmin("http://127.0.0.1:9", "standalone")
+    await admin.start()
+    await admin.close()
+    admin._http = httpx.AsyncClient(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(broken))
+    try:
+        with pytest.raises(AdminError) as caught:
+            await admin.last_position("t", "c")
+        assert isinstance(caught.value, Unavailable) and "getpeername" in str(caught.value)
+    finally:
+        await admin.close()
