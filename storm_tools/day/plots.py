@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -86,9 +87,17 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _per_second_axis(ax: Axes, ylabel: str) -> None:
-    """A panel of counts: from zero, thousands separated, its legend."""
+    """A panel of counts: from zero, thousands separated, its legend.  A panel whose every count is zero says
+    so (matplotlib would scale it to ±0.05, and the whole-number labels would read 0, 0, 0, ...)."""
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    peak = max((float(np.nanmax(np.asarray(line.get_ydata(), dtype=float), initial=0.0))
+                for line in ax.get_lines()), default=0.0)
+    if not peak > 0:
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0, 1])
+        ax.text(0.5, 0.5, "none in this run", transform=ax.transAxes, ha="center", va="center", color="#777777")
+    else:
+        ax.set_ylim(bottom=0)
     _thousands(ax)
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
 

@@ -293,3 +293,26 @@ def test_an_interrupted_run_is_reported_with_what_it_left(tmp_path: Path) -> Non
     (folder / "run.json").write_text(json.dumps(fx.run_json("completed")))
     with pytest.raises(RunFolderError, match=r"processes\.jsonl: missing"):
         load(folder)
+
+
+def test_a_panel_with_nothing_in_it_says_so_instead_of_repeating_zero() -> None:
+    """storm day at 100 000 users with the relay (2026-12-07) delivered nothing live, and its deliveries panel
+    was labelled 0, 0, 0, 0, 0, 0 up the axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from storm_tools.day import plots
+
+    fig, (empty, busy) = plt.subplots(2)
+    empty.plot([0, 1, 2], [0, 0, 0], label="deliveries /s")
+    busy.plot([0, 1, 2], [0, 1500, 20], label="deliveries /s")
+    plots._per_second_axis(empty, "out, per second")
+    plots._per_second_axis(busy, "out, per second")
+    fig.canvas.draw()
+    assert empty.get_ylim() == (0, 1) and [t.get_text() for t in empty.texts] == ["none in this run"]
+    assert busy.get_ylim()[0] == 0 and busy.get_ylim()[1] >= 1500 and len(busy.texts) == 0
+    labels = [t.get_text() for t in empty.get_yticklabels()]
+    assert labels.count("0") <= 1, labels
+    plt.close(fig)
