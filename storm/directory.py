@@ -432,18 +432,22 @@ class Directory:
         return ch
 
     async def _is_channel_member(self, p: Principal, ch: Channel) -> bool:
-        key = f"chmember:{ch.id.hex}:{p.user.id.hex}"
-        raw = await self._lookup(p.workspace.slug, key)
+        return await self._flag(p.workspace.slug, f"chmember:{ch.id.hex}:{p.user.id.hex}",
+                                lambda uow: uow.channels.is_member(p.workspace.id, ch.id, p.user.id))
+
+    async def _flag(self, workspace: str, key: str, read: Callable[[UnitOfWork], Awaitable[object]]) -> bool:
+        """A yes/no answer cached as ``1``/``0``: the cache, else ``read`` (truthy: yes) through the batched
+        store read, remembered; stale if the store is down."""
+        raw = await self._lookup(workspace, key)
         if raw is not None:
             return raw == b"1"
 
         async def load() -> bool:
-            member = await self.batched_read(p.workspace.slug, lambda uow: uow.channels.is_member(p.workspace.id, ch.id,
-                                                                                          p.user.id))
-            await self._remember(p.workspace.slug, key, b"1" if member else b"0")
-            return member
+            yes = bool(await self.batched_read(workspace, read))
+            await self._remember(workspace, key, b"1" if yes else b"0")
+            return yes
 
-        return await self._load_or_stale(p.workspace.slug, key, load, lambda raw: raw == b"1")
+        return await self._load_or_stale(workspace, key, load, lambda raw: raw == b"1")
 
     async def forget_channel(self, workspace: str, channel_id: uuid.UUID, user_id: uuid.UUID | None = None) -> None:
         await self._forget(workspace, f"channel:{channel_id.hex}")
@@ -454,16 +458,7 @@ class Directory:
     async def has_webhooks(self, workspace: Workspace) -> bool:
         """Whether the workspace has any outgoing webhook: the webhook worker reads the webhooks themselves
         only then (most workspaces have none; their secrets never go to the cache)."""
-        raw = await self._lookup(workspace.slug, "webhooks")
-        if raw is not None:
-            return raw == b"1"
-
-        async def load() -> bool:
-            hooks = await self.batched_read(workspace.slug, lambda uow: uow.webhooks.list(workspace.id))
-            await self._remember(workspace.slug, "webhooks", b"1" if hooks else b"0")
-            return bool(hooks)
-
-        return await self._load_or_stale(workspace.slug, "webhooks", load, lambda raw: raw == b"1")
+        return await self._flag(workspace.slug, "webhooks", lambda uow: uow.webhooks.list(workspace.id))
 
     async def forget_webhooks(self, workspace: str) -> None:
         """After a webhook was created or deleted (committed)."""
