@@ -61,6 +61,9 @@ def _aware(value: datetime) -> datetime:
     return result
 
 
+READ_STATE_CHUNK = 100  # (user, channel) pairs per statement of SqlReadMarkerRepository.unread_at
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -508,6 +511,35 @@ class SqlReadMarkerRepository(_Repository):
             for channel_id, n in await self._execute(count):
                 counts[channel_id] = int(n)
         return {ch: (marks[ch], counts[ch]) for ch in wanted}
+
+    async def unread_at(
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+    ) -> list[tuple[int, int]]:
+        """Two statements per ``READ_STATE_CHUNK`` pairs, whatever their users and channels: the markers (a
+        superset, the users' rows in the channels, filtered here), then one count per pair whose marker is
+        below its head, as scalar subqueries of one ``SELECT`` (each an index range scan of the messages).
+        Subscribes that arrive together ask together (``storm.directory.Directory.read_state``): two
+        statements each cost more than the rest of a subscribe (docs/benchmarks.md)."""
+        rm, msg = m.read_markers, m.messages
+        out: list[tuple[int, int]] = []
+        for chunk in _chunks(wanted, READ_STATE_CHUNK):
+            users = list(dict.fromkeys(u for u, _, _ in chunk))
+            channels = list(dict.fromkeys(c for _, c, _ in chunk))
+            query = select(rm.c.user_id, rm.c.channel_id, rm.c.offset).where(
+                rm.c.workspace_id == workspace_id, rm.c.channel_id.in_(channels), rm.c.user_id.in_(users))
+            marks = {(u, c): int(o) for u, c, o in await self._execute(query)}
+            got = [marks.get((u, c), 0) for u, c, _ in chunk]
+            todo = [i for i, (_, _, head) in enumerate(chunk) if got[i] < head]
+            counts = dict.fromkeys(range(len(chunk)), 0)
+            if todo:
+                columns = [select(func.count()).where(
+                    msg.c.workspace_id == workspace_id, msg.c.channel_id == chunk[i][1], msg.c.offset > got[i],
+                    msg.c.offset <= chunk[i][2], msg.c.author_id != chunk[i][0], msg.c.deleted_at.is_(None),
+                ).scalar_subquery().label(f"n{i}") for i in todo]
+                row = (await self._execute(select(*columns))).one()
+                counts.update(zip(todo, (int(n) for n in row), strict=True))
+            out.extend((got[i], counts[i]) for i in range(len(chunk)))
+        return out
 
 
 # ---- webhooks (storm/webhooks.py) --------------------------------------------------------------------------

@@ -109,6 +109,8 @@ class Directory:
         self._readers: set[asyncio.Task[None]] = set()
         self._reads: dict[str, list[tuple[Callable[[UnitOfWork], Awaitable[Any]], asyncio.Future[Any]]]] = {}
         self._reads_running: set[str] = set()
+        # read states waiting for the next drain, per workspace (Directory.read_state)
+        self._states: dict[str, list[tuple[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[tuple[int, int]]]]] = {}
         # (workspace, key) -> (the last answer this process saw, when): served while the store is down
         self._last_known: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._now: Callable[[], float] = time.monotonic
@@ -200,6 +202,44 @@ class Directory:
             self._readers.add(task)
             task.add_done_callback(self._readers.discard)
         return cast(T, await future)
+
+    async def read_state(self, workspace: Workspace, user_id: uuid.UUID, channel_id: uuid.UUID,
+                         head: int) -> tuple[int, int]:
+        """The user's read marker of the channel and the unread messages up to ``head`` (``subscribed.read``
+        and ``unread``, docs/protocol.md "Read state").  The read states asked while one is being read are
+        read together, as **one** ``unread_at`` (two statements for up to a hundred of them) in the next
+        :meth:`batched_read` of the workspace: two statements per subscribe were most of a subscribe's cost
+        (``storm bench connect --subscribe 1``, docs/benchmarks.md)."""
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        pending = self._states.setdefault(workspace.slug, [])
+        pending.append(((user_id, channel_id, head), future))
+        if len(pending) == 1:  # the first since the last drain: the next batch reads them all
+            taken: list[tuple[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[tuple[int, int]]]] = []
+
+            async def drain(uow: UnitOfWork) -> list[tuple[int, int]]:
+                taken.extend(self._states.pop(workspace.slug, []))
+                return await uow.read_markers.unread_at(workspace.id, [item for item, _ in taken])
+
+            def settle(task: asyncio.Future[list[tuple[int, int]]]) -> None:
+                if task.cancelled() or task.exception() is not None:
+                    # never drained (the batch failed first): everything pending was waiting for this drain
+                    waiting = taken or self._states.pop(workspace.slug, [])
+                    exc = (Unavailable("the read state's read was cancelled (shutting down)") if task.cancelled()
+                           else task.exception())
+                    for _, f in waiting:
+                        if not f.done():
+                            f.set_exception(cast(BaseException, exc))
+                            f.exception()
+                    return
+                for (_, f), value in zip(taken, task.result(), strict=True):
+                    if not f.done():
+                        f.set_result(value)
+
+            task = asyncio.ensure_future(self.batched_read(workspace.slug, drain))
+            self._readers.add(cast("asyncio.Task[None]", task))
+            task.add_done_callback(self._readers.discard)
+            task.add_done_callback(settle)
+        return await future
 
     async def _run_reads(self, workspace: str) -> None:
         try:

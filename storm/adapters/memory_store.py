@@ -427,6 +427,19 @@ class MemoryReadMarkerRepository(_Repository):
                 counts[msg.channel_id] += 1
         return {ch: (marks[ch], counts[ch]) for ch in marks}
 
+    async def unread_at(
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+    ) -> list[tuple[int, int]]:
+        t = self._t
+        out: list[tuple[int, int]] = []
+        for user_id, channel_id, head in wanted:
+            mark = t.read_markers.get((workspace_id, channel_id, user_id), 0)
+            n = sum(1 for msg in t.messages.values()
+                    if msg.workspace_id == workspace_id and msg.channel_id == channel_id and mark < msg.offset <= head
+                    and msg.author_id != user_id and msg.deleted_at is None) if mark < head else 0
+            out.append((mark, n))
+        return out
+
 
 MAX_DELIVERIES = 10_000  # delivery-log entries the embedded store keeps (all workspaces), oldest dropped
 

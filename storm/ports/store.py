@@ -171,6 +171,15 @@ class ReadMarkerRepository(Protocol):
         offset that are not deleted).  Every channel asked for is in the result."""
         ...
 
+    async def unread_at(
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+    ) -> list[tuple[int, int]]:
+        """For each ``(user, channel, head)``, in order: (the user's marker in the channel, 0 when none; the
+        stored, not deleted messages of other users with ``marker < offset <= head``).  What a subscribe
+        answers (``subscribed.read``/``unread``): records above ``head`` reach the subscriber live.  For many
+        subscribes at once: a fixed number of statements, not two per pair."""
+        ...
+
 
 class WebhookRepository(Protocol):
     """Outgoing webhooks, incoming webhooks and the delivery log (docs/tenants-api.md "Webhooks")."""

@@ -132,8 +132,7 @@ class Subscriptions:
             last = max(last, sub.last)
         replay = [r for r in records if r.offset > last]
         try:  # the read state is a convenience: a store that does not answer must not stop the live path
-            read, unread = (await ctx.directory.batched_read(  # one transaction for the subscribes meanwhile
-                ws, lambda uow: uow.read_markers.unread(p.workspace.id, p.user.id, [ch.id])))[ch.id]
+            read, unread = await ctx.directory.read_state(p.workspace, p.user.id, ch.id, head)
         except StormError as exc:
             log.warning("read state unavailable ws=%s channel=%s: %s", ws, channel, exc.message)
             read, unread = 0, 0

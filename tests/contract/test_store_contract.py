@@ -831,3 +831,34 @@ async def test_unread_counts_others_messages_after_the_marker_and_mine_lists_own
         assert await uow.reactions.mine(ws.id, me, [theirs[0].id, theirs[1].id]) == {theirs[0].id: ["🎉", "👍"]}
         assert await uow.reactions.mine(ws.id, you, [theirs[0].id]) == {theirs[0].id: ["👍"]}
         assert await uow.reactions.mine(other_ws.id, me, [theirs[0].id]) == {}
+
+
+async def test_unread_at_answers_many_pairs_at_once_counting_up_to_each_head(store: Store) -> None:
+    """``read_markers.unread_at``: for each (user, channel, head), in order, the marker and the stored, not
+    deleted messages of others with ``marker < offset <= head`` (what a subscribe at ``head`` has not seen
+    and will not get live); pairs of other users, channels and workspaces do not leak into each other, and
+    more pairs than one statement's chunk come back whole."""
+    ws, other_ws, me, you = _ws(), _ws(), uuid.uuid4(), uuid.uuid4()
+    ch, quiet, foreign = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    theirs = [_msg(ws, ch, off, author=you) for off in (10, 20, 1000, 2**30)]
+    await _add(store, ws, other_ws, _msg(ws, ch, 15, author=me), *theirs, _msg(other_ws, foreign, 5, author=you),
+               ReadMarker(ws.id, ch, me, 20), ReadMarker(ws.id, quiet, you, 7), ReadMarker(other_ws.id, ch, me, 99))
+
+    async def delete_one(uow: UnitOfWork) -> bool:
+        return await uow.messages.delete(ws.id, theirs[2].id, T0)
+
+    assert await store.run(delete_one)
+    async with store.unit_of_work() as uow:
+        asked = [(me, ch, 2**30), (me, ch, 1000), (you, ch, 2**30), (me, quiet, 0), (you, quiet, 9),
+                 (me, foreign, 5), (you, ch, 12), (me, ch, 20)]
+        assert await uow.read_markers.unread_at(ws.id, asked) == [
+            (20, 1),  # 2**30 only: 1000 deleted, 15 mine, 10 and 20 read
+            (20, 0),  # head 1000: the message at 2**30 comes live
+            (0, 1),   # my message at 15 is theirs to read
+            (0, 0), (7, 0), (0, 0),  # quiet channel; marker without messages; another workspace's channel
+            (0, 0),   # head 12: none of mine before it
+            (20, 0),  # marker at the head: nothing to count
+        ]
+        assert await uow.read_markers.unread_at(ws.id, []) == []
+        many = [(uuid.uuid4(), ch, 2**30) for _ in range(250)] + [(me, ch, 2**30)]
+        assert await uow.read_markers.unread_at(ws.id, many) == [(0, 4)] * 250 + [(20, 1)]  # 10, 15, 20, 2**30

@@ -281,3 +281,37 @@ async def test_while_the_store_is_down_expired_entries_answer_from_their_last_kn
         store.down = False  # back: read and cached again
         p = await directory.principal(claims("dev|bo"))
         assert p.role is Role.MEMBER
+
+
+async def test_read_states_asked_together_are_one_read_and_each_gets_its_own(slow: Any) -> None:
+    """``Directory.read_state`` (a subscribe's ``read``/``unread``): those that arrive while one is read are
+    read together, by one ``unread_at`` in one unit of work, and each answer goes to its own caller."""
+    from storm.domain import ReadMarker
+
+    store, directory = slow
+    ids = await _members(store, directory, 30, "r")
+    ch = uuid.uuid4()
+    async with store.unit_of_work() as uow:
+        for i, uid in enumerate(ids):
+            await uow.read_markers.advance(ReadMarker(WS.id, ch, uid, 10 + i))
+        await uow.commit()
+    before = store.units
+    first = asyncio.ensure_future(directory.read_state(WS, ids[0], ch, 100))
+    await asyncio.sleep(0.005)  # its read is under way
+    rest = await asyncio.gather(*(directory.read_state(WS, uid, ch, 100) for uid in ids[1:]))
+    assert [await first, *rest] == [(10 + i, 0) for i in range(30)]
+    # the read takes what is pending when its unit of work is open: the 29 that came meanwhile join the first
+    assert store.units - before == 1
+
+
+async def test_a_failed_read_state_read_fails_its_callers_and_the_next_ones_read_again(slow: Any) -> None:
+    """A unit of work that fails before the read states are read (the store unreachable) fails every caller
+    waiting for it, and leaves nothing stranded: the next ones are read."""
+    store, directory = slow
+    (uid,) = await _members(store, directory, 1, "x")
+    ch = uuid.uuid4()
+    store.fail_next = Unavailable("database unreachable")
+    results = await asyncio.gather(*(directory.read_state(WS, uid, ch, 5) for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert await asyncio.wait_for(directory.read_state(WS, uid, ch, 5), 1) == (0, 0)
