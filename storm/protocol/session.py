@@ -431,7 +431,14 @@ class Session:
         self.subscriptions.deliver(channel, offset, data)
 
     # -- deadlines (called by the hub's sweeper) ----------------------------------------------------------
-    def check_deadlines(self, now: float) -> None:
+    @property
+    def awaiting_auth(self) -> bool:
+        """Not authenticated yet: the authentication deadline still applies (the hub's sweeper)."""
+        return self.state is State.AWAITING_AUTH
+
+    def check_deadlines(self, now: float, wall: float | None = None) -> None:
+        """``now``: the monotonic clock; ``wall``: the wall clock (token expiry), read once per sweep by the
+        hub, else here."""
         cfg = self.ctx.config
         if self.state is State.AWAITING_AUTH and self._auth_at is not None:
             # The auth frame came in time; verifying it is what is slow (an overloaded gateway, a slow
@@ -447,7 +454,8 @@ class Session:
             if now - self.last_seen >= cfg.idle_timeout_s:
                 self._close(CloseCode.IDLE_TIMEOUT, "idle timeout")
                 return
-            wall = self.ctx.clock.time()
+            if wall is None:
+                wall = self.ctx.clock.time()
             if wall >= self._expires_at:
                 self._end(Disconnect(CloseCode.TOKEN_EXPIRED, ErrorCode.UNAUTHENTICATED,
                                      "token expired; reconnect with a fresh token", reason="token expired"))
