@@ -52,16 +52,19 @@ PresenceExpired = Callable[[str, str, PresenceEntry], None]  # (workspace, chann
 Unwatch = Callable[[], Awaitable[None]]
 
 
+_NUMBER = (int, float)  # a tuple: ``int | float`` in the body built a union object on every call (py-spy)
+
+
 def check_ttl(ttl: float) -> float:
     """Every adapter's TTL rule: a finite number of seconds > 0 (Hazelcast would read 0 as "forever")."""
-    if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+    if not (isinstance(ttl, _NUMBER) and math.isfinite(ttl) and ttl > 0):
         raise BadRequest(f"ttl must be a finite number of seconds > 0, not {ttl!r}", field="ttl")
     return float(ttl)
 
 
 def check_bucket(rate: float, burst: int, cost: int) -> None:
     """Every adapter's token-bucket argument rule (see ``Cache.rate_take``)."""
-    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+    if not (isinstance(rate, _NUMBER) and math.isfinite(rate) and rate > 0):
         raise BadRequest(f"rate must be a finite number > 0, not {rate!r}", field="rate")
     if not (isinstance(burst, int) and burst >= 1):
         raise BadRequest(f"burst must be an integer >= 1, not {burst!r}", field="burst")
