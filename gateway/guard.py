@@ -17,8 +17,11 @@ socket costs no session, no task and no outbox:
   The bound also follows the gateway's **pace**: beyond ``QUEUE_FLOOR`` handshakes in progress, an upgrade
   is refused when those in progress would take more than ``QUEUE_TARGET_S`` to answer at the rate handshakes
   were answered over the last ``PACE_WINDOW_S`` (Little's law), with a ``Retry-After`` of that wait (at most
-  ``RETRY_AFTER_MAX_S``); with nothing answered in that window (a cold start, a lull) only the fixed bound
-  holds.  A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
+  ``RETRY_AFTER_MAX_S``); with nothing answered in that window (a lull) the pace last measured stands in,
+  and only a gateway that never answered one (a cold start) is held by the fixed bound alone.  A reconnect
+  storm comes after a lull: the survivors of a gateway kill are idle but for pings when thousands of
+  clients arrive within a second, and the fixed bound alone let them queue ~20 s of handshakes; most
+  timed out on the client and were retried, their work wasted (`storm bench reconnect`, 2026-12-07).  A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
   a minute of work: the clients timed out after 30 s and retried, and the gateways spent their time on
   handshakes nobody was waiting for any more (docs/storm-day.md).
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
@@ -67,6 +70,7 @@ class HandshakeGuard:
         self._clock = clock
         self._retry_after = config.handshake_retry_after_s
         self._answered: deque[list[float]] = deque()  # [slot start, handshakes answered in it], oldest first
+        self._last_pace = 0.0  # the pace when last measured: what bounds a storm that follows a lull
 
     def admit(self, headers: dict[str, str], ip: str) -> Refusal | None:
         """Check an upgrade (``headers`` with lower-case names); None admits it and counts it for ``ip`` and
@@ -80,7 +84,7 @@ class HandshakeGuard:
         if self.handshakes >= self._max_handshakes:
             self.refused["overload"] += 1
             return self._overloaded
-        if self.handshakes >= QUEUE_FLOOR and (pace := self.pace()) > 0:  # no pace yet (cold, a lull): the bound
+        if self.handshakes >= QUEUE_FLOOR and (pace := self.pace() or self._last_pace) > 0:  # never any: the bound
             wait = self.handshakes / pace
             if wait > QUEUE_TARGET_S:
                 self.refused["overload"] += 1
@@ -117,7 +121,8 @@ class HandshakeGuard:
         if not slots:
             return 0.0
         span = max(2 * PACE_SLOT_S, min(PACE_WINDOW_S, now - slots[0][0] + PACE_SLOT_S))  # a storm's first second
-        return sum(n for _, n in slots) / span
+        self._last_pace = sum(n for _, n in slots) / span
+        return self._last_pace
 
     def release(self, ip: str) -> None:
         left = self.per_ip.get(ip, 0) - 1

@@ -75,3 +75,22 @@ def test_sockets_that_go_away_do_not_count_in_the_pace() -> None:
     room = int(20 * QUEUE_TARGET_S) + 1 - guard.handshakes
     assert guard.handshakes == 580 and room < 0
     assert _admit(guard, 1) == [503]
+
+
+def test_a_storm_after_a_lull_is_held_to_the_pace_last_measured() -> None:
+    """The survivors of a gateway kill: a pace measured during the ramp, a quiet hold longer than the pace
+    window, then thousands of upgrades within a second. The pace last measured bounds them, not the fixed
+    bound: those admitted are answered within the target, the rest told to come back."""
+    clock = Clock()
+    guard = _guard(clock, max_handshakes=100_000, max_connections_per_ip=100_000, handshake_retry_after_s=2)
+    for _ in range(int(PACE_WINDOW_S * 4)):  # a ramp answered at 40 per second
+        assert _admit(guard, 10) == [0] * 10
+        clock.t += 0.25
+        for _ in range(10):
+            guard.handshake_over()
+    assert 38 <= guard.pace() <= 42
+    clock.t += 10 * PACE_WINDOW_S  # the hold: nothing answered for a while
+    statuses = _admit(guard, 2000)
+    admitted = statuses.count(0)
+    assert QUEUE_FLOOR <= admitted <= 42 * QUEUE_TARGET_S + 1  # ~200, not 2 000
+    assert statuses == [0] * admitted + [503] * (2000 - admitted)
