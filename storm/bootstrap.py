@@ -216,6 +216,7 @@ def pulsar_settings(config: Config) -> PulsarSettings:
         gateway_id=config.gateway_id, max_channel_readers=config.max_channel_readers,
         ack_timeout_s=config.ack_timeout_s, max_redeliveries=config.consumer_max_redeliveries,
         send_timeout_s=config.publish_timeout_s, broadcast=config.broadcast,
+        work_attach_chunk=config.work_attach_chunk,
     )
 
 

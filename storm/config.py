@@ -132,6 +132,11 @@ class Config:
         30.0, "STORM_ACK_TIMEOUT_S", "Unacknowledged work is redelivered after this."
     )
     nack_delay_s: float = _setting(1.0, "STORM_NACK_DELAY_S", "Delay before a nacked message returns.")
+    work_attach_chunk: int = _setting(
+        100, "STORM_WORK_ATTACH_CHUNK", "Pulsar: channel topics per consumer of a work subscription; a workspace's "
+        "topics are subscribed in chunks of at most this many, and a chunk that fails is retried in halves "
+        "(docs/consumers.md)."
+    )
     webhook_max_attempts: int = _setting(
         5, "STORM_WEBHOOK_MAX_ATTEMPTS", "POSTs of one event to one webhook before it is dead-lettered."
     )
@@ -292,7 +297,7 @@ class Config:
             "port", "max_frame_bytes", "max_subscriptions", "outbox_max_events", "outbox_max_bytes",
             "coalesce_max_bytes", "history_page_max", "retention_messages", "consumer_batch",
             "consumer_max_redeliveries", "auth_timeout_s", "idle_timeout_s", "heartbeat_s", "token_ttl_s",
-            "max_channel_readers", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
+            "max_channel_readers", "work_attach_chunk", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
             "metrics_interval_s", "dd_dogstatsd_port", "webhook_max_attempts", "webhook_timeout_s",
             "webhook_log_retention_s", "presence_broadcast_max", "presence_page_max",
         )

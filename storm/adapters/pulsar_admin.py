@@ -196,6 +196,11 @@ class PulsarAdmin:
         return sum_backlog(resp.json(), subscription)
 
     # -- topics -----------------------------------------------------------------------------------------
+    async def channel_topics(self, tenant: str) -> list[str]:
+        """Full names of the persistent topics in a workspace's channels namespace; none when it has none."""
+        resp = await self._call("GET", f"/admin/v2/persistent/{tenant}/{CHANNELS_NS}", ok=(404,))
+        return [] if resp.status_code == 404 else [str(t) for t in resp.json()]
+
     async def create_topic(self, tenant: str, channel: str) -> None:
         """Create a channel's persistent topic ahead of its first publish (409: it exists)."""
         await self._call("PUT", f"/admin/v2/persistent/{tenant}/{CHANNELS_NS}/{channel}", ok=(409,))

@@ -242,6 +242,7 @@ class PulsarSettings:
     max_redeliveries: int  # STORM_CONSUMER_MAX_REDELIVERIES: the worker's bound; not given to Pulsar (pulsar_work.py)
     send_timeout_s: float  # STORM_PUBLISH_TIMEOUT_S
     broadcast: str = "readers"  # STORM_BROADCAST: readers (a reader per followed channel) or relay (pulsar_relay.py)
+    work_attach_chunk: int = 100  # STORM_WORK_ATTACH_CHUNK: channel topics per work consumer (pulsar_work.py)
 
 
 def _relay_needs_its_class() -> ValueError:
@@ -263,7 +264,7 @@ class PulsarBroker:
     ) -> None:
         """``workspace_filter`` limits which tenants work subscriptions discover (tests give each test its
         own); ``discovery_period_s`` is how often tenants are listed, ``pattern_discovery_s`` how often a
-        workspace's consumer looks for new channel topics."""
+        work subscription lists a workspace's channel topics to attach new ones."""
         self._settings = settings
         self._clock = clock
         self._gateway_id = settings.gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
@@ -275,6 +276,7 @@ class PulsarBroker:
             ack_timeout_s=settings.ack_timeout_s,
             discovery_period_s=discovery_period_s,
             pattern_discovery_s=pattern_discovery_s,
+            attach_chunk=settings.work_attach_chunk,
         )
         self._workspace_filter = workspace_filter or (lambda _ws: True)
         self.admin = PulsarAdmin(settings.admin_url, settings.cluster)
@@ -595,6 +597,9 @@ class _Directory(WorkspaceDirectory):
 
     async def workspaces(self) -> list[str]:
         return await self._broker.workspaces()
+
+    async def channel_topics(self, workspace: str) -> list[str]:
+        return await self._broker.admin.channel_topics(workspace)
 
 
 def _after(pos: Any) -> Any:

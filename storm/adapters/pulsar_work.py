@@ -1,9 +1,19 @@
 """Work sharing on Pulsar: the WorkSubscription of the Pulsar broker adapter (docs/adr/0005-pulsar-broker.md).
 
 A work subscription named ``name`` is a Key_Shared subscription ``name`` on every channel topic of every
-workspace: one pattern consumer per workspace (``persistent://{ws}/channels/[^.]+``, initial position
-Earliest so nothing published before the consumer found a topic is lost).  Messages are keyed by channel,
-so Pulsar hands all of a channel to one consumer at a time, in order.
+workspace (``persistent://{ws}/channels/[^.]+``, initial position Earliest so nothing published before a
+consumer found its topic is lost).  Messages are keyed by channel, so Pulsar hands all of a channel to one
+consumer at a time, in order.
+
+Attaching (docs/consumers.md, "Attaching to a workspace"; ADR 0005, "Amendment: attaching in chunks"): each
+workspace has a task that lists its channel topics (admin API) every ``pattern_discovery_s`` and subscribes
+the ones not attached yet in chunks of at most ``attach_chunk`` topics, one multi-topic consumer per chunk,
+``ATTACH_CONCURRENCY`` chunk subscribes at a time per subscription.  A chunk attaches whole or not at all
+(the client's multi-topic subscribe), but chunks are independent: the ones that attached stay, and only the
+missing topics are tried again, after a backoff, in chunks half as large.  One pattern consumer over all of
+a workspace's topics (until 2026-12-07) was all-or-nothing over hundreds of topics and, on the slow broker
+of storm day, timed out every time: the consumers never attached (docs/storm-day.md).  Each topic is in one
+chunk consumer of a subscription at a time, so per-channel order is Pulsar's Key_Shared order as before.
 
 On top of Pulsar this module keeps, per channel, the port's ordering promise across redeliveries: once a
 delivery of a channel is handed back (``nack`` or ack timeout), later records of that channel are held
@@ -37,6 +47,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -54,26 +66,43 @@ from storm.ports.broker import Delivery, Record
 log = logging.getLogger("storm.broker.pulsar.work")
 
 NACK_FLOOR_S = 0.1  # the consumers' fixed negative-ack redelivery delay
-ATTACH_CONCURRENCY = 16  # workspaces subscribed to at once when a work subscription starts
+# Chunk subscribes in flight per work subscription, over all its workspaces (a chunk is up to attach_chunk
+# topics, fewer after failures).  Attaching workspace after workspace took ~0.5 s each: a consumer process on
+# a cluster with 60 tenants needed 30 s before it persisted anything.
+ATTACH_CONCURRENCY = 8
 TOPIC_KEYS_MAX = 100_000  # parsed topic names kept (one per channel seen); past it the cache starts over
+_BYTES = pulsar.schema.BytesSchema()
 
 
 @dataclass(frozen=True, slots=True)
 class WorkOptions:
     ack_timeout_s: float
-    discovery_period_s: float = 30.0
-    pattern_discovery_s: int = 5
+    discovery_period_s: float = 30.0  # how often tenants are listed
+    pattern_discovery_s: float = 5  # how often each workspace's channel topics are listed
     receiver_queue: int = 1000
     high_water: int = 5000  # records buffered locally before the pump pauses
+    attach_chunk: int = 100  # topics per consumer (STORM_WORK_ATTACH_CHUNK)
+    attach_backoff_s: float = 1.0  # pause after a round with failures; doubled per failed round in a row
+    attach_backoff_cap_s: float = 30.0
 
 
 class WorkspaceDirectory(Protocol):
     async def workspaces(self) -> list[str]: ...
 
+    async def channel_topics(self, workspace: str) -> list[str]:
+        """The full names of the workspace's topics in its channels namespace (filtered here)."""
+        ...
+
+
+def chunked(topics: Sequence[str], size: int) -> list[list[str]]:
+    """``topics`` in order, cut into lists of at most ``size``."""
+    size = max(1, size)
+    return [list(topics[i:i + size]) for i in range(0, len(topics), size)]
+
 
 @dataclass(eq=False, slots=True)
 class _Token:
-    consumer: _WsConsumer
+    consumer: _ChunkConsumer
     msg: Any  # _pulsar.Message
     key: tuple[str, str]
     offset: int
@@ -81,23 +110,49 @@ class _Token:
     settled: bool = False
 
 
-class _WsConsumer:
-    """One workspace's pattern consumer.  Its messages arrive through a listener (see the module's
-    "Throughput" note); ``raw`` is set once the subscription exists."""
+class _ChunkConsumer:
+    """One multi-topic consumer over a chunk of a workspace's channel topics.  Its messages arrive through a
+    listener (see the module's "Throughput" note); ``raw`` is set once the subscription exists."""
 
-    __slots__ = ("closed", "consumer", "raw", "workspace")
+    __slots__ = ("closed", "raw", "topics", "workspace")
 
-    def __init__(self, workspace: str) -> None:
+    def __init__(self, workspace: str, topics: tuple[str, ...]) -> None:
         self.workspace = workspace
-        self.consumer: pulsar_async.Consumer | None = None
+        self.topics = topics
         self.raw: Any = None  # _pulsar.Consumer
         self.closed = False
 
     async def close(self) -> None:
         self.closed = True
-        if self.consumer is not None:
+        if self.raw is not None:
             with contextlib.suppress(Exception):
-                await self.consumer.close()
+                await pulsar_async.Consumer(self.raw, _BYTES).close()
+
+
+class _Workspace:
+    """What a subscription holds of one workspace: its chunk consumers, the topics they cover, and the task
+    that keeps them attached."""
+
+    __slots__ = ("attached", "chunks", "first_round", "name", "removed", "task")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.chunks: list[_ChunkConsumer] = []
+        self.attached: set[str] = set()
+        self.first_round = asyncio.Event()  # set once the first listing and its subscribes are done
+        self.task: asyncio.Task[None] | None = None
+        self.removed = False
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one attach round of a workspace did."""
+
+    listed: int = 0  # channel topics listed
+    failed: int = 0  # of those, topics still not attached: in chunks whose subscribe failed
+    chunks_failed: int = 0
+    error: BaseException | None = None  # the first failure: the listing's or a subscribe's
+    listing_failed: bool = False
 
 
 def _ack_done(result: Any) -> None:  # on a client thread
@@ -114,8 +169,8 @@ class PulsarWorkSubscription:
         self._directory = directory
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
-        self._consumers: dict[str, _WsConsumer] = {}
-        self._attaching: dict[str, asyncio.Task[None]] = {}
+        self._workspaces: dict[str, _Workspace] = {}
+        self._gate = asyncio.Semaphore(ATTACH_CONCURRENCY)
         self._ready: deque[Delivery] = deque()
         self._held: dict[tuple[str, str], list[Delivery]] = {}
         self._awaited: dict[tuple[str, str], set[int]] = {}  # key -> offsets handed back, not yet returned
@@ -123,7 +178,7 @@ class PulsarWorkSubscription:
         self._timers: set[asyncio.TimerHandle] = set()
         self._dlq: dict[str, pulsar_async.Producer] = {}
         self._event = asyncio.Event()
-        self._inbox: deque[tuple[_WsConsumer, Any]] = deque()  # appended by the client's listener thread
+        self._inbox: deque[tuple[_ChunkConsumer, Any]] = deque()  # appended by the client's listener thread
         self._topic_keys: dict[str, tuple[str, str]] = {}  # topic name -> (workspace, channel), parsed once
         self._wake_pending = False
         self._waiting = False  # a receive() is waiting for records: the listener must wake the loop
@@ -133,15 +188,11 @@ class PulsarWorkSubscription:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Attach to every known workspace, ``ATTACH_CONCURRENCY`` at a time (one after another took ~0.5 s
-        each: a consumer process on a cluster with 60 tenants needed 30 s before it persisted anything)."""
-        gate = asyncio.Semaphore(ATTACH_CONCURRENCY)
-
-        async def attach(ws: str) -> None:
-            async with gate:
-                await self._attach(ws)
-
-        await asyncio.gather(*(attach(ws) for ws in await self._directory.workspaces()))
+        """Attach to every known workspace; return once each has had its first round (listing and chunk
+        subscribes, whatever their outcome: what failed is retried in the background)."""
+        for ws in await self._directory.workspaces():
+            self.workspace_added(ws)
+        await asyncio.gather(*(w.first_round.wait() for w in list(self._workspaces.values())))
         self._spawn(self._discover_forever())
         self._spawn(self._tick_forever())
 
@@ -158,37 +209,52 @@ class PulsarWorkSubscription:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        for task in list(self._tasks) + list(self._attaching.values()):
+        workspaces = list(self._workspaces.values())
+        tasks = list(self._tasks) + [w.task for w in workspaces if w.task is not None]
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks) + list(self._attaching.values()):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for c in list(self._consumers.values()):
-            await c.close()  # unacked records go back to the subscription's other consumers
-        self._consumers.clear()
+        for w in workspaces:  # after their tasks: no chunk attaches any more
+            w.first_round.set()
+            for c in w.chunks:
+                await c.close()  # unacked records go back to the subscription's other consumers
+        self._workspaces.clear()
         for producer in self._dlq.values():
             with contextlib.suppress(Exception):
                 await producer.close()
         self._dlq.clear()
         self._on_closed(self)
 
+    # -- introspection (tests, benches) ----------------------------------------------------------------
+    def attached_topics(self, workspace: str) -> int:
+        """Channel topics of ``workspace`` this subscription has a consumer on."""
+        w = self._workspaces.get(workspace)
+        return len(w.attached) if w is not None else 0
+
+    def consumer_count(self, workspace: str) -> int:
+        w = self._workspaces.get(workspace)
+        return len(w.chunks) if w is not None else 0
+
     # -- workspaces -----------------------------------------------------------------------------------
     def workspace_added(self, workspace: str) -> None:
-        if self._closed or workspace in self._consumers or workspace in self._attaching:
+        if self._closed or workspace in self._workspaces:
             return
-        task = self._loop.create_task(self._attach(workspace))
-        self._attaching[workspace] = task
-        task.add_done_callback(lambda _t: self._attaching.pop(workspace, None))
+        w = self._workspaces[workspace] = _Workspace(workspace)
+        w.task = self._loop.create_task(self._tend(w))
 
     async def workspace_removed(self, workspace: str) -> None:
-        task = self._attaching.pop(workspace, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        c = self._consumers.pop(workspace, None)
-        if c is not None:
-            await c.close()
+        w = self._workspaces.pop(workspace, None)
+        if w is not None:
+            w.removed = True
+            w.first_round.set()
+            if w.task is not None:
+                w.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await w.task
+            for c in w.chunks:
+                await c.close()
         self._ready = deque(d for d in self._ready if d.record.workspace != workspace)
         for key in [k for k in self._held if k[0] == workspace]:
             del self._held[key]
@@ -209,59 +275,126 @@ class PulsarWorkSubscription:
             except Exception as exc:
                 log.warning("subscription=%s: listing workspaces failed: %s", self._name, exc)
                 continue
-            for ws in found - set(self._consumers):
+            for ws in found - set(self._workspaces):
                 self.workspace_added(ws)
-            for ws in set(self._consumers) - found:
+            for ws in set(self._workspaces) - found:
                 await self.workspace_removed(ws)
 
-    async def _attach(self, workspace: str) -> None:
-        if workspace in self._consumers or self._closed:
-            return
+    # -- attaching: chunks of topics, retried until every topic has a consumer ---------------------------
+    async def _tend(self, w: _Workspace) -> None:
+        """Keep every channel topic of ``w`` attached: list the topics, subscribe the missing ones in chunks;
+        again every ``pattern_discovery_s`` (new channels), or after a growing pause, with chunks half as
+        large, when something failed."""
+        size, pause, failed_rounds = self._opt.attach_chunk, self._opt.attach_backoff_s, 0
+        while not (self._closed or w.removed):
+            try:
+                r = await self._attach_round(w, size)
+            finally:
+                w.first_round.set()
+            if not (r.listing_failed or r.failed):
+                if failed_rounds:
+                    log.info("subscription=%s ws=%s: all %d channel topics attached, after %d failed rounds",
+                             self._name, w.name, r.listed, failed_rounds)
+                size, pause, failed_rounds = self._opt.attach_chunk, self._opt.attach_backoff_s, 0
+                await asyncio.sleep(self._opt.pattern_discovery_s)
+                continue
+            failed_rounds += 1
+            delay = pause * random.uniform(0.5, 1.0)  # jitter: the processes of a fleet do not retry together
+            if r.listing_failed:
+                log.warning("subscription=%s ws=%s: listing channel topics failed (%s); retrying in %.1f s",
+                            self._name, w.name, r.error, delay)
+            else:
+                next_size = max(1, size // 2)
+                log.warning("subscription=%s ws=%s: %d of %d channel topics attached; %d chunks of up to %d failed "
+                            "(%s); retrying the %d missing in %.1f s, %d per chunk", self._name, w.name,
+                            r.listed - r.failed, r.listed, r.chunks_failed, size, r.error, r.failed, delay, next_size)
+                size = next_size
+            await asyncio.sleep(delay)
+            pause = min(pause * 2, self._opt.attach_backoff_cap_s)
+
+    async def _attach_round(self, w: _Workspace, size: int) -> _Round:
+        r = _Round()
+        try:
+            listed = await self._directory.channel_topics(w.name)
+        except Exception as exc:
+            r.error, r.listing_failed = exc, True
+            return r
+        pattern = re.compile(channels_pattern(w.name))
+        topics = sorted({t for t in listed if pattern.fullmatch(t)})
+        r.listed = len(topics)
+        chunks = chunked([t for t in topics if t not in w.attached], size)
+        errors = await asyncio.gather(*(self._attach_chunk(w, chunk) for chunk in chunks))
+        for chunk, error in zip(chunks, errors, strict=True):
+            if error is not None:
+                r.failed += len(chunk)
+                r.chunks_failed += 1
+                r.error = r.error or error
+        return r
+
+    async def _attach_chunk(self, w: _Workspace, topics: list[str]) -> BaseException | None:
+        """Subscribe one chunk: ``None`` once it is attached (or no longer wanted), else the failure."""
+        async with self._gate:
+            if self._closed or w.removed:
+                return None
+            c = _ChunkConsumer(w.name, tuple(topics))
+            try:
+                await self._open(w, c)
+            except Exception as exc:  # PulsarException mostly (Timeout on a slow broker); retried all the same
+                c.closed = True
+                return exc
+        return None
+
+    async def _open(self, w: _Workspace, c: _ChunkConsumer) -> None:
         conf = _pulsar.ConsumerConfiguration()
         conf.consumer_type(pulsar.ConsumerType.KeyShared)
         conf.key_shared_policy(pulsar.ConsumerKeySharedPolicy().policy())
         conf.subscription_initial_position(pulsar.InitialPosition.Earliest)
-        conf.pattern_auto_discovery_period(self._opt.pattern_discovery_s)
-        conf.regex_subscription_mode(pulsar.RegexSubscriptionMode.PersistentOnly)
         conf.negative_ack_redelivery_delay_ms(int(NACK_FLOOR_S * 1000))
         conf.receiver_queue_size(self._opt.receiver_queue)
         conf.consumer_name(f"{self._name}-{uuid.uuid4().hex[:8]}")
-        conf.schema(pulsar.schema.BytesSchema().schema_info())
-        c = _WsConsumer(workspace)
+        conf.schema(_BYTES.schema_info())
         conf.message_listener(self._listener(c))
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut: asyncio.Future[None] = self._loop.create_future()
 
-        def done(value: Any) -> None:  # on a client thread
+        def done(value: Any) -> None:  # on a client thread: the consumer, or a PulsarException
             def settle() -> None:
-                if fut.done():
-                    if not isinstance(value, _pulsar.Error):
+                if fut.done():  # cancelled meanwhile (workspace removed, subscription closed): not wanted
+                    c.closed = True
+                    if not isinstance(value, BaseException):
                         value.close_async(lambda _r: None)
-                elif isinstance(value, _pulsar.Error):
-                    fut.set_exception(pulsar_async.PulsarException(value.error, value.message))
+                elif isinstance(value, BaseException):
+                    c.closed = True  # anything its listener queued is dropped: Pulsar sends it again
+                    fut.set_exception(value)
                 else:
-                    fut.set_result(value)
+                    # Registered here, in the same loop step as the result: the listener already runs, and a
+                    # record it queued must find c.raw for its ack and _set_paused must find the consumer.
+                    c.raw = value
+                    if self._paused:
+                        value.pause_message_listener()
+                    w.chunks.append(c)
+                    w.attached.update(c.topics)
+                    fut.set_result(None)
 
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(settle)
 
-        self._client._client.subscribe_async_v2(_pulsar.TopicRegex(channels_pattern(workspace)), self._name, conf,
-                                                done)
-        try:
-            raw = await fut
-        except pulsar_async.PulsarException as exc:
-            log.warning("subscription=%s ws=%s: cannot attach (%s); retrying at the next discovery", self._name,
-                        workspace, exc)
-            return
-        c.raw, c.consumer = raw, pulsar_async.Consumer(raw, pulsar.schema.BytesSchema())
-        if self._closed or workspace in self._consumers:  # closed meanwhile, or a concurrent attach won
-            await c.close()
-            return
-        if self._paused:
-            raw.pause_message_listener()
-        self._consumers[workspace] = c
+        self._subscribe(list(c.topics), conf, done)
+        await fut
+
+    def _subscribe(self, topics: list[str], conf: Any, done: Callable[[Any], None]) -> None:
+        """Subscribe ``topics`` as one multi-topic consumer: all of them or none (the client closes the ones
+        that attached when one fails).  ``done`` gets the consumer or a ``PulsarException``, on a client
+        thread.  Tests replace this to inject failures."""
+        def on_result(value: Any) -> None:
+            if isinstance(value, _pulsar.Error):
+                done(pulsar_async.PulsarException(value.error, value.message))
+            else:
+                done(value)
+
+        self._client._client.subscribe_async_v2(topics, self._name, conf, on_result)
 
     # -- arrival: the listener thread queues, the loop takes the queue in one go ------------------------
-    def _listener(self, c: _WsConsumer) -> Callable[[Any, Any], None]:
+    def _listener(self, c: _ChunkConsumer) -> Callable[[Any, Any], None]:
         inbox, loop = self._inbox, self._loop
 
         def on_message(_consumer: Any, msg: Any) -> None:  # on the client's listener thread
@@ -292,7 +425,7 @@ class PulsarWorkSubscription:
         """Flow control: the listeners stop (and Pulsar stops sending past the receiver queue) while the
         local buffer is above ``high_water``, and go on below half of it."""
         self._paused = paused
-        for c in self._consumers.values():
+        for c in (c for w in self._workspaces.values() for c in w.chunks):
             if c.raw is not None and not c.closed:
                 with contextlib.suppress(Exception):
                     if paused:
@@ -301,7 +434,7 @@ class PulsarWorkSubscription:
                         c.raw.resume_message_listener()
 
     # -- local ordering -------------------------------------------------------------------------------------
-    def _arrived(self, c: _WsConsumer, msg: Any) -> None:
+    def _arrived(self, c: _ChunkConsumer, msg: Any) -> None:
         try:
             topic = msg.topic_name()
             key = self._topic_keys.get(topic)
