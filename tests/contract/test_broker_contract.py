@@ -530,12 +530,13 @@ async def test_pulsar_deduplication_drops_a_resent_message(pulsar, workspace, ch
 
     await pulsar.ensure_workspace(workspace, PLANS["free"])
     first = await pulsar.publish(workspace, channel, b'{"n":1}')
+    name = pulsar._producers._open[channel_topic(workspace, channel)].producer_name()
+    assert name.startswith(f"{pulsar.gateway_id}-{channel}-")  # a name per creation attempt
     await pulsar._producers.close_all()
     # the same producer (name) resends its last message, as the client does after a reconnect
     client = pulsar_async.Client(pulsar._settings.service_url)
     try:
-        producer = await client.create_producer(channel_topic(workspace, channel),
-                                                producer_name=f"{pulsar.gateway_id}-{channel}",
+        producer = await client.create_producer(channel_topic(workspace, channel), producer_name=name,
                                                 batching_enabled=False)
         last = producer.last_sequence_id()
         assert last >= 0
@@ -545,7 +546,7 @@ async def test_pulsar_deduplication_drops_a_resent_message(pulsar, workspace, ch
     finally:
         await client.close()
     assert [r.offset for r in await pulsar.read(workspace, channel, 1, 10)] == [first]
-    second = await pulsar.publish(workspace, channel, b'{"n":2}')  # the name continues its sequence
+    second = await pulsar.publish(workspace, channel, b'{"n":2}')  # a new producer, a new name: not a duplicate
     assert [r.offset for r in await pulsar.read(workspace, channel, 1, 10)] == [first, second]
 
 
