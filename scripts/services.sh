@@ -10,9 +10,10 @@
 #   env     print KEY=VALUE lines for the tests: STORM_TEST_PG_URL, STORM_TEST_PULSAR_URL,
 #           STORM_TEST_PULSAR_ADMIN_URL, STORM_TEST_HAZELCAST_MEMBERS, STORM_TEST_TOXIPROXY_URL.
 #
-# PostgreSQL is scripts/pg.sh (Debian packages).  Pulsar 4.0 (standalone: broker + one bookie, RocksDB
-# metadata) and Hazelcast 5.x (one member) are plain JVMs whose jars Maven resolves from Maven Central
-# once into a cache; see docs/operations.md for what runs where and for troubleshooting.  Toxiproxy (the
+# PostgreSQL is scripts/pg.sh (Debian packages).  Pulsar 4.0 (standalone: broker + one bookie, with its
+# metadata in a ZooKeeper of its own, started and stopped with it) and Hazelcast 5.x (one member) are plain
+# JVMs whose jars Maven resolves from Maven Central once into a cache; see docs/operations.md for what runs
+# where and for troubleshooting.  Toxiproxy (the
 # TCP proxy the chaos experiments put between STORM and those services, chaos-experiments/) is built once
 # from the Go module proxy (`go install`) into the same cache.
 #
@@ -23,6 +24,8 @@
 #                             directory per product and version (pulsar-4.0.7/lib, hazelcast-5.6.0/lib)
 #   STORM_PULSAR_PORT         6650   binary protocol        STORM_PULSAR_HTTP_PORT   8080  admin/HTTP
 #   STORM_PULSAR_BOOKIE_PORT  3181   the embedded bookie    STORM_HAZELCAST_PORT     5701
+#   STORM_PULSAR_ZK_PORT      Pulsar's ZooKeeper (metadata): the bookie port minus 1000 (3181 -> 2181),
+#                             so instances with their own bookie ports do not collide
 #   STORM_PULSAR_HEAP         -Xms256m -Xmx1g               STORM_PULSAR_DIRECT_MEMORY 512m
 #   STORM_HAZELCAST_HEAP      -Xms128m -Xmx512m
 #   STORM_PULSAR_VERSION, STORM_HAZELCAST_VERSION   override the versions pinned in the poms
@@ -47,6 +50,7 @@ MAVEN_SETTINGS="${STORM_MAVEN_SETTINGS:-$HERE/maven-settings.xml}"
 PULSAR_PORT="${STORM_PULSAR_PORT:-6650}"
 PULSAR_HTTP_PORT="${STORM_PULSAR_HTTP_PORT:-8080}"
 PULSAR_BOOKIE_PORT="${STORM_PULSAR_BOOKIE_PORT:-3181}"
+PULSAR_ZK_PORT="${STORM_PULSAR_ZK_PORT:-$((PULSAR_BOOKIE_PORT - 1000))}"
 PULSAR_HEAP="${STORM_PULSAR_HEAP:--Xms256m -Xmx1g}"
 PULSAR_DIRECT_MEMORY="${STORM_PULSAR_DIRECT_MEMORY:-512m}"
 HAZELCAST_PORT="${STORM_HAZELCAST_PORT:-5701}"
@@ -246,6 +250,58 @@ pulsar_render_config() {
     cp "$HERE/pulsar/log4j2.xml" "$PULSAR_DATA/log4j2.xml"
 }
 
+# --- Pulsar's ZooKeeper (its metadata store) ------------------------------------------------------------
+# Not the standalone's default RocksDB metadata store: Pulsar 4.0's RocksdbMetadataStore commits every write
+# synchronously, fsync included, on the calling thread, often a broker I/O thread (pulsar-io), which serves
+# none of its client connections (nor, unless the BookKeeper client has threads of its own, its bookie
+# channels) meanwhile.  Thousands of topic, ledger and cursor creations (storm day, 100 000 users) stalled
+# the broker with the CPU idle.  ZooKeeper is called asynchronously and commits in batches on its own
+# threads.  Not the standalone's embedded ZooKeeper (PULSAR_STANDALONE_USE_ZOOKEEPER=1) either: that one
+# listens on every interface.  Same jars as Pulsar; config in <dir>/zookeeper, log in <dir>/logs/zookeeper.log,
+# data in <dir>/pulsar/data/zookeeper, next to the bookie's: they go together (a bookie without its ledgers'
+# metadata, or the reverse, does not start), so removing <dir>/pulsar resets both.
+ZK_MAIN="org.apache.zookeeper.server.ZooKeeperServerMain"
+ZK_DIR="$SERVICES_DIR/zookeeper"
+ZK_LOG="$LOG_DIR/zookeeper.log"
+
+zookeeper_healthy() { port_open "$PULSAR_ZK_PORT"; }
+
+zookeeper_up() {  # zookeeper_up <lib dir>: start Pulsar's ZooKeeper unless it runs
+    local pid
+    pid="$(pid_of zookeeper "$ZK_MAIN")"
+    if [ -n "$pid" ]; then
+        wait_until zookeeper "$pid" "$ZK_LOG" zookeeper_healthy
+        return 0
+    fi
+    require_free_port "$PULSAR_ZK_PORT" "Pulsar's ZooKeeper" STORM_PULSAR_ZK_PORT
+    mkdir -p "$ZK_DIR" "$PULSAR_DATA/data/zookeeper"
+    printf '%s\n' "# Written by scripts/services.sh at each start." "dataDir=$PULSAR_DATA/data/zookeeper" \
+        "clientPort=$PULSAR_ZK_PORT" "clientPortAddress=127.0.0.1" "tickTime=2000" "maxClientCnxns=0" \
+        "admin.enableServer=false" "autopurge.snapRetainCount=3" "autopurge.purgeInterval=1" >"$ZK_DIR/zoo.cfg"
+    cp "$HERE/pulsar/log4j2.xml" "$ZK_DIR/log4j2.xml"
+    say "starting zookeeper for pulsar (log: $ZK_LOG, data: $PULSAR_DATA/data/zookeeper)"
+    (cd "$ZK_DIR" && launch zookeeper "$ZK_LOG" java -Xms64m -Xmx256m -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError \
+        -Djava.net.preferIPv4Stack=true -Djute.maxbuffer=10485760 -Dzookeeper.admin.enableServer=false \
+        "-Dlog4j.configurationFile=$ZK_DIR/log4j2.xml" -Dlog4j2.is.webapp=false -Dlog4j.shutdownHookEnabled=false \
+        "-Dstorm.log.file=$ZK_LOG" "-Dstorm.log.level=${STORM_PULSAR_LOG_LEVEL:-info}" \
+        -cp "$1/*" "$ZK_MAIN" "$ZK_DIR/zoo.cfg")
+    pid="$(cat "$SERVICES_DIR/zookeeper.pid")"
+    wait_until zookeeper "$pid" "$ZK_LOG" zookeeper_healthy
+    say "zookeeper ready (pid $pid): 127.0.0.1:$PULSAR_ZK_PORT"
+}
+
+# Data written with the RocksDB metadata store (services.sh before 2026-12-07) cannot be read with ZooKeeper
+# metadata (the bookie's cookie and every ledger are registered in RocksDB): move it aside once, say so.
+pulsar_move_rocksdb_data() {
+    if [ -d "$PULSAR_DATA/data/metadata" ]; then
+        local aside
+        aside="$PULSAR_DATA/data.rocksdb-metadata.$(date -u +%Y%m%dT%H%M%SZ)"
+        mv "$PULSAR_DATA/data" "$aside"
+        say "pulsar now keeps its metadata in ZooKeeper; the data written with RocksDB metadata was moved to" \
+            "$aside (delete it when you no longer need it); starting empty"
+    fi
+}
+
 pulsar_up() {
     mkdir -p "$SERVICES_DIR" "$LOG_DIR"
     local pid
@@ -268,6 +324,8 @@ pulsar_up() {
     require_free_port "$PULSAR_BOOKIE_PORT" "Pulsar's embedded bookie" STORM_PULSAR_BOOKIE_PORT
     local lib
     lib="$(resolve_jars pulsar "$PULSAR_VERSION" pulsar.version)"
+    pulsar_move_rocksdb_data
+    zookeeper_up "$lib"
     mkdir -p "$PULSAR_DATA/data"
     pulsar_render_config
     # JVM flags: those Pulsar's own bin/pulsar passes on Java 17+ (reflective access for Netty, BookKeeper's
@@ -291,8 +349,8 @@ pulsar_up() {
     # cd: PulsarStandalone resolves a few defaults (functions worker config, nar extraction) from the cwd.
     (cd "$PULSAR_DATA" && launch pulsar "$PULSAR_LOG" java "${opts[@]}" "$PULSAR_MAIN" \
         --config "$PULSAR_DATA/standalone.conf" --no-functions-worker --no-stream-storage \
-        --metadata-dir "$PULSAR_DATA/data/metadata" --bookkeeper-dir "$PULSAR_DATA/data/bookkeeper" \
-        --zookeeper-dir "$PULSAR_DATA/data/zookeeper" --bookkeeper-port "$PULSAR_BOOKIE_PORT" \
+        --metadata-url "zk:127.0.0.1:$PULSAR_ZK_PORT" \
+        --bookkeeper-dir "$PULSAR_DATA/data/bookkeeper" --bookkeeper-port "$PULSAR_BOOKIE_PORT" \
         --advertised-address 127.0.0.1)
     pid="$(cat "$SERVICES_DIR/pulsar.pid")"
     wait_until pulsar "$pid" "$PULSAR_LOG" pulsar_healthy
@@ -314,12 +372,16 @@ jvm_status() {
     if "$3"; then say "$1 running (pid $pid$4"; else say "$1 running (pid $pid) but $5"; return 3; fi
 }
 
-pulsar_down() { jvm_down pulsar "$PULSAR_MAIN"; }
+pulsar_down() { jvm_down pulsar "$PULSAR_MAIN"; jvm_down zookeeper "$ZK_MAIN"; }
 
 pulsar_status() {
+    local rc=0
+    jvm_status zookeeper "$ZK_MAIN" zookeeper_healthy ", listening): 127.0.0.1:$PULSAR_ZK_PORT" \
+        "not listening (starting, or see $ZK_LOG)" || rc=$?
     jvm_status pulsar "$PULSAR_MAIN" pulsar_healthy \
         ", healthy): pulsar://127.0.0.1:$PULSAR_PORT, http://127.0.0.1:$PULSAR_HTTP_PORT" \
-        "not healthy (starting, or see $PULSAR_LOG)"
+        "not healthy (starting, or see $PULSAR_LOG)" || rc=$?
+    return "$rc"
 }
 
 pulsar_env() {
