@@ -421,7 +421,7 @@ async def _run_real(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _on_topology(args: argparse.Namespace, env: dict[str, str], issuer: Any) -> dict[str, Any]:
-    from storm_tools.bench.e2e import real_topology, service_pids
+    from storm_tools.bench.e2e import real_topology, service_roles
 
     async with real_topology(env, connections=args.connections, members=0, shared=args.subscribe,
                              gateways=args.gateways, consumers=False, log_dir=args.log_dir,
@@ -435,7 +435,7 @@ async def _on_topology(args: argparse.Namespace, env: dict[str, str], issuer: An
                 lambda: [issuer.token(s, slug, f"User {i}") for i, s in enumerate(subjects)])
         _say(f"{len(tokens)} {args.identity} tokens issued ({time.monotonic() - t:.1f} s)")
         roles = {"gateways": [p.pid for p in topo.gateways],
-                 **{name: [pid] for name, pid in service_pids().items()}}
+                 **service_roles()}
         result = await _measure(args, ports=[p.port for p in topo.gateways], tokens=tokens,
                                 channels=topo.ws.shared, roles=roles)
         errors = sum(1 for p in topo.procs for line in p.log_tail(100000).splitlines()

@@ -572,7 +572,11 @@ def service_pids() -> dict[str, int]:
             pid = int(path.read_text().split()[0])
             if psutil.pid_exists(pid):
                 found[name] = pid
-    if len(found) == 3:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # Pulsar's metadata store (scripts/services.sh)
+        pid = int((base / "zookeeper.pid").read_text().split()[0])
+        if psutil.pid_exists(pid):
+            found["zookeeper"] = pid
+    if all(name in found for name in ("pulsar", "hazelcast", "postgres")):
         return found
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         with contextlib.suppress(psutil.Error):
@@ -585,6 +589,16 @@ def service_pids() -> dict[str, int]:
                     proc.parent().name() != "postgres":
                 found.setdefault("postgres", proc.info["pid"])
     return found
+
+
+def service_roles() -> dict[str, list[int]]:
+    """:func:`service_pids` by role: Pulsar's ZooKeeper (its metadata store, a process of its own since
+    2026-12-07; inside the broker's JVM before) counts in ``pulsar``."""
+    pids = service_pids()
+    roles = {name: [pid] for name, pid in pids.items() if name != "zookeeper"}
+    if "zookeeper" in pids and "pulsar" in roles:
+        roles["pulsar"].append(pids["zookeeper"])
+    return roles
 
 
 def cpu_per_message(cpu_s: dict[str, float], acked: int) -> dict[str, float | None]:
@@ -847,7 +861,7 @@ async def _measure(args: argparse.Namespace, topo: Topology) -> dict[str, Any]:
         meter = CpuMeter({"gateways": [p.pid for p in topo.gateways],
                           "consumers": [p.pid for p in procs if p.role == "consumers"],
                           "clients": [c.proc.pid for c in clients if c.proc is not None],
-                          **{name: [pid] for name, pid in services.items()}},
+                          **service_roles()},
                          jvms={name: pid for name, pid in services.items() if name in ("pulsar", "hazelcast")})
         go_ns = time.monotonic_ns() + 300_000_000
         _say(f"publishing {args.rate:g}/s: {args.warmup:g} s warm-up, then {args.duration:g} s measured")

@@ -374,13 +374,12 @@ async def _publish(broker: Any, workspace: str, per_channel: dict[str, list[byte
 def _service_meter(broker: str, database: str) -> Any:
     """CPU of the services over the measured window: the Pulsar JVM and the PostgreSQL server that
     scripts/services.sh started (``STORM_SERVICES_DIR``), found as ``storm bench e2e`` finds them."""
-    from storm_tools.bench.e2e import CpuMeter, service_pids
+    from storm_tools.bench.e2e import CpuMeter, service_roles
 
-    pids = service_pids()
+    pids = service_roles()
     roles = [role for role, used in (("pulsar", broker == "pulsar"), ("postgres", database == "postgresql")) if used]
     found = {role: pids[role] for role in roles if role in pids}
-    return CpuMeter({role: [pid] for role, pid in found.items()},
-                    jvms={"pulsar": found["pulsar"]} if "pulsar" in found else None)
+    return CpuMeter(found, jvms={"pulsar": found["pulsar"][0]} if "pulsar" in found else None)
 
 
 def _by_role(consumers_cpu_s: float, publisher: Any, services_cpu: dict[str, float],

@@ -290,7 +290,8 @@ class Run:
         with contextlib.suppress(Exception):
             targets += [(c.name, c.role, c.pid) for c in ctx.children() if c.pid]
         with contextlib.suppress(Exception):
-            targets += [(name, name, pid) for name, pid in service_pids().items()]
+            targets += [(name, "pulsar" if name == "zookeeper" else name, pid)  # Pulsar's metadata store
+                        for name, pid in service_pids().items()]
         toxi = Path(os.environ.get("STORM_SERVICES_DIR", str(ROOT / ".services"))) / "toxiproxy.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
             targets.append(("toxiproxy", "toxiproxy", int(toxi.read_text().split()[0])))
