@@ -21,7 +21,8 @@ socket costs no session, no task and no outbox:
   and only a gateway that never answered one (a cold start) is held by the fixed bound alone.  A reconnect
   storm comes after a lull: the survivors of a gateway kill are idle but for pings when thousands of
   clients arrive within a second, and the fixed bound alone let them queue ~20 s of handshakes; most
-  timed out on the client and were retried, their work wasted (`storm bench reconnect`, 2026-12-07).  A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
+  timed out on the client and were retried, their work wasted (`storm bench reconnect`, 2026-12-07).
+  A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
   a minute of work: the clients timed out after 30 s and retried, and the gateways spent their time on
   handshakes nobody was waiting for any more (docs/storm-day.md).
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway

@@ -14,10 +14,11 @@ the hub's head (the client saw more on another gateway than this one's feed has 
 broker, so the feed's late records are not sent to it a second time (storm/protocol/subscriptions.py).
 
 A sweeper checks session deadlines (authentication and idle timeouts, token expiry) in one task instead
-of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` that are still waiting for their
-authentication (those that may miss its deadline), and a slice of all the others, so that each is looked at once
-every ``OPEN_SWEEP_S``.  Visiting all of them every tick cost O(connections) twice a second whether or not
-anything was due: ≈ 18 µs of gateway CPU per heartbeat ping at 2 000 connections (py-spy, issue 11).
+of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` that are still
+waiting for their authentication (those that may miss its deadline), and a slice of all the others, so that
+each is looked at once every ``OPEN_SWEEP_S``.  Visiting all of them every tick cost O(connections) twice a
+second whether or not anything was due: ≈ 18 µs of gateway CPU per heartbeat ping at 2 000 connections
+(py-spy, issue 11).
 """
 
 from __future__ import annotations
