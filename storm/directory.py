@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -59,6 +59,18 @@ LAST_KNOWN_MAX = 100_000  # last-seen answers kept per process (the oldest dropp
 log = logging.getLogger("storm.directory")
 
 T = TypeVar("T")
+
+
+def _fail(futures: Iterable[asyncio.Future[Any]], exc: BaseException | None = None) -> None:
+    """Fail the waiters of a batch read that did not happen: with ``exc``, or ``Unavailable`` when it was
+    cancelled (``exc`` a cancellation, or none: the directory is shutting down).  Each is marked retrieved, so
+    a waiter that left does not warn."""
+    if exc is None or isinstance(exc, asyncio.CancelledError):
+        exc = Unavailable("the directory's read was cancelled (shutting down)")
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+            future.exception()
 
 
 class _LoadCancelled(Exception):
@@ -214,32 +226,29 @@ class Directory:
         pending = self._states.setdefault(workspace.slug, [])
         pending.append(((user_id, channel_id, head), future))
         if len(pending) == 1:  # the first since the last drain: the next batch reads them all
-            taken: list[tuple[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[tuple[int, int]]]] = []
-
-            async def drain(uow: UnitOfWork) -> list[tuple[int, int]]:
-                taken.extend(self._states.pop(workspace.slug, []))
-                return await uow.read_markers.unread_at(workspace.id, [item for item, _ in taken])
-
-            def settle(task: asyncio.Future[list[tuple[int, int]]]) -> None:
-                if task.cancelled() or task.exception() is not None:
-                    # never drained (the batch failed first): everything pending was waiting for this drain
-                    waiting = taken or self._states.pop(workspace.slug, [])
-                    exc = (Unavailable("the read state's read was cancelled (shutting down)") if task.cancelled()
-                           else task.exception())
-                    for _, f in waiting:
-                        if not f.done():
-                            f.set_exception(cast(BaseException, exc))
-                            f.exception()
-                    return
-                for (_, f), value in zip(taken, task.result(), strict=True):
-                    if not f.done():
-                        f.set_result(value)
-
-            task = asyncio.ensure_future(self.batched_read(workspace.slug, drain))
-            self._readers.add(cast("asyncio.Task[None]", task))
+            task = asyncio.ensure_future(self._drain_states(workspace))
+            self._readers.add(task)
             task.add_done_callback(self._readers.discard)
-            task.add_done_callback(settle)
         return await future
+
+    async def _drain_states(self, workspace: Workspace) -> None:
+        taken: list[tuple[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[tuple[int, int]]]] = []
+
+        async def drain(uow: UnitOfWork) -> list[tuple[int, int]]:
+            taken.extend(self._states.pop(workspace.slug, []))
+            return await uow.read_markers.unread_at(workspace.id, [item for item, _ in taken])
+
+        try:
+            values = await self.batched_read(workspace.slug, drain)
+        except BaseException as exc:
+            # not drained when the batch failed before it: everything pending was waiting for this drain
+            _fail([f for _, f in taken or self._states.pop(workspace.slug, [])], exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, f), value in zip(taken, values, strict=True):
+            if not f.done():
+                f.set_result(value)
 
     async def _run_reads(self, workspace: str) -> None:
         try:
@@ -255,11 +264,7 @@ class Directory:
                         for fn, _ in batch:
                             results.append(await fn(uow))
                 except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(Unavailable("the directory's read was cancelled (shutting down)")
-                                                 if isinstance(exc, asyncio.CancelledError) else exc)
-                            future.exception()
+                    _fail([future for _, future in batch], exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
@@ -268,10 +273,7 @@ class Directory:
                         future.set_result(value)
         finally:
             self._reads_running.discard(workspace)
-            for _, future in self._reads.pop(workspace, []):
-                if not future.done():
-                    future.set_exception(Unavailable("the directory's read was cancelled (shutting down)"))
-                    future.exception()
+            _fail([future for _, future in self._reads.pop(workspace, [])])
 
     async def _first_sight(self, ws: Workspace, claims: Claims) -> tuple[User, Role | None]:
         """The user and its membership of ``ws``, read from the store and cached, in a **batch**: the
@@ -300,11 +302,7 @@ class Directory:
                 try:
                     found = await self._load_members(ws, [c for c, _ in batch])
                 except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(Unavailable("the directory's read was cancelled (shutting down)")
-                                                 if isinstance(exc, asyncio.CancelledError) else exc)
-                            future.exception()  # retrieved: a waiter that left does not warn
+                    _fail([future for _, future in batch], exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
@@ -313,10 +311,7 @@ class Directory:
                         future.set_result(found[c.subject])
         finally:
             self._reading.discard(ws.slug)
-            for _, future in self._first_sights.pop(ws.slug, []):  # only when cancelled: nobody reads them
-                if not future.done():
-                    future.set_exception(Unavailable("the directory's read was cancelled (shutting down)"))
-                    future.exception()
+            _fail([future for _, future in self._first_sights.pop(ws.slug, [])])  # only when cancelled
 
     async def _load_members(self, ws: Workspace, batch: list[Claims]) -> dict[str, tuple[User, Role | None]]:
         found: dict[str, tuple[User, Role | None]] = {}
