@@ -35,6 +35,7 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import NotFound
+from storm.ports.store import NO_HEAD
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 # Bound parameters per statement: SQLite before 3.32 allowed 999, later builds 32766; asyncpg allows
@@ -490,27 +491,9 @@ class SqlReadMarkerRepository(_Repository):
     async def unread(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[int, int]]:
-        rm, msg = m.read_markers, m.messages
         wanted = list(dict.fromkeys(channel_ids))
-        marks = dict.fromkeys(wanted, 0)
-        counts = dict.fromkeys(wanted, 0)
-        for chunk in _chunks(wanted, 500):
-            query = select(rm.c.channel_id, rm.c.offset).where(
-                rm.c.workspace_id == workspace_id, rm.c.user_id == user_id, rm.c.channel_id.in_(chunk))
-            for channel_id, offset in await self._execute(query):
-                marks[channel_id] = int(offset)
-            # the messages index leads with (workspace, channel, offset): one range scan per channel
-            marker = (select(rm.c.offset).where(rm.c.workspace_id == msg.c.workspace_id,
-                                                rm.c.channel_id == msg.c.channel_id, rm.c.user_id == user_id)
-                      .scalar_subquery())
-            count = (select(msg.c.channel_id, func.count())
-                     .where(msg.c.workspace_id == workspace_id, msg.c.channel_id.in_(chunk),
-                            msg.c.author_id != user_id, msg.c.deleted_at.is_(None),
-                            msg.c.offset > func.coalesce(marker, 0))
-                     .group_by(msg.c.channel_id))
-            for channel_id, n in await self._execute(count):
-                counts[channel_id] = int(n)
-        return {ch: (marks[ch], counts[ch]) for ch in wanted}
+        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted])
+        return dict(zip(wanted, states, strict=True))
 
     async def unread_at(
         self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from storm.domain import Channel, ChannelKind, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
 from storm.errors import Conflict, NotFound, Unavailable
 from storm.lifecycle import Lifecycle
+from storm.ports.store import NO_HEAD
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 if TYPE_CHECKING:
@@ -418,14 +419,9 @@ class MemoryReadMarkerRepository(_Repository):
     async def unread(
         self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, tuple[int, int]]:
-        t = self._t
-        marks = {ch: t.read_markers.get((workspace_id, ch, user_id), 0) for ch in channel_ids}
-        counts = dict.fromkeys(marks, 0)
-        for msg in t.messages.values():
-            if (msg.workspace_id == workspace_id and msg.channel_id in marks and msg.offset > marks[msg.channel_id]
-                    and msg.author_id != user_id and msg.deleted_at is None):
-                counts[msg.channel_id] += 1
-        return {ch: (marks[ch], counts[ch]) for ch in marks}
+        wanted = list(dict.fromkeys(channel_ids))
+        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted])
+        return dict(zip(wanted, states, strict=True))
 
     async def unread_at(
         self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]

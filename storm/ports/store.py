@@ -157,6 +157,9 @@ class ReactionRepository(Protocol):
         ...
 
 
+NO_HEAD = 2**63 - 1  # a head above every offset (a signed 64-bit integer, as stored): "count them all"
+
+
 class ReadMarkerRepository(Protocol):
     async def advance(self, marker: ReadMarker) -> int:
         """Move the marker forward (never back); returns the stored offset."""
