@@ -427,14 +427,20 @@ class MemoryReadMarkerRepository(_Repository):
         self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
     ) -> list[tuple[int, int]]:
         t = self._t
-        out: list[tuple[int, int]] = []
-        for user_id, channel_id, head in wanted:
-            mark = t.read_markers.get((workspace_id, channel_id, user_id), 0)
-            n = sum(1 for msg in t.messages.values()
-                    if msg.workspace_id == workspace_id and msg.channel_id == channel_id and mark < msg.offset <= head
-                    and msg.author_id != user_id and msg.deleted_at is None) if mark < head else 0
-            out.append((mark, n))
-        return out
+        marks = [t.read_markers.get((workspace_id, channel_id, user_id), 0) for user_id, channel_id, _ in wanted]
+        counted: dict[uuid.UUID, list[int]] = {}  # channel -> the pairs below their head: one pass over messages
+        for i, (_, channel_id, head) in enumerate(wanted):
+            if marks[i] < head:
+                counted.setdefault(channel_id, []).append(i)
+        counts = [0] * len(wanted)
+        for msg in t.messages.values() if counted else ():
+            if msg.workspace_id != workspace_id or msg.deleted_at is not None:
+                continue
+            for i in counted.get(msg.channel_id, ()):
+                user_id, _, head = wanted[i]
+                if marks[i] < msg.offset <= head and msg.author_id != user_id:
+                    counts[i] += 1
+        return list(zip(marks, counts, strict=True))
 
 
 MAX_DELIVERIES = 10_000  # delivery-log entries the embedded store keeps (all workspaces), oldest dropped
