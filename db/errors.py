@@ -14,6 +14,7 @@ Anything else (a syntax error, a bad type) is our bug and propagates unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 from sqlalchemy import exc as sa_exc
@@ -101,6 +102,15 @@ def is_serialization_failure(exc: BaseException) -> bool:
 
 
 def _driver_says_serialization(exc: BaseException) -> bool:
+    classes = _driver_serialization_classes()
+    return bool(classes) and any(isinstance(e, classes) for e in _chain(exc))
+
+
+@functools.cache
+def _driver_serialization_classes() -> tuple[type[BaseException], ...]:
+    """The drivers' own 40001 classes, looked up once: an optional driver that is not installed would
+    otherwise be searched for on the import path at every translated error (a gateway under a pool
+    shortage translates thousands a second)."""
     classes: list[type[BaseException]] = []
     with contextlib.suppress(ImportError):  # optional drivers
         from asyncpg.exceptions import SerializationError
@@ -110,7 +120,7 @@ def _driver_says_serialization(exc: BaseException) -> bool:
         from psycopg.errors import SerializationFailure as PsycopgSerializationFailure
 
         classes.append(PsycopgSerializationFailure)
-    return bool(classes) and any(isinstance(e, tuple(classes)) for e in _chain(exc))
+    return tuple(classes)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -126,6 +136,7 @@ def _is_connection_error(exc: BaseException) -> bool:
     return any(isinstance(e, classes) for e in _chain(exc))
 
 
+@functools.cache
 def _asyncpg_connection_errors() -> tuple[type[BaseException], ...]:
     try:
         from asyncpg import exceptions

@@ -142,12 +142,26 @@ class SqlUnitOfWork:
             await session.rollback()
 
 
+@dataclass(frozen=True, slots=True)
+class PoolSize:
+    """The connection pool of a PostgreSQL/CockroachDB store (SQLite uses its own pools):
+    ``STORM_DB_POOL_SIZE``, ``STORM_DB_POOL_OVERFLOW``, ``STORM_DB_POOL_TIMEOUT_S`` (docs/database.md).
+    A wait longer than ``timeout_s`` for a connection raises SQLAlchemy's ``TimeoutError``, which the
+    store answers as ``Unavailable`` (clients retry) rather than holding a handshake past its deadline."""
+
+    size: int = 10
+    overflow: int = 10
+    timeout_s: float = 10.0
+
+
 class SqlStore:
     """The Store port over SQLAlchemy's asyncio engine.  ``url`` is an async SQLAlchemy URL
     (``sqlite+aiosqlite:///file.db``, ``postgresql+asyncpg://…``, ``cockroachdb+asyncpg://…``)."""
 
-    def __init__(self, url: str, *, echo: bool = False, create_schema: bool = True) -> None:
+    def __init__(self, url: str, *, echo: bool = False, create_schema: bool = True,
+                 pool: PoolSize | None = None) -> None:
         self._url = url
+        self._pool = pool or PoolSize()
         self._dialect, self._driver = parse_url(url)  # parsing only: a malformed URL fails early
         self._echo = echo
         self._create_schema = create_schema
@@ -232,6 +246,9 @@ class SqlStore:
         else:  # postgresql, cockroachdb (see DIALECTS)
             options["isolation_level"] = self.isolation_level
             options["pool_pre_ping"] = True
+            options["pool_size"] = self._pool.size
+            options["max_overflow"] = self._pool.overflow
+            options["pool_timeout"] = self._pool.timeout_s
         engine = create_async_engine(url, **options)
         if backend == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)

@@ -12,6 +12,9 @@
 #                       $STORM_SERVICES_DIR/logs/pg.log
 #   STORM_PG_PORT       default 55432; the server listens on 127.0.0.1 only (and on a Unix socket in
 #                       $DATA/run), with trust authentication: it is a test cluster, never a real one.
+#   STORM_PG_MAX_CONNECTIONS  default 400, set at every start: a storm day runs six gateways, the
+#                       consumers and the API, each with up to STORM_DB_POOL_SIZE +
+#                       STORM_DB_POOL_OVERFLOW connections (20 by default; docs/database.md).
 #
 # Binaries come from the highest /usr/lib/postgresql/<version>/bin (the version that created the data
 # directory when it exists); when there are none we try `apt-get install postgresql`.
@@ -26,6 +29,7 @@ set -euo pipefail
 
 SERVICES_DIR="${STORM_SERVICES_DIR:-$PWD/.services}"
 PORT="${STORM_PG_PORT:-55432}"
+MAX_CONNECTIONS="${STORM_PG_MAX_CONNECTIONS:-400}"
 LOG_DIR="$SERVICES_DIR/logs"
 LOG="$LOG_DIR/pg.log"
 DB_NAME="storm_test"
@@ -155,7 +159,7 @@ unix_socket_directories = '$sockets'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-max_connections = 100
+max_connections = 100  # raised at every start: STORM_PG_MAX_CONNECTIONS
 EOF
     else
         say "reusing the cluster in $data"
@@ -170,7 +174,7 @@ EOF
     else
         say "starting on 127.0.0.1:$PORT (log: $LOG)"
         # This shell opens the log, so the server need not reach $LOG_DIR.
-        as_owner "$BIN/pg_ctl" -D "$data" -w -t 60 -o "-p $PORT" start </dev/null >>"$LOG" 2>&1 \
+        as_owner "$BIN/pg_ctl" -D "$data" -w -t 60 -o "-p $PORT -c max_connections=$MAX_CONNECTIONS" start </dev/null >>"$LOG" 2>&1 \
             || die "PostgreSQL did not start; last lines of $LOG:
 $(tail -n 20 "$LOG")"
     fi

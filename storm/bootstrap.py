@@ -171,9 +171,10 @@ def _build_store(config: Config) -> Store:
         from storm.adapters.memory_store import MemoryStore
 
         return MemoryStore()
-    from db.store import SqlStore
+    from db.store import PoolSize, SqlStore
 
-    return SqlStore(config.database_url)
+    return SqlStore(config.database_url, pool=PoolSize(config.db_pool_size, config.db_pool_overflow,
+                                                        config.db_pool_timeout_s))
 
 
 def _build_cache(config: Config, clock: Clock) -> Cache:

@@ -38,6 +38,14 @@ class Config:
         "SQLAlchemy async URL: `sqlite+aiosqlite:///file.db`, `postgresql+asyncpg://…`, "
         "`cockroachdb+asyncpg://…`.",
     )
+    db_pool_size: int = _setting(
+        10, "STORM_DB_POOL_SIZE", "Database connections a process keeps open (PostgreSQL/CockroachDB).")
+    db_pool_overflow: int = _setting(
+        10, "STORM_DB_POOL_OVERFLOW", "Database connections a process may open beyond the pool under load.")
+    db_pool_timeout_s: float = _setting(
+        10.0, "STORM_DB_POOL_TIMEOUT_S",
+        "Longest wait for a pooled database connection; beyond it the request is answered `unavailable`.",
+    )
     dev_secret: str = _setting(
         "storm-dev-secret-change-me-0123456789",
         "STORM_DEV_SECRET",
@@ -83,6 +91,11 @@ class Config:
     publish_rate: float = _setting(20.0, "STORM_PUBLISH_RATE", "Publishes per second per connection.")
     publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")
     history_page_max: int = _setting(100, "STORM_HISTORY_PAGE_MAX", "Largest history page.")
+    history_share_s: float = _setting(
+        1.0, "STORM_HISTORY_SHARE_S",
+        "A gateway shares a channel's newest history page among the connects that ask for it within this "
+        "many seconds (one store read; the page carries the offset it reflects). 0: every request reads.",
+    )
     retention_messages: int = _setting(
         10000, "STORM_RETENTION_MESSAGES", "Memory broker: entries kept per channel log."
     )
@@ -300,10 +313,15 @@ class Config:
             "max_channel_readers", "work_attach_chunk", "publish_timeout_s", "dedup_ttl_s", "handshake_timeout_s",
             "metrics_interval_s", "dd_dogstatsd_port", "webhook_max_attempts", "webhook_timeout_s",
             "webhook_log_retention_s", "presence_broadcast_max", "presence_page_max",
+            "db_pool_size", "db_pool_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.db_pool_overflow < 0:
+            raise ConfigError(f"STORM_DB_POOL_OVERFLOW must not be negative, got {self.db_pool_overflow!r}")
+        if self.history_share_s < 0:
+            raise ConfigError(f"STORM_HISTORY_SHARE_S must not be negative, got {self.history_share_s!r}")
         if self.socket_send_buffer < 0:
             raise ConfigError(f"STORM_SOCKET_SEND_BUFFER must be 0 (the kernel's autotuning) or positive, "
                               f"got {self.socket_send_buffer!r}")

@@ -11,13 +11,18 @@ tenants API (tenants/service.py).  No socket, no HTTP.
   ``GET /v1/…/messages`` turns each into its JSON body field for field, so both agree (a message whose
   author has no user record shows ``author_name`` :data:`UNKNOWN_AUTHOR` on both;
   tests/service/test_history.py).  The caller has checked that the principal may read the channel.
+  A gateway shares a channel's newest page among the requests for it within ``STORM_HISTORY_SHARE_S``
+  (:class:`SharedPages`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 from storm.directory import Principal
 from storm.domain import Channel, Message, Reaction, ReadMarker, Role, unstorable
@@ -177,19 +182,105 @@ async def history_page(store: Store, workspace_id: uuid.UUID, channel_id: uuid.U
     state.  Events after it may be too (reactions are stored by the command itself); replaying them
     changes nothing, since edits and deletions set a state and reaction events carry absolute counts."""
     async with store.unit_of_work() as uow:
-        newest = await uow.messages.page(workspace_id, channel_id, before=None, limit=1)
-        head = newest[0].offset if newest else 0
-        rows = await uow.messages.page(workspace_id, channel_id, before=before, limit=limit + 1)
-        more, rows = len(rows) > limit, rows[:limit]
-        if not rows:
-            return HistorySlice([], None, head)
-        authors = {u.id: u.name for u in await uow.users.get_many(list(dict.fromkeys(m.author_id for m in rows)))}
-        ids = [m.id for m in rows]
-        counts = await uow.reactions.counts(workspace_id, ids)
-        mine = await uow.reactions.mine(workspace_id, reader, ids) if reader is not None else {}
-    messages = [history_message(m, authors.get(m.author_id, UNKNOWN_AUTHOR), counts.get(m.id, {}),
-                                mine.get(m.id, [])) for m in rows]
-    return HistorySlice(messages, rows[-1].offset if more else None, head)
+        page = await _read_page(uow, workspace_id, channel_id, before=before, limit=limit)
+        # No reaction on the page (same snapshot): the reader has none either, and the query is saved.
+        mine = await uow.reactions.mine(workspace_id, reader, page.ids) if reader is not None and page.reacted else {}
+    return page.for_reader(mine)
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A history page before the reader's own reactions are added: what readers can share."""
+
+    messages: list[e.HistoryMessage]
+    ids: list[uuid.UUID]  # the messages' ids, in the same order
+    next_before: int | None
+    offset: int
+    reacted: bool  # some message of the page has a reaction
+
+    def for_reader(self, mine: dict[uuid.UUID, list[str]]) -> HistorySlice:
+        if not mine:
+            return HistorySlice(self.messages, self.next_before, self.offset)
+        messages = [
+            msgspec.structs.replace(m, mine=[x for x in mine[i] if x in m.reactions]) if i in mine else m
+            for m, i in zip(self.messages, self.ids, strict=True)
+        ]
+        return HistorySlice(messages, self.next_before, self.offset)
+
+
+async def _read_page(uow: UnitOfWork, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None,
+                     limit: int) -> _Page:
+    newest = await uow.messages.page(workspace_id, channel_id, before=None, limit=1)
+    head = newest[0].offset if newest else 0
+    rows = await uow.messages.page(workspace_id, channel_id, before=before, limit=limit + 1)
+    more, rows = len(rows) > limit, rows[:limit]
+    if not rows:
+        return _Page([], [], None, head, False)
+    authors = {u.id: u.name for u in await uow.users.get_many(list(dict.fromkeys(m.author_id for m in rows)))}
+    ids = [m.id for m in rows]
+    counts = await uow.reactions.counts(workspace_id, ids)
+    messages = [history_message(m, authors.get(m.author_id, UNKNOWN_AUTHOR), counts.get(m.id, {})) for m in rows]
+    return _Page(messages, ids, rows[-1].offset if more else None, head, any(counts.values()))
+
+
+class SharedPages:
+    """A gateway's newest history pages, shared (issue 15: a connect fetches its first channel's newest
+    page, and during a ramp hundreds of connects a second ask for the same few channels).
+
+    The newest page of a channel (``before`` None) is read from the store once and served to every
+    request for it within ``share_s`` seconds, concurrent requests included (one read in flight per page).
+    A shared page is at most ``share_s`` old, which the protocol allows: it carries the ``offset`` it
+    reflects, and a client resumes with ``subscribe{since: offset}`` (docs/protocol.md, "history").  The
+    reader's own reactions (``mine``) are still the reader's: read for each request, in one statement,
+    only when the page holds a reaction.  Older pages (``before`` set) are read for each request.  At most
+    ``max_pages`` pages are kept; expired ones go first."""
+
+    def __init__(self, store: Store, clock: Clock, *, share_s: float, max_pages: int = 4096) -> None:
+        self._store = store
+        self._clock = clock
+        self._share_s = share_s
+        self._max = max_pages
+        self._pages: dict[tuple[uuid.UUID, uuid.UUID, int], tuple[float, _Page]] = {}
+        self._reading: dict[tuple[uuid.UUID, uuid.UUID, int], asyncio.Task[_Page]] = {}
+        self.reads = 0  # pages read from the store for sharing (tests; docs/benchmarks.md)
+
+    async def page(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int,
+                   reader: uuid.UUID | None = None) -> HistorySlice:
+        if before is not None or self._share_s <= 0:
+            return await history_page(self._store, workspace_id, channel_id, before=before, limit=limit,
+                                      reader=reader)
+        key = (workspace_id, channel_id, limit)
+        kept = self._pages.get(key)
+        if kept is not None and kept[0] > self._clock.monotonic():
+            page = kept[1]
+        else:
+            task = self._reading.get(key)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._read(key))
+                self._reading[key] = task
+                task.add_done_callback(lambda t, k=key: self._read_done(k, t))  # type: ignore[misc]
+            page = await asyncio.shield(task)  # a request that gives up does not cancel the others' read
+        if reader is None or not page.reacted:
+            return page.for_reader({})
+        async with self._store.unit_of_work() as uow:
+            mine = await uow.reactions.mine(workspace_id, reader, page.ids)
+        return page.for_reader(mine)
+
+    async def _read(self, key: tuple[uuid.UUID, uuid.UUID, int]) -> _Page:
+        workspace_id, channel_id, limit = key
+        self.reads += 1
+        async with self._store.unit_of_work() as uow:
+            return await _read_page(uow, workspace_id, channel_id, before=None, limit=limit)
+
+    def _read_done(self, key: tuple[uuid.UUID, uuid.UUID, int], task: asyncio.Task[_Page]) -> None:
+        self._reading.pop(key, None)
+        if task.cancelled() or task.exception() is not None:  # the waiters got it; nothing is kept
+            return
+        now = self._clock.monotonic()
+        if len(self._pages) >= self._max:
+            for k in [k for k, (until, _) in self._pages.items() if until <= now] or list(self._pages)[:1]:
+                del self._pages[k]
+        self._pages[key] = (now + self._share_s, task.result())
 
 
 def history_message(m: Message, author_name: str, reactions: dict[str, int],

@@ -15,7 +15,7 @@ from storm.ports.cache import Cache
 from storm.ports.clock import Clock
 from storm.ports.identity import IdentityVerifier
 from storm.ports.store import Store
-from storm.protocol.chat import Chat
+from storm.protocol.chat import Chat, SharedPages
 from storm.protocol.claims import CmidClaims
 from storm.protocol.presence import PresenceAnnouncer
 from storm.protocol.quota import ConnectionQuota
@@ -65,6 +65,7 @@ class SessionContext:
     meters: GatewayMeters = field(default_factory=GatewayMeters)  # plain counters (docs/observability.md)
     cmids: CmidClaims = field(init=False)  # client message ids (storm/protocol/claims.py)
     chat: Chat = field(init=False)  # the chat rules (storm/protocol/chat.py)
+    pages: SharedPages = field(init=False)  # the newest history pages, shared for STORM_HISTORY_SHARE_S
     limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)
     connections: ConnectionQuota = field(init=False)  # the plan's connection quota (storm/protocol/quota.py)
     presence: PresenceAnnouncer = field(init=False)  # joins/leaves, coalesced, small channels only (presence.py)
@@ -73,6 +74,7 @@ class SessionContext:
         self.cmids = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,
                                 in_doubt_s=self.config.publish_timeout_s + CLAIM_IN_DOUBT_MARGIN_S)
         self.chat = Chat(self.store, self.broker, self.clock, self.cmids)
+        self.pages = SharedPages(self.store, self.clock, share_s=self.config.history_share_s)
         self.limiter = SharedLimiter(self.cache, self.clock)
         self.connections = ConnectionQuota(self.cache, self.clock)
         self.presence = PresenceAnnouncer(self.cache, self.broker, self.clock,

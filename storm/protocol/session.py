@@ -31,7 +31,7 @@ from storm.domain import MAX_BODY_CHARS, Channel, Role
 from storm.errors import Forbidden, NotFound, StormError, Unauthenticated, Unavailable
 from storm.protocol import commands as c
 from storm.protocol import events as e
-from storm.protocol.chat import Posted, history_page, read_state
+from storm.protocol.chat import Posted, read_state
 from storm.protocol.codes import CloseCode, ErrorCode
 from storm.protocol.context import Hub, SessionContext, Transport
 from storm.protocol.failures import Disconnect, Refused
@@ -363,8 +363,8 @@ class Session:
     async def _history(self, cmd: c.History) -> None:
         p = self._p()
         ch = await self.ctx.directory.check_channel_access(p, cmd.channel)
-        page = await history_page(self.ctx.store, p.workspace.id, ch.id, before=cmd.before,
-                                  limit=min(cmd.limit, self.ctx.config.history_page_max), reader=p.user.id)
+        page = await self.ctx.pages.page(p.workspace.id, ch.id, before=cmd.before,
+                                         limit=min(cmd.limit, self.ctx.config.history_page_max), reader=p.user.id)
         self._send(e.HistoryPage(channel=str(ch.id), id=cmd.id, next_before=page.next_before, messages=page.messages,
                                  offset=page.offset))
 
