@@ -12,6 +12,8 @@ reaches it live: a subscribe (or a resume whose ``since`` is already the head, m
 then costs no broker round trip; on Pulsar each was an admin REST call.  A resume whose ``since`` is above
 the hub's head (the client saw more on another gateway than this one's feed has delivered yet) asks the
 broker, so the feed's late records are not sent to it a second time (storm/protocol/subscriptions.py).
+Until the head is known, the first subscribes of a channel share one broker request (``fetch_head``): a
+connect ramp sends hundreds of them to the channels a gateway has just begun to follow.
 
 A sweeper checks session deadlines (authentication and idle timeouts, token expiry) in one task instead
 of one timer per connection: every tick (0.5 s) the sessions opened in the last ``young_s`` that are still
@@ -56,6 +58,7 @@ class Hub:
         # delivered, or a head the broker answered since the follow (module docstring, "Heads")
         self._heads: dict[tuple[str, str], int] = {}
         self._locks = KeyedLocks()  # serialises the broker's add/remove of one channel
+        self._fetching: dict[tuple[str, str], tuple[set[Session] | None, asyncio.Task[int]]] = {}  # fetch_head
         self._sessions: set[Session] = set()
         self._young: deque[Session] = deque()  # registered within young_s: checked every tick
         self.young_s = 6.0  # > STORM_AUTH_TIMEOUT_S (set by the gateway, runtime.py)
@@ -143,6 +146,35 @@ class Hub:
         key = (workspace, channel)
         if key in self._groups and head > self._heads.get(key, -1):  # 0 too: an empty channel is known empty
             self._heads[key] = head
+
+    async def fetch_head(self, workspace: str, channel: str) -> int:
+        """The broker's head of a followed channel, at most one request in flight per channel, combined
+        with what the feed delivered meanwhile (what :meth:`head` then answers).
+
+        A connect ramp sends hundreds of first subscribes to a channel this gateway has just begun to
+        follow, each of which used to ask the broker (on Pulsar an admin REST call, 10 % of a gateway
+        during storm day).  Any broker answer ``h`` read after the follow began is a valid head for every
+        subscriber once combined with the feed: a record above ``h`` either reached the feed before the
+        subscriber joined (so the feed's head covers it) or reaches the subscriber live.  A request is
+        shared only within one follow (a channel left by everyone and followed again asks afresh)."""
+        key = (workspace, channel)
+        group = self._groups.get(key)
+        pending = self._fetching.get(key)
+        if pending is None or pending[0] is not group:
+            task = asyncio.get_running_loop().create_task(self._broker.head(workspace, channel))
+            mine = pending = (group, task)
+            self._fetching[key] = mine
+
+            def done(t: asyncio.Task[int], k: tuple[str, str] = key) -> None:
+                if self._fetching.get(k) is mine:
+                    del self._fetching[k]
+                if not t.cancelled():
+                    t.exception()  # retrieved here: every waiter may have gone
+
+            task.add_done_callback(done)
+        head = await asyncio.shield(pending[1])  # a subscriber that gives up does not cancel the others'
+        self.saw_head(workspace, channel, head)
+        return max(head, self._heads.get(key, head)) if key in self._groups else head
 
     # -- fan-out ----------------------------------------------------------------------------------------
     def _on_record(self, record: Record) -> None:

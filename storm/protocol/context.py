@@ -50,6 +50,11 @@ class Hub(Protocol):
         """The broker's answer for a followed channel's head."""
         ...
 
+    async def fetch_head(self, workspace: str, channel: str) -> int:
+        """Ask the broker for a followed channel's head (one request in flight per channel), combined with
+        what this gateway's feed delivered."""
+        ...
+
 
 @dataclass
 class SessionContext:

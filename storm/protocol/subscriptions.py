@@ -119,8 +119,10 @@ class Subscriptions:
                 # unknown, or this gateway's feed is behind what the client saw elsewhere (another gateway,
                 # before a kill): the log's own head, else the feed's late records up to `since` would reach
                 # the client a second time, and out of order (storm day 100 000, 2026-12-07)
-                head = await ctx.broker.head(ws, channel)
-                ctx.hub.saw_head(ws, channel, head)
+                head = await ctx.hub.fetch_head(ws, channel)  # shared by the subscribes that ask together
+                if cmd.since is not None and cmd.since > head:  # a shared answer may predate what the client saw
+                    head = await ctx.broker.head(ws, channel)
+                    ctx.hub.saw_head(ws, channel, head)
             records, recovered = await self._missed(ws, channel, cmd.since, head)
         except BaseException:
             if fresh:

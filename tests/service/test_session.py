@@ -594,6 +594,35 @@ async def test_subscribes_to_a_channel_the_gateway_follows_ask_the_broker_nothin
         services.broker.head, services.broker.read = real_head, real_read  # type: ignore[method-assign]
 
 
+async def test_first_subscribes_that_arrive_together_share_one_broker_head(ctx, services):
+    """gateway/hub.py, ``fetch_head``: during a connect ramp hundreds of clients subscribe to a channel the
+    gateway has just begun to follow, and each asked the broker for the head (on Pulsar an admin REST call,
+    10 % of a gateway's samples in storm day).  They now share one request; each still gets the head and
+    every later record live, once."""
+    calls: list[str] = []
+    real_head = services.broker.head
+
+    async def slow_head(ws: str, ch: str) -> int:
+        calls.append("head")
+        await asyncio.sleep(0.05)  # an admin round trip
+        return await real_head(ws, ch)
+
+    a, _ = await connect(ctx, services, "alice")
+    for i in range(2):
+        await send(a, op="publish", id=1 + i, channel=RANDOM, cmid=f"r{i}", text=f"t{i}")
+    users = [await connect(ctx, services, ("bob", "carol", "dave")[i % 3]) for i in range(30)]
+    services.broker.head = slow_head  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(send(s, op="subscribe", id=1, channel=RANDOM) for s, _ in users))
+        assert calls == ["head"]
+        assert {t.take("subscribed")[0]["offset"] for _, t in users} == {2}
+        await send(a, op="publish", id=9, channel=RANDOM, cmid="r9", text="live")
+        await asyncio.sleep(0.01)
+        assert all([m["offset"] for m in t.take("message")] == [3] for _, t in users)
+    finally:
+        services.broker.head = real_head  # type: ignore[method-assign]
+
+
 async def test_a_resume_past_a_lagging_feed_gets_no_record_twice(ctx, services, hub):
     """The storm day run of 2026-12-07 (100 000 users, a Pulsar restart and gateway kills): 209 duplicate
     deliveries and 252 inversions, none stored twice.  A client resumed on a gateway whose feed was behind

@@ -40,6 +40,9 @@ class FirstControlJoinFails:
     def saw_head(self, workspace: str, channel: str, head: int) -> None:
         self._hub.saw_head(workspace, channel, head)
 
+    async def fetch_head(self, workspace: str, channel: str) -> int:
+        return await self._hub.fetch_head(workspace, channel)  # type: ignore[no-any-return]
+
 
 async def test_after_a_failed_control_join_the_next_session_still_gets_revocations_at_once(services, hub):
     s = services
