@@ -465,6 +465,21 @@ class SqlReactionRepository(_Repository):
                 result.setdefault(message_id, []).append(emoji)
         return {k: sorted(v) for k, v in result.items()}
 
+    async def reactors(
+        self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[uuid.UUID, list[str]]]:
+        r = m.reactions
+        result: dict[uuid.UUID, dict[uuid.UUID, list[str]]] = {}
+        for chunk in _chunks(list(dict.fromkeys(message_ids)), 500):
+            query = (select(r.c.message_id, r.c.user_id, r.c.emoji)
+                     .where(r.c.workspace_id == workspace_id, r.c.message_id.in_(chunk)))
+            for message_id, user_id, emoji in await self._execute(query):
+                result.setdefault(message_id, {}).setdefault(user_id, []).append(emoji)
+        for users in result.values():
+            for emojis in users.values():
+                emojis.sort()
+        return result
+
 
 # ---- read markers ---------------------------------------------------------------------------------------
 class SqlReadMarkerRepository(_Repository):

@@ -400,6 +400,16 @@ class MemoryReactionRepository(_Repository):
                 result.setdefault(message_id, []).append(emoji)
         return {k: sorted(v) for k, v in result.items()}
 
+    async def reactors(
+        self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[uuid.UUID, list[str]]]:
+        wanted = set(message_ids)
+        result: dict[uuid.UUID, dict[uuid.UUID, list[str]]] = {}
+        for ws, message_id, user, emoji in self._t.reactions:
+            if ws == workspace_id and message_id in wanted:
+                result.setdefault(message_id, {}).setdefault(user, []).append(emoji)
+        return {k: {u: sorted(e) for u, e in v.items()} for k, v in result.items()}
+
 
 class MemoryReadMarkerRepository(_Repository):
     async def advance(self, marker: ReadMarker) -> int:

@@ -156,6 +156,14 @@ class ReactionRepository(Protocol):
         """The emojis the user reacted with, per message (sorted; messages without any are absent)."""
         ...
 
+    async def reactors(
+        self, workspace_id: uuid.UUID, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[uuid.UUID, builtins.list[str]]]:
+        """Every reaction on the messages: message -> user -> emojis (sorted; messages without any are
+        absent).  What a gateway reads once for a history page many readers share, so that each reader's
+        own reactions need no query (storm/protocol/chat.py, ``SharedPages``)."""
+        ...
+
 
 NO_HEAD = 2**63 - 1  # a head above every offset (a signed 64-bit integer, as stored): "count them all"
 

@@ -18,6 +18,7 @@ tenants API (tenants/service.py).  No socket, no HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -197,6 +198,17 @@ class _Page:
     next_before: int | None
     offset: int
     reacted: bool  # some message of the page has a reaction
+    # every reaction on the page (message -> user -> emojis) when a shared page holds at most
+    # REACTORS_MAX of them: each reader's `mine` then needs no query; None: read `mine` per reader
+    reactors: dict[uuid.UUID, dict[uuid.UUID, list[str]]] | None = None
+
+    def mine(self, reader: uuid.UUID) -> dict[uuid.UUID, list[str]] | None:
+        """The reader's own reactions from ``reactors``; None when they were not read."""
+        if not self.reacted:
+            return {}
+        if self.reactors is None:
+            return None
+        return {mid: users[reader] for mid, users in self.reactors.items() if reader in users}
 
     def for_reader(self, mine: dict[uuid.UUID, list[str]]) -> HistorySlice:
         if not mine:
@@ -223,6 +235,9 @@ async def _read_page(uow: UnitOfWork, workspace_id: uuid.UUID, channel_id: uuid.
     return _Page(messages, ids, rows[-1].offset if more else None, head, any(counts.values()))
 
 
+REACTORS_MAX = 2000  # reactions on a shared page kept with it (each reader's `mine` read from them)
+
+
 class SharedPages:
     """A gateway's newest history pages, shared (issue 15: a connect fetches its first channel's newest
     page, and during a ramp hundreds of connects a second ask for the same few channels).
@@ -231,8 +246,9 @@ class SharedPages:
     request for it within ``share_s`` seconds, concurrent requests included (one read in flight per page).
     A shared page is at most ``share_s`` old, which the protocol allows: it carries the ``offset`` it
     reflects, and a client resumes with ``subscribe{since: offset}`` (docs/protocol.md, "history").  The
-    reader's own reactions (``mine``) are still the reader's: read for each request, in one statement,
-    only when the page holds a reaction.  Older pages (``before`` set) are read for each request.  At most
+    reader's own reactions (``mine``) are still the reader's: taken from the page's reactions, read with
+    it when there are at most ``REACTORS_MAX``, else read for each request in one statement.  Older pages
+    (``before`` set) are read for each request.  At most
     ``max_pages`` pages are kept; expired ones go first."""
 
     def __init__(self, store: Store, clock: Clock, *, share_s: float, max_pages: int = 4096) -> None:
@@ -260,17 +276,22 @@ class SharedPages:
                 self._reading[key] = task
                 task.add_done_callback(lambda t, k=key: self._read_done(k, t))  # type: ignore[misc]
             page = await asyncio.shield(task)  # a request that gives up does not cancel the others' read
-        if reader is None or not page.reacted:
+        if reader is None:
             return page.for_reader({})
-        async with self._store.unit_of_work() as uow:
-            mine = await uow.reactions.mine(workspace_id, reader, page.ids)
+        mine = page.mine(reader)
+        if mine is None:  # a page with more reactions than are worth keeping: the reader's own, read now
+            async with self._store.unit_of_work() as uow:
+                mine = await uow.reactions.mine(workspace_id, reader, page.ids)
         return page.for_reader(mine)
 
     async def _read(self, key: tuple[uuid.UUID, uuid.UUID, int]) -> _Page:
         workspace_id, channel_id, limit = key
         self.reads += 1
         async with self._store.unit_of_work() as uow:
-            return await _read_page(uow, workspace_id, channel_id, before=None, limit=limit)
+            page = await _read_page(uow, workspace_id, channel_id, before=None, limit=limit)
+            if page.reacted and sum(sum(m.reactions.values()) for m in page.messages) <= REACTORS_MAX:
+                page = dataclasses.replace(page, reactors=await uow.reactions.reactors(workspace_id, page.ids))
+        return page
 
     def _read_done(self, key: tuple[uuid.UUID, uuid.UUID, int], task: asyncio.Task[_Page]) -> None:
         self._reading.pop(key, None)

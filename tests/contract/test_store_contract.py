@@ -831,6 +831,9 @@ async def test_unread_counts_others_messages_after_the_marker_and_mine_lists_own
         assert await uow.reactions.mine(ws.id, me, [theirs[0].id, theirs[1].id]) == {theirs[0].id: ["🎉", "👍"]}
         assert await uow.reactions.mine(ws.id, you, [theirs[0].id]) == {theirs[0].id: ["👍"]}
         assert await uow.reactions.mine(other_ws.id, me, [theirs[0].id]) == {}
+        assert await uow.reactions.reactors(ws.id, [theirs[0].id, theirs[1].id]) == {
+            theirs[0].id: {me: ["🎉", "👍"], you: ["👍"]}}
+        assert await uow.reactions.reactors(other_ws.id, [theirs[0].id]) == {}
 
 
 async def test_unread_at_answers_many_pairs_at_once_counting_up_to_each_head(store: Store) -> None:

@@ -103,9 +103,10 @@ async def test_each_reader_sees_its_own_reactions_on_a_shared_page(store: Counti
         await uow.reactions.add(Reaction(WS.id, newest.id, ALICE.id, "tada"))
         await uow.commit()
     pages = SharedPages(store, ManualClock(), share_s=1.0)
+    store.units = 0
     alice, bob = await asyncio.gather(pages.page(WS.id, CH.id, before=None, limit=30, reader=ALICE.id),
                                       pages.page(WS.id, CH.id, before=None, limit=30, reader=BOB.id))
-    assert pages.reads == 1
+    assert pages.reads == 1 and store.units == 1  # the page's reactions read with it: no query per reader
     assert alice.messages[0].reactions == {"tada": 1} and alice.messages[0].mine == ["tada"]
     assert bob.messages[0].reactions == {"tada": 1} and bob.messages[0].mine == []
     assert alice == await history_page(store, WS.id, CH.id, before=None, limit=30, reader=ALICE.id)
@@ -157,3 +158,20 @@ async def test_the_pages_kept_are_bounded(store: CountingStore) -> None:
     assert pages.reads == 3 and len(pages._pages) == 2
     await pages.page(WS.id, CH.id, before=None, limit=30)  # the newest is still kept
     assert pages.reads == 3
+
+
+async def test_a_page_with_more_reactions_than_kept_reads_each_readers_own(store: CountingStore,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("storm.protocol.chat.REACTORS_MAX", 1)
+    async with store.unit_of_work() as uow:
+        newest = (await uow.messages.page(WS.id, CH.id, before=None, limit=2))
+        await uow.reactions.add(Reaction(WS.id, newest[0].id, ALICE.id, "tada"))
+        await uow.reactions.add(Reaction(WS.id, newest[1].id, BOB.id, "eyes"))
+        await uow.commit()
+    pages = SharedPages(store, ManualClock(), share_s=1.0)
+    store.units = 0
+    alice = await pages.page(WS.id, CH.id, before=None, limit=30, reader=ALICE.id)
+    bob = await pages.page(WS.id, CH.id, before=None, limit=30, reader=BOB.id)
+    assert pages.reads == 1 and store.units == 3  # the shared read, then one `mine` per reader
+    assert [m.mine for m in alice.messages[:2]] == [["tada"], []]
+    assert [m.mine for m in bob.messages[:2]] == [[], ["eyes"]]
