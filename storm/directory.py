@@ -2,7 +2,10 @@
 
 Used by the gateway session and the tenants API alike, so both authorise the same way.  Every lookup
 takes the workspace first.  Entries are invalidated by the tenants API when memberships or channels
-change; the TTL bounds staleness if an invalidation is lost.
+change; the TTL bounds staleness if an invalidation is lost.  How long an entry lives depends on what can make
+it wrong (docs/cache.md, "Entry lifetimes"): what the tenants API invalidates ``INVALIDATED_TTL_S`` (10 min, so
+that a reconnect storm minutes after the connects is served from the cache), a user's id and name a day (never
+updated), the workspace ``CACHE_TTL_S``.
 
 Two guards against a thundering herd on the store (docs/cache.md, "Directory"): each entry's TTL is drawn
 from ``ttl`` ± ``TTL_JITTER`` (entries cached together, e.g. when 2 000 clients subscribe at start, used to
@@ -47,7 +50,15 @@ from storm.ports.cache import Cache
 from storm.ports.identity import Claims
 from storm.ports.store import Store, UnitOfWork
 
-CACHE_TTL_S = 30.0
+CACHE_TTL_S = 30.0  # entries nobody invalidates (the workspace, ``ws``): the TTL is their only bound
+# Entries the tenants API invalidates (a tombstone after its commit) on every change that affects them:
+# ``member:`` (add, role change, removal, ban, workspace creation), ``channel:`` (creation, archive, membership),
+# ``chmember:`` (added to / removed from a private channel, removed from the workspace), ``webhooks``.  The TTL
+# only bounds an invalidation that was lost (the API's tombstone write failed after its commit); it outlives a
+# reconnect, so a user who connected minutes before a gateway died is not a first sight on the survivor
+# (issue 11, docs/cache.md "Entry lifetimes").
+INVALIDATED_TTL_S = 600.0
+USER_TTL_S = 86_400.0  # ``user:<subject>`` -> id and name: a user row is never updated nor deleted
 TTL_JITTER = 0.2  # each entry lives ttl x uniform(0.8, 1.2)
 TOMBSTONE = b"\xff"  # what an invalidation writes: no cached value is a single 0xff byte
 DECODED_MAX = 10_000  # decoded entries kept per process (cleared when full)
@@ -55,6 +66,7 @@ TOMBSTONE_TTL_S = 2.0  # while it lives, lookups read the store and loads cannot
 FIRST_SIGHT_BATCH = 100  # first sights of one workspace read in one unit of work (Directory._first_sight)
 STALE_IF_ERROR_S = 300.0  # how old a last-seen answer may be to stand in for an unreadable store
 LAST_KNOWN_MAX = 100_000  # last-seen answers kept per process (the oldest dropped first)
+INVALIDATED_PREFIXES = ("member:", "channel:", "chmember:")  # keys the tenants API invalidates (with "webhooks")
 
 log = logging.getLogger("storm.directory")
 
@@ -107,10 +119,13 @@ class Principal:
 
 
 class Directory:
-    def __init__(self, store: Store, cache: Cache, ttl: float = CACHE_TTL_S) -> None:
+    def __init__(self, store: Store, cache: Cache, ttl: float = CACHE_TTL_S, *,
+                 invalidated_ttl: float = INVALIDATED_TTL_S, user_ttl: float = USER_TTL_S) -> None:
         self._store = store
         self._cache = cache
         self._ttl = ttl
+        self._invalidated_ttl = invalidated_ttl
+        self._user_ttl = user_ttl
         self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # cached bytes -> the immutable object they decode to: a connect reads the same workspace and user
         # entries again and again; keyed by the bytes themselves, so a changed entry is a new key
@@ -128,8 +143,16 @@ class Directory:
         self._now: Callable[[], float] = time.monotonic
         self.stale_served = 0  # lookups answered from _last_known because the store was unavailable
 
-    def _entry_ttl(self) -> float:
-        return self._ttl * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
+    def _entry_ttl(self, key: str = "ws") -> float:
+        """How long the entry ``key`` lives in the cache, jittered: a user's id and name for a day (immutable),
+        what the tenants API invalidates for ``INVALIDATED_TTL_S``, the rest for ``ttl``."""
+        if key.startswith("user:"):
+            base = self._user_ttl
+        elif key.startswith(INVALIDATED_PREFIXES) or key == "webhooks":
+            base = self._invalidated_ttl
+        else:
+            base = self._ttl
+        return base * random.uniform(1 - TTL_JITTER, 1 + TTL_JITTER)  # nosec B311: spreading, not security
 
     async def _single_flight(self, workspace: str, key: str, load: Callable[[], Awaitable[T]]) -> T:
         """Run ``load`` once for concurrent callers of one (workspace, key) in this process."""
@@ -519,7 +542,7 @@ class Directory:
     async def _remember(self, workspace: str, key: str, value: bytes) -> None:
         """Cache what a load read, unless anything is there: another load's answer, or a tombstone."""
         self._seen(workspace, key, value)
-        await self._cache.put_if_absent(workspace, key, value, self._entry_ttl())
+        await self._cache.put_if_absent(workspace, key, value, self._entry_ttl(key))
 
     async def _forget(self, workspace: str, key: str) -> None:
         await self._cache.set(workspace, key, TOMBSTONE, TOMBSTONE_TTL_S)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from storm.adapters.memory_cache import MemoryCache
-from storm.directory import CACHE_TTL_S, TOMBSTONE_TTL_S, TTL_JITTER, Directory
+from storm.directory import CACHE_TTL_S, INVALIDATED_TTL_S, TOMBSTONE_TTL_S, TTL_JITTER, USER_TTL_S, Directory
 from storm.domain import Channel, ChannelKind, Workspace
 from storm.ports.clock import ManualClock
 
@@ -107,9 +107,11 @@ async def test_several_waiters_of_a_cancelled_load_all_get_the_answer(setup: Any
 
 def test_entry_ttls_are_spread_so_entries_cached_together_do_not_expire_together(setup: Any) -> None:
     *_, directory = setup
-    ttls = [directory._entry_ttl() for _ in range(2000)]
-    assert all(CACHE_TTL_S * (1 - TTL_JITTER) <= t <= CACHE_TTL_S * (1 + TTL_JITTER) for t in ttls)
-    assert max(ttls) - min(ttls) > CACHE_TTL_S * TTL_JITTER  # spread over seconds, not one instant
+    for key, base in (("ws", CACHE_TTL_S), ("member:1", INVALIDATED_TTL_S), ("chmember:1:2", INVALIDATED_TTL_S),
+                      ("user:dev|a", USER_TTL_S)):
+        ttls = [directory._entry_ttl(key) for _ in range(2000)]
+        assert all(base * (1 - TTL_JITTER) <= t <= base * (1 + TTL_JITTER) for t in ttls)
+        assert max(ttls) - min(ttls) > base * TTL_JITTER  # spread over seconds, not one instant
 
 
 async def test_a_load_racing_an_invalidation_does_not_cache_the_old_answer(setup: Any) -> None:

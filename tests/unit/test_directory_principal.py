@@ -115,6 +115,69 @@ async def test_a_removal_still_refuses_a_cached_user(env: Any) -> None:
         await directory.principal(claims("dev|cy"))
 
 
+async def _private(store: MemoryStore, *members: uuid.UUID) -> Channel:
+    channel = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="p", kind=ChannelKind.PRIVATE)
+    async with store.unit_of_work() as uow:
+        await uow.channels.add(channel)
+        for uid in members:
+            await uow.channels.add_member(WS.id, channel.id, uid)
+        await uow.commit()
+    return channel
+
+
+async def test_a_user_returning_minutes_later_to_another_gateway_needs_no_store_read(env: Any) -> None:
+    """A gateway dies minutes after its users connected: each is re-admitted and resubscribed by a survivor (a
+    Directory of its own on the shared cache) from the cache alone (issue 11, reconnect storm: with 30 s entries
+    every one was a first sight again, its membership and private channel read from the store)."""
+    store, clock, directory = env
+    user = await directory.resolve_user(claims("dev|dee"))
+    await _join(store, user.id, Role.MEMBER)
+    channel = await _private(store, user.id)
+    p = await directory.principal(claims("dev|dee"))  # the first connect, on the gateway that will die
+    await directory.check_channel_access(p, str(channel.id))
+    clock.advance(5 * 60)  # the gateway dies five minutes later
+    survivor = Directory(store, directory._cache)
+    await survivor.workspace(WS.slug)  # one read per workspace and 30 s, whoever connects: not per user
+    before = store.units
+    p = await survivor.principal(claims("dev|dee"))
+    assert (p.user.id, p.role) == (user.id, Role.MEMBER)
+    assert (await survivor.check_channel_access(p, str(channel.id))).id == channel.id
+    assert store.units == before  # user, role, channel and channel membership: all from the cache
+
+
+async def test_long_lived_entries_still_see_a_role_change_and_a_removal_at_once(env: Any) -> None:
+    """The entries outlive a reconnect because the tenants API invalidates every change: a role change, a
+    removal from a private channel and from the workspace take effect at the next lookup, on any gateway."""
+    store, clock, directory = env
+    user = await directory.resolve_user(claims("dev|eve"))
+    await _join(store, user.id, Role.MEMBER)
+    channel = await _private(store, user.id)
+    p = await directory.principal(claims("dev|eve"))
+    await directory.check_channel_access(p, str(channel.id))
+    clock.advance(5 * 60)
+    other = Directory(store, directory._cache)
+    async with store.unit_of_work() as uow:  # what change_role does, then its invalidation
+        await uow.memberships.set_role(WS.id, user.id, Role.ADMIN)
+        await uow.commit()
+    await directory.forget_member(WS.slug, user.id)
+    assert (await other.principal(claims("dev|eve"))).role is Role.ADMIN
+    async with store.unit_of_work() as uow:  # remove_channel_member
+        await uow.channels.remove_member(WS.id, channel.id, user.id)
+        await uow.commit()
+    await directory.forget_channel(WS.slug, channel.id, user.id)
+    with pytest.raises(NotFound):
+        await other.check_channel_access(p, str(channel.id))
+    clock.advance(TOMBSTONE_TTL_S + 1)  # the "no" is cached, and stays right
+    with pytest.raises(NotFound):
+        await other.check_channel_access(p, str(channel.id))
+    async with store.unit_of_work() as uow:  # remove_member
+        await uow.memberships.remove(WS.id, user.id)
+        await uow.commit()
+    await directory.forget_member(WS.slug, user.id)
+    with pytest.raises(Forbidden):
+        await other.principal(claims("dev|eve"))
+
+
 class SlowStore(CountingStore):
     """A store whose units of work take a moment (a PostgreSQL round trip), and can be made to fail once."""
 
@@ -249,7 +312,9 @@ async def test_while_the_store_is_down_expired_entries_answer_from_their_last_kn
     store, clock = DownStore(), ManualClock()
     channel = Channel(id=uuid.uuid4(), workspace_id=WS.id, name="general", kind=ChannelKind.PUBLIC)
     async with started(store, clock, channel) as cache:
-        directory = Directory(store, cache)
+        # every entry lives CACHE_TTL_S here (those the tenants API invalidates live longer by default): what
+        # matters is an entry that expires while the store is down
+        directory = Directory(store, cache, invalidated_ttl=CACHE_TTL_S)
         now = [0.0]
         directory._now = lambda: now[0]
         user = await directory.resolve_user(claims("dev|bo"))
