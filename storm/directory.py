@@ -258,7 +258,10 @@ class Directory:
         taken: list[tuple[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[tuple[int, int]]]] = []
 
         async def drain(uow: UnitOfWork) -> list[tuple[int, int]]:
-            taken.extend(self._states.pop(workspace.slug, []))
+            # a caller that left (its client gave up and closed the socket: the subscribe was cancelled) is not read
+            taken.extend(item for item in self._states.pop(workspace.slug, []) if not item[1].done())
+            if not taken:
+                return []
             return await uow.read_markers.unread_at(workspace.id, [item for item, _ in taken])
 
         try:
@@ -281,6 +284,10 @@ class Directory:
                     self._reads[workspace] = rest
                 else:
                     del self._reads[workspace]
+                # a caller that left meanwhile (cancelled: its client closed the socket) is not read for
+                batch = [(fn, future) for fn, future in batch if not future.done()]
+                if not batch:
+                    continue
                 results: list[Any] = []
                 try:
                     async with self._store.unit_of_work() as uow:

@@ -380,3 +380,34 @@ async def test_a_failed_read_state_read_fails_its_callers_and_the_next_ones_read
                                    return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results)
     assert await asyncio.wait_for(directory.read_state(WS, uid, ch, 5), 1) == (0, 0)
+
+
+async def test_a_subscribe_whose_client_left_is_not_read_for(slow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a reconnect storm clients give up (10 s) and close the socket while their subscribe waits for the
+    batched read; the gateway then cancels the subscribe.  Its read state and its other queued store reads are
+    not read for: that work would serve nobody (issue 11, reconnect storm)."""
+    from storm.adapters.memory_store import MemoryReadMarkerRepository
+
+    store, directory = slow
+    ids = await _members(store, directory, 6, "gone")
+    ch = uuid.uuid4()
+    asked: list[int] = []
+    unread_at = MemoryReadMarkerRepository.unread_at
+
+    async def counting(self: Any, workspace_id: uuid.UUID, items: Any) -> Any:
+        asked.append(len(items))
+        return await unread_at(self, workspace_id, items)
+
+    monkeypatch.setattr(MemoryReadMarkerRepository, "unread_at", counting)
+    first = asyncio.ensure_future(directory.read_state(WS, ids[0], ch, 5))
+    await asyncio.sleep(0.005)  # its read is under way: the next ones wait for the next batch
+    waiting = [asyncio.ensure_future(directory.read_state(WS, uid, ch, 5)) for uid in ids[1:]]
+    gone = [asyncio.ensure_future(directory.channel(WS, str(uuid.uuid4()))) for _ in range(3)]
+    await asyncio.sleep(0)
+    for task in [*waiting[:3], *gone]:  # three subscribes and three channel look-ups whose clients left
+        task.cancel()
+    units = store.units
+    assert await first == (0, 0)
+    assert await asyncio.gather(*waiting[3:]) == [(0, 0), (0, 0)]
+    assert asked == [3]  # one batch (they came while its unit of work opened), without the three that left
+    assert store.units == units  # and no unit of work for the look-ups whose clients left
