@@ -56,6 +56,15 @@ _CODE = re.compile(rb'"code":"([a-z_]+)"')
 _OFFSET = re.compile(rb'"offset":(\d+)')
 
 
+class PhaseTimeout(TimeoutError):
+    """A setup phase that missed its timeout: ``upgrade`` (TCP and the WebSocket upgrade), ``hello`` (auth ->
+    hello) or ``subscribed`` (subscribe -> subscribed); counted as ``timeout_<phase>`` after the kill."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(f"no answer in the {phase} phase")
+        self.phase = phase
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("reconnect", help="SIGKILL the busiest gateway; time until every dropped client resumed")
     p.add_argument("--connections", type=int, default=17000, help="client connections (default 17000)")
@@ -198,6 +207,7 @@ class Child:
         loop = asyncio.get_running_loop()
         proto: Member | None = None
         phase = timeout or cfg["connect_timeout"]
+        stage = "upgrade"
         try:
             # the SDK's timeouts (sdk/storm_sdk/client.py), each phase its own: TCP and the WebSocket upgrade
             # within connect_timeout_s, auth -> hello within connect_timeout_s again, subscribe within
@@ -207,10 +217,16 @@ class Child:
                     lambda: Member(u, port, auth, cfg["channels"][u], since, u in cfg["sampled"], self.on_drop),
                     HOST, port, local_addr=(cfg["source"], 0))
                 await proto.opened
+            stage = "hello"
             async with asyncio.timeout(phase):
                 await proto.hello
+            stage = "subscribed"
             async with asyncio.timeout(timeout or cfg["request_timeout"]):
                 await proto.ready
+        except TimeoutError as exc:
+            if proto is not None and proto.transport is not None:
+                proto.transport.abort()
+            raise PhaseTimeout(stage) from exc
         except BaseException:
             if proto is not None and proto.transport is not None:
                 proto.transport.abort()
@@ -245,6 +261,8 @@ class Child:
                 await self.open(u, port, since)
             except Exception as exc:
                 reason, detail, refused = classify(exc)
+                if isinstance(exc, PhaseTimeout):  # which phase the client gave up in
+                    reason = f"timeout_{exc.phase}"
                 self.count(self.refused if refused else self.failed, reason, detail)
                 avoid = {port}
                 code = int(reason.rsplit("_", 1)[1]) if reason.startswith("closed_") and reason[7:].isdigit() else None
