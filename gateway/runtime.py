@@ -50,10 +50,13 @@ class Gateway:
         self._unwatch: Unwatch | None = None
         # presence refreshed and access re-checked for every session at once, beside their frames
         self.presence = PresenceKeeper(services.cache, services.directory, services.config.presence_ttl_s,
-                                       lambda: self.hub.sessions, store=services.store)
+                                       lambda: self.hub.sessions, store=services.store,
+                                       lease=f"gw-{secrets.token_hex(8)}")
+        self.session_context.presence_lease = self.presence.lease  # one lease for all its sessions' entries
 
     async def start(self) -> None:
         await self.hub.start()
+        await self.presence.renew()  # the lease exists before the first session's entry names it
         # presence.leave for users whose gateway died (their entries expire instead of being removed)
         self._unwatch = await self.services.cache.watch_presence_expiry(self.hub.wants, self.hub.presence_expired)
         self.presence.start()

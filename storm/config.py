@@ -103,7 +103,8 @@ class Config:
         7 * 24 * 3600.0, "STORM_RETENTION_S", "Memory broker: age after which entries are dropped."
     )
     presence_ttl_s: float = _setting(
-        60.0, "STORM_PRESENCE_TTL_S", "Presence entries expire unless refreshed within this."
+        60.0, "STORM_PRESENCE_TTL_S", "A gateway's presence lease, and with it its users' presence, lapses "
+        "unless renewed within this (every third of it); also the TTL of entries without a lease."
     )
     presence_broadcast_max: int = _setting(
         100, "STORM_PRESENCE_BROADCAST_MAX", "presence.join/leave are announced only in channels with at most "

@@ -12,8 +12,13 @@ Design and guarantees: docs/cache.md.  In short:
 * Directory entries (``ws``, ``webhooks``, ``member:``, ``channel:``, ``chmember:``, written by storm/directory.py) live
   in ``storm.directory``, read through this process's :class:`NearCache`, invalidated by the map's entry
   events (one listener per client) and by our own writes.
-* Presence: one ``storm.presence`` entry per (workspace, channel, connection) with a per-entry TTL; the
-  value is JSON so queries by (workspace, channel[, user]) use hash indexes.
+* Presence: one ``storm.presence`` entry per (workspace, channel, connection); the value is JSON so queries
+  by (workspace, channel[, user], gateway lease) use hash indexes.  A gateway's entries carry its lease
+  (``gw``) and no TTL: they live while its one ``storm.presence.leases`` entry (the lease's end, wall time)
+  is renewed, so keeping 50 000 connections present is one write per interval, not 50 000 ``setTtl``.
+  Readers leave out the entries of lapsed leases (``not in_("gw", lapsed...)``, the lease map read at most
+  once a second per process); a lapsed lease is noticed by every watcher's poll (leaves) and reaped by any
+  renewing gateway one TTL later (docs/cache.md, "Presence leases").  Entries without a lease keep a TTL.
 * Counters are PN counters (CRDT), one per key, listed in ``storm.counters`` so they can be destroyed.
 * Rate buckets: optimistic compare-and-set on a small ``"tokens|timestamp"`` string (no locks, no CP).
 """
@@ -44,7 +49,7 @@ with warnings.catch_warnings():
     from hazelcast.config import IndexType
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.errors import ConsistencyLostError, HazelcastError
-    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, less, not_equal
+    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, in_, less, not_, not_equal
 
 from storm.errors import BadRequest, Unavailable
 from storm.lifecycle import Lifecycle
@@ -65,6 +70,7 @@ log = logging.getLogger("storm.cache.hazelcast")
 MAP_DIRECTORY = "storm.directory"  # near-cached: read on every authorisation, written on membership changes
 MAP_KV = "storm.kv"  # every other key/value (cmid dedup, ...): write-heavy, no near cache
 MAP_PRESENCE = "storm.presence"
+MAP_LEASES = "storm.presence.leases"  # lease (a gateway process) -> its end, wall time; no TTL: reaped
 MAP_COUNTERS = "storm.counters"  # registry of PN counter names, per workspace (PN counters cannot be listed)
 MAP_RATE = "storm.rate"
 MAP_REVOKED = "storm.revoked"
@@ -86,6 +92,8 @@ RATE_BACKOFF_S = 0.002  # upper bound of the random pause after the n-th lost ra
 COUNTER_PROXIES_MAX = 10_000  # PN counter proxies kept by the client; the rest are let go (LRU)
 DROP_CONCURRENCY = 32
 REFRESH_IN_FLIGHT = 256  # set_ttl invocations one presence_refresh_many keeps in flight (pipelined)
+LEASES_FRESH_S = 1.0  # how long this process trusts its reading of the lease map (presence readers)
+LEASE_POLL_S = 1.0  # how often a watching process looks for lapsed leases (their users' leaves)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -274,6 +282,11 @@ class HazelcastCache:
         self._life = Lifecycle("cache")
         self._expiry_checks: set[asyncio.Task[None]] = set()
         self._near = NearCache(NEAR_CACHE_TTL_S, NEAR_CACHE_MAX_ENTRIES)
+        self._leases: dict[str, float] = {}  # lease -> its end (wall time), as last read from MAP_LEASES
+        self._leases_read = -math.inf  # time.monotonic() of that reading
+        self._lease_watchers: dict[int, tuple[PresenceWanted, PresenceExpired]] = {}
+        self._lease_poll: asyncio.Task[None] | None = None
+        self._watch_ids = 0
 
     def _client_config(self) -> HzConfig:
         cfg = HzConfig()  # type: ignore[no-untyped-call]  # hazelcast's __init__ lacks its `-> None`
@@ -291,7 +304,7 @@ class HazelcastCache:
         try:
             client = await HazelcastClient.create_and_start(self._client_config())
             _reconnect_forever(client)
-            for name in (MAP_DIRECTORY, MAP_KV, MAP_PRESENCE, MAP_COUNTERS, MAP_RATE, MAP_REVOKED):
+            for name in (MAP_DIRECTORY, MAP_KV, MAP_PRESENCE, MAP_LEASES, MAP_COUNTERS, MAP_RATE, MAP_REVOKED):
                 self._maps[name] = await client.get_map(name)
             near = self._near
             client.lifecycle_service.add_listener(near.on_state)
@@ -303,6 +316,7 @@ class HazelcastCache:
             # Hash indexes for the two presence queries; adding an existing index is a no-op cluster-side.
             await presence.add_index(attributes=["ws", "ch", "uid"], index_type=IndexType.HASH)
             await presence.add_index(attributes=["ws", "ch"], index_type=IndexType.HASH)
+            await presence.add_index(attributes=["gw"], index_type=IndexType.HASH)  # a lease's entries
         except BaseException as exc:  # also cancellation: never leave a connected client behind
             self._life.start_failed()
             if client is not None:
@@ -324,6 +338,12 @@ class HazelcastCache:
             return
         for task in list(self._expiry_checks):
             task.cancel()
+        self._lease_watchers.clear()
+        poll, self._lease_poll = self._lease_poll, None
+        if poll is not None:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
         client, self._client = self._client, None
         self._maps.clear()
         self._counter_names.clear()
@@ -516,26 +536,74 @@ class HazelcastCache:
     def _user_in_channel(workspace: str, channel: str, user_id: str) -> Predicate:
         return and_(equal("ws", workspace), equal("ch", channel), equal("uid", user_id))
 
+    async def _lease_view(self, *, fresh: bool = False) -> dict[str, float]:
+        """The lease map (lease -> end), read again when ``fresh`` or older than ``LEASES_FRESH_S``."""
+        now = time.monotonic()
+        if fresh or now - self._leases_read >= LEASES_FRESH_S:
+            self._leases = {k: float(v) for k, v in await self._maps[MAP_LEASES].entry_set()}
+            self._leases_read = now
+        return self._leases
+
+    def _live_in(self, view: dict[str, float], *conditions: Predicate) -> Predicate:
+        """``conditions`` and not an entry of a lapsed lease.  Lapsed, not "not live": a lapsed lease stays in
+        the map until it is reaped with its entries, while a lease this process has not read yet (a gateway
+        that started less than ``LEASES_FRESH_S`` ago) must not hide its users.  Usually no lease has
+        lapsed, and the query is the same as without leases."""
+        now = self._clock.time()
+        lapsed = [lease for lease, until in view.items() if until <= now]
+        return and_(*conditions, not_(in_("gw", *lapsed))) if lapsed else and_(*conditions)
+
+    async def _live(self, *conditions: Predicate) -> Predicate:
+        return self._live_in(await self._lease_view(), *conditions)
+
     @_operation
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True,
+        lease: str | None = None,
     ) -> bool:
-        """Count the user's other entries (one aggregation on the index, not a listing), then write ours: of
-        two racing first entries at least one sees none (a join may be announced twice, never missed
-        because of that race); docs/cache.md.  ``first=False``: the write alone."""
-        ttl = _hz_ttl(ttl)
+        """Count the user's other live entries (one aggregation on the index, not a listing), then write
+        ours: of two racing first entries at least one sees none (a join may be announced twice, never
+        missed because of that race); docs/cache.md.  ``first=False``: the write alone.  With a lease the
+        entry has no TTL of its own (``gw`` names the lease)."""
+        hz_ttl: float | None = _hz_ttl(ttl) if lease is None else None
         presence, key = self._maps[MAP_PRESENCE], _presence_key(workspace, channel, conn_id)
         value = HazelcastJsonValue(json.dumps(
-            {"ws": workspace, "ch": channel, "conn": conn_id, "uid": entry.user_id, "name": entry.name},
+            {"ws": workspace, "ch": channel, "conn": conn_id, "uid": entry.user_id, "name": entry.name,
+             "gw": lease or ""},
             separators=(",", ":"),
         ))
         if not first:
-            await presence.set(key, value, ttl=ttl)
+            await presence.set(key, value, ttl=hz_ttl)
             return False
-        others = await presence.aggregate(count(), and_(self._user_in_channel(workspace, channel, entry.user_id),
-                                                        not_equal("conn", conn_id)))
-        await presence.set(key, value, ttl=ttl)
+        others = await presence.aggregate(count(), await self._live(
+            self._user_in_channel(workspace, channel, entry.user_id), not_equal("conn", conn_id)))
+        await presence.set(key, value, ttl=hz_ttl)
         return not int(others)
+
+    @_operation
+    async def presence_lease(self, lease: str, ttl: float) -> bool:
+        """Read the lease map (a handful of entries: one per gateway), write ours, and reap the leases lapsed
+        for ``ttl`` s or more: one ``remove_all`` of their entries on the ``gw`` index, then the lease
+        itself (only if unchanged: a gateway that came back keeps it).  A lapsed lease of our own loses its
+        entries before it is renewed (the watchers told their subscribers those users left)."""
+        ttl = check_ttl(ttl)
+        if not isinstance(lease, str) or not lease:
+            raise BadRequest("lease must be a non-empty string", field="lease")
+        leases, presence = self._maps[MAP_LEASES], self._maps[MAP_PRESENCE]
+        view = dict(await self._lease_view(fresh=True))
+        now = self._clock.time()
+        mine = view.get(lease)
+        if mine is not None and mine <= now:
+            await presence.remove_all(equal("gw", lease))
+        await leases.set(lease, now + ttl)
+        self._leases[lease] = now + ttl
+        for other, until in view.items():
+            if other != lease and until + ttl <= now:
+                log.info("reaping the presence entries of lease %s, lapsed %.0f s ago", other, now - until)
+                await presence.remove_all(equal("gw", other))
+                if await leases.remove_if_same(other, until):
+                    self._leases.pop(other, None)
+        return mine is not None and mine > now
 
     @_operation
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
@@ -546,7 +614,7 @@ class HazelcastCache:
         if gone is None:
             return None
         doc = gone.loads()
-        if await presence.key_set(self._user_in_channel(workspace, channel, doc["uid"])):
+        if await presence.key_set(await self._live(self._user_in_channel(workspace, channel, doc["uid"]))):
             return None
         return PresenceEntry(doc["uid"], doc["name"])
 
@@ -571,7 +639,7 @@ class HazelcastCache:
 
     @_operation
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
-        values = await self._maps[MAP_PRESENCE].values(and_(equal("ws", workspace), equal("ch", channel)))
+        values = await self._maps[MAP_PRESENCE].values(await self._live(equal("ws", workspace), equal("ch", channel)))
         users: dict[str, PresenceEntry] = {}
         for value in values:
             doc = value.loads()
@@ -580,8 +648,9 @@ class HazelcastCache:
 
     @_operation
     async def presence_count(self, workspace: str, channel: str) -> int:
-        """One aggregation run by the members on the (ws, ch) index."""
-        result = await self._maps[MAP_PRESENCE].aggregate(count(), and_(equal("ws", workspace), equal("ch", channel)))
+        """One aggregation run by the members on the (ws, ch) index, of the entries of live leases."""
+        result = await self._maps[MAP_PRESENCE].aggregate(count(), await self._live(equal("ws", workspace),
+                                                                                    equal("ch", channel)))
         return int(result)
 
     @_operation
@@ -608,18 +677,69 @@ class HazelcastCache:
             task.add_done_callback(self._expiry_checks.discard)
 
         registration = await presence.add_entry_listener(include_value=True, expired_func=on_expired)
+        self._watch_ids += 1
+        wid = self._watch_ids
+        self._lease_watchers[wid] = (wanted, listener)
+        if self._lease_poll is None:
+            self._lease_poll = asyncio.get_running_loop().create_task(self._poll_leases())
 
         async def unwatch() -> None:
+            self._lease_watchers.pop(wid, None)
+            if not self._lease_watchers and self._lease_poll is not None:
+                poll, self._lease_poll = self._lease_poll, None
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
             if self._life.running:
                 with contextlib.suppress(HazelcastError):
                     await presence.remove_entry_listener(registration)
 
         return unwatch
 
+    async def _poll_leases(self) -> None:
+        """Every ``LEASE_POLL_S``: read the lease map; for each lease that lapsed since the last look, report
+        the users of its entries (in wanted channels) who have no live entry left there.  At least once: a
+        process that starts while a lapsed lease is still unreaped reports it too."""
+        reported: set[str] = set()
+        while True:
+            await asyncio.sleep(LEASE_POLL_S)
+            try:
+                view = dict(await self._lease_view(fresh=True))
+                now = self._clock.time()
+                lapsed = {lease for lease, until in view.items() if until <= now}
+                reported &= lapsed  # reaped, or renewed (a later lapse is news again)
+                for lease in lapsed - reported:
+                    await self._report_lapse(lease, view)
+                    reported.add(lease)
+            except (HazelcastError, KeyError) as exc:  # KeyError: stopped meanwhile
+                log.warning("presence lease poll failed: %s", exc)
+            except Exception:  # our bug: logged, the next poll tries again
+                log.exception("presence lease poll failed")
+
+    async def _report_lapse(self, lease: str, view: dict[str, float]) -> None:
+        presence = self._maps[MAP_PRESENCE]
+        docs = [v.loads() for v in await presence.values(equal("gw", lease))]
+        for wanted, listener in list(self._lease_watchers.values()):
+            gone: dict[tuple[str, str], dict[str, PresenceEntry]] = {}
+            for doc in docs:
+                if wanted(doc["ws"], doc["ch"]):
+                    gone.setdefault((doc["ws"], doc["ch"]), {})[doc["uid"]] = PresenceEntry(doc["uid"], doc["name"])
+            for (workspace, channel), users in gone.items():
+                here = await presence.values(self._live_in(view, equal("ws", workspace), equal("ch", channel)))
+                still = {v.loads()["uid"] for v in here}
+                for uid, entry in users.items():
+                    if uid in still:
+                        continue  # still here through another gateway's connection
+                    try:
+                        listener(workspace, channel, entry)
+                    except Exception:
+                        log.exception("presence expiry listener failed ws=%s channel=%s", workspace, channel)
+
     async def _report_expiry(self, workspace: str, channel: str, entry: PresenceEntry,
                              listener: PresenceExpired) -> None:
         try:
-            others = await self._maps[MAP_PRESENCE].key_set(self._user_in_channel(workspace, channel, entry.user_id))
+            mine = self._user_in_channel(workspace, channel, entry.user_id)
+            others = await self._maps[MAP_PRESENCE].key_set(await self._live(mine))
         except (HazelcastError, KeyError) as exc:  # KeyError: stopped meanwhile
             log.warning("presence expiry not reported ws=%s channel=%s: %s", workspace, channel, exc)
             return

@@ -4,7 +4,9 @@ Expiry is lazy (checked on access).  Presence entries also sit in a per-channel 
 the expired ones are swept in O(log n) each and no presence call walks every entry of a channel: the
 ``_workspace`` pseudo-channel holds every connection of the workspace, and the fan-out benchmark showed a
 linear scan there as a hot spot.  Everything is keyed by workspace first, so ``drop_workspace`` is one
-dictionary pop.  Guarantees: docs/cache.md.
+dictionary pop.  Leased entries (``presence_add(lease=...)``) never expire on their own: they sit at an
+infinite expiry and are discarded, and reported, all at once when their lease lapses (leases are few: one
+per gateway, checked on every presence access and by the sweep).  Guarantees: docs/cache.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -42,12 +45,13 @@ class _Channel:
     matches the connection's current expiry.  Stale pairs leave the heap when their time passes, and the
     heap is rebuilt from the live entries when it grows past four pairs per connection."""
 
-    __slots__ = ("by_user", "conns", "heap")
+    __slots__ = ("by_user", "conns", "heap", "leased")
 
     def __init__(self) -> None:
         self.conns: dict[str, tuple[PresenceEntry, float]] = {}
         self.by_user: dict[str, set[str]] = {}
         self.heap: list[tuple[float, str]] = []
+        self.leased: dict[str, str] = {}  # conn_id -> lease, for the entries that live by one
 
     def sweep(self, now: float) -> list[PresenceEntry]:
         """Drop the expired entries; returns the users whose last entry that was."""
@@ -78,6 +82,7 @@ class _Channel:
         gone = self.conns.pop(conn_id, None)
         if gone is None:
             return None
+        self.leased.pop(conn_id, None)
         entry = gone[0]
         cids = self.by_user.get(entry.user_id)
         if cids is not None:
@@ -86,6 +91,16 @@ class _Channel:
                 return None
             del self.by_user[entry.user_id]
         return entry
+
+
+class _Lease:
+    """A gateway's lease: alive until ``until`` (monotonic), with the entries that live by it."""
+
+    __slots__ = ("members", "until")
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.members: set[tuple[str, str, str]] = set()  # (workspace, channel, conn_id)
 
 
 class _Space:
@@ -109,6 +124,7 @@ class MemoryCache:
         self._watchers: dict[int, tuple[PresenceWanted, PresenceExpired]] = {}
         self._watch_ids = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._leases: dict[str, _Lease] = {}
 
     async def start(self) -> None:
         self._life.begin_start()
@@ -234,13 +250,36 @@ class MemoryCache:
 
     # -- presence ---------------------------------------------------------------------------------------
     def _channel(self, workspace: str, channel: str) -> _Channel | None:
-        ch = self._space(workspace).presence.get(channel)
+        space = self._space(workspace)
+        if self._leases:
+            self._lapse(self._clock.monotonic())
+        ch = space.presence.get(channel)
         if ch is not None:
             self._sweep(workspace, channel, ch)
         return ch
 
+    def _lapse(self, now: float) -> None:
+        """Discard (and report) the entries of every lease that has lapsed, then forget the lease."""
+        for name in [n for n, lease in self._leases.items() if lease.until <= now]:
+            lease = self._leases.pop(name)
+            gone: dict[tuple[str, str], list[PresenceEntry]] = {}
+            for workspace, channel, conn_id in lease.members:
+                space = self._spaces.get(workspace)
+                ch = space.presence.get(channel) if space is not None else None
+                if ch is None or ch.leased.get(conn_id) != name:
+                    continue
+                left = ch.discard(conn_id)
+                if left is not None:
+                    gone.setdefault((workspace, channel), []).append(left)
+                if not ch.conns:
+                    self._spaces[workspace].presence.pop(channel, None)
+            for (workspace, channel), users in gone.items():
+                self._report(workspace, channel, users)
+
     def _sweep(self, workspace: str, channel: str, ch: _Channel) -> None:
-        gone = ch.sweep(self._clock.monotonic())
+        self._report(workspace, channel, ch.sweep(self._clock.monotonic()))
+
+    def _report(self, workspace: str, channel: str, gone: list[PresenceEntry]) -> None:
         if not gone or not self._watchers:
             return
         for wanted, listener in list(self._watchers.values()):
@@ -276,6 +315,7 @@ class MemoryCache:
         an expiry is reported even in a channel nobody reads."""
         while True:
             await asyncio.sleep(PRESENCE_SWEEP_S)
+            self._lapse(self._clock.monotonic())
             for workspace, space in list(self._spaces.items()):
                 for channel, ch in list(space.presence.items()):
                     self._sweep(workspace, channel, ch)
@@ -286,19 +326,48 @@ class MemoryCache:
             self._space(workspace).presence.pop(channel, None)
 
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True,
+        lease: str | None = None,
     ) -> bool:
         ttl = check_ttl(ttl)
         ch = self._channel(workspace, channel) or self._space(workspace).presence.setdefault(channel, _Channel())
+        holder = None
+        if lease is not None:
+            holder = self._leases.get(lease)  # the lapsed ones were dropped by _channel
+            if holder is None:  # not alive: the entry would never be seen
+                self._drop_if_empty(workspace, channel, ch)
+                return False
         others = ch.by_user.get(entry.user_id, ())
         already = len(others) > 1 or (len(others) == 1 and conn_id not in others)  # O(1), not a walk
-        ch.put(conn_id, entry, self._clock.monotonic() + ttl)
+        if lease is None:
+            ch.put(conn_id, entry, self._clock.monotonic() + ttl)
+            ch.leased.pop(conn_id, None)
+        else:
+            assert holder is not None
+            ch.put(conn_id, entry, math.inf)
+            ch.leased[conn_id] = lease
+            holder.members.add((workspace, channel, conn_id))
         return first and not already
+
+    async def presence_lease(self, lease: str, ttl: float) -> bool:
+        ttl = check_ttl(ttl)
+        self._life.check()
+        now = self._clock.monotonic()
+        self._lapse(now)  # a lapsed lease is dropped with its entries (reported); reaping is immediate here
+        holder = self._leases.get(lease)
+        if holder is None:
+            self._leases[lease] = _Lease(now + ttl)
+            return False
+        holder.until = now + ttl
+        return True
 
     async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
         ch = self._channel(workspace, channel)
         if ch is None:
             return None
+        lease = ch.leased.get(conn_id)
+        if lease is not None and (holder := self._leases.get(lease)) is not None:
+            holder.members.discard((workspace, channel, conn_id))
         left = ch.discard(conn_id)
         self._drop_if_empty(workspace, channel, ch)
         return left
@@ -313,7 +382,7 @@ class MemoryCache:
                 continue
             self._sweep(workspace, channel, ch)
             current = ch.conns.get(conn_id)
-            if current is not None:
+            if current is not None and conn_id not in ch.leased:  # a leased entry lives by its lease
                 ch.put(conn_id, current[0], expires)
             self._drop_if_empty(workspace, channel, ch)
 
@@ -329,7 +398,7 @@ class MemoryCache:
             if ch is None:
                 continue
             current = ch.conns.get(key.conn_id)
-            if current is not None and current[1] > now:  # a dead entry stays dead
+            if current is not None and current[1] > now and key.conn_id not in ch.leased:  # a dead entry stays dead
                 ch.put(key.conn_id, current[0], expires)
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:

@@ -114,9 +114,14 @@ class Cache(Protocol):
 
     # -- presence: one entry per (channel, connection), each with its own TTL --------------------------
     async def presence_add(
-        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True
+        self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True,
+        lease: str | None = None,
     ) -> bool:
         """Record a connection's presence.  True when the user had no other live entry in the channel.
+
+        ``lease``: the entry belongs to that lease (``presence_lease``, one per gateway process) and lives
+        exactly as long as it; ``ttl`` is then not used.  An entry added under a lease that is not alive is
+        never seen.  Without a lease the entry has its own ``ttl`` (``presence_refresh`` extends it).
 
         ``first=False``: the caller does not want to know (the ``_workspace`` entry of a connect, a channel
         too large for join announcements); the adapter writes the entry without looking at the user's
@@ -137,10 +142,22 @@ class Cache(Protocol):
         ...
 
     async def presence_refresh_many(self, keys: Sequence[PresenceKey], ttl: float) -> None:
-        """``presence_refresh`` for many entries of any workspaces in one call: what a gateway's presence
-        keeper does once per interval for all its connections (storm/protocol/presence.py).  At most
+        """``presence_refresh`` for many entries of any workspaces in one call: what a presence keeper without
+        a lease does once per interval (storm/protocol/presence.py; a gateway's has one).  At most
         ``PRESENCE_BATCH_MAX`` keys (``BadRequest`` beyond); an entry that is gone stays gone; not atomic
         (a failure may leave some refreshed)."""
+        ...
+
+    async def presence_lease(self, lease: str, ttl: float) -> bool:
+        """Keep the lease ``lease`` (a gateway process's id) alive for ``ttl`` s from now: every entry added
+        with it lives as long as it does, so a gateway keeps all its connections' presence with this one
+        call per interval, whatever their number (ADR 0010, amendment "the per-gateway presence lease").
+
+        True when the lease was alive; False when it is new or had lapsed.  A lapse is final for the entries
+        it held: they are gone (reported as expired to the watchers, never seen again), and the renewed
+        lease starts empty.  The call also reaps: the entries of every lease lapsed for ``ttl`` s or more (a
+        gateway that died) are removed from the cache, so a dead gateway's leftovers are cleaned by any
+        surviving one (memory: at once, when the lapse is noticed).  O(leases), not O(entries)."""
         ...
 
     async def presence_list(self, workspace: str, channel: str) -> list[PresenceEntry]:
@@ -148,17 +165,19 @@ class Cache(Protocol):
         ...
 
     async def presence_count(self, workspace: str, channel: str) -> int:
-        """Live entries in the channel: connections, not users (the connection quota's recount)."""
+        """Live entries in the channel: connections, not users (the connection quota's recount).  An entry
+        whose lease lapsed is not live, whether or not it was reaped yet."""
         ...
 
     async def watch_presence_expiry(self, wanted: PresenceWanted, listener: PresenceExpired) -> Unwatch:
         """From now on, call ``listener(workspace, channel, entry)`` (on the event loop; it must not block)
         when ``entry``'s user has no live entry left in a channel because one **expired** — its
-        connection stopped refreshing it, e.g. its gateway died — for the channels where
+        connection stopped refreshing it, or its lease lapsed (its gateway died) — for the channels where
         ``wanted(workspace, channel)``.  Removals are not reported (``presence_remove`` already says who
         left).  Every process that watches is told, so each tells its own connections.  At least once,
         and late by the adapter's expiry granularity (memory: a sweep every second; Hazelcast: its
-        expiration task, a few seconds).  Returns a coroutine function that stops watching."""
+        expiration task, a few seconds, and for leases a poll of the lease map every second).  Returns a
+        coroutine function that stops watching."""
         ...
 
     async def drop_workspace(self, workspace: str) -> None:

@@ -74,6 +74,9 @@ class SessionContext:
     limiter: SharedLimiter = field(init=False)  # user and workspace buckets, leased (storm/ratelimit.py)
     connections: ConnectionQuota = field(init=False)  # the plan's connection quota (storm/protocol/quota.py)
     presence: PresenceAnnouncer = field(init=False)  # joins/leaves, coalesced, small channels only (presence.py)
+    # the gateway's presence lease (Cache.presence_lease, renewed by its PresenceKeeper): the sessions' presence
+    # entries live by it.  None outside a gateway (tests): entries with a TTL each, as before the lease
+    presence_lease: str | None = None
 
     def __post_init__(self) -> None:
         self.cmids = CmidClaims(self.cache, self.store, self.broker, self.clock, ttl_s=self.config.dedup_ttl_s,

@@ -208,7 +208,8 @@ class Session:
         ))
         self.ctx.meters.connected((self.ctx.clock.monotonic() - self.opened_at) * 1000.0)
         await self.ctx.cache.presence_add(principal.workspace.slug, WORKSPACE_PRESENCE, self.id,
-                                          presence_entry(principal), cfg.presence_ttl_s, first=False)
+                                          presence_entry(principal), cfg.presence_ttl_s, first=False,
+                                          lease=self.ctx.presence_lease)
 
     async def _admit(self, p: Principal) -> None:
         """After the token: the revocation list and the plan's connection quota.  Raises Disconnect when the

@@ -153,7 +153,7 @@ class Subscriptions:
             small = ctx.presence.broadcasts(ws, channel)
             entry = presence_entry(p)
             if await ctx.cache.presence_add(ws, channel, self._owner.id, entry, ctx.config.presence_ttl_s,
-                                            first=small):
+                                            first=small, lease=ctx.presence_lease):
                 ctx.presence.joined(ws, channel, entry)
 
     async def _missed(self, ws: str, channel: str, since: int | None, head: int) -> tuple[list[Record], bool]:

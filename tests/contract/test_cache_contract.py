@@ -392,6 +392,53 @@ async def test_presence_refresh_does_not_revive_a_removed_entry(cache, workspace
     assert await cache.presence_list(workspace, channel) == []
 
 
+# ---- presence leases: a gateway's entries live by one key (ADR 0010, amendment) ----------------------
+
+
+async def test_presence_under_a_lease_lives_while_it_is_renewed_and_is_gone_once_it_lapses(
+        cache, workspace, channel, clock, short_ttl):
+    ttl, gone_by = short_ttl  # the entries' own TTL: not used under a lease
+    lease_ttl = 30.0
+    gw_a, gw_b = f"{workspace}-gw-a", f"{workspace}-gw-b"  # unique: the lease map is shared by every run
+    seen: list[tuple[str, str, PresenceEntry]] = []
+    await cache.watch_presence_expiry(lambda ws, ch: ws == workspace and ch == channel,
+                                      lambda ws, ch, entry: seen.append((ws, ch, entry)))
+    assert await cache.presence_lease(gw_a, lease_ttl) is False  # a new lease
+    assert await cache.presence_lease(gw_b, lease_ttl) is False
+    assert await cache.presence_add(workspace, channel, "conn-1", ALICE, ttl, lease=gw_a) is True
+    assert await cache.presence_add(workspace, "_workspace", "conn-1", ALICE, ttl, first=False, lease=gw_a) is False
+    assert await cache.presence_add(workspace, channel, "conn-2", BOB, ttl, lease=gw_a) is True
+    assert await cache.presence_add(workspace, channel, "conn-3", BOB, ttl, lease=gw_b) is False  # his other tab
+    await asyncio.sleep(gone_by)  # past the entries' own TTL: they live by the lease
+    assert await cache.presence_list(workspace, channel) == [ALICE, BOB]
+    clock.advance(20)
+    assert await cache.presence_lease(gw_a, lease_ttl) is True  # renewed: both alive until +50
+    assert await cache.presence_lease(gw_b, lease_ttl) is True
+    clock.advance(20)
+    assert await cache.presence_lease(gw_b, lease_ttl) is True  # gateway a dies: only b renews (until +70)
+    assert await cache.presence_count(workspace, channel) == 3
+    clock.advance(15)  # +55: a lapsed, b alive
+    assert await cache.presence_list(workspace, channel) == [BOB]
+    assert await cache.presence_count(workspace, channel) == 1  # the quota's recount: b's connection only
+    assert await cache.presence_count(workspace, "_workspace") == 0
+    await eventually(lambda: _true(bool(seen)), expiry_bound(cache), interval=0.1)
+    await asyncio.sleep(1.0)  # the other reports of the same lapse have been handled by now
+    assert seen == [(workspace, channel, ALICE)]  # bob is still here through gateway b
+    assert await cache.presence_add(workspace, channel, "conn-4", ALICE, ttl, lease=gw_b) is True  # a join again
+    assert await cache.presence_remove(workspace, channel, "conn-3") == BOB  # his last: conn-2 lapsed with a
+    assert await cache.presence_list(workspace, channel) == [ALICE]
+    assert await cache.presence_lease(gw_a, lease_ttl) is False  # a lapse is final: it comes back empty
+    assert await cache.presence_list(workspace, channel) == [ALICE]
+    assert await cache.presence_count(workspace, "_workspace") == 0
+
+
+async def test_a_presence_lease_and_its_entries_are_checked(cache, workspace, channel):
+    with pytest.raises(BadRequest):
+        await cache.presence_lease(f"{workspace}-gw", 0)
+    with pytest.raises(BadRequest):
+        await cache.presence_lease(f"{workspace}-gw", float("inf"))
+
+
 # ---- workspace deletion and lifecycle ----------------------------------------------------------------
 
 
@@ -464,6 +511,47 @@ async def test_every_watching_client_hears_of_a_dead_gateways_expired_presence(h
     await doomed.stop()  # nobody refreshes or removes it
     await eventually(lambda: _true(all(heard)), 9.0, interval=0.2)
     assert heard == [[BOB], [BOB]]
+
+
+@hazelcast_only
+async def test_a_dead_gateways_lease_is_heard_by_every_watcher_and_reaped_by_a_survivor(
+        hazelcast_caches, workspace, channel, clock):
+    """The lease path of ADR 0008: a gateway dies (its client stops, nobody renews its lease); every
+    watching client reports its users' leaves; a surviving gateway's renewal removes its entries one TTL
+    after the lapse, so nothing of it stays in the cluster."""
+    from hazelcast.predicate import equal
+
+    from storm.adapters.hazelcast_cache import MAP_LEASES, MAP_PRESENCE
+
+    ttl, survivor_ttl = 20.0, 100.0  # the survivor's lease lives longer than the test's clock jumps
+    survivors = [await hazelcast_caches(), await hazelcast_caches()]
+    heard: list[list[PresenceEntry]] = [[], []]
+    for cache, log in zip(survivors, heard, strict=True):
+        await cache.watch_presence_expiry(lambda ws, ch: ch == channel,
+                                          lambda ws, ch, entry, log=log: log.append(entry))
+    alive, dead = f"{workspace}-gw-alive", f"{workspace}-gw-dead"
+    await survivors[0].presence_lease(alive, survivor_ttl)
+    await survivors[0].presence_add(workspace, channel, "conn-a", ALICE, ttl, lease=alive)
+    doomed = await hazelcast_caches()
+    await doomed.presence_lease(dead, ttl)
+    await doomed.presence_add(workspace, channel, "conn-b", BOB, ttl, lease=dead)
+    await doomed.presence_add(workspace, channel, "conn-b2", ALICE, ttl, lease=dead)
+    await doomed.stop()  # the gateway dies: its lease is not renewed
+    assert await survivors[1].presence_list(workspace, channel) == [ALICE, BOB]
+    clock.advance(ttl + 5)  # ... for longer than its TTL
+    await survivors[0].presence_lease(alive, survivor_ttl)
+    await eventually(lambda: _true(all(heard)), 5.0, interval=0.2)
+    await asyncio.sleep(1.0)
+    assert heard == [[BOB], [BOB]]  # alice is still here through the survivor's connection
+    assert await survivors[1].presence_list(workspace, channel) == [ALICE]
+    presence, leases = survivors[0]._maps[MAP_PRESENCE], survivors[0]._maps[MAP_LEASES]
+    assert len(await presence.key_set(equal("gw", dead))) == 2  # not reaped yet: lapsed for less than a TTL
+    for _ in range(2):  # the survivor renews every 50 s; once the dead lease lapsed 100 s (its TTL) ago...
+        clock.advance(survivor_ttl / 2)
+        await survivors[0].presence_lease(alive, survivor_ttl)  # ...its renewal reaps
+    assert await presence.key_set(equal("gw", dead)) == []
+    assert await leases.get(dead) is None
+    assert await survivors[0].presence_list(workspace, channel) == [ALICE]
 
 
 @hazelcast_only
