@@ -701,6 +701,7 @@ class HazelcastCache:
         the users of its entries (in wanted channels) who have no live entry left there.  At least once: a
         process that starts while a lapsed lease is still unreaped reports it too."""
         reported: set[str] = set()
+        failing = False  # an outage is logged once when it starts and once when it ends, not every second
         while True:
             await asyncio.sleep(LEASE_POLL_S)
             try:
@@ -712,9 +713,16 @@ class HazelcastCache:
                     await self._report_lapse(lease, view)
                     reported.add(lease)
             except (HazelcastError, KeyError) as exc:  # KeyError: stopped meanwhile
-                log.warning("presence lease poll failed: %s", exc)
+                if not failing:
+                    log.warning("presence lease poll failed (retrying every %.0f s): %s", LEASE_POLL_S, exc)
+                failing = True
+                continue
             except Exception:  # our bug: logged, the next poll tries again
                 log.exception("presence lease poll failed")
+                continue
+            if failing:
+                log.info("presence lease poll works again")
+                failing = False
 
     async def _report_lapse(self, lease: str, view: dict[str, float]) -> None:
         presence = self._maps[MAP_PRESENCE]
