@@ -566,6 +566,9 @@ class HazelcastCache:
         missed because of that race); docs/cache.md.  ``first=False``: the write alone.  With a lease the
         entry has no TTL of its own (``gw`` names the lease)."""
         hz_ttl: float | None = _hz_ttl(ttl) if lease is None else None
+        if lease is not None and (until := (await self._lease_view()).get(lease)) is not None \
+                and until <= self._clock.time():
+            return False  # a lapsed lease: the entry would never be seen (as the embedded adapter)
         presence, key = self._maps[MAP_PRESENCE], _presence_key(workspace, channel, conn_id)
         value = HazelcastJsonValue(json.dumps(
             {"ws": workspace, "ch": channel, "conn": conn_id, "uid": entry.user_id, "name": entry.name,

@@ -120,8 +120,9 @@ class Cache(Protocol):
         """Record a connection's presence.  True when the user had no other live entry in the channel.
 
         ``lease``: the entry belongs to that lease (``presence_lease``, one per gateway process) and lives
-        exactly as long as it; ``ttl`` is then not used.  An entry added under a lease that is not alive is
-        never seen.  Without a lease the entry has its own ``ttl`` (``presence_refresh`` extends it).
+        exactly as long as it; ``ttl`` is then not used.  Renew the lease first (``presence_lease``): under a
+        lease that has lapsed nothing is written (False).  Without a lease the entry has its own ``ttl``
+        (``presence_refresh`` extends it).
 
         ``first=False``: the caller does not want to know (the ``_workspace`` entry of a connect, a channel
         too large for join announcements); the adapter writes the entry without looking at the user's

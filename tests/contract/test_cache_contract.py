@@ -424,6 +424,9 @@ async def test_presence_under_a_lease_lives_while_it_is_renewed_and_is_gone_once
     await eventually(lambda: _true(bool(seen)), expiry_bound(cache), interval=0.1)
     await asyncio.sleep(1.0)  # the other reports of the same lapse have been handled by now
     assert seen == [(workspace, channel, ALICE)]  # bob is still here through gateway b
+    carol = PresenceEntry("u-carol", "Carol")
+    assert await cache.presence_add(workspace, channel, "conn-5", carol, ttl, lease=gw_a) is False  # lapsed
+    assert await cache.presence_list(workspace, channel) == [BOB]
     assert await cache.presence_add(workspace, channel, "conn-4", ALICE, ttl, lease=gw_b) is True  # a join again
     assert await cache.presence_remove(workspace, channel, "conn-3") == BOB  # his last: conn-2 lapsed with a
     assert await cache.presence_list(workspace, channel) == [ALICE]
