@@ -13,10 +13,12 @@ ADR 0010).
   revocation list once per token, ``RECHECK_CONCURRENCY`` at a time, and the role once per (workspace,
   user); one slice of the users per pass (``RECHECK_SLICES``), so each user once per presence TTL, spread
   evenly.  With the store given (the gateway gives it), the roles of a slice are read straight from the
-  store, one ``memberships.get_many`` per workspace and ``ROLE_BATCH`` users: the directory's role entries
-  live 30 s, so a re-check once a minute always missed the cache and cost one SQL transaction per user,
-  more than half of a held connection's gateway CPU on the real services (py-spy, 5 000 users, 2 gateways, issue
-  11).  Without it, one directory look-up per user.  A session whose access is gone is closed 4010; a
+  store, one ``memberships.get_many`` per workspace and ``ROLE_BATCH`` users.  This is the backstop for an
+  invalidation the tenants API lost, so it reads the store, never the directory's cache (whose role entries
+  live 10 min since the reconnect work: docs/cache.md, "Entry lifetimes"); when the entries lived 30 s the
+  directory look-ups missed anyway and cost one SQL transaction per user, more than half of a held
+  connection's gateway CPU on the real services (py-spy, 5 000 users, 2 gateways, issue 11).  Without the
+  store, one directory look-up per user.  A session whose access is gone is closed 4010; a
   changed role reaches it.
 
 So a ``ping`` costs its ``pong`` and nothing else: a slow cache or database delays the keeper's pass,
