@@ -92,9 +92,10 @@ class Config:
     publish_burst: int = _setting(40, "STORM_PUBLISH_BURST", "Burst of the per-connection token bucket.")
     history_page_max: int = _setting(100, "STORM_HISTORY_PAGE_MAX", "Largest history page.")
     history_share_s: float = _setting(
-        1.0, "STORM_HISTORY_SHARE_S",
-        "A gateway shares a channel's newest history page among the connects that ask for it within this "
-        "many seconds (one store read; the page carries the offset it reflects). 0: every request reads.",
+        0.0, "STORM_HISTORY_SHARE_S",
+        "A gateway always reads a channel's newest history page once for the requests that arrive while it is "
+        "read; this keeps the page for that many seconds more (pages may then be that old: for clients that "
+        "resume from the page's offset). 0: not kept.",
     )
     retention_messages: int = _setting(
         10000, "STORM_RETENTION_MESSAGES", "Memory broker: entries kept per channel log."

@@ -11,8 +11,8 @@ tenants API (tenants/service.py).  No socket, no HTTP.
   ``GET /v1/…/messages`` turns each into its JSON body field for field, so both agree (a message whose
   author has no user record shows ``author_name`` :data:`UNKNOWN_AUTHOR` on both;
   tests/service/test_history.py).  The caller has checked that the principal may read the channel.
-  A gateway shares a channel's newest page among the requests for it within ``STORM_HISTORY_SHARE_S``
-  (:class:`SharedPages`).
+  A gateway reads a channel's newest page once for the requests that arrive while it is read
+  (:class:`SharedPages`; kept longer with ``STORM_HISTORY_SHARE_S``).
 """
 
 from __future__ import annotations
@@ -242,14 +242,16 @@ class SharedPages:
     """A gateway's newest history pages, shared (issue 15: a connect fetches its first channel's newest
     page, and during a ramp hundreds of connects a second ask for the same few channels).
 
-    The newest page of a channel (``before`` None) is read from the store once and served to every
-    request for it within ``share_s`` seconds, concurrent requests included (one read in flight per page).
-    A shared page is at most ``share_s`` old, which the protocol allows: it carries the ``offset`` it
-    reflects, and a client resumes with ``subscribe{since: offset}`` (docs/protocol.md, "history").  The
-    reader's own reactions (``mine``) are still the reader's: taken from the page's reactions, read with
-    it when there are at most ``REACTORS_MAX``, else read for each request in one statement.  Older pages
-    (``before`` set) are read for each request.  At most
-    ``max_pages`` pages are kept; expired ones go first."""
+    The newest page of a channel (``before`` None) is read once for all the requests that arrive while it
+    is being read (one read in flight per page): the busier the gateway, the longer a read takes and the
+    more requests share it, and no request gets a page older than its own arrival minus the read's duration.
+    With ``share_s`` > 0 (``STORM_HISTORY_SHARE_S``) a finished page is also served for that many seconds:
+    for clients that resume with ``subscribe{since: offset}`` from the page's ``offset`` (the SDK does), which
+    catches them up; a client that shows a channel it is already subscribed to from a fresh page (the chat
+    page) would miss what was stored meanwhile, hence 0 by default.  The reader's own reactions (``mine``)
+    are still the reader's: taken from the page's reactions, read with it when there are at most
+    ``REACTORS_MAX``, else read for each request in one statement.  Older pages (``before`` set) are read for
+    each request.  At most ``max_pages`` pages are kept; expired ones go first."""
 
     def __init__(self, store: Store, clock: Clock, *, share_s: float, max_pages: int = 4096) -> None:
         self._store = store
@@ -262,11 +264,11 @@ class SharedPages:
 
     async def page(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None, limit: int,
                    reader: uuid.UUID | None = None) -> HistorySlice:
-        if before is not None or self._share_s <= 0:
+        if before is not None:
             return await history_page(self._store, workspace_id, channel_id, before=before, limit=limit,
                                       reader=reader)
         key = (workspace_id, channel_id, limit)
-        kept = self._pages.get(key)
+        kept = self._pages.get(key) if self._share_s > 0 else None
         if kept is not None and kept[0] > self._clock.monotonic():
             page = kept[1]
         else:
@@ -295,7 +297,7 @@ class SharedPages:
 
     def _read_done(self, key: tuple[uuid.UUID, uuid.UUID, int], task: asyncio.Task[_Page]) -> None:
         self._reading.pop(key, None)
-        if task.cancelled() or task.exception() is not None:  # the waiters got it; nothing is kept
+        if task.cancelled() or task.exception() is not None or self._share_s <= 0:  # nothing is kept
             return
         now = self._clock.monotonic()
         if len(self._pages) >= self._max:
