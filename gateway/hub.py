@@ -173,8 +173,8 @@ class Hub:
 
             task.add_done_callback(done)
         head = await asyncio.shield(pending[1])  # a subscriber that gives up does not cancel the others'
-        self.saw_head(workspace, channel, head)
-        return max(head, self._heads.get(key, head)) if key in self._groups else head
+        self.saw_head(workspace, channel, head)  # kept if above what the feed delivered meanwhile
+        return self._heads.get(key, head)  # the larger of the two while followed
 
     # -- fan-out ----------------------------------------------------------------------------------------
     def _on_record(self, record: Record) -> None:

@@ -85,6 +85,13 @@ def _fail(futures: Iterable[asyncio.Future[Any]], exc: BaseException | None = No
             future.exception()
 
 
+def _answer(futures: Iterable[asyncio.Future[Any]], values: Iterable[Any]) -> None:
+    """Give the waiters of a batch read their values, in order (a waiter that left is skipped)."""
+    for future, value in zip(futures, values, strict=True):
+        if not future.done():
+            future.set_result(value)
+
+
 class _LoadCancelled(Exception):
     """What waiters of a single-flight load see when the loading task was cancelled."""
 
@@ -272,9 +279,7 @@ class Directory:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for (_, f), value in zip(taken, values, strict=True):
-            if not f.done():
-                f.set_result(value)
+        _answer((f for _, f in taken), values)
 
     async def _run_reads(self, workspace: str) -> None:
         try:
@@ -298,9 +303,7 @@ class Directory:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, future), value in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(value)
+                _answer((future for _, future in batch), results)
         finally:
             self._reads_running.discard(workspace)
             _fail([future for _, future in self._reads.pop(workspace, [])])
