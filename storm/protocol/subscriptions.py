@@ -129,9 +129,9 @@ class Subscriptions:
                 self.channels.pop(channel, None)
                 await ctx.hub.leave(self._owner, ws, channel)
             raise
+        # subscribing again resumes from the client's `since`, even over what this subscription delivered
+        # before: the client may have dropped it (the chat page only counts a channel it does not show)
         last = head if cmd.since is None else min(cmd.since, head)
-        if not fresh:
-            last = max(last, sub.last)
         replay = [r for r in records if r.offset > last]
         try:  # the read state is a convenience: a store that does not answer must not stop the live path
             read, unread = await ctx.directory.read_state(p.workspace, p.user.id, ch.id, head)

@@ -201,6 +201,32 @@ async def test_resubscribe_with_since_replays_the_gap_without_duplicates(ctx, se
     assert [m["offset"] for m in ta.take("message")] == [6]
 
 
+async def test_subscribing_again_with_since_replays_what_was_delivered_live_before(ctx, services):
+    """The chat page follows every channel on one socket but shows only the open one: a message of another
+    channel reaches it live and is only counted as unread.  Opening that channel reads history, which may not
+    hold the newest message yet (persistence lags the broker), then subscribes again with ``since`` = the
+    page's offset.  The server must replay from that ``since`` (docs/protocol.md: subscribing again acts as a
+    resume from ``since``), not from what this subscription delivered before, or the message is never shown
+    (CI, 2026-12-07: test_unread_badges_and_switching_channels_on_one_socket)."""
+    a, ta = await connect(ctx, services)
+    await send(a, op="subscribe", id=1, channel=GENERAL)
+    ta.take("subscribed")
+    for i in range(3):
+        await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x%d",'
+                                      b'"author":"a","author_name":"A","text":"t%d","ts":1.0}'
+                                      % (GENERAL.encode(), i, i))
+    assert [m["offset"] for m in ta.take("message")] == [1, 2, 3]  # live, before the channel is opened
+    await send(a, op="subscribe", id=2, channel=GENERAL, since=1)  # the page's history reflected offset 1
+    (sub,) = ta.take("subscribed")
+    assert sub["offset"] == 3 and sub["replayed"] == 2
+    assert [m["offset"] for m in ta.take("message")] == [2, 3]
+    await services.broker.publish(DEMO_WORKSPACE, GENERAL, b'{"type":"message","channel":"%s","id":"x9",'
+                                  b'"author":"a","author_name":"A","text":"t","ts":1.0}' % GENERAL.encode())
+    assert [m["offset"] for m in ta.take("message")] == [4]  # live again, once
+    await send(a, op="subscribe", id=3, channel=GENERAL)  # again without `since`: nothing is replayed
+    assert ta.take("subscribed")[0].get("replayed", 0) == 0 and ta.take("message") == []
+
+
 async def test_since_older_than_retention_says_not_recovered(ctx, services):
     a, ta = await connect(ctx, services)
     for i in range(30):  # retention in this fixture: 20 entries
