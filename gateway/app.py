@@ -113,6 +113,7 @@ def create_app(
     services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["origin"], result="origin")
     services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["per_ip"], result="per_ip")
     services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["overload"], result="overload")
+    services.metrics.count_of("storm.gateway.connects", lambda: guard.refused["full"], result="full")
     for extend in extensions:
         extend(app, services)
     return app

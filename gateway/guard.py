@@ -25,6 +25,11 @@ socket costs no session, no task and no outbox:
   A fixed 1 024 let `storm day`'s gateways, answering ~15 handshakes/s on the real services, queue
   a minute of work: the clients timed out after 30 s and retried, and the gateways spent their time on
   handshakes nobody was waiting for any more (docs/storm-day.md).
+* **Connections held** (``STORM_MAX_CONNECTIONS``; 0, the default, derives it from the process's open-file
+  limit less a reserve for the gateway's own files and outbound connections, see :func:`connection_cap`):
+  over it, HTTP **503** with ``Retry-After`` ("full").  Without it a gateway at the limit fails ``accept()``
+  with EMFILE, and the client sees its socket cut during the handshake with no answer at all (`storm bench
+  connect --connections 20000` on one process, whose limit is 20 000 files: 18–20 such failures).
 * **Concurrent connections per client IP** (``STORM_MAX_CONNECTIONS_PER_IP``), counted on this gateway
   from the upgrade until the socket ends; over the limit: HTTP **429** with ``Retry-After``.  Many mobile
   users share one address behind carrier-grade NAT: set it from the largest NAT pool you serve
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +61,23 @@ PACE_SLOT_S = 0.25  # counted in slots of this length
 RETRY_AFTER_MAX_S = 10
 
 
+FD_RESERVE_MIN = 256  # open files kept for the gateway itself: listeners, logs, the database pool, brokers,
+FD_RESERVE_SHARE = 0.02  # the pipes of HTTP requests to Hypercorn (two each); the larger of the two
+UNLIMITED = 1 << 30
+
+
+def connection_cap(configured: int, nofile: int | None = None) -> int:
+    """The WebSockets a gateway holds at most: ``configured`` when positive, else the open-file limit
+    (``nofile``, default the process's soft ``RLIMIT_NOFILE``) less ``max(FD_RESERVE_MIN, 2 %)``."""
+    if configured > 0:
+        return configured
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY or nofile <= 0:
+        return UNLIMITED
+    return max(1, nofile - max(FD_RESERVE_MIN, int(nofile * FD_RESERVE_SHARE)))
+
+
 class HandshakeGuard:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._allowed = config.origins()
@@ -65,9 +88,13 @@ class HandshakeGuard:
         self._max_handshakes = config.max_handshakes
         self._overloaded = Refusal(503, "too many handshakes in progress; retry later",
                                    config.handshake_retry_after_s)
+        self.max_connections = connection_cap(config.max_connections)
+        self._full = Refusal(503, "this gateway holds its maximum of connections; retry later",
+                             config.handshake_retry_after_s)
         self.per_ip: dict[str, int] = {}
+        self.connections = 0  # admitted and not released: WebSockets held (and upgrading)
         self.handshakes = 0  # in progress: admitted, their session not past auth yet
-        self.refused = {"origin": 0, "per_ip": 0, "overload": 0}
+        self.refused = {"origin": 0, "per_ip": 0, "overload": 0, "full": 0}
         self._clock = clock
         self._retry_after = config.handshake_retry_after_s
         self._answered: deque[list[float]] = deque()  # [slot start, handshakes answered in it], oldest first
@@ -82,6 +109,9 @@ class HandshakeGuard:
             self.refused["origin"] += 1
             log.info("refused a WebSocket from origin %.100r", origin)
             return ORIGIN_REFUSED
+        if self.connections >= self.max_connections:
+            self.refused["full"] += 1
+            return self._full
         if self.handshakes >= self._max_handshakes:
             self.refused["overload"] += 1
             return self._overloaded
@@ -96,6 +126,7 @@ class HandshakeGuard:
             self.refused["per_ip"] += 1
             return PER_IP_REFUSED
         self.per_ip[ip] = held + 1
+        self.connections += 1
         self.handshakes += 1
         return None
 
@@ -126,6 +157,7 @@ class HandshakeGuard:
         return self._last_pace
 
     def release(self, ip: str) -> None:
+        self.connections -= 1
         left = self.per_ip.get(ip, 0) - 1
         if left > 0:
             self.per_ip[ip] = left

@@ -211,6 +211,12 @@ class Config:
         1024, "STORM_MAX_HANDSHAKES", "WebSocket handshakes in progress on one gateway (upgraded, `hello` not yet "
         "sent); beyond it an upgrade is answered HTTP 503 with `Retry-After` (admission control).",
     )
+    max_connections: int = _setting(
+        0, "STORM_MAX_CONNECTIONS", "WebSockets one gateway holds at most; beyond it an upgrade is answered HTTP 503 "
+        "with `Retry-After` (`storm.gateway.connects{result:full}`). 0: the process's open-file limit less a reserve "
+        "for its own files and outbound connections (2 %, at least 256), so a full gateway answers instead of "
+        "failing `accept()` with EMFILE.",
+    )
     handshake_retry_after_s: int = _setting(
         2, "STORM_HANDSHAKE_RETRY_AFTER_S", "The `Retry-After` (seconds) of that 503; clients add jitter.",
     )
@@ -353,6 +359,9 @@ class Config:
                      "user_publish_burst"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
+        if self.max_connections < 0:
+            raise ConfigError(f"STORM_MAX_CONNECTIONS must not be negative (0: from the open-file limit), "
+                              f"got {self.max_connections!r}")
         if self.workspace_publish_rate < 0 or self.token_expiry_warning_s < 0 or self.auth0_leeway_s < 0:
             raise ConfigError("STORM_WORKSPACE_PUBLISH_RATE, STORM_TOKEN_EXPIRY_WARNING_S and STORM_AUTH0_LEEWAY_S "
                               "must not be negative")

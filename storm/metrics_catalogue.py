@@ -21,8 +21,8 @@ Kind = Literal["count", "gauge", "distribution"]
 ROLES = ("gateway", "api", "consumers")
 PROCESS_TAGS = ("service", "env", "version", "instance")
 
-CONNECT_RESULTS = ("ok", "unauthenticated", "revoked", "quota", "origin", "per_ip", "overload", "restarting",
-                   "auth_timeout", "internal")
+CONNECT_RESULTS = ("ok", "unauthenticated", "revoked", "quota", "origin", "per_ip", "overload", "full",
+                   "restarting", "auth_timeout", "internal")
 CLOSE_CODES = ("1000", "1001", "1008", "1009", "1011", "1012", "4001", "4002", "4003", "4004", "4008", "4009",
                "4010", "4029", "client")
 COMMAND_OPS = ("auth", "subscribe", "unsubscribe", "publish", "edit", "delete", "react", "typing", "presence",
@@ -64,8 +64,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("storm.gateway.connections", "gauge", "connections", "Open WebSocket connections on this gateway.", GW),
     Metric("storm.gateway.connects", "count", "connections",
            "Connection attempts by outcome: `ok` (hello sent) or the refusal (auth, revocation, plan quota, "
-           "origin, per-IP limit, overload: handshakes in progress over STORM_MAX_HANDSHAKES (503), draining "
-           "gateway, auth timeout, internal).", GW,
+           "origin, per-IP limit, overload: handshakes in progress over STORM_MAX_HANDSHAKES (503), "
+           "full: connections at STORM_MAX_CONNECTIONS (503), draining gateway, auth timeout, internal).", GW,
            (("result", CONNECT_RESULTS),)),
     Metric("storm.gateway.connect_time", "distribution", "ms",
            "From the WebSocket upgrade to the `hello` frame (token check, directory, quota).", GW),

@@ -202,7 +202,11 @@ class Connector(WSClient):
 
     def on_close(self, code: int | None) -> None:
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
+            opened = self.opened
+            if opened.done() and not opened.cancelled() and opened.exception() is not None:
+                self.ready.set_exception(opened.exception())  # the HTTP answer refusing the upgrade (a 503...)
+            else:
+                self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
         elif not self.stopping and self.ready.exception() is None:
             key = str(code)
             self.outcome.closed_by_server[key] = self.outcome.closed_by_server.get(key, 0) + 1

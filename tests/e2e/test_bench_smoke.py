@@ -83,6 +83,20 @@ def test_connect_classifies_setup_failures_by_reason() -> None:
     assert failed({**ok, "closed_by_server": {"4002": 1}})
 
 
+def test_connect_counts_a_full_gateways_503_as_a_refusal_not_a_cut_socket() -> None:
+    """A gateway at STORM_MAX_CONNECTIONS answers 503: the bench reports it as that answer (it used to say
+    "closed during setup (code None)" and leave the 503 in a future nobody read)."""
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "storm_cli", "bench", "connect", "--connections", "80", "--client-procs", "1",
+         "--json"], capture_output=True, text=True, timeout=120, env={**os.environ, "STORM_MAX_CONNECTIONS": "50"})
+    assert proc.returncode == 1, proc.stderr[-2000:]  # refusals fail the run
+    result = json.loads(proc.stdout)
+    assert result["connected"] == 50 and result["refused"] == {"http_503": 30} and result["failed_by_reason"] == {}
+    assert "never retrieved" not in proc.stderr
+
+
 def test_connect_refuses_bad_arguments_clearly() -> None:
     proc = subprocess.run([sys.executable, "-m", "storm_cli", "bench", "connect", "--subscribe", "4"],
                           capture_output=True, text=True, timeout=60)

@@ -73,6 +73,48 @@ async def test_a_handshake_flood_is_answered_503_with_retry_after_and_slots_come
     assert guard.handshakes == 0
 
 
+async def test_a_full_gateway_answers_503_instead_of_failing_accept_and_makes_room_as_sockets_end() -> None:
+    """At the open-file limit a gateway used to fail accept() with EMFILE: the client's socket was cut during
+    the handshake with no answer (`storm bench connect --connections 20000`, one process).  A gateway at
+    STORM_MAX_CONNECTIONS answers 503 + Retry-After, and a slot is free again when a socket ends."""
+    cfg = Config.from_env({}, store="memory", max_connections=2, handshake_retry_after_s=2)
+    app = dev_app(build_services(cfg), page=False, consumers=False)
+    identity = DevIdentity(cfg.dev_secret)
+    guard = app.extensions["guard"]
+    async with app.test_app() as test_app, front_door(app) as door:
+        client = test_app.test_client()
+        answer = await client.post("/v1/workspaces", json={"slug": SLUG, "name": "Admit"},
+                                   headers={"Authorization": f"Bearer {identity.issue('dev|ann', '*')}"})
+        assert answer.status_code == 201
+        held = [WsClient(door) for _ in range(2)]
+        for sock in held:
+            await sock.__aenter__()
+        await held[0].send({"op": "auth", "token": identity.issue("dev|ann", SLUG)})
+        assert (await held[0].event())["type"] == "hello"  # past its handshake: still held
+        try:
+            async with WsClient(door):
+                raise AssertionError("a third connection was upgraded")
+        except Refused as refused:
+            assert refused.status == 503 and refused.headers["retry-after"] == "2"
+        assert guard.refused["full"] == 1 and guard.connections == 2
+        await held[1].__aexit__(None, None, None)
+        await _until(lambda: guard.connections == 1)
+        assert await _attempt(door) == 101  # room again
+        await held[0].__aexit__(None, None, None)
+        await _until(lambda: guard.connections == 0)
+
+
+def test_the_connection_cap_follows_the_open_file_limit() -> None:
+    from gateway.guard import connection_cap
+
+    assert connection_cap(0, nofile=20_000) == 19_600  # 2 % kept for the gateway's own files
+    assert connection_cap(0, nofile=1024) == 768  # at least 256 kept
+    assert connection_cap(5000, nofile=20_000) == 5000  # STORM_MAX_CONNECTIONS, when set, is the cap
+    assert connection_cap(0) > 0  # this process's own limit
+    with pytest.raises(Exception, match="STORM_MAX_CONNECTIONS"):
+        Config.from_env({"STORM_MAX_CONNECTIONS": "-1"}, store="memory")
+
+
 async def test_the_overload_body_names_the_code() -> None:
     from gateway.guard import Refusal
 
