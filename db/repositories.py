@@ -35,7 +35,7 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import NotFound
-from storm.ports.store import NO_HEAD
+from storm.ports.store import NO_HEAD, UNREAD_MAX
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 # Bound parameters per statement: SQLite before 3.32 allowed 999, later builds 32766; asyncpg allows
@@ -504,14 +504,16 @@ class SqlReadMarkerRepository(_Repository):
         return 0 if value is None else int(value)
 
     async def unread(
-        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID], *,
+        cap: int = UNREAD_MAX,
     ) -> dict[uuid.UUID, tuple[int, int]]:
         wanted = list(dict.fromkeys(channel_ids))
-        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted])
+        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted], cap=cap)
         return dict(zip(wanted, states, strict=True))
 
     async def unread_at(
-        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]], *,
+        cap: int = UNREAD_MAX,
     ) -> list[tuple[int, int]]:
         """Two statements per ``READ_STATE_CHUNK`` pairs, whatever their users and channels: the markers (a
         superset, the users' rows in the channels, filtered here), then one count per pair whose marker is
@@ -530,10 +532,11 @@ class SqlReadMarkerRepository(_Repository):
             todo = [i for i, (_, _, head) in enumerate(chunk) if got[i] < head]
             counts = dict.fromkeys(range(len(chunk)), 0)
             if todo:
-                columns = [select(func.count()).where(
+                # each count reads at most `cap` index entries: LIMIT inside, count outside
+                columns = [select(func.count()).select_from(select(msg.c.offset).where(
                     msg.c.workspace_id == workspace_id, msg.c.channel_id == chunk[i][1], msg.c.offset > got[i],
                     msg.c.offset <= chunk[i][2], msg.c.author_id != chunk[i][0], msg.c.deleted_at.is_(None),
-                ).scalar_subquery().label(f"n{i}") for i in todo]
+                ).limit(cap).subquery()).scalar_subquery().label(f"n{i}") for i in todo]
                 row = (await self._execute(select(*columns))).one()
                 counts.update(zip(todo, (int(n) for n in row), strict=True))
             out.extend((got[i], counts[i]) for i in range(len(chunk)))

@@ -85,7 +85,7 @@ class Subscribed(_Server, tag="subscribed", frozen=True):
     recovered: bool = True
     replayed: int = 0
     read: int = 0  # the user's read marker in the channel (last offset read)
-    unread: int = 0  # stored messages of others after ``read``
+    unread: int = 0  # stored messages of others after ``read``, at most 1000 ("1000 or more")
 
 
 class Unsubscribed(_Server, tag="unsubscribed", frozen=True):
@@ -142,7 +142,7 @@ class History(_Server, tag="history", frozen=True):
 class ChannelUnread(msgspec.Struct, frozen=True, kw_only=True):
     channel: str
     read: int = 0  # the user's read marker (last offset read)
-    unread: int = 0  # stored messages of others after ``read``
+    unread: int = 0  # stored messages of others after ``read``, at most 1000 ("1000 or more")
 
 
 class Unread(_Server, tag="unread", frozen=True):

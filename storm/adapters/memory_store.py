@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from storm.domain import Channel, ChannelKind, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
 from storm.errors import Conflict, NotFound, Unavailable
 from storm.lifecycle import Lifecycle
-from storm.ports.store import NO_HEAD
+from storm.ports.store import NO_HEAD, UNREAD_MAX
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 if TYPE_CHECKING:
@@ -427,14 +427,16 @@ class MemoryReadMarkerRepository(_Repository):
         return self._t.read_markers.get((workspace_id, channel_id, user_id), 0)
 
     async def unread(
-        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID], *,
+        cap: int = UNREAD_MAX,
     ) -> dict[uuid.UUID, tuple[int, int]]:
         wanted = list(dict.fromkeys(channel_ids))
-        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted])
+        states = await self.unread_at(workspace_id, [(user_id, ch, NO_HEAD) for ch in wanted], cap=cap)
         return dict(zip(wanted, states, strict=True))
 
     async def unread_at(
-        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]], *,
+        cap: int = UNREAD_MAX,
     ) -> list[tuple[int, int]]:
         t = self._t
         marks = [t.read_markers.get((workspace_id, channel_id, user_id), 0) for user_id, channel_id, _ in wanted]
@@ -450,7 +452,7 @@ class MemoryReadMarkerRepository(_Repository):
                 user_id, _, head = wanted[i]
                 if marks[i] < msg.offset <= head and msg.author_id != user_id:
                     counts[i] += 1
-        return list(zip(marks, counts, strict=True))
+        return [(mark, min(count, cap)) for mark, count in zip(marks, counts, strict=True)]
 
 
 MAX_DELIVERIES = 10_000  # delivery-log entries the embedded store keeps (all workspaces), oldest dropped

@@ -165,6 +165,7 @@ class ReactionRepository(Protocol):
         ...
 
 
+UNREAD_MAX = 1000  # unread counts stop here ("1000 or more"): a count never scans more of a channel than this
 NO_HEAD = 2**63 - 1  # a head above every offset (a signed 64-bit integer, as stored): "count them all"
 
 
@@ -176,19 +177,22 @@ class ReadMarkerRepository(Protocol):
     async def get(self, workspace_id: uuid.UUID, channel_id: uuid.UUID, user_id: uuid.UUID) -> int: ...
 
     async def unread(
-        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID]
+        self, workspace_id: uuid.UUID, user_id: uuid.UUID, channel_ids: Sequence[uuid.UUID], *,
+        cap: int = UNREAD_MAX,
     ) -> dict[uuid.UUID, tuple[int, int]]:
         """Per channel: (the user's marker, 0 when none; the stored messages of other users with a greater
-        offset that are not deleted).  Every channel asked for is in the result."""
+        offset that are not deleted, at most ``cap``).  Every channel asked for is in the result."""
         ...
 
     async def unread_at(
-        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]]
+        self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]], *,
+        cap: int = UNREAD_MAX,
     ) -> list[tuple[int, int]]:
         """For each ``(user, channel, head)``, in order: (the user's marker in the channel, 0 when none; the
-        stored, not deleted messages of other users with ``marker < offset <= head``).  What a subscribe
-        answers (``subscribed.read``/``unread``): records above ``head`` reach the subscriber live.  For many
-        subscribes at once: a fixed number of statements, not two per pair."""
+        stored, not deleted messages of other users with ``marker < offset <= head``, at most ``cap``: a
+        user who never read a channel of a million messages costs a count of ``cap``, not of a million).
+        What a subscribe answers (``subscribed.read``/``unread``): records above ``head`` reach the
+        subscriber live.  For many subscribes at once: a fixed number of statements, not two per pair."""
         ...
 
 

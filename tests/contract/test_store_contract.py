@@ -865,3 +865,7 @@ async def test_unread_at_answers_many_pairs_at_once_counting_up_to_each_head(sto
         assert await uow.read_markers.unread_at(ws.id, []) == []
         many = [(uuid.uuid4(), ch, 2**30) for _ in range(250)] + [(me, ch, 2**30)]
         assert await uow.read_markers.unread_at(ws.id, many) == [(0, 4)] * 250 + [(20, 1)]  # 10, 15, 20, 2**30
+        # counts stop at `cap` (UNREAD_MAX, 1000, by default: "1000 or more"), the marker is still exact
+        assert await uow.read_markers.unread_at(ws.id, [(uuid.uuid4(), ch, 2**30), (me, ch, 2**30), (me, quiet, 9)],
+                                                cap=2) == [(0, 2), (20, 1), (0, 0)]  # 4 of a newcomer: 2
+        assert await uow.read_markers.unread(ws.id, you, [ch, quiet], cap=1) == {ch: (0, 1), quiet: (7, 0)}
