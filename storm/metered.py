@@ -19,8 +19,8 @@ from storm.ports.broker import ChannelPreparer, WorkBacklog, WorkScope
 from storm.ports.store import CountsRetries
 
 CACHE_METHODS = ("get", "set", "delete", "put_if_absent", "incr", "rate_take", "revoke", "is_revoked",
-                 "presence_add", "presence_remove", "presence_refresh", "presence_refresh_many", "presence_lease",
-                 "presence_list", "presence_count", "watch_presence_expiry", "drop_workspace")
+                 "revoked_among", "presence_add", "presence_remove", "presence_refresh", "presence_refresh_many",
+                 "presence_lease", "presence_list", "presence_count", "watch_presence_expiry", "drop_workspace")
 
 
 def _timed(method: Callable[..., Awaitable[Any]], sample: Sample) -> Callable[..., Awaitable[Any]]:

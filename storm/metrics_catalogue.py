@@ -32,8 +32,9 @@ COMMAND_RESULTS = ("ok", "malformed", "unknown_op", "bad_request", "too_large", 
                    "rate_limited", "quota_exceeded", "conflict", "gone", "unavailable", "internal")
 RATE_SCOPES = ("connection", "user", "workspace")
 AUTH_REASONS = ("invalid_token", "not_auth", "timeout", "revoked", "refresh_refused")
-CACHE_OPS = ("get", "set", "delete", "put_if_absent", "incr", "rate_take", "revoke", "is_revoked", "presence",
-             "watch_presence_expiry", "drop_workspace")  # the Cache port's methods; presence_* is one family
+# the Cache port's methods; presence_* is one family
+CACHE_OPS = ("get", "set", "delete", "put_if_absent", "incr", "rate_take", "revoke", "is_revoked", "revoked_among",
+             "presence", "watch_presence_expiry", "drop_workspace")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -67,6 +68,22 @@ async def check(cache: Cache, workspace: str, claims: Claims) -> None:
         raise Unauthenticated("access revoked")
     if claims.token_id and await cache.is_revoked(workspace, jti_key(claims.token_id)):
         raise Unauthenticated("token revoked")
+
+
+async def check_many(cache: Cache, workspace: str, claims: Sequence[Claims]) -> dict[int, str]:
+    """:func:`check` for many tokens of one workspace in one cache call: {index in ``claims``: the reason}
+    for each one listed ("access revoked" for its subject, else "token revoked")."""
+    keys = [c.subject for c in claims] + [jti_key(c.token_id) for c in claims if c.token_id]
+    listed = await cache.revoked_among(workspace, list(dict.fromkeys(keys)))
+    if not listed:
+        return {}
+    out: dict[int, str] = {}
+    for i, c in enumerate(claims):
+        if c.subject in listed:
+            out[i] = "access revoked"
+        elif c.token_id and jti_key(c.token_id) in listed:
+            out[i] = "token revoked"
+    return out
 
 
 class Revocable(Protocol):

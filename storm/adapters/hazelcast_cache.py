@@ -49,7 +49,7 @@ with warnings.catch_warnings():
     from hazelcast.config import IndexType
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.errors import ConsistencyLostError, HazelcastError
-    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, in_, less, not_, not_equal
+    from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, in_, less, like, not_, not_equal
 
 from storm.errors import BadRequest, Unavailable
 from storm.lifecycle import Lifecycle
@@ -530,6 +530,25 @@ class HazelcastCache:
             raise BadRequest("subject must be a string", field="subject")
         until = await self._maps[MAP_REVOKED].get(_ns(workspace) + subject)
         return until is not None and until > self._clock.time()
+
+    @_operation
+    async def revoked_among(self, workspace: str, subjects: Sequence[str]) -> frozenset[str]:
+        """One query for the workspace's whole list (its keys share the prefix ``_ns(workspace)``; the list
+        is short, entries live a token's lifetime at most), filtered here: a Hazelcast call per subject, or a
+        ``get_all`` (one invocation per partition), cost more than the list."""
+        wanted = frozenset(subjects)
+        if not wanted:
+            return wanted
+        prefix = _ns(workspace)
+        pattern = prefix + "%"  # a "_" or "%" in the slug matches more, never less: filtered below
+        now = self._clock.time()
+        found: list[str] = []
+        for k, until in await self._maps[MAP_REVOKED].entry_set(like("__key", pattern)):
+            if isinstance(k, str) and k.startswith(prefix) and until is not None and until > now:
+                subject = k[len(prefix):]
+                if subject in wanted:
+                    found.append(subject)
+        return frozenset(found)
 
     # -- presence ---------------------------------------------------------------------------------------
     @staticmethod

@@ -238,6 +238,11 @@ class MemoryCache:
                 raise QuotaExceeded("revocation list is full", field="subject")
         revoked[subject] = max(revoked.get(subject, 0.0), now + ttl)
 
+    async def revoked_among(self, workspace: str, subjects: Sequence[str]) -> frozenset[str]:
+        revoked = self._space(workspace).revoked
+        now = self._clock.monotonic()
+        return frozenset(s for s in subjects if revoked.get(s, 0.0) > now)
+
     async def is_revoked(self, workspace: str, subject: str) -> bool:
         revoked = self._space(workspace).revoked
         expires = revoked.get(subject)

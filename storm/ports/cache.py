@@ -112,6 +112,12 @@ class Cache(Protocol):
         """True while ``subject`` is on the workspace's revocation list (until its ttl runs out)."""
         ...
 
+    async def revoked_among(self, workspace: str, subjects: Sequence[str]) -> frozenset[str]:
+        """The ones of ``subjects`` on the workspace's revocation list now: one call whatever their number
+        (the presence keeper re-checks every session's token once per presence TTL; two ``is_revoked`` per
+        token were ≈ 0.08 of a core for 50 000 held connections)."""
+        ...
+
     # -- presence: one entry per (channel, connection), each with its own TTL --------------------------
     async def presence_add(
         self, workspace: str, channel: str, conn_id: str, entry: PresenceEntry, ttl: float, *, first: bool = True,

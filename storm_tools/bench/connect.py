@@ -203,8 +203,9 @@ class Connector(WSClient):
     def on_close(self, code: int | None) -> None:
         if not self.ready.done():
             opened = self.opened
-            if opened.done() and not opened.cancelled() and opened.exception() is not None:
-                self.ready.set_exception(opened.exception())  # the HTTP answer refusing the upgrade (a 503...)
+            refusal = opened.exception() if opened.done() and not opened.cancelled() else None
+            if refusal is not None:
+                self.ready.set_exception(refusal)  # the HTTP answer refusing the upgrade (a 503...)
             else:
                 self.ready.set_exception(ConnectionError(f"closed during setup (code {code})"))
         elif not self.stopping and self.ready.exception() is None:

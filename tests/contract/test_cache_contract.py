@@ -231,6 +231,24 @@ async def test_rate_bucket_refuses_bad_arguments(cache, workspace, rate, burst, 
 # ---- revocations -------------------------------------------------------------------------------------
 
 
+async def test_revoked_among_answers_many_subjects_in_one_call(cache, workspace):
+    """The presence keeper's re-check: which of many subjects (users, ``jti:`` tokens) are listed now, in one
+    call; expired entries, other workspaces' entries (even one whose slug extends this one's) and subjects
+    not asked for are not in the answer."""
+    assert await cache.revoked_among(workspace, []) == set()
+    assert await cache.revoked_among(workspace, ["u-1", "jti:t-1"]) == set()
+    await cache.revoke(workspace, "u-1", 10)
+    await cache.revoke(workspace, "jti:t-9", 0.2)
+    await cache.revoke(workspace, "u-not-asked", 10)
+    await cache.revoke(workspace + "_x", "u-2", 10)  # a workspace whose slug starts with this one's
+    await cache.revoke("x" + workspace, "u-3", 10)
+    asked = ["u-1", "u-2", "u-3", "jti:t-9", "jti:t-1"] + [f"u-{i}" for i in range(100, 600)]
+    assert await cache.revoked_among(workspace, asked) == {"u-1", "jti:t-9"}
+    await asyncio.sleep(0.35)
+    assert await cache.revoked_among(workspace, asked) == {"u-1"}
+    assert await cache.revoked_among(workspace + "_x", ["u-1", "u-2"]) == {"u-2"}
+
+
 async def test_revocations_expire_and_are_per_workspace(cache, workspace):
     assert await cache.is_revoked(workspace, "u-1") is False
     await cache.revoke(workspace, "u-1", 10)
