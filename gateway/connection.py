@@ -95,10 +95,15 @@ class Connection:
         if not self.receiving:
             return
         inbox = self._inbox
+        if self._worker is None and not inbox:  # nothing ahead of it: a ping is answered here, in this call
+            self.session.arrived()
+            if self.session.answer_ping(data):  # a heartbeat costs no task (issue 11: the held connections)
+                return
+        else:
+            self.session.arrived()  # deadlines count from here, not from when a busy loop gets to the frame
         if inbox is None:
             inbox = self._inbox = collections.deque()
         inbox.append(data)
-        self.session.arrived()  # deadlines count from here, not from when a busy loop gets to the frame
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._handle_inbox(inbox))
         if len(inbox) >= INBOX_HIGH and not self._paused:

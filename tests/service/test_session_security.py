@@ -81,18 +81,18 @@ async def test_token_expiring_is_sent_before_exp_and_the_socket_closes_4009_at_e
     s, t = await open_session(sec_ctx, token(sec_services, ttl_s=600, now=clock.time()))
     assert s.state is State.OPEN
     clock.advance(600 - lead - 5)
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     assert t.take("token.expiring") == [] and t.closed is None
     await s.receive(json.dumps({"op": "ping"}))  # stay clear of the idle timeout
     clock.advance(10)
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     (warning,) = t.take("token.expiring")
     assert warning["expires_at"] == pytest.approx(clock.time() + lead - 5, abs=1)
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     assert t.take("token.expiring") == []  # warned once
     await s.receive(json.dumps({"op": "ping"}))
     clock.advance(lead)
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED
 
 
@@ -105,7 +105,7 @@ async def test_refresh_with_a_fresh_token_of_the_same_user_extends_the_session(s
     assert refreshed["expires_at"] == pytest.approx(clock.time() + 3600, abs=1)
     await s.receive(json.dumps({"op": "ping"}))
     clock.advance(200)  # past the first token's exp
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     assert t.closed is None and s.state is State.OPEN
 
 
@@ -119,7 +119,7 @@ async def test_refresh_with_another_users_or_an_invalid_token_is_refused_and_the
     assert s.principal is not None and s.principal.user.name == "Alice" and s.state is State.OPEN
     await s.receive(json.dumps({"op": "ping"}))
     clock.advance(121)
-    s.check_deadlines(clock.monotonic())
+    s.check_deadlines(clock.monotonic(), clock.time())  # as the hub sweeps
     assert t.closed and t.closed[0] == CloseCode.TOKEN_EXPIRED  # the old expiry still applies
 
 

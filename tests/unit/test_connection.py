@@ -125,6 +125,9 @@ class Recorder:
     def arrived(self) -> None:  # the connection stamps each frame's arrival (deadlines count from it)
         self.arrivals += 1
 
+    def answer_ping(self, data: str | bytes) -> bool:  # nothing is a ping here: every message is queued
+        return False
+
     async def receive(self, data: str | bytes) -> None:
         for _ in range(3):
             await asyncio.sleep(0)
@@ -160,3 +163,37 @@ async def test_after_the_peers_close_nothing_more_is_handled_or_sent(gateway: Ga
     conn.receive("after the close")
     await _settle(gateway)
     assert recorder.got == [] and sock.frames == []
+
+
+async def test_a_ping_with_nothing_ahead_is_answered_in_the_call_and_one_behind_a_frame_waits_its_turn() -> None:
+    """A heartbeat costs no task: with nothing queued or running, the pong is written before ``receive``
+    returns.  Behind a frame still being handled it is queued, so replies keep the order of the frames."""
+    import json
+
+    from storm.adapters.dev_identity import DevIdentity
+    from storm_tools.seed import DEMO_WORKSPACE
+    from tests.support.services import demo_services
+
+    services = await demo_services(Config.from_env({}, store="memory"))
+    gateway = Gateway(services)
+    await gateway.start()
+    sock = FakeSocket()
+    conn = Connection.open(gateway, sock)
+    assert conn is not None
+    conn.receive(json.dumps({"op": "auth", "token": DevIdentity(gateway.config.dev_secret).issue(
+        "dev|alice", DEMO_WORKSPACE, "Alice")}))
+    await _settle(gateway)
+    assert json.loads(sock.frames[-1])["type"] == "hello"
+    sock.log.clear()
+    conn.receive(b'{"op":"ping","id":7}')
+    assert [json.loads(f)["id"] for f in sock.frames] == [7]  # answered before any await
+    assert conn._worker is None
+    conn.receive(b'{"op":"history","id":8,"channel":"not-a-channel"}')  # handled by the inbox's task
+    conn.receive(b'{"op":"ping","id":9}')  # behind it: queued, not answered first
+    assert [json.loads(f)["id"] for f in sock.frames] == [7]
+    await _settle(gateway)
+    assert [json.loads(f).get("id") for f in sock.frames] == [7, 8, 9]
+    conn.ended()
+    await _settle(gateway)
+    await gateway.stop()
+    await services.stop()
