@@ -628,12 +628,13 @@ class HazelcastCache:
         return mine is not None and mine > now
 
     @_operation
-    async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
+    async def presence_remove(self, workspace: str, channel: str, conn_id: str, *,
+                              last: bool = True) -> PresenceEntry | None:
         """Remove ours, then look for the user's others: of two racing last removals at least one sees
         none (a leave may be announced twice, never missed because of that race)."""
         presence = self._maps[MAP_PRESENCE]
         gone = await presence.remove(_presence_key(workspace, channel, conn_id))
-        if gone is None:
+        if gone is None or not last:
             return None
         doc = gone.loads()
         if await presence.key_set(await self._live(self._user_in_channel(workspace, channel, doc["uid"]))):

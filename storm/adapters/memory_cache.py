@@ -366,7 +366,8 @@ class MemoryCache:
         holder.until = now + ttl
         return True
 
-    async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
+    async def presence_remove(self, workspace: str, channel: str, conn_id: str, *,
+                              last: bool = True) -> PresenceEntry | None:
         ch = self._channel(workspace, channel)
         if ch is None:
             return None
@@ -375,7 +376,7 @@ class MemoryCache:
             holder.members.discard((workspace, channel, conn_id))
         left = ch.discard(conn_id)
         self._drop_if_empty(workspace, channel, ch)
-        return left
+        return left if last else None
 
     async def presence_refresh(self, workspace: str, channels: list[str], conn_id: str, ttl: float) -> None:
         ttl = check_ttl(ttl)

@@ -140,8 +140,12 @@ class Cache(Protocol):
         (see docs/cache.md, "Presence races")."""
         ...
 
-    async def presence_remove(self, workspace: str, channel: str, conn_id: str) -> PresenceEntry | None:
-        """Drop a connection's entry.  Returns the user when that was their last entry (they left)."""
+    async def presence_remove(self, workspace: str, channel: str, conn_id: str, *,
+                              last: bool = True) -> PresenceEntry | None:
+        """Drop a connection's entry.  Returns the user when that was their last entry (they left).  With
+        ``last`` False the caller does not want to know (a channel whose leaves are not announced, the
+        workspace's own presence): None, and the look-up for the user's other entries is not made (on
+        Hazelcast a predicate query over the members, per disconnect)."""
         ...
 
     async def presence_refresh(self, workspace: str, channels: list[str], conn_id: str, ttl: float) -> None:

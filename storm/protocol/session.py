@@ -505,7 +505,7 @@ class Session:
         await self._release()
         await self.subscriptions.leave_all()
         try:
-            await self.ctx.cache.presence_remove(self.workspace, WORKSPACE_PRESENCE, self.id)
+            await self.ctx.cache.presence_remove(self.workspace, WORKSPACE_PRESENCE, self.id, last=False)
         except StormError:
             log.warning("presence cleanup failed ws=%s session=%s", self.workspace, self.id)
 

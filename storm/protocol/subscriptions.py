@@ -220,7 +220,9 @@ class Subscriptions:
         """Leave the hub group and the channel's presence (``presence.leave`` when the user's last entry)."""
         ws, owner = self._owner.workspace, self._owner
         await self._ctx.hub.leave(owner, ws, channel)
-        gone = await self._ctx.cache.presence_remove(ws, channel, owner.id)
+        # leaves are announced only in small channels: elsewhere nobody needs to know whether it was the last
+        gone = await self._ctx.cache.presence_remove(ws, channel, owner.id,
+                                                     last=self._ctx.presence.broadcasts(ws, channel))
         if gone is not None:
             self._ctx.presence.left(ws, channel, gone)
 

@@ -282,6 +282,17 @@ async def test_presence_join_and_leave_per_user_not_per_connection(cache, worksp
     assert await cache.presence_remove(workspace, channel, "conn-unknown") is None
 
 
+async def test_presence_remove_without_asking_whether_it_was_the_last_still_removes(cache, workspace, channel):
+    """``last=False``: a leave nobody announces (a large channel, the workspace's own presence) removes the
+    entry and answers None, without looking for the user's other entries."""
+    await cache.presence_add(workspace, channel, "conn-1", ALICE, 10)
+    await cache.presence_add(workspace, channel, "conn-2", BOB, 10)
+    assert await cache.presence_remove(workspace, channel, "conn-1", last=False) is None  # her last, not asked
+    assert await cache.presence_list(workspace, channel) == [BOB]
+    assert await cache.presence_remove(workspace, channel, "conn-1", last=False) is None  # gone already
+    assert await cache.presence_remove(workspace, channel, "conn-2") == BOB
+
+
 async def test_presence_readding_the_same_connection_is_not_a_second_user_entry(cache, workspace, channel):
     assert await cache.presence_add(workspace, channel, "conn-1", ALICE, 10) is True
     assert await cache.presence_add(workspace, channel, "conn-1", ALICE, 10) is True  # still only this one

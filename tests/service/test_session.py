@@ -676,3 +676,24 @@ async def test_a_resume_past_a_lagging_feed_gets_no_record_twice(ctx, services, 
     assert sub["offset"] == 3 and sub.get("replayed", 0) == 0
     assert tb.take("message") == []  # nothing bob had already
     assert [m["offset"] for m in ta.take("message")] == [1, 2, 3]  # alice, live, gets them once
+
+
+async def test_a_closing_session_does_not_ask_whether_it_was_the_users_last_workspace_entry(ctx, services, monkeypatch):
+    """Nobody announces a leave of the workspace's own presence: the close removes the entry without the
+    look-up for the user's other entries (a predicate query over the Hazelcast members, per disconnect), while
+    a small channel's leave still asks (its ``presence.leave`` needs the answer)."""
+    from storm.protocol.quota import WORKSPACE_PRESENCE
+
+    s, _ = await connect(ctx, services)
+    await send(s, op="subscribe", id=1, channel=GENERAL)
+    asked: dict[str, bool] = {}
+    remove = services.cache.presence_remove
+
+    async def recorded(workspace: str, channel: str, conn_id: str, *, last: bool = True) -> Any:
+        asked[channel] = last
+        return await remove(workspace, channel, conn_id, last=last)
+
+    monkeypatch.setattr(services.cache, "presence_remove", recorded)
+    await s.closed()
+    assert asked == {WORKSPACE_PRESENCE: False, GENERAL: True}
+    assert await services.cache.presence_list(DEMO_WORKSPACE, WORKSPACE_PRESENCE) == []
