@@ -5,8 +5,10 @@ before the upgrade, instead of queueing handshakes until they time out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -40,16 +42,23 @@ async def _until(predicate: Any) -> None:
     raise AssertionError("not reached")
 
 
-async def test_a_handshake_flood_is_answered_503_with_retry_after_and_slots_come_back() -> None:
-    cfg = Config.from_env({}, store="memory", max_handshakes=3, handshake_retry_after_s=2)
+@contextlib.asynccontextmanager
+async def _gateway(**settings: Any) -> AsyncIterator[tuple[Any, Any, DevIdentity]]:
+    """A dev gateway behind its front door (``Retry-After: 2``), with the workspace SLUG created: (the door,
+    its handshake guard, the identity that issues tokens)."""
+    cfg = Config.from_env({}, store="memory", handshake_retry_after_s=2, **settings)
     app = dev_app(build_services(cfg), page=False, consumers=False)
     identity = DevIdentity(cfg.dev_secret)
-    guard = app.extensions["guard"]
     async with app.test_app() as test_app, front_door(app) as door:
-        client = test_app.test_client()
-        answer = await client.post("/v1/workspaces", json={"slug": SLUG, "name": "Admit"},
-                                   headers={"Authorization": f"Bearer {identity.issue('dev|ann', '*')}"})
+        answer = await test_app.test_client().post(
+            "/v1/workspaces", json={"slug": SLUG, "name": "Admit"},
+            headers={"Authorization": f"Bearer {identity.issue('dev|ann', '*')}"})
         assert answer.status_code == 201
+        yield door, app.extensions["guard"], identity
+
+
+async def test_a_handshake_flood_is_answered_503_with_retry_after_and_slots_come_back() -> None:
+    async with _gateway(max_handshakes=3) as (door, guard, identity):
         held = [WsClient(door) for _ in range(3)]
         for sock in held:  # three handshakes in progress: upgraded, no auth yet
             await sock.__aenter__()
@@ -77,15 +86,7 @@ async def test_a_full_gateway_answers_503_instead_of_failing_accept_and_makes_ro
     """At the open-file limit a gateway used to fail accept() with EMFILE: the client's socket was cut during
     the handshake with no answer (`storm bench connect --connections 20000`, one process).  A gateway at
     STORM_MAX_CONNECTIONS answers 503 + Retry-After, and a slot is free again when a socket ends."""
-    cfg = Config.from_env({}, store="memory", max_connections=2, handshake_retry_after_s=2)
-    app = dev_app(build_services(cfg), page=False, consumers=False)
-    identity = DevIdentity(cfg.dev_secret)
-    guard = app.extensions["guard"]
-    async with app.test_app() as test_app, front_door(app) as door:
-        client = test_app.test_client()
-        answer = await client.post("/v1/workspaces", json={"slug": SLUG, "name": "Admit"},
-                                   headers={"Authorization": f"Bearer {identity.issue('dev|ann', '*')}"})
-        assert answer.status_code == 201
+    async with _gateway(max_connections=2) as (door, guard, identity):
         held = [WsClient(door) for _ in range(2)]
         for sock in held:
             await sock.__aenter__()
