@@ -94,13 +94,11 @@ class Connection:
     def receive(self, data: str | bytes) -> None:
         if not self.receiving:
             return
+        self.session.arrived()  # deadlines count from here, not from when a busy loop gets to the frame
         inbox = self._inbox
-        if self._worker is None and not inbox:  # nothing ahead of it: a ping is answered here, in this call
-            self.session.arrived()
-            if self.session.answer_ping(data):  # a heartbeat costs no task (issue 11: the held connections)
-                return
-        else:
-            self.session.arrived()  # deadlines count from here, not from when a busy loop gets to the frame
+        # nothing ahead of it: a ping is answered here, in this call (a heartbeat costs no task, issue 11)
+        if self._worker is None and not inbox and self.session.answer_ping(data):
+            return
         if inbox is None:
             inbox = self._inbox = collections.deque()
         inbox.append(data)

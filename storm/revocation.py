@@ -33,6 +33,8 @@ log = logging.getLogger("storm.revocation")
 CONTROL_CHANNEL = "_control"
 EVERYONE = "*"  # the subject of a control event for every session of the workspace (it was deleted)
 WORKSPACE_DELETED = "workspace deleted"  # its reason
+SUBJECT_LISTED = "access revoked"  # why check() refuses: the subject is listed (a ban)
+JTI_LISTED = "token revoked"  # ... or this one token is (a logout)
 
 
 class Revoke(msgspec.Struct, tag_field="type", tag="revoke", forbid_unknown_fields=False):
@@ -65,14 +67,14 @@ async def revoke(cache: Cache, broker: Broker, workspace: str, subject: str, *, 
 async def check(cache: Cache, workspace: str, claims: Claims) -> None:
     """Raise Unauthenticated when the token's subject or the token itself is on the list."""
     if await cache.is_revoked(workspace, claims.subject):
-        raise Unauthenticated("access revoked")
+        raise Unauthenticated(SUBJECT_LISTED)
     if claims.token_id and await cache.is_revoked(workspace, jti_key(claims.token_id)):
-        raise Unauthenticated("token revoked")
+        raise Unauthenticated(JTI_LISTED)
 
 
 async def check_many(cache: Cache, workspace: str, claims: Sequence[Claims]) -> dict[int, str]:
     """:func:`check` for many tokens of one workspace in one cache call: {index in ``claims``: the reason}
-    for each one listed ("access revoked" for its subject, else "token revoked")."""
+    for each one listed (its subject, else the token itself), as :func:`check` would refuse it."""
     keys = [c.subject for c in claims] + [jti_key(c.token_id) for c in claims if c.token_id]
     listed = await cache.revoked_among(workspace, list(dict.fromkeys(keys)))
     if not listed:
@@ -80,9 +82,9 @@ async def check_many(cache: Cache, workspace: str, claims: Sequence[Claims]) -> 
     out: dict[int, str] = {}
     for i, c in enumerate(claims):
         if c.subject in listed:
-            out[i] = "access revoked"
+            out[i] = SUBJECT_LISTED
         elif c.token_id and jti_key(c.token_id) in listed:
-            out[i] = "token revoked"
+            out[i] = JTI_LISTED
     return out
 
 

@@ -29,6 +29,7 @@ from storm import revocation
 from storm.directory import Principal
 from storm.domain import MAX_BODY_CHARS, Channel, Role
 from storm.errors import Forbidden, NotFound, StormError, Unauthenticated, Unavailable
+from storm.ports.identity import Claims
 from storm.protocol import commands as c
 from storm.protocol import events as e
 from storm.protocol.chat import Posted, read_state
@@ -69,8 +70,7 @@ class Session:
         self._bucket = TokenBucket(ctx.config.publish_rate, ctx.config.publish_burst, now)
         self.close_code: int | None = None
         self._expires_at = float("inf")  # wall clock: the token's exp
-        self._warned = False  # token.expiring sent for the current token
-        self._warn_at = float("inf")  # wall clock: the next token deadline (the warning, then the expiry)
+        self._warn_at = float("inf")  # wall clock: the next token deadline (`token.expiring`, then the exp itself)
         self._counted = False  # holds one of the workspace's plan connections
         self._controlled = False  # registered with the ControlRouter
         self.draining = False  # the gateway drains: frames from now on are dropped (the client resends them)
@@ -122,8 +122,9 @@ class Session:
 
     def answer_ping(self, data: bytes | str) -> bool:
         """Answer ``data`` now if it is a ``ping`` of an open session with nothing else in flight (the I/O
-        layer asks before queueing a frame for :meth:`receive`, whose task per frame was most of what a
-        heartbeat cost a gateway holding 50 000 connections).  False: not handled, queue it as usual."""
+        layer asks, after :meth:`arrived`, before queueing a frame for :meth:`receive`, whose task per frame
+        was most of what a heartbeat cost a gateway holding 50 000 connections).  False: not handled, queue
+        it as usual."""
         if self.state is not State.OPEN or self.draining or self.busy:
             return False
         if (b'"ping"' not in data) if isinstance(data, bytes) else ('"ping"' not in data):
@@ -134,11 +135,14 @@ class Session:
             return False  # reported by the usual path
         if type(cmd) is not c.Ping:
             return False
-        self.last_seen = self.ctx.clock.monotonic()
         self._bad_frames = 0
-        self._send(e.Pong(id=cmd.id, ts=self.ctx.clock.time()))
+        self._pong(cmd)
         self.ctx.meters.command("ping", "ok")
         return True
+
+    def _pong(self, cmd: c.Ping) -> None:
+        """A ping's answer: its pong and nothing else, no cache, no database (tests/service/test_heartbeat.py)."""
+        self._send(e.Pong(id=cmd.id, ts=self.ctx.clock.time()))
 
     async def _receive(self, data: bytes | str) -> None:
         self.last_seen = self.ctx.clock.monotonic()
@@ -214,8 +218,7 @@ class Session:
             await self._release()
             return
         self.state = State.OPEN
-        self._expires_at, self._warned = claims.expires_at, False
-        self._warn_at = claims.expires_at - self.ctx.config.token_expiry_warning_s
+        self._token_deadlines(claims)
         cfg = self.ctx.config
         self._send(e.Hello(
             v=1, session=self.id, workspace=principal.workspace.slug,
@@ -291,8 +294,7 @@ class Session:
         except Unauthenticated as exc:
             raise revoked_access(exc.message) from exc
         self.principal = dataclasses.replace(p, claims=claims)
-        self._expires_at, self._warned = claims.expires_at, False
-        self._warn_at = claims.expires_at - self.ctx.config.token_expiry_warning_s
+        self._token_deadlines(claims)
         self._send(e.TokenRefreshed(expires_at=claims.expires_at))
 
     # -- the control router's calls (storm/revocation.py, Revocable) ----------------------------------------
@@ -317,8 +319,8 @@ class Session:
                 await subs.unsubscribe(cmd)
             case c.Typing():
                 await subs.typing(self._p(), cmd)
-            case c.Ping():  # its pong and nothing else: no cache, no database (tests/service/test_heartbeat.py)
-                self._send(e.Pong(id=cmd.id, ts=self.ctx.clock.time()))
+            case c.Ping():
+                self._pong(cmd)
             case c.Presence():
                 await subs.presence(self._p(), cmd)
             case c.History():
@@ -460,6 +462,11 @@ class Session:
         """Not authenticated yet: the authentication deadline still applies (the hub's sweeper)."""
         return self.state is State.AWAITING_AUTH
 
+    def _token_deadlines(self, claims: Claims) -> None:
+        """A new token (auth or refresh): its expiry, and its warning ``STORM_TOKEN_EXPIRY_WARNING_S`` before."""
+        self._expires_at = claims.expires_at
+        self._warn_at = claims.expires_at - self.ctx.config.token_expiry_warning_s
+
     def check_deadlines(self, now: float, wall: float | None = None) -> None:
         """``now``: the monotonic clock; ``wall``: the wall clock (token expiry), read once per sweep by the
         hub, else here."""
@@ -488,9 +495,8 @@ class Session:
             if wall >= self._expires_at:
                 self._end(Disconnect(CloseCode.TOKEN_EXPIRED, ErrorCode.UNAUTHENTICATED,
                                      "token expired; reconnect with a fresh token", reason="token expired"))
-            elif not self._warned and wall >= self._expires_at - cfg.token_expiry_warning_s:
-                self._warned = True
-                self._warn_at = self._expires_at  # next: the expiry itself
+            elif wall >= self._warn_at:  # the warning's time (once: the next deadline is the expiry itself)
+                self._warn_at = self._expires_at
                 self._send(e.TokenExpiring(expires_at=self._expires_at))
 
     # -- teardown ---------------------------------------------------------------------------------------
