@@ -21,6 +21,7 @@ Subclass and override :meth:`on_message`, :meth:`on_open` and :meth:`on_close`; 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from gateway import frames as f
 
 MAX_MESSAGE = 64 * 1024 * 1024
 MAX_RESPONSE_HEAD = 16 * 1024
+_MESSAGE = re.compile(rb'"message":"([^"]{1,200})"')  # a refusal's reason in its JSON body
 
 
 class WebSocketError(Exception):
@@ -143,7 +145,9 @@ class WSClient(asyncio.Protocol):
         response = f.parse_response_head(buffered[:end])
         if not response.upgraded(self._key):
             first_line = buffered[:min(end, 100)].split(b"\r\n")[0]
-            refused = WebSocketError(f"handshake refused: {first_line!r}")
+            why = _MESSAGE.search(buffered, end)  # the server's reason, when its JSON body came with the head
+            refused = WebSocketError(f"handshake refused: {first_line!r}"
+                                     + (f" ({why[1].decode(errors='replace')})" if why else ""))
             retry = response.headers.get("retry-after", "")
             refused.retry_after = float(retry) if retry.isdigit() else None
             self._fail(refused)

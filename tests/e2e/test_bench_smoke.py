@@ -94,6 +94,7 @@ def test_connect_counts_a_full_gateways_503_as_a_refusal_not_a_cut_socket() -> N
     assert proc.returncode == 1, proc.stderr[-2000:]  # refusals fail the run
     result = json.loads(proc.stdout)
     assert result["connected"] == 50 and result["refused"] == {"http_503": 30} and result["failed_by_reason"] == {}
+    assert "maximum of connections" in result["first_error"]  # the server's reason, not only its status
     assert "never retrieved" not in proc.stderr
 
 
