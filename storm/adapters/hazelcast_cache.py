@@ -48,7 +48,7 @@ with warnings.catch_warnings():
     from hazelcast.config import Config as HzConfig
     from hazelcast.config import IndexType
     from hazelcast.core import HazelcastJsonValue
-    from hazelcast.errors import ConsistencyLostError, HazelcastError
+    from hazelcast.errors import ConsistencyLostError, HazelcastError, TargetNotMemberError
     from hazelcast.predicate import Predicate, and_, equal, greater_or_equal, in_, less, like, not_, not_equal
 
 from storm.errors import BadRequest, Unavailable
@@ -86,6 +86,7 @@ CONNECT_TIMEOUT_S = 10.0  # start() gives up (Unavailable) when no member answer
 # the Hazelcast client shuts itself down for good after an outage longer than it, and every later call of the
 # process fails with "Client is not active" although the member is back (found by the hazelcast-loss chaos
 # experiment: the API refused every workspace creation after a 20 s member loss).
+TARGET_RETRY_S = 1.0  # a PN counter call whose replica left the cluster is retried once after this
 INVOCATION_TIMEOUT_S = 5.0  # one operation gives up (Unavailable) after this, retries included
 RATE_CAS_RETRIES = 8
 RATE_BACKOFF_S = 0.002  # upper bound of the random pause after the n-th lost race, times n
@@ -440,13 +441,22 @@ class HazelcastCache:
         proxy's session guarantees with them: every later call fails ``ConsistencyLostError`` until the proxy
         is reset (storm day, a Hazelcast restart: 25 525 connects refused ``unavailable`` by the workspace
         connection quota).  The failed call changed nothing, so it is retried once after the reset; the count
-        starts again from what the cluster holds (docs/cache.md, "Counters")."""
+        starts again from what the cluster holds (docs/cache.md, "Counters").
+
+        Just after such a restart the proxy may still target the member as it was (its old uuid), and the
+        client's member list may not hold the new one yet: ``TargetNotMemberError`` (a fresh clone's
+        test_hazelcast_outage, 2026-12-07).  The proxy's remembered target is then dropped (private to
+        hazelcast-python-client 5.7, pinned < 5.8) and the call retried once after ``TARGET_RETRY_S``."""
         try:
             return int(await counter.add_and_get(delta))
-        except ConsistencyLostError:
-            log.warning("hazelcast counter %s lost its replica state (member restart?); starting a new session",
-                        counter.name)
+        except (ConsistencyLostError, TargetNotMemberError) as exc:
+            log.warning("hazelcast counter %s lost its replica (%s: member restart?); starting a new session",
+                        counter.name, type(exc).__name__)
             counter.reset()
+            if isinstance(exc, TargetNotMemberError):
+                if hasattr(counter, "_current_target_replica_address"):
+                    counter._current_target_replica_address = None
+                await asyncio.sleep(TARGET_RETRY_S)
             return int(await counter.add_and_get(delta))
 
     async def _counter(self, name: str) -> Any:
