@@ -45,7 +45,9 @@ SAMPLE_EVERY_S = 2.0
 
 
 def topology(users: int, gateways: int | None = None) -> dict[str, int]:
-    return {"gateways": gateways or max(2, math.ceil(users / GATEWAY_CONNECTIONS)), "consumers": 1, "api": 1,
+    """The processes a run of ``users`` starts. Gateways are N+1: when one is lost (the gateway SIGKILL of the
+    profiles, a deploy) the survivors still hold every user below their connection cap."""
+    return {"gateways": gateways or max(2, math.ceil(users / GATEWAY_CONNECTIONS) + 1), "consumers": 1, "api": 1,
             "load_processes": max(1, math.ceil(users / PER_PROCESS))}
 
 
@@ -475,7 +477,8 @@ def add_arguments(sub: Any) -> None:
     day.add_argument("--minutes", type=float, default=None, help="length of the run (default: the profile's)")
     day.add_argument("--report", default="", help="run folder (default reports/day/<UTC time>)")
     day.add_argument("--json", action="store_true", help="the summary as one JSON line on stdout")
-    day.add_argument("--gateways", type=int, default=None, help="gateway processes (default: 18 000 users each, >= 2)")
+    day.add_argument("--gateways", type=int, default=None,
+                     help="gateway processes (default: one per 18 000 users, plus one, >= 2)")
     day.add_argument("--no-services", action="store_true", help="the services run already (skip services.sh up)")
     day.add_argument("--start-timeout", type=float, default=180.0, help="seconds for the cluster to serve")
     day.set_defaults(fn=cmd_day)

@@ -37,13 +37,23 @@ def bad(path: str, value: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("name", ["ci", "launch"])
+@pytest.mark.parametrize("name", ["ci", "launch", "hold"])
 def test_the_shipped_profiles_parse_and_their_incidents_fall_inside_the_run(name: str) -> None:
     profile, path = load(name)
     assert path.parent == PROFILES_DIR and profile.name == name
     assert profile.incidents, "a launch day has incidents"
     for incident in profile.incidents:
         assert 0 < profile.incident_time(incident) < profile.duration_s
+
+
+def test_hold_ramps_no_faster_than_its_fleet_admits_and_injects_its_incidents_at_full_strength() -> None:
+    profile, _ = load("hold")
+    ramp_s = profile.duration_s * profile.phases["ramp"]
+    steepest = max(profile.users * (viral((i + 1) / 1000) - viral(i / 1000)) / (ramp_s / 1000) for i in range(1000))
+    assert steepest < 0.7 * profile.connect.max_per_s, "leave the fleet's limit room for the retries"
+    assert profile.users == 100_000 and profile.offered_msgs_per_s() < 0.15 * load("launch")[0].offered_msgs_per_s()
+    for incident in profile.incidents:
+        assert profile.incident_time(incident) >= ramp_s, f"{incident.name} falls in the ramp"
 
 
 def test_ci_stays_a_short_run_that_needs_no_restart_of_the_shared_services() -> None:
@@ -180,3 +190,13 @@ def test_the_checks_find_lost_duplicated_and_reordered_messages() -> None:
     assert not result["stored_exactly_once"]
     clean = check(acked[:2], rows[:2], {}, 2, 2)
     assert (clean["lost"], clean["duplicates"], clean["inversions"], clean["stored_exactly_once"]) == (0, 0, 0, True)
+
+
+@pytest.mark.parametrize("users", [200, 18_000, 36_001, 100_000])
+def test_the_gateways_that_survive_the_loss_of_one_still_hold_every_user(users: int) -> None:
+    from storm_tools.day.runner import GATEWAY_CONNECTIONS, topology
+
+    gateways = topology(users)["gateways"]
+    assert gateways >= 2
+    assert users / (gateways - 1) <= GATEWAY_CONNECTIONS
+    assert topology(users, gateways=3)["gateways"] == 3, "--gateways overrides"
