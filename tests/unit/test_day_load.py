@@ -148,3 +148,64 @@ async def test_a_refused_upgrade_carries_its_retry_after_for_the_day_clients_bac
         with pytest.raises(WebSocketError) as info:
             await client.opened
         assert info.value.retry_after == expected
+
+
+async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 active users posting once a second, heartbeats every 25 s; each tick of the traffic loop takes 0.5 s
+    instead of 0.1 (a busy process): 20 s of the run still carry ~1 000 publishes and ~40 pings."""
+    import asyncio
+
+    from storm_tools.day import load as load_mod
+
+    real_sleep = asyncio.sleep
+
+    clock = {"now": 1000.0}
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return clock["now"]
+
+        @staticmethod
+        def time() -> float:
+            return clock["now"]
+
+        @staticmethod
+        def monotonic_ns() -> int:
+            return int(clock["now"] * 1e9)
+
+    cfg = {"index": 0, "t0": 1000.0, "run_s": 60, "seed": 1, "sources": ["127.0.0.2"], "gateways": [1],
+           "secret": "s", "connect": {}, "connect_rate_per_s": 10, "acked_path": str(tmp_path / "acked.jsonl"),
+           "traffic": {"history_on_connect": 0, "messages_per_active_user_per_min": 60, "typing_per_message": 0,
+                       "announcements_per_min": 0, "reactions_per_message": 0, "read_markers_per_user_per_min": 0,
+                       "heartbeat_s": 25, "reconnects_per_min": 0, "reconnect_pause_s": 1},
+           "users": [[i, "ws", f"u{i}", 0.0, None, ["a"], True, None] for i in range(50)]}
+    load = Load(cfg, io.StringIO())
+    sent: list[dict[str, Any]] = []
+    for user in load.users:
+        client = DayClient("127.0.0.1", 1, user, load)
+        monkeypatch.setattr(client, "send_op", sent.append)
+        client.ready.set_result(None)
+        user.client = client
+        load.online[user.rank] = user
+    ticks = {"n": 0}
+
+    async def slow_tick(_s: float) -> None:
+        clock["now"] += 0.5
+        ticks["n"] += 1
+        if ticks["n"] > 40:
+            load.stopping = True
+        await real_sleep(0)
+
+    monkeypatch.setattr(load_mod, "time", FakeTime)
+    monkeypatch.setattr(asyncio, "sleep", slow_tick)
+    try:
+        await load._traffic()
+    finally:
+        monkeypatch.undo()
+        load.close()
+    publishes = sum(1 for f in sent if f["op"] == "publish")
+    pings = sum(1 for f in sent if f["op"] == "ping")
+    assert 850 <= publishes <= 1150, publishes  # 50/s over 20.5 s; counting ticks as 0.1 s gave ~200
+    assert 35 <= pings <= 45, pings  # each user once per 25 s over 20 s of the run's clock
