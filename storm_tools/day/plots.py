@@ -189,6 +189,21 @@ def _per_process(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float
     return lines
 
 
+def _all_cores(samples: Sequence[Sample]) -> list[tuple[float, float]]:
+    """[(t, cores of every sampled process together)] per sampling round (the samples of one round share their
+    second): what the run asked of the machine, which the per-process lines hide (seven gateways at 0.1
+    core each read as an idle machine until summed; docs/storm-day.md)."""
+    last: dict[tuple[str, int], Sample] = {}
+    total: dict[float, float] = {}
+    for s in samples:
+        prev = last.get((s.name, s.pid))
+        last[(s.name, s.pid)] = s
+        if prev is not None and s.t > prev.t:
+            key = float(round(s.t))
+            total[key] = total.get(key, 0.0) + max(0.0, (s.cpu_s - prev.cpu_s) / (s.t - prev.t))
+    return sorted(total.items())
+
+
 def _smooth(values: list[float], width: int) -> list[float]:
     """Trailing moving average over ``width`` samples (a long run's CPU per 2-s sample is noise)."""
     if width <= 1:
@@ -214,9 +229,13 @@ def processes(data: RunData, recoveries: dict[str, float | None], path: Path) ->
         top.plot(xs, _smooth([p[1] for p in pts], width), label=name, color=color, ls=ls, lw=1.1)
         bottom.plot(xs, [p[2] for p in pts], label=name, color=color, ls=ls, lw=1.1)
         rss_values += [p[2] for p in pts if p[2] > 0]
+    total = _all_cores(data.processes)
+    if total:
+        top.plot([_x(data, t) for t, _ in total], _smooth([c for _, c in total], width), color="black", lw=2.0,
+                 label="all processes")
     cores = data.run.machine.get("cores")
     if isinstance(cores, int | float):
-        top.axhline(cores, color="#555555", ls="--", lw=1, label=f"machine: {cores:g} cores")
+        top.axhline(cores, color="#555555", ls="--", lw=1, label=f"{cores:g} cores")
     span = data.duration_s * width / samples if samples else 0
     top.set_ylabel(f"CPU (cores, mean over {span:.0f} s)" if width > 1 else "CPU (cores)")
     top.set_ylim(bottom=0)

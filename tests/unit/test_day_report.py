@@ -316,3 +316,20 @@ def test_a_panel_with_nothing_in_it_says_so_instead_of_repeating_zero() -> None:
     labels = [t.get_text() for t in empty.get_yticklabels()]
     assert labels.count("0") <= 1, labels
     plt.close(fig)
+
+
+def test_the_processes_plot_sums_every_process_into_what_the_machine_was_asked() -> None:
+    from storm_tools.day.plots import _all_cores
+    from storm_tools.day.rundata import Sample
+
+    samples = [Sample(t, name, role, pid, cpu, 0) for t, name, role, pid, cpu in [
+        (0.0, "gateway-1", "gateway", 10, 0.0), (0.0, "gateway-2", "gateway", 11, 5.0),
+        (0.1, "load-1", "load", 12, 1.0),
+        (2.0, "gateway-1", "gateway", 10, 0.4), (2.0, "gateway-2", "gateway", 11, 5.4),
+        (2.1, "load-1", "load", 12, 3.0),
+        (4.0, "gateway-1", "gateway", 13, 0.2),  # restarted: a new pid starts afresh, nothing negative counted
+        (4.0, "gateway-2", "gateway", 11, 5.6)]]
+    total = _all_cores(samples)
+    assert [t for t, _ in total] == [2.0, 4.0]
+    assert total[0][1] == pytest.approx(0.2 + 0.2 + 1.0)  # seven gateways at 0.1 core are 0.7 of the machine
+    assert total[1][1] == pytest.approx(0.1)
