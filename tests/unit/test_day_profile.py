@@ -42,6 +42,7 @@ def test_the_shipped_profiles_parse_and_their_incidents_fall_inside_the_run(name
     profile, path = load(name)
     assert path.parent == PROFILES_DIR and profile.name == name
     assert profile.incidents, "a launch day has incidents"
+    assert profile.offered_msgs_per_s() > 0
     for incident in profile.incidents:
         assert 0 < profile.incident_time(incident) < profile.duration_s
 
@@ -54,6 +55,13 @@ def test_hold_ramps_no_faster_than_its_fleet_admits_and_injects_its_incidents_at
     assert profile.users == 100_000 and profile.offered_msgs_per_s() < 0.15 * load("launch")[0].offered_msgs_per_s()
     for incident in profile.incidents:
         assert profile.incident_time(incident) >= ramp_s, f"{incident.name} falls in the ramp"
+
+
+def test_capacity_measures_a_steady_window_with_no_incident_in_it() -> None:
+    profile, _ = load("capacity")
+    assert not profile.incidents
+    assert profile.phases["plateau"] * profile.duration_s >= 300, "minutes of steady window, not seconds"
+    assert profile.offered_msgs_per_s() > 10 * load("hold")[0].offered_msgs_per_s() * profile.users / 100_000
 
 
 def test_ci_stays_a_short_run_that_needs_no_restart_of_the_shared_services() -> None:
