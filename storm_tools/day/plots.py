@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from storm_tools.day.postmortem import server_failed_connects
+from storm_tools.day.profile import viral
 from storm_tools.day.rundata import RunData, Sample
 
 DPI = 110
@@ -111,9 +112,27 @@ def _finish(fig: Figure, axes: Sequence[Axes], data: RunData, recoveries: dict[s
     return _save(fig, path)
 
 
+def _curve(data: RunData, points: int = 200) -> list[tuple[float, float]]:
+    """[(t, users)] the profile's curve asks for over its ramp (the viral curve, run.json's phases) and its
+    plateau; the decline is left out (its floor is the profile's, not the run folder's)."""
+    phases = {p.name: p for p in data.run.phases}
+    ramp, plateau = phases.get("ramp"), phases.get("plateau")
+    if ramp is None or ramp.end_t <= ramp.start_t:
+        return []
+    span = ramp.end_t - ramp.start_t
+    out = [(ramp.start_t + span * i / points, data.run.users * viral(i / points)) for i in range(points + 1)]
+    if plateau is not None and plateau.end_t > plateau.start_t:
+        out.append((plateau.end_t, float(data.run.users)))
+    return out
+
+
 def connections(data: RunData, recoveries: dict[str, float | None], path: Path) -> Path:
     fig, (top, bottom) = _figure(2, f"Connections — {data.run.profile}, {data.run.users:,} users")
     xs = [_x(data, s.t) for s in data.timeline]
+    curve = [(t, u) for t, u in _curve(data) if t <= data.timeline[-1].t] if data.timeline else []
+    if curve:
+        top.plot([_x(data, t) for t, _ in curve], [u for _, u in curve], color="#555555", ls="--", lw=1.2,
+                 label="the profile's curve")
     top.plot(xs, [s.connections for s in data.timeline], color="#1f77b4", lw=1.6, label="connected users")
     top.axhline(data.run.users, color="#999999", ls="--", lw=1, label=f"profile's users ({data.run.users:,})")
     _per_second_axis(top, "connections")

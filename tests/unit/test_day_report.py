@@ -333,3 +333,19 @@ def test_the_processes_plot_sums_every_process_into_what_the_machine_was_asked()
     assert [t for t, _ in total] == [2.0, 4.0]
     assert total[0][1] == pytest.approx(0.2 + 0.2 + 1.0)  # seven gateways at 0.1 core are 0.7 of the machine
     assert total[1][1] == pytest.approx(0.1)
+
+
+def test_the_connections_plot_draws_the_curve_the_profile_asked_for() -> None:
+    from itertools import pairwise
+    from types import SimpleNamespace
+
+    from storm_tools.day.plots import _curve
+    from storm_tools.day.rundata import Phase
+
+    run = SimpleNamespace(users=1000, phases=[Phase("ramp", 0.0, 100.0), Phase("plateau", 100.0, 150.0),
+                                              Phase("decline", 150.0, 200.0)])
+    curve = _curve(SimpleNamespace(run=run), points=10)  # type: ignore[arg-type]
+    assert curve[0] == (0.0, 0.0) and curve[10][0] == 100.0 and curve[10][1] == pytest.approx(1000.0)
+    assert curve[-1] == (150.0, 1000.0)  # the plateau; the decline's floor is not in the run folder
+    assert curve[5][1] == pytest.approx(500.0)  # the viral curve's steep middle
+    assert all(a[1] <= b[1] for a, b in pairwise(curve))
