@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from storm.adapters.memory_broker import MemoryBroker
@@ -723,3 +725,11 @@ def test_pulsar_backlog_sums_the_subscription_over_every_topic():
     assert sum_backlog(stats, "persistence") == 7
     assert sum_backlog(stats, "other") == 14
     assert sum_backlog({}, "persistence") == 0
+    # as the admin API answers it: bytes, with every other field of a topic's stats (skipped unread)
+    stats["ws-a/channels"]["0x0_0x8"]["persistent"]["persistent://ws-a/channels/c1"].update(
+        {"msgRateIn": 1.5, "publishers": [{"producerName": "g1", "msgRateIn": 1.5}], "storageSize": 10})
+    raw = json.dumps(stats).encode()
+    assert sum_backlog(raw, "persistence") == 7 and sum_backlog(raw, "other") == 14
+    assert sum_backlog(b"{}", "persistence") == 0
+    with pytest.raises(msgspec.DecodeError):
+        sum_backlog(b'{"ws/ns": []}', "persistence")
