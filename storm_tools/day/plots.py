@@ -13,7 +13,7 @@ where matplotlib is installed (the ``day`` extra).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,15 +187,21 @@ def latency(data: RunData, recoveries: dict[str, float | None], thresholds: dict
     return _finish(fig, axes, data, recoveries, path)
 
 
-def _per_process(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float, float]]]:
-    """name -> [(t, cores over the interval ending at t, rss MiB)], the load processes summed as 'load'."""
-    lines: dict[str, list[tuple[float, float, float]]] = {}
+def _cores(samples: Sequence[Sample]) -> Iterator[tuple[Sample, float | None]]:
+    """Each sample with its process's cores over the interval ending at it (None for a process's first
+    sample: a restarted process's new pid starts afresh)."""
     last: dict[tuple[str, int], Sample] = {}
-    load: dict[float, list[float]] = {}
     for s in samples:
         prev = last.get((s.name, s.pid))
         last[(s.name, s.pid)] = s
-        cores = max(0.0, (s.cpu_s - prev.cpu_s) / (s.t - prev.t)) if prev and s.t > prev.t else None
+        yield s, max(0.0, (s.cpu_s - prev.cpu_s) / (s.t - prev.t)) if prev and s.t > prev.t else None
+
+
+def _per_process(samples: Sequence[Sample]) -> dict[str, list[tuple[float, float, float]]]:
+    """name -> [(t, cores over the interval ending at t, rss MiB)], the load processes summed as 'load'."""
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    load: dict[float, list[float]] = {}
+    for s, cores in _cores(samples):
         if s.role == "load":
             key = round(s.t)
             acc = load.setdefault(key, [0.0, 0.0])
@@ -212,14 +218,11 @@ def _all_cores(samples: Sequence[Sample]) -> list[tuple[float, float]]:
     """[(t, cores of every sampled process together)] per sampling round (the samples of one round share their
     second): what the run asked of the machine, which the per-process lines hide (seven gateways at 0.1
     core each read as an idle machine until summed; docs/storm-day.md)."""
-    last: dict[tuple[str, int], Sample] = {}
     total: dict[float, float] = {}
-    for s in samples:
-        prev = last.get((s.name, s.pid))
-        last[(s.name, s.pid)] = s
-        if prev is not None and s.t > prev.t:
+    for s, cores in _cores(samples):
+        if cores is not None:
             key = float(round(s.t))
-            total[key] = total.get(key, 0.0) + max(0.0, (s.cpu_s - prev.cpu_s) / (s.t - prev.t))
+            total[key] = total.get(key, 0.0) + cores
     return sorted(total.items())
 
 

@@ -722,10 +722,10 @@ def test_pulsar_backlog_sums_the_subscription_over_every_topic():
         "ws-b/channels": {"0x8_0xf": {"persistent": {"persistent://ws-b/channels/c3": topic(other=5),
                                                       "persistent://ws-b/channels/c4": {}}}},
     }
-    assert sum_backlog(stats, "persistence") == 7
-    assert sum_backlog(stats, "other") == 14
-    assert sum_backlog({}, "persistence") == 0
-    # as the admin API answers it: bytes, with every other field of a topic's stats (skipped unread)
+    assert sum_backlog(json.dumps(stats).encode(), "persistence") == 7
+    assert sum_backlog(json.dumps(stats).encode(), "other") == 14
+    assert sum_backlog(b"{}", "persistence") == 0
+    # with every other field of a topic's stats, as the admin API answers it (skipped unread)
     stats["ws-a/channels"]["0x0_0x8"]["persistent"]["persistent://ws-a/channels/c1"].update(
         {"msgRateIn": 1.5, "publishers": [{"producerName": "g1", "msgRateIn": 1.5}], "storageSize": 10})
     raw = json.dumps(stats).encode()
