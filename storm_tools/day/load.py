@@ -114,7 +114,9 @@ class User:
         self.leave_at: float | None = spec[4]
         self.channels: list[str] = spec[5][:200]  # max_subscriptions
         self.active: bool = spec[6]
-        self.announce: str | None = spec[7]
+        self.announce: str | None = spec[7]  # the announcements channel, for its owner only
+        subscribed = set(self.channels)
+        self.posts: list[str] = [c for c in spec[8] if c in subscribed]  # where its messages go: topics, DMs
         self.last_offset: dict[str, int] = {}
         self.recent: dict[str, deque[str]] = {}
         self.last_message: dict[str, str] = {}
@@ -390,14 +392,13 @@ class Load:
             online = [u for u in self.online.values() if u.client is not None and u.client.ready.done()]
             if not online:
                 continue
-            active = [u for u in online if u.active]
-            n = 0 if self.quiet else poisson(rng, len(active) * per_user * dt)
+            active = [u for u in online if u.active and u.posts]  # members never post in the announcements
+            n = 0 if self.quiet or not active else poisson(rng, len(active) * per_user * dt)
             for _ in range(n):
                 user = rng.choice(active)
-                chats = [c for c in user.channels if c != user.announce] or user.channels
-                if not chats or user.client is None:
+                if user.client is None:
                     continue
-                channel = rng.choice(chats)
+                channel = rng.choice(user.posts)
                 if rng.random() < float(tr["typing_per_message"]):
                     user.client.send_op({"op": "typing", "channel": channel})
                     self.stats.add("typing")

@@ -5,12 +5,13 @@ same population:
 
 * workspaces of very different sizes: workspace k holds users ~ 1 / k^s (Zipf, ``workspace_zipf``), at
   least 2 each;
-* per workspace one announcements channel (``announcement_share`` of its users; the owner posts in it);
+* per workspace one announcements channel (``announcement_share`` of its users; only the owner posts in it);
 * topic channels whose sizes follow a Pareto tail (``channel_size_alpha`` from ``channel_size_min``, capped at
   ``channel_size_max`` and the workspace's size): many small ones, a few very large ones, until each user
   is in ``channels_per_user`` of them on average;
 * direct conversations of 2 (``dm_share`` of the users are in one);
-* the topic + direct channels of the whole run are capped at ``max_channels`` (each one is a Pulsar topic).
+* the topic + direct channels of the whole run are capped at ``max_channels`` (each one is a Pulsar topic);
+* who posts: ``active_share`` of the users, drawn among those in a topic channel or a DM (where they post).
 
 User ranks are global (0 .. users-1) and interleave the workspaces, so the ramp brings every workspace
 online together rather than one after the other.
@@ -46,6 +47,15 @@ class Population:
     channels_of: list[list[tuple[int, int]]]  # rank -> [(workspace index, channel index)]
     active: list[bool]  # rank -> posts messages
 
+    def posts_of(self, rank: int) -> list[tuple[int, int]]:
+        """The channels ``rank`` posts its messages in: its topic channels and DMs, not the announcements."""
+        return [(w, c) for w, c in self.channels_of[rank] if c != 0]
+
+    @property
+    def posters(self) -> int:
+        """Active users with a channel to post in: who sends the profile's messages."""
+        return sum(1 for rank, on in enumerate(self.active) if on and self.posts_of(rank))
+
     @property
     def channel_count(self) -> int:
         return sum(len(w.channels) for w in self.workspaces)
@@ -55,7 +65,8 @@ class Population:
         return {"workspaces": [len(w.users) for w in self.workspaces], "channels": len(sizes),
                 "largest_channels": sizes[:5], "median_channel": sizes[len(sizes) // 2] if sizes else 0,
                 "direct": sum(1 for w in self.workspaces for c in w.channels if c.kind == "direct"),
-                "subscriptions": sum(len(c) for c in self.channels_of), "active_users": sum(self.active)}
+                "subscriptions": sum(len(c) for c in self.channels_of), "active_users": sum(self.active),
+                "posters": self.posters}
 
 
 def workspace_sizes(users: int, count: int, zipf: float) -> list[int]:
@@ -107,7 +118,16 @@ def plan(profile: Profile) -> Population:
         for c, channel in enumerate(ws.channels):
             for rank in channel.members:
                 channels_of[rank].append((ws.index, c))
-    active = [rng.random() < tr.active_share for _ in range(profile.users)]
+    # Who posts: ``active_share`` of the users, drawn among those with a channel to post in.  Members post in
+    # their topic channels and DMs, never in the announcements channel (index 0: only its owner posts there,
+    # at ``announcements_per_min``); about e^-channels_per_user of the users are in no topic channel and no DM,
+    # and drawing the share among all users left their messages unsent (the capacity profile offered 50
+    # messages a second and published 26-40).  So the draw is scaled to the users who can post, and the
+    # offered rate (users x active_share x messages per minute) holds while at least that share can post.
+    can_post = [any(c != 0 for _, c in channels) for channels in channels_of]
+    posters = sum(can_post)
+    share = min(1.0, tr.active_share * profile.users / posters) if posters else 0.0
+    active = [ok and rng.random() < share for ok in can_post]
     for ws in workspaces:
-        active[ws.users[0]] = True  # the owner posts the announcements
+        active[ws.users[0]] = True  # the owner posts the announcements (and in its channels, if any)
     return Population(workspaces, workspace_of, channels_of, active)

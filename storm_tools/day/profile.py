@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from storm_tools.chaos.context import SERVICES
+
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PHASES = ("ramp", "plateau", "decline")
 ACTIONS = ("kill_role", "stop_role", "restart_service", "add_toxic", "reconnect_storm", "connect_spike")
@@ -92,6 +94,13 @@ class Profile:
     @property
     def duration_s(self) -> float:
         return self.minutes * 60.0
+
+    def faulted_links(self) -> tuple[str, ...]:
+        """The services whose links an incident faults (``add_toxic``): the run puts Toxiproxy on those links
+        only.  Every byte of a proxied link crosses one more process: proxying Pulsar and Hazelcast too cost
+        a 20 000-user day run ~0.2 of its 2 cores (docs/storm-day.md)."""
+        named = {str(i.args.get("service", "pg")) for i in self.incidents if i.action == "add_toxic"}
+        return tuple(s for s in SERVICES if s in named)
 
     def phase_bounds(self) -> list[tuple[str, float, float]]:
         bounds, start = [], 0.0
@@ -287,6 +296,9 @@ def _incidents(items: Any) -> tuple[Incident, ...]:
         duration = item.get("duration_s", 0.0)
         _check_positive(f"{where}.duration_s", duration, zero=True)
         args = _mapping(f"{where}.args", item.get("args", {}) or {})
+        if item["action"] in ("add_toxic", "restart_service") and args.get("service", SERVICES[0]) not in SERVICES:
+            raise ProfileError(f"{where}.args.service", f"must be one of {', '.join(SERVICES)}, "
+                                                        f"got {args.get('service')!r}")
         out.append(Incident(name=name, action=item["action"], at=at, description=str(item.get("description", "")),
                             args=dict(args), duration_s=float(duration), experiment=str(item.get("experiment", ""))))
     return tuple(out)

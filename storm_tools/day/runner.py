@@ -101,9 +101,15 @@ class Run:
             "STORM_AUTH_TIMEOUT_S": "30", "STORM_DRAIN_TIMEOUT_S": "5",
             "STORM_CHAOS_RUN_DIR": str(self.report / "chaos"),
         })
-        ns = argparse.Namespace(no_services=self.args.no_services, gateways=self.topo["gateways"], direct=[],
+        from storm_tools.chaos.context import SERVICES
+
+        faulted = self.profile.faulted_links()
+        direct = [s for s in SERVICES if s not in faulted]  # no incident faults them: no proxy in their way
+        ns = argparse.Namespace(no_services=self.args.no_services, gateways=self.topo["gateways"], direct=direct,
                                 start_timeout=self.args.start_timeout)
         self.session = Session(ns, self.report)
+        self.view.say("Toxiproxy on the links to " + (", ".join(faulted) or "nothing") + " (the profile's link "
+                      "incidents); " + (", ".join(direct) or "nothing") + " direct")
         self.view.say(f"starting the topology: {self.topo['gateways']} gateways, API, consumers "
                       f"(log {self.report / 'cluster.log'})")
         self.session.open()
@@ -190,8 +196,9 @@ class Run:
             ws = population.workspaces[w]
             channels = [prov.channel_ids[wi][c] for wi, c in population.channels_of[rank]]
             announce = prov.channel_ids[w][0] if ws.users[0] == rank else None
+            posts = [prov.channel_ids[wi][c] for wi, c in population.posts_of(rank)]
             specs.append([rank, prov.slugs[w], prov.names[rank], round(self.profile.connect_at(rank), 3),
-                          self.profile.leave_at(rank), channels, population.active[rank], announce])
+                          self.profile.leave_at(rank), channels, population.active[rank], announce, posts])
         return specs
 
     async def _drive(self, population: Any, prov: Any, context: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ def load(tmp_path: Path) -> Iterator[Load]:
     cfg = {"index": 0, "t0": time.time(), "run_s": 60, "seed": 1, "sources": ["127.0.0.2"], "gateways": [1],
            "secret": "s", "connect": {}, "connect_rate_per_s": 10, "acked_path": str(tmp_path / "acked.jsonl"),
            "traffic": {"history_on_connect": 20},
-           "users": [[0, "ws", "d1u0", 0.0, None, ["a", "b"], True, None]]}
+           "users": [[0, "ws", "d1u0", 0.0, None, ["a", "b"], True, None, ["a", "b"]]]}
     load = Load(cfg, io.StringIO())
     yield load
     load.close()
@@ -150,10 +150,9 @@ async def test_a_refused_upgrade_carries_its_retry_after_for_the_day_clients_bac
         assert info.value.retry_after == expected
 
 
-async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """50 active users posting once a second, heartbeats every 25 s; each tick of the traffic loop takes 0.5 s
-    instead of 0.1 (a busy process): 20 s of the run still carry ~1 000 publishes and ~40 pings."""
+async def _run_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: list[list[Any]],
+                       tick_s: float) -> list[dict[str, Any]]:
+    """The frames the traffic loop sends for 20 s of the run's clock, each tick taking ``tick_s``."""
     import asyncio
 
     from storm_tools.day import load as load_mod
@@ -180,7 +179,7 @@ async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
            "traffic": {"history_on_connect": 0, "messages_per_active_user_per_min": 60, "typing_per_message": 0,
                        "announcements_per_min": 0, "reactions_per_message": 0, "read_markers_per_user_per_min": 0,
                        "heartbeat_s": 25, "reconnects_per_min": 0, "reconnect_pause_s": 1},
-           "users": [[i, "ws", f"u{i}", 0.0, None, ["a"], True, None] for i in range(50)]}
+           "users": users}
     load = Load(cfg, io.StringIO())
     sent: list[dict[str, Any]] = []
     for user in load.users:
@@ -192,9 +191,9 @@ async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
     ticks = {"n": 0}
 
     async def slow_tick(_s: float) -> None:
-        clock["now"] += 0.5
+        clock["now"] += tick_s
         ticks["n"] += 1
-        if ticks["n"] > 40:
+        if ticks["n"] > round(20 / tick_s):
             load.stopping = True
         await real_sleep(0)
 
@@ -205,7 +204,31 @@ async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
     finally:
         monkeypatch.undo()
         load.close()
+    return sent
+
+
+async def test_a_load_process_that_ticks_late_still_offers_the_profiles_rates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 active users posting once a second, heartbeats every 25 s; each tick of the traffic loop takes 0.5 s
+    instead of 0.1 (a busy process): 20 s of the run still carry ~1 000 publishes and ~40 pings."""
+    users = [[i, "ws", f"u{i}", 0.0, None, ["a"], True, None, ["a"]] for i in range(50)]
+    sent = await _run_traffic(tmp_path, monkeypatch, users, tick_s=0.5)
     publishes = sum(1 for f in sent if f["op"] == "publish")
     pings = sum(1 for f in sent if f["op"] == "ping")
     assert 850 <= publishes <= 1150, publishes  # 50/s over 20.5 s; counting ticks as 0.1 s gave ~200
     assert 35 <= pings <= 45, pings  # each user once per 25 s over 20 s of the run's clock
+
+
+async def test_members_post_in_their_channels_never_in_the_announcements_and_the_rate_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 active users in the announcements channel and a topic, 50 more in the announcements only: the
+    messages go to the topic alone, and the 50 who can post carry the whole rate (~1 000 in 20 s).  Before,
+    members posted in the workspace-wide announcements channel (each such message reached every member), and
+    a user drawn with no channel but the announcements either posted there or sent nothing."""
+    users = ([[i, "ws", f"u{i}", 0.0, None, ["ann", "t"], True, None, ["t"]] for i in range(50)]
+             + [[i, "ws", f"u{i}", 0.0, None, ["ann"], True, None, []] for i in range(50, 100)])
+    sent = await _run_traffic(tmp_path, monkeypatch, users, tick_s=0.1)
+    channels = {f["channel"] for f in sent if f["op"] == "publish"}
+    publishes = sum(1 for f in sent if f["op"] == "publish")
+    assert channels == {"t"}
+    assert 850 <= publishes <= 1150, publishes

@@ -155,6 +155,58 @@ def test_the_population_has_uneven_workspaces_heavy_tailed_channels_and_dms() ->
     assert population.plan(profile).channels_of == pop.channels_of  # the seed makes it reproducible
 
 
+def test_the_users_who_post_are_the_active_share_drawn_among_those_with_a_channel_to_post_in() -> None:
+    """About e^-1 of the users are in no topic channel and no DM at one channel per user: drawing the active
+    share among all users left their messages unsent (the capacity profile offered 50 messages a second and
+    published 26-40).  The posters are the share of all users, each with somewhere to post."""
+    profile = parse({**GOOD, "users": 5000, "traffic": {"workspaces": 10, "channels_per_user": 1.0,
+                                                        "active_share": 0.2, "dm_share": 0.04,
+                                                        "max_channels": 2000}})
+    pop = population.plan(profile)
+    owners = {w.users[0] for w in pop.workspaces}
+    nowhere = [r for r in range(5000) if not pop.posts_of(r)]
+    assert len(nowhere) > 1000  # the population does leave many users without a channel of their own
+    assert not [r for r in nowhere if pop.active[r] and r not in owners]
+    assert all(c != 0 for r in range(5000) for _, c in pop.posts_of(r))  # never the announcements channel
+    assert 0.2 * 5000 * 0.9 <= pop.posters <= 0.2 * 5000 * 1.1 + len(owners), pop.posters
+    assert pop.summary()["posters"] == pop.posters
+
+
+def test_only_the_links_an_incident_faults_go_through_toxiproxy(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Any) -> None:
+    """Every byte of a proxied link crosses Toxiproxy (~0.2 of the 2 cores in a 20 000-user run when every
+    link of every process went through it): a run proxies the services its add_toxic incidents name, and a
+    profile naming a service that does not exist is refused at parse time, not at the incident."""
+    import argparse
+
+    from storm_tools.chaos import runner as chaos_runner
+    from storm_tools.day.runner import Run
+
+    assert parse(GOOD).faulted_links() == ("pg",)  # add_toxic without a service: PostgreSQL, as the runner does
+    assert load("hold")[0].faulted_links() == ("pg",)
+    assert parse({**GOOD, "incidents": GOOD["incidents"][:1]}).faulted_links() == ()
+    two = copy.deepcopy(GOOD)
+    two["incidents"].append({"name": "slow-hz", "action": "add_toxic", "at": "80%", "args": {"service": "hazelcast"}})
+    assert parse(two).faulted_links() == ("pg", "hazelcast")
+    with pytest.raises(ProfileError, match=r"^incidents\[1\]\.args\.service: must be one of pg, pulsar, hazelcast"):
+        parse(bad("incidents.1.args", {"service": "postgres"}))
+
+    seen: dict[str, Any] = {}
+
+    class FakeSession:
+        def __init__(self, ns: argparse.Namespace, _report: Any) -> None:
+            seen["direct"] = ns.direct
+
+        def open(self) -> None:
+            seen["opened"] = True
+
+    monkeypatch.setattr(chaos_runner, "Session", FakeSession)
+    monkeypatch.setattr("os.environ", dict(__import__("os").environ))  # the run sets STORM_* for its children
+    args = argparse.Namespace(gateways=None, no_services=True, start_timeout=60)
+    Run(args, parse(GOOD), tmp_path / "p.yaml", tmp_path).open()
+    assert seen == {"direct": ["pulsar", "hazelcast"], "opened": True}
+
+
 def test_the_channel_cap_holds() -> None:
     profile = parse({**GOOD, "users": 3000, "traffic": {"workspaces": 4, "max_channels": 50, "dm_share": 0.5}})
     pop = population.plan(profile)
