@@ -12,15 +12,24 @@ This test stops and starts the shared member with scripts/services.sh, as the ch
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from storm.adapters.hazelcast_cache import CONNECT_TIMEOUT_S, NEAR_CACHE_TTL_S, HazelcastCache, HazelcastSettings
+from storm.adapters.hazelcast_cache import (
+    CONNECT_TIMEOUT_S,
+    MAP_PRESENCE,
+    NEAR_CACHE_TTL_S,
+    HazelcastCache,
+    HazelcastSettings,
+)
 from storm.errors import Unavailable
 from storm.ports.clock import SystemClock
 from tests.support.ci import unavailable
@@ -80,3 +89,37 @@ async def test_the_cache_comes_back_after_an_outage_longer_than_the_connect_boun
         # storm day's gateways refused 25 525 connects (the workspace connection quota) after a member restart.
         assert await cache.incr(workspace, "quota:connections") == 1
         assert await cache.incr(workspace, "quota:connections", -1) == 0
+        await _presence_queries_use_their_indexes(cache, workspace)
+
+
+async def _best_of(runs: int, call: Callable[[], Awaitable[object]]) -> float:
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        await call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+async def _presence_queries_use_their_indexes(cache: HazelcastCache, workspace: str) -> None:
+    """The restarted member answers presence queries on the indexes (its configuration declares them, and the
+    client declares them again after reconnecting): a member restarted without them scanned the whole map for
+    every query (53 ms of its CPU at 30 000 entries against 1.4 ms), and a storm day run's hazelcast-loss
+    incident left it at 0.2-0.5 cores.  Compared with a query on an attribute no index covers, on the same map."""
+    from hazelcast.aggregator import count
+    from hazelcast.core import HazelcastJsonValue
+    from hazelcast.predicate import equal
+
+    presence = cache._maps[MAP_PRESENCE]
+    n = 20_000
+    for start in range(0, n, 2_000):
+        await presence.put_all({f"{workspace}/idx/{i}": HazelcastJsonValue(json.dumps(
+            {"ws": workspace, "ch": f"c{i % 100}", "conn": f"k{i}", "uid": f"u{i}", "name": f"n{i % 100}", "gw": ""}))
+            for i in range(start, start + 2_000)})
+    try:
+        assert await cache.presence_count(workspace, "c7") == n // 100
+        indexed = await _best_of(5, lambda: cache.presence_count(workspace, "c7"))
+        scanned = await _best_of(5, lambda: presence.aggregate(count(), equal("name", "n7")))
+        assert scanned > 5 * indexed, f"indexed {indexed * 1000:.1f} ms, full scan {scanned * 1000:.1f} ms"
+    finally:
+        await presence.remove_all(equal("ws", workspace))

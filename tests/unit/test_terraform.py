@@ -246,6 +246,13 @@ def test_hazelcast_partition_groups_are_zone_aware() -> None:
     assert hz["partition-group"] == {"enabled": True, "group-type": "ZONE_AWARE"}
     assert hz["network"]["join"]["aws"]["enabled"] is True  # the discovery that supplies each member's zone
     assert hz["map"]["default"]["backup-count"] >= 1
+    from storm.adapters.hazelcast_cache import PRESENCE_INDEXES
+
+    # the members declare the presence indexes themselves: a cluster restarted whole serves indexed queries
+    # before any client declares them again (docs/cache.md)
+    indexes = hz["map"]["storm.presence"]["indexes"]
+    assert [(i["type"], tuple(i["attributes"])) for i in indexes] == [("HASH", a) for a in PRESENCE_INDEXES]
+    assert hz["map"]["storm.presence"]["backup-count"] == hz["map"]["default"]["backup-count"]
     for env in ENVS:
         assert tfvars(env)["fleet"]["hazelcast"]["count"] % 3 == 0
 
