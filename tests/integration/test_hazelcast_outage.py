@@ -104,8 +104,8 @@ async def _best_of(runs: int, call: Callable[[], Awaitable[object]]) -> float:
 async def _presence_queries_use_their_indexes(cache: HazelcastCache, workspace: str) -> None:
     """The restarted member answers presence queries on the indexes (its configuration declares them, and the
     client declares them again after reconnecting): a member restarted without them scanned the whole map for
-    every query (53 ms of its CPU at 30 000 entries against 1.4 ms), and a storm day run's hazelcast-loss
-    incident left it at 0.2-0.5 cores.  Compared with a query on an attribute no index covers, on the same map."""
+    every query (53 ms of its CPU at 30 000 entries against 1.4 ms).  Compared with a query on an attribute no
+    index covers, on the same map."""
     from hazelcast.aggregator import count
     from hazelcast.core import HazelcastJsonValue
     from hazelcast.predicate import equal

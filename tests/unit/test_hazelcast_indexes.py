@@ -2,7 +2,7 @@
 the member configuration this repository starts (scripts/services/hazelcast/hazelcast.xml).
 
 A cluster that restarts whole forgets the indexes a client added: every presence query then scans the whole
-map (a storm day run's hazelcast-loss incident left the member at 0.2-0.5 cores).  The real restart is in
+map (53 ms of the member's CPU per query at 30 000 entries, 1.4 ms on the index).  The real restart is in
 tests/integration/test_hazelcast_outage.py."""
 
 from __future__ import annotations
