@@ -67,3 +67,24 @@ def test_the_member_configuration_declares_the_same_indexes() -> None:
     declared = [(i.get("type"), tuple(a.text for a in i.findall(f"{prefix}attributes/{prefix}attribute", ns)))
                 for i in indexes]
     assert declared == [("HASH", a) for a in PRESENCE_INDEXES]
+
+
+def test_the_partition_hash_in_c_is_the_clients_own_on_every_length_and_is_installed() -> None:
+    """A key hashed differently would be sent to the wrong partition's owner: every call would still be
+    answered (the member forwards), but the near cache, locks and put-if-absent races rely on one owner."""
+    import random
+
+    import hazelcast.serialization.data as data_mod
+    from hazelcast.hash import murmur_hash3_x86_32 as clients
+    from hazelcast.serialization.data import Data
+
+    from storm.adapters.hazelcast_cache import partition_hash
+
+    rng = random.Random(7)
+    for length in [*range(0, 64), *(rng.randrange(64, 600) for _ in range(2000))]:
+        data = bytearray(rng.randbytes(length))
+        assert partition_hash(data) == clients(data), length
+        assert partition_hash(bytes(data)) == clients(bytes(data)), length
+    assert data_mod.murmur_hash3_x86_32 is partition_hash  # what Data.hash_code calls once the adapter is loaded
+    key = bytearray(rng.randbytes(80))
+    assert Data(key).hash_code() == clients(key)
