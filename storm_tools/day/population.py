@@ -49,7 +49,7 @@ class Population:
 
     def posts_of(self, rank: int) -> list[tuple[int, int]]:
         """The channels ``rank`` posts its messages in: its topic channels and DMs, not the announcements."""
-        return [(w, c) for w, c in self.channels_of[rank] if c != 0]
+        return _posts(self.channels_of[rank])
 
     @property
     def posters(self) -> int:
@@ -67,6 +67,11 @@ class Population:
                 "direct": sum(1 for w in self.workspaces for c in w.channels if c.kind == "direct"),
                 "subscriptions": sum(len(c) for c in self.channels_of), "active_users": sum(self.active),
                 "posters": self.posters}
+
+
+def _posts(channels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Of a user's (workspace, channel) pairs, those it posts in: every one but the announcements (index 0)."""
+    return [(w, c) for w, c in channels if c != 0]
 
 
 def workspace_sizes(users: int, count: int, zipf: float) -> list[int]:
@@ -124,7 +129,7 @@ def plan(profile: Profile) -> Population:
     # and drawing the share among all users left their messages unsent (the capacity profile offered 50
     # messages a second and published 26-40).  So the draw is scaled to the users who can post, and the
     # offered rate (users x active_share x messages per minute) holds while at least that share can post.
-    can_post = [any(c != 0 for _, c in channels) for channels in channels_of]
+    can_post = [bool(_posts(channels)) for channels in channels_of]
     posters = sum(can_post)
     share = min(1.0, tr.active_share * profile.users / posters) if posters else 0.0
     active = [ok and rng.random() < share for ok in can_post]

@@ -23,6 +23,8 @@ from storm_tools.chaos.context import SERVICES
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PHASES = ("ramp", "plateau", "decline")
 ACTIONS = ("kill_role", "stop_role", "restart_service", "add_toxic", "reconnect_storm", "connect_spike")
+# The service an incident acts on when its args name none (the runner and the link plan read the same default).
+DEFAULT_SERVICE = {"add_toxic": "pg", "restart_service": "pulsar"}
 VIRAL_STEEPNESS = 10.0  # the logistic's k over the ramp normalised to [0, 1]: 1 % of the users at 10 % of it
 
 
@@ -76,6 +78,11 @@ class Incident:
     duration_s: float = 0.0  # add_toxic: removed after this; restart_service: down for this long
     experiment: str = ""  # the chaos experiment (chaos-experiments/<stem>.json) it replays, if any
 
+    @property
+    def service(self) -> str:
+        """The service ``add_toxic`` and ``restart_service`` act on (:data:`DEFAULT_SERVICE` unless named)."""
+        return str(self.args.get("service", DEFAULT_SERVICE.get(self.action, "")))
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -99,7 +106,7 @@ class Profile:
         """The services whose links an incident faults (``add_toxic``): the run puts Toxiproxy on those links
         only.  Every byte of a proxied link crosses one more process: proxying Pulsar and Hazelcast too cost
         a 20 000-user day run ~0.2 of its 2 cores (docs/storm-day.md)."""
-        named = {str(i.args.get("service", "pg")) for i in self.incidents if i.action == "add_toxic"}
+        named = {i.service for i in self.incidents if i.action == "add_toxic"}
         return tuple(s for s in SERVICES if s in named)
 
     def phase_bounds(self) -> list[tuple[str, float, float]]:
@@ -296,7 +303,7 @@ def _incidents(items: Any) -> tuple[Incident, ...]:
         duration = item.get("duration_s", 0.0)
         _check_positive(f"{where}.duration_s", duration, zero=True)
         args = _mapping(f"{where}.args", item.get("args", {}) or {})
-        if item["action"] in ("add_toxic", "restart_service") and args.get("service", SERVICES[0]) not in SERVICES:
+        if item["action"] in DEFAULT_SERVICE and args.get("service", DEFAULT_SERVICE[item["action"]]) not in SERVICES:
             raise ProfileError(f"{where}.args.service", f"must be one of {', '.join(SERVICES)}, "
                                                         f"got {args.get('service')!r}")
         out.append(Incident(name=name, action=item["action"], at=at, description=str(item.get("description", "")),

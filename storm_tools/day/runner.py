@@ -400,12 +400,11 @@ def run_action(incident: Incident) -> dict[str, Any]:
     if incident.action == "stop_role":
         return actions.stop_role(str(a.get("name", "gateway-1")), a.get("timeout_s", 120))
     if incident.action == "restart_service":
-        service = str(a.get("service", "pulsar"))
-        stopped = actions.stop_service(service)
+        stopped = actions.stop_service(incident.service)
         time.sleep(took)
-        return {**stopped, **actions.start_service(service)}
+        return {**stopped, **actions.start_service(incident.service)}
     if incident.action == "add_toxic":
-        added = actions.add_toxic(str(a.get("service", "pg")), str(a.get("kind", "latency")),
+        added = actions.add_toxic(incident.service, str(a.get("kind", "latency")),
                                   dict(a.get("attributes") or {"latency": 200}), a.get("children", "*"),
                                   str(a.get("stream", "downstream")))
         time.sleep(took)
