@@ -1,7 +1,8 @@
 """SQL repositories: one class per repository Protocol of :mod:`storm.ports.store`.  See docs/database.md.
 
-Each repository runs Core statements on the unit of work's ``AsyncSession`` and maps rows to the frozen
-dataclasses of :mod:`storm.domain` (no ORM objects, so no identity map to go stale after an UPDATE).
+Each repository runs Core statements on the unit of work's connection (``db.store._Connection``) and maps
+rows to the frozen dataclasses of :mod:`storm.domain` (no ORM objects, so no identity map to go stale after
+an UPDATE).
 Every tenant-owned statement filters on ``workspace_id``, the first argument of each method; a row id
 from another workspace therefore finds nothing.  Database errors leave through :func:`db.errors.translated`
 as Conflict / NotFound / Unavailable / SerializationFailure.
@@ -14,11 +15,10 @@ import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import CursorResult, Executable, Result, Table, case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import models as m
 from db.dml import insert_or_skip
@@ -70,8 +70,14 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
+class _Executes(Protocol):
+    """What a repository executes its Core statements on (``db.store._Connection``)."""
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]: ...
+
+
 class _Repository:
-    def __init__(self, session: AsyncSession, dialect: str) -> None:
+    def __init__(self, session: _Executes, dialect: str) -> None:
         self._session = session
         self._dialect = dialect
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import event, make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import Executable, Result, event, exc, make_url, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from db import migrate
@@ -39,7 +39,7 @@ from db.repositories import (
 from storm.config import ConfigError
 from storm.errors import Unavailable
 from storm.lifecycle import Lifecycle
-from storm.ports.store import UnitOfWork
+from storm.ports.store import ReadOnlyError, UnitOfWork
 
 if TYPE_CHECKING:
     from storm.ports.store import CountsRetries, Store
@@ -86,37 +86,76 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.cap_s, self.base_s * (2 ** attempt)))
 
 
-class SqlUnitOfWork:
-    """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back."""
+class _Connection:
+    """What a unit of work's repositories execute on: one of the engine's connections, checked out at the
+    first statement (a unit of work that runs none checks out nothing) and given back by :meth:`close`.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], dialect: str) -> None:
-        self._sessions = sessions
+    SQLAlchemy Core, not an ORM ``AsyncSession``: the repositories only execute Core statements, and the
+    session's machinery around each of them (its transaction state, the ORM execution path, the session
+    itself per unit of work) was about half of the CPU of a one-statement unit of work on PostgreSQL
+    (≈ 470 µs against ≈ 230 µs: docs/benchmarks.md "Reads without a transaction").  The connection begins a
+    transaction at its first statement (autobegin) and again after each commit, as the session did."""
+
+    __slots__ = ("_conn", "_engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._engine.connect()
+        return await conn.execute(statement, parameters)
+
+    async def commit(self) -> None:
+        if self._conn is not None:
+            await self._conn.commit()
+
+    async def rollback(self) -> None:
+        if self._conn is not None:
+            await self._conn.rollback()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()  # rolls back what was not committed and returns the connection to the pool
+
+
+class SqlUnitOfWork:
+    """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back.  ``read_only``:
+    no transaction on PostgreSQL/CockroachDB (the engine given runs its connections in ``AUTOCOMMIT`` and
+    refuses statements that write: see :func:`_refuse_writes`), and :meth:`commit` raises ``ReadOnlyError``."""
+
+    def __init__(self, engine: AsyncEngine, dialect: str, *, read_only: bool = False) -> None:
+        self._engine = engine
         self._dialect = dialect
-        self._session: AsyncSession | None = None
+        self.read_only = read_only
+        self._conn: _Connection | None = None
         self.events: list[Any] = []
 
     async def __aenter__(self) -> SqlUnitOfWork:
-        if self._session is not None:
+        if self._conn is not None:
             raise RuntimeError("this unit of work is already open")
-        session = self._session = self._sessions()
-        self.workspaces = SqlWorkspaceRepository(session, self._dialect)
-        self.users = SqlUserRepository(session, self._dialect)
-        self.memberships = SqlMembershipRepository(session, self._dialect)
-        self.channels = SqlChannelRepository(session, self._dialect)
-        self.messages = SqlMessageRepository(session, self._dialect)
-        self.reactions = SqlReactionRepository(session, self._dialect)
-        self.read_markers = SqlReadMarkerRepository(session, self._dialect)
-        self.webhooks = SqlWebhookRepository(session, self._dialect)
+        conn = self._conn = _Connection(self._engine)
+        self.workspaces = SqlWorkspaceRepository(conn, self._dialect)
+        self.users = SqlUserRepository(conn, self._dialect)
+        self.memberships = SqlMembershipRepository(conn, self._dialect)
+        self.channels = SqlChannelRepository(conn, self._dialect)
+        self.messages = SqlMessageRepository(conn, self._dialect)
+        self.reactions = SqlReactionRepository(conn, self._dialect)
+        self.read_markers = SqlReadMarkerRepository(conn, self._dialect)
+        self.webhooks = SqlWebhookRepository(conn, self._dialect)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        session, self._session = self._session, None
-        if session is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
         try:
-            await session.close()  # rolls back whatever was not committed and returns the connection
+            await conn.close()  # rolls back whatever was not committed and returns the connection
         except Exception as error:
             if exc is not None:  # do not hide the error that ended the block
                 log.warning("closing a failed unit of work failed too: %s", error)
@@ -126,20 +165,22 @@ class SqlUnitOfWork:
                 raise
             raise mapped from error
 
-    def _open(self) -> AsyncSession:
-        if self._session is None:
+    def _open(self) -> _Connection:
+        if self._conn is None:
             raise RuntimeError("use the unit of work inside 'async with'")
-        return self._session
+        return self._conn
 
     async def commit(self) -> None:
-        session = self._open()
+        conn = self._open()
+        if self.read_only:
+            raise ReadOnlyError("this unit of work was opened read_only: there is nothing to commit")
         with translated():  # SERIALIZABLE conflicts often surface only here
-            await session.commit()
+            await conn.commit()
 
     async def rollback(self) -> None:
-        session = self._open()
+        conn = self._open()
         with translated():
-            await session.rollback()
+            await conn.rollback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +207,7 @@ class SqlStore:
         self._echo = echo
         self._create_schema = create_schema
         self._engine: AsyncEngine | None = None
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._reads: AsyncEngine | None = None  # the engine of unit_of_work(read_only=True): same pool
         self._life = Lifecycle("store")
         self.retry_policy = RetryPolicy()
         self.serialization_retries = 0  # a counter for tests and metrics: attempts run again after 40001
@@ -213,10 +254,19 @@ class SqlStore:
             await engine.dispose()
             return
         self._engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._reads = self._read_engine(engine)
+
+    def _read_engine(self, engine: AsyncEngine) -> AsyncEngine:
+        """The engine of read-only units of work: the same pool, its connections in ``AUTOCOMMIT`` while
+        they are checked out on PostgreSQL/CockroachDB (no ``BEGIN``/``ROLLBACK`` round trips; setting the
+        level is no round trip with asyncpg or psycopg), every statement checked to be a read."""
+        options: dict[str, Any] = {} if self._dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
+        reads = engine.execution_options(**options)
+        event.listen(reads.sync_engine, "before_cursor_execute", _refuse_writes)  # this engine's only
+        return reads
 
     async def stop(self) -> None:
-        engine, self._engine, self._sessions = self._engine, None, None
+        engine, self._engine, self._reads = self._engine, None, None
         self._life.begin_stop()
         if engine is not None:
             await engine.dispose()
@@ -245,20 +295,26 @@ class SqlStore:
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         else:  # postgresql, cockroachdb (see DIALECTS)
             options["isolation_level"] = self.isolation_level
-            options["pool_pre_ping"] = True
+            # SQLAlchemy's pre-ping on asyncpg is three round trips per checkout (BEGIN, ";", ROLLBACK: its
+            # pgbouncer support); asyncpg reads every pooled socket, so a connection the server closed is
+            # known closed without asking (_drop_closed).  psycopg does not watch idle sockets: it pings.
+            options["pool_pre_ping"] = self._driver != "asyncpg"
             options["pool_size"] = self._pool.size
             options["max_overflow"] = self._pool.overflow
             options["pool_timeout"] = self._pool.timeout_s
         engine = create_async_engine(url, **options)
         if backend == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        elif self._driver == "asyncpg":
+            event.listen(engine.sync_engine, "checkout", _drop_closed)
         return engine
 
     # -- units of work --------------------------------------------------------------------------------
-    def unit_of_work(self) -> SqlUnitOfWork:
-        if self._sessions is None:
+    def unit_of_work(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        engine = self._reads if read_only else self._engine
+        if engine is None:
             raise RuntimeError("the store is not started")
-        return SqlUnitOfWork(self._sessions, self.dialect)
+        return SqlUnitOfWork(engine, self.dialect, read_only=read_only)
 
     async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
         """Run ``fn`` in a fresh unit of work and commit; on a serialization failure (SQLSTATE 40001) run it
@@ -299,6 +355,29 @@ class SqlStore:
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise Unavailable(f"database unreachable: {exc}") from exc
+
+
+def _drop_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pool ``checkout`` on asyncpg, instead of the pre-ping: a pooled connection whose socket the server
+    closed (a restart, a failover, ``pg_terminate_backend``, an idle timeout) is thrown away and another
+    checked out (SQLAlchemy's pessimistic disconnect handling by event).  asyncpg's protocol reads every
+    idle socket, so the close is seen as soon as the event loop has run once after it; a connection that
+    died silently (no FIN: a partition) fails its first statement instead, which the store answers as
+    ``Unavailable`` and SQLAlchemy follows by recycling the pool (docs/database.md)."""
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise exc.DisconnectionError("the server closed this pooled connection")
+
+
+_READS = ("SELECT", "SHOW")  # not WITH: a CTE may write (the messages' INSERT ... is one)
+
+
+def _refuse_writes(_conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any,
+                   _executemany: bool) -> None:
+    """``before_cursor_execute`` of the read-only engine: in ``AUTOCOMMIT`` a write would commit at once,
+    outside any unit of work, so it is refused before it reaches the database."""
+    if not statement.lstrip()[:6].upper().startswith(_READS):
+        raise ReadOnlyError(f"a read-only unit of work does not write: {statement.split(None, 1)[0]!r}")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

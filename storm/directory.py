@@ -233,7 +233,9 @@ class Directory:
     async def batched_read(self, workspace: str, fn: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """One store read (``fn`` in a unit of work), batched with the reads of ``workspace`` that arrive while
         a batch is being read: one unit of work for all of them (``FIRST_SIGHT_BATCH`` at most), as for first
-        sights.  A read that fails fails its whole batch (a failed statement ends the transaction).  The
+        sights, opened ``read_only`` (no transaction: one round trip per statement, no ``BEGIN``/``ROLLBACK``;
+        ``fn`` must only read, and its statements do not share a snapshot).  A read that fails fails its whole
+        batch (the connection may be the cause).  The
         directory's own misses use it, and so does a subscribe's read state (storm/protocol/subscriptions.py):
         a transaction per subscribe was 15 % of a day connect's gateway CPU (docs/storm-day.md)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -294,8 +296,8 @@ class Directory:
                 if not batch:
                     continue
                 results: list[Any] = []
-                try:
-                    async with self._store.unit_of_work() as uow:
+                try:  # lookups that need no shared snapshot: no transaction (docs/database.md)
+                    async with self._store.unit_of_work(read_only=True) as uow:
                         for fn, _ in batch:
                             results.append(await fn(uow))
                 except BaseException as exc:
@@ -348,7 +350,7 @@ class Directory:
 
     async def _load_members(self, ws: Workspace, batch: list[Claims]) -> dict[str, tuple[User, Role | None]]:
         found: dict[str, tuple[User, Role | None]] = {}
-        async with self._store.unit_of_work() as uow:  # reads first: no commit (a round trip) for known users
+        async with self._store.unit_of_work(read_only=True) as uow:  # reads first, no transaction: for known users
             known = await uow.users.get_many_by_subject([c.subject for c in batch])
             roles = {m.user_id: m.role for m in await uow.memberships.get_many(ws.id, [u.id for u in known])
                      } if known else {}
@@ -398,7 +400,7 @@ class Directory:
         return Workspace(id=uuid.UUID(c.id), slug=c.slug, name=c.name, plan=c.plan)
 
     async def _load_workspace(self, slug: str) -> Workspace:
-        async with self._store.unit_of_work() as uow:
+        async with self._store.unit_of_work(read_only=True) as uow:
             ws = await uow.workspaces.get_by_slug(slug)
         if ws is None:
             raise NotFound(f"workspace {slug!r} not found", field="workspace")

@@ -74,10 +74,10 @@ class MeteredStore(_Passthrough):
             metrics.count_of("storm.store.serialization_retries", lambda: store.serialization_retries)
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[Any]:
+    async def unit_of_work(self, *, read_only: bool = False) -> AsyncIterator[Any]:
         start = time.monotonic()
         try:
-            async with self._target.unit_of_work() as uow:
+            async with self._target.unit_of_work(read_only=read_only) as uow:
                 yield uow
         finally:
             self._tx.add((time.monotonic() - start) * 1000.0)

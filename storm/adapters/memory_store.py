@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from storm.domain import Channel, ChannelKind, Membership, Message, Reaction, ReadMarker, Role, User, Workspace
 from storm.errors import Conflict, NotFound, Unavailable
 from storm.lifecycle import Lifecycle
-from storm.ports.store import NO_HEAD, UNREAD_MAX
+from storm.ports.store import NO_HEAD, UNREAD_MAX, ReadOnlyError
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 if TYPE_CHECKING:
@@ -544,8 +544,9 @@ class MemoryWebhookRepository(_Repository):
 class MemoryUnitOfWork:
     """One transaction.  Use as ``async with``; leaving without :meth:`commit` rolls back."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, *, read_only: bool = False) -> None:
         self._store = store
+        self.read_only = read_only  # writes and commit() raise ReadOnlyError (the port's rules)
         self._open = False
         self._work: _Tables | None = None  # this unit's copy, made at its first write
         self._log: list[Callable[[_Tables], object]] = []  # its writes, replayed if others committed first
@@ -586,6 +587,8 @@ class MemoryUnitOfWork:
 
     def _write(self, op: Callable[[_Tables], R]) -> R:
         self._check_open()
+        if self.read_only:
+            raise ReadOnlyError("this unit of work was opened read_only: it does not write")
         if self._work is None:
             self._work, self._base = self._store._tables.copy(), self._store._version
         result = op(self._work)  # raises before anything is logged: a refused write leaves no trace
@@ -594,6 +597,8 @@ class MemoryUnitOfWork:
 
     async def commit(self) -> None:
         self._check_open()
+        if self.read_only:
+            raise ReadOnlyError("this unit of work was opened read_only: there is nothing to commit")
         if self._work is not None:
             self._store._commit(self._work, self._log, self._base)
         self._reset()
@@ -625,10 +630,10 @@ class MemoryStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def unit_of_work(self) -> MemoryUnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False) -> MemoryUnitOfWork:
         if not self._life.running:
             raise RuntimeError("the store is not started")
-        return MemoryUnitOfWork(self)
+        return MemoryUnitOfWork(self, read_only=read_only)
 
     async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
         """Run ``fn`` in a fresh unit of work and commit.  A commit here never loses a serialization

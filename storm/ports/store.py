@@ -4,6 +4,11 @@ Rules every adapter follows (guarded by tests/contract/test_store_contract.py):
 
 * ``async with store.unit_of_work() as uow`` opens a transaction that rolls back unless ``await
   uow.commit()`` was called.  Events to publish after commit are collected on ``uow.events``.
+* ``store.unit_of_work(read_only=True)`` reads without a transaction: each statement sees what was
+  committed when it ran (no snapshot shared by two statements), nothing may be written (a write raises
+  :class:`ReadOnlyError`, and so does ``commit()``).  On PostgreSQL/CockroachDB it saves the ``BEGIN`` and
+  ``ROLLBACK`` round trips; use it for lookups whose statements need not agree with each other
+  (docs/database.md "Reads without a transaction").
 * Every tenant-owned query takes the workspace id as its first argument, and never returns rows of
   another workspace even when given another workspace's row id.
 * ``store.run(fn)`` runs ``fn(uow)`` in a fresh unit of work, commits, and retries the whole function on
@@ -231,6 +236,10 @@ class WebhookRepository(Protocol):
         ...
 
 
+class ReadOnlyError(RuntimeError):
+    """A write (or a commit) in a unit of work opened with ``read_only=True``: a programming error."""
+
+
 class UnitOfWork(Protocol):
     # Read-only members (properties): an adapter's own repository classes satisfy them, and nobody swaps
     # a repository of an open unit of work.
@@ -281,7 +290,7 @@ class Store(Protocol):
 
     async def stop(self) -> None: ...
 
-    def unit_of_work(self) -> UnitOfWork: ...
+    def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork: ...
 
     async def run(self, fn: Callable[[UnitOfWork], Awaitable[T]], *, retries: int = 5) -> T:
         """Run ``fn`` in a unit of work, commit, retry on serialization failure; returns fn's result."""

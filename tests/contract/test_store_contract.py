@@ -36,7 +36,7 @@ from storm.domain import (
     Workspace,
 )
 from storm.errors import Conflict, NotFound, Unavailable
-from storm.ports.store import Store, UnitOfWork
+from storm.ports.store import ReadOnlyError, Store, UnitOfWork
 from storm.webhooks import DeliveryAttempt, DeliveryStatus, IncomingWebhook, Webhook
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -181,6 +181,26 @@ async def test_explicit_rollback_discards_the_work(store: Store) -> None:
         await uow.commit()
     async with store.unit_of_work() as uow:
         assert await uow.workspaces.get(ws.id) is None
+
+
+async def test_a_read_only_unit_sees_each_commit_as_it_happens_and_refuses_to_write(store: Store) -> None:
+    ws, user = _ws(), _user()
+    await _add(store, ws)
+    async with store.unit_of_work(read_only=True) as uow:
+        assert await uow.workspaces.get(ws.id) == ws
+        assert await uow.users.get(user.id) is None
+        await _add(store, user)  # committed by another unit while this one is open: no shared snapshot
+        assert await uow.users.get(user.id) == user
+        with pytest.raises(ReadOnlyError):
+            await uow.workspaces.add(_ws())
+        with pytest.raises(ReadOnlyError):
+            await uow.commit()
+    late = _ws()
+    with pytest.raises(ReadOnlyError):
+        async with store.unit_of_work(read_only=True) as uow:
+            await uow.workspaces.add(late)
+    async with store.unit_of_work() as uow:
+        assert await uow.workspaces.get(late.id) is None  # the refused write left nothing
 
 
 async def test_run_commits_and_returns_the_result(store: Store) -> None:

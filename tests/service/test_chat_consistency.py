@@ -265,10 +265,13 @@ async def test_subscribes_that_arrive_together_read_their_read_states_in_one_uni
     units = 0
     real = services.store.unit_of_work
 
-    def counted() -> object:
+    kinds: list[bool] = []
+
+    def counted(*, read_only: bool = False) -> object:
         nonlocal units
         units += 1
-        return real()
+        kinds.append(read_only)
+        return real(read_only=read_only)
 
     asked: list[int] = []
     unread_at = MemoryReadMarkerRepository.unread_at
@@ -285,6 +288,7 @@ async def test_subscribes_that_arrive_together_read_their_read_states_in_one_uni
     finally:
         services.store.unit_of_work = real  # type: ignore[method-assign]
     assert units <= 2  # 11 subscribes: one batch, or two when the first starts before the others arrive
+    assert kinds and all(kinds)  # read without a transaction (docs/database.md "Reads without a transaction")
     assert sum(asked) == 11 and len(asked) <= 2  # one read of many pairs per batch, not one per subscribe
     for i, (_, t) in enumerate(sessions):
         (sub,) = t.take("subscribed")

@@ -37,11 +37,11 @@ class CountingStore(MemoryStore):
         self.units = 0
         self.fail = False
 
-    def unit_of_work(self) -> Any:
+    def unit_of_work(self, *, read_only: bool = False) -> Any:
         self.units += 1
         if self.fail:
             raise Unavailable("database unreachable")
-        return super().unit_of_work()
+        return super().unit_of_work(read_only=read_only)
 
 
 async def _add(store: MemoryStore, *messages: Message) -> None:

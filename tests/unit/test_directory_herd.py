@@ -45,7 +45,7 @@ class CountingStore:
 
         self._uow = Uow
 
-    def unit_of_work(self) -> Any:
+    def unit_of_work(self, *, read_only: bool = False) -> Any:
         return self._uow()
 
 

@@ -27,9 +27,9 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.units = 0
 
-    def unit_of_work(self) -> Any:
+    def unit_of_work(self, *, read_only: bool = False) -> Any:
         self.units += 1
-        return super().unit_of_work()
+        return super().unit_of_work(read_only=read_only)
 
 
 WS = Workspace(id=uuid.uuid4(), slug="conn", name="Conn", plan="pro")
@@ -185,8 +185,8 @@ class SlowStore(CountingStore):
         super().__init__()
         self.fail_next: Exception | None = None
 
-    def unit_of_work(self) -> Any:
-        uow = super().unit_of_work()
+    def unit_of_work(self, *, read_only: bool = False) -> Any:
+        uow = super().unit_of_work(read_only=read_only)
         store = self
 
         class Slow:
@@ -300,10 +300,10 @@ class DownStore(CountingStore):
 
     down = False
 
-    def unit_of_work(self) -> Any:
+    def unit_of_work(self, *, read_only: bool = False) -> Any:
         if self.down:
             raise Unavailable("database unreachable: connection refused")
-        return super().unit_of_work()
+        return super().unit_of_work(read_only=read_only)
 
 
 async def test_while_the_store_is_down_expired_entries_answer_from_their_last_known_value() -> None:
