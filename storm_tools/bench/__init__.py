@@ -7,6 +7,7 @@
     storm bench connect --connections 5000 [--subscribe K] [--services real] [--json] (storm_tools/bench/connect.py)
     storm bench reconnect --connections 17000 --gateways 3 [--json]                (storm_tools/bench/reconnect.py)
     storm bench follow --channels 20000 [--json]                                    (storm_tools/bench/follow.py)
+    storm bench store [--reps 1000] [--json]                                        (storm_tools/bench/store.py)
 
 Results are one JSON object on stdout (printed by storm_cli/main.py); progress goes to stderr.  Servers and
 clients run as child processes (storm_tools/bench/procs.py), so the server measured is never the process that
@@ -23,7 +24,7 @@ DEFAULT_RATE = 50.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True,
-                                metavar="{fanout,idle,persist,e2e,connect,reconnect,follow}")
+                                metavar="{fanout,idle,persist,e2e,connect,reconnect,follow,store}")
 
     fan = sub.add_parser("fanout", help="CPU per delivery and latency of a channel broadcast, STORM vs floor")
     fan.add_argument("--subscribers", type=int, default=1000, help="subscribed connections (default 1000)")
@@ -69,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from storm_tools.bench import follow
 
     follow.add_parser(sub)
+    from storm_tools.bench import store
+
+    store.add_parser(sub)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -92,6 +96,10 @@ def _validate(args: argparse.Namespace) -> None:
         from storm_tools.bench import follow
 
         follow.validate(args)
+    elif args.bench == "store":
+        from storm_tools.bench import store
+
+        store.validate(args)
     elif args.bench == "fanout":
         if args.subscribers < 1 or args.messages < 1 or args.rate <= 0 or args.sample_every < 1 or args.warmup < 0:
             raise SystemExit("storm bench fanout: --subscribers, --messages, --rate and --sample-every "
@@ -117,6 +125,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         from storm_tools.bench import reconnect as bench  # type: ignore[no-redef]
     elif args.bench == "follow":
         from storm_tools.bench import follow as bench  # type: ignore[no-redef]
+    elif args.bench == "store":
+        from storm_tools.bench import store as bench  # type: ignore[no-redef]
     else:
         from storm_tools.bench import idle as bench  # type: ignore[no-redef]
     result: dict[str, Any] = uvloop.run(bench.run(args))

@@ -6,6 +6,8 @@ transaction.  See docs/database.md ("Connections and the pool", "Reads without a
   without its three round trips per checkout.
 * ``unit_of_work(read_only=True)`` runs its statements outside a transaction (the server's session is
   ``idle``, not ``idle in transaction``, between them); a normal unit of work opens one.
+* The read states of a batch of subscribes are one statement on PostgreSQL, whatever the batch's size
+  (what they answer is the store contract's, tests/contract/test_store_contract.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from db.store import PoolSize, SqlStore
 from storm.domain import Workspace
@@ -81,3 +83,21 @@ async def test_a_read_only_unit_holds_no_transaction_open_and_a_normal_one_does(
         await uow.workspaces.get(uuid.uuid4())
         assert await _state_of(pg_url, pid) == "idle in transaction"
     assert await _state_of(pg_url, pid) == "idle"  # rolled back when it closed
+
+
+async def test_the_read_states_of_a_batch_are_one_statement_whatever_its_size(pg_store: SqlStore) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(pg_store.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        for size in (1, 7, 250):
+            statements.clear()
+            wanted = [(uuid.uuid4(), uuid.uuid4(), 2**40) for _ in range(size)]
+            async with pg_store.unit_of_work(read_only=True) as uow:
+                assert await uow.read_markers.unread_at(uuid.uuid4(), wanted) == [(0, 0)] * size
+            assert len(statements) == 1, (size, statements)
+    finally:
+        event.remove(pg_store.engine.sync_engine, "before_cursor_execute", seen)
