@@ -222,9 +222,12 @@ class _Page:
 
 async def _read_page(uow: UnitOfWork, workspace_id: uuid.UUID, channel_id: uuid.UUID, *, before: int | None,
                      limit: int) -> _Page:
-    newest = await uow.messages.page(workspace_id, channel_id, before=None, limit=1)
-    head = newest[0].offset if newest else 0
     rows = await uow.messages.page(workspace_id, channel_id, before=before, limit=limit + 1)
+    if before is None:  # the newest page starts with the newest message: the head, in the same snapshot
+        head = rows[0].offset if rows else 0
+    else:
+        newest = await uow.messages.page(workspace_id, channel_id, before=None, limit=1)
+        head = newest[0].offset if newest else 0
     more, rows = len(rows) > limit, rows[:limit]
     if not rows:
         return _Page([], [], None, head, False)
