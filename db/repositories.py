@@ -11,6 +11,7 @@ as Conflict / NotFound / Unavailable / SerializationFailure.
 from __future__ import annotations
 
 import builtins
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -531,6 +532,21 @@ _READ_STATES_UNNEST = text(
     "LEFT JOIN read_markers AS rm ON rm.workspace_id = :workspace_id AND rm.channel_id = w.channel_id "
     "AND rm.user_id = w.user_id "
     "ORDER BY w.i")
+# SQLite (the embedded store of `storm dev`): the same statement over a JSON array of [user, channel, head]
+# triples (json_each, built into SQLite); ids as the 32-digit hex text SQLAlchemy's Uuid stores there.
+_READ_STATES_JSON = text(
+    'SELECT coalesce(rm."offset", 0) AS read, '
+    'CASE WHEN coalesce(rm."offset", 0) < w.head THEN ('
+    "SELECT count(*) FROM (SELECT 1 FROM messages AS msg "
+    "WHERE msg.workspace_id = :workspace_id AND msg.channel_id = w.channel_id "
+    'AND msg."offset" > coalesce(rm."offset", 0) AND msg."offset" <= w.head '
+    "AND msg.author_id <> w.user_id AND msg.deleted_at IS NULL LIMIT :cap) AS counted"
+    ") ELSE 0 END AS unread "
+    "FROM (SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS channel_id, "
+    "json_extract(value, '$[2]') AS head, key AS i FROM json_each(:triples)) AS w "
+    "LEFT JOIN read_markers AS rm ON rm.workspace_id = :workspace_id AND rm.channel_id = w.channel_id "
+    "AND rm.user_id = w.user_id "
+    "ORDER BY w.i")
 
 
 class SqlReadMarkerRepository(_Repository):
@@ -570,8 +586,9 @@ class SqlReadMarkerRepository(_Repository):
         superset, the users' rows in the channels, filtered here), then one count per pair whose marker is
         below its head, as scalar subqueries of one ``SELECT`` (each an index range scan of the messages).
         Subscribes that arrive together ask together (``storm.directory.Directory.read_state``): two
-        statements each cost more than the rest of a subscribe (docs/benchmarks.md).  On PostgreSQL, one
-        statement of constant shape for the whole batch instead (``_READ_STATES_UNNEST``)."""
+        statements each cost more than the rest of a subscribe (docs/benchmarks.md).  On PostgreSQL and SQLite, one
+        statement of constant shape for the whole batch instead (``_READ_STATES_UNNEST``, ``_READ_STATES_JSON``);
+        the portable form is CockroachDB's until that statement has run on a cluster."""
         if not wanted:
             return []
         if self._dialect == "postgresql":
@@ -579,6 +596,12 @@ class SqlReadMarkerRepository(_Repository):
                 rows = await self._session.execute(_READ_STATES_UNNEST, {
                     "workspace_id": workspace_id, "cap": cap, "users": [u for u, _, _ in wanted],
                     "channels": [c for _, c, _ in wanted], "heads": [h for _, _, h in wanted]})
+            return [(int(read), int(unread)) for read, unread in rows]
+        if self._dialect == "sqlite":
+            triples = json.dumps([[u.hex, c.hex, h] for u, c, h in wanted])
+            with translated():
+                rows = await self._session.execute(_READ_STATES_JSON, {
+                    "workspace_id": workspace_id.hex, "cap": cap, "triples": triples})
             return [(int(read), int(unread)) for read, unread in rows]
         rm, msg = m.read_markers, m.messages
         out: list[tuple[int, int]] = []
