@@ -512,41 +512,40 @@ class SqlReactionRepository(_Repository):
 
 
 # ---- read markers ---------------------------------------------------------------------------------------
-# PostgreSQL: the read states of a batch of (user, channel, head) triples in one statement of constant
-# shape, the triples as three arrays: one parameter each whatever the batch's size, one compiled statement
-# for every batch.  The portable form below builds a scalar subquery per triple, and SQLAlchemy's work on
-# it (construction, cache key, the LIMIT and IN post-compile parameters) cost ≈ 1.7 ms of CPU for one
-# triple and ≈ 290 µs per triple in batches of 64 (docs/benchmarks.md "Reads without a transaction").
-# Each count reads at most :cap index entries (LIMIT inside, count outside), and only when the marker is
-# below the head.
-_READ_STATES_UNNEST = text(
+_READ_STATES_SELECT = (
     'SELECT coalesce(rm."offset", 0) AS read, '
     'CASE WHEN coalesce(rm."offset", 0) < w.head THEN ('
     "SELECT count(*) FROM (SELECT 1 FROM messages AS msg "
     "WHERE msg.workspace_id = :workspace_id AND msg.channel_id = w.channel_id "
     'AND msg."offset" > coalesce(rm."offset", 0) AND msg."offset" <= w.head '
     "AND msg.author_id <> w.user_id AND msg.deleted_at IS NULL LIMIT :cap) AS counted"
-    ") ELSE 0 END AS unread "
-    "FROM unnest(CAST(:users AS uuid[]), CAST(:channels AS uuid[]), CAST(:heads AS bigint[])) "
-    "WITH ORDINALITY AS w(user_id, channel_id, head, i) "
-    "LEFT JOIN read_markers AS rm ON rm.workspace_id = :workspace_id AND rm.channel_id = w.channel_id "
-    "AND rm.user_id = w.user_id "
-    "ORDER BY w.i")
-# SQLite (the embedded store of `storm dev`): the same statement over a JSON array of [user, channel, head]
-# triples (json_each, built into SQLite); ids as the 32-digit hex text SQLAlchemy's Uuid stores there.
-_READ_STATES_JSON = text(
-    'SELECT coalesce(rm."offset", 0) AS read, '
-    'CASE WHEN coalesce(rm."offset", 0) < w.head THEN ('
-    "SELECT count(*) FROM (SELECT 1 FROM messages AS msg "
-    "WHERE msg.workspace_id = :workspace_id AND msg.channel_id = w.channel_id "
-    'AND msg."offset" > coalesce(rm."offset", 0) AND msg."offset" <= w.head '
-    "AND msg.author_id <> w.user_id AND msg.deleted_at IS NULL LIMIT :cap) AS counted"
-    ") ELSE 0 END AS unread "
-    "FROM (SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS channel_id, "
-    "json_extract(value, '$[2]') AS head, key AS i FROM json_each(:triples)) AS w "
-    "LEFT JOIN read_markers AS rm ON rm.workspace_id = :workspace_id AND rm.channel_id = w.channel_id "
-    "AND rm.user_id = w.user_id "
-    "ORDER BY w.i")
+    ") ELSE 0 END AS unread FROM ")
+_READ_STATES_JOIN = (
+    " LEFT JOIN read_markers AS rm ON rm.workspace_id = :workspace_id AND rm.channel_id = w.channel_id "
+    "AND rm.user_id = w.user_id ORDER BY w.i")
+
+
+def _read_states(triples: str) -> Any:
+    """The read states of a batch of (user, channel, head) triples in one statement of constant shape:
+    ``triples`` (one of the two module constants below, never input) is the dialect's table of them,
+    ``w(user_id, channel_id, head, i)``; one parameter for the whole batch whatever its size, so one compiled
+    statement for every batch.  The portable form below builds a scalar subquery per triple, and
+    SQLAlchemy's work on it (construction, cache key, the LIMIT and IN post-compile parameters) cost ≈ 1.7 ms
+    of CPU for one triple and ≈ 290 µs per triple in batches of 64 (docs/benchmarks.md "The SQL around a
+    connect").  Each count reads at most :cap index entries (LIMIT inside, count outside), and only when the
+    marker is below the head."""
+    return text("".join((_READ_STATES_SELECT, triples, _READ_STATES_JOIN)))
+
+
+# PostgreSQL: the triples as three arrays.
+_READ_STATES_UNNEST = _read_states(
+    "unnest(CAST(:users AS uuid[]), CAST(:channels AS uuid[]), CAST(:heads AS bigint[])) "
+    "WITH ORDINALITY AS w(user_id, channel_id, head, i)")
+# SQLite (the embedded store of `storm dev`): a JSON array of [user, channel, head] (json_each, built into
+# SQLite); ids as the 32-digit hex text SQLAlchemy's Uuid stores there.
+_READ_STATES_JSON = _read_states(
+    "(SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS channel_id, "
+    "json_extract(value, '$[2]') AS head, key AS i FROM json_each(:triples)) AS w")
 
 
 class SqlReadMarkerRepository(_Repository):
@@ -582,27 +581,28 @@ class SqlReadMarkerRepository(_Repository):
         self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]], *,
         cap: int = UNREAD_MAX,
     ) -> list[tuple[int, int]]:
-        """Two statements per ``READ_STATE_CHUNK`` pairs, whatever their users and channels: the markers (a
-        superset, the users' rows in the channels, filtered here), then one count per pair whose marker is
-        below its head, as scalar subqueries of one ``SELECT`` (each an index range scan of the messages).
-        Subscribes that arrive together ask together (``storm.directory.Directory.read_state``): two
-        statements each cost more than the rest of a subscribe (docs/benchmarks.md).  On PostgreSQL and SQLite, one
-        statement of constant shape for the whole batch instead (``_READ_STATES_UNNEST``, ``_READ_STATES_JSON``);
-        the portable form is CockroachDB's until that statement has run on a cluster."""
+        """Subscribes that arrive together ask together (``storm.directory.Directory.read_state``).  On
+        PostgreSQL and SQLite one statement of constant shape for the whole batch (:func:`_read_states`); the
+        portable form elsewhere (CockroachDB, until that statement has run on a cluster)."""
         if not wanted:
             return []
         if self._dialect == "postgresql":
-            with translated():
-                rows = await self._session.execute(_READ_STATES_UNNEST, {
-                    "workspace_id": workspace_id, "cap": cap, "users": [u for u, _, _ in wanted],
-                    "channels": [c for _, c, _ in wanted], "heads": [h for _, _, h in wanted]})
-            return [(int(read), int(unread)) for read, unread in rows]
-        if self._dialect == "sqlite":
-            triples = json.dumps([[u.hex, c.hex, h] for u, c, h in wanted])
-            with translated():
-                rows = await self._session.execute(_READ_STATES_JSON, {
-                    "workspace_id": workspace_id.hex, "cap": cap, "triples": triples})
-            return [(int(read), int(unread)) for read, unread in rows]
+            statement, params = _READ_STATES_UNNEST, {
+                "workspace_id": workspace_id, "users": [u for u, _, _ in wanted],
+                "channels": [c for _, c, _ in wanted], "heads": [h for _, _, h in wanted]}
+        elif self._dialect == "sqlite":
+            statement, params = _READ_STATES_JSON, {
+                "workspace_id": workspace_id.hex, "triples": json.dumps([[u.hex, c.hex, h] for u, c, h in wanted])}
+        else:
+            return await self._unread_at_portable(workspace_id, wanted, cap)
+        rows = await self._execute(statement, {**params, "cap": cap})
+        return [(int(read), int(unread)) for read, unread in rows]
+
+    async def _unread_at_portable(self, workspace_id: uuid.UUID, wanted: Sequence[tuple[uuid.UUID, uuid.UUID, int]],
+                                  cap: int) -> list[tuple[int, int]]:
+        """Two statements per ``READ_STATE_CHUNK`` pairs, whatever their users and channels: the markers (a
+        superset, the users' rows in the channels, filtered here), then one count per pair whose marker is
+        below its head, as scalar subqueries of one ``SELECT`` (each an index range scan of the messages)."""
         rm, msg = m.read_markers, m.messages
         out: list[tuple[int, int]] = []
         for chunk in _chunks(wanted, READ_STATE_CHUNK):

@@ -93,7 +93,7 @@ class _Connection:
     SQLAlchemy Core, not an ORM ``AsyncSession``: the repositories only execute Core statements, and the
     session's machinery around each of them (its transaction state, the ORM execution path, the session
     itself per unit of work) was about half of the CPU of a one-statement unit of work on PostgreSQL
-    (≈ 470 µs against ≈ 230 µs: docs/benchmarks.md "Reads without a transaction").  The connection begins a
+    (≈ 470 µs against ≈ 230 µs: docs/benchmarks.md "The SQL around a connect").  The connection begins a
     transaction at its first statement (autobegin) and again after each commit, as the session did."""
 
     __slots__ = ("_conn", "_engine")
@@ -376,7 +376,7 @@ def _refuse_writes(_conn: Any, _cursor: Any, statement: str, _parameters: Any, _
                    _executemany: bool) -> None:
     """``before_cursor_execute`` of the read-only engine: in ``AUTOCOMMIT`` a write would commit at once,
     outside any unit of work, so it is refused before it reaches the database."""
-    if not statement.lstrip()[:6].upper().startswith(_READS):
+    if not statement[:32].lstrip()[:6].upper().startswith(_READS):  # a slice: no copy of a long statement
         raise ReadOnlyError(f"a read-only unit of work does not write: {statement.split(None, 1)[0]!r}")
 
 
