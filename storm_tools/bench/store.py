@@ -60,10 +60,20 @@ def _say(text: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import make_url
+
     from db.store import SqlStore
+    from storm.errors import Unavailable
 
     url = database_url(args)
-    async with SqlStore(url) as store:
+    store = SqlStore(url)
+    try:
+        await store.start()
+    except Unavailable as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        raise SystemExit(f"storm bench store: cannot reach the database at {where} ({exc.message}); start "
+                         "it with scripts/pg.sh up, or pass --database-url") from None
+    try:
         _say(f"{store.dialect}+{store.driver}: seeding a throwaway workspace")
         ws, users, channels = await _seed(store)
         try:
@@ -78,7 +88,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await uow.workspaces.delete(ws)
 
             await store.run(drop)
-        return {"database": f"{store.dialect}+{store.driver}", "reps": args.reps, "cpu_us": cpu, "wall_us": wall}
+    finally:
+        await store.stop()
+    return {"database": f"{store.dialect}+{store.driver}", "reps": args.reps, "cpu_us": cpu, "wall_us": wall}
 
 
 async def _seed(store: Any) -> tuple[uuid.UUID, list[Any], list[uuid.UUID]]:

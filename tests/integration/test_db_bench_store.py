@@ -30,3 +30,12 @@ def test_bench_store_reports_each_case_per_unit_of_work(db: str, request: pytest
 def test_bench_store_refuses_a_bad_rep_count(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="--reps must be >= 1"):
         cli.main(["bench", "store", "--reps", "0"])
+
+
+def test_bench_store_says_which_database_it_cannot_reach(unused_tcp_port: int) -> None:
+    url = f"postgresql+asyncpg://storm:secret@127.0.0.1:{unused_tcp_port}/nothing"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["bench", "store", "--reps", "1", "--database-url", url])
+    message = str(stopped.value)
+    assert f"cannot reach the database at postgresql+asyncpg://storm:***@127.0.0.1:{unused_tcp_port}/nothing" in message
+    assert "secret" not in message and "scripts/pg.sh up" in message
