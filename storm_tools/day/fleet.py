@@ -25,7 +25,7 @@ PER_PROCESS = 9000
 PER_ADDRESS = 4000  # below the gateways' STORM_MAX_CONNECTIONS_PER_IP (5000 in the day's topology)
 COUNTERS = ("connects_ok", "connect_attempts", "publishes", "acks", "deliveries", "reconnects", "rejected",
             "unacked", "typing", "reactions", "read_markers", "history", "delivery_duplicates",
-            "delivery_inversions", "replayed")
+            "delivery_inversions", "replayed", "subscribe_retries")
 
 
 def percentiles(samples: list[float], qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float | None]:
@@ -82,6 +82,7 @@ class Timeline:
             "disconnects": row["codes"]["disconnects"],
             "typing": c.get("typing", 0), "reactions": c.get("reactions", 0), "read_markers": c.get("read_markers", 0),
             "unacked": c.get("unacked", 0), "rejected": c.get("rejected", 0), "replayed": c.get("replayed", 0),
+            "subscribe_retries": c.get("subscribe_retries", 0),
         }
 
     def totals(self) -> dict[str, int]:

@@ -33,6 +33,10 @@ from typing import IO, Any
 
 from storm_tools.bench.wsclient import WSClient, connect
 
+# what the SDK does with a subscribe refused for one of these codes: ask again 0.5-1.5 s later on the same
+# connection (sdk/storm_sdk/client.py, ``_on_error``), never a new connection
+RETRY_SUBSCRIBE = frozenset({"unavailable", "conflict", "rate_limited"})
+
 SAMPLES = 2000  # latency samples kept per metric and second (reservoir)
 TICK_S = 0.1  # the traffic loop's period; the rates count the time that really passed (Load._traffic)
 MAX_TICK_S = 1.0  # ... up to this much per tick: a process stalled longer offers less, and the report shows it
@@ -179,16 +183,19 @@ class DayClient(WSClient):
             entry = self.pending.pop(int(ev.get("id") or 0), None)
             if entry is not None and entry[0] == "publish":
                 st.add("rejected")
+            if entry is not None and entry[0] == "subscribe" and code in RETRY_SUBSCRIBE:
+                # a transient refusal (the broker restarting, say): the connection stays and the subscribe is
+                # asked again, as the SDK does; the connect fails only if it is not ready within its timeout
+                st.add("subscribe_retries")
+                delay = 0.5 + self.load.rng.uniform(0, 1.0)
+                asyncio.get_running_loop().call_later(delay, self.subscribe, entry[3])  # send_op: not if closed
+                return
             if not self.ready.done():  # refused during the setup (auth, a subscribe): a failed connect
                 self.ready.set_exception(RuntimeError(f"auth:{code}"))
         elif kind == "hello":
             for channel in self.user.channels:
-                frame: dict[str, Any] = {"op": "subscribe", "id": self.rid(), "channel": channel}
-                if channel in self.user.last_offset:
-                    frame["since"] = self.user.last_offset[channel]
-                self.pending[frame["id"]] = ("subscribe", 0, "", channel)
                 self.subscribing += 1
-                self.send_op(frame)
+                self.subscribe(channel)
             if not self.user.channels and not self.ready.done():
                 self.ready.set_result(None)
         elif kind == "subscribed":
@@ -207,6 +214,13 @@ class DayClient(WSClient):
             st.add("reactions_received")
         elif kind == "typing":
             st.add("typing_received")
+
+    def subscribe(self, channel: str) -> None:
+        frame: dict[str, Any] = {"op": "subscribe", "id": self.rid(), "channel": channel}
+        if channel in self.user.last_offset:
+            frame["since"] = self.user.last_offset[channel]
+        self.pending[frame["id"]] = ("subscribe", 0, "", channel)
+        self.send_op(frame)
 
     def delivery(self, ev: dict[str, Any]) -> None:
         st, user = self.load.stats, self.user

@@ -137,6 +137,7 @@ def summary(data: RunData) -> dict[str, Any]:
         "connects_ok": ok, "connects_failed": failed, "connects_failed_server": server_failed,
         "connect_success_pct_timeline": round(100 * ok / (ok + server_failed), 4) if ok + server_failed else None,
         "reconnects": sum(s.reconnects for s in tl),
+        "subscribe_retries": sum(s.subscribe_retries for s in tl),
         "publishes": sum(s.publishes for s in tl), "acks": sum(s.acks for s in tl),
         "deliveries": sum(s.deliveries for s in tl),
         "plateau_acks_per_s": round(sum(s.acks for s in plateau) / len(plateau), 1),
@@ -289,6 +290,7 @@ def render(doc: dict[str, Any], drafts: list[str]) -> str:
               f"| connects ok / failed (server's) | {summ['connects_ok']:,} / {summ['connects_failed_server']:,} |",
               f"| failed connects by code | {_codes_md(summ['connects_failed'])} |",
               f"| reconnects | {summ['reconnects']:,} |",
+              f"| subscribes asked again on the same connection | {summ.get('subscribe_retries', 0):,} |",
               f"| publishes / acks / deliveries | {summ['publishes']:,} / {summ['acks']:,} / {summ['deliveries']:,} |",
               f"| plateau acks/s, deliveries/s | {summ['plateau_acks_per_s']:,} / "
               f"{summ['plateau_deliveries_per_s']:,} |",

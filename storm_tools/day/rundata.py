@@ -71,6 +71,7 @@ class Second:
     reconnects: int
     disconnects: dict[str, int]
     target: float | None = None  # users the profile's curve wants connected (optional)
+    subscribe_retries: int = 0  # subscribes refused `unavailable` & co. and asked again on the same connection
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ def read_timeline(folder: Path) -> tuple[Second, ...]:
             acks=o.whole("acks", required=False), deliveries=o.whole("deliveries", required=False),
             ack_ms=o.percentiles("ack_ms"), deliver_ms=o.percentiles("deliver_ms"), errors=o.counts("errors"),
             reconnects=o.whole("reconnects", required=False), disconnects=o.counts("disconnects"),
+            subscribe_retries=o.whole("subscribe_retries", required=False),
             target=o.num("target") if o.get("target", required=False) is not None else None))
     if not seconds:
         raise RunFolderError("timeline.jsonl", "holds no second")

@@ -62,6 +62,8 @@ def second(t: int) -> dict[str, Any]:
                     deliver_ms={"p50": 200.0, "p95": 600.0, "p99": 900.0})
     if 62 <= t <= 66:
         line["reconnects"] = line["connects_ok"]
+    if t == 61:  # the subscribes the restarting broker refused, asked again on the same connections
+        line["subscribe_retries"] = 12
     return line
 
 

@@ -3,6 +3,7 @@ and the live view drawn both ways (storm_tools/day/live.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -91,6 +92,41 @@ async def test_an_error_during_the_setup_fails_the_connect_with_its_code(
     assert failure_code(RuntimeError("handshake refused: b'HTTP/1.1 429 Too Many Requests'")) == "429"
     assert failure_code(ConnectionError("closed:4001")) == "4001"
     assert failure_code(TimeoutError()) == "timeout" and failure_code(ConnectionRefusedError()) == "refused"
+
+
+async def test_a_subscribe_refused_unavailable_is_asked_again_on_the_same_connection_as_the_sdk_does(
+        load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker restarting answers subscribes ``unavailable``: the SDK asks again 0.5-1.5 s later on the same
+    connection, so a day client does too instead of failing the connect and opening a new one (which turned a
+    Pulsar restart into a reconnect storm); a refusal that is not transient still fails the connect."""
+    user = load.users[0]
+    user.last_offset["b"] = 7
+    client = DayClient("127.0.0.1", 1, user, load)
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(client, "send_op", sent.append)
+    client.event({"type": "hello"})
+    first_a, first_b = sent[0], sent[1]
+    client.event({"type": "subscribed", "id": first_a["id"], "channel": "a", "offset": 3})
+    began = time.monotonic()
+    client.event({"type": "error", "code": "unavailable", "id": first_b["id"]})
+    assert not client.ready.done() and load.stats.totals["subscribe_retries"] == 1
+    while len(sent) == 2:
+        await asyncio.sleep(0.05)
+    waited = time.monotonic() - began
+    again = sent[2]
+    assert 0.45 <= waited <= 2.0
+    assert again["op"] == "subscribe" and again["channel"] == "b" and again["since"] == 7
+    assert again["id"] != first_b["id"]
+    client.event({"type": "subscribed", "id": again["id"], "channel": "b", "offset": 9})
+    assert client.ready.done() and client.ready.exception() is None
+    other = DayClient("127.0.0.1", 1, user, load)
+    monkeypatch.setattr(other, "send_op", [].append)
+    other.event({"type": "hello"})
+    refused = min(other.pending)
+    other.event({"type": "error", "code": "forbidden", "id": refused})
+    with pytest.raises(RuntimeError) as caught:
+        await other.ready
+    assert failure_code(caught.value) == "forbidden"
 
 
 def test_poisson_has_the_mean_it_is_asked_for() -> None:

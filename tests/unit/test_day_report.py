@@ -40,6 +40,7 @@ def test_report_json_holds_the_verdict_the_slos_the_incidents_and_the_capacities
     assert summ["peak_connections"] == fx.USERS
     assert summ["connects_failed"] == {"refused": 30} and summ["connects_failed_server"] == 30
     assert summ["acks"] == sum(s["acks"] for s in fx.timeline())
+    assert summ["subscribe_retries"] == 12
     assert summ["ack_ms"]["worst_p99_ms"] == 400.0 and summ["ack_ms"]["worst_p99_t"] == 61.0
     checks = {a["check"]: a for a in doc["acceptance"]}
     assert checks["acked messages lost"]["ok"] is True and checks["order inversions"]["ok"] is True
@@ -200,6 +201,7 @@ def test_report_md_embeds_the_plots_and_holds_the_tables(written: tuple[Path, di
                     "### 1. gateway-sigkill — post-mortem draft", "**What held**", "**What did not**"):
         assert heading in md, heading
     assert "| 1 | gateway-sigkill | 60 s | 61 s | 61.5 s | 66 s | 6 s | 480 | 20 | 5 |" in md
+    assert "| subscribes asked again on the same connection | 12 |" in md
 
 
 def test_capacities_derived_from_the_steady_window(written: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
