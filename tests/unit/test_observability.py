@@ -479,3 +479,61 @@ def test_the_hub_samples_at_most_twenty_records_a_second_for_delivery_latency() 
     hub._on_record(Record("acme", "c1", 101, b"{}", 0.0))  # no broker time: never sampled
     assert 15 <= len(sampled) <= 20 and sampled[0] == 1_700_000_000.0
     assert hub.deliveries == 101
+
+
+class _CountingProcess:
+    """psutil.Process's three readings, counting the descriptor listings."""
+
+    def __init__(self, fds: int | None) -> None:
+        self.fds, self.listings = fds, 0
+
+    def cpu_percent(self, interval: None) -> float:
+        return 12.5
+
+    def memory_info(self) -> object:
+        return type("Mem", (), {"rss": 4096})()
+
+    def num_fds(self) -> int:
+        self.listings += 1
+        if self.fds is None:
+            raise AttributeError("num_fds")  # psutil on a platform without it
+        return self.fds
+
+
+def test_open_descriptors_are_listed_at_most_every_fifteen_seconds_and_repeated_between() -> None:
+    """Listing /proc/self/fd costs ~1 µs per descriptor (7 % of a gateway at 6 000 sockets when read every
+    second): the gauge lists them again only when its last listing is 15 s old."""
+    from storm.adapters import process_metrics
+
+    now = [100.0]
+    proc = _CountingProcess(6000)
+    sink = ListSink()
+    metrics = Metrics(sink)
+    process_metrics.install(metrics, process=proc, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    def fds() -> list[float]:
+        return [v for kind, name, v, _ in sink.calls if name == "storm.process.open_fds"]
+
+    for _ in range(10):  # ten one-second flushes: one listing
+        metrics.flush()
+        proc.fds += 1
+        now[0] += 1.0
+    assert proc.listings == 1 and fds() == [6000.0] * 10
+    now[0] += 5.0  # 15 s after the listing
+    metrics.flush()
+    assert proc.listings == 2 and fds()[-1] == 6010.0
+    assert [v for kind, name, v, _ in sink.calls if name == "storm.process.rss"][-1] == 4096.0
+
+
+def test_open_descriptors_on_a_platform_without_them_are_not_sent_and_not_asked_again() -> None:
+    from storm.adapters import process_metrics
+
+    proc = _CountingProcess(None)
+    sink = ListSink()
+    metrics = Metrics(sink)
+    process_metrics.install(metrics, process=proc)  # type: ignore[arg-type]
+    metrics.flush()
+    metrics.flush()
+    assert proc.listings == 1
+    assert not [c for c in sink.calls if c[1] == "storm.process.open_fds"]
+    assert [c[2] for c in sink.calls if c[1] == "storm.process.cpu"] == [12.5, 12.5]
