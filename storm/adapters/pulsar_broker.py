@@ -513,6 +513,7 @@ class PulsarBroker:
         except pulsar_async.PulsarException as exc:
             raise _pulsar_error(f"read ws={workspace} channel={channel}", exc) from exc
         records: list[Record] = []
+        stalled = False
         try:
             while len(records) < limit:
                 msg = await asyncio.wait_for(reader.read_next(), self._read_timeout_s)
@@ -523,8 +524,9 @@ class PulsarBroker:
                 if record.offset >= head:
                     break
         except TimeoutError:
-            log.warning("read ws=%s channel=%s from=%d: nothing more within %.1fs (head %d)", workspace, channel,
-                        from_offset, self._read_timeout_s, head)
+            stalled = True
+            log.warning("read ws=%s channel=%s from=%d: nothing more within %.1fs (head %d, %d read)", workspace,
+                        channel, from_offset, self._read_timeout_s, head, len(records))
         except pulsar_async.PulsarException as exc:
             raise _pulsar_error(f"read ws={workspace} channel={channel}", exc) from exc
         finally:
@@ -541,6 +543,12 @@ class PulsarBroker:
                 earliest = head + 1
             if from_offset < earliest:
                 raise OffsetTruncated(f"offsets before {earliest} are no longer retained", earliest=earliest)
+        if stalled:
+            # the log holds every record up to `head`: a reader that stopped short was held up (a broker
+            # restarting, overloaded), and a short answer would be a silent hole in a resume's replay
+            last = records[-1].offset if records else None
+            raise Unavailable(f"read ws={workspace} channel={channel}: the broker sent {len(records)} records "
+                              f"(up to {last}) of those up to {head} within {self._read_timeout_s:g} s")
         return records
 
     # -- subscriptions ------------------------------------------------------------------------------------
