@@ -517,6 +517,40 @@ async def test_find_by_cmid_is_per_author_channel_and_workspace(store: Store) ->
         assert await uow.messages.find_by_cmid(ws.id, ch, alice, "c-9") is None
 
 
+async def test_batched_lookups_of_any_length_share_a_few_statements_and_answer_each_row_once(
+        sql_store: SqlStore) -> None:
+    """An expanding IN renders a placeholder per value: unpadded, each batch length was a statement the driver
+    prepared again per pooled connection (asyncpg keeps 100), and the directory's batches kept evicting one
+    another (db/repositories.py, ``_listed``).  Lengths 1 to 64 now make 7 statements, and the repeated
+    values that pad them change no answer."""
+    from sqlalchemy import event
+
+    users = [_user() for _ in range(5)]
+    ws = _ws()
+    await _add(sql_store, ws, *users, *(Membership(ws.id, u.id, Role.MEMBER, T0) for u in users))
+    seen: set[str] = set()
+
+    def record(conn: object, cursor: object, statement: str, *_rest: object) -> None:
+        if "FROM users" in statement:
+            seen.add(statement)
+
+    sync_engine = sql_store._engine.sync_engine  # type: ignore[attr-defined]
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        async with sql_store.unit_of_work(read_only=True) as uow:
+            for n in range(1, 65):
+                asked = [users[i % 5].id for i in range(min(n, 5))] + [uuid.uuid4() for _ in range(n - 5)]
+                got = await uow.users.get_many(asked)
+                assert [u.id for u in got] == [u.id for u in users[:min(n, 5)]], n
+            assert len(seen) == 7, sorted(len(s) for s in seen)
+            three = [u.subject for u in users[:3]]
+            assert sorted(u.subject for u in await uow.users.get_many_by_subject(three)) == sorted(three)
+            members = await uow.memberships.get_many(ws.id, [u.id for u in users[:3]])
+            assert sorted(mb.user_id for mb in members) == sorted(u.id for u in users[:3])  # once each
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+
+
 async def test_insert_or_skip_is_cached_and_renders_like_sqlalchemys_own(sql_store: SqlStore) -> None:
     """db/dml.py: the batch INSERT is compiled once, not once per batch, and says the same SQL."""
     store = sql_store
