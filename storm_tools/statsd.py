@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -133,10 +134,13 @@ class _Protocol(asyncio.DatagramProtocol):
         self.collector.feed(data)
 
 
-async def listen(collector: Collector, host: str = "127.0.0.1", port: int = 8125) -> tuple[asyncio.DatagramTransport,
-                                                                                          int]:
-    """Receive DogStatsD on ``host:port`` (0: any free port) into ``collector``; returns the transport and the
-    bound port.  Close the transport to stop."""
+async def listen(collector: Collector, host: str = "127.0.0.1", port: int = 8125, *,
+                 sock: socket.socket | None = None) -> tuple[asyncio.DatagramTransport, int]:
+    """Receive DogStatsD on ``host:port`` (0: any free port), or on ``sock`` (a UDP socket already bound),
+    into ``collector``; returns the transport and the bound port.  Close the transport to stop."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(collector), local_addr=(host, port))
+    if sock is not None:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(collector), sock=sock)
+    else:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(collector), local_addr=(host, port))
     return transport, int(transport.get_extra_info("sockname")[1])

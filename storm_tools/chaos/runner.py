@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +118,7 @@ class Session:
         self.database_url = ""
         self.pg_url = ""
         self.context_path = report / "context.json"
+        self.metrics_socket: socket.socket | None = None  # holds the metrics port until a receiver takes it
         self.workspace_prefix = f"chaos-{uuid.uuid4().hex[:6]}-"
 
     def open(self) -> None:
@@ -134,7 +136,10 @@ class Session:
         gateways = self.args.gateways
         names = [f"gateway-{i}" for i in range(1, gateways + 1)] + ["api", "consumers"]
         ports = free_ports(len(names) * len(ctx.SERVICES) + gateways + 2)
-        metrics_port = _free_udp_port()
+        # bound now and held: a port only looked up and released here was, minutes later (storm day provisions
+        # 100 000 users first), the ephemeral source port of some process's DogStatsD client (EADDRINUSE)
+        self.metrics_socket = _reserve_udp_port()
+        metrics_port = int(self.metrics_socket.getsockname()[1])
         proxies, links, child_env = plan_links(names, upstreams, ports[: len(names) * len(ctx.SERVICES)],
                                                tuple(self.args.direct))
         self.toxiproxy = Toxiproxy(services["STORM_TEST_TOXIPROXY_URL"])
@@ -188,6 +193,23 @@ class Session:
             time.sleep(0.5)
         say("cluster serving: " + ", ".join(f"{c.name} pid {c.pid} :{c.port}" for c in ctx.children()))
 
+    def take_metrics_socket(self) -> socket.socket | None:
+        """The UDP socket bound to the metrics port since :meth:`open`, emptied of what arrived before, for a
+        receiver in this process (storm day); the caller owns it from here."""
+        sock, self.metrics_socket = self.metrics_socket, None
+        if sock is not None:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sock.recv(65535)
+        return sock
+
+    def release_metrics_port(self) -> None:
+        """Free the metrics port for a receiver in another process (the experiments' driver)."""
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()
+            self.metrics_socket = None
+
     def between(self) -> None:
         """Put back what an experiment may have left broken (a service it stopped is started again even with
         --no-services: that only says they were running before)."""
@@ -202,6 +224,8 @@ class Session:
 
     def close(self) -> None:
         from db.admin import drop_database
+
+        self.release_metrics_port()
         from storm_tools.chaos.probes import delete_leftover
 
         for run_dir in sorted(p for p in self.report.iterdir() if p.is_dir()):
@@ -226,12 +250,10 @@ class Session:
                 asyncio.run(drop_database(self.database_url))
 
 
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _reserve_udp_port() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def _ready(state_file: Path) -> bool:
@@ -354,6 +376,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     try:
         session.open()
+        session.release_metrics_port()  # the experiments' driver receives the metrics in its own process
         for path in files:
             rows.append(run_experiment(path, report, args.experiment_timeout, env_extra))
             session.between()

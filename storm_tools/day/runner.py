@@ -318,7 +318,8 @@ class Run:
         from storm_tools.statsd import Collector, listen
 
         collector = Collector()
-        transport, _ = await listen(collector, "127.0.0.1", port)
+        held = self.session.take_metrics_socket() if self.session is not None else None
+        transport, _ = await listen(collector, "127.0.0.1", port, sock=held)  # the port the session held
         return transport, collector
 
     def _drain_metrics(self, metrics: Any) -> list[dict[str, Any]]:

@@ -114,3 +114,36 @@ def test_the_dropped_packet_warning_comes_once_a_minute_with_the_count_held_back
     late = record(dropped)
     assert limiter.filter(late)
     assert "5 more such packets dropped" in late.msg
+
+
+async def test_the_metrics_port_is_held_from_the_topology_start_until_storm_day_listens_on_it(
+        tmp_path: object) -> None:
+    """storm day picked the port when it started the topology and bound it only after provisioning (minutes
+    at 100 000 users): meanwhile a process's DogStatsD client took it as its ephemeral source port, and the
+    run died on EADDRINUSE (2026-12-08).  The session now binds it at once and hands that socket over,
+    emptied of what the processes sent before the run."""
+    import argparse
+    from pathlib import Path
+
+    from storm_tools.chaos.runner import Session, _reserve_udp_port
+
+    session = Session(argparse.Namespace(), Path(str(tmp_path)))
+    session.metrics_socket = _reserve_udp_port()  # what open() does before starting the processes
+    port = session.metrics_socket.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        with pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))  # nobody else gets it meanwhile
+        other.sendto(b"storm.gateway.connects:5|c|#result:ok", ("127.0.0.1", port))  # before the run
+        await asyncio.sleep(0.05)
+        held = session.take_metrics_socket()
+        assert held is not None and session.take_metrics_socket() is None
+        collector = Collector()
+        transport, bound = await listen(collector, sock=held)
+        try:
+            assert bound == port
+            other.sendto(b"storm.gateway.connects:2|c|#result:ok", ("127.0.0.1", port))
+            await _received(collector, "storm.gateway.connects")
+        finally:
+            transport.close()
+    assert collector.total("storm.gateway.connects", result="ok") == 2  # the earlier datagram was dropped
+    session.release_metrics_port()  # nothing held any more: a no-op
