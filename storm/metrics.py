@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from storm.metrics_catalogue import (
@@ -101,6 +102,16 @@ class NullSink:
         pass
 
 
+@dataclass
+class _Polled:
+    name: str
+    tags: tuple[str, ...]
+    fetch: Callable[[], Awaitable[float | None]]
+    every_s: float
+    due: float = 0.0  # time.monotonic() from which it is fetched again
+    value: float | None = None  # the last fetched
+
+
 def _tags(tags: dict[str, str]) -> tuple[str, ...]:
     return tuple(f"{k}:{v}" for k, v in sorted(tags.items()))
 
@@ -117,7 +128,7 @@ class Metrics:
         self._sent: dict[tuple[str, tuple[str, ...]], int] = {}
         self._counts_of: list[tuple[str, tuple[str, ...], Callable[[], int]]] = []
         self._gauges_of: list[tuple[str, tuple[str, ...], Callable[[], float | None]]] = []
-        self._polled: list[tuple[str, tuple[str, ...], Callable[[], Awaitable[float | None]]]] = []
+        self._polled: list[_Polled] = []
         self._samples: dict[tuple[str, tuple[str, ...]], Sample] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._gc_started = 0.0
@@ -153,21 +164,27 @@ class Metrics:
         key = self._key(name, "gauge", tags)
         self._gauges_of.append((key[0], key[1], read))
 
-    def gauge_polled(self, name: str, fetch: Callable[[], Awaitable[float | None]], **tags: str) -> None:
-        """A gauge read by awaiting ``fetch()`` before each timed flush (e.g. an admin API), at most 2 s."""
+    def gauge_polled(self, name: str, fetch: Callable[[], Awaitable[float | None]], *, every_s: float = 0.0,
+                     **tags: str) -> None:
+        """A gauge read by awaiting ``fetch()`` before a timed flush (e.g. an admin API), at most 2 s; with
+        ``every_s``, fetched at most that often, its last value sent again at the flushes in between."""
         key = self._key(name, "gauge", tags)
-        self._polled.append((key[0], key[1], fetch))
+        self._polled.append(_Polled(key[0], key[1], fetch, every_s))
 
     async def poll(self) -> None:
-        """Await the polled gauges and hand their values to the sink (the timer calls it before ``flush``)."""
-        for name, tags, fetch in self._polled:
-            try:
-                value = await asyncio.wait_for(fetch(), 2.0)
-            except Exception:
-                log.warning("polling %s failed", name, exc_info=True)
-                continue
-            if value is not None:
-                self.sink.gauge(name, float(value), tags)
+        """Await the polled gauges that are due and hand every value to the sink (the timer calls it before
+        ``flush``)."""
+        now = time.monotonic()
+        for polled in self._polled:
+            if now >= polled.due:
+                polled.due = now + polled.every_s  # a failure waits as long: a failing API is not hammered
+                try:
+                    polled.value = await asyncio.wait_for(polled.fetch(), 2.0)
+                except Exception:
+                    polled.value = None
+                    log.warning("polling %s failed", polled.name, exc_info=True)
+            if polled.value is not None:
+                self.sink.gauge(polled.name, float(polled.value), polled.tags)
 
     @staticmethod
     def _key(name: str, kind: Kind, tags: dict[str, str]) -> tuple[str, tuple[str, ...]]:

@@ -107,8 +107,8 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("storm.consumer.batch_latency", "distribution", "ms", "Writing and acknowledging one batch.",
            ("consumers",)),
     Metric("storm.consumer.backlog", "gauge", "records",
-           "Records waiting on the persistence subscription (Pulsar's subscription stats; the embedded broker's "
-           "pending count).", ("consumers",)),
+           "Records waiting on the persistence subscription (Pulsar's subscription stats, which the broker "
+           "refreshes once a minute; the embedded broker's pending count), read every 30 s.", ("consumers",)),
     Metric("storm.consumer.redelivered", "count", "records",
            "Records received again (delivery count > 1): a write failed, or a worker died before its ack.",
            ("consumers",)),

@@ -173,6 +173,46 @@ async def test_polled_gauges_are_awaited_before_the_flush() -> None:
     assert ("gauge", "storm.consumer.backlog", 12.0, ()) in sink.calls
 
 
+async def test_a_gauge_polled_every_so_often_repeats_its_last_value_in_between(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pulsar's broker-stats document (the backlog gauge's source) is megabytes, costs both sides tens of
+    milliseconds and changes once a minute: it is fetched every ``every_s``, not at every flush; a failed
+    fetch sends nothing and waits as long before the next."""
+    import storm.metrics as metrics_module
+
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module.time, "monotonic", lambda: now[0])
+    answers: list[float | Exception] = [7.0, RuntimeError("admin down"), 9.0]
+    fetched = 0
+
+    async def backlog() -> float:
+        nonlocal fetched
+        fetched += 1
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sink = ListSink()
+    metrics = Metrics(sink)
+    metrics.gauge_polled("storm.consumer.backlog", backlog, every_s=30.0)
+
+    def sent() -> list[float]:
+        return [v for kind, name, v, _ in sink.calls if name == "storm.consumer.backlog"]
+
+    for _ in range(3):  # flushes at 0, 10 and 20 s: one fetch
+        await metrics.poll()
+        now[0] += 10.0
+    assert fetched == 1 and sent() == [7.0, 7.0, 7.0]
+    await metrics.poll()  # 30 s: fetched again, and it fails
+    now[0] += 10.0
+    await metrics.poll()  # 40 s: not asked again yet, and nothing stale is sent
+    assert fetched == 2 and sent() == [7.0, 7.0, 7.0]
+    now[0] += 20.0
+    await metrics.poll()  # 60 s
+    assert fetched == 3 and sent()[-1] == 9.0
+
+
 def test_gateway_meters_count_commands_and_closes_within_the_catalogue(caplog: pytest.LogCaptureFixture) -> None:
     sink = ListSink()
     metrics = Metrics(sink)
