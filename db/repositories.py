@@ -18,7 +18,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import CursorResult, Executable, Result, Table, bindparam, case, delete, func, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Executable,
+    Result,
+    Table,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db import models as m
@@ -83,6 +96,11 @@ def _in(name: str) -> Any:
     return bindparam(name, expanding=True)
 
 
+def _any(name: str, column: Any) -> Any:
+    """``column = ANY(:name)``, the list given at execution as one array parameter (PostgreSQL)."""
+    return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+
+
 def _listed(values: Sequence[Any]) -> list[Any]:
     """The values of an expanding ``IN``, padded to a power of two with the last one repeated.
 
@@ -105,12 +123,16 @@ def _listed(values: Sequence[Any]) -> list[Any]:
 # CPU on the gateway (≈ 366 against ≈ 183 µs for a user look-up by subject, in-process).
 _WORKSPACE = select(m.workspaces).where(m.workspaces.c.id == bindparam("id"))
 _WORKSPACE_BY_SLUG = select(m.workspaces).where(m.workspaces.c.slug == bindparam("slug"))
-_USERS = select(m.users).where(m.users.c.id.in_(_in("ids")))
-_USERS_BY_SUBJECT = select(m.users).where(m.users.c.subject.in_(_in("subjects")))
+# the batched look-ups in two forms: PostgreSQL's array (one statement, one parameter, whatever the length:
+# 9-35 % less client CPU than the expanding IN for 1-200 ids, measured 2026-12-08), the padded expanding IN
+# elsewhere (SQLite has no arrays; CockroachDB keeps the portable form until this has run on a cluster)
+_USERS = (select(m.users).where(_any("ids", m.users.c.id)), select(m.users).where(m.users.c.id.in_(_in("ids"))))
+_USERS_BY_SUBJECT = (select(m.users).where(_any("subjects", m.users.c.subject)),
+                     select(m.users).where(m.users.c.subject.in_(_in("subjects"))))
 _MEMBERSHIP = select(m.memberships).where(m.memberships.c.workspace_id == bindparam("ws"),
                                           m.memberships.c.user_id == bindparam("user"))
-_MEMBERSHIPS = select(m.memberships).where(m.memberships.c.workspace_id == bindparam("ws"),
-                                           m.memberships.c.user_id.in_(_in("users")))
+_MEMBERSHIPS = tuple(select(m.memberships).where(m.memberships.c.workspace_id == bindparam("ws"), users)
+                     for users in (_any("users", m.memberships.c.user_id), m.memberships.c.user_id.in_(_in("users"))))
 _CHANNEL = select(m.channels).where(m.channels.c.workspace_id == bindparam("ws"), m.channels.c.id == bindparam("id"))
 _CHANNEL_MEMBER = select(m.channel_members.c.user_id).where(
     m.channel_members.c.workspace_id == bindparam("ws"), m.channel_members.c.channel_id == bindparam("channel"),
@@ -119,9 +141,10 @@ _NEWEST = (select(m.messages)
            .where(m.messages.c.workspace_id == bindparam("ws"), m.messages.c.channel_id == bindparam("channel"))
            .order_by(m.messages.c.offset.desc()).limit(bindparam("limit")))
 _BEFORE = _NEWEST.where(m.messages.c.offset < bindparam("before"))
-_REACTION_COUNTS = (select(m.reactions.c.message_id, m.reactions.c.emoji, func.count())
-                    .where(m.reactions.c.workspace_id == bindparam("ws"), m.reactions.c.message_id.in_(_in("ids")))
-                    .group_by(m.reactions.c.message_id, m.reactions.c.emoji))
+_REACTION_COUNTS = tuple(select(m.reactions.c.message_id, m.reactions.c.emoji, func.count())
+                         .where(m.reactions.c.workspace_id == bindparam("ws"), ids)
+                         .group_by(m.reactions.c.message_id, m.reactions.c.emoji)
+                         for ids in (_any("ids", m.reactions.c.message_id), m.reactions.c.message_id.in_(_in("ids"))))
 
 
 class _Repository:
@@ -139,6 +162,13 @@ class _Repository:
         if not isinstance(result, CursorResult):  # what a DML statement always answers with
             raise TypeError(f"expected a cursor result, got {type(result).__name__}")
         return result.rowcount
+
+    def _lookup(self, statements: tuple[Any, ...], name: str, values: Sequence[Any],
+                **params: Any) -> tuple[Any, dict[str, Any]]:
+        """A batched look-up's statement and parameters: the array form on PostgreSQL, else the padded IN."""
+        if self._dialect == "postgresql":
+            return statements[0], {**params, name: list(values)}
+        return statements[1], {**params, name: _listed(values)}
 
     def _insert(self, table: Table) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (CockroachDB speaks PostgreSQL's)."""
@@ -217,14 +247,14 @@ class SqlUserRepository(_Repository):
         wanted = list(dict.fromkeys(user_ids))
         found: dict[uuid.UUID, User] = {}
         for chunk in _chunks(wanted, 500):
-            for row in await self._execute(_USERS, {"ids": _listed(chunk)}):
+            for row in await self._execute(*self._lookup(_USERS, "ids", chunk)):
                 found[row.id] = _user(row)
         return [found[i] for i in wanted if i in found]
 
     async def get_many_by_subject(self, subjects: Sequence[str]) -> list[User]:
         found: list[User] = []
         for chunk in _chunks(list(dict.fromkeys(subjects)), 500):
-            found.extend(_user(row) for row in await self._execute(_USERS_BY_SUBJECT, {"subjects": _listed(chunk)}))
+            found.extend(_user(row) for row in await self._execute(*self._lookup(_USERS_BY_SUBJECT, "subjects", chunk)))
         return found
 
 
@@ -250,8 +280,8 @@ class SqlMembershipRepository(_Repository):
     async def get_many(self, workspace_id: uuid.UUID, user_ids: Sequence[uuid.UUID]) -> builtins.list[Membership]:
         found: builtins.list[Membership] = []
         for chunk in _chunks(list(dict.fromkeys(user_ids)), 500):
-            found.extend(_membership(row) for row in await self._execute(_MEMBERSHIPS, {"ws": workspace_id,
-                                                                                        "users": _listed(chunk)}))
+            rows = await self._execute(*self._lookup(_MEMBERSHIPS, "users", chunk, ws=workspace_id))
+            found.extend(_membership(row) for row in rows)
         return found
 
     async def list(self, workspace_id: uuid.UUID) -> builtins.list[Membership]:
@@ -496,7 +526,7 @@ class SqlReactionRepository(_Repository):
         """Messages without reactions are absent from the result."""
         result: dict[uuid.UUID, dict[str, int]] = {}
         for chunk in _chunks(list(dict.fromkeys(message_ids)), 500):
-            rows = await self._execute(_REACTION_COUNTS, {"ws": workspace_id, "ids": _listed(chunk)})
+            rows = await self._execute(*self._lookup(_REACTION_COUNTS, "ids", chunk, ws=workspace_id))
             for message_id, emoji, n in rows:
                 result.setdefault(message_id, {})[emoji] = int(n)
         return result
