@@ -103,13 +103,23 @@ class NullSink:
 
 
 @dataclass
-class _Polled:
+class _Gauge:
+    """A gauge read by a callable (``gauge_of``) or an awaitable one (``gauge_polled``), at most every
+    ``every_s`` (0: at every flush); in between, its last value is sent again."""
+
     name: str
     tags: tuple[str, ...]
-    fetch: Callable[[], Awaitable[float | None]]
-    every_s: float
-    due: float = 0.0  # time.monotonic() from which it is fetched again
-    value: float | None = None  # the last fetched
+    read: Callable[[], Any]
+    every_s: float = 0.0
+    due: float = 0.0  # time.monotonic() from which it is read again
+    value: float | None = None  # the last read; None: nothing to send
+
+    def due_at(self, now: float) -> bool:
+        """Whether to read it now; if so, not again for ``every_s`` (a failing read is not hammered either)."""
+        if now < self.due:
+            return False
+        self.due = now + self.every_s
+        return True
 
 
 def _tags(tags: dict[str, str]) -> tuple[str, ...]:
@@ -127,8 +137,8 @@ class Metrics:
         self._counters: dict[tuple[str, tuple[str, ...]], Counter] = {}
         self._sent: dict[tuple[str, tuple[str, ...]], int] = {}
         self._counts_of: list[tuple[str, tuple[str, ...], Callable[[], int]]] = []
-        self._gauges_of: list[tuple[str, tuple[str, ...], Callable[[], float | None]]] = []
-        self._polled: list[_Polled] = []
+        self._gauges_of: list[_Gauge] = []
+        self._polled: list[_Gauge] = []
         self._samples: dict[tuple[str, tuple[str, ...]], Sample] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._gc_started = 0.0
@@ -159,27 +169,27 @@ class Metrics:
         key = self._key(name, "count", tags)
         self._counts_of.append((key[0], key[1], read))
 
-    def gauge_of(self, name: str, read: Callable[[], float | None], **tags: str) -> None:
-        """Emit ``read()`` as a gauge at every flush (None: nothing this time)."""
+    def gauge_of(self, name: str, read: Callable[[], float | None], *, every_s: float = 0.0, **tags: str) -> None:
+        """Emit ``read()`` as a gauge at every flush (None: nothing this time); with ``every_s``, read at most
+        that often, its last value sent again at the flushes in between."""
         key = self._key(name, "gauge", tags)
-        self._gauges_of.append((key[0], key[1], read))
+        self._gauges_of.append(_Gauge(key[0], key[1], read, every_s))
 
     def gauge_polled(self, name: str, fetch: Callable[[], Awaitable[float | None]], *, every_s: float = 0.0,
                      **tags: str) -> None:
         """A gauge read by awaiting ``fetch()`` before a timed flush (e.g. an admin API), at most 2 s; with
         ``every_s``, fetched at most that often, its last value sent again at the flushes in between."""
         key = self._key(name, "gauge", tags)
-        self._polled.append(_Polled(key[0], key[1], fetch, every_s))
+        self._polled.append(_Gauge(key[0], key[1], fetch, every_s))
 
     async def poll(self) -> None:
         """Await the polled gauges that are due and hand every value to the sink (the timer calls it before
         ``flush``)."""
         now = time.monotonic()
         for polled in self._polled:
-            if now >= polled.due:
-                polled.due = now + polled.every_s  # a failure waits as long: a failing API is not hammered
+            if polled.due_at(now):
                 try:
-                    polled.value = await asyncio.wait_for(polled.fetch(), 2.0)
+                    polled.value = await asyncio.wait_for(polled.read(), 2.0)
                 except Exception:
                     polled.value = None
                     log.warning("polling %s failed", polled.name, exc_info=True)
@@ -208,14 +218,16 @@ class Metrics:
                 continue
             sink.count(name, value - self._sent.get(key, 0), tags)
             self._sent[key] = value
-        for name, tags, gauge in self._gauges_of:
-            try:
-                current = gauge()
-            except Exception:
-                log.exception("reading %s failed", name)
-                continue
-            if current is not None:
-                sink.gauge(name, float(current), tags)
+        now = time.monotonic()
+        for gauge in self._gauges_of:
+            if gauge.due_at(now):
+                try:
+                    gauge.value = gauge.read()
+                except Exception:
+                    gauge.value = None
+                    log.exception("reading %s failed", gauge.name)
+            if gauge.value is not None:
+                sink.gauge(gauge.name, float(gauge.value), gauge.tags)
         for (name, tags), sample in self._samples.items():
             for ms in sample.drain():
                 sink.distribution(name, ms, tags)

@@ -8,9 +8,6 @@ descriptor limit is approached over minutes, not seconds; the gauge repeats the 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import psutil
 
 from storm.metrics import Metrics
@@ -18,29 +15,17 @@ from storm.metrics import Metrics
 FDS_EVERY_S = 15.0
 
 
-def install(metrics: Metrics, *, process: psutil.Process | None = None, fds_every_s: float = FDS_EVERY_S,
-            clock: Callable[[], float] = time.monotonic) -> None:
+def install(metrics: Metrics, *, process: psutil.Process | None = None, fds_every_s: float = FDS_EVERY_S) -> None:
     """Register ``storm.process.rss``, ``storm.process.cpu`` and ``storm.process.open_fds`` as gauges."""
     proc = process or psutil.Process()
     proc.cpu_percent(None)  # the first call starts the interval; each flush then reads the CPU since the last
-    counted: list[float] = []  # [when, count] of the last listing
-    fds_supported = True
 
     def open_fds() -> float | None:
-        nonlocal fds_supported
-        if not fds_supported:
-            return None
-        now = clock()
-        if counted and now - counted[0] < fds_every_s:
-            return counted[1]
         try:
-            n = float(proc.num_fds())
+            return float(proc.num_fds())
         except (AttributeError, psutil.Error):  # not on this platform
-            fds_supported = False
             return None
-        counted[:] = [now, n]
-        return n
 
     metrics.gauge_of("storm.process.rss", lambda: float(proc.memory_info().rss))
     metrics.gauge_of("storm.process.cpu", lambda: proc.cpu_percent(None))
-    metrics.gauge_of("storm.process.open_fds", open_fds)
+    metrics.gauge_of("storm.process.open_fds", open_fds, every_s=fds_every_s)

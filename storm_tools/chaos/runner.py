@@ -224,9 +224,9 @@ class Session:
 
     def close(self) -> None:
         from db.admin import drop_database
+        from storm_tools.chaos.probes import delete_leftover
 
         self.release_metrics_port()
-        from storm_tools.chaos.probes import delete_leftover
 
         for run_dir in sorted(p for p in self.report.iterdir() if p.is_dir()):
             with contextlib.suppress(Exception):  # best effort: the API may be what failed

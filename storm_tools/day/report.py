@@ -290,7 +290,7 @@ def render(doc: dict[str, Any], drafts: list[str]) -> str:
               f"| connects ok / failed (server's) | {summ['connects_ok']:,} / {summ['connects_failed_server']:,} |",
               f"| failed connects by code | {_codes_md(summ['connects_failed'])} |",
               f"| reconnects | {summ['reconnects']:,} |",
-              f"| subscribes asked again on the same connection | {summ.get('subscribe_retries', 0):,} |",
+              f"| subscribes asked again on the same connection | {summ['subscribe_retries']:,} |",
               f"| publishes / acks / deliveries | {summ['publishes']:,} / {summ['acks']:,} / {summ['deliveries']:,} |",
               f"| plateau acks/s, deliveries/s | {summ['plateau_acks_per_s']:,} / "
               f"{summ['plateau_deliveries_per_s']:,} |",

@@ -17,38 +17,26 @@ import uuid
 import pulsar.asyncio as pulsar_async
 import pytest
 
-from storm.adapters.pulsar_broker import PulsarBroker
 from storm.adapters.pulsar_names import channel_topic
-from storm.bootstrap import pulsar_settings
-from storm.config import Config
-from storm.domain import PLANS
-from storm.ports.clock import SystemClock
+from tests.support.pulsar import started_workspace
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_publish_is_not_refused_producer_busy_by_a_producer_left_from_an_abandoned_creation(
         pulsar_urls: tuple[str, str]) -> None:
-    service_url, admin_url = pulsar_urls
-    workspace, channel = f"t-{uuid.uuid4().hex[:12]}", str(uuid.uuid4())
-    cfg = Config(broker="pulsar", pulsar_url=service_url, pulsar_admin_url=admin_url,
-                 gateway_id=f"test-{uuid.uuid4().hex[:8]}")
-    broker = PulsarBroker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda t: t == workspace)
-    await broker.start()
+    service_url, _ = pulsar_urls
+    channel = str(uuid.uuid4())
     other = pulsar_async.Client(service_url)
     try:
-        await broker.ensure_workspace(workspace, PLANS["free"])
-        leftover = await other.create_producer(channel_topic(workspace, channel),
-                                               producer_name=f"{broker.gateway_id}-{channel}",
-                                               batching_enabled=False)
-        try:
-            offset = await broker.publish(workspace, channel, b'{"n":1}')
-        finally:
-            await leftover.close()
-        assert [r.offset for r in await broker.read(workspace, channel, 1, 10)] == [offset]
+        async with started_workspace(pulsar_urls) as (broker, workspace):
+            leftover = await other.create_producer(channel_topic(workspace, channel),
+                                                   producer_name=f"{broker.gateway_id}-{channel}",
+                                                   batching_enabled=False)
+            try:
+                offset = await broker.publish(workspace, channel, b'{"n":1}')
+            finally:
+                await leftover.close()
+            assert [r.offset for r in await broker.read(workspace, channel, 1, 10)] == [offset]
     finally:
         await other.close()
-        try:
-            await broker.delete_workspace(workspace)
-        finally:
-            await broker.stop()

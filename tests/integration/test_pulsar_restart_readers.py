@@ -24,13 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from storm.adapters.pulsar_broker import PulsarBroker
-from storm.bootstrap import pulsar_settings
-from storm.config import Config
 from storm.domain import PLANS
 from storm.ports.broker import Record
-from storm.ports.clock import SystemClock
 from tests.support.ci import unavailable
+from tests.support.pulsar import workspace_broker
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +42,13 @@ def _services(action: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _broker(pulsar_urls: tuple[str, str], workspace: str) -> PulsarBroker:
-    service_url, admin_url = pulsar_urls
-    cfg = Config(broker="pulsar", pulsar_url=service_url, pulsar_admin_url=admin_url,
-                 gateway_id=f"test-{uuid.uuid4().hex[:8]}")
-    return PulsarBroker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda t: t == workspace)
-
-
 async def test_a_followed_channel_with_no_message_yet_misses_nothing_published_after_a_broker_restart(
         pulsar_urls: tuple[str, str]) -> None:
     services_dir = Path(os.environ.get("STORM_SERVICES_DIR", ROOT / ".services"))
     if not (services_dir / "pulsar.pid").is_file():
         unavailable("Pulsar is not managed by scripts/services.sh here", needed_by="service")
     workspace, channel, followed_empty = f"t-{uuid.uuid4().hex[:12]}", str(uuid.uuid4()), str(uuid.uuid4())
-    gateway = _broker(pulsar_urls, workspace)
+    gateway = workspace_broker(pulsar_urls, workspace)
     await gateway.start()
     got: dict[str, list[int]] = {channel: [], followed_empty: []}
 
@@ -82,7 +72,7 @@ async def test_a_followed_channel_with_no_message_yet_misses_nothing_published_a
 
         await asyncio.to_thread(_services, "down")
         await asyncio.to_thread(_services, "up")
-        publisher = _broker(pulsar_urls, workspace)  # a fresh client: connected long before the reader's
+        publisher = workspace_broker(pulsar_urls, workspace)  # a fresh client: connected long before the reader's
         await publisher.start()
         try:
             sent = {channel: [], followed_empty: []}  # type: dict[str, list[int]]

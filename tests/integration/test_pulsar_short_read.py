@@ -18,27 +18,16 @@ import uuid
 
 import pytest
 
-from storm.adapters.pulsar_broker import PulsarBroker
-from storm.bootstrap import pulsar_settings
-from storm.config import Config
-from storm.domain import PLANS
 from storm.errors import Unavailable
-from storm.ports.clock import SystemClock
+from tests.support.pulsar import started_workspace
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_read_held_up_before_the_head_is_unavailable_not_a_short_answer(
         pulsar_urls: tuple[str, str]) -> None:
-    service_url, admin_url = pulsar_urls
-    workspace, channel = f"t-{uuid.uuid4().hex[:12]}", str(uuid.uuid4())
-    cfg = Config(broker="pulsar", pulsar_url=service_url, pulsar_admin_url=admin_url,
-                 gateway_id=f"test-{uuid.uuid4().hex[:8]}")
-    broker = PulsarBroker(pulsar_settings(cfg), SystemClock(), workspace_filter=lambda t: t == workspace,
-                          read_timeout_s=1.0)
-    await broker.start()
-    try:
-        await broker.ensure_workspace(workspace, PLANS["free"])
+    channel = str(uuid.uuid4())
+    async with started_workspace(pulsar_urls, read_timeout_s=1.0) as (broker, workspace):
         offsets = [await broker.publish(workspace, channel, b'{"n":%d}' % n) for n in range(3)]
         head = await broker.head(workspace, channel)
         assert head == offsets[-1]
@@ -48,8 +37,3 @@ async def test_a_read_held_up_before_the_head_is_unavailable_not_a_short_answer(
             await broker.read(workspace, channel, offsets[1], 10, head=head + 1)  # it never comes
         assert [r.offset for r in await broker.read(workspace, channel, offsets[1], 1, head=head + 1)] == \
             offsets[1:2]  # a page that fills its limit is whole, whatever the head
-    finally:
-        try:
-            await broker.delete_workspace(workspace)
-        finally:
-            await broker.stop()
